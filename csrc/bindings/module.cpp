@@ -1,0 +1,112 @@
+// pybind11 module flashattn_ext._C: turns raw pointers, sizes and strides from the Python API
+// into the params structs and runs the backend with the GIL released. No torch or numpy types
+// cross this boundary; arguments were validated in Python.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
+#include <cmath>
+
+#include "common/params.h"
+#include "cpu/backend.h"
+#include "cpu/thread_pool.h"
+#if FAE_WITH_CUDA
+#include "bindings/cuda_runtime_info.h"
+#endif
+
+namespace py = pybind11;
+using Strides3 = std::array<int64_t, 3>;
+using Sizes6 = std::array<int64_t, 6>;
+
+namespace {
+
+void* as_ptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
+
+fae::FwdParams make_fwd(int dtype, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out,
+                        uintptr_t lse, const Strides3& qs, const Strides3& ks, const Strides3& vs,
+                        const Strides3& os, const std::array<int64_t, 2>& lses, const Sizes6& sz,
+                        int64_t align_offset, int64_t window_left, int64_t window_right,
+                        double scale, int num_threads) {
+  fae::FwdParams p{};
+  p.q = as_ptr(q); p.k = as_ptr(k); p.v = as_ptr(v); p.out = as_ptr(out); p.lse = as_ptr(lse);
+  p.q_batch_stride = qs[0]; p.q_row_stride = qs[1]; p.q_head_stride = qs[2];
+  p.k_batch_stride = ks[0]; p.k_row_stride = ks[1]; p.k_head_stride = ks[2];
+  p.v_batch_stride = vs[0]; p.v_row_stride = vs[1]; p.v_head_stride = vs[2];
+  p.o_batch_stride = os[0]; p.o_row_stride = os[1]; p.o_head_stride = os[2];
+  p.lse_batch_stride = lses[0]; p.lse_head_stride = lses[1];
+  p.batch = sz[0]; p.seqlen_q = sz[1]; p.seqlen_k = sz[2];
+  p.heads_q = sz[3]; p.heads_kv = sz[4]; p.head_dim = sz[5];
+  p.align_offset = align_offset;
+  p.window_left = window_left < 0 ? fae::kNoWindow : window_left;
+  p.window_right = window_right < 0 ? fae::kNoWindow : window_right;
+  p.scale = float(scale);
+  p.scale_log2 = float(scale * 1.442695040888963407359924681001892137);
+  p.scale_f64 = scale;
+  p.dtype = static_cast<fae::DType>(dtype);
+  p.num_threads = num_threads;
+  return p;
+}
+
+void set_strides(const Strides3& s, int64_t& b, int64_t& r, int64_t& h) { b = s[0]; r = s[1]; h = s[2]; }
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "flashattn_ext compiled core (CPU backend; CUDA backend when built with it)";
+
+  m.def("forward",
+        [](int dtype, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse,
+           Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, std::array<int64_t, 2> lses,
+           Sizes6 sizes, int64_t align_offset, int64_t window_left, int64_t window_right,
+           double scale, int num_threads) {
+          const fae::FwdParams p = make_fwd(dtype, q, k, v, out, lse, qs, ks, vs, os, lses, sizes,
+                                            align_offset, window_left, window_right, scale, num_threads);
+          py::gil_scoped_release release;
+          fae::cpu::attention_forward(p);
+        });
+
+  m.def("backward",
+        [](int dtype, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse,
+           uintptr_t dout, uintptr_t dlse, uintptr_t dq, uintptr_t dk, uintptr_t dv, Strides3 qs, Strides3 ks,
+           Strides3 vs, Strides3 os, std::array<int64_t, 2> lses, Strides3 dos, Strides3 dqs,
+           Strides3 dks, Strides3 dvs, Sizes6 sizes, int64_t align_offset, int64_t window_left,
+           int64_t window_right, double scale, int num_threads) {
+          fae::BwdParams p{};
+          p.fwd = make_fwd(dtype, q, k, v, out, lse, qs, ks, vs, os, lses, sizes, align_offset,
+                           window_left, window_right, scale, num_threads);
+          p.dout = as_ptr(dout); p.dlse = as_ptr(dlse); p.dq = as_ptr(dq); p.dk = as_ptr(dk); p.dv = as_ptr(dv);
+          set_strides(dos, p.do_batch_stride, p.do_row_stride, p.do_head_stride);
+          set_strides(dqs, p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride);
+          set_strides(dks, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride);
+          set_strides(dvs, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride);
+          py::gil_scoped_release release;
+          fae::cpu::attention_backward(p);
+        });
+
+  m.def("set_num_threads", &fae::cpu::set_default_num_threads,
+        "Threads the CPU kernels use by default (<= 0 restores the automatic choice).");
+  m.def("get_num_threads", &fae::cpu::default_num_threads);
+
+  m.def("build_info", [] {
+    py::dict info;
+    info["version"] = FAE_VERSION;
+#if defined(__clang__)
+    info["compiler"] = "clang " __clang_version__;
+#elif defined(__GNUC__)
+    info["compiler"] = "gcc " __VERSION__;
+#else
+    info["compiler"] = "unknown";
+#endif
+    info["cpu_isa"] = fae::cpu::active_isa();
+    info["cuda_built"] = bool(FAE_WITH_CUDA);
+    info["cuda_archs"] = std::string(FAE_CUDA_ARCHS);
+    info["num_threads"] = fae::cpu::default_num_threads();
+#if FAE_WITH_CUDA
+    const fae::CudaRuntimeInfo rt = fae::cuda_runtime_info();
+    info["cuda_runtime_version"] = rt.runtime_version;
+    info["cuda_device_count"] = rt.device_count;
+    info["cuda_status"] = rt.status;
+#endif
+    return info;
+  });
+}

@@ -1,0 +1,199 @@
+// Tiled online-softmax attention on the CPU: forward and FlashAttention-2 style backward.
+// Memory is O(S): score tiles of kTileQ x kTileK live in per-task buffers, never Sq x Sk.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "common/online_softmax.h"
+#include "cpu/backend.h"
+#include "cpu/convert.h"
+#include "cpu/thread_pool.h"
+
+namespace fae::cpu {
+namespace {
+
+constexpr int64_t kTileQ = 64;
+constexpr int64_t kTileK = 64;
+constexpr double kLog2e = 1.442695040888963407359924681001892137;
+
+template <typename Acc> Acc scale_of(const FwdParams& p) { return Acc(p.scale); }
+template <> double scale_of<double>(const FwdParams& p) { return p.scale_f64; }
+template <typename Acc> Acc scale_log2_of(const FwdParams& p) { return Acc(p.scale_log2); }
+template <> double scale_log2_of<double>(const FwdParams& p) { return p.scale_f64 * kLog2e; }
+
+template <typename Acc>
+Acc dot(const Acc* a, const Acc* b, int64_t n) {
+  Acc s = 0;
+  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+template <typename Acc>
+void axpy(Acc alpha, const Acc* x, Acc* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += alpha * x[i];
+}
+
+// Copies rows [r0, r0+n) of one head into a dense Acc buffer of row length d.
+template <typename T, typename Acc>
+void load_rows(const T* base, int64_t row_stride, int64_t r0, int64_t n, int64_t d, Acc* dst) {
+  for (int64_t r = 0; r < n; ++r) {
+    const T* src = base + (r0 + r) * row_stride;
+    for (int64_t c = 0; c < d; ++c) dst[r * d + c] = load_as<Acc>(src + c);
+  }
+}
+
+template <typename T, typename Acc>
+void store_rows(const Acc* src, int64_t n, int64_t d, T* base, int64_t row_stride, int64_t r0) {
+  for (int64_t r = 0; r < n; ++r) {
+    T* dst = base + (r0 + r) * row_stride;
+    for (int64_t c = 0; c < d; ++c) store_from(dst + c, src[r * d + c]);
+  }
+}
+
+template <typename T, typename Acc>
+void forward(const FwdParams& p) {
+  const int64_t d = p.head_dim, group = p.heads_q / p.heads_kv;
+  const int64_t q_tiles = (p.seqlen_q + kTileQ - 1) / kTileQ;
+  const Acc sl2 = scale_log2_of<Acc>(p);
+  auto task = [&](int64_t t) {
+    const int64_t qt = t % q_tiles, bh = t / q_tiles, h = bh % p.heads_q, b = bh / p.heads_q;
+    const int64_t hk = h / group;
+    const T* q = static_cast<const T*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride;
+    const T* k = static_cast<const T*>(p.k) + b * p.k_batch_stride + hk * p.k_head_stride;
+    const T* v = static_cast<const T*>(p.v) + b * p.v_batch_stride + hk * p.v_head_stride;
+    T* o = static_cast<T*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride;
+    Acc* lse = static_cast<Acc*>(p.lse) + b * p.lse_batch_stride + h * p.lse_head_stride;
+
+    const int64_t r0 = qt * kTileQ, nr = std::min(kTileQ, p.seqlen_q - r0);
+    std::vector<Acc> qs(nr * d), ks(kTileK * d), vs(kTileK * d), acc(nr * d, Acc(0)), s(kTileK);
+    std::vector<Acc> m(nr, neg_inf<Acc>()), l(nr, Acc(0));
+    load_rows(q, p.q_row_stride, r0, nr, d, qs.data());
+    const KeyRange span = visible_keys_of_rows(r0, r0 + nr, p);
+    for (int64_t k0 = span.lo; k0 <= span.hi; k0 += kTileK) {
+      const int64_t nk = std::min(kTileK, span.hi + 1 - k0);
+      load_rows(k, p.k_row_stride, k0, nk, d, ks.data());
+      load_rows(v, p.v_row_stride, k0, nk, d, vs.data());
+      for (int64_t i = 0; i < nr; ++i) {
+        const KeyRange kr = visible_keys(r0 + i, p);
+        Acc mx = m[i];
+        for (int64_t j = 0; j < nk; ++j) {
+          const int64_t key = k0 + j;
+          s[j] = (key < kr.lo || key > kr.hi) ? neg_inf<Acc>()
+                                              : dot(&qs[i * d], &ks[j * d], d) * sl2;
+          if (s[j] > mx) mx = s[j];
+        }
+        const Acc alpha = rescale_factor(m[i], mx), base = exp_base(mx);
+        Acc* oi = &acc[i * d];
+        Acc sum = 0;
+        for (int64_t c = 0; c < d; ++c) oi[c] *= alpha;
+        for (int64_t j = 0; j < nk; ++j) {
+          const Acc pj = Acc(std::exp2(s[j] - base));
+          sum += pj;
+          axpy(pj, &vs[j * d], oi, d);
+        }
+        l[i] = l[i] * alpha + sum;
+        m[i] = mx;
+      }
+    }
+    for (int64_t i = 0; i < nr; ++i) {
+      const Acc inv = inv_sum(l[i]);
+      for (int64_t c = 0; c < d; ++c) acc[i * d + c] *= inv;
+      lse[r0 + i] = finish_lse(m[i], l[i]);
+    }
+    store_rows(acc.data(), nr, d, o, p.o_row_stride, r0);
+  };
+  parallel_for(p.batch * p.heads_q * q_tiles, p.num_threads, task);
+}
+
+// Backward: one task per (batch, kv head) walks its key tiles in order and owns the dq rows of
+// every query head in its group, so the result is race-free and independent of the thread count.
+template <typename T, typename Acc>
+void backward(const BwdParams& bp) {
+  const FwdParams& p = bp.fwd;
+  const int64_t d = p.head_dim, group = p.heads_q / p.heads_kv, sq = p.seqlen_q;
+  const Acc scale = scale_of<Acc>(p), sl2 = scale_log2_of<Acc>(p), log2e = Acc(kLog2e);
+  auto task = [&](int64_t t) {
+    const int64_t hk = t % p.heads_kv, b = t / p.heads_kv;
+    const T* k = static_cast<const T*>(p.k) + b * p.k_batch_stride + hk * p.k_head_stride;
+    const T* v = static_cast<const T*>(p.v) + b * p.v_batch_stride + hk * p.v_head_stride;
+    T* dk = static_cast<T*>(bp.dk) + b * bp.dk_batch_stride + hk * bp.dk_head_stride;
+    T* dv = static_cast<T*>(bp.dv) + b * bp.dv_batch_stride + hk * bp.dv_head_stride;
+
+    // Per group: q, dout as Acc, delta = rowsum(dout * out), lse in the log2 domain, dq accumulator.
+    std::vector<Acc> qs(group * sq * d), dos(group * sq * d), dq(group * sq * d, Acc(0));
+    std::vector<Acc> delta(group * sq), lse2(group * sq), orow(d);
+    for (int64_t g = 0; g < group; ++g) {
+      const int64_t h = hk * group + g;
+      const T* q = static_cast<const T*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride;
+      const T* o = static_cast<const T*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride;
+      const T* dout = static_cast<const T*>(bp.dout) + b * bp.do_batch_stride + h * bp.do_head_stride;
+      const Acc* lse = static_cast<const Acc*>(p.lse) + b * p.lse_batch_stride + h * p.lse_head_stride;
+      load_rows(q, p.q_row_stride, 0, sq, d, &qs[g * sq * d]);
+      load_rows(dout, bp.do_row_stride, 0, sq, d, &dos[g * sq * d]);
+      for (int64_t i = 0; i < sq; ++i) {
+        load_rows(o, p.o_row_stride, i, 1, d, orow.data());
+        delta[g * sq + i] = dot(orow.data(), &dos[(g * sq + i) * d], d);
+        lse2[g * sq + i] = lse[i] * log2e;
+      }
+      if (bp.dlse != nullptr) {  // d lse_i / d s_ij = P_ij, which folds into delta
+        const Acc* dlse = static_cast<const Acc*>(bp.dlse) + b * p.lse_batch_stride + h * p.lse_head_stride;
+        for (int64_t i = 0; i < sq; ++i) delta[g * sq + i] -= dlse[i];
+      }
+    }
+    std::vector<Acc> ks(kTileK * d), vs(kTileK * d), dks(kTileK * d), dvs(kTileK * d);
+    for (int64_t k0 = 0; k0 < p.seqlen_k; k0 += kTileK) {
+      const int64_t nk = std::min(kTileK, p.seqlen_k - k0);
+      load_rows(k, p.k_row_stride, k0, nk, d, ks.data());
+      load_rows(v, p.v_row_stride, k0, nk, d, vs.data());
+      std::fill(dks.begin(), dks.end(), Acc(0));
+      std::fill(dvs.begin(), dvs.end(), Acc(0));
+      const KeyRange rows{visible_rows(k0, p).lo, visible_rows(k0 + nk - 1, p).hi};
+      for (int64_t g = 0; g < group; ++g) {
+        for (int64_t i = rows.lo; i <= rows.hi; ++i) {
+          const int64_t gi = g * sq + i;
+          if (lse2[gi] == neg_inf<Acc>()) continue;  // the row sees no key: no gradient
+          const KeyRange kr = visible_keys(i, p);
+          const Acc* qi = &qs[gi * d];
+          const Acc* doi = &dos[gi * d];
+          Acc* dqi = &dq[gi * d];
+          for (int64_t j = std::max<int64_t>(0, kr.lo - k0); j < nk && k0 + j <= kr.hi; ++j) {
+            const Acc pij = Acc(std::exp2(dot(qi, &ks[j * d], d) * sl2 - lse2[gi]));
+            const Acc dsij = pij * (dot(doi, &vs[j * d], d) - delta[gi]);
+            axpy(pij, doi, &dvs[j * d], d);
+            axpy(dsij * scale, qi, &dks[j * d], d);
+            axpy(dsij * scale, &ks[j * d], dqi, d);
+          }
+        }
+      }
+      store_rows(dks.data(), nk, d, dk, bp.dk_row_stride, k0);
+      store_rows(dvs.data(), nk, d, dv, bp.dv_row_stride, k0);
+    }
+    for (int64_t g = 0; g < group; ++g) {
+      const int64_t h = hk * group + g;
+      T* dqh = static_cast<T*>(bp.dq) + b * bp.dq_batch_stride + h * bp.dq_head_stride;
+      store_rows(&dq[g * sq * d], sq, d, dqh, bp.dq_row_stride, 0);
+    }
+  };
+  parallel_for(p.batch * p.heads_kv, p.num_threads, task);
+}
+
+template <template <typename, typename> class Fn, typename Params>
+void dispatch(DType dt, const Params& p) {
+  switch (dt) {
+    case DType::f32: Fn<float, float>::run(p); break;
+    case DType::f64: Fn<double, double>::run(p); break;
+    case DType::f16: Fn<f16, float>::run(p); break;
+    case DType::bf16: Fn<bf16, float>::run(p); break;
+  }
+}
+
+template <typename T, typename Acc> struct Fwd { static void run(const FwdParams& p) { forward<T, Acc>(p); } };
+template <typename T, typename Acc> struct Bwd { static void run(const BwdParams& p) { backward<T, Acc>(p); } };
+
+}  // namespace
+
+void attention_forward(const FwdParams& p) { dispatch<Fwd>(p.dtype, p); }
+void attention_backward(const BwdParams& p) { dispatch<Bwd>(p.fwd.dtype, p); }
+std::string active_isa() { return "scalar"; }
+
+}  // namespace fae::cpu

@@ -1,0 +1,27 @@
+"""flashattn_ext: exact, fast, memory-lean attention for PyTorch and numpy.
+
+Entry points: :func:`attention` (canonical), :func:`flash_attn_func` (FlashAttention 2.x
+signature), :func:`scaled_dot_product_attention` (torch signature), and
+``flashattn_ext.nn.MultiHeadAttention`` (needs torch)."""
+
+from ._version import __version__
+from ._C import build_info as _build_info
+from ._C import get_num_threads, set_num_threads
+from .functional import attention, flash_attn_func, scaled_dot_product_attention
+
+
+def build_info() -> dict:
+    """What this build contains: version, compiler, CPU instruction set in use, CUDA backend and
+    architectures, default thread count."""
+    return dict(_build_info())
+
+
+__all__ = [
+    "__version__",
+    "attention",
+    "build_info",
+    "flash_attn_func",
+    "get_num_threads",
+    "scaled_dot_product_attention",
+    "set_num_threads",
+]

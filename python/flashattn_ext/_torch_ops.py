@@ -1,0 +1,88 @@
+"""The torch operators ``flashattn_ext::fwd`` and ``flashattn_ext::bwd``: custom ops with fake
+(meta) implementations and registered autograd, so eager mode, autograd and
+``torch.compile(fullgraph=True)`` all see one opaque, differentiable operator."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import torch
+
+from . import _core
+
+_MASK_DOC = "window_left/right: -1 unbounded; bottom_right: causal alignment (DESIGN.md section 1)"
+
+
+def _lse_dtype(q: torch.Tensor) -> torch.dtype:
+    return getattr(torch, _core.lse_dtype_name(_core.dtype_name(q)))
+
+
+def _like(x: torch.Tensor) -> torch.Tensor:
+    # empty_like keeps x's dimension order for dense tensors (a (B, H, S, D) tensor viewed as BSHD
+    # gets a BHSD-ordered result); other layouts get a fresh contiguous tensor.
+    return torch.empty_like(x, memory_format=torch.preserve_format)
+
+
+@torch.library.custom_op("flashattn_ext::fwd", mutates_args=(), device_types="cpu")
+def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                  window_left: int, window_right: int,
+                  bottom_right: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Forward on (B, S, H, D) views; returns out (like q) and lse (B, H, Sq)."""
+    mask = _core.MaskSpec(window_left, window_right, bottom_right)
+    out = _like(q)
+    lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]), dtype=_lse_dtype(q), device=q.device)
+    _core.forward(q, k, v, out, lse, scale, mask)
+    return out, lse
+
+
+@attention_fwd.register_fake
+def _(q, k, v, scale, window_left, window_right, bottom_right):
+    return _like(q), q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=_lse_dtype(q))
+
+
+@torch.library.custom_op("flashattn_ext::bwd", mutates_args=(), device_types="cpu")
+def attention_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Tensor,
+                  k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                  scale: float, window_left: int, window_right: int,
+                  bottom_right: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward on (B, S, H, D) views; returns dq, dk, dv (laid out like q, k, v).
+    ``dlse``, when given, is the gradient flowing into lse."""
+    mask = _core.MaskSpec(window_left, window_right, bottom_right)
+    if dout.stride(-1) != 1:  # e.g. the expanded gradient of .sum()
+        dout = dout.contiguous()
+    if dlse is not None:
+        dlse = dlse.contiguous()  # lse itself is always allocated contiguous
+    dq, dk, dv = _like(q), _like(k), _like(v)
+    _core.backward(dout, q, k, v, out, lse, dq, dk, dv, scale, mask, dlse)
+    return dq, dk, dv
+
+
+@attention_bwd.register_fake
+def _(dout, dlse, q, k, v, out, lse, scale, window_left, window_right, bottom_right):
+    return _like(q), _like(k), _like(v)
+
+
+def _setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[Any, ...]) -> None:
+    q, k, v, scale, window_left, window_right, bottom_right = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.args = (scale, window_left, window_right, bottom_right)
+    ctx.set_materialize_grads(False)  # an unused lse then sends no gradient at all
+
+
+def _backward(ctx: Any, dout: Optional[torch.Tensor], dlse: Optional[torch.Tensor]):
+    q, k, v, out, lse = ctx.saved_tensors
+    if dout is None:
+        dout = torch.zeros_like(out)
+    dq, dk, dv = torch.ops.flashattn_ext.bwd(dout, dlse, q, k, v, out, lse, *ctx.args)
+    return dq, dk, dv, None, None, None, None
+
+
+attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def apply(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+          mask: _core.MaskSpec) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Differentiable attention on BSHD views."""
+    return torch.ops.flashattn_ext.fwd(q, k, v, scale, mask.window_left, mask.window_right,
+                                       mask.bottom_right)
