@@ -1,0 +1,57 @@
+"""The test oracle: naive attention with an explicit score matrix, written independently of the
+code under test. Computed in float64 it is the reference; computed in an input's own dtype it is
+the "naive implementation in that dtype" whose error sets the tolerance (DESIGN.md section 5)."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+
+INF = float("inf")
+
+
+def visible_keys(seqlen_q: int, seqlen_k: int, window_left: int, window_right: int,
+                 bottom_right: bool) -> torch.Tensor:
+    """Boolean (Sq, Sk) matrix of the mask rule: row i sees key j iff
+    i + off - left <= j <= i + off + right, off = Sk - Sq (bottom-right) or 0; -1 = unbounded."""
+    off = seqlen_k - seqlen_q if bottom_right else 0
+    i = torch.arange(seqlen_q)[:, None] + off
+    j = torch.arange(seqlen_k)[None, :]
+    ok = torch.ones(seqlen_q, seqlen_k, dtype=torch.bool)
+    if window_left >= 0:
+        ok &= j >= i - window_left
+    if window_right >= 0:
+        ok &= j <= i + window_right
+    return ok
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optional[float] = None,
+              causal: bool = False, window: Tuple[int, int] = (-1, -1), bottom_right: bool = True,
+              dtype: torch.dtype = torch.float64) -> Tuple[torch.Tensor, torch.Tensor]:
+    """q (B, Sq, Hq, D), k/v (B, Sk, Hkv, D) -> out (B, Sq, Hq, D), lse (B, Hq, Sq), in ``dtype``.
+
+    Differentiable (torch autograd) so it is also the gradient oracle. Rows that see no key give
+    out 0 and lse -inf."""
+    b, sq, hq, d = q.shape
+    sk, hkv = k.shape[1], k.shape[2]
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    q, k, v = (x.to(dtype).transpose(1, 2) for x in (q, k, v))  # (B, H, S, D)
+    k = k.repeat_interleave(hq // hkv, dim=1)
+    v = v.repeat_interleave(hq // hkv, dim=1)
+    left, right = window
+    if causal:
+        right = 0
+    ok = visible_keys(sq, sk, left, right, bottom_right)
+    s = (q @ k.transpose(-1, -2)) * scale
+    s = s.masked_fill(~ok, -INF)
+    m = s.amax(dim=-1, keepdim=True).detach()
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    p = torch.exp(s - m)
+    l = p.sum(dim=-1, keepdim=True)
+    seen = ok.any(dim=-1)[:, None]
+    p = torch.where(seen, p / torch.where(seen, l, torch.ones_like(l)), torch.zeros_like(p))
+    out = (p.to(dtype) @ v).transpose(1, 2)
+    lse = torch.where(seen[:, 0], (m + torch.log(l)).squeeze(-1), torch.full_like(m[..., 0], -INF))
+    return out, lse

@@ -1,0 +1,148 @@
+"""Forward and backward of every entry point against the float64 oracle, on each backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import flashattn_ext as fa
+import oracle
+from conftest import assert_close, naive_in, randn
+
+F32, F64, BF16, F16 = torch.float32, torch.float64, torch.bfloat16, torch.float16
+
+# (B, Sq, Sk, Hq, Hkv, D, causal, window): odd lengths, Sq != Sk both ways, GQA/MQA, every head dim.
+CASES = [
+    (1, 1, 1, 1, 1, 1, False, (-1, -1)),
+    (2, 17, 17, 2, 2, 8, True, (-1, -1)),
+    (1, 97, 33, 4, 2, 32, True, (-1, -1)),     # Sq > Sk: bottom-right leaves rows with no key
+    (2, 33, 257, 4, 1, 64, True, (-1, -1)),    # MQA, Sq < Sk
+    (1, 257, 97, 3, 3, 80, False, (-1, -1)),
+    (1, 1025, 1025, 1, 1, 64, True, (-1, -1)),
+    (1, 17, 1025, 2, 1, 128, False, (-1, -1)),
+    (1, 97, 97, 2, 1, 256, True, (-1, -1)),
+    (2, 97, 129, 4, 2, 64, False, (16, 8)),    # sliding window
+    (1, 64, 40, 2, 2, 32, True, (3, -1)),      # causal window with empty rows
+]
+IDS = [f"b{c[0]}-sq{c[1]}-sk{c[2]}-h{c[3]}x{c[4]}-d{c[5]}-{'causal' if c[6] else 'full'}-w{c[7][0]}_{c[7][1]}"
+       for c in CASES]
+
+
+def _inputs(gen, b, sq, sk, hq, hkv, d, dtype):
+    return (randn(gen, b, sq, hq, d, dtype=dtype), randn(gen, b, sk, hkv, d, dtype=dtype),
+            randn(gen, b, sk, hkv, d, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [F32, F64, BF16, F16], ids=str)
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_forward_matches_oracle(backend, gen, case, dtype):
+    b, sq, sk, hq, hkv, d, causal, window = case
+    q, k, v = _inputs(gen, b, sq, sk, hq, hkv, d, dtype)
+    out, lse, _ = fa.flash_attn_func(q, k, v, causal=causal, window_size=window,
+                                     return_attn_probs=True)
+    ref, ref_lse = oracle.attention(q, k, v, causal=causal, window=window)
+    naive = naive_in(dtype, q, k, v, causal=causal, window=window)[0] if dtype in (BF16, F16) else None
+    assert out.dtype == dtype and out.shape == q.shape
+    assert lse.dtype == (F64 if dtype == F64 else F32) and lse.shape == (b, hq, sq)
+    assert_close(out, ref, naive, "out")
+    assert_close(lse, ref_lse.to(lse.dtype), None, "lse")  # lse is float32/float64: absolute
+
+
+BWD_CASES = [CASES[i] for i in (1, 2, 3, 4, 7, 8, 9)]
+
+
+@pytest.mark.parametrize("dtype", [F32, F64, BF16, F16], ids=str)
+@pytest.mark.parametrize("case", BWD_CASES, ids=[IDS[CASES.index(c)] for c in BWD_CASES])
+def test_backward_matches_oracle(backend, gen, case, dtype):
+    b, sq, sk, hq, hkv, d, causal, window = case
+    q, k, v = (x.requires_grad_() for x in _inputs(gen, b, sq, sk, hq, hkv, d, dtype))
+    dout = randn(gen, b, sq, hq, d, dtype=dtype)
+    out = fa.flash_attn_func(q, k, v, causal=causal, window_size=window)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    ref = oracle.attention(q, k, v, causal=causal, window=window)[0]
+    ref_grads = torch.autograd.grad(ref, (q, k, v), dout.double())
+    naive_grads = [None] * 3
+    if dtype in (BF16, F16):
+        naive = naive_in(dtype, q, k, v, causal=causal, window=window)[0]
+        naive_grads = torch.autograd.grad(naive, (q, k, v), dout)
+    for name, g, r, n in zip(("dq", "dk", "dv"), grads, ref_grads, naive_grads):
+        assert g.dtype == dtype
+        assert torch.isfinite(g).all(), f"{name} has non-finite entries"
+        assert_close(g, r, n, name)
+
+
+@pytest.mark.parametrize("bottom_right", [True, False], ids=["bottom_right", "top_left"])
+@pytest.mark.parametrize("sq,sk", [(17, 40), (40, 17), (23, 23)])
+def test_causal_alignments(backend, gen, bottom_right, sq, sk):
+    """attention/flash_attn_func align bottom-right, scaled_dot_product_attention top-left."""
+    q, k, v = (x.requires_grad_() for x in _inputs(gen, 2, sq, sk, 4, 2, 32, F64))
+    if bottom_right:
+        out = fa.attention(q, k, v, causal=True)
+    else:  # the torch entry point takes (B, H, S, D)
+        out = fa.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v)),
+                                              is_causal=True, enable_gqa=True).transpose(1, 2)
+    ref = oracle.attention(q, k, v, causal=True, bottom_right=bottom_right)[0]
+    assert_close(out, ref, None, "out")
+    dout = randn(gen, *out.shape, dtype=F64)
+    for name, g, r in zip("qkv", torch.autograd.grad(out, (q, k, v), dout),
+                          torch.autograd.grad(ref, (q, k, v), dout)):
+        assert_close(g, r, None, "d" + name)
+
+
+def test_rows_that_see_no_key(backend, gen):
+    """Bottom-right causal with Sq > Sk: the first Sq - Sk rows see nothing."""
+    q, k, v = (x.requires_grad_() for x in _inputs(gen, 1, 20, 5, 2, 2, 16, F32))
+    out, lse = fa.attention(q, k, v, causal=True, return_lse=True)
+    assert torch.equal(out[:, :15], torch.zeros_like(out[:, :15]))
+    assert torch.isneginf(lse[:, :, :15]).all() and torch.isfinite(lse[:, :, 15:]).all()
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), randn(gen, *out.shape))
+    assert all(torch.isfinite(g).all() for g in (dq, dk, dv))
+    assert torch.equal(dq[:, :15], torch.zeros_like(dq[:, :15]))
+
+
+def test_nan_propagates(backend, gen):
+    q, k, v = _inputs(gen, 1, 9, 9, 1, 1, 8, F32)
+    q[0, 3, 0, 2] = float("nan")
+    out = fa.attention(q, k, v, causal=True)
+    assert torch.isnan(out[0, 3]).all()
+    rows = [i for i in range(9) if i != 3]
+    assert torch.isfinite(out[0, rows]).all()
+    k[0, 5, 0, 0] = float("nan")  # key 5 is seen by causal rows 5..8 only
+    out = fa.attention(q, k, v, causal=True)
+    assert torch.isnan(out[0, 5:]).all() and torch.isfinite(out[0, [0, 1, 2, 4]]).all()
+
+
+def test_lse_gradient(backend, gen):
+    """A loss that uses lse sends its gradient through the backward."""
+    q, k, v = (x.requires_grad_() for x in _inputs(gen, 1, 13, 21, 2, 1, 16, F64))
+    out, lse = fa.attention(q, k, v, causal=True, return_lse=True)
+    w = randn(gen, *lse.shape, dtype=F64)
+    loss = out.sum() + (lse * w).sum()
+    ref_out, ref_lse = oracle.attention(q, k, v, causal=True)
+    assert_close(lse, ref_lse, None, "lse")
+    ref_loss = ref_out.sum() + (ref_lse * w).sum()
+    for name, g, r in zip("qkv", torch.autograd.grad(loss, (q, k, v)),
+                          torch.autograd.grad(ref_loss, (q, k, v))):
+        assert_close(g, r, None, "d" + name)
+
+
+@pytest.mark.parametrize("rank", [2, 3, 4])
+def test_numpy_in_numpy_out(backend, gen, rank):
+    """(S, D), (B, S, D) and (B, S, H, D) numpy arrays in, numpy arrays out."""
+    lead = {2: (), 3: (2,), 4: (2,)}[rank]
+    heads = (3,) if rank == 4 else ()
+    q = randn(gen, *lead, 37, *heads, 24).numpy()
+    k, v = (randn(gen, *lead, 51, *heads, 24).numpy() for _ in range(2))
+    out, lse = fa.attention(q, k, v, causal=True, return_lse=True)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == q.shape
+    assert isinstance(lse, np.ndarray) and lse.dtype == np.float32
+    assert lse.shape == lead + heads + (37,)
+
+    def bshd(x: np.ndarray) -> torch.Tensor:  # the same data as a (B, S, H, D) tensor
+        t = torch.from_numpy(x)
+        return t if rank == 4 else t.reshape(1 if rank == 2 else 2, x.shape[-2], 1, 24)
+
+    ref, ref_lse = oracle.attention(bshd(q), bshd(k), bshd(v), causal=True)
+    assert_close(torch.from_numpy(out).reshape(ref.shape), ref, None, "out")
+    assert_close(torch.from_numpy(lse).reshape(ref_lse.shape), ref_lse, None, "lse")
