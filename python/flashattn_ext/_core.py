@@ -93,8 +93,8 @@ def validate(q: Any, k: Any, v: Any, *, ranks: Sequence[int], scale: Optional[fl
         if x.ndim != q.ndim:
             raise ValueError(f"{n}: expected {q.ndim} dimensions like q, got shape {tuple(x.shape)}")
     if q.ndim not in ranks:
-        raise ValueError(f"q: expected {' or '.join(str(r) for r in ranks)} dimensions "
-                         f"({layout}), got shape {tuple(q.shape)}")
+        raise ValueError(f"q: expected {' or '.join(str(r) for r in ranks)} dimensions, "
+                         f"{layout}; got shape {tuple(q.shape)}")
     for n, x in (("q", q), ("k", k), ("v", v)):
         name = dtype_name(x)
         if name not in _NUMPY_DTYPES:
