@@ -114,6 +114,21 @@ def test_rejects_device_mismatch(gen):
         fa.attention(q, k.to("meta"), v)
 
 
+def test_rejects_unsupported_device(gen):
+    q, k, v = (x.to("meta") for x in qkv(gen))
+    with pytest.raises(NotImplementedError, match="q: device meta is not supported by this build"):
+        fa.attention(q, k, v)
+
+
+def test_rejects_misaligned_numpy_strides(gen):
+    raw = np.zeros(4 * 13 * 2 * 16 * 4 + 64, dtype=np.uint8)
+    q = np.lib.stride_tricks.as_strided(raw.view(np.float32)[:4 * 13 * 2 * 16], (4, 13, 2, 16),
+                                        (13 * 2 * 16 * 4 + 2, 2 * 16 * 4, 16 * 4, 4))
+    k = randn(gen, 4, 13, 2, 16).numpy()
+    with pytest.raises(ValueError, match="q: byte strides .* are not multiples of the item size"):
+        fa.attention(q, k, k)
+
+
 # ---- layouts and strides ---------------------------------------------------------------
 
 def test_bhsd_views_and_strided_inputs_need_no_copy(backend, gen):
