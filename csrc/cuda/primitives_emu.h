@@ -1,0 +1,258 @@
+// Host-compiler implementation of the primitives (included by primitives.cuh only): each one calls
+// the SIMT emulator (csrc/emu) or, for pure arithmetic, computes the bit-exact result of the PTX
+// instruction in software (docs/ptx-emulation-spec.md §9).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "../emu/api.h"
+
+namespace fae {
+
+// ---- conversions (spec §9): IEEE round-to-nearest-even, Inf on overflow, subnormals kept ----
+inline uint32_t float_bits(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  return u;
+}
+inline float bits_float(uint32_t u) {
+  float x;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+
+inline uint16_t f32_to_f16_bits(float x) {
+  const uint32_t u = float_bits(x);
+  const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
+  const uint32_t a = u & 0x7FFFFFFFu;
+  if (a >= 0x7F800000u) return a == 0x7F800000u ? uint16_t(sign | 0x7C00u) : uint16_t(0x7FFF);  // Inf / NaN
+  if (a > 0x477FEFFFu) return uint16_t(sign | 0x7C00u);  // rounds to >= 65520: Inf
+  if (a < 0x33000001u) return sign;                      // at most half the smallest subnormal: 0
+  uint32_t res, rem;
+  if (a >= 0x38800000u) {  // normal f16: rebias the exponent, keep 10 mantissa bits
+    res = (a - 0x38000000u) >> 13;
+    rem = a << 19;
+  } else {  // subnormal f16: shift the full significand right
+    const uint32_t shift = 0x7Eu - (a >> 23);
+    const uint32_t mant = (a & 0x7FFFFFu) | 0x800000u;
+    res = mant >> shift;
+    rem = mant << (32 - shift);
+  }
+  if (rem > 0x80000000u || (rem == 0x80000000u && (res & 1u))) ++res;
+  return static_cast<uint16_t>(sign | res);
+}
+
+inline uint16_t f32_to_bf16_bits(float x) {
+  const uint32_t u = float_bits(x);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FFF;  // NaN
+  uint32_t res = u >> 16;
+  const uint32_t rem = u & 0xFFFFu;
+  if (rem > 0x8000u || (rem == 0x8000u && (res & 1u))) ++res;
+  return static_cast<uint16_t>(res);
+}
+
+inline float f16_bits_to_f32(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
+  const uint32_t e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
+  if (e == 0) {  // zero or subnormal: m * 2^-24 is exact in f32
+    const float v = std::ldexp(static_cast<float>(m), -24);
+    return sign ? -v : v;
+  }
+  if (e == 31) return bits_float(sign | 0x7F800000u | (m << 13));
+  return bits_float(sign | ((e + 112u) << 23) | (m << 13));
+}
+
+inline float bf16_bits_to_f32(uint16_t b) { return bits_float(uint32_t(b) << 16); }
+
+template <class T>
+inline uint32_t pack2(float lo, float hi) {
+  static_assert(std::is_same_v<T, half_t> || std::is_same_v<T, bf16_t>, "pack2 packs half_t or bf16_t");
+  if constexpr (std::is_same_v<T, half_t>)
+    return uint32_t(f32_to_f16_bits(lo)) | (uint32_t(f32_to_f16_bits(hi)) << 16);
+  else
+    return uint32_t(f32_to_bf16_bits(lo)) | (uint32_t(f32_to_bf16_bits(hi)) << 16);
+}
+
+// ex2.approx.ftz.f32: the correctly rounded 2^x (within the instruction's 2 ulp), subnormal input and
+// output flushed to zero.
+inline float fast_exp2(float x) {
+  if (std::fpclassify(x) == FP_SUBNORMAL) x = 0.0f;
+  const float r = static_cast<float>(std::exp2(static_cast<double>(x)));
+  return std::fpclassify(r) == FP_SUBNORMAL ? 0.0f : r;
+}
+
+// ---- tensor cores: qual = K | (bf16 ? 0x100 : 0) ----
+template <class T>
+inline void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4]) {
+  static_assert(std::is_same_v<T, half_t> || std::is_same_v<T, bf16_t>, "mma inputs are half_t or bf16_t");
+  emu::Arrival r{};
+  r.op = emu::Op::mma;
+  r.qual = 16 | (std::is_same_v<T, bf16_t> ? 0x100 : 0);
+  r.mask = ~0u;
+  r.a = a;
+  r.b = b;
+  r.c = c;
+  r.d = d;
+  emu::warp_collective(r);
+}
+template <class T>
+inline void mma_m16n8k8(float (&d)[4], const uint32_t (&a)[2], uint32_t b, const float (&c)[4]) {
+  static_assert(std::is_same_v<T, half_t> || std::is_same_v<T, bf16_t>, "mma inputs are half_t or bf16_t");
+  emu::Arrival r{};
+  r.op = emu::Op::mma;
+  r.qual = 8 | (std::is_same_v<T, bf16_t> ? 0x100 : 0);
+  r.mask = ~0u;
+  r.a = a;
+  r.b = &b;
+  r.c = c;
+  r.d = d;
+  emu::warp_collective(r);
+}
+
+// ---- ldmatrix / stmatrix ----
+namespace emu {
+inline void matrix_op(Op op, int num, bool trans, const void* p, uint32_t* r0, uint32_t* r1, uint32_t* r2,
+                      uint32_t* r3) {
+  Arrival r{};
+  r.op = op;
+  r.qual = num | (trans ? 8 : 0);
+  r.mask = ~0u;
+  r.addr = p;
+  r.out[0] = r0;
+  r.out[1] = r1;
+  r.out[2] = r2;
+  r.out[3] = r3;
+  warp_collective(r);
+}
+}  // namespace emu
+
+template <class T>
+inline void ldmatrix_x1(uint32_t& r0, sptr<T> p) {
+  emu::matrix_op(emu::Op::ldmatrix, 1, false, p.get(), &r0, nullptr, nullptr, nullptr);
+}
+template <class T>
+inline void ldmatrix_x2(uint32_t& r0, uint32_t& r1, sptr<T> p) {
+  emu::matrix_op(emu::Op::ldmatrix, 2, false, p.get(), &r0, &r1, nullptr, nullptr);
+}
+template <class T>
+inline void ldmatrix_x4(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3, sptr<T> p) {
+  emu::matrix_op(emu::Op::ldmatrix, 4, false, p.get(), &r0, &r1, &r2, &r3);
+}
+template <class T>
+inline void ldmatrix_x1_trans(uint32_t& r0, sptr<T> p) {
+  emu::matrix_op(emu::Op::ldmatrix, 1, true, p.get(), &r0, nullptr, nullptr, nullptr);
+}
+template <class T>
+inline void ldmatrix_x2_trans(uint32_t& r0, uint32_t& r1, sptr<T> p) {
+  emu::matrix_op(emu::Op::ldmatrix, 2, true, p.get(), &r0, &r1, nullptr, nullptr);
+}
+template <class T>
+inline void ldmatrix_x4_trans(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3, sptr<T> p) {
+  emu::matrix_op(emu::Op::ldmatrix, 4, true, p.get(), &r0, &r1, &r2, &r3);
+}
+template <class T>
+inline void stmatrix_x1(uint32_t r0, sptr<T> p) {
+  emu::matrix_op(emu::Op::stmatrix, 1, false, p.get(), &r0, nullptr, nullptr, nullptr);
+}
+template <class T>
+inline void stmatrix_x2(uint32_t r0, uint32_t r1, sptr<T> p) {
+  emu::matrix_op(emu::Op::stmatrix, 2, false, p.get(), &r0, &r1, nullptr, nullptr);
+}
+template <class T>
+inline void stmatrix_x4(uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3, sptr<T> p) {
+  emu::matrix_op(emu::Op::stmatrix, 4, false, p.get(), &r0, &r1, &r2, &r3);
+}
+template <class T>
+inline void stmatrix_x1_trans(uint32_t r0, sptr<T> p) {
+  emu::matrix_op(emu::Op::stmatrix, 1, true, p.get(), &r0, nullptr, nullptr, nullptr);
+}
+template <class T>
+inline void stmatrix_x2_trans(uint32_t r0, uint32_t r1, sptr<T> p) {
+  emu::matrix_op(emu::Op::stmatrix, 2, true, p.get(), &r0, &r1, nullptr, nullptr);
+}
+template <class T>
+inline void stmatrix_x4_trans(uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3, sptr<T> p) {
+  emu::matrix_op(emu::Op::stmatrix, 4, true, p.get(), &r0, &r1, &r2, &r3);
+}
+
+// ---- cp.async ----
+template <int Bytes, class D, class S>
+inline void cp_async(sptr<D> dst, gptr<S> src, int src_bytes = Bytes) {
+  static_assert(Bytes == 4 || Bytes == 8 || Bytes == 16, "cp.async copies 4, 8 or 16 bytes");
+  emu::cp_async(dst.get(), src.get(), src.lo(), src.hi(), Bytes, src_bytes);
+}
+inline void cp_async_commit() { emu::cp_async_commit(); }
+template <int N>
+inline void cp_async_wait() {
+  emu::cp_async_wait(N);
+}
+inline void cp_async_wait_all() { emu::cp_async_wait_all(); }
+
+}  // namespace fae
+
+// ---- CUDA builtins ----
+inline void __syncthreads() { ::fae::emu::syncthreads(); }
+
+namespace fae::emu {
+// shfl.sync with the c operand the CUDA headers build from `width` (spec §5.2); qual = mode.
+enum ShflMode { shfl_idx = 0, shfl_up = 1, shfl_down = 2, shfl_bfly = 3 };
+inline uint32_t shfl32(int mode, unsigned mask, uint32_t v, int b, int width) {
+  Arrival r{};
+  r.op = Op::shfl;
+  r.qual = mode;
+  r.mask = mask;
+  r.v[0] = v;
+  r.sb = b;
+  r.sc = ((32 - width) << 8) | (mode == shfl_up ? 0 : 0x1F);
+  r.v[1] = static_cast<uint32_t>(width);
+  warp_collective(r);
+  return r.v[0];
+}
+template <class T>
+inline T shfl(int mode, unsigned mask, T v, int b, int width) {
+  static_assert(sizeof(T) == 4 || sizeof(T) == 8, "shuffles move 32- or 64-bit values");
+  uint32_t w[sizeof(T) / 4];
+  std::memcpy(w, &v, sizeof(T));
+  for (auto& x : w) x = shfl32(mode, mask, x, b, width);
+  std::memcpy(&v, w, sizeof(T));
+  return v;
+}
+}  // namespace fae::emu
+
+// The CUDA overload set (one per value type), so that proxies such as p[i] convert as on nvcc.
+#define FAE_EMU_SHFL(T)                                                                  \
+  inline T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32) {               \
+    return ::fae::emu::shfl(::fae::emu::shfl_idx, mask, v, src_lane, width);             \
+  }                                                                                      \
+  inline T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {          \
+    return ::fae::emu::shfl(::fae::emu::shfl_up, mask, v, static_cast<int>(delta), width);   \
+  }                                                                                      \
+  inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {        \
+    return ::fae::emu::shfl(::fae::emu::shfl_down, mask, v, static_cast<int>(delta), width); \
+  }                                                                                      \
+  inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {          \
+    return ::fae::emu::shfl(::fae::emu::shfl_bfly, mask, v, lane_mask, width);           \
+  }
+FAE_EMU_SHFL(int)
+FAE_EMU_SHFL(unsigned)
+FAE_EMU_SHFL(long)
+FAE_EMU_SHFL(unsigned long)
+FAE_EMU_SHFL(long long)
+FAE_EMU_SHFL(unsigned long long)
+FAE_EMU_SHFL(float)
+FAE_EMU_SHFL(double)
+#undef FAE_EMU_SHFL
+
+// Global float atomic add (device-scope; blocks may run on several OS threads).
+inline float atomicAdd(::fae::gptr<float> p, float v) {
+  ::fae::emu::check_global(p.get(), sizeof(float), p.lo(), p.hi(), true);
+  uint32_t* w = reinterpret_cast<uint32_t*>(p.get());
+  uint32_t old = __atomic_load_n(w, __ATOMIC_RELAXED);
+  while (!__atomic_compare_exchange_n(w, &old, ::fae::float_bits(::fae::bits_float(old) + v), true, __ATOMIC_RELAXED,
+                                      __ATOMIC_RELAXED)) {
+  }
+  return ::fae::bits_float(old);
+}

@@ -1,0 +1,112 @@
+// Emulator internals shared by runtime.cpp (scheduler, launch), memory.cpp (shadow memory,
+// cp.async, checkers 1-4) and warp_ops.cpp (warp-collective semantics, checker 5).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "fiber.h"
+#include "runtime.h"
+
+namespace fae::emu {
+
+struct Runner;
+
+// One cp.async in flight: issued by its thread, performed when the thread waits for its group.
+struct AsyncCopy {
+  char* dst;
+  const char* src;
+  int cp_size, src_size;
+  uint64_t group;  // sequence number of the group it belongs to (== committed while uncommitted)
+};
+
+struct Thread : ThreadInfo {
+  enum class State : uint8_t { ready, barrier, collective, done };
+  Context ctx;
+  Runner* runner = nullptr;
+  int tid = 0, warp = 0, lane = 0;
+  State state = State::ready;
+  Arrival* arrival = nullptr;  // while waiting in a warp collective
+  std::deque<AsyncCopy> copies;
+  uint64_t committed = 0, completed = 0;
+};
+
+// Per byte of shared memory. Epochs are unique per barrier interval of the runner, so a value from
+// an earlier interval or block simply never matches the current one.
+struct Shadow {
+  uint32_t w_epoch = 0, r_epoch = 0;
+  uint16_t w_tid = 0, r_tid = 0;
+  uint16_t inflight = 0;  // 1 + tid of the thread whose cp.async targets this byte, 0 if none
+  uint8_t w_async = 0;    // last write was a cp.async completion
+};
+constexpr uint16_t kManyReaders = 0xFFFF;
+
+// A warp collective waiting for lanes.
+struct PendingCollective {
+  unsigned mask, arrived;
+  Op op;
+  int qual;
+};
+
+struct LaunchState {
+  const char* name;
+  dim3 grid, block;
+  std::size_t smem;
+  const std::function<void()>* body;
+  Config cfg;
+};
+
+// Runs blocks on one OS thread; owns the fibers' stacks, shared memory and its shadow.
+struct Runner {
+  const LaunchState* launch = nullptr;
+  uint3 block_idx{};
+  std::vector<Thread> threads;
+  std::vector<std::unique_ptr<Stack>> stacks;
+  std::size_t stack_bytes = 0;
+  std::vector<std::vector<PendingCollective>> warps;
+  std::deque<Thread*> ready;
+  Context sched;
+  Thread* cur = nullptr;
+  int nthreads = 0, ndone = 0, nbarrier = 0;
+  uint32_t epoch = 0, epoch_counter = 0;
+  std::vector<unsigned char> smem_store;
+  unsigned char* smem = nullptr;
+  std::size_t smem_size = 0;
+  std::vector<Shadow> shadow;
+  int async_pending = 0;
+  std::exception_ptr error;
+  std::mt19937_64 rng;
+
+  void run_block(uint3 bidx);
+  void yield();
+  void make_ready(Thread* t);
+  void new_epoch() { epoch = ++epoch_counter; }
+  void release_barrier();
+  void thread_exit(Thread* t);
+  [[noreturn]] void report_deadlock();
+  // Shared-memory checks (memory.cpp), attributed to thread t.
+  void smem_check(const Thread* t, const void* p, std::size_t n, bool write);
+  void complete_group(Thread* t);
+};
+
+extern thread_local Runner* tls_runner;
+
+// Formatting for error messages.
+std::string thread_name(const Runner& r, int tid);
+std::string address_name(const Runner& r, const void* p, bool global);
+// Throws Error naming kernel, block, thread t (if any), the address (shared offset, or global) and the rule.
+[[noreturn]] void fail(const Runner& r, const Thread* t, const void* addr, const std::string& rule,
+                       bool global = false);
+
+// Executes a completed warp collective (warp_ops.cpp); lanes[l] is null for non-participants.
+void execute_collective(Runner& r, Thread* const lanes[32], const PendingCollective& pc);
+const char* collective_name(Op op, int qual);
+
+}  // namespace fae::emu

@@ -1,0 +1,186 @@
+// Semantics of the warp-collective instructions, executed once all lanes have arrived: operands of
+// every lane are gathered before any result is scattered (d and c of mma may alias).
+//   mma.m16n8k16 / m16n8k8 .f32.{f16,bf16}: spec §1.2, §2.1; exact products, f64 sum, one RNE to f32
+//   ldmatrix / stmatrix .x1/.x2/.x4 [.trans]: spec §3
+//   shfl.sync idx/up/down/bfly: spec §5.1 formula with the CUDA-header c operand
+#include <cstring>
+
+#include "../cuda/primitives.cuh"
+#include "internal.h"
+
+namespace fae::emu {
+
+const char* collective_name(Op op, int qual) {
+  switch (op) {
+    case Op::mma:
+      switch (qual) {
+        case 16:
+          return "mma.m16n8k16.f32.f16";
+        case 16 | 0x100:
+          return "mma.m16n8k16.f32.bf16";
+        case 8:
+          return "mma.m16n8k8.f32.f16";
+        default:
+          return "mma.m16n8k8.f32.bf16";
+      }
+    case Op::ldmatrix:
+    case Op::stmatrix: {
+      static const char* names[2][2][5] = {
+          {{"", "ldmatrix.x1", "ldmatrix.x2", "", "ldmatrix.x4"},
+           {"", "ldmatrix.x1.trans", "ldmatrix.x2.trans", "", "ldmatrix.x4.trans"}},
+          {{"", "stmatrix.x1", "stmatrix.x2", "", "stmatrix.x4"},
+           {"", "stmatrix.x1.trans", "stmatrix.x2.trans", "", "stmatrix.x4.trans"}}};
+      return names[op == Op::stmatrix][(qual >> 3) & 1][qual & 7];
+    }
+    case Op::shfl: {
+      static const char* names[4] = {"shfl.sync.idx", "shfl.sync.up", "shfl.sync.down", "shfl.sync.bfly"};
+      return names[qual & 3];
+    }
+  }
+  return "?";
+}
+
+namespace {
+
+double decode(uint32_t reg, int half, bool bf16) {
+  const auto h = static_cast<uint16_t>(reg >> (16 * half));
+  return bf16 ? bf16_bits_to_f32(h) : f16_bits_to_f32(h);
+}
+
+void exec_mma(Thread* const lanes[32], int qual) {
+  const bool bf16 = qual & 0x100;
+  const int K = qual & 0xFF;
+  double A[16][16], B[16][8], C[16][8];
+  for (int l = 0; l < 32; ++l) {
+    const Arrival& a = *lanes[l]->arrival;
+    const int g = l >> 2, t = l & 3;
+    for (int i = 0; i < (K == 16 ? 8 : 4); ++i) {  // §1.2 / §2.1 A fragment
+      const int row = g + ((i & 2) ? 8 : 0), col = 2 * t + (i & 1) + (i >= 4 ? 8 : 0);
+      A[row][col] = decode(a.a[i >> 1], i & 1, bf16);
+    }
+    for (int i = 0; i < (K == 16 ? 4 : 2); ++i)  // B fragment
+      B[2 * t + (i & 1) + (i >= 2 ? 8 : 0)][g] = decode(a.b[i >> 1], i & 1, bf16);
+    for (int i = 0; i < 4; ++i) C[g + (i >= 2 ? 8 : 0)][2 * t + (i & 1)] = a.c[i];
+  }
+  float D[16][8];
+  for (int m = 0; m < 16; ++m)
+    for (int n = 0; n < 8; ++n) {
+      double s = 0;
+      for (int k = 0; k < K; ++k) s += A[m][k] * B[k][n];
+      D[m][n] = static_cast<float>(s + C[m][n]);
+    }
+  for (int l = 0; l < 32; ++l) {
+    const int g = l >> 2, t = l & 3;
+    for (int i = 0; i < 4; ++i) lanes[l]->arrival->d[i] = D[g + (i >= 2 ? 8 : 0)][2 * t + (i & 1)];
+  }
+}
+
+// Row r of matrix j is 16 bytes at the address supplied by lane 8j + r.
+const unsigned char* row_address(Runner& r, Thread* const lanes[32], int lane, bool store) {
+  Thread* src = lanes[lane];
+  const auto* p = static_cast<const unsigned char*>(src->arrival->addr);
+  const char* name = store ? "stmatrix" : "ldmatrix";
+  if (reinterpret_cast<std::uintptr_t>(p) % 16)
+    fail(r, src, p, std::string(name) + " row address not 16-byte aligned");
+  if (p < r.smem || p + 16 > r.smem + r.smem_size)
+    fail(r, src, p,
+         std::string(name) + " row of 16 bytes outside the dynamic shared memory (" + std::to_string(r.smem_size) +
+             " bytes allocated at launch)");
+  r.smem_check(src, p, 16, store);
+  return p;
+}
+
+void exec_ldmatrix(Runner& r, Thread* const lanes[32], int num, bool trans) {
+  uint16_t M[4][8][8];
+  for (int j = 0; j < num; ++j)
+    for (int row = 0; row < 8; ++row) std::memcpy(M[j][row], row_address(r, lanes, 8 * j + row, false), 16);
+  for (int l = 0; l < 32; ++l) {
+    const int g = l >> 2, t = l & 3;
+    for (int j = 0; j < num; ++j) {
+      const uint16_t lo = trans ? M[j][2 * t][g] : M[j][g][2 * t];
+      const uint16_t hi = trans ? M[j][2 * t + 1][g] : M[j][g][2 * t + 1];
+      *lanes[l]->arrival->out[j] = uint32_t(lo) | (uint32_t(hi) << 16);
+    }
+  }
+}
+
+void exec_stmatrix(Runner& r, Thread* const lanes[32], int num, bool trans) {
+  uint16_t M[4][8][8];
+  for (int l = 0; l < 32; ++l) {
+    const int g = l >> 2, t = l & 3;
+    for (int j = 0; j < num; ++j) {
+      const uint32_t v = *lanes[l]->arrival->out[j];
+      (trans ? M[j][2 * t][g] : M[j][g][2 * t]) = uint16_t(v);
+      (trans ? M[j][2 * t + 1][g] : M[j][g][2 * t + 1]) = uint16_t(v >> 16);
+    }
+  }
+  for (int j = 0; j < num; ++j)
+    for (int row = 0; row < 8; ++row) {
+      auto* p = const_cast<unsigned char*>(row_address(r, lanes, 8 * j + row, true));
+      std::memcpy(p, M[j][row], 16);
+    }
+}
+
+void exec_shfl(Runner& r, Thread* const lanes[32], unsigned mask, int mode) {
+  uint32_t in[32], out[32];
+  for (int l = 0; l < 32; ++l)
+    if (lanes[l]) {
+      const Arrival& a = *lanes[l]->arrival;
+      const int width = int(a.v[1]);
+      if (width < 1 || width > 32 || (width & (width - 1)))
+        fail(r, lanes[l], nullptr, "shuffle width " + std::to_string(width) + " is not a power of two <= 32");
+      in[l] = a.v[0];
+    }
+  for (int l = 0; l < 32; ++l) {
+    if (!lanes[l]) continue;
+    const Arrival& a = *lanes[l]->arrival;
+    const int bval = a.sb & 31, cval = a.sc & 31, seg = (a.sc >> 8) & 31;
+    const int max_lane = (l & seg) | (cval & ~seg), min_lane = l & seg;
+    int j;
+    bool p;
+    switch (mode) {
+      case shfl_up:
+        j = l - bval;
+        p = j >= max_lane;
+        break;
+      case shfl_down:
+        j = l + bval;
+        p = j <= max_lane;
+        break;
+      case shfl_bfly:
+        j = l ^ bval;
+        p = j <= max_lane;
+        break;
+      default:
+        j = min_lane | (bval & ~seg);
+        p = j <= max_lane;
+    }
+    if (p && !(mask & (1u << j)))
+      fail(r, lanes[l], nullptr,
+           "shuffle reads lane " + std::to_string(j) + ", which is not in the membermask (undefined value)");
+    out[l] = p ? in[j] : in[l];
+  }
+  for (int l = 0; l < 32; ++l)
+    if (lanes[l]) lanes[l]->arrival->v[0] = out[l];
+}
+
+}  // namespace
+
+void execute_collective(Runner& r, Thread* const lanes[32], const PendingCollective& pc) {
+  switch (pc.op) {
+    case Op::mma:
+      exec_mma(lanes, pc.qual);
+      break;
+    case Op::ldmatrix:
+      exec_ldmatrix(r, lanes, pc.qual & 7, pc.qual & 8);
+      break;
+    case Op::stmatrix:
+      exec_stmatrix(r, lanes, pc.qual & 7, pc.qual & 8);
+      break;
+    case Op::shfl:
+      exec_shfl(r, lanes, pc.mask, pc.qual);
+      break;
+  }
+}
+
+}  // namespace fae::emu
