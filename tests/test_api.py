@@ -199,6 +199,19 @@ def test_torch_compile_fullgraph(gen):
         assert torch.equal(g, r)
 
 
+def test_torch_compile_inductor(gen):
+    """The default compiler (inductor) generates code around the opaque op, forward and backward."""
+    torch._dynamo.reset()
+    f = lambda q, k, v: fa.attention(q, k, v, causal=True).square().sum()
+    q, k, v = (x.requires_grad_() for x in qkv(gen, dtype=F64))
+    loss = torch.compile(f, fullgraph=True)(q, k, v)
+    grads = torch.autograd.grad(loss, (q, k, v))
+    ref = oracle.attention(q, k, v, causal=True)[0].square().sum()
+    assert_close(loss, ref, None, "loss")
+    for g, r in zip(grads, torch.autograd.grad(ref, (q, k, v))):
+        assert_close(g, r, None, "grad")
+
+
 def test_torch_library_opcheck(gen):
     q, k, v = (x.requires_grad_() for x in qkv(gen, dtype=F64))
     torch.library.opcheck(torch.ops.flashattn_ext.fwd.default, (q, k, v, 0.3, -1, 0, True))
