@@ -151,8 +151,7 @@ __global__ void probe_zfill_kernel(gptr<const unsigned char> src, gptr<unsigned 
   cp_async<16>(s + 16 * l, size ? src + 16 * l : src + (1 << 24), size);
   cp_async<8>(s + 512 + 8 * l, src + 8 * l, 8);
   cp_async<4>(s + 768 + 4 * l, src + 4 * l, l % 2 ? 4 : 0);
-  cp_async_commit();
-  cp_async_wait<0>();
+  cp_async_wait_all();  // commits the copies above and waits for them
   __syncthreads();
   for (int i = l; i < 896; i += 32) out[i] = s[i];
 }

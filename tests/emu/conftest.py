@@ -1,0 +1,26 @@
+"""Fixtures for the SIMT emulator tests: the `_emu` module (skipped when the emulator was not
+built: FLASHATTN_EXT_EMULATOR=ON) with its configuration restored after every test."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture
+def emu():
+    try:
+        mod = importlib.import_module("flashattn_ext._emu")
+    except ImportError:
+        pytest.skip("flashattn_ext._emu not built (build with FLASHATTN_EXT_EMULATOR=ON)")
+    before = mod.config()
+    yield mod
+    mod.set_seed(None)
+    mod.configure(threads=before["threads"], stack_kib=before["stack_kib"], smem_limit=before["smem_limit"])
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng()
