@@ -1,6 +1,7 @@
 // CPU backend entry points. Arguments are validated by the Python API before they get here.
 #pragma once
 #include <string>
+#include <vector>
 #include "common/params.h"
 
 namespace fae::cpu {
@@ -8,7 +9,12 @@ namespace fae::cpu {
 void attention_forward(const FwdParams& p);
 void attention_backward(const BwdParams& p);
 
-// Name of the instruction set the kernels run with ("scalar", "avx2", "avx512", ...).
+// Name of the instruction set the kernels run with ("scalar", "avx2", "avx512", "avx512bf16",
+// "neon"): the best one the CPU supports, or FLASHATTN_EXT_CPU_ISA when set (an unknown or
+// unsupported value throws std::invalid_argument naming the variable and the accepted values).
 std::string active_isa();
+
+// Instruction sets compiled in and supported by this CPU, worst first.
+std::vector<std::string> available_isas();
 
 }  // namespace fae::cpu

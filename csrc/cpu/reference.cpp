@@ -1,12 +1,14 @@
-// Tiled online-softmax attention on the CPU: forward and FlashAttention-2 style backward.
+// Reference attention for float64 inputs (used by torch.autograd.gradcheck): a plain tiled
+// online-softmax forward and a FlashAttention-2 style backward that accumulate in double.
 // Memory is O(S): score tiles of kTileQ x kTileK live in per-task buffers, never Sq x Sk.
+// The SIMD kernels for float32 / float16 / bfloat16 are in forward.h and backward.h.
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "common/online_softmax.h"
-#include "cpu/backend.h"
 #include "cpu/convert.h"
+#include "cpu/isa.h"
 #include "cpu/thread_pool.h"
 
 namespace fae::cpu {
@@ -177,23 +179,11 @@ void backward(const BwdParams& bp) {
   parallel_for(p.batch * p.heads_kv, p.num_threads, task);
 }
 
-template <template <typename, typename> class Fn, typename Params>
-void dispatch(DType dt, const Params& p) {
-  switch (dt) {
-    case DType::f32: Fn<float, float>::run(p); break;
-    case DType::f64: Fn<double, double>::run(p); break;
-    case DType::f16: Fn<f16, float>::run(p); break;
-    case DType::bf16: Fn<bf16, float>::run(p); break;
-  }
-}
-
-template <typename T, typename Acc> struct Fwd { static void run(const FwdParams& p) { forward<T, Acc>(p); } };
-template <typename T, typename Acc> struct Bwd { static void run(const BwdParams& p) { backward<T, Acc>(p); } };
-
 }  // namespace
 
-void attention_forward(const FwdParams& p) { dispatch<Fwd>(p.dtype, p); }
-void attention_backward(const BwdParams& p) { dispatch<Bwd>(p.fwd.dtype, p); }
-std::string active_isa() { return "scalar"; }
+namespace reference {
+void forward(const FwdParams& p) { cpu::forward<double, double>(p); }
+void backward(const BwdParams& p) { cpu::backward<double, double>(p); }
+}  // namespace reference
 
 }  // namespace fae::cpu

@@ -1,0 +1,205 @@
+// Backward kernel (per-ISA source, see vec.h), FlashAttention-2 shape. A task owns one (batch,
+// kv head) and a contiguous chunk of its key tiles; for each key tile it packs K^T and V^T once,
+// then walks every query head of the GQA group and every query tile that can see the keys:
+//   S  = Q . K^T,  dP = dO . V^T            (A = Q / dO rows in place, B = packed K^T / V^T)
+//   P  = exp2(S*scale_log2 - lse2),  dS = P * (dP - delta) * scale
+//   dV += P^T . dO,  dK += dS^T . Q          (float32 tile accumulators, owned by the task)
+//   dQ += dS . K                              (rows owned by the task: no races)
+// dQ goes straight into a float32 output, else into a float32 accumulator of the task. A head
+// split into several key chunks (only when batch x kv heads gives too few tasks) writes one
+// partial dQ per chunk, summed in chunk order afterwards. The work split depends only on the
+// shapes, never on the thread count, so results are bitwise reproducible.
+#pragma once
+#include <cmath>
+
+#include "common/mask.h"
+#include "cpu/gemm.h"
+#include "cpu/thread_pool.h"
+#include "cpu/tiles.h"
+
+namespace fae::cpu {
+namespace {
+
+template <class V, typename T>
+struct Backward {
+  using R = typename V::R;
+  static constexpr int W = V::W;
+  static constexpr float kLog2e = 1.4426950408889634f;
+
+  const BwdParams& bp;
+  const FwdParams& p;
+  int64_t D, Sq, Sk, group, bq, bk, ldp, key_tiles, nchunks;
+  float* delta = nullptr;   // (b, hq, row): rowsum(dO * O) - dlse
+  float* lse2 = nullptr;    // (b, hq, row): lse in the log2 domain
+  float* dq_part = nullptr; // nchunks > 1: (b, hk, chunk, g, row, d)
+
+  explicit Backward(const BwdParams& prm) : bp(prm), p(prm.fwd) {
+    const TileSizes ts = tile_sizes(p.head_dim);
+    D = p.head_dim; Sq = p.seqlen_q; Sk = p.seqlen_k; group = p.heads_q / p.heads_kv;
+    bq = ts.bwd_bq; bk = ts.bwd_bk; ldp = round_up(bk, W);
+    key_tiles = ceil_div(Sk, bk);
+    const int64_t heads = p.batch * p.heads_kv;
+    nchunks = heads >= kMinTasks ? 1 : std::max<int64_t>(1, std::min(ceil_div(kMinTasks, heads), key_tiles));
+  }
+
+  template <typename U> const U* at(const void* base, int64_t b, int64_t bs, int64_t h, int64_t hs) const {
+    return static_cast<const U*>(base) + b * bs + h * hs;
+  }
+  template <typename U> U* at(void* base, int64_t b, int64_t bs, int64_t h, int64_t hs) const {
+    return static_cast<U*>(base) + b * bs + h * hs;
+  }
+
+  void run() {
+    Scratch dl(p.batch * p.heads_q * Sq), l2(p.batch * p.heads_q * Sq);
+    delta = dl.get();
+    lse2 = l2.get();
+    parallel_for(p.batch * p.heads_q, p.num_threads, [&](int64_t t) { prepare(t); });
+    const int64_t tasks = p.batch * p.heads_kv * nchunks;
+    if (nchunks == 1) {
+      parallel_for(tasks, p.num_threads, [&](int64_t t) { task(t); });
+      return;
+    }
+    Scratch part(tasks * group * Sq * D);
+    dq_part = part.get();
+    parallel_for(tasks, p.num_threads, [&](int64_t t) { task(t); });
+    parallel_for(p.batch * p.heads_q, p.num_threads, [&](int64_t t) { reduce_dq(t); });
+  }
+
+  void prepare(int64_t bh) {
+    const int64_t b = bh / p.heads_q, h = bh % p.heads_q;
+    const T* o = at<T>(p.out, b, p.o_batch_stride, h, p.o_head_stride);
+    const T* dout = at<T>(bp.dout, b, bp.do_batch_stride, h, bp.do_head_stride);
+    const float* lse = at<float>(p.lse, b, p.lse_batch_stride, h, p.lse_head_stride);
+    const float* dlse = bp.dlse ? at<float>(bp.dlse, b, p.lse_batch_stride, h, p.lse_head_stride) : nullptr;
+    for (int64_t i = 0; i < Sq; ++i) {
+      float s = 0.f;
+      for (int64_t d = 0; d < D; ++d)
+        s += load_as<float>(o + i * p.o_row_stride + d) * load_as<float>(dout + i * bp.do_row_stride + d);
+      delta[bh * Sq + i] = dlse ? s - dlse[i] : s;  // d lse_i / d s_ij = P_ij folds into delta
+      lse2[bh * Sq + i] = lse[i] * kLog2e;
+    }
+  }
+
+  void task(int64_t t) {
+    const int64_t chunk = t % nchunks, hk = (t / nchunks) % p.heads_kv, b = t / nchunks / p.heads_kv;
+    const int64_t per = ceil_div(key_tiles, nchunks);
+    const int64_t kt0 = chunk * per, kt1 = std::min(key_tiles, kt0 + per);
+    const bool direct = std::is_same_v<T, float> && nchunks == 1;
+
+    Scratch scratch(2 * D * ldp + 4 * bk * D + 2 * bq * ldp + 2 * bq * D);
+    float* kt = scratch.get();      // D x ldp: K^T of the tile, padding zero
+    float* vt = kt + D * ldp;       // D x ldp: V^T
+    float* kbuf = vt + D * ldp;     // bk x D: K tile as float (16-bit inputs)
+    float* vbuf = kbuf + bk * D;    // bk x D
+    float* dka = vbuf + bk * D;     // bk x D: dK accumulator
+    float* dva = dka + bk * D;      // bk x D: dV accumulator
+    float* s = dva + bk * D;        // bq x ldp: S, then P
+    float* dp = s + bq * ldp;       // bq x ldp: dP, then dS
+    float* qbuf = dp + bq * ldp;    // bq x D: Q rows as float
+    float* dobuf = qbuf + bq * D;   // bq x D: dO rows as float
+
+    // dQ destination of the group: the output itself, or a float32 accumulator.
+    const int64_t acc_elems = direct ? 0 : group * Sq * D;
+    Scratch local(nchunks == 1 ? acc_elems : 0);
+    float* dqacc = nchunks > 1 ? dq_part + t * acc_elems : local.get();
+    if (direct) {
+      for (int64_t g = 0; g < group; ++g) {
+        float* dq = at<float>(bp.dq, b, bp.dq_batch_stride, hk * group + g, bp.dq_head_stride);
+        for (int64_t i = 0; i < Sq; ++i)
+          for (int64_t d = 0; d < D; ++d) dq[i * bp.dq_row_stride + d] = 0.f;
+      }
+    } else {
+      for (int64_t i = 0; i < acc_elems; ++i) dqacc[i] = 0.f;
+    }
+
+    const T* k = at<T>(p.k, b, p.k_batch_stride, hk, p.k_head_stride);
+    const T* v = at<T>(p.v, b, p.v_batch_stride, hk, p.v_head_stride);
+    for (int64_t ti = kt0; ti < kt1; ++ti) {
+      const int64_t k0 = ti * bk, nk = std::min(bk, Sk - k0);
+      int64_t ldk, ldv;
+      const float* kr = float_rows<V>(k + k0 * p.k_row_stride, p.k_row_stride, nk, D, kbuf, ldk);
+      const float* vr = float_rows<V>(v + k0 * p.v_row_stride, p.v_row_stride, nk, D, vbuf, ldv);
+      for (int64_t d = 0; d < D; ++d)
+        for (int64_t j = 0; j < ldp; ++j) {
+          kt[d * ldp + j] = j < nk ? kr[j * ldk + d] : 0.f;
+          vt[d * ldp + j] = j < nk ? vr[j * ldv + d] : 0.f;
+        }
+      for (int64_t i = 0; i < bk * D; ++i) dka[i] = dva[i] = 0.f;
+      const int64_t rlo = visible_rows(k0, p).lo, rhi = visible_rows(k0 + nk - 1, p).hi;
+      for (int64_t g = 0; g < group; ++g) {
+        const int64_t h = hk * group + g, bh = b * p.heads_q + h;
+        const T* q = at<T>(p.q, b, p.q_batch_stride, h, p.q_head_stride);
+        const T* dout = at<T>(bp.dout, b, bp.do_batch_stride, h, bp.do_head_stride);
+        float* dqh;
+        int64_t lddq;
+        if (direct) {
+          dqh = at<float>(bp.dq, b, bp.dq_batch_stride, h, bp.dq_head_stride);
+          lddq = bp.dq_row_stride;
+        } else {
+          dqh = dqacc + g * Sq * D;
+          lddq = D;
+        }
+        for (int64_t i0 = rlo; i0 <= rhi; i0 += bq) {
+          const int64_t nq = std::min(bq, rhi + 1 - i0);
+          int64_t ldq, lddo;
+          const float* qr = float_rows<V>(q + i0 * p.q_row_stride, p.q_row_stride, nq, D, qbuf, ldq);
+          const float* dor = float_rows<V>(dout + i0 * bp.do_row_stride, bp.do_row_stride, nq, D, dobuf, lddo);
+          gemm<V>(nq, ldp, Gemm{qr, ldq, 1, kt, ldp, s, ldp, D, false});
+          gemm<V>(nq, ldp, Gemm{dor, lddo, 1, vt, ldp, dp, ldp, D, false});
+          probabilities(bh, i0, nq, k0, nk, s, dp);
+          gemm<V>(nk, D, Gemm{s, 1, ldp, dor, lddo, dva, D, nq, true});
+          gemm<V>(nk, D, Gemm{dp, 1, ldp, qr, ldq, dka, D, nq, true});
+          gemm<V>(nq, D, Gemm{dp, ldp, 1, kr, ldk, dqh + i0 * lddq, lddq, nk, true});
+        }
+      }
+      T* dk = at<T>(bp.dk, b, bp.dk_batch_stride, hk, bp.dk_head_stride);
+      T* dv = at<T>(bp.dv, b, bp.dv_batch_stride, hk, bp.dv_head_stride);
+      store_rows<V>(dka, D, nk, D, dk + k0 * bp.dk_row_stride, bp.dk_row_stride);
+      store_rows<V>(dva, D, nk, D, dv + k0 * bp.dv_row_stride, bp.dv_row_stride);
+    }
+    if (!direct && nchunks == 1)
+      for (int64_t g = 0; g < group; ++g)
+        store_rows<V>(dqacc + g * Sq * D, D, Sq, D,
+                      at<T>(bp.dq, b, bp.dq_batch_stride, hk * group + g, bp.dq_head_stride), bp.dq_row_stride);
+  }
+
+  // In place: s becomes P, dp becomes dS * scale; entries a row may not see become 0.
+  void probabilities(int64_t bh, int64_t i0, int64_t nq, int64_t k0, int64_t nk, float* s, float* dp) const {
+    const R sl2 = V::set1(p.scale_log2), sc = V::set1(p.scale);
+    for (int64_t r = 0; r < nq; ++r) {
+      const int64_t row = i0 + r;
+      float* sr = s + r * ldp;
+      float* dr = dp + r * ldp;
+      const float l2 = lse2[bh * Sq + row];
+      const KeyRange kr = visible_keys(row, p);
+      if (l2 == neg_inf<float>() || kr.lo > k0 + nk - 1 || kr.hi < k0) {  // sees none of these keys
+        for (int64_t j = 0; j < nk; ++j) sr[j] = dr[j] = 0.f;
+        continue;
+      }
+      const R lv = V::set1(l2), dv = V::set1(delta[bh * Sq + row]);
+      for (int64_t j = 0; j < ldp; j += W) {
+        const R pv = V::exp2(V::sub(V::mul(V::load(sr + j), sl2), lv));
+        V::store(sr + j, pv);
+        V::store(dr + j, V::mul(V::mul(pv, V::sub(V::load(dr + j), dv)), sc));
+      }
+      for (int64_t j = 0; j < kr.lo - k0; ++j) sr[j] = dr[j] = 0.f;
+      for (int64_t j = std::max<int64_t>(0, kr.hi + 1 - k0); j < nk; ++j) sr[j] = dr[j] = 0.f;
+    }
+  }
+
+  void reduce_dq(int64_t bh) const {
+    const int64_t b = bh / p.heads_q, h = bh % p.heads_q, hk = h / group, g = h % group;
+    T* dq = at<T>(bp.dq, b, bp.dq_batch_stride, h, bp.dq_head_stride);
+    Scratch rows(Sq * D);
+    float* acc = rows.get();
+    for (int64_t i = 0; i < Sq * D; ++i) acc[i] = 0.f;
+    for (int64_t c = 0; c < nchunks; ++c) {
+      const float* part = dq_part + ((b * p.heads_kv + hk) * nchunks + c) * group * Sq * D + g * Sq * D;
+      for (int64_t i = 0; i < Sq * D; ++i) acc[i] += part[i];
+    }
+    store_rows<V>(acc, D, Sq, D, dq, bp.dq_row_stride);
+  }
+};
+
+}  // namespace
+}  // namespace fae::cpu

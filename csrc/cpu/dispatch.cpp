@@ -1,0 +1,95 @@
+// Chooses the kernels for each call: the best instruction set this CPU supports, or the one named
+// by FLASHATTN_EXT_CPU_ISA (read on every call, so tests can force each path in one process).
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cpu/backend.h"
+#include "cpu/isa.h"
+
+namespace fae::cpu {
+namespace {
+
+struct Isa {
+  const char* name;
+  bool (*supported)();
+  void (*forward)(const FwdParams&);
+  void (*backward)(const BwdParams&);
+};
+
+#if defined(__x86_64__) || defined(__i386__)
+bool has_avx2() {
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
+bool has_avx512() {
+  return has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+}
+bool has_avx512bf16() { return has_avx512() && __builtin_cpu_supports("avx512bf16"); }
+#endif
+bool always() { return true; }
+
+// In order of preference, worst first.
+const Isa kIsas[] = {
+    {"scalar", always, scalar::forward, scalar::backward},
+#if defined(__x86_64__) || defined(__i386__)
+    {"avx2", has_avx2, avx2::forward, avx2::backward},
+    {"avx512", has_avx512, avx512::forward, avx512::backward},
+    {"avx512bf16", has_avx512bf16, avx512bf16::forward, avx512bf16::backward},
+#elif defined(__aarch64__)
+    {"neon", always, neon::forward, neon::backward},
+#endif
+};
+
+std::string join(const std::vector<std::string>& names) {
+  std::string s;
+  for (const auto& n : names) s += (s.empty() ? "" : ", ") + n;
+  return s;
+}
+
+const Isa& select() {
+  const char* env = std::getenv("FLASHATTN_EXT_CPU_ISA");
+  const std::string want = env ? env : "";
+  if (want.empty() || want == "auto") {
+    const Isa* best = &kIsas[0];
+    for (const Isa& isa : kIsas)
+      if (isa.supported()) best = &isa;
+    return *best;
+  }
+  for (const Isa& isa : kIsas) {
+    if (want != isa.name) continue;
+    if (!isa.supported())
+      throw std::invalid_argument("FLASHATTN_EXT_CPU_ISA='" + want + "': this CPU does not support it; "
+                                  "supported here: auto, " + join(available_isas()));
+    return isa;
+  }
+  throw std::invalid_argument("FLASHATTN_EXT_CPU_ISA='" + want + "' is not a known instruction set; "
+                              "accepted values: auto, scalar, avx2, avx512, avx512bf16, neon "
+                              "(supported here: " + join(available_isas()) + ")");
+}
+
+}  // namespace
+
+std::vector<std::string> available_isas() {
+  std::vector<std::string> names;
+  for (const Isa& isa : kIsas)
+    if (isa.supported()) names.push_back(isa.name);
+  return names;
+}
+
+std::string active_isa() { return select().name; }
+
+void attention_forward(const FwdParams& p) {
+  const Isa& isa = select();  // validates the environment even for float64
+  if (p.dtype == DType::f64) reference::forward(p);
+  else isa.forward(p);
+}
+
+void attention_backward(const BwdParams& p) {
+  const Isa& isa = select();
+  if (p.fwd.dtype == DType::f64) reference::backward(p);
+  else isa.backward(p);
+}
+
+}  // namespace fae::cpu

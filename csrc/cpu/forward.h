@@ -1,0 +1,211 @@
+// Forward kernel (per-ISA source, see vec.h). Work is split into tiles of query "columns": one
+// query head x bq rows, or, for short queries (decoding), several heads of one GQA group x all
+// rows, so that the group shares each K/V tile. Everything is computed transposed, keys x
+// columns, so that the softmax runs along vector lanes without horizontal reductions:
+//   S^T (bk x cols)  = K_tile . Q^T        A = K rows (no packing), B = Q^T packed once per task
+//   online softmax in the log2 domain, per column (fae::exp_base / rescale_factor / finish_lse)
+//   O^T (D x cols)  += V_tile^T . P^T      A = V read down its columns, B = P^T as computed
+// Only Q^T, the score tile and O^T live in task scratch (a few tens of KB, L1/L2 resident).
+// With too few tiles for the threads (decoding), the key range of each tile is split and the
+// partial results are merged by their logsumexp.
+#pragma once
+#include <cmath>
+
+#include "common/mask.h"
+#include "cpu/gemm.h"
+#include "cpu/thread_pool.h"
+#include "cpu/tiles.h"
+
+namespace fae::cpu {
+namespace {
+
+constexpr int64_t kMaxCols = 256;   // upper bound of tile_sizes().fwd_bq
+
+template <class V, typename T>
+struct Forward {
+  using R = typename V::R;
+  static constexpr int W = V::W;
+
+  const FwdParams& p;
+  int64_t D, Sq, group, bq, bk, rpt, hpt, row_tiles, head_tiles, tiles, nsplit;
+  float sl2;
+  float* part_o = nullptr;    // nsplit > 1: [tile][split][col][D], normalised partial outputs
+  float* part_lse = nullptr;  // [tile][split][col], log2-domain partial logsumexp
+
+  explicit Forward(const FwdParams& prm) : p(prm) {
+    const TileSizes ts = tile_sizes(p.head_dim);
+    D = p.head_dim; Sq = p.seqlen_q; group = p.heads_q / p.heads_kv;
+    bq = ts.fwd_bq; bk = ts.fwd_bk; sl2 = p.scale_log2;
+    rpt = bq; hpt = 1;
+    if (Sq * 2 <= bq) { rpt = Sq; hpt = std::min(group, bq / Sq); }
+    row_tiles = ceil_div(Sq, rpt);
+    head_tiles = ceil_div(group, hpt);
+    tiles = p.batch * p.heads_kv * head_tiles * row_tiles;
+    nsplit = 1;
+    if (tiles < kMinTasks)
+      nsplit = std::max<int64_t>(1, std::min(ceil_div(kMinTasks, tiles), p.seqlen_k / (4 * bk)));
+  }
+
+  struct TileId { int64_t b, hk, h0, nh, r0, nr; };
+  TileId tile_id(int64_t tile) const {
+    const int64_t rt = tile % row_tiles, ht = (tile / row_tiles) % head_tiles;
+    const int64_t hk = (tile / row_tiles / head_tiles) % p.heads_kv;
+    const int64_t b = tile / row_tiles / head_tiles / p.heads_kv;
+    const int64_t r0 = rt * rpt, h0 = hk * group + ht * hpt;
+    return {b, hk, h0, std::min(hpt, group - ht * hpt), r0, std::min(rpt, Sq - r0)};
+  }
+
+  void run() {
+    if (nsplit == 1) {
+      parallel_for(tiles, p.num_threads, [&](int64_t t) { tile_task(t, 0); });
+      return;
+    }
+    Scratch po(tiles * nsplit * bq * D), pl(tiles * nsplit * bq);
+    part_o = po.get();
+    part_lse = pl.get();
+    parallel_for(tiles * nsplit, p.num_threads, [&](int64_t t) { tile_task(t / nsplit, t % nsplit); });
+    parallel_for(tiles, p.num_threads, [&](int64_t t) { merge(t); });
+  }
+
+  void tile_task(int64_t tile, int64_t split) {
+    const TileId id = tile_id(tile);
+    const int64_t ncol = id.nh * id.nr, ncolp = round_up(ncol, W);
+    Scratch scratch(2 * D * ncolp + bk * ncolp + 2 * bk * D + 5 * ncolp);
+    float* qt = scratch.get();        // D x ncolp: Q^T, padding columns zero
+    float* ot = qt + D * ncolp;       // D x ncolp: unnormalised O^T
+    float* st = ot + D * ncolp;       // bk x ncolp: scores, then probabilities
+    float* kbuf = st + bk * ncolp;    // bk x D: K tile as float (16-bit inputs)
+    float* vbuf = kbuf + bk * D;      // bk x D: V tile as float
+    float* m = vbuf + bk * D;         // running max (log2 domain) per column
+    float* l = m + ncolp;             // running sum
+    float* mx = l + ncolp;            // this tile's max
+    float* alpha = mx + ncolp;        // rescale factor of this tile
+    float* base = alpha + ncolp;      // value subtracted before exp2
+    int64_t lo[kMaxCols], hi[kMaxCols];
+
+    const T* q = static_cast<const T*>(p.q) + id.b * p.q_batch_stride;
+    for (int64_t i = 0; i < D * ncolp; ++i) qt[i] = ot[i] = 0.f;
+    for (int64_t c = 0; c < ncolp; ++c) { m[c] = neg_inf<float>(); l[c] = 0.f; }
+    for (int64_t c = 0; c < ncol; ++c) {
+      const int64_t h = id.h0 + c / id.nr, row = id.r0 + c % id.nr;
+      const T* qr = q + h * p.q_head_stride + row * p.q_row_stride;
+      for (int64_t d = 0; d < D; ++d) qt[d * ncolp + c] = load_as<float>(qr + d);
+      const KeyRange kr = visible_keys(row, p);
+      lo[c] = kr.lo; hi[c] = kr.hi;
+    }
+
+    // This split's share of the keys the tile's rows can see.
+    const KeyRange span = visible_keys_of_rows(id.r0, id.r0 + id.nr, p);
+    const int64_t chunk = round_up(ceil_div(span.hi + 1 - span.lo, nsplit), bk);
+    const int64_t ka = span.lo + split * chunk, kb = std::min(span.hi + 1, ka + chunk);
+    const T* k = static_cast<const T*>(p.k) + id.b * p.k_batch_stride + id.hk * p.k_head_stride;
+    const T* v = static_cast<const T*>(p.v) + id.b * p.v_batch_stride + id.hk * p.v_head_stride;
+    const R sl2v = V::set1(sl2);
+    for (int64_t k0 = ka; k0 < kb; k0 += bk) {
+      const int64_t nk = std::min(bk, kb - k0);
+      int64_t ldk, ldv;
+      const float* kr = float_rows<V>(k + k0 * p.k_row_stride, p.k_row_stride, nk, D, kbuf, ldk);
+      const float* vr = float_rows<V>(v + k0 * p.v_row_stride, p.v_row_stride, nk, D, vbuf, ldv);
+      gemm<V>(nk, ncolp, Gemm{kr, ldk, 1, qt, ncolp, st, ncolp, D, false});
+
+      bool partial = false;
+      for (int64_t c = 0; c < ncol; ++c) partial |= lo[c] > k0 || hi[c] < k0 + nk - 1;
+      if (partial) {  // scale, then mask the scores a column may not see
+        for (int64_t j = 0; j < nk; ++j)
+          for (int64_t c = 0; c < ncolp; c += W) V::store(st + j * ncolp + c, V::mul(V::load(st + j * ncolp + c), sl2v));
+        for (int64_t j = 0; j < nk; ++j)
+          for (int64_t c = 0; c < ncol; ++c)
+            if (k0 + j < lo[c] || k0 + j > hi[c]) st[j * ncolp + c] = neg_inf<float>();
+      }
+      for (int64_t c = 0; c < ncolp; c += W) {
+        R mv = V::set1(neg_inf<float>());
+        for (int64_t j = 0; j < nk; ++j) {
+          float* sp = st + j * ncolp + c;
+          R s = V::load(sp);
+          if (!partial) { s = V::mul(s, sl2v); V::store(sp, s); }
+          mv = V::max(mv, s);
+        }
+        V::store(mx + c, mv);
+      }
+      bool rescale = false;
+      for (int64_t c = 0; c < ncolp; ++c) {
+        const float mnew = mx[c] > m[c] ? mx[c] : m[c];
+        alpha[c] = rescale_factor(m[c], mnew);
+        base[c] = exp_base(mnew);
+        rescale |= alpha[c] != 1.f;
+        m[c] = mnew;
+      }
+      for (int64_t c = 0; c < ncolp; c += W) {
+        const R bv = V::load(base + c);
+        R sum = V::zero();
+        for (int64_t j = 0; j < nk; ++j) {
+          float* sp = st + j * ncolp + c;
+          const R pv = V::exp2(V::sub(V::load(sp), bv));
+          V::store(sp, pv);
+          sum = V::add(sum, pv);
+        }
+        V::store(l + c, V::fma(V::load(l + c), V::load(alpha + c), sum));
+      }
+      if (rescale)
+        for (int64_t d = 0; d < D; ++d)
+          for (int64_t c = 0; c < ncolp; c += W)
+            V::store(ot + d * ncolp + c, V::mul(V::load(ot + d * ncolp + c), V::load(alpha + c)));
+      gemm<V>(D, ncolp, Gemm{vr, 1, ldv, st, ncolp, ot, ncolp, nk, true});
+    }
+    finish(tile, split, id, ncolp, ot, m, l);
+  }
+
+  void finish(int64_t tile, int64_t split, const TileId& id, int64_t ncolp, const float* ot,
+              const float* m, const float* l) const {
+    const int64_t ncol = id.nh * id.nr;
+    if (nsplit > 1) {
+      float* po = part_o + (tile * nsplit + split) * bq * D;
+      float* pl = part_lse + (tile * nsplit + split) * bq;
+      for (int64_t c = 0; c < ncol; ++c) {
+        const float inv = inv_sum(l[c]);
+        for (int64_t d = 0; d < D; ++d) po[c * D + d] = ot[d * ncolp + c] * inv;
+        pl[c] = l[c] > 0.f ? m[c] + std::log2(l[c]) : neg_inf<float>();
+      }
+      return;
+    }
+    for (int64_t c = 0; c < ncol; ++c) {
+      const int64_t h = id.h0 + c / id.nr, row = id.r0 + c % id.nr;
+      T* o = static_cast<T*>(p.out) + id.b * p.o_batch_stride + h * p.o_head_stride + row * p.o_row_stride;
+      const float inv = inv_sum(l[c]);
+      for (int64_t d = 0; d < D; ++d) store_from(o + d, ot[d * ncolp + c] * inv);
+      static_cast<float*>(p.lse)[id.b * p.lse_batch_stride + h * p.lse_head_stride + row] = finish_lse(m[c], l[c]);
+    }
+  }
+
+  // Combines the splits of one tile: weights exp2(lse_s - max) on the normalised partials.
+  void merge(int64_t tile) const {
+    const TileId id = tile_id(tile);
+    Scratch accs(D);
+    float* acc = accs.get();
+    for (int64_t c = 0; c < id.nh * id.nr; ++c) {
+      float mmax = neg_inf<float>();
+      for (int64_t s = 0; s < nsplit; ++s) {
+        const float ls = part_lse[(tile * nsplit + s) * bq + c];
+        mmax = ls > mmax ? ls : mmax;
+      }
+      const float b2 = exp_base(mmax);
+      float wsum = 0.f;
+      for (int64_t d = 0; d < D; ++d) acc[d] = 0.f;
+      for (int64_t s = 0; s < nsplit; ++s) {
+        const float w = std::exp2(part_lse[(tile * nsplit + s) * bq + c] - b2);
+        if (w == 0.f) continue;  // an empty split holds no partial output
+        const float* po = part_o + ((tile * nsplit + s) * bq + c) * D;
+        for (int64_t d = 0; d < D; ++d) acc[d] += w * po[d];
+        wsum += w;
+      }
+      const int64_t h = id.h0 + c / id.nr, row = id.r0 + c % id.nr;
+      T* o = static_cast<T*>(p.out) + id.b * p.o_batch_stride + h * p.o_head_stride + row * p.o_row_stride;
+      const float inv = inv_sum(wsum);
+      for (int64_t d = 0; d < D; ++d) store_from(o + d, acc[d] * inv);
+      static_cast<float*>(p.lse)[id.b * p.lse_batch_stride + h * p.lse_head_stride + row] = finish_lse(mmax, wsum);
+    }
+  }
+};
+
+}  // namespace
+}  // namespace fae::cpu

@@ -1,0 +1,83 @@
+// Register-blocked float GEMM used by every attention product: C (M x N) = or += A . B.
+// A is read by scalar broadcasts through two strides, A(m, k) = a[m*sam + k*sak], so a transposed
+// operand (K rows for S^T, V columns for O^T, P columns for dV) needs no packing; B is read by
+// rows of N contiguous floats, row k at b + k*ldb. The micro-kernel keeps an MR x NV block of
+// vector accumulators in registers (V::MR x V::NV, 12 on AVX2, 24 on AVX-512 / NEON) and walks
+// the whole K extent once; a column tail is handled with masked loads / stores, never over-read.
+// Part of the per-ISA kernel source: include only from an ISA translation unit (see vec.h).
+#pragma once
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <utility>
+
+namespace fae::cpu {
+namespace {
+
+struct Gemm {
+  const float* a;
+  int64_t sam, sak;  // A(m, k) = a[m*sam + k*sak]
+  const float* b;
+  int64_t ldb;       // B(k, n) = b[k*ldb + n]
+  float* c;
+  int64_t ldc;       // C(m, n) = c[m*ldc + n]
+  int64_t k;         // reduction length
+  bool accumulate;   // C += A.B instead of C = A.B
+};
+
+template <class V, int MR, int NV, bool kTail>
+void micro_kernel(const Gemm& g, const float* a, const float* b, float* c, int tail) {
+  using R = typename V::R;
+  constexpr int W = V::W;
+  R acc[MR][NV];
+  for (int m = 0; m < MR; ++m)
+    for (int v = 0; v < NV; ++v) {
+      float* cp = c + m * g.ldc + v * W;
+      acc[m][v] = !g.accumulate ? V::zero() : (kTail && v == NV - 1) ? V::loadn(cp, tail) : V::load(cp);
+    }
+  const float* ap[MR];
+  for (int m = 0; m < MR; ++m) ap[m] = a + m * g.sam;
+  const int64_t sak = g.sak, ldb = g.ldb;
+  int64_t ka = 0;
+  for (int64_t k = 0; k < g.k; ++k, ka += sak, b += ldb) {
+    R bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = (kTail && v == NV - 1) ? V::loadn(b + v * W, tail) : V::load(b + v * W);
+    for (int m = 0; m < MR; ++m) {
+      const R av = V::set1(ap[m][ka]);
+      for (int v = 0; v < NV; ++v) acc[m][v] = V::fma(av, bv[v], acc[m][v]);
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int v = 0; v < NV; ++v) {
+      float* cp = c + m * g.ldc + v * W;
+      if (kTail && v == NV - 1) V::storen(cp, acc[m][v], tail);
+      else V::store(cp, acc[m][v]);
+    }
+}
+
+template <class V>
+using MicroFn = void (*)(const Gemm&, const float*, const float*, float*, int);
+
+// Entry ((mr - 1) * NV + (nv - 1)) * 2 + has_tail: every row count and vector count of a block.
+template <class V, int... I>
+constexpr std::array<MicroFn<V>, sizeof...(I)> micro_table(std::integer_sequence<int, I...>) {
+  return {&micro_kernel<V, I / (2 * V::NV) + 1, (I / 2) % V::NV + 1, (I % 2) == 1>...};
+}
+
+template <class V>
+void gemm(int64_t M, int64_t N, const Gemm& g) {
+  constexpr int W = V::W, MR = V::MR, NV = V::NV;
+  static constexpr auto table = micro_table<V>(std::make_integer_sequence<int, MR * NV * 2>{});
+  for (int64_t n0 = 0; n0 < N; n0 += int64_t(NV) * W) {
+    const int nn = int(std::min<int64_t>(NV * W, N - n0));
+    const int nv = (nn + W - 1) / W, tail = nn - (nv - 1) * W;
+    for (int64_t m0 = 0; m0 < M; m0 += MR) {
+      const int mr = int(std::min<int64_t>(MR, M - m0));
+      table[((mr - 1) * NV + (nv - 1)) * 2 + (tail != W)](g, g.a + m0 * g.sam, g.b + n0,
+                                                         g.c + m0 * g.ldc + n0, tail);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace fae::cpu

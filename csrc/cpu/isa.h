@@ -1,0 +1,21 @@
+// Entry points of each compiled instruction set (kernels.h, one isa_*.cpp each) and of the
+// float64 reference path (reference.cpp). dispatch.cpp picks one per call.
+#pragma once
+#include "common/params.h"
+
+namespace fae::cpu {
+
+#define FAE_CPU_DECLARE_ENTRY_POINTS(ns)  \
+  namespace ns {                          \
+  void forward(const FwdParams& p);       \
+  void backward(const BwdParams& p);      \
+  }
+FAE_CPU_DECLARE_ENTRY_POINTS(scalar)
+FAE_CPU_DECLARE_ENTRY_POINTS(avx2)
+FAE_CPU_DECLARE_ENTRY_POINTS(avx512)
+FAE_CPU_DECLARE_ENTRY_POINTS(avx512bf16)
+FAE_CPU_DECLARE_ENTRY_POINTS(neon)
+FAE_CPU_DECLARE_ENTRY_POINTS(reference)
+#undef FAE_CPU_DECLARE_ENTRY_POINTS
+
+}  // namespace fae::cpu

@@ -1,0 +1,101 @@
+// Shared pieces of the per-ISA kernel source: scratch buffers, tile sizes, tile I/O.
+// Include only from an ISA translation unit (see vec.h: everything here has internal linkage).
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <new>
+#include <type_traits>
+
+#include "common/online_softmax.h"
+#include "cpu/vec.h"
+
+namespace fae::cpu {
+namespace {
+
+// Owning, 64-byte aligned float scratch (no std::vector: its out-of-line code would be shared
+// between translation units compiled for different instruction sets).
+class Scratch {
+ public:
+  explicit Scratch(int64_t n) {
+    const size_t bytes = (size_t(std::max<int64_t>(n, 1)) * sizeof(float) + 63) / 64 * 64;
+    p_ = static_cast<float*>(std::aligned_alloc(64, bytes));
+    if (p_ == nullptr) throw std::bad_alloc();
+  }
+  ~Scratch() { std::free(p_); }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  float* get() const { return p_; }
+
+ private:
+  float* p_;
+};
+
+// Below this many independent tiles (decoding, a single head) the key range is split into
+// chunks (by shape only, so results do not depend on the thread count).
+constexpr int64_t kMinTasks = 8;
+
+constexpr int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+constexpr int64_t ceil_div(int64_t x, int64_t m) { return (x + m - 1) / m; }
+
+// Tile sizes: query columns per forward tile (bq), keys per tile (bk), for the forward and the
+// backward. Measured on AMD EPYC (Zen 3, AVX2, 2 cores), bench/bench_cpu.py, float32:
+//   forward  bq 64, bk 64 for every head dim (see bench/README.md for the sweep).
+//   backward bq 64, bk 64.
+struct TileSizes {
+  int64_t fwd_bq, fwd_bk, bwd_bq, bwd_bk;
+};
+inline TileSizes tile_sizes(int64_t /*head_dim*/) { return {64, 64, 64, 64}; }
+
+// Rows [0, n) x cols [0, d) of a strided storage-dtype matrix, as dense float rows of stride ld.
+template <class V, typename T>
+void load_rows(const T* src, int64_t src_ld, int64_t n, int64_t d, float* dst, int64_t ld) {
+  constexpr int W = V::W;
+  for (int64_t r = 0; r < n; ++r) {
+    const T* s = src + r * src_ld;
+    float* o = dst + r * ld;
+    int64_t c = 0;
+    if constexpr (std::is_same_v<T, float>) {
+      for (; c + W <= d; c += W) V::store(o + c, V::load(s + c));
+      if (c < d) V::storen(o + c, V::loadn(s + c, int(d - c)), int(d - c));
+    } else {
+      for (; c + W <= d; c += W) V::store(o + c, V::cvt(s + c, W));
+      if (c < d) V::storen(o + c, V::cvt(s + c, int(d - c)), int(d - c));
+    }
+  }
+}
+
+// Dense float rows back to storage dtype (float: plain copy).
+template <class V, typename T>
+void store_rows(const float* src, int64_t ld, int64_t n, int64_t d, T* dst, int64_t dst_ld) {
+  constexpr int W = V::W;
+  for (int64_t r = 0; r < n; ++r) {
+    const float* s = src + r * ld;
+    T* o = dst + r * dst_ld;
+    int64_t c = 0;
+    if constexpr (std::is_same_v<T, float>) {
+      for (; c + W <= d; c += W) V::store(o + c, V::load(s + c));
+      if (c < d) V::storen(o + c, V::loadn(s + c, int(d - c)), int(d - c));
+    } else {
+      for (; c + W <= d; c += W) V::store_cvt(o + c, V::load(s + c), W);
+      if (c < d) V::store_cvt(o + c, V::loadn(s + c, int(d - c)), int(d - c));
+    }
+  }
+}
+
+// A strided matrix of storage dtype viewed as float rows: the data itself for float, else a
+// converted copy in `buf`. Returns the pointer and sets ld to its row stride.
+template <class V, typename T>
+const float* float_rows(const T* src, int64_t src_ld, int64_t n, int64_t d, float* buf, int64_t& ld) {
+  if constexpr (std::is_same_v<T, float>) {
+    ld = src_ld;
+    return src;
+  } else {
+    ld = d;
+    load_rows<V>(src, src_ld, n, d, buf, d);
+    return buf;
+  }
+}
+
+}  // namespace
+}  // namespace fae::cpu

@@ -1,0 +1,222 @@
+// The vector type the CPU kernels are written against: W float lanes and ~15 operations.
+// VecScalar (W = 1) defines the contract; VecAvx2, VecAvx512 and VecNeon implement it with
+// intrinsics. Each ISA translation unit includes this header compiled with its own flags, so
+// everything here has internal linkage (anonymous namespace): no inline function compiled with
+// AVX-512 can be merged by the linker into a path that runs on a CPU without it.
+//
+// Contract (x, y, z vectors; p pointers; n a lane count in [0, W]):
+//   zero, set1(f), load(p), loadn(p, n) (lanes >= n are 0, nothing past p[n-1] is read),
+//   store(p, x), storen(p, x, n) (only p[0..n-1] written), add, sub, mul, max (a NaN in y is returned),
+//   fma(x, y, z) = x*y + z, exp2(x) (x <= 0 accurate to ~2e-7 relative, exp2(-inf) == 0 exactly,
+//   NaN propagates), cvt(p, n) for bf16 / f16 storage loads, store_cvt(p, x, n) for stores
+//   (round to nearest even, NaN stays NaN).
+// Micro-kernel shape: MR rows x NV vectors of accumulators (see the tile table in kernels.h).
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+#include "cpu/convert.h"
+
+#if defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+#if defined(__ARM_NEON)
+#include <arm_neon.h>
+#endif
+
+namespace fae::cpu {
+namespace {
+
+// 2^f on [-0.5, 0.5]: 1 + f*(c1 + f*(c2 + ...)), least-squares fit, max rel. error 2.2e-9.
+constexpr float kExp2C[6] = {0.6931471824645996f, 0.24022647738456726f, 0.05550329014658928f,
+                             0.009618373587727547f, 0.0013399857562035322f, 0.00015370715118478984f};
+
+struct VecScalar {
+  using R = float;
+  static constexpr int W = 1, MR = 4, NV = 2;
+  static constexpr const char* name = "scalar";
+  static R zero() { return 0.f; }
+  static R set1(float f) { return f; }
+  static R load(const float* p) { return *p; }
+  static R loadn(const float* p, int n) { return n > 0 ? *p : 0.f; }
+  static void store(float* p, R x) { *p = x; }
+  static void storen(float* p, R x, int n) { if (n > 0) *p = x; }
+  static R add(R x, R y) { return x + y; }
+  static R sub(R x, R y) { return x - y; }
+  static R mul(R x, R y) { return x * y; }
+  static R max(R x, R y) { return (x > y) ? x : y; }
+  static R fma(R x, R y, R z) { return x * y + z; }
+  static R exp2(R x) { return std::exp2(x); }
+  template <typename T> static R cvt(const T* p, int) { return to_float(*p); }
+  template <typename T> static void store_cvt(T* p, R x, int n) { if (n > 0) store_from(p, x); }
+};
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+struct VecAvx2 {
+  using R = __m256;
+  static constexpr int W = 8, MR = 6, NV = 2;
+  static constexpr const char* name = "avx2";
+  static __m256i mask(int n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static R zero() { return _mm256_setzero_ps(); }
+  static R set1(float f) { return _mm256_set1_ps(f); }
+  static R load(const float* p) { return _mm256_loadu_ps(p); }
+  static R loadn(const float* p, int n) { return _mm256_maskload_ps(p, mask(n)); }
+  static void store(float* p, R x) { _mm256_storeu_ps(p, x); }
+  static void storen(float* p, R x, int n) { _mm256_maskstore_ps(p, mask(n), x); }
+  static R add(R x, R y) { return _mm256_add_ps(x, y); }
+  static R sub(R x, R y) { return _mm256_sub_ps(x, y); }
+  static R mul(R x, R y) { return _mm256_mul_ps(x, y); }
+  static R max(R x, R y) { return _mm256_max_ps(x, y); }
+  static R fma(R x, R y, R z) { return _mm256_fmadd_ps(x, y, z); }
+  static R exp2(R x) {
+    x = _mm256_min_ps(_mm256_set1_ps(128.f), _mm256_max_ps(_mm256_set1_ps(-160.f), x));
+    const R n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const R f = _mm256_sub_ps(x, n);
+    R p = _mm256_set1_ps(kExp2C[5]);
+    for (int i = 4; i >= 0; --i) p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExp2C[i]));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f));
+    // 2^n as two factors 2^(n/2) so that n in [-160, 128] stays in the normal range.
+    const __m256i ni = _mm256_cvtps_epi32(n), h = _mm256_srai_epi32(ni, 1);
+    const __m256i e1 = _mm256_slli_epi32(_mm256_add_epi32(h, _mm256_set1_epi32(127)), 23);
+    const __m256i e2 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, h), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e1)), _mm256_castsi256_ps(e2));
+  }
+  static R cvt8(const bf16* p) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+  static R cvt8(const f16* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  static __m128i pack8(R x, bf16*) {
+    const __m256i u = _mm256_castps_si256(x);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+    r = _mm256_blendv_epi8(r, _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40)), nan);
+    return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+  }
+  static __m128i pack8(R x, f16*) { return _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT); }
+  template <typename T> static R cvt(const T* p, int n) {
+    if (n == W) return cvt8(p);
+    T tmp[W] = {};
+    std::memcpy(tmp, p, sizeof(T) * n);
+    return cvt8(tmp);
+  }
+  template <typename T> static void store_cvt(T* p, R x, int n) {
+    const __m128i h = pack8(x, p);
+    if (n == W) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), h); return; }
+    T tmp[W];
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(tmp), h);
+    std::memcpy(p, tmp, sizeof(T) * n);
+  }
+};
+#endif
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+struct VecAvx512 {
+  using R = __m512;
+  static constexpr int W = 16, MR = 6, NV = 4;
+#if defined(__AVX512BF16__)
+  static constexpr const char* name = "avx512bf16";
+#else
+  static constexpr const char* name = "avx512";
+#endif
+  static __mmask16 mask(int n) { return __mmask16((1u << n) - 1u); }
+  static R zero() { return _mm512_setzero_ps(); }
+  static R set1(float f) { return _mm512_set1_ps(f); }
+  static R load(const float* p) { return _mm512_loadu_ps(p); }
+  static R loadn(const float* p, int n) { return _mm512_maskz_loadu_ps(mask(n), p); }
+  static void store(float* p, R x) { _mm512_storeu_ps(p, x); }
+  static void storen(float* p, R x, int n) { _mm512_mask_storeu_ps(p, mask(n), x); }
+  static R add(R x, R y) { return _mm512_add_ps(x, y); }
+  static R sub(R x, R y) { return _mm512_sub_ps(x, y); }
+  static R mul(R x, R y) { return _mm512_mul_ps(x, y); }
+  static R max(R x, R y) { return _mm512_max_ps(x, y); }
+  static R fma(R x, R y, R z) { return _mm512_fmadd_ps(x, y, z); }
+  static R exp2(R x) {
+    x = _mm512_min_ps(_mm512_set1_ps(128.f), _mm512_max_ps(_mm512_set1_ps(-160.f), x));
+    const R n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const R f = _mm512_sub_ps(x, n);
+    R p = _mm512_set1_ps(kExp2C[5]);
+    for (int i = 4; i >= 0; --i) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2C[i]));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+    return _mm512_scalef_ps(p, n);  // exact 2^n scaling, underflows to 0 below 2^-149
+  }
+  template <typename T> static R cvt(const T* p, int n) {
+    const __m256i h = _mm256_maskz_loadu_epi16(mask(n), p);
+    if constexpr (std::is_same_v<T, f16>) return _mm512_cvtph_ps(h);
+    else return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  static __m256i pack(R x, f16*) { return _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT); }
+  static __m256i pack(R x, bf16*) {
+#if defined(__AVX512BF16__)
+    return (__m256i)_mm512_cvtneps_pbh(x);  // hardware round to nearest even, NaN stays NaN
+#else
+    const __m512i u = _mm512_castps_si512(x);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+    const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+    r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
+    return _mm512_cvtepi32_epi16(r);
+#endif
+  }
+  template <typename T> static void store_cvt(T* p, R x, int n) {
+    _mm256_mask_storeu_epi16(p, mask(n), pack(x, p));
+  }
+};
+#endif
+
+#if defined(__ARM_NEON) && defined(__aarch64__)
+struct VecNeon {
+  using R = float32x4_t;
+  static constexpr int W = 4, MR = 6, NV = 4;
+  static constexpr const char* name = "neon";
+  static R zero() { return vdupq_n_f32(0.f); }
+  static R set1(float f) { return vdupq_n_f32(f); }
+  static R load(const float* p) { return vld1q_f32(p); }
+  static R loadn(const float* p, int n) {
+    float tmp[W] = {};
+    std::memcpy(tmp, p, sizeof(float) * n);
+    return vld1q_f32(tmp);
+  }
+  static void store(float* p, R x) { vst1q_f32(p, x); }
+  static void storen(float* p, R x, int n) {
+    float tmp[W];
+    vst1q_f32(tmp, x);
+    std::memcpy(p, tmp, sizeof(float) * n);
+  }
+  static R add(R x, R y) { return vaddq_f32(x, y); }
+  static R sub(R x, R y) { return vsubq_f32(x, y); }
+  static R mul(R x, R y) { return vmulq_f32(x, y); }
+  static R max(R x, R y) { return vmaxq_f32(x, y); }  // NaN in either operand wins
+  static R fma(R x, R y, R z) { return vfmaq_f32(z, x, y); }
+  static R exp2(R x) {
+    x = vminq_f32(x, vdupq_n_f32(128.f));
+    x = vbslq_f32(vcltq_f32(x, vdupq_n_f32(-160.f)), vdupq_n_f32(-160.f), x);  // keeps NaN
+    const R n = vrndnq_f32(x), f = vsubq_f32(x, n);
+    R p = vdupq_n_f32(kExp2C[5]);
+    for (int i = 4; i >= 0; --i) p = vfmaq_f32(vdupq_n_f32(kExp2C[i]), p, f);
+    p = vfmaq_f32(vdupq_n_f32(1.f), p, f);
+    const int32x4_t ni = vcvtq_s32_f32(n), h = vshrq_n_s32(ni, 1);
+    const int32x4_t e1 = vshlq_n_s32(vaddq_s32(h, vdupq_n_s32(127)), 23);
+    const int32x4_t e2 = vshlq_n_s32(vaddq_s32(vsubq_s32(ni, h), vdupq_n_s32(127)), 23);
+    return vmulq_f32(vmulq_f32(p, vreinterpretq_f32_s32(e1)), vreinterpretq_f32_s32(e2));
+  }
+  template <typename T> static R cvt(const T* p, int n) {
+    float tmp[W] = {};
+    for (int i = 0; i < n; ++i) tmp[i] = to_float(p[i]);
+    return vld1q_f32(tmp);
+  }
+  template <typename T> static void store_cvt(T* p, R x, int n) {
+    float tmp[W];
+    vst1q_f32(tmp, x);
+    for (int i = 0; i < n; ++i) store_from(p + i, tmp[i]);
+  }
+};
+#endif
+
+}  // namespace
+}  // namespace fae::cpu
