@@ -7,6 +7,12 @@
 #include <cstdint>
 #include <new>
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#define FAE_EMU_ASAN 1
+#endif
+
 namespace fae::emu {
 
 #ifndef FAE_EMU_USE_UCONTEXT
@@ -60,6 +66,11 @@ fae_emu_ctx_start:
 )");
 
 void context_make(Context& ctx, void* stack, std::size_t size, void (*fn)(void*), void* arg) {
+  ctx.stack = stack;
+  ctx.stack_size = size;
+#ifdef FAE_EMU_ASAN
+  ASAN_UNPOISON_MEMORY_REGION(stack, size);  // frames of an abandoned fiber may still be poisoned
+#endif
   auto top = (reinterpret_cast<std::uintptr_t>(stack) + size) & ~std::uintptr_t(15);
   auto* s = reinterpret_cast<std::uint64_t*>(top);
   s[-1] = reinterpret_cast<std::uint64_t>(&fae_emu_ctx_start);  // return address of the first switch
@@ -127,6 +138,11 @@ fae_emu_ctx_start:
 )");
 
 void context_make(Context& ctx, void* stack, std::size_t size, void (*fn)(void*), void* arg) {
+  ctx.stack = stack;
+  ctx.stack_size = size;
+#ifdef FAE_EMU_ASAN
+  ASAN_UNPOISON_MEMORY_REGION(stack, size);  // frames of an abandoned fiber may still be poisoned
+#endif
   auto top = (reinterpret_cast<std::uintptr_t>(stack) + size) & ~std::uintptr_t(15);
   auto* s = reinterpret_cast<std::uint64_t*>(top - 176);
   for (int i = 0; i < 22; ++i) s[i] = 0;
@@ -140,7 +156,9 @@ void context_make(Context& ctx, void* stack, std::size_t size, void (*fn)(void*)
 }
 #endif
 
-void context_switch(Context& from, Context& to) { fae_emu_ctx_switch(&from.sp, to.sp); }
+namespace {
+void raw_switch(Context& from, Context& to) { fae_emu_ctx_switch(&from.sp, to.sp); }
+}  // namespace
 
 #else  // ucontext fallback
 
@@ -152,6 +170,11 @@ void uc_entry(unsigned fn_hi, unsigned fn_lo, unsigned arg_hi, unsigned arg_lo) 
 }  // namespace
 
 void context_make(Context& ctx, void* stack, std::size_t size, void (*fn)(void*), void* arg) {
+  ctx.stack = stack;
+  ctx.stack_size = size;
+#ifdef FAE_EMU_ASAN
+  ASAN_UNPOISON_MEMORY_REGION(stack, size);  // frames of an abandoned fiber may still be poisoned
+#endif
   getcontext(&ctx.uc);
   ctx.uc.uc_stack.ss_sp = stack;
   ctx.uc.uc_stack.ss_size = size;
@@ -161,9 +184,37 @@ void context_make(Context& ctx, void* stack, std::size_t size, void (*fn)(void*)
               unsigned(a));
 }
 
-void context_switch(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+namespace {
+void raw_switch(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
+}  // namespace
 
 #endif
+
+void context_switch(Context& from, Context& to) {
+#ifdef FAE_EMU_ASAN
+  __sanitizer_start_switch_fiber(&from.fake_stack, to.stack, to.stack_size);
+  raw_switch(from, to);
+  __sanitizer_finish_switch_fiber(from.fake_stack, nullptr, nullptr);
+#else
+  raw_switch(from, to);
+#endif
+}
+
+void context_exit(Context& to) {
+  Context dead;
+#ifdef FAE_EMU_ASAN
+  __sanitizer_start_switch_fiber(nullptr, to.stack, to.stack_size);
+#endif
+  raw_switch(dead, to);
+}
+
+void context_entered(Context& from) {
+#ifdef FAE_EMU_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &from.stack, &from.stack_size);
+#else
+  (void)from;
+#endif
+}
 
 Stack::Stack(std::size_t bytes) {
   const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));

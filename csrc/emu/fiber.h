@@ -17,6 +17,10 @@ struct Context {
 #else
   void* sp = nullptr;
 #endif
+  // Stack bounds and fake stack, for AddressSanitizer's fiber annotations only.
+  const void* stack = nullptr;
+  std::size_t stack_size = 0;
+  void* fake_stack = nullptr;
 };
 
 // Prepares `ctx` to run fn(arg) on the stack [stack, stack + size) when first switched to.
@@ -24,6 +28,10 @@ struct Context {
 void context_make(Context& ctx, void* stack, std::size_t size, void (*fn)(void*), void* arg);
 // Saves the current context into `from` and resumes `to`.
 void context_switch(Context& from, Context& to);
+// Leaves the current context for good (it is never resumed) and resumes `to`.
+void context_exit(Context& to);
+// First thing a new context does: records the bounds of `from`, the context that started it.
+void context_entered(Context& from);
 
 // A fiber stack with a guard page below it (a stack overflow faults instead of corrupting memory).
 class Stack {

@@ -43,6 +43,7 @@ std::string hex(unsigned v) {
 void thread_entry(void* p) {
   auto* t = static_cast<Thread*>(p);
   Runner* r = t->runner;
+  context_entered(r->sched);
   try {
     (*r->launch->body)();
     if (!t->copies.empty())
@@ -53,7 +54,7 @@ void thread_entry(void* p) {
     if (!r->error) r->error = std::current_exception();
   }
   r->thread_exit(t);
-  context_switch(t->ctx, r->sched);  // a finished fiber is never resumed
+  context_exit(r->sched);  // a finished fiber is never resumed
 }
 
 const char* state_text(Thread::State s) {
