@@ -148,6 +148,19 @@ py::array_t<int> order(int nthreads) {
   return log;
 }
 
+py::array_t<int> indices(std::tuple<unsigned, unsigned, unsigned> grid, std::tuple<unsigned, unsigned, unsigned> block,
+                       int oob_from) {
+  const dim3 g(std::get<0>(grid), std::get<1>(grid), std::get<2>(grid));
+  const dim3 b(std::get<0>(block), std::get<1>(block), std::get<2>(block));
+  const py::ssize_t nb = py::ssize_t(g.x) * g.y * g.z, nt = py::ssize_t(b.x) * b.y * b.z;
+  py::array_t<int> out({nb, nt, py::ssize_t(8)});
+  int* p = out.mutable_data();
+  std::fill(p, p + nb * nt * 8, -1);
+  py::gil_scoped_release nogil;
+  ex::probe_index(p, g, b, oob_from);
+  return out;
+}
+
 py::tuple attention_tile(carray<uint16_t> q, carray<uint16_t> k, carray<uint16_t> v, const std::string& dtype) {
   py::array_t<float> s({16, 32}), o({16, 16});
   const uint16_t* pq = data(q, 256, "q");
@@ -255,6 +268,7 @@ PYBIND11_MODULE(_emu, m) {
   m.def("zfill", &zfill, py::arg("src"));
   m.def("atomic", &atomic, py::arg("nslots"), py::arg("nblocks"));
   m.def("order", &order, py::arg("nthreads"));
+  m.def("index", &indices, py::arg("grid"), py::arg("block"), py::arg("oob_from") = 1 << 30);
   m.def("attention_tile", &attention_tile, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("dtype"));
   m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("dtype"));
   m.def("planted", &planted, py::arg("name"), py::arg("bug"));

@@ -85,3 +85,31 @@ def test_shared_memory_limit_is_checked_at_launch(emu):
     emu.configure(smem_limit=512)
     with pytest.raises(emu.EmulatorError, match="launch: 544 bytes of dynamic shared memory exceed the limit of 512"):
         emu.planted("ldmatrix_misaligned", False)
+
+
+@pytest.mark.parametrize("threads", (1, 2))
+def test_thread_and_block_indices_of_3d_launches(emu, threads):
+    emu.configure(threads=threads)
+    grid, block = (3, 2, 2), (8, 4, 2)
+    out = emu.index(grid, block)
+    for b in range(12):
+        bx, by, bz = b % 3, b // 3 % 2, b // 6
+        for t in range(64):
+            tx, ty, tz = t % 8, t // 8 % 4, t // 32
+            assert list(out[b, t]) == [tx, ty, tz, bx, by, bz, t // 32 * 32, 64], (b, t)
+
+
+@pytest.mark.parametrize("threads", (1, 2))
+def test_first_failing_block_is_reported(emu, threads):
+    emu.configure(threads=threads)
+    # lane 31 completes the shuffle (last to arrive) and runs on first
+    with pytest.raises(emu.EmulatorError, match=r"kernel 'probe_index' block \(0,1,0\) thread \(7,3,0\) "
+                                                r"\[warp 0 lane 31\] at global address .*byte offset -4"):
+        emu.index((3, 2, 2), (8, 4, 2), oob_from=3)
+
+
+def test_launch_validation(emu):
+    with pytest.raises(emu.EmulatorError, match="invalid block"):
+        emu.index((1, 1, 1), (32, 33, 1))
+    with pytest.raises(emu.EmulatorError, match="membermask 0xffffffff names lanes that do not exist"):
+        emu.index((1, 1, 1), (7, 1, 1))

@@ -27,6 +27,7 @@ void fae_examples_instantiate() {
   probe_zfill(nullptr, nullptr);
   probe_atomic(nullptr, 1, 1);
   probe_order(nullptr, 1);
+  probe_index(nullptr, dim3(1), dim3(32), 1);
   probe_attention_tile<half_t>(nullptr, nullptr, nullptr, nullptr, nullptr);
   probe_attention_tile<bf16_t>(nullptr, nullptr, nullptr, nullptr, nullptr);
   bench_mma(nullptr, 4, 1);

@@ -171,6 +171,26 @@ inline void probe_atomic(float* acc, int nslots, int nblocks) {
          gbuf(acc, std::size_t(nslots)), nslots);
 }
 
+// Thread and block indices of a 3-D launch: per (block, thread) the 6 indices, the thread index of
+// its warp's lane 0 (lane = linear thread index % 32) and the block size. Blocks whose linear index
+// is >= oob_from read past the end of `out` (to check which failing block gets reported).
+__global__ void probe_index_kernel(gptr<int> out, int oob_from) {
+  const int nthreads = int(blockDim.x * blockDim.y * blockDim.z);
+  const int tid = int(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z));
+  const int block = int(blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z));
+  const int leader = __shfl_sync(0xffffffffu, tid, 0);
+  gptr<int> o = out + (std::ptrdiff_t(block) * nthreads + tid) * 8;
+  const int v[8] = {int(threadIdx.x), int(threadIdx.y), int(threadIdx.z), int(blockIdx.x),
+                    int(blockIdx.y),  int(blockIdx.z),  leader,           nthreads};
+  for (int i = 0; i < 8; ++i) o[i] = v[i];
+  if (block >= oob_from) o[-(std::ptrdiff_t(block) * nthreads + tid) * 8 - 1] = 0;
+}
+
+inline void probe_index(int* out, dim3 grid, dim3 block, int oob_from) {
+  const std::size_t n = std::size_t(grid.x) * grid.y * grid.z * block.x * block.y * block.z * 8;
+  launch("probe_index", probe_index_kernel, LaunchConfig{grid, block, 0, nullptr}, gbuf(out, n), oob_from);
+}
+
 // Scheduling order: every thread appends its index to a global log without synchronisation (a
 // race on a GPU): the log is the order in which the emulator ran the threads.
 __global__ void probe_order_kernel(gptr<int> log) {
