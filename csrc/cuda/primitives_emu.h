@@ -195,6 +195,10 @@ inline void cp_async_wait_all() { emu::cp_async_wait_all(); }
 
 // ---- CUDA builtins ----
 inline void __syncthreads() { ::fae::emu::syncthreads(); }
+inline unsigned __float_as_uint(float x) { return ::fae::float_bits(x); }
+inline float __uint_as_float(unsigned u) { return ::fae::bits_float(u); }
+inline int __float_as_int(float x) { return static_cast<int>(::fae::float_bits(x)); }
+inline float __int_as_float(int i) { return ::fae::bits_float(static_cast<uint32_t>(i)); }
 
 namespace fae::emu {
 // shfl.sync with the c operand the CUDA headers build from `width` (spec §5.2); qual = mode.

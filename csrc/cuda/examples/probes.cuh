@@ -112,7 +112,8 @@ inline void probe_shfl(const int* cases, const int* vals, int* out, int ncases) 
 }
 
 // Conversions (spec §9), one element per thread: f16/bf16 bits, their exact widening, the packing
-// of (x[i], x[n-1-i]) and fast_exp2.
+// of (x[i], x[n-1-i]) (pack_f16 is 0 where pack2 disagrees with pack_halves of the two conversions)
+// and fast_exp2 (passed through the bit-cast intrinsics).
 struct ConvertOut {
   gptr<uint16_t> f16, bf16;
   gptr<float> f16_back, bf16_back, exp2;
@@ -129,8 +130,8 @@ __global__ void probe_convert_kernel(gptr<const float> x, int n, ConvertOut o) {
   o.bf16[i] = bf.bits;
   o.f16_back[i] = to_float(h);
   o.bf16_back[i] = to_float(bf);
-  o.exp2[i] = fast_exp2(v);
-  o.pack_f16[i] = pack2<half_t>(v, w);
+  o.exp2[i] = __uint_as_float(__float_as_uint(fast_exp2(v)));
+  o.pack_f16[i] = pack2<half_t>(v, w) == pack_halves(h.bits, from_float<half_t>(w).bits) ? pack2<half_t>(v, w) : 0u;
   o.pack_bf16[i] = pack2<bf16_t>(v, w);
 }
 
