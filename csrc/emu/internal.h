@@ -76,6 +76,7 @@ struct Runner {
   Thread* cur = nullptr;
   int nthreads = 0, ndone = 0, nbarrier = 0;
   uint32_t epoch = 0, epoch_counter = 0;
+  uint32_t block_epoch = 0;  // epoch of the block's first interval: older writes are not this block's
   std::vector<unsigned char> smem_store;
   unsigned char* smem = nullptr;
   std::size_t smem_size = 0;

@@ -5,7 +5,8 @@
 //      completed data read by another thread without a barrier after the issuing thread's wait,
 //      copies never waited for;
 //   3. shared accesses outside the dynamic shared memory (ldmatrix rows: warp_ops.cpp);
-//   4. global accesses outside the buffers the launcher passed (fae::gbuf bounds).
+//   4. global accesses outside the buffers the launcher passed (fae::gbuf bounds);
+//   6. reads of shared memory that no thread of the block has written (uninitialised).
 #include <cstdio>
 #include <cstring>
 
@@ -61,7 +62,11 @@ void Runner::smem_check(const Thread* t, const void* p, std::size_t n, bool writ
       s.w_epoch = epoch;
       s.w_tid = me;
       s.w_async = 0;
-    } else if (s.r_epoch != epoch) {
+      continue;
+    }
+    if (s.w_epoch < block_epoch)
+      fail(*this, t, a, "read of uninitialised shared memory (no thread of this block has written it)");
+    if (s.r_epoch != epoch) {
       s.r_epoch = epoch;
       s.r_tid = me;
     } else if (s.r_tid != me) {

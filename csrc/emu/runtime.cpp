@@ -165,6 +165,7 @@ void Runner::run_block(uint3 bidx) {
   std::memset(smem, 0xFF, smem_size);  // uninitialised shared memory reads as NaN
   if (shadow.size() < smem_size) shadow.resize(smem_size);
   new_epoch();
+  block_epoch = epoch;
   ndone = nbarrier = 0;
   tls_async_pending = 0;
   error = nullptr;

@@ -9,7 +9,7 @@ import pytest
 # planted kernel -> words the report must contain
 PLANTED = {
     # 1. shared-memory race within a barrier interval
-    "race_raw": ("shared-memory race", "missing __syncthreads", "shared offset"),
+    "race_raw": ("shared-memory race", "missing __syncthreads", "shared offset 0"),
     "race_war": ("shared-memory race", "read by", "written by this thread"),
     # 2. cp.async completion and visibility
     "async_early_read": ("cp.async destination still in flight", "issued by this thread"),
@@ -27,6 +27,8 @@ PLANTED = {
     "shfl_divergent": ("divergent warp collective", "shfl.sync.down", "shfl.sync.bfly"),
     "shfl_mask_mismatch": ("mismatched membermasks", "0x0000ffff"),
     "mma_lane_missing": ("mma.m16n8k16", "lane 5 has exited"),
+    # 6. uninitialised shared memory
+    "uninit_read": ("read of uninitialised shared memory", "thread (6,0,0)", "shared offset 28"),
 }
 
 SEEDS = (None, 1, 2, 3)

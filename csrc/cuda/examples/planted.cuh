@@ -15,11 +15,13 @@ namespace fae::examples {
 
 constexpr int kPlantedThreads = 64;
 
-// Checker 1: a neighbour's shared value read without a barrier after it was written (RAW).
+// Checker 1: a neighbour's shared value read without a barrier after it was written.
 template <bool Bug>
 __global__ void planted_race_raw(gptr<const float> in, gptr<float> out) {
   sptr<float> s = dynamic_smem<float>();
   const int i = threadIdx.x;
+  s[i] = 0.0f;
+  __syncthreads();
   s[i] = in[i];
   if (!Bug) __syncthreads();
   out[i] = s[(i + 1) % kPlantedThreads];
@@ -141,6 +143,16 @@ __global__ void planted_global_oob(gptr<const float> in, gptr<float> out) {
   out[i] = in[i] + (i + 1 < kPlantedThreads || Bug ? in[i + 1] : 0.0f);
 }
 
+// Checker 6: one thread skips its store, its neighbour reads the uninitialised element.
+template <bool Bug>
+__global__ void planted_uninit_read(gptr<const float> in, gptr<float> out) {
+  sptr<float> s = dynamic_smem<float>();
+  const int i = threadIdx.x;
+  if (!Bug || i != 7) s[i] = in[i];
+  __syncthreads();
+  out[i] = s[(i + 1) % kPlantedThreads];
+}
+
 // Checker 5: a lane leaves before the warp's shuffle.
 template <bool Bug>
 __global__ void planted_shfl_lane_missing(gptr<const float> in, gptr<float> out) {
@@ -201,6 +213,7 @@ inline void run_planted(const std::string& name, bool bug, const float* in, floa
       {"shfl_divergent", planted_shfl_divergent<true>, planted_shfl_divergent<false>, 0},
       {"shfl_mask_mismatch", planted_shfl_mask_mismatch<true>, planted_shfl_mask_mismatch<false>, 0},
       {"mma_lane_missing", planted_mma_lane_missing<true>, planted_mma_lane_missing<false>, 0},
+      {"uninit_read", planted_uninit_read<true>, planted_uninit_read<false>, 256},
   };
   for (const Case& c : cases)
     if (name == c.name) {

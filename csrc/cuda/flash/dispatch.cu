@@ -1,0 +1,33 @@
+// Runtime (dtype, head dim) -> compiled instantiation, done once here. Built by nvcc into _C and,
+// through a generated one-line .cpp wrapper, by the host compiler into the emulator module.
+#include <stdexcept>
+#include <string>
+
+#include "cuda/flash/api.h"
+
+namespace fae::cuda {
+namespace {
+
+template <class T>
+void forward_for_head_dim(const FwdParams& p, cudaStream_t stream) {
+  switch (p.head_dim) {
+    case 32: return run_forward<T, 32>(p, stream);
+    case 64: return run_forward<T, 64>(p, stream);
+    case 96: return run_forward<T, 96>(p, stream);
+    case 128: return run_forward<T, 128>(p, stream);
+    case 256: return run_forward<T, 256>(p, stream);
+    default: throw std::invalid_argument("head_dim " + std::to_string(p.head_dim) + " has no CUDA kernel");
+  }
+}
+
+}  // namespace
+
+void attention_forward(const FwdParams& p, cudaStream_t stream) {
+  switch (p.dtype) {
+    case DType::f16: return forward_for_head_dim<half_t>(p, stream);
+    case DType::bf16: return forward_for_head_dim<bf16_t>(p, stream);
+    default: throw std::invalid_argument("the CUDA kernels take float16 or bfloat16");
+  }
+}
+
+}  // namespace fae::cuda

@@ -1,0 +1,35 @@
+// Host launcher of the forward kernel for one (dtype, head dim): grid and shared-memory sizing,
+// the same code under nvcc and under the emulator.
+#pragma once
+
+#include "cuda/flash/api.h"
+#include "cuda/flash/fwd_kernel.cuh"
+#include "cuda/launch.cuh"
+
+namespace fae::cuda {
+
+// Elements spanned by a (B, S, H, D) tensor with non-negative strides.
+inline std::size_t extent(int64_t batch_stride, int64_t row_stride, int64_t head_stride, int64_t b, int64_t s,
+                          int64_t h, int64_t d) {
+  return std::size_t((b - 1) * batch_stride + (s - 1) * row_stride + (h - 1) * head_stride + d);
+}
+
+template <class T, int HeadDim>
+void run_forward(const FwdParams& p, cudaStream_t stream) {
+  using Tr = FwdTraits<T, HeadDim>;
+  const dim3 grid(unsigned((p.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM), unsigned(p.heads_q), unsigned(p.batch));
+  const int64_t d = p.head_dim;
+  launch("flash_fwd", flash_fwd_kernel<Tr>, LaunchConfig{grid, dim3(Tr::kThreads), Tr::kSmemBytes, stream}, p,
+         gbuf(static_cast<const T*>(p.q),
+              extent(p.q_batch_stride, p.q_row_stride, p.q_head_stride, p.batch, p.seqlen_q, p.heads_q, d)),
+         gbuf(static_cast<const T*>(p.k),
+              extent(p.k_batch_stride, p.k_row_stride, p.k_head_stride, p.batch, p.seqlen_k, p.heads_kv, d)),
+         gbuf(static_cast<const T*>(p.v),
+              extent(p.v_batch_stride, p.v_row_stride, p.v_head_stride, p.batch, p.seqlen_k, p.heads_kv, d)),
+         gbuf(static_cast<T*>(p.out),
+              extent(p.o_batch_stride, p.o_row_stride, p.o_head_stride, p.batch, p.seqlen_q, p.heads_q, d)),
+         gbuf(static_cast<float*>(p.lse),
+              std::size_t((p.batch - 1) * p.lse_batch_stride + (p.heads_q - 1) * p.lse_head_stride + p.seqlen_q)));
+}
+
+}  // namespace fae::cuda
