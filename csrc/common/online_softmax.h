@@ -17,9 +17,14 @@ template <typename T>
 FAE_HD T exp_base(T m) { return m == neg_inf<T>() ? T(0) : m; }
 
 // Factor that rescales the running sum and output when the row max moves from m_old to m_new.
+// `exp2` is the kernel's exponential (a fast approximate one on GPUs, std::exp2 by default).
+template <typename T, typename Exp2>
+FAE_HD T rescale_factor(T m_old, T m_new, Exp2 exp2) {
+  return m_old == neg_inf<T>() ? T(0) : T(exp2(m_old - exp_base(m_new)));
+}
 template <typename T>
 FAE_HD T rescale_factor(T m_old, T m_new) {
-  return m_old == neg_inf<T>() ? T(0) : T(std::exp2(m_old - exp_base(m_new)));
+  return rescale_factor(m_old, m_new, [](T x) { return T(std::exp2(x)); });
 }
 
 // Natural-log logsumexp of a finished row from its log2-domain max and its sum of exp2 terms;

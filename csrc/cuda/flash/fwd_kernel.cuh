@@ -78,11 +78,13 @@ __global__ void __launch_bounds__(Tr::kThreads)
     cp_async_commit();
     cp_async_wait_all();
     __syncthreads();
-    uint32_t qf[Tr::kKStepsQK][4];
-#pragma unroll
-    for (int ks = 0; ks < Tr::kKStepsQK; ++ks)
-      ldmatrix_x4(qf[ks][0], qf[ks][1], qf[ks][2], qf[ks][3],
-                  sQ + (warp * 16 + lane % 16) * LD + ks * 16 + (lane / 16) * 8);
+    // Q fragments of this warp's 16 rows (A operand of S = Q.K^T), per k step of 16 columns.
+    auto load_q = [&](uint32_t(&a)[4], int ks) {
+      ldmatrix_x4(a[0], a[1], a[2], a[3], sQ + (warp * 16 + lane % 16) * LD + ks * 16 + (lane / 16) * 8);
+    };
+    uint32_t qf[Tr::kQInRegisters ? Tr::kKStepsQK : 1][4];
+    if constexpr (Tr::kQInRegisters)
+      for (int ks = 0; ks < Tr::kKStepsQK; ++ks) load_q(qf[ks], ks);
 
     for (int64_t n0 = n_first; n0 <= span.hi; n0 += BN) {
       const int kv_valid = int(min64(BN, p.seqlen_k - n0));
@@ -95,15 +97,18 @@ __global__ void __launch_bounds__(Tr::kThreads)
       for (int nt = 0; nt < Tr::kNTilesS; ++nt)
         for (int i = 0; i < 4; ++i) s[nt][i] = 0.0f;
 #pragma unroll
-      for (int ks = 0; ks < Tr::kKStepsQK; ++ks)
+      for (int ks = 0; ks < Tr::kKStepsQK; ++ks) {
+        uint32_t(&a)[4] = qf[Tr::kQInRegisters ? ks : 0];
+        if constexpr (!Tr::kQInRegisters) load_q(a, ks);
 #pragma unroll
         for (int np = 0; np < Tr::kNTilesS / 2; ++np) {
           uint32_t b0[2], b1[2];  // keys np*16 + [0, 8) and + [8, 16), d in [ks*16, ks*16 + 16)
           ldmatrix_x4(b0[0], b0[1], b1[0], b1[1],
                       sK + (np * 16 + (lane / 16) * 8 + lane % 8) * LD + ks * 16 + ((lane / 8) & 1) * 8);
-          mma_m16n8k16<T>(s[2 * np], qf[ks], b0, s[2 * np]);
-          mma_m16n8k16<T>(s[2 * np + 1], qf[ks], b1, s[2 * np + 1]);
+          mma_m16n8k16<T>(s[2 * np], a, b0, s[2 * np]);
+          mma_m16n8k16<T>(s[2 * np + 1], a, b1, s[2 * np + 1]);
         }
+      }
       __syncthreads();  // every warp is done with sK: refill it with K_{j+1}
       if (n0 + BN <= span.hi)
         load_tile<Tr>(sK, kb + (n0 + BN) * p.k_row_stride, p.k_row_stride, BN,

@@ -10,7 +10,9 @@ namespace fae::cuda {
 // eight 16-byte rows an ldmatrix reads fall in distinct bank groups; it must stay under the
 // 99 KiB an sm_86/sm_89 block can have. Registers: each thread holds O (D/2 floats), S
 // (BlockN/2 floats) and Q fragments (D/4 words); BlockN = 32 for D = 256 keeps the sum near the
-// 255-register limit and smem at 67.6 KiB.
+// 255-register limit and smem at 67.6 KiB; for D = 256 the Q fragments are re-read from shared
+// memory every k step instead of living in registers (with them in registers ptxas reported 255
+// registers and 24 bytes of spill stores on sm_80; without, none).
 //   D     BlockM BlockN  smem (bytes)
 //   32    64     64      (64 + 2*64) * 40 * 2  = 15360
 //   64    64     64      (64 + 2*64) * 72 * 2  = 27648
@@ -30,6 +32,7 @@ struct FwdTraits {
   static constexpr int kNTilesO = HeadDim / 8;    // n8 tiles of O per warp
   static constexpr int kKStepsQK = HeadDim / 16;  // k16 steps of Q.K^T
   static constexpr int kKStepsPV = kBlockN / 16;  // k16 steps of P.V
+  static constexpr bool kQInRegisters = HeadDim <= 128;
   static constexpr int kChunksPerRow = HeadDim / 8;  // 16-byte cp.async chunks per row
   static constexpr int kSmemQ = kBlockM * kRowStride;
   static constexpr int kSmemKV = kBlockN * kRowStride;
