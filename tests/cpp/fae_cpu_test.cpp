@@ -10,11 +10,13 @@
 // Also checked: empty rows give out = 0, lse = -inf, zero gradient and no NaN; NaN in an input
 // propagates; results are bitwise identical for different thread counts.
 //
-// Usage: fae_cpu_test [-v]     exit status 0 when every case passes.
+// Every CPU instruction set compiled in and supported here is tested in turn.
+// Usage: fae_cpu_test [-v] [--isa NAME]...   exit status 0 when every check passes.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <limits>
@@ -478,12 +480,25 @@ std::vector<Case> cases() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i)
-    if (std::string(argv[i]) == "-v") g_verbose = true;
-  std::printf("fae_cpu_test: CPU kernels (ISA %s) against a naive float64 reference\n", fae::cpu::active_isa().c_str());
-  uint64_t seed = 1234;
-  for (const Case& c : cases()) run_case(c, seed++);
-  nan_case();
+  // Every instruction set compiled in and supported by this CPU, each forced in turn through
+  // FLASHATTN_EXT_CPU_ISA (read on every call), or only the ones named by --isa NAME.
+  std::vector<std::string> isas;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "-v") g_verbose = true;
+    else if (a == "--isa" && i + 1 < argc) isas.push_back(argv[++i]);
+    else { std::fprintf(stderr, "usage: fae_cpu_test [-v] [--isa NAME]...\n"); return 2; }
+  }
+  if (isas.empty()) isas = fae::cpu::available_isas();
+  for (const std::string& isa : isas) {
+    setenv("FLASHATTN_EXT_CPU_ISA", isa.c_str(), 1);
+    std::printf("== fae_cpu_test: CPU kernels (ISA %s) against a naive float64 reference\n",
+                fae::cpu::active_isa().c_str());
+    uint64_t seed = 1234;
+    for (const Case& c : cases()) run_case(c, seed++);
+    nan_case();
+  }
+  unsetenv("FLASHATTN_EXT_CPU_ISA");
   const int passed = g_checks - g_failures;
   std::printf("%d passed, %d failed\n", passed, g_failures);
   return g_failures == 0 ? 0 : 1;
