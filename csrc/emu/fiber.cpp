@@ -208,9 +208,9 @@ void context_exit(Context& to) {
   raw_switch(dead, to);
 }
 
-void context_entered(Context& from) {
+void context_entered(Context* from) {
 #ifdef FAE_EMU_ASAN
-  __sanitizer_finish_switch_fiber(nullptr, &from.stack, &from.stack_size);
+  __sanitizer_finish_switch_fiber(nullptr, from ? &from->stack : nullptr, from ? &from->stack_size : nullptr);
 #else
   (void)from;
 #endif

@@ -30,8 +30,9 @@ void context_make(Context& ctx, void* stack, std::size_t size, void (*fn)(void*)
 void context_switch(Context& from, Context& to);
 // Leaves the current context for good (it is never resumed) and resumes `to`.
 void context_exit(Context& to);
-// First thing a new context does: records the bounds of `from`, the context that started it.
-void context_entered(Context& from);
+// First thing a new context does; records the stack bounds of the context that started it into
+// *from when `from` is not null.
+void context_entered(Context* from);
 
 // A fiber stack with a guard page below it (a stack overflow faults instead of corrupting memory).
 class Stack {

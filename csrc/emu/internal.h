@@ -86,6 +86,7 @@ struct Runner {
   std::mt19937_64 rng;
 
   void run_block(uint3 bidx);
+  Thread* pick();  // next runnable thread (FIFO, or at random when shuffling), null if none
   void yield();
   void make_ready(Thread* t);
   void new_epoch() { epoch = ++epoch_counter; }

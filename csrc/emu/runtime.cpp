@@ -43,7 +43,7 @@ std::string hex(unsigned v) {
 void thread_entry(void* p) {
   auto* t = static_cast<Thread*>(p);
   Runner* r = t->runner;
-  context_entered(r->sched);
+  context_entered(r->sched.stack ? nullptr : &r->sched);  // the first fiber starts from the scheduler
   try {
     (*r->launch->body)();
     if (!t->copies.empty())
@@ -54,7 +54,13 @@ void thread_entry(void* p) {
     if (!r->error) r->error = std::current_exception();
   }
   r->thread_exit(t);
-  context_exit(r->sched);  // a finished fiber is never resumed
+  Thread* next = r->error ? nullptr : r->pick();  // a finished fiber is never resumed
+  if (next) {
+    r->cur = next;
+    tls_thread = next;
+    context_exit(next->ctx);
+  }
+  context_exit(r->sched);
 }
 
 const char* state_text(Thread::State s) {
@@ -114,7 +120,33 @@ void Runner::make_ready(Thread* t) {
   ready.push_back(t);
 }
 
-void Runner::yield() { context_switch(cur->ctx, sched); }
+Thread* Runner::pick() {
+  if (ready.empty()) return nullptr;
+  Thread* t;
+  if (launch->cfg.shuffle) {
+    const std::size_t k = rng() % ready.size();
+    t = ready[k];
+    ready[k] = ready.back();
+    ready.pop_back();
+  } else {
+    t = ready.front();
+    ready.pop_front();
+  }
+  return t;
+}
+
+// Switches straight to the next runnable fiber; back to the scheduler only when none is left.
+void Runner::yield() {
+  Thread* me = cur;
+  Thread* next = pick();
+  if (!next) {
+    context_switch(me->ctx, sched);
+    return;
+  }
+  cur = next;
+  tls_thread = next;
+  context_switch(me->ctx, next->ctx);
+}
 
 void Runner::release_barrier() {
   new_epoch();
@@ -190,6 +222,7 @@ void Runner::run_block(uint3 bidx) {
     make_ready(&t);
   }
 
+  sched.stack = nullptr;  // the scheduler runs on this OS thread's stack, learnt by the first fiber
   tls_runner = this;
   try {
     while (!error) {
@@ -197,16 +230,7 @@ void Runner::run_block(uint3 bidx) {
         if (ndone == nthreads) break;
         report_deadlock();
       }
-      Thread* t;
-      if (L.cfg.shuffle) {
-        const std::size_t k = rng() % ready.size();
-        t = ready[k];
-        ready[k] = ready.back();
-        ready.pop_back();
-      } else {
-        t = ready.front();
-        ready.pop_front();
-      }
+      Thread* t = pick();
       cur = t;
       tls_thread = t;
       context_switch(sched, t->ctx);

@@ -62,13 +62,15 @@ void exec_mma(Thread* const lanes[32], int qual) {
       B[2 * t + (i & 1) + (i >= 2 ? 8 : 0)][g] = decode(a.b[i >> 1], i & 1, bf16);
     for (int i = 0; i < 4; ++i) C[g + (i >= 2 ? 8 : 0)][2 * t + (i & 1)] = a.c[i];
   }
+  // Products of two 16-bit floats are exact in double, so the k-ordered sums below are the same
+  // whether or not the compiler fuses multiply and add; vectorised over n.
   float D[16][8];
-  for (int m = 0; m < 16; ++m)
-    for (int n = 0; n < 8; ++n) {
-      double s = 0;
-      for (int k = 0; k < K; ++k) s += A[m][k] * B[k][n];
-      D[m][n] = static_cast<float>(s + C[m][n]);
-    }
+  for (int m = 0; m < 16; ++m) {
+    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int k = 0; k < K; ++k)
+      for (int n = 0; n < 8; ++n) acc[n] += A[m][k] * B[k][n];
+    for (int n = 0; n < 8; ++n) D[m][n] = static_cast<float>(acc[n] + C[m][n]);
+  }
   for (int l = 0; l < 32; ++l) {
     const int g = l >> 2, t = l & 3;
     for (int i = 0; i < 4; ++i) lanes[l]->arrival->d[i] = D[g + (i >= 2 ? 8 : 0)][2 * t + (i & 1)];
