@@ -8,7 +8,7 @@ import torch
 
 import flashattn_ext as fa
 import oracle
-from conftest import assert_close, naive_in, randn
+from conftest import assert_close, naive_in, needs_kernel, randn
 
 F32, F64, BF16, F16 = torch.float32, torch.float64, torch.bfloat16, torch.float16
 
@@ -37,6 +37,7 @@ def _inputs(gen, b, sq, sk, hq, hkv, d, dtype):
 @pytest.mark.parametrize("dtype", [F32, F64, BF16, F16], ids=str)
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_forward_matches_oracle(backend, gen, case, dtype):
+    needs_kernel(backend, dtype)
     b, sq, sk, hq, hkv, d, causal, window = case
     q, k, v = _inputs(gen, b, sq, sk, hq, hkv, d, dtype)
     out, lse, _ = fa.flash_attn_func(q, k, v, causal=causal, window_size=window,
@@ -55,6 +56,7 @@ BWD_CASES = [CASES[i] for i in (1, 2, 3, 4, 7, 8, 9)]
 @pytest.mark.parametrize("dtype", [F32, F64, BF16, F16], ids=str)
 @pytest.mark.parametrize("case", BWD_CASES, ids=[IDS[CASES.index(c)] for c in BWD_CASES])
 def test_backward_matches_oracle(backend, gen, case, dtype):
+    needs_kernel(backend, dtype, backward=True)
     b, sq, sk, hq, hkv, d, causal, window = case
     q, k, v = (x.requires_grad_() for x in _inputs(gen, b, sq, sk, hq, hkv, d, dtype))
     dout = randn(gen, b, sq, hq, d, dtype=dtype)
@@ -76,6 +78,7 @@ def test_backward_matches_oracle(backend, gen, case, dtype):
 @pytest.mark.parametrize("sq,sk", [(17, 40), (40, 17), (23, 23)])
 def test_causal_alignments(backend, gen, bottom_right, sq, sk):
     """attention/flash_attn_func align bottom-right, scaled_dot_product_attention top-left."""
+    needs_kernel(backend, F64, backward=True)
     q, k, v = (x.requires_grad_() for x in _inputs(gen, 2, sq, sk, 4, 2, 32, F64))
     if bottom_right:
         out = fa.attention(q, k, v, causal=True)
@@ -90,19 +93,24 @@ def test_causal_alignments(backend, gen, bottom_right, sq, sk):
         assert_close(g, r, None, "d" + name)
 
 
+def _dtype_for(backend):
+    return BF16 if backend == "emu" else F32
+
+
 def test_rows_that_see_no_key(backend, gen):
     """Bottom-right causal with Sq > Sk: the first Sq - Sk rows see nothing."""
-    q, k, v = (x.requires_grad_() for x in _inputs(gen, 1, 20, 5, 2, 2, 16, F32))
+    q, k, v = (x.requires_grad_() for x in _inputs(gen, 1, 20, 5, 2, 2, 16, _dtype_for(backend)))
     out, lse = fa.attention(q, k, v, causal=True, return_lse=True)
     assert torch.equal(out[:, :15], torch.zeros_like(out[:, :15]))
     assert torch.isneginf(lse[:, :, :15]).all() and torch.isfinite(lse[:, :, 15:]).all()
-    dq, dk, dv = torch.autograd.grad(out, (q, k, v), randn(gen, *out.shape))
+    needs_kernel(backend, q.dtype, backward=True)
+    dq, dk, dv = torch.autograd.grad(out, (q, k, v), randn(gen, *out.shape, dtype=q.dtype))
     assert all(torch.isfinite(g).all() for g in (dq, dk, dv))
     assert torch.equal(dq[:, :15], torch.zeros_like(dq[:, :15]))
 
 
 def test_nan_propagates(backend, gen):
-    q, k, v = _inputs(gen, 1, 9, 9, 1, 1, 8, F32)
+    q, k, v = _inputs(gen, 1, 9, 9, 1, 1, 8, _dtype_for(backend))
     q[0, 3, 0, 2] = float("nan")
     out = fa.attention(q, k, v, causal=True)
     assert torch.isnan(out[0, 3]).all()
@@ -113,8 +121,25 @@ def test_nan_propagates(backend, gen):
     assert torch.isnan(out[0, 5:]).all() and torch.isfinite(out[0, [0, 1, 2, 4]]).all()
 
 
+@pytest.mark.parametrize("dtype", [F32, BF16, F16], ids=str)
+@pytest.mark.parametrize("sq,sk", [(37, 100), (100, 37)])
+def test_sdpa_top_left_on_bhsd_views(backend, gen, dtype, sq, sk):
+    """torch's (B, H, S, D) layout, top-left causal, GQA; strided BSHD views reach the kernels."""
+    needs_kernel(backend, dtype)
+    q, k, v = (randn(gen, 2, h, s, 64, dtype=dtype) for h, s in ((4, sq), (2, sk), (2, sk)))
+    out = fa.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    assert out.shape == q.shape
+    bshd = [x.transpose(1, 2) for x in (q, k, v)]
+    ref = oracle.attention(*bshd, causal=True, bottom_right=False)[0].transpose(1, 2)
+    naive = None
+    if dtype != F32:
+        naive = naive_in(dtype, *bshd, causal=True, bottom_right=False)[0].transpose(1, 2)
+    assert_close(out, ref, naive, "out")
+
+
 def test_lse_gradient(backend, gen):
     """A loss that uses lse sends its gradient through the backward."""
+    needs_kernel(backend, F64, backward=True)
     q, k, v = (x.requires_grad_() for x in _inputs(gen, 1, 13, 21, 2, 1, 16, F64))
     out, lse = fa.attention(q, k, v, causal=True, return_lse=True)
     w = randn(gen, *lse.shape, dtype=F64)
@@ -130,12 +155,13 @@ def test_lse_gradient(backend, gen):
 @pytest.mark.parametrize("rank", [2, 3, 4])
 def test_numpy_in_numpy_out(backend, gen, rank):
     """(S, D), (B, S, D) and (B, S, H, D) numpy arrays in, numpy arrays out."""
+    dtype = F16 if backend == "emu" else F32  # numpy has float16, not bfloat16
     lead = {2: (), 3: (2,), 4: (2,)}[rank]
     heads = (3,) if rank == 4 else ()
-    q = randn(gen, *lead, 37, *heads, 24).numpy()
-    k, v = (randn(gen, *lead, 51, *heads, 24).numpy() for _ in range(2))
+    q = randn(gen, *lead, 37, *heads, 24, dtype=dtype).numpy()
+    k, v = (randn(gen, *lead, 51, *heads, 24, dtype=dtype).numpy() for _ in range(2))
     out, lse = fa.attention(q, k, v, causal=True, return_lse=True)
-    assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == q.shape
+    assert isinstance(out, np.ndarray) and out.dtype == q.dtype and out.shape == q.shape
     assert isinstance(lse, np.ndarray) and lse.dtype == np.float32
     assert lse.shape == lead + heads + (37,)
 
@@ -144,5 +170,6 @@ def test_numpy_in_numpy_out(backend, gen, rank):
         return t if rank == 4 else t.reshape(1 if rank == 2 else 2, x.shape[-2], 1, 24)
 
     ref, ref_lse = oracle.attention(bshd(q), bshd(k), bshd(v), causal=True)
-    assert_close(torch.from_numpy(out).reshape(ref.shape), ref, None, "out")
-    assert_close(torch.from_numpy(lse).reshape(ref_lse.shape), ref_lse, None, "lse")
+    naive = naive_in(dtype, bshd(q), bshd(k), bshd(v), causal=True)[0] if dtype == F16 else None
+    assert_close(torch.from_numpy(out).reshape(ref.shape), ref, naive, "out")
+    assert_close(torch.from_numpy(lse).reshape(ref_lse.shape), ref_lse.float(), None, "lse")

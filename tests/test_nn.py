@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from flashattn_ext.nn import MultiHeadAttention
-from conftest import assert_close, randn
+from conftest import assert_close, needs_kernel, randn
 
 F64 = torch.float64
 
@@ -42,6 +42,7 @@ def reference(m: MultiHeadAttention, x, context=None, causal=False):
     (None, None, False, False), (2, None, True, False), (1, None, False, True),
     (4, 24, False, True), (2, None, True, True)])
 def test_module_matches_torch_sdpa(backend, gen, kv_heads, kdim, causal, cross):
+    needs_kernel(backend, F64, backward=True)
     torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
     m = MultiHeadAttention(64, 8, num_kv_heads=kv_heads, kdim=kdim, vdim=kdim, causal=causal,
                            dtype=F64)

@@ -250,8 +250,11 @@ py::dict config() {
 
 }  // namespace
 
+void fae_bind_emulated_attention(py::module_& m);  // csrc/bindings/emu_attention.cpp
+
 PYBIND11_MODULE(_emu, m) {
   m.doc() = "SIMT emulator of the CUDA kernels (tests only): probes, planted bugs, example matmul";
+  fae_bind_emulated_attention(m);
   py::register_exception<fae::emu::Error>(m, "EmulatorError", PyExc_RuntimeError);
   m.def("configure", &configure, py::arg("threads") = py::none(), py::arg("stack_kib") = py::none(),
         py::arg("smem_limit") = py::none(),

@@ -159,6 +159,11 @@ def _sizes(q: Any, k: Any) -> Tuple[int, ...]:
 
 def forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mask: MaskSpec) -> None:
     """Runs the forward kernel on BSHD views, writing ``out`` (like q) and ``lse`` (B, H, Sq)."""
+    if backend_for(q) == "emu":
+        emu = _emu_module()
+        _forward_cuda_kernels(emu.attention_forward, emu.attention_head_dims, q, k, v, out, lse,
+                              scale, mask)
+        return
     ls = _strides(lse)
     _C.forward(_dtype_code(q), _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse),
                _strides(q)[:3], _strides(k)[:3], _strides(v)[:3], _strides(out)[:3],
@@ -170,6 +175,9 @@ def backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dq: Any, dk:
              scale: float, mask: MaskSpec, dlse: Any = None) -> None:
     """Runs the backward kernel on BSHD views, writing dq, dk, dv. ``dlse`` (optional) is the
     gradient of lse, laid out exactly like lse."""
+    if backend_for(q) == "emu":
+        raise NotImplementedError("FLASHATTN_EXT_BACKEND=emu runs the CUDA forward kernel only; "
+                                  "the CUDA backward kernel is not written yet")
     ls = _strides(lse)
     _C.backward(_dtype_code(q), _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse), _ptr(dout),
                 0 if dlse is None else _ptr(dlse), _ptr(dq), _ptr(dk), _ptr(dv), _strides(q)[:3], _strides(k)[:3], _strides(v)[:3],
@@ -211,10 +219,70 @@ def default_scale(head_dim: int, scale: Optional[float]) -> float:
     return 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
 
 
-def backend_name() -> str:
-    """The backend the next call on CPU data will use (FLASHATTN_EXT_BACKEND, read per call)."""
+CUDA_KERNEL_DTYPES = ("float16", "bfloat16")
+BACKENDS = ("auto", "cpu", "emu")
+
+
+def _emu_module() -> Any:
+    try:
+        from . import _emu
+    except ImportError:
+        return None
+    return _emu
+
+
+def backend_for(q: Any) -> str:
+    """The backend this call runs on: "cpu", or "emu" (the CUDA kernel source on the SIMT
+    emulator). FLASHATTN_EXT_BACKEND is read at every call; "emu" applies to float16/bfloat16
+    inputs (the CUDA kernels' dtypes), other dtypes stay on the CPU kernels."""
     choice = os.environ.get("FLASHATTN_EXT_BACKEND", "").strip().lower() or "auto"
-    if choice not in ("auto", "cpu"):
-        raise ValueError(f"FLASHATTN_EXT_BACKEND={choice!r} is not available in this build; "
-                         f"accepted: cpu, auto")
+    if choice not in BACKENDS:
+        raise ValueError(f"FLASHATTN_EXT_BACKEND={choice!r} is not available; accepted: "
+                         f"{', '.join(BACKENDS)}")
+    if choice == "emu":
+        if _emu_module() is None:
+            raise ValueError("FLASHATTN_EXT_BACKEND='emu': this build has no emulator; build with "
+                             "FLASHATTN_EXT_EMULATOR=ON")
+        return "emu" if dtype_name(q) in CUDA_KERNEL_DTYPES else "cpu"
     return "cpu"
+
+
+def _new(like: Any, shape: Tuple[int, ...], zero: bool) -> Any:
+    if is_tensor(like):
+        return (torch.zeros if zero else torch.empty)(shape, dtype=like.dtype, device=like.device)
+    return (np.zeros if zero else np.empty)(shape, dtype=like.dtype)
+
+
+def _kernel_ready(x: Any, head_dim: int) -> bool:
+    """What the CUDA kernels' 16-byte cp.async loads need: an instantiated head dim, rows
+    16-byte aligned (strides multiples of 8 elements, aligned base), non-negative strides."""
+    st = _strides(x)[:3]
+    return (x.shape[3] == head_dim and _ptr(x) % 16 == 0
+            and all(s >= 0 and s % 8 == 0 for s in st))
+
+
+def _forward_cuda_kernels(run: Any, head_dims: Sequence[int], q: Any, k: Any, v: Any, out: Any,
+                          lse: Any, scale: float, mask: MaskSpec) -> None:
+    """Runs a CUDA-kernel forward; inputs the kernels cannot read as they are (head dim without an
+    instantiation, unaligned rows) are copied into zero-padded aligned buffers first. Zero
+    columns change neither q.k nor, after slicing, the output."""
+    d = q.shape[3]
+    dp = min(h for h in head_dims if h >= d)
+
+    def fit(x: Any) -> Any:
+        if _kernel_ready(x, dp):
+            return x
+        y = _new(x, tuple(x.shape[:3]) + (dp,), zero=True)
+        y[..., :d] = x
+        return y
+
+    qf, kf, vf = fit(q), fit(k), fit(v)
+    of = out if _kernel_ready(out, dp) else _new(out, tuple(out.shape[:3]) + (dp,), zero=False)
+    ls = _strides(lse)
+    sizes = _sizes(q, k)[:5] + (dp,)
+    run(_dtype_code(q), _ptr(qf), _ptr(kf), _ptr(vf), _ptr(of), _ptr(lse), _strides(qf)[:3],
+        _strides(kf)[:3], _strides(vf)[:3], _strides(of)[:3], (ls[0], ls[1]), sizes,
+        mask.offset(q.shape[1], k.shape[1]), mask.window_left, mask.window_right, float(scale),
+        num_threads())
+    if of is not out:
+        out[...] = of[..., :d]

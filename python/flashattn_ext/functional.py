@@ -23,7 +23,6 @@ def _run(q: ArrayLike, k: ArrayLike, v: ArrayLike, kind: str, scale: Optional[fl
          mask: MaskSpec) -> Tuple[ArrayLike, ArrayLike]:
     """q, k, v are validated (B, S, H, D) views."""
     _core.check_bshd(q, k, v)
-    _core.backend_name()  # rejects an unavailable FLASHATTN_EXT_BACKEND before any work
     s = _core.default_scale(q.shape[3], scale)
     if kind == "numpy":
         return _core.numpy_forward(q, k, v, s, mask)
