@@ -26,6 +26,10 @@
 
 #include "common/params.h"
 #include "cpu/backend.h"
+#if FAE_TEST_EMU
+#include <stdexcept>
+#include "cuda/flash/api.h"
+#endif
 
 namespace {
 
@@ -319,15 +323,17 @@ struct Run {
   std::vector<unsigned char> lse_bytes;
 };
 
-// Runs forward and backward through the CPU backend with the given thread count.
-Run run_cpu(const Case& c, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout,
-            const std::vector<double>* dlse, int threads) {
+using ForwardFn = std::function<void(const fae::FwdParams&)>;
+
+// Runs the forward through `forward` (the CPU backend unless given); p receives the parameters.
+Run run_forward(const Case& c, const Tensor& q, const Tensor& k, const Tensor& v, int threads,
+                fae::FwdParams& p, const ForwardFn& forward = fae::cpu::attention_forward) {
   Run r;
   r.out = Tensor(c.dtype, c.B, c.Sq, c.Hq, c.D, c.layout);
   const bool lse64 = c.dtype == DType::f64;
   const size_t nlse = size_t(c.B * c.Hq * c.Sq);
   r.lse_bytes.assign(nlse * (lse64 ? 8 : 4), 0);
-  fae::FwdParams p{};
+  p = fae::FwdParams{};
   p.q = q.data(); p.k = k.data(); p.v = v.data(); p.out = r.out.data(); p.lse = r.lse_bytes.data();
   p.q_batch_stride = q.sb; p.q_row_stride = q.ss; p.q_head_stride = q.sh;
   p.k_batch_stride = k.sb; p.k_row_stride = k.ss; p.k_head_stride = k.sh;
@@ -344,13 +350,22 @@ Run run_cpu(const Case& c, const Tensor& q, const Tensor& k, const Tensor& v, co
   p.scale_f64 = scale;
   p.dtype = c.dtype;
   p.num_threads = threads;
-  fae::cpu::attention_forward(p);
-
+  forward(p);
   r.lse.resize(nlse);
   for (size_t i = 0; i < nlse; ++i) {
     if (lse64) std::memcpy(&r.lse[i], &r.lse_bytes[i * 8], 8);
     else { float f; std::memcpy(&f, &r.lse_bytes[i * 4], 4); r.lse[i] = f; }
   }
+  return r;
+}
+
+// Runs forward and backward through the CPU backend with the given thread count.
+Run run_cpu(const Case& c, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout,
+            const std::vector<double>* dlse, int threads) {
+  fae::FwdParams p;
+  Run r = run_forward(c, q, k, v, threads, p);
+  const bool lse64 = c.dtype == DType::f64;
+  const size_t nlse = r.lse.size();
   std::vector<unsigned char> dlse_bytes;
   if (dlse) {
     dlse_bytes.resize(r.lse_bytes.size());
@@ -376,6 +391,35 @@ Run run_cpu(const Case& c, const Tensor& q, const Tensor& k, const Tensor& v, co
   return r;
 }
 
+// lse is float32 (float64 for float64 inputs), computed from the exact stored inputs.
+void check_lse(const Case& c, const std::vector<double>& got, const std::vector<double>& oracle) {
+  const double err = max_err(got, oracle), mag = std::max(1.0, max_abs(oracle));
+  const double tol = (c.dtype == DType::f64 ? 1e-12 : 2e-6) * mag * std::sqrt(double(c.D));
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "lse  max err %.3g (tolerance %.3g)", err, tol);
+  check(std::isfinite(tol) && err <= tol, buf);
+}
+
+// Rows that see no key: out = 0 (and dq = 0 when the backward ran) exactly, lse = -inf.
+void check_empty_rows(const Case& c, const Run& r, bool with_backward) {
+  int64_t empty = 0;
+  bool ok = true;
+  const std::vector<double> od = r.out.dense(), dqd = with_backward ? r.dq.dense() : std::vector<double>();
+  const Dims dims{c.Sq, c.Hq, c.D};
+  for (int64_t b = 0; b < c.B; ++b)
+    for (int64_t h = 0; h < c.Hq; ++h)
+      for (int64_t i = 0; i < c.Sq; ++i) {
+        bool any = false;
+        for (int64_t j = 0; j < c.Sk && !any; ++j) any = c.visible(i, j);
+        if (any) continue;
+        ++empty;
+        ok &= r.lse[size_t((b * c.Hq + h) * c.Sq + i)] == -kInf;
+        for (int64_t d = 0; d < c.D; ++d)
+          ok &= od[dims.at(b, i, h, d)] == 0.0 && (!with_backward || dqd[dims.at(b, i, h, d)] == 0.0);
+      }
+  if (empty) check(ok, std::to_string(empty) + " rows that see no key: out = 0" + (with_backward ? ", dq = 0" : "") + ", lse = -inf");
+}
+
 void run_case(const Case& c, uint64_t seed) {
   std::printf("case %s\n", c.name().c_str());
   std::mt19937_64 rng(seed);
@@ -397,33 +441,12 @@ void run_case(const Case& c, uint64_t seed) {
 
   const Run r = run_cpu(c, q, k, v, dout, dl, 2);
   compare(c, "out", r.out.dense(), oracle.out, lowp.out);
-  {  // lse is float32 (float64 for float64 inputs), computed from the exact stored inputs
-    const double err = max_err(r.lse, oracle.lse), mag = std::max(1.0, max_abs(oracle.lse));
-    const double tol = (c.dtype == DType::f64 ? 1e-12 : 2e-6) * mag * std::sqrt(double(c.D));
-    char buf[160];
-    std::snprintf(buf, sizeof buf, "lse  max err %.3g (tolerance %.3g)", err, tol);
-    check(std::isfinite(tol) && err <= tol, buf);
-  }
+  check_lse(c, r.lse, oracle.lse);
   compare(c, "dq", r.dq.dense(), oracle.dq, lowp.dq);
   compare(c, "dk", r.dk.dense(), oracle.dk, lowp.dk);
   compare(c, "dv", r.dv.dense(), oracle.dv, lowp.dv);
 
-  // Rows that see no key: out = 0 and dq = 0 exactly, lse = -inf.
-  int64_t empty = 0;
-  bool empty_ok = true;
-  const std::vector<double> od = r.out.dense(), dqd = r.dq.dense();
-  const Dims dims{c.Sq, c.Hq, c.D};
-  for (int64_t b = 0; b < c.B; ++b)
-    for (int64_t h = 0; h < c.Hq; ++h)
-      for (int64_t i = 0; i < c.Sq; ++i) {
-        bool any = false;
-        for (int64_t j = 0; j < c.Sk && !any; ++j) any = c.visible(i, j);
-        if (any) continue;
-        ++empty;
-        empty_ok &= r.lse[size_t((b * c.Hq + h) * c.Sq + i)] == -kInf;
-        for (int64_t d = 0; d < c.D; ++d) empty_ok &= od[dims.at(b, i, h, d)] == 0.0 && dqd[dims.at(b, i, h, d)] == 0.0;
-      }
-  if (empty) check(empty_ok, std::to_string(empty) + " rows that see no key: out = 0, dq = 0, lse = -inf");
+  check_empty_rows(c, r, true);
 
   // Determinism: one thread gives bitwise the same results as two (and as three).
   for (int threads : {1, 3}) {
@@ -479,6 +502,55 @@ std::vector<Case> cases() {
 
 }  // namespace
 
+#if FAE_TEST_EMU
+// The CUDA forward kernel (csrc/cuda/flash), compiled by the host compiler and run on the SIMT
+// emulator: out and lse against the same oracle and rule. The kernel takes float16/bfloat16, the
+// head dims of fae::cuda::kHeadDims and rows aligned to 16 bytes.
+void emu_case(const Case& c, uint64_t seed) {
+  std::printf("emu case %s\n", c.name().c_str());
+  std::mt19937_64 rng(seed);
+  Tensor q(c.dtype, c.B, c.Sq, c.Hq, c.D, c.layout), k(c.dtype, c.B, c.Sk, c.Hkv, c.D, c.layout),
+      v(c.dtype, c.B, c.Sk, c.Hkv, c.D, c.layout);
+  for (Tensor* t : {&q, &k, &v}) fill_random(*t, rng);
+  const std::vector<double> qd = q.dense(), kd = k.dense(), vd = v.dense(), dod(qd.size(), 0.0);
+  const Ref oracle = naive(c, qd, kd, vd, dod, nullptr, [](double x) { return x; });
+  const Ref lowp = naive(c, qd, kd, vd, dod, nullptr, [&](double x) { return round_to(c.dtype, x); });
+  fae::FwdParams p;
+  Run r;
+  try {
+    r = run_forward(c, q, k, v, 0, p, [](const fae::FwdParams& pp) { fae::cuda::attention_forward(pp, nullptr); });
+  } catch (const std::exception& e) {
+    check(false, std::string("emulated kernel threw: ") + e.what());
+    return;
+  }
+  compare(c, "out", r.out.dense(), oracle.out, lowp.out);
+  check_lse(c, r.lse, oracle.lse);
+  check_empty_rows(c, r, false);
+}
+
+std::vector<Case> emu_cases() {
+  const int64_t N = kNone;
+  using L = Layout;
+  return {
+      // B  Sq  Sk  Hq Hkv  D   b-r    left right dtype        layout    dlse  scale
+      {1, 17, 97, 2, 1, 64, true, N, 0, DType::bf16, L::bshd, false, 0},   // causal, GQA
+      {1, 97, 17, 2, 2, 32, true, N, 0, DType::f16, L::bhsd, false, 0},    // rows that see no key
+      {1, 65, 65, 2, 1, 128, false, 16, 8, DType::bf16, L::bshd, false, 0},  // sliding window
+      {2, 33, 40, 2, 2, 96, true, N, N, DType::f16, L::bshd, false, 0},
+      {1, 20, 31, 1, 1, 256, false, N, 0, DType::bf16, L::bhsd, false, 0},  // causal top-left
+  };
+}
+
+int main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i)
+    if (std::string(argv[i]) == "-v") g_verbose = true;
+  std::printf("== fae_emu_test: CUDA forward kernel on the SIMT emulator against a naive float64 reference\n");
+  uint64_t seed = 4321;
+  for (const Case& c : emu_cases()) emu_case(c, seed++);
+  std::printf("%d passed, %d failed\n", g_checks - g_failures, g_failures);
+  return g_failures == 0 ? 0 : 1;
+}
+#else
 int main(int argc, char** argv) {
   // Every instruction set compiled in and supported by this CPU, each forced in turn through
   // FLASHATTN_EXT_CPU_ISA (read on every call), or only the ones named by --isa NAME.
@@ -503,3 +575,4 @@ int main(int argc, char** argv) {
   std::printf("%d passed, %d failed\n", passed, g_failures);
   return g_failures == 0 ? 0 : 1;
 }
+#endif  // FAE_TEST_EMU
