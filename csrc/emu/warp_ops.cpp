@@ -42,9 +42,14 @@ const char* collective_name(Op op, int qual) {
 
 namespace {
 
+// Exact 16-bit -> double. f16: the exponent/mantissa bits shifted into an f32 pattern and scaled
+// by 2^112 (exact, subnormals included); Inf/NaN patterns are mapped separately.
 double decode(uint32_t reg, int half, bool bf16) {
   const auto h = static_cast<uint16_t>(reg >> (16 * half));
-  return bf16 ? bf16_bits_to_f32(h) : f16_bits_to_f32(h);
+  if (bf16) return bf16_bits_to_f32(h);
+  if ((h & 0x7C00u) == 0x7C00u) return f16_bits_to_f32(h);
+  const double mag = double(bits_float(uint32_t(h & 0x7FFFu) << 13)) * 0x1p112;
+  return (h & 0x8000u) ? -mag : mag;
 }
 
 void exec_mma(Thread* const lanes[32], int qual) {

@@ -242,3 +242,22 @@ def test_stmatrix_epilogue_recipe(emu):
     offs = [2 * ((l % 16) * ld + (l // 16) * 8) for l in range(32)]
     image = emu.stmatrix(regs, offs, 4, False, 16 * ld)
     np.testing.assert_array_equal(image.reshape(16, ld)[:, :16], O)
+
+
+def test_mma_subnormal_and_special_inputs(emu, rng):
+    """f16 subnormal operands are exact (no flush); Inf and NaN propagate as in IEEE arithmetic."""
+    Ab = rng.integers(1, 0x400, size=(16, 16), dtype=np.uint16) | (rng.integers(0, 2, size=(16, 16)) << 15).astype(np.uint16)
+    Bb = pm.f16_bits(rng.standard_normal((16, 8)).astype(np.float32) * 1000)
+    Ab[3, 5] = 0x7C00  # +Inf
+    Ab[9, 2] = 0x7E00  # NaN
+    a, b = pm.fragments(Ab, Bb, 16)
+    d = emu.mma(a, b, np.zeros((32, 4), np.float32), "float16", 16)
+    with np.errstate(invalid="ignore"):
+        ref = pm.bits_to_f64(Ab, "float16") @ pm.bits_to_f64(Bb, "float16")
+    for lane in range(32):
+        for i in range(4):
+            r = ref[pm.c_frag(lane, i)]
+            if np.isnan(r):
+                assert np.isnan(d[lane, i])
+            else:
+                assert d[lane, i] == np.float32(r), (lane, i)
