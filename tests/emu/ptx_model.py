@@ -63,6 +63,40 @@ def cute_coord(layout, thread, value, nrows):
     return idx % nrows, idx // nrows  # column-major (rows, cols) tile
 
 
+def cute_tv(layout, thread, value):
+    (ts, vs), (td, vd) = layout
+    return _eval(ts, td, thread) + _eval(vs, vd, value)
+
+
+# ldmatrix as bit layouts (CuTe copy_traits_sm75.hpp, spec §3.3): name -> (num, trans, Src, Dst);
+# Src maps (thread, bit of its 128-bit row) and Dst maps (thread, bit of its registers) to one
+# logical bit index.
+CUTE_LDSM = {
+    "x1": (1, False, (((8, 4), 128), ((128, 0), 1)), ((32, 32), (32, 1))),
+    "x2": (2, False, (((16, 2), 128), ((128, 0), 1)), ((32, (32, 2)), (32, (1, 1024)))),
+    "x4": (4, False, ((32, 128), (128, 1)), ((32, (32, 4)), (32, (1, 1024)))),
+    "x1.trans": (1, True, (((8, 4), 128), ((128, 0), 1)), (((4, 8), (16, 2)), ((256, 16), (1, 128)))),
+    "x2.trans": (2, True, (((16, 2), 128), ((128, 0), 1)), (((4, 8), (16, 2, 2)), ((256, 16), (1, 128, 1024)))),
+    "x4.trans": (4, True, ((32, 128), (128, 1)), (((4, 8), (16, 2, 4)), ((256, 16), (1, 128, 1024)))),
+}
+
+
+def ldmatrix_cute(name, offsets, mem16):
+    """Registers by moving bits through the CuTe Src/Dst layouts (lowest thread wins duplicates)."""
+    num, _, src, dst = CUTE_LDSM[name]
+    owner = {}
+    for thr in range(32):
+        for bit in range(128):
+            owner.setdefault(cute_tv(src, thr, bit), (thr, bit))
+    regs = np.zeros((32, 4), np.uint32)
+    for thr in range(32):
+        for v in range(32 * num):
+            sthr, sbit = owner[cute_tv(dst, thr, v)]
+            elem = int(mem16[offsets[sthr] // 2 + sbit // 16])
+            regs[thr, v // 32] |= np.uint32(((elem >> (sbit % 16)) & 1) << (v % 32))
+    return regs
+
+
 CUTE_A_16x8x16 = (((4, 8), (2, 2, 2)), ((32, 1), (16, 8, 128)))
 CUTE_B_16x8x16 = (((4, 8), (2, 2)), ((16, 1), (8, 64)))
 CUTE_C_16x8 = (((4, 8), (2, 2)), ((32, 1), (16, 8)))

@@ -131,6 +131,15 @@ def test_ldmatrix_closed_form_scattered_rows(emu, rng, num, trans):
     np.testing.assert_array_equal(got[:, :num], ref[:, :num])
 
 
+@pytest.mark.parametrize("name", sorted(pm.CUTE_LDSM))
+def test_ldmatrix_bit_exact_vs_cute_traits(emu, rng, name):
+    num, trans, _, _ = pm.CUTE_LDSM[name]
+    image = rng.integers(0, 65536, size=(256 + 64 * 16) // 2, dtype=np.uint16)
+    offs = scattered_offsets(rng)
+    got = emu.ldmatrix(image, offs, num, trans)
+    np.testing.assert_array_equal(got[:, :num], pm.ldmatrix_cute(name, offs, image)[:, :num])
+
+
 @pytest.mark.parametrize("num", (1, 2, 4))
 @pytest.mark.parametrize("trans", (False, True))
 def test_stmatrix_is_inverse_of_ldmatrix(emu, rng, num, trans):
