@@ -10,7 +10,7 @@ import torch
 
 import flashattn_ext as fa
 import oracle
-from conftest import assert_close, needs_kernel, randn
+from attn_testing import assert_close, needs_kernel, randn
 
 F32, F64 = torch.float32, torch.float64
 

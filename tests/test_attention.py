@@ -8,7 +8,7 @@ import torch
 
 import flashattn_ext as fa
 import oracle
-from conftest import assert_close, naive_in, needs_kernel, randn
+from attn_testing import assert_close, naive_in, needs_kernel, randn
 
 F32, F64, BF16, F16 = torch.float32, torch.float64, torch.bfloat16, torch.float16
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from flashattn_ext.nn import MultiHeadAttention
-from conftest import assert_close, needs_kernel, randn
+from attn_testing import assert_close, needs_kernel, randn
 
 F64 = torch.float64
 

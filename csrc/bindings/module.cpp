@@ -7,48 +7,19 @@
 #include <array>
 #include <cmath>
 
-#include "common/params.h"
+#include "bindings/params_from_python.h"
 #include "cpu/backend.h"
 #include "cpu/thread_pool.h"
 #if FAE_WITH_CUDA
 #include "bindings/cuda_runtime_info.h"
+#include "cuda/flash/api.h"
 #endif
 
 namespace py = pybind11;
-using Strides3 = std::array<int64_t, 3>;
-using Sizes6 = std::array<int64_t, 6>;
+using namespace fae::bindings;
 
 namespace {
-
-void* as_ptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
-
-fae::FwdParams make_fwd(int dtype, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out,
-                        uintptr_t lse, const Strides3& qs, const Strides3& ks, const Strides3& vs,
-                        const Strides3& os, const std::array<int64_t, 2>& lses, const Sizes6& sz,
-                        int64_t align_offset, int64_t window_left, int64_t window_right,
-                        double scale, int num_threads) {
-  fae::FwdParams p{};
-  p.q = as_ptr(q); p.k = as_ptr(k); p.v = as_ptr(v); p.out = as_ptr(out); p.lse = as_ptr(lse);
-  p.q_batch_stride = qs[0]; p.q_row_stride = qs[1]; p.q_head_stride = qs[2];
-  p.k_batch_stride = ks[0]; p.k_row_stride = ks[1]; p.k_head_stride = ks[2];
-  p.v_batch_stride = vs[0]; p.v_row_stride = vs[1]; p.v_head_stride = vs[2];
-  p.o_batch_stride = os[0]; p.o_row_stride = os[1]; p.o_head_stride = os[2];
-  p.lse_batch_stride = lses[0]; p.lse_head_stride = lses[1];
-  p.batch = sz[0]; p.seqlen_q = sz[1]; p.seqlen_k = sz[2];
-  p.heads_q = sz[3]; p.heads_kv = sz[4]; p.head_dim = sz[5];
-  p.align_offset = align_offset;
-  p.window_left = window_left < 0 ? fae::kNoWindow : window_left;
-  p.window_right = window_right < 0 ? fae::kNoWindow : window_right;
-  p.scale = float(scale);
-  p.scale_log2 = float(scale * 1.442695040888963407359924681001892137);
-  p.scale_f64 = scale;
-  p.dtype = static_cast<fae::DType>(dtype);
-  p.num_threads = num_threads;
-  return p;
-}
-
 void set_strides(const Strides3& s, int64_t& b, int64_t& r, int64_t& h) { b = s[0]; r = s[1]; h = s[2]; }
-
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -56,7 +27,7 @@ PYBIND11_MODULE(_C, m) {
 
   m.def("forward",
         [](int dtype, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse,
-           Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, std::array<int64_t, 2> lses,
+           Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, Strides2 lses,
            Sizes6 sizes, int64_t align_offset, int64_t window_left, int64_t window_right,
            double scale, int num_threads) {
           const fae::FwdParams p = make_fwd(dtype, q, k, v, out, lse, qs, ks, vs, os, lses, sizes,
@@ -68,7 +39,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("backward",
         [](int dtype, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse,
            uintptr_t dout, uintptr_t dlse, uintptr_t dq, uintptr_t dk, uintptr_t dv, Strides3 qs, Strides3 ks,
-           Strides3 vs, Strides3 os, std::array<int64_t, 2> lses, Strides3 dos, Strides3 dqs,
+           Strides3 vs, Strides3 os, Strides2 lses, Strides3 dos, Strides3 dqs,
            Strides3 dks, Strides3 dvs, Sizes6 sizes, int64_t align_offset, int64_t window_left,
            int64_t window_right, double scale, int num_threads) {
           fae::BwdParams p{};
@@ -83,10 +54,27 @@ PYBIND11_MODULE(_C, m) {
           fae::cpu::attention_backward(p);
         });
 
+#if FAE_WITH_CUDA
+  m.def("cuda_forward",
+        [](int dtype, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse, Strides3 qs,
+           Strides3 ks, Strides3 vs, Strides3 os, Strides2 lses, Sizes6 sizes, int64_t align_offset,
+           int64_t window_left, int64_t window_right, double scale, int num_threads, uintptr_t stream) {
+          const fae::FwdParams p = make_fwd(dtype, q, k, v, out, lse, qs, ks, vs, os, lses, sizes, align_offset,
+                                            window_left, window_right, scale, num_threads);
+          py::gil_scoped_release release;
+          fae::cuda::attention_forward(p, reinterpret_cast<fae::cuda::Stream>(stream));
+        },
+        "Forward attention on the GPU, launched on `stream` (float16/bfloat16 device pointers).");
+  py::list dims;
+  for (int d : fae::cuda::kHeadDims) dims.append(d);
+  m.attr("cuda_head_dims") = dims;
+#endif
+
   m.def("set_num_threads", &fae::cpu::set_default_num_threads,
         "Threads the CPU kernels use by default (<= 0 restores the automatic choice).");
   m.def("get_num_threads", &fae::cpu::default_num_threads);
-
+  m.def("available_isas", &fae::cpu::available_isas,
+        "CPU instruction sets compiled in and supported here (values of FLASHATTN_EXT_CPU_ISA).");
   m.def("build_info", [] {
     py::dict info;
     info["version"] = FAE_VERSION;

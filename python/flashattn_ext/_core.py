@@ -117,9 +117,13 @@ def validate(q: Any, k: Any, v: Any, *, ranks: Sequence[int], scale: Optional[fl
             if x.device != q.device:
                 raise ValueError(f"{n}: on device {x.device}, but q is on {q.device}; "
                                  f"q, k, v must be on one device")
-        if q.device.type != "cpu":
+        if q.device.type == "cuda" and hasattr(_C, "cuda_forward"):
+            if dtype_name(q) not in CUDA_KERNEL_DTYPES:
+                raise NotImplementedError(f"q: dtype {dtype_name(q)} on {q.device}: the CUDA "
+                                          f"kernels take float16 or bfloat16")
+        elif q.device.type != "cpu":
             raise NotImplementedError(f"q: device {q.device} is not supported by this build "
-                                      f"(backends available: cpu)")
+                                      f"(devices: cpu{', cuda' if hasattr(_C, 'cuda_forward') else ''})")
     if scale is not None:
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
             raise ValueError(f"scale: expected a finite float or None, got {scale!r}")
@@ -159,10 +163,16 @@ def _sizes(q: Any, k: Any) -> Tuple[int, ...]:
 
 def forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mask: MaskSpec) -> None:
     """Runs the forward kernel on BSHD views, writing ``out`` (like q) and ``lse`` (B, H, Sq)."""
-    if backend_for(q) == "emu":
+    backend = backend_for(q)
+    if backend == "emu":
         emu = _emu_module()
         _forward_cuda_kernels(emu.attention_forward, emu.attention_head_dims, q, k, v, out, lse,
                               scale, mask)
+        return
+    if backend == "cuda":  # launched on the stream torch is using for this device
+        stream = torch.cuda.current_stream(q.device).cuda_stream
+        _forward_cuda_kernels(lambda *args: _C.cuda_forward(*args, stream), _C.cuda_head_dims,
+                              q, k, v, out, lse, scale, mask)
         return
     ls = _strides(lse)
     _C.forward(_dtype_code(q), _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse),
@@ -175,9 +185,9 @@ def backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dq: Any, dk:
              scale: float, mask: MaskSpec, dlse: Any = None) -> None:
     """Runs the backward kernel on BSHD views, writing dq, dk, dv. ``dlse`` (optional) is the
     gradient of lse, laid out exactly like lse."""
-    if backend_for(q) == "emu":
-        raise NotImplementedError("FLASHATTN_EXT_BACKEND=emu runs the CUDA forward kernel only; "
-                                  "the CUDA backward kernel is not written yet")
+    if backend_for(q) != "cpu":
+        raise NotImplementedError(f"backward on the {backend_for(q)} backend: only the CUDA "
+                                  f"forward kernel exists so far; the CUDA backward is not written")
     ls = _strides(lse)
     _C.backward(_dtype_code(q), _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse), _ptr(dout),
                 0 if dlse is None else _ptr(dlse), _ptr(dq), _ptr(dk), _ptr(dv), _strides(q)[:3], _strides(k)[:3], _strides(v)[:3],
@@ -232,9 +242,12 @@ def _emu_module() -> Any:
 
 
 def backend_for(q: Any) -> str:
-    """The backend this call runs on: "cpu", or "emu" (the CUDA kernel source on the SIMT
-    emulator). FLASHATTN_EXT_BACKEND is read at every call; "emu" applies to float16/bfloat16
-    inputs (the CUDA kernels' dtypes), other dtypes stay on the CPU kernels."""
+    """The backend this call runs on: "cuda" for CUDA tensors; for CPU data "cpu", or "emu" (the
+    CUDA kernel source on the SIMT emulator). FLASHATTN_EXT_BACKEND is read at every call; "emu"
+    applies to float16/bfloat16 inputs (the CUDA kernels' dtypes), other dtypes stay on the CPU
+    kernels."""
+    if is_tensor(q) and q.device.type == "cuda":
+        return "cuda"
     choice = os.environ.get("FLASHATTN_EXT_BACKEND", "").strip().lower() or "auto"
     if choice not in BACKENDS:
         raise ValueError(f"FLASHATTN_EXT_BACKEND={choice!r} is not available; accepted: "

@@ -23,7 +23,7 @@ def _like(x: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x, memory_format=torch.preserve_format)
 
 
-@torch.library.custom_op("flashattn_ext::fwd", mutates_args=(), device_types="cpu")
+@torch.library.custom_op("flashattn_ext::fwd", mutates_args=(), device_types=("cpu", "cuda"))
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
                   window_left: int, window_right: int,
                   bottom_right: bool) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -40,7 +40,7 @@ def _(q, k, v, scale, window_left, window_right, bottom_right):
     return _like(q), q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=_lse_dtype(q))
 
 
-@torch.library.custom_op("flashattn_ext::bwd", mutates_args=(), device_types="cpu")
+@torch.library.custom_op("flashattn_ext::bwd", mutates_args=(), device_types=("cpu", "cuda"))
 def attention_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Tensor,
                   k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                   scale: float, window_left: int, window_right: int,

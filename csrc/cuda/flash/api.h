@@ -1,27 +1,30 @@
 // CUDA attention entry points on the params structs. The same kernel source runs on a GPU (built
-// by nvcc into _C) and on the SIMT emulator (built by the host compiler into _emu).
+// by nvcc into _C) and on the SIMT emulator (built by the host compiler into _emu). This header
+// needs neither the CUDA toolkit nor the emulator, so plain C++ callers (the bindings) include it.
 #pragma once
 
 #include "common/params.h"
-#include "cuda/primitives.cuh"
+
+struct CUstream_st;  // cudaStream_t is CUstream_st*, under nvcc and under the emulator alike
+
+namespace fae {
+struct half_t;
+struct bf16_t;
+}  // namespace fae
 
 namespace fae::cuda {
 
-// Head dims with a kernel instantiation (a head dim is rounded up to the next one, padding with
-// zero-filled columns is not done: callers pick an exact match).
+using Stream = CUstream_st*;
+
+// Head dims with a kernel instantiation; the Python API zero-pads other head dims up to the next.
 constexpr int kHeadDims[] = {32, 64, 96, 128, 256};
 
-inline bool supports_head_dim(int64_t d) {
-  for (int h : kHeadDims)
-    if (h == d) return true;
-  return false;
-}
-
-// Launches the forward on `stream` (no synchronisation). p.dtype must be f16 or bf16, rows of q,
-// k, v, out 16-byte aligned (strides multiples of 8 elements), lse float32.
-void attention_forward(const FwdParams& p, cudaStream_t stream);
+// Launches the forward on `stream` without synchronising. p.dtype must be f16 or bf16, every row
+// of q, k, v, out 16-byte aligned (strides multiples of 8 elements), strides non-negative, lse
+// float32. Throws std::invalid_argument for a dtype or head dim without a kernel.
+void attention_forward(const FwdParams& p, Stream stream);
 
 template <class T, int HeadDim>
-void run_forward(const FwdParams& p, cudaStream_t stream);
+void run_forward(const FwdParams& p, Stream stream);
 
 }  // namespace fae::cuda

@@ -4,12 +4,13 @@
 #include <string>
 
 #include "cuda/flash/api.h"
+#include "cuda/primitives.cuh"
 
 namespace fae::cuda {
 namespace {
 
 template <class T>
-void forward_for_head_dim(const FwdParams& p, cudaStream_t stream) {
+void forward_for_head_dim(const FwdParams& p, Stream stream) {
   switch (p.head_dim) {
     case 32: return run_forward<T, 32>(p, stream);
     case 64: return run_forward<T, 64>(p, stream);
@@ -22,7 +23,7 @@ void forward_for_head_dim(const FwdParams& p, cudaStream_t stream) {
 
 }  // namespace
 
-void attention_forward(const FwdParams& p, cudaStream_t stream) {
+void attention_forward(const FwdParams& p, Stream stream) {
   switch (p.dtype) {
     case DType::f16: return forward_for_head_dim<half_t>(p, stream);
     case DType::bf16: return forward_for_head_dim<bf16_t>(p, stream);

@@ -15,7 +15,7 @@ inline std::size_t extent(int64_t batch_stride, int64_t row_stride, int64_t head
 }
 
 template <class T, int HeadDim>
-void run_forward(const FwdParams& p, cudaStream_t stream) {
+void run_forward(const FwdParams& p, Stream stream) {
   using Tr = FwdTraits<T, HeadDim>;
   const dim3 grid(unsigned((p.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM), unsigned(p.heads_q), unsigned(p.batch));
   const int64_t d = p.head_dim;

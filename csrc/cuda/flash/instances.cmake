@@ -12,7 +12,7 @@ function(fae_flash_sources out ext)
     foreach(d IN LISTS FAE_FLASH_HEAD_DIMS)
       set(f ${dir}/fwd_${dt}_d${d}.${ext})
       file(CONFIGURE OUTPUT ${f} CONTENT "#include \"cuda/flash/fwd_launch.cuh\"
-template void fae::cuda::run_forward<fae::${dt}, ${d}>(const fae::FwdParams&, cudaStream_t);
+template void fae::cuda::run_forward<fae::${dt}, ${d}>(const fae::FwdParams&, fae::cuda::Stream);
 ")
       list(APPEND files ${f})
     endforeach()
