@@ -93,6 +93,15 @@ py::array_t<int> shfl(carray<int> cases, carray<int> vals) {
   return out;
 }
 
+py::array_t<double> shfl64(carray<double> vals, int lane_mask) {
+  py::array_t<double> out(32);
+  const double* pv = data(vals, 32, "vals");
+  double* po = out.mutable_data();
+  py::gil_scoped_release nogil;
+  ex::probe_shfl64(pv, po, lane_mask);
+  return out;
+}
+
 py::dict convert(carray<float> x) {
   const int n = int(x.size());
   py::array_t<uint16_t> f16(n), bf16(n);
@@ -267,6 +276,7 @@ PYBIND11_MODULE(_emu, m) {
   m.def("ldmatrix", &ldmatrix, py::arg("image"), py::arg("offsets"), py::arg("num"), py::arg("trans"));
   m.def("stmatrix", &stmatrix, py::arg("regs"), py::arg("offsets"), py::arg("num"), py::arg("trans"), py::arg("n"));
   m.def("shfl", &shfl, py::arg("cases"), py::arg("vals"));
+  m.def("shfl64", &shfl64, py::arg("vals"), py::arg("lane_mask"));
   m.def("convert", &convert, py::arg("x"));
   m.def("zfill", &zfill, py::arg("src"));
   m.def("atomic", &atomic, py::arg("nslots"), py::arg("nblocks"));

@@ -16,6 +16,8 @@ PLANTED = {
     "async_wait_group": ("cp.async destination still in flight",),
     "async_no_barrier": ("cp.async", "__syncthreads"),
     "async_source_write": ("source of a pending cp.async", "global address"),
+    "async_double_issue": ("write to a cp.async destination still in flight", "issued by this thread"),
+    "async_never_waited": ("exited with 1 cp.async copies never waited for",),
     # 3. ldmatrix alignment / shared bounds
     "ldmatrix_misaligned": ("ldmatrix row address not 16-byte aligned", "shared offset 2"),
     "ldmatrix_outside": ("ldmatrix row of 16 bytes outside the dynamic shared memory",),

@@ -70,3 +70,9 @@ def test_reading_a_lane_outside_the_mask_is_reported(emu):
     vals = np.arange(32, dtype=np.int32).reshape(1, 32)
     with pytest.raises(emu.EmulatorError, match="not in the membermask"):
         emu.shfl(np.array([[MODES["xor"], 16, 32, 0xFFFF]], np.int32), vals)
+
+
+def test_64_bit_values_shuffle_both_halves(emu, rng):
+    vals = rng.standard_normal(32) * 1e300
+    for lane_mask in (1, 5, 16, 31):
+        np.testing.assert_array_equal(emu.shfl64(vals, lane_mask), vals[np.arange(32) ^ lane_mask])

@@ -100,6 +100,29 @@ __global__ void planted_async_source_write(gptr<const float> in, gptr<float> out
   out[i] = out[i] + s[i];
 }
 
+// Checker 2: a second copy to the same bytes issued while the first is still in flight.
+template <bool Bug>
+__global__ void planted_async_double_issue(gptr<const float> in, gptr<float> out) {
+  sptr<float> s = dynamic_smem<float>();
+  const int i = threadIdx.x;
+  cp_async<4>(s + i, in + i);
+  if (!Bug) cp_async_wait_all();
+  cp_async<4>(s + i, in + (kPlantedThreads - 1 - i));
+  cp_async_wait_all();
+  out[i] = s[i];
+}
+
+// Checker 2: copies committed but never waited for before the thread exits.
+template <bool Bug>
+__global__ void planted_async_never_waited(gptr<const float> in, gptr<float> out) {
+  sptr<float> s = dynamic_smem<float>();
+  const int i = threadIdx.x;
+  cp_async<4>(s + i, in + i);
+  cp_async_commit();
+  if (!Bug) cp_async_wait<0>();
+  out[i] = in[i];
+}
+
 // Checker 3: ldmatrix row addresses 2 bytes off the 16-byte alignment.
 template <bool Bug>
 __global__ void planted_ldmatrix_misaligned(gptr<const float> in, gptr<float> out) {
@@ -205,6 +228,8 @@ inline void run_planted(const std::string& name, bool bug, const float* in, floa
       {"async_wait_group", planted_async_wait_group<true>, planted_async_wait_group<false>, 512},
       {"async_no_barrier", planted_async_no_barrier<true>, planted_async_no_barrier<false>, 256},
       {"async_source_write", planted_async_source_write<true>, planted_async_source_write<false>, 256},
+      {"async_double_issue", planted_async_double_issue<true>, planted_async_double_issue<false>, 256},
+      {"async_never_waited", planted_async_never_waited<true>, planted_async_never_waited<false>, 256},
       {"ldmatrix_misaligned", planted_ldmatrix_misaligned<true>, planted_ldmatrix_misaligned<false>, 544},
       {"ldmatrix_outside", planted_ldmatrix_outside<true>, planted_ldmatrix_outside<false>, 544},
       {"smem_overflow", planted_smem_overflow<true>, planted_smem_overflow<false>, 256},

@@ -111,6 +111,17 @@ inline void probe_shfl(const int* cases, const int* vals, int* out, int ncases) 
          gbuf(vals, ncases * 32), gbuf(out, ncases * 32));
 }
 
+// 64-bit shuffles move both 32-bit halves with the same lane selection: out = xor-shuffled vals.
+__global__ void probe_shfl64_kernel(gptr<const double> vals, gptr<double> out, int lane_mask) {
+  const int l = threadIdx.x;
+  out[l] = __shfl_xor_sync(0xffffffffu, static_cast<double>(vals[l]), lane_mask);
+}
+
+inline void probe_shfl64(const double* vals, double* out, int lane_mask) {
+  launch("probe_shfl64", probe_shfl64_kernel, LaunchConfig{dim3(1), dim3(32), 0, nullptr}, gbuf(vals, 32),
+         gbuf(out, 32), lane_mask);
+}
+
 // Conversions (spec §9), one element per thread: f16/bf16 bits, their exact widening, the packing
 // of (x[i], x[n-1-i]) (pack_f16 is 0 where pack2 disagrees with pack_halves of the two conversions)
 // and fast_exp2 (passed through the bit-cast intrinsics).
