@@ -8,7 +8,9 @@
 #   3. plain CMake: configure, build, ctest, `cmake --install` into a prefix, import from there.
 # Prints the wheel's size and the time of each path. Usage: bash .ci/dist.sh
 # Environment: PYTHON (default python3), FAE_JOBS (default 2), FAE_DIST_KEEP=1 keeps the work dir,
-# FAE_DIST_SDIST_CUDA (AUTO|ON|OFF, default OFF: the CUDA compile is covered by paths 1 and 3).
+# FAE_DIST_SDIST_CUDA (AUTO|ON|OFF, default OFF: path 1 compiles the shipped CUDA configuration),
+# FAE_DIST_CMAKE_ARCHS (default 80: path 3 shows the architecture cache variable and keeps the
+# CUDA compile short; path 1 builds all of 80;86;89;90).
 set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-python3}
@@ -156,7 +158,7 @@ step cmake-venv "$PY" -m venv "$work/venv-cmake"
 vc=$work/venv-cmake/bin
 step cmake-pydeps "$vc/pip" install pybind11 numpy
 step cmake-configure cmake -S "$src" -B "$work/build-cmake" -DPython_EXECUTABLE="$vc/python" \
-  -Dpybind11_DIR="$("$vc/python" -m pybind11 --cmakedir)"
+  -Dpybind11_DIR="$("$vc/python" -m pybind11 --cmakedir)" -DFLASHATTN_EXT_CUDA_ARCHS="${FAE_DIST_CMAKE_ARCHS:-80}"
 grep -E "flashattn_ext|CUDA compiler identification" "$work/logs/cmake-configure.log" | sed 's/^/    /'
 step cmake-build cmake --build "$work/build-cmake" -j "$CMAKE_BUILD_PARALLEL_LEVEL"
 step cmake-ctest ctest --test-dir "$work/build-cmake" --output-on-failure
