@@ -18,10 +18,6 @@
 namespace py = pybind11;
 using namespace fae::bindings;
 
-namespace {
-void set_strides(const Strides3& s, int64_t& b, int64_t& r, int64_t& h) { b = s[0]; r = s[1]; h = s[2]; }
-}  // namespace
-
 PYBIND11_MODULE(_C, m) {
   m.doc() = "flashattn_ext compiled core (CPU backend; CUDA backend when built with it)";
 
@@ -37,19 +33,13 @@ PYBIND11_MODULE(_C, m) {
         });
 
   m.def("backward",
-        [](int dtype, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse,
-           uintptr_t dout, uintptr_t dlse, uintptr_t dq, uintptr_t dk, uintptr_t dv, Strides3 qs, Strides3 ks,
-           Strides3 vs, Strides3 os, Strides2 lses, Strides3 dos, Strides3 dqs,
-           Strides3 dks, Strides3 dvs, Sizes6 sizes, int64_t align_offset, int64_t window_left,
-           int64_t window_right, double scale, int num_threads) {
-          fae::BwdParams p{};
-          p.fwd = make_fwd(dtype, q, k, v, out, lse, qs, ks, vs, os, lses, sizes, align_offset,
-                           window_left, window_right, scale, num_threads);
-          p.dout = as_ptr(dout); p.dlse = as_ptr(dlse); p.dq = as_ptr(dq); p.dk = as_ptr(dk); p.dv = as_ptr(dv);
-          set_strides(dos, p.do_batch_stride, p.do_row_stride, p.do_head_stride);
-          set_strides(dqs, p.dq_batch_stride, p.dq_row_stride, p.dq_head_stride);
-          set_strides(dks, p.dk_batch_stride, p.dk_row_stride, p.dk_head_stride);
-          set_strides(dvs, p.dv_batch_stride, p.dv_row_stride, p.dv_head_stride);
+        [](int dtype, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse, uintptr_t dout,
+           uintptr_t dlse, uintptr_t dq, uintptr_t dk, uintptr_t dv, Strides3 qs, Strides3 ks, Strides3 vs,
+           Strides3 os, Strides2 lses, Strides3 dos, Strides3 dqs, Strides3 dks, Strides3 dvs, Sizes6 sizes,
+           int64_t align_offset, int64_t window_left, int64_t window_right, double scale, int num_threads) {
+          const fae::BwdParams p = make_bwd(dtype, q, k, v, out, lse, dout, dlse, dq, dk, dv, qs, ks, vs, os, lses,
+                                            dos, dqs, dks, dvs, sizes, align_offset, window_left, window_right,
+                                            scale, num_threads);
           py::gil_scoped_release release;
           fae::cpu::attention_backward(p);
         });
@@ -65,9 +55,25 @@ PYBIND11_MODULE(_C, m) {
           fae::cuda::attention_forward(p, reinterpret_cast<fae::cuda::Stream>(stream));
         },
         "Forward attention on the GPU, launched on `stream` (float16/bfloat16 device pointers).");
-  py::list dims;
+  m.def("cuda_backward",
+        [](int dtype, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse, uintptr_t dout,
+           uintptr_t dlse, uintptr_t dq, uintptr_t dk, uintptr_t dv, Strides3 qs, Strides3 ks, Strides3 vs,
+           Strides3 os, Strides2 lses, Strides3 dos, Strides3 dqs, Strides3 dks, Strides3 dvs, Sizes6 sizes,
+           int64_t align_offset, int64_t window_left, int64_t window_right, double scale, int num_threads,
+           uintptr_t delta, uintptr_t dq_accum, uintptr_t stream) {
+          const fae::BwdParams p = make_bwd(dtype, q, k, v, out, lse, dout, dlse, dq, dk, dv, qs, ks, vs, os, lses,
+                                            dos, dqs, dks, dvs, sizes, align_offset, window_left, window_right,
+                                            scale, num_threads);
+          py::gil_scoped_release release;
+          fae::cuda::attention_backward(p, static_cast<float*>(as_ptr(delta)), static_cast<float*>(as_ptr(dq_accum)),
+                                        reinterpret_cast<fae::cuda::Stream>(stream));
+        },
+        "Backward on the GPU, launched on `stream`; delta and dq_accum are float32 device workspace.");
+  py::list dims, bwd_dims;
   for (int d : fae::cuda::kHeadDims) dims.append(d);
+  for (int d : fae::cuda::kBwdHeadDims) bwd_dims.append(d);
   m.attr("cuda_head_dims") = dims;
+  m.attr("cuda_bwd_head_dims") = bwd_dims;
 #endif
 
   m.def("set_num_threads", &fae::cpu::set_default_num_threads,
@@ -75,6 +81,11 @@ PYBIND11_MODULE(_C, m) {
   m.def("get_num_threads", &fae::cpu::default_num_threads);
   m.def("available_isas", &fae::cpu::available_isas,
         "CPU instruction sets compiled in and supported here (values of FLASHATTN_EXT_CPU_ISA).");
+  m.def("fma_peak_gflops", [](int threads) {
+          py::gil_scoped_release release;
+          return fae::cpu::fma_peak_gflops(threads);
+        }, py::arg("threads") = 0, "Float32 FMA peak of the active CPU kernels (register loop).");
+
   m.def("build_info", [] {
     py::dict info;
     info["version"] = FAE_VERSION;

@@ -17,4 +17,8 @@ std::string active_isa();
 // Instruction sets compiled in and supported by this CPU, worst first.
 std::vector<std::string> available_isas();
 
+// Float32 FMA throughput (GFLOP/s) of the active instruction set on `threads` threads (0 = the
+// default count), from a register loop: the peak the benchmark reports fractions of.
+double fma_peak_gflops(int threads);
+
 }  // namespace fae::cpu

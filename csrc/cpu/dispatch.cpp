@@ -7,6 +7,7 @@
 
 #include "cpu/backend.h"
 #include "cpu/isa.h"
+#include "cpu/thread_pool.h"
 
 namespace fae::cpu {
 namespace {
@@ -16,6 +17,7 @@ struct Isa {
   bool (*supported)();
   void (*forward)(const FwdParams&);
   void (*backward)(const BwdParams&);
+  double (*fma_peak_gflops)(int);
 };
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -32,13 +34,13 @@ bool always() { return true; }
 
 // In order of preference, worst first.
 const Isa kIsas[] = {
-    {"scalar", always, scalar::forward, scalar::backward},
+    {"scalar", always, scalar::forward, scalar::backward, scalar::fma_peak_gflops},
 #if defined(__x86_64__) || defined(__i386__)
-    {"avx2", has_avx2, avx2::forward, avx2::backward},
-    {"avx512", has_avx512, avx512::forward, avx512::backward},
-    {"avx512bf16", has_avx512bf16, avx512bf16::forward, avx512bf16::backward},
+    {"avx2", has_avx2, avx2::forward, avx2::backward, avx2::fma_peak_gflops},
+    {"avx512", has_avx512, avx512::forward, avx512::backward, avx512::fma_peak_gflops},
+    {"avx512bf16", has_avx512bf16, avx512bf16::forward, avx512bf16::backward, avx512bf16::fma_peak_gflops},
 #elif defined(__aarch64__)
-    {"neon", always, neon::forward, neon::backward},
+    {"neon", always, neon::forward, neon::backward, neon::fma_peak_gflops},
 #endif
 };
 
@@ -79,6 +81,10 @@ std::vector<std::string> available_isas() {
 }
 
 std::string active_isa() { return select().name; }
+
+double fma_peak_gflops(int threads) {
+  return select().fma_peak_gflops(threads > 0 ? threads : default_num_threads());
+}
 
 void attention_forward(const FwdParams& p) {
   const Isa& isa = select();  // validates the environment even for float64

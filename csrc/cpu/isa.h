@@ -9,13 +9,17 @@ namespace fae::cpu {
   namespace ns {                          \
   void forward(const FwdParams& p);       \
   void backward(const BwdParams& p);      \
+  double fma_peak_gflops(int threads);    \
   }
 FAE_CPU_DECLARE_ENTRY_POINTS(scalar)
 FAE_CPU_DECLARE_ENTRY_POINTS(avx2)
 FAE_CPU_DECLARE_ENTRY_POINTS(avx512)
 FAE_CPU_DECLARE_ENTRY_POINTS(avx512bf16)
 FAE_CPU_DECLARE_ENTRY_POINTS(neon)
-FAE_CPU_DECLARE_ENTRY_POINTS(reference)
+namespace reference {
+void forward(const FwdParams& p);
+void backward(const BwdParams& p);
+}  // namespace reference
 #undef FAE_CPU_DECLARE_ENTRY_POINTS
 
 }  // namespace fae::cpu

@@ -7,7 +7,7 @@
 // Contract (x, y, z vectors; p pointers; n a lane count in [0, W]):
 //   zero, set1(f), load(p), loadn(p, n) (lanes >= n are 0, nothing past p[n-1] is read),
 //   store(p, x), storen(p, x, n) (only p[0..n-1] written), add, sub, mul, max (a NaN in y is returned),
-//   fma(x, y, z) = x*y + z, exp2(x) (x <= 0 accurate to ~2e-7 relative, exp2(-inf) == 0 exactly,
+//   fma(x, y, z) = x*y + z, hsum(x) (sum of the lanes), exp2(x) (x <= 0 accurate to ~2e-7 relative, exp2(-inf) == 0 exactly,
 //   NaN propagates), cvt(p, n) for bf16 / f16 storage loads, store_cvt(p, x, n) for stores
 //   (round to nearest even, NaN stays NaN).
 // Micro-kernel shape: MR rows x NV vectors of accumulators (see the tile table in kernels.h).
@@ -48,6 +48,7 @@ struct VecScalar {
   static R mul(R x, R y) { return x * y; }
   static R max(R x, R y) { return (x > y) ? x : y; }
   static R fma(R x, R y, R z) { return x * y + z; }
+  static float hsum(R x) { return x; }
   static R exp2(R x) { return std::exp2(x); }
   template <typename T> static R cvt(const T* p, int) { return to_float(*p); }
   template <typename T> static void store_cvt(T* p, R x, int n) { if (n > 0) store_from(p, x); }
@@ -72,6 +73,11 @@ struct VecAvx2 {
   static R mul(R x, R y) { return _mm256_mul_ps(x, y); }
   static R max(R x, R y) { return _mm256_max_ps(x, y); }
   static R fma(R x, R y, R z) { return _mm256_fmadd_ps(x, y, z); }
+  static float hsum(R x) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+  }
   static R exp2(R x) {
     x = _mm256_min_ps(_mm256_set1_ps(128.f), _mm256_max_ps(_mm256_set1_ps(-160.f), x));
     const R n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -136,6 +142,7 @@ struct VecAvx512 {
   static R mul(R x, R y) { return _mm512_mul_ps(x, y); }
   static R max(R x, R y) { return _mm512_max_ps(x, y); }
   static R fma(R x, R y, R z) { return _mm512_fmadd_ps(x, y, z); }
+  static float hsum(R x) { return _mm512_reduce_add_ps(x); }
   static R exp2(R x) {
     x = _mm512_min_ps(_mm512_set1_ps(128.f), _mm512_max_ps(_mm512_set1_ps(-160.f), x));
     const R n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -193,6 +200,7 @@ struct VecNeon {
   static R mul(R x, R y) { return vmulq_f32(x, y); }
   static R max(R x, R y) { return vmaxq_f32(x, y); }  // NaN in either operand wins
   static R fma(R x, R y, R z) { return vfmaq_f32(z, x, y); }
+  static float hsum(R x) { return vaddvq_f32(x); }
   static R exp2(R x) {
     x = vminq_f32(x, vdupq_n_f32(128.f));
     x = vbslq_f32(vcltq_f32(x, vdupq_n_f32(-160.f)), vdupq_n_f32(-160.f), x);  // keeps NaN
