@@ -56,8 +56,8 @@ BWD_CASES = [CASES[i] for i in (1, 2, 3, 4, 7, 8, 9)]
 @pytest.mark.parametrize("dtype", [F32, F64, BF16, F16], ids=str)
 @pytest.mark.parametrize("case", BWD_CASES, ids=[IDS[CASES.index(c)] for c in BWD_CASES])
 def test_backward_matches_oracle(backend, gen, case, dtype):
-    needs_kernel(backend, dtype, backward=True)
     b, sq, sk, hq, hkv, d, causal, window = case
+    needs_kernel(backend, dtype, backward=True, head_dim=d)
     q, k, v = (x.requires_grad_() for x in _inputs(gen, b, sq, sk, hq, hkv, d, dtype))
     dout = randn(gen, b, sq, hq, d, dtype=dtype)
     out = fa.flash_attn_func(q, k, v, causal=causal, window_size=window)
@@ -124,17 +124,30 @@ def test_nan_propagates(backend, gen):
 @pytest.mark.parametrize("dtype", [F32, BF16, F16], ids=str)
 @pytest.mark.parametrize("sq,sk", [(37, 100), (100, 37)])
 def test_sdpa_top_left_on_bhsd_views(backend, gen, dtype, sq, sk):
-    """torch's (B, H, S, D) layout, top-left causal, GQA; strided BSHD views reach the kernels."""
-    needs_kernel(backend, dtype)
-    q, k, v = (randn(gen, 2, h, s, 64, dtype=dtype) for h, s in ((4, sq), (2, sk), (2, sk)))
+    """torch's (B, H, S, D) layout, top-left causal, GQA, forward and backward; strided BSHD
+    views reach the kernels."""
+    needs_kernel(backend, dtype, backward=True, head_dim=64)
+    q, k, v = (randn(gen, 2, h, s, 64, dtype=dtype).requires_grad_()
+               for h, s in ((4, sq), (2, sk), (2, sk)))
     out = fa.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     assert out.shape == q.shape
-    bshd = [x.transpose(1, 2) for x in (q, k, v)]
-    ref = oracle.attention(*bshd, causal=True, bottom_right=False)[0].transpose(1, 2)
-    naive = None
+    dout = randn(gen, *out.shape, dtype=dtype)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+
+    def oracle_bhsd(dt):
+        bshd = [x.transpose(1, 2) for x in (q, k, v)]
+        return oracle.attention(*bshd, causal=True, bottom_right=False, dtype=dt)[0].transpose(1, 2)
+
+    ref = oracle_bhsd(F64)
+    ref_grads = torch.autograd.grad(ref, (q, k, v), dout.double())
+    naive, naive_grads = None, (None,) * 3
     if dtype != F32:
-        naive = naive_in(dtype, *bshd, causal=True, bottom_right=False)[0].transpose(1, 2)
+        naive = oracle_bhsd(dtype)
+        naive_grads = torch.autograd.grad(naive, (q, k, v), dout)
     assert_close(out, ref, naive, "out")
+    for name, g, r, n in zip(("dq", "dk", "dv"), grads, ref_grads, naive_grads):
+        assert g.stride() == {"dq": q, "dk": k, "dv": v}[name].stride()
+        assert_close(g, r, n, name)
 
 
 def test_lse_gradient(backend, gen):

@@ -161,40 +161,73 @@ def _sizes(q: Any, k: Any) -> Tuple[int, ...]:
     return (b, sq, int(k.shape[1]), hq, int(k.shape[2]), d)
 
 
+def _fwd_args(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mask: MaskSpec,
+              head_dim: Optional[int] = None) -> Tuple[Any, ...]:
+    """The argument list of the compiled forward entry points (_C.forward and friends)."""
+    ls = _strides(lse)
+    sizes = _sizes(q, k)[:5] + (head_dim or q.shape[3],)
+    return (_dtype_code(q), _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse), _strides(q)[:3],
+            _strides(k)[:3], _strides(v)[:3], _strides(out)[:3], (ls[0], ls[1]), sizes,
+            mask.offset(q.shape[1], k.shape[1]), mask.window_left, mask.window_right,
+            float(scale), num_threads())
+
+
+def _bwd_args(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dq: Any, dk: Any, dv: Any,
+              scale: float, mask: MaskSpec, dlse: Any, head_dim: Optional[int] = None) -> Tuple[Any, ...]:
+    """The argument list of the compiled backward entry points (_C.backward and friends)."""
+    ls = _strides(lse)
+    sizes = _sizes(q, k)[:5] + (head_dim or q.shape[3],)
+    return (_dtype_code(q), _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse), _ptr(dout),
+            0 if dlse is None else _ptr(dlse), _ptr(dq), _ptr(dk), _ptr(dv), _strides(q)[:3],
+            _strides(k)[:3], _strides(v)[:3], _strides(out)[:3], (ls[0], ls[1]),
+            _strides(dout)[:3], _strides(dq)[:3], _strides(dk)[:3], _strides(dv)[:3], sizes,
+            mask.offset(q.shape[1], k.shape[1]), mask.window_left, mask.window_right,
+            float(scale), num_threads())
+
+
+def _cuda_entry_points(q: Any) -> Tuple[Any, Any, Sequence[int], Sequence[int]]:
+    """(forward, backward, forward head dims, backward head dims) of the CUDA kernels: on the
+    GPU (launched on the stream torch is using for q's device) or on the emulator."""
+    if backend_for(q) == "emu":
+        emu = _emu_module()
+        return (emu.attention_forward, emu.attention_backward, emu.attention_head_dims,
+                emu.attention_bwd_head_dims)
+    stream = torch.cuda.current_stream(q.device).cuda_stream
+    return (lambda *a: _C.cuda_forward(*a, stream), lambda *a: _C.cuda_backward(*a, stream),
+            _C.cuda_head_dims, _C.cuda_bwd_head_dims)
+
+
 def forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mask: MaskSpec) -> None:
     """Runs the forward kernel on BSHD views, writing ``out`` (like q) and ``lse`` (B, H, Sq)."""
-    backend = backend_for(q)
-    if backend == "emu":
-        emu = _emu_module()
-        _forward_cuda_kernels(emu.attention_forward, emu.attention_head_dims, q, k, v, out, lse,
-                              scale, mask)
+    if backend_for(q) == "cpu":
+        _C.forward(*_fwd_args(q, k, v, out, lse, scale, mask))
         return
-    if backend == "cuda":  # launched on the stream torch is using for this device
-        stream = torch.cuda.current_stream(q.device).cuda_stream
-        _forward_cuda_kernels(lambda *args: _C.cuda_forward(*args, stream), _C.cuda_head_dims,
-                              q, k, v, out, lse, scale, mask)
-        return
-    ls = _strides(lse)
-    _C.forward(_dtype_code(q), _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse),
-               _strides(q)[:3], _strides(k)[:3], _strides(v)[:3], _strides(out)[:3],
-               (ls[0], ls[1]), _sizes(q, k), mask.offset(q.shape[1], k.shape[1]),
-               mask.window_left, mask.window_right, float(scale), num_threads())
+    run, _, head_dims, _ = _cuda_entry_points(q)
+    dp = _padded_head_dim(q, head_dims, "forward")
+    qf, kf, vf = (_fit(x, dp) for x in (q, k, v))
+    of = _fit(out, dp, copy=False)
+    run(*_fwd_args(qf, kf, vf, of, lse, scale, mask, dp))
+    _copy_back(of, out)
 
 
 def backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dq: Any, dk: Any, dv: Any,
              scale: float, mask: MaskSpec, dlse: Any = None) -> None:
     """Runs the backward kernel on BSHD views, writing dq, dk, dv. ``dlse`` (optional) is the
     gradient of lse, laid out exactly like lse."""
-    if backend_for(q) != "cpu":
-        raise NotImplementedError(f"backward on the {backend_for(q)} backend: only the CUDA "
-                                  f"forward kernel exists so far; the CUDA backward is not written")
-    ls = _strides(lse)
-    _C.backward(_dtype_code(q), _ptr(q), _ptr(k), _ptr(v), _ptr(out), _ptr(lse), _ptr(dout),
-                0 if dlse is None else _ptr(dlse), _ptr(dq), _ptr(dk), _ptr(dv), _strides(q)[:3], _strides(k)[:3], _strides(v)[:3],
-                _strides(out)[:3], (ls[0], ls[1]), _strides(dout)[:3], _strides(dq)[:3],
-                _strides(dk)[:3], _strides(dv)[:3], _sizes(q, k),
-                mask.offset(q.shape[1], k.shape[1]), mask.window_left, mask.window_right,
-                float(scale), num_threads())
+    if backend_for(q) == "cpu":
+        _C.backward(*_bwd_args(dout, q, k, v, out, lse, dq, dk, dv, scale, mask, dlse))
+        return
+    _, run, _, head_dims = _cuda_entry_points(q)
+    dp = _padded_head_dim(q, head_dims, "backward")
+    qf, kf, vf, of, dof = (_fit(x, dp) for x in (q, k, v, out, dout))
+    dqf, dkf, dvf = (_fit(x, dp, copy=False) for x in (dq, dk, dv))
+    rows = q.shape[0] * q.shape[2] * q.shape[1]
+    delta = _new(q, (rows,), zero=False, float32=True)
+    dq_accum = _new(q, (rows * dp,), zero=False, float32=True)
+    run(*_bwd_args(dof, qf, kf, vf, of, lse, dqf, dkf, dvf, scale, mask, dlse, dp),
+        _ptr(delta), _ptr(dq_accum))
+    for padded, real in ((dqf, dq), (dkf, dk), (dvf, dv)):
+        _copy_back(padded, real)
 
 
 def lse_dtype_name(q_dtype_name: str) -> str:
@@ -260,10 +293,11 @@ def backend_for(q: Any) -> str:
     return "cpu"
 
 
-def _new(like: Any, shape: Tuple[int, ...], zero: bool) -> Any:
+def _new(like: Any, shape: Tuple[int, ...], zero: bool, float32: bool = False) -> Any:
     if is_tensor(like):
-        return (torch.zeros if zero else torch.empty)(shape, dtype=like.dtype, device=like.device)
-    return (np.zeros if zero else np.empty)(shape, dtype=like.dtype)
+        dtype = torch.float32 if float32 else like.dtype
+        return (torch.zeros if zero else torch.empty)(shape, dtype=dtype, device=like.device)
+    return (np.zeros if zero else np.empty)(shape, dtype=np.float32 if float32 else like.dtype)
 
 
 def _kernel_ready(x: Any, head_dim: int) -> bool:
@@ -274,28 +308,28 @@ def _kernel_ready(x: Any, head_dim: int) -> bool:
             and all(s >= 0 and s % 8 == 0 for s in st))
 
 
-def _forward_cuda_kernels(run: Any, head_dims: Sequence[int], q: Any, k: Any, v: Any, out: Any,
-                          lse: Any, scale: float, mask: MaskSpec) -> None:
-    """Runs a CUDA-kernel forward; inputs the kernels cannot read as they are (head dim without an
-    instantiation, unaligned rows) are copied into zero-padded aligned buffers first. Zero
-    columns change neither q.k nor, after slicing, the output."""
+def _padded_head_dim(q: Any, head_dims: Sequence[int], what: str) -> int:
+    """The instantiated head dim a call runs with: q's own or the next larger one (the extra
+    columns are zeros, which change neither q.k nor, once sliced off, the outputs)."""
     d = q.shape[3]
-    dp = min(h for h in head_dims if h >= d)
+    fits = [h for h in head_dims if h >= d]
+    if not fits:
+        raise NotImplementedError(f"q: head_dim {d} has no CUDA {what} kernel (head dims up to "
+                                  f"{max(head_dims)})")
+    return min(fits)
 
-    def fit(x: Any) -> Any:
-        if _kernel_ready(x, dp):
-            return x
-        y = _new(x, tuple(x.shape[:3]) + (dp,), zero=True)
-        y[..., :d] = x
-        return y
 
-    qf, kf, vf = fit(q), fit(k), fit(v)
-    of = out if _kernel_ready(out, dp) else _new(out, tuple(out.shape[:3]) + (dp,), zero=False)
-    ls = _strides(lse)
-    sizes = _sizes(q, k)[:5] + (dp,)
-    run(_dtype_code(q), _ptr(qf), _ptr(kf), _ptr(vf), _ptr(of), _ptr(lse), _strides(qf)[:3],
-        _strides(kf)[:3], _strides(vf)[:3], _strides(of)[:3], (ls[0], ls[1]), sizes,
-        mask.offset(q.shape[1], k.shape[1]), mask.window_left, mask.window_right, float(scale),
-        num_threads())
-    if of is not out:
-        out[...] = of[..., :d]
+def _fit(x: Any, head_dim: int, copy: bool = True) -> Any:
+    """x itself when the kernels can read (or write) it as it is, else a zero-padded aligned
+    buffer (holding a copy of x when ``copy``)."""
+    if _kernel_ready(x, head_dim):
+        return x
+    y = _new(x, tuple(x.shape[:3]) + (head_dim,), zero=True)
+    if copy:
+        y[..., :x.shape[3]] = x
+    return y
+
+
+def _copy_back(padded: Any, real: Any) -> None:
+    if padded is not real:
+        real[...] = padded[..., :real.shape[3]]

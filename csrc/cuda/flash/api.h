@@ -24,7 +24,15 @@ constexpr int kHeadDims[] = {32, 64, 96, 128, 256};
 // float32. Throws std::invalid_argument for a dtype or head dim without a kernel.
 void attention_forward(const FwdParams& p, Stream stream);
 
+// Launches the backward (three kernels) on `stream` without synchronising. Requirements as for
+// the forward, plus workspace: delta (B*Hq*Sq floats) and dq_accum (B*Hq*Sq*D floats); head dims
+// up to 128 (kBwdHeadDims).
+constexpr int kBwdHeadDims[] = {32, 64, 96, 128};
+void attention_backward(const BwdParams& p, float* delta, float* dq_accum, Stream stream);
+
 template <class T, int HeadDim>
 void run_forward(const FwdParams& p, Stream stream);
+template <class T, int HeadDim>
+void run_backward(const BwdParams& p, float* delta, float* dq_accum, Stream stream);
 
 }  // namespace fae::cuda

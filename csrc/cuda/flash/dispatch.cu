@@ -21,7 +21,27 @@ void forward_for_head_dim(const FwdParams& p, Stream stream) {
   }
 }
 
+template <class T>
+void backward_for_head_dim(const BwdParams& p, float* delta, float* dq_accum, Stream stream) {
+  switch (p.fwd.head_dim) {
+    case 32: return run_backward<T, 32>(p, delta, dq_accum, stream);
+    case 64: return run_backward<T, 64>(p, delta, dq_accum, stream);
+    case 96: return run_backward<T, 96>(p, delta, dq_accum, stream);
+    case 128: return run_backward<T, 128>(p, delta, dq_accum, stream);
+    default:
+      throw std::invalid_argument("head_dim " + std::to_string(p.fwd.head_dim) + " has no CUDA backward kernel");
+  }
+}
+
 }  // namespace
+
+void attention_backward(const BwdParams& p, float* delta, float* dq_accum, Stream stream) {
+  switch (p.fwd.dtype) {
+    case DType::f16: return backward_for_head_dim<half_t>(p, delta, dq_accum, stream);
+    case DType::bf16: return backward_for_head_dim<bf16_t>(p, delta, dq_accum, stream);
+    default: throw std::invalid_argument("the CUDA kernels take float16 or bfloat16");
+  }
+}
 
 void attention_forward(const FwdParams& p, Stream stream) {
   switch (p.dtype) {

@@ -4,6 +4,7 @@
 # including the dispatch unit.
 set(FAE_FLASH_DTYPES half_t bf16_t)
 set(FAE_FLASH_HEAD_DIMS 32 64 96 128 256)  # keep in sync with kHeadDims in cuda/flash/api.h
+set(FAE_FLASH_BWD_HEAD_DIMS 32 64 96 128)  # kBwdHeadDims
 
 function(fae_flash_sources out ext)
   set(dir ${PROJECT_BINARY_DIR}/flash_instances_${ext})
@@ -13,6 +14,15 @@ function(fae_flash_sources out ext)
       set(f ${dir}/fwd_${dt}_d${d}.${ext})
       file(CONFIGURE OUTPUT ${f} CONTENT "#include \"cuda/flash/fwd_launch.cuh\"
 template void fae::cuda::run_forward<fae::${dt}, ${d}>(const fae::FwdParams&, fae::cuda::Stream);
+")
+      list(APPEND files ${f})
+    endforeach()
+  endforeach()
+  foreach(dt IN LISTS FAE_FLASH_DTYPES)
+    foreach(d IN LISTS FAE_FLASH_BWD_HEAD_DIMS)
+      set(f ${dir}/bwd_${dt}_d${d}.${ext})
+      file(CONFIGURE OUTPUT ${f} CONTENT "#include \"cuda/flash/bwd_launch.cuh\"
+template void fae::cuda::run_backward<fae::${dt}, ${d}>(const fae::BwdParams&, float*, float*, fae::cuda::Stream);
 ")
       list(APPEND files ${f})
     endforeach()
