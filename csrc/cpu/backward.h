@@ -2,7 +2,7 @@
 // kv head) and a contiguous chunk of its key tiles; for each key tile it packs K^T and V^T once,
 // then walks every query head of the GQA group and every query tile that can see the keys:
 //   S  = Q . K^T,  dP = dO . V^T            (A = Q / dO rows in place, B = packed K^T / V^T)
-//   P  = exp2(S*scale_log2 - lse2),  dS = P * (dP - delta) * scale
+//   P  = exp2(S - lse2) (K^T packed times scale_log2),  dS = P * (dP - delta) * scale
 //   dV += P^T . dO,  dK += dS^T . Q          (float32 tile accumulators, owned by the task)
 //   dQ += dS . K                              (rows owned by the task: no races)
 // dQ goes straight into a float32 output, else into a float32 accumulator of the task. A head
@@ -87,7 +87,7 @@ struct Backward {
     const bool direct = std::is_same_v<T, float> && nchunks == 1;
 
     Scratch scratch(2 * D * ldp + 4 * bk * D + 2 * bq * ldp + 2 * bq * D);
-    float* kt = scratch.get();      // D x ldp: K^T of the tile, padding zero
+    float* kt = scratch.get();      // D x ldp: K^T * scale_log2 of the tile, padding zero
     float* vt = kt + D * ldp;       // D x ldp: V^T
     float* kbuf = vt + D * ldp;     // bk x D: K tile as float (16-bit inputs)
     float* vbuf = kbuf + bk * D;    // bk x D
@@ -121,7 +121,7 @@ struct Backward {
       const float* vr = float_rows<V>(v + k0 * p.v_row_stride, p.v_row_stride, nk, D, vbuf, ldv);
       for (int64_t d = 0; d < D; ++d)
         for (int64_t j = 0; j < ldp; ++j) {
-          kt[d * ldp + j] = j < nk ? kr[j * ldk + d] : 0.f;
+          kt[d * ldp + j] = j < nk ? kr[j * ldk + d] * p.scale_log2 : 0.f;  // S in log2 units
           vt[d * ldp + j] = j < nk ? vr[j * ldv + d] : 0.f;
         }
       for (int64_t i = 0; i < bk * D; ++i) dka[i] = dva[i] = 0.f;
@@ -165,7 +165,7 @@ struct Backward {
 
   // In place: s becomes P, dp becomes dS * scale; entries a row may not see become 0.
   void probabilities(int64_t bh, int64_t i0, int64_t nq, int64_t k0, int64_t nk, float* s, float* dp) const {
-    const R sl2 = V::set1(p.scale_log2), sc = V::set1(p.scale);
+    const R sc = V::set1(p.scale);
     for (int64_t r = 0; r < nq; ++r) {
       const int64_t row = i0 + r;
       float* sr = s + r * ldp;
@@ -178,7 +178,7 @@ struct Backward {
       }
       const R lv = V::set1(l2), dv = V::set1(delta[bh * Sq + row]);
       for (int64_t j = 0; j < ldp; j += W) {
-        const R pv = V::exp2(V::sub(V::mul(V::load(sr + j), sl2), lv));
+        const R pv = V::exp2(V::sub(V::load(sr + j), lv));
         V::store(sr + j, pv);
         V::store(dr + j, V::mul(V::mul(pv, V::sub(V::load(dr + j), dv)), sc));
       }

@@ -2,7 +2,8 @@
 // query head x bq rows, or, for short queries (decoding), several heads of one GQA group x all
 // rows, so that the group shares each K/V tile. Everything is computed transposed, keys x
 // columns, so that the softmax runs along vector lanes without horizontal reductions:
-//   S^T (bk x cols)  = K_tile . Q^T        A = K rows (no packing), B = Q^T packed once per task
+//   S^T (bk x cols)  = K_tile . Q^T        A = K rows (no packing), B = Q^T * scale_log2, packed
+//                                          once per task (scores come out in the log2 domain)
 //   online softmax in the log2 domain, per column (fae::exp_base / rescale_factor / finish_lse)
 //   O^T (D x cols)  += V_tile^T . P^T      A = V read down its columns, B = P^T as computed
 // Only Q^T, the score tile and O^T live in task scratch (a few tens of KB, L1/L2 resident).
@@ -95,7 +96,7 @@ struct Forward {
     for (int64_t c = 0; c < ncol; ++c) {
       const int64_t h = id.h0 + c / id.nr, row = id.r0 + c % id.nr;
       const T* qr = q + h * p.q_head_stride + row * p.q_row_stride;
-      for (int64_t d = 0; d < D; ++d) qt[narrow ? c * D + d : d * ncolp + c] = load_as<float>(qr + d);
+      for (int64_t d = 0; d < D; ++d) qt[narrow ? c * D + d : d * ncolp + c] = load_as<float>(qr + d) * sl2;
       const KeyRange kr = visible_keys(row, p);
       lo[c] = kr.lo; hi[c] = kr.hi;
     }
@@ -106,7 +107,6 @@ struct Forward {
     const int64_t ka = span.lo + split * chunk, kb = std::min(span.hi + 1, ka + chunk);
     const T* k = static_cast<const T*>(p.k) + id.b * p.k_batch_stride + id.hk * p.k_head_stride;
     const T* v = static_cast<const T*>(p.v) + id.b * p.v_batch_stride + id.hk * p.v_head_stride;
-    const R sl2v = V::set1(sl2);
     for (int64_t k0 = ka; k0 < kb; k0 += bk) {
       const int64_t nk = std::min(bk, kb - k0);
       int64_t ldk, ldv;
@@ -115,23 +115,15 @@ struct Forward {
       if (narrow) narrow_products(ncol, true, kr, ldk, nk, qt, st, ncolp);
       else gemm<V>(nk, ncolp, Gemm{kr, ldk, 1, qt, ncolp, st, ncolp, D, false});
 
-      bool partial = false;
+      bool partial = false;  // scores are already in the log2 domain: Q was packed times sl2
       for (int64_t c = 0; c < ncol; ++c) partial |= lo[c] > k0 || hi[c] < k0 + nk - 1;
-      if (partial) {  // scale, then mask the scores a column may not see
-        for (int64_t j = 0; j < nk; ++j)
-          for (int64_t c = 0; c < ncolp; c += W) V::store(st + j * ncolp + c, V::mul(V::load(st + j * ncolp + c), sl2v));
+      if (partial)  // mask the scores a column may not see
         for (int64_t j = 0; j < nk; ++j)
           for (int64_t c = 0; c < ncol; ++c)
             if (k0 + j < lo[c] || k0 + j > hi[c]) st[j * ncolp + c] = neg_inf<float>();
-      }
       for (int64_t c = 0; c < ncolp; c += W) {
         R mv = V::set1(neg_inf<float>());
-        for (int64_t j = 0; j < nk; ++j) {
-          float* sp = st + j * ncolp + c;
-          R s = V::load(sp);
-          if (!partial) { s = V::mul(s, sl2v); V::store(sp, s); }
-          mv = V::max(mv, s);
-        }
+        for (int64_t j = 0; j < nk; ++j) mv = V::max(mv, V::load(st + j * ncolp + c));
         V::store(mx + c, mv);
       }
       bool rescale = false;
