@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <functional>
 #include <limits>
 #include <random>
@@ -503,9 +504,10 @@ std::vector<Case> cases() {
 }  // namespace
 
 #if FAE_TEST_EMU
-// The CUDA forward kernel (csrc/cuda/flash), compiled by the host compiler and run on the SIMT
-// emulator: out and lse against the same oracle and rule. The kernel takes float16/bfloat16, the
-// head dims of fae::cuda::kHeadDims and rows aligned to 16 bytes.
+// The CUDA kernels (csrc/cuda/flash), compiled by the host compiler and run on the SIMT emulator:
+// out and lse, and dq, dk, dv for the head dims with a backward kernel, against the same oracle
+// and rule. The kernels take float16/bfloat16, the head dims of fae::cuda::kHeadDims and rows
+// aligned to 16 bytes.
 void emu_case(const Case& c, uint64_t seed) {
   std::printf("emu case %s\n", c.name().c_str());
   std::mt19937_64 rng(seed);
@@ -520,12 +522,41 @@ void emu_case(const Case& c, uint64_t seed) {
   try {
     r = run_forward(c, q, k, v, 0, p, [](const fae::FwdParams& pp) { fae::cuda::attention_forward(pp, nullptr); });
   } catch (const std::exception& e) {
-    check(false, std::string("emulated kernel threw: ") + e.what());
+    check(false, std::string("emulated forward threw: ") + e.what());
     return;
   }
   compare(c, "out", r.out.dense(), oracle.out, lowp.out);
   check_lse(c, r.lse, oracle.lse);
-  check_empty_rows(c, r, false);
+  const bool backward = c.D <= fae::cuda::kBwdHeadDims[std::size(fae::cuda::kBwdHeadDims) - 1];
+  if (backward) {  // dq, dk, dv from the kernel's own out and lse, as the API runs it
+    Tensor dout(c.dtype, c.B, c.Sq, c.Hq, c.D, c.layout);
+    fill_random(dout, rng);
+    const std::vector<double> dod2 = dout.dense();
+    const Ref oracle2 = naive(c, qd, kd, vd, dod2, nullptr, [](double x) { return x; });
+    const Ref lowp2 = naive(c, qd, kd, vd, dod2, nullptr, [&](double x) { return round_to(c.dtype, x); });
+    r.dq = Tensor(c.dtype, c.B, c.Sq, c.Hq, c.D, c.layout);
+    r.dk = Tensor(c.dtype, c.B, c.Sk, c.Hkv, c.D, c.layout);
+    r.dv = Tensor(c.dtype, c.B, c.Sk, c.Hkv, c.D, c.layout);
+    fae::BwdParams bp{};
+    bp.fwd = p;
+    bp.dout = dout.data();
+    bp.dq = r.dq.data(); bp.dk = r.dk.data(); bp.dv = r.dv.data();
+    bp.do_batch_stride = dout.sb; bp.do_row_stride = dout.ss; bp.do_head_stride = dout.sh;
+    bp.dq_batch_stride = r.dq.sb; bp.dq_row_stride = r.dq.ss; bp.dq_head_stride = r.dq.sh;
+    bp.dk_batch_stride = r.dk.sb; bp.dk_row_stride = r.dk.ss; bp.dk_head_stride = r.dk.sh;
+    bp.dv_batch_stride = r.dv.sb; bp.dv_row_stride = r.dv.ss; bp.dv_head_stride = r.dv.sh;
+    std::vector<float> delta(size_t(c.B * c.Hq * c.Sq), 0.f), dq_accum(size_t(c.B * c.Hq * c.Sq * c.D), 0.f);
+    try {
+      fae::cuda::attention_backward(bp, delta.data(), dq_accum.data(), nullptr);
+    } catch (const std::exception& e) {
+      check(false, std::string("emulated backward threw: ") + e.what());
+      return;
+    }
+    compare(c, "dq", r.dq.dense(), oracle2.dq, lowp2.dq);
+    compare(c, "dk", r.dk.dense(), oracle2.dk, lowp2.dk);
+    compare(c, "dv", r.dv.dense(), oracle2.dv, lowp2.dv);
+  }
+  check_empty_rows(c, r, backward);
 }
 
 std::vector<Case> emu_cases() {
@@ -544,7 +575,7 @@ std::vector<Case> emu_cases() {
 int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i)
     if (std::string(argv[i]) == "-v") g_verbose = true;
-  std::printf("== fae_emu_test: CUDA forward kernel on the SIMT emulator against a naive float64 reference\n");
+  std::printf("== fae_emu_test: CUDA kernels on the SIMT emulator against a naive float64 reference\n");
   uint64_t seed = 4321;
   for (const Case& c : emu_cases()) emu_case(c, seed++);
   std::printf("%d passed, %d failed\n", g_checks - g_failures, g_failures);
