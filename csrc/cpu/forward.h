@@ -12,6 +12,7 @@
 // (column-major products along D, see kNarrowCols).
 #pragma once
 #include <cmath>
+#include <limits>
 
 #include "common/mask.h"
 #include "cpu/gemm.h"
@@ -126,14 +127,17 @@ struct Forward {
         for (int64_t j = 0; j < nk; ++j) mv = V::max(mv, V::load(st + j * ncolp + c));
         V::store(mx + c, mv);
       }
-      bool rescale = false;
-      for (int64_t c = 0; c < ncolp; ++c) {
-        const float mnew = mx[c] > m[c] ? mx[c] : m[c];
-        alpha[c] = rescale_factor(m[c], mnew);
-        base[c] = exp_base(mnew);
-        rescale |= alpha[c] != 1.f;
-        m[c] = mnew;
+      // Vector form of fae::rescale_factor / exp_base: a column with no finite score yet
+      // subtracts -FLT_MAX instead of 0, so that exp2(-inf - base) == 0 without a select.
+      for (int64_t c = 0; c < ncolp; c += W) {
+        const R mo = V::load(m + c), mn = V::max(V::load(mx + c), mo);  // NaN in m stays
+        const R bv = V::max(mn, V::set1(-std::numeric_limits<float>::max()));
+        V::store(alpha + c, V::exp2(V::sub(mo, bv)));
+        V::store(base + c, bv);
+        V::store(m + c, mn);
       }
+      bool rescale = false;
+      for (int64_t c = 0; c < ncol; ++c) rescale |= alpha[c] != 1.f;
       for (int64_t c = 0; c < ncolp; c += W) {
         const R bv = V::load(base + c);
         R sum = V::zero();
