@@ -1,9 +1,12 @@
 // Scalar conversions between the storage dtypes and the accumulation types (float, double).
+// Internal linkage (anonymous namespace): the per-ISA translation units include this header
+// compiled with different instruction sets, and must not share out-of-line copies (see vec.h).
 #pragma once
 #include <cstdint>
 #include <cstring>
 
 namespace fae::cpu {
+namespace {
 
 struct bf16 { uint16_t bits; };
 struct f16 { uint16_t bits; };
@@ -57,4 +60,5 @@ inline void store_from(double* p, double x) { *p = x; }
 inline void store_from(bf16* p, float x) { *p = to_bf16(x); }
 inline void store_from(f16* p, float x) { *p = to_f16(x); }
 
+}  // namespace
 }  // namespace fae::cpu
