@@ -1,13 +1,7 @@
 // pybind11 module flashattn_ext._C: turns raw pointers, sizes and strides from the Python API
 // into the params structs and runs the backend with the GIL released. No torch or numpy types
 // cross this boundary; arguments were validated in Python.
-#include <pybind11/pybind11.h>
-#include <pybind11/stl.h>
-
-#include <array>
-#include <cmath>
-
-#include "bindings/params_from_python.h"
+#include "bindings/bind_attention.h"
 #include "cpu/backend.h"
 #include "cpu/thread_pool.h"
 #if FAE_WITH_CUDA
@@ -21,59 +15,24 @@ using namespace fae::bindings;
 PYBIND11_MODULE(_C, m) {
   m.doc() = "flashattn_ext compiled core (CPU backend; CUDA backend when built with it)";
 
-  m.def("forward",
-        [](int dtype, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse,
-           Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, Strides2 lses,
-           Sizes6 sizes, int64_t align_offset, int64_t window_left, int64_t window_right,
-           double scale, int num_threads) {
-          const fae::FwdParams p = make_fwd(dtype, q, k, v, out, lse, qs, ks, vs, os, lses, sizes,
-                                            align_offset, window_left, window_right, scale, num_threads);
-          py::gil_scoped_release release;
-          fae::cpu::attention_forward(p);
-        });
-
-  m.def("backward",
-        [](int dtype, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse, uintptr_t dout,
-           uintptr_t dlse, uintptr_t dq, uintptr_t dk, uintptr_t dv, Strides3 qs, Strides3 ks, Strides3 vs,
-           Strides3 os, Strides2 lses, Strides3 dos, Strides3 dqs, Strides3 dks, Strides3 dvs, Sizes6 sizes,
-           int64_t align_offset, int64_t window_left, int64_t window_right, double scale, int num_threads) {
-          const fae::BwdParams p = make_bwd(dtype, q, k, v, out, lse, dout, dlse, dq, dk, dv, qs, ks, vs, os, lses,
-                                            dos, dqs, dks, dvs, sizes, align_offset, window_left, window_right,
-                                            scale, num_threads);
-          py::gil_scoped_release release;
-          fae::cpu::attention_backward(p);
-        });
-
+  def_forward(m, "forward", [](const fae::FwdParams& p, uintptr_t) { fae::cpu::attention_forward(p); },
+              "Forward attention on the CPU kernels.");
+  def_backward(m, "backward",
+               [](const fae::BwdParams& p, float*, float*, uintptr_t) { fae::cpu::attention_backward(p); },
+               "Backward attention on the CPU kernels (no workspace, no stream).");
 #if FAE_WITH_CUDA
-  m.def("cuda_forward",
-        [](int dtype, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse, Strides3 qs,
-           Strides3 ks, Strides3 vs, Strides3 os, Strides2 lses, Sizes6 sizes, int64_t align_offset,
-           int64_t window_left, int64_t window_right, double scale, int num_threads, uintptr_t stream) {
-          const fae::FwdParams p = make_fwd(dtype, q, k, v, out, lse, qs, ks, vs, os, lses, sizes, align_offset,
-                                            window_left, window_right, scale, num_threads);
-          py::gil_scoped_release release;
-          fae::cuda::attention_forward(p, reinterpret_cast<fae::cuda::Stream>(stream));
-        },
-        "Forward attention on the GPU, launched on `stream` (float16/bfloat16 device pointers).");
-  m.def("cuda_backward",
-        [](int dtype, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse, uintptr_t dout,
-           uintptr_t dlse, uintptr_t dq, uintptr_t dk, uintptr_t dv, Strides3 qs, Strides3 ks, Strides3 vs,
-           Strides3 os, Strides2 lses, Strides3 dos, Strides3 dqs, Strides3 dks, Strides3 dvs, Sizes6 sizes,
-           int64_t align_offset, int64_t window_left, int64_t window_right, double scale, int num_threads,
-           uintptr_t delta, uintptr_t dq_accum, uintptr_t stream) {
-          const fae::BwdParams p = make_bwd(dtype, q, k, v, out, lse, dout, dlse, dq, dk, dv, qs, ks, vs, os, lses,
-                                            dos, dqs, dks, dvs, sizes, align_offset, window_left, window_right,
-                                            scale, num_threads);
-          py::gil_scoped_release release;
-          fae::cuda::attention_backward(p, static_cast<float*>(as_ptr(delta)), static_cast<float*>(as_ptr(dq_accum)),
-                                        reinterpret_cast<fae::cuda::Stream>(stream));
-        },
-        "Backward on the GPU, launched on `stream`; delta and dq_accum are float32 device workspace.");
-  py::list dims, bwd_dims;
-  for (int d : fae::cuda::kHeadDims) dims.append(d);
-  for (int d : fae::cuda::kBwdHeadDims) bwd_dims.append(d);
-  m.attr("cuda_head_dims") = dims;
-  m.attr("cuda_bwd_head_dims") = bwd_dims;
+  def_forward(m, "cuda_forward",
+              [](const fae::FwdParams& p, uintptr_t stream) {
+                fae::cuda::attention_forward(p, reinterpret_cast<fae::cuda::Stream>(stream));
+              },
+              "Forward attention on the GPU, launched on `stream` (float16/bfloat16 device pointers).");
+  def_backward(m, "cuda_backward",
+               [](const fae::BwdParams& p, float* delta, float* dq_accum, uintptr_t stream) {
+                 fae::cuda::attention_backward(p, delta, dq_accum, reinterpret_cast<fae::cuda::Stream>(stream));
+               },
+               "Backward on the GPU, launched on `stream`; delta and dq_accum are float32 device workspace.");
+  m.attr("cuda_head_dims") = head_dim_list(fae::cuda::kHeadDims);
+  m.attr("cuda_bwd_head_dims") = head_dim_list(fae::cuda::kBwdHeadDims);
 #endif
 
   m.def("set_num_threads", &fae::cpu::set_default_num_threads,

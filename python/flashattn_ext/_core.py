@@ -185,28 +185,27 @@ def _bwd_args(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dq: Any, dk
             float(scale), num_threads())
 
 
-def _cuda_entry_points(q: Any) -> Tuple[Any, Any, Sequence[int], Sequence[int]]:
-    """(forward, backward, forward head dims, backward head dims) of the CUDA kernels: on the
-    GPU (launched on the stream torch is using for q's device) or on the emulator."""
+def _entry_points(q: Any) -> Tuple[Any, Any, Sequence[int], Sequence[int], int]:
+    """(forward, backward, forward head dims, backward head dims, stream) of the CUDA kernels:
+    on the GPU (launched on the stream torch is using for q's device) or on the emulator."""
     if backend_for(q) == "emu":
         emu = _emu_module()
         return (emu.attention_forward, emu.attention_backward, emu.attention_head_dims,
-                emu.attention_bwd_head_dims)
-    stream = torch.cuda.current_stream(q.device).cuda_stream
-    return (lambda *a: _C.cuda_forward(*a, stream), lambda *a: _C.cuda_backward(*a, stream),
-            _C.cuda_head_dims, _C.cuda_bwd_head_dims)
+                emu.attention_bwd_head_dims, 0)
+    return (_C.cuda_forward, _C.cuda_backward, _C.cuda_head_dims, _C.cuda_bwd_head_dims,
+            torch.cuda.current_stream(q.device).cuda_stream)
 
 
 def forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mask: MaskSpec) -> None:
     """Runs the forward kernel on BSHD views, writing ``out`` (like q) and ``lse`` (B, H, Sq)."""
     if backend_for(q) == "cpu":
-        _C.forward(*_fwd_args(q, k, v, out, lse, scale, mask))
+        _C.forward(*_fwd_args(q, k, v, out, lse, scale, mask), 0)
         return
-    run, _, head_dims, _ = _cuda_entry_points(q)
+    run, _, head_dims, _, stream = _entry_points(q)
     dp = _padded_head_dim(q, head_dims, "forward")
     qf, kf, vf = (_fit(x, dp) for x in (q, k, v))
     of = _fit(out, dp, copy=False)
-    run(*_fwd_args(qf, kf, vf, of, lse, scale, mask, dp))
+    run(*_fwd_args(qf, kf, vf, of, lse, scale, mask, dp), stream)
     _copy_back(of, out)
 
 
@@ -215,9 +214,9 @@ def backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dq: Any, dk:
     """Runs the backward kernel on BSHD views, writing dq, dk, dv. ``dlse`` (optional) is the
     gradient of lse, laid out exactly like lse."""
     if backend_for(q) == "cpu":
-        _C.backward(*_bwd_args(dout, q, k, v, out, lse, dq, dk, dv, scale, mask, dlse))
+        _C.backward(*_bwd_args(dout, q, k, v, out, lse, dq, dk, dv, scale, mask, dlse), 0, 0, 0)
         return
-    _, run, _, head_dims = _cuda_entry_points(q)
+    _, run, _, head_dims, stream = _entry_points(q)
     dp = _padded_head_dim(q, head_dims, "backward")
     qf, kf, vf, of, dof = (_fit(x, dp) for x in (q, k, v, out, dout))
     dqf, dkf, dvf = (_fit(x, dp, copy=False) for x in (dq, dk, dv))
@@ -225,7 +224,7 @@ def backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dq: Any, dk:
     delta = _new(q, (rows,), zero=False, float32=True)
     dq_accum = _new(q, (rows * dp,), zero=False, float32=True)
     run(*_bwd_args(dof, qf, kf, vf, of, lse, dqf, dkf, dvf, scale, mask, dlse, dp),
-        _ptr(delta), _ptr(dq_accum))
+        _ptr(delta), _ptr(dq_accum), stream)
     for padded, real in ((dqf, dq), (dkf, dk), (dvf, dv)):
         _copy_back(padded, real)
 
