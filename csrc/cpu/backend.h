@@ -10,8 +10,9 @@ void attention_forward(const FwdParams& p);
 void attention_backward(const BwdParams& p);
 
 // Name of the instruction set the kernels run with ("scalar", "avx2", "avx512", "avx512bf16",
-// "neon"): the best one the CPU supports, or FLASHATTN_EXT_CPU_ISA when set (an unknown or
-// unsupported value throws std::invalid_argument naming the variable and the accepted values).
+// "neon"): the best one the CPU supports, or FLASHATTN_EXT_CPU_ISA when set, which may also name
+// the test path "avx512bf16-emu" (never chosen automatically). An unknown or unsupported value
+// throws std::invalid_argument naming the variable and the accepted values.
 std::string active_isa();
 
 // Instruction sets compiled in and supported by this CPU, worst first.

@@ -18,6 +18,7 @@ struct Isa {
   void (*forward)(const FwdParams&);
   void (*backward)(const BwdParams&);
   double (*fma_peak_gflops)(int);
+  bool automatic = true;  // false: only when named by FLASHATTN_EXT_CPU_ISA (test paths)
 };
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -39,6 +40,9 @@ const Isa kIsas[] = {
     {"avx2", has_avx2, avx2::forward, avx2::backward, avx2::fma_peak_gflops},
     {"avx512", has_avx512, avx512::forward, avx512::backward, avx512::fma_peak_gflops},
     {"avx512bf16", has_avx512bf16, avx512bf16::forward, avx512bf16::backward, avx512bf16::fma_peak_gflops},
+    // The bfloat16 dot-product kernels of avx512bf16 with the dot product emulated on AVX2.
+    {"avx512bf16-emu", has_avx2, avx512bf16_emu::forward, avx512bf16_emu::backward,
+     avx512bf16_emu::fma_peak_gflops, false},
 #elif defined(__aarch64__)
     {"neon", always, neon::forward, neon::backward, neon::fma_peak_gflops},
 #endif
@@ -56,7 +60,7 @@ const Isa& select() {
   if (want.empty() || want == "auto") {
     const Isa* best = &kIsas[0];
     for (const Isa& isa : kIsas)
-      if (isa.supported()) best = &isa;
+      if (isa.automatic && isa.supported()) best = &isa;
     return *best;
   }
   for (const Isa& isa : kIsas) {
@@ -67,7 +71,7 @@ const Isa& select() {
     return isa;
   }
   throw std::invalid_argument("FLASHATTN_EXT_CPU_ISA='" + want + "' is not a known instruction set; "
-                              "accepted values: auto, scalar, avx2, avx512, avx512bf16, neon "
+                              "accepted values: auto, scalar, avx2, avx512, avx512bf16, avx512bf16-emu, neon "
                               "(supported here: " + join(available_isas()) + ")");
 }
 

@@ -10,9 +10,14 @@
 // With too few tiles for the threads (decoding), the key range of each tile is split and the
 // partial results are merged by their logsumexp. Narrow tiles (decoding) keep Q and O as rows
 // (column-major products along D, see kNarrowCols).
+// bfloat16 with a dot-product instruction (V::kBf16Dot): both products run on bfloat16 pairs
+// (gemm<V, true>): K rows and Q^T hold pairs along D, V and P^T pairs along the keys, and P is
+// rounded to bfloat16 for P.V as on GPUs (its row sums stay float32). Scores are scaled after.
 #pragma once
 #include <cmath>
+#include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "common/mask.h"
 #include "cpu/gemm.h"
@@ -32,6 +37,7 @@ template <class V, typename T>
 struct Forward {
   using R = typename V::R;
   static constexpr int W = V::W;
+  static constexpr bool kPairs = std::is_same_v<T, bf16> && V::kBf16Dot;
 
   const FwdParams& p;
   int64_t D, Sq, group, bq, bk, rpt, hpt, row_tiles, head_tiles, tiles, nsplit;
@@ -92,12 +98,18 @@ struct Forward {
 
     const T* q = static_cast<const T*>(p.q) + id.b * p.q_batch_stride;
     const bool narrow = ncol <= kNarrowCols;  // then qt and ot hold rows: [col][d]
+    const bool pairs = kPairs && !narrow;       // then qt holds pairs: [(D + 1) / 2][col]
     for (int64_t i = 0; i < D * ncolp; ++i) qt[i] = ot[i] = 0.f;
     for (int64_t c = 0; c < ncolp; ++c) { m[c] = neg_inf<float>(); l[c] = 0.f; }
     for (int64_t c = 0; c < ncol; ++c) {
       const int64_t h = id.h0 + c / id.nr, row = id.r0 + c % id.nr;
       const T* qr = q + h * p.q_head_stride + row * p.q_row_stride;
-      for (int64_t d = 0; d < D; ++d) qt[narrow ? c * D + d : d * ncolp + c] = load_as<float>(qr + d) * sl2;
+      if constexpr (kPairs)
+        if (pairs)
+          for (int64_t d = 0; d < D; d += 2)
+            qt[d / 2 * ncolp + c] = bits_to_float(uint32_t(qr[d].bits) | (d + 1 < D ? uint32_t(qr[d + 1].bits) << 16 : 0u));
+      if (!pairs)
+        for (int64_t d = 0; d < D; ++d) qt[narrow ? c * D + d : d * ncolp + c] = load_as<float>(qr + d) * sl2;
       const KeyRange kr = visible_keys(row, p);
       lo[c] = kr.lo; hi[c] = kr.hi;
     }
@@ -110,11 +122,17 @@ struct Forward {
     const T* v = static_cast<const T*>(p.v) + id.b * p.v_batch_stride + id.hk * p.v_head_stride;
     for (int64_t k0 = ka; k0 < kb; k0 += bk) {
       const int64_t nk = std::min(bk, kb - k0);
-      int64_t ldk, ldv;
-      const float* kr = float_rows<V>(k + k0 * p.k_row_stride, p.k_row_stride, nk, D, kbuf, ldk);
-      const float* vr = float_rows<V>(v + k0 * p.v_row_stride, p.v_row_stride, nk, D, vbuf, ldv);
-      if (narrow) narrow_products(ncol, true, kr, ldk, nk, qt, st, ncolp);
-      else gemm<V>(nk, ncolp, Gemm{kr, ldk, 1, qt, ncolp, st, ncolp, D, false});
+      int64_t ldk = 0, ldv = 0;
+      const float *kr = nullptr, *vr = nullptr;
+      if (pairs) {
+        pair_scores(k + k0 * p.k_row_stride, nk, kbuf, qt, st, ncolp);
+        pack_v_pairs(v + k0 * p.v_row_stride, nk, vbuf);
+      } else {
+        kr = float_rows<V>(k + k0 * p.k_row_stride, p.k_row_stride, nk, D, kbuf, ldk);
+        vr = float_rows<V>(v + k0 * p.v_row_stride, p.v_row_stride, nk, D, vbuf, ldv);
+        if (narrow) narrow_products(ncol, true, kr, ldk, nk, qt, st, ncolp);
+        else gemm<V>(nk, ncolp, Gemm{kr, ldk, 1, qt, ncolp, st, ncolp, D, false});
+      }
 
       bool partial = false;  // scores are already in the log2 domain: Q was packed times sl2
       for (int64_t c = 0; c < ncol; ++c) partial |= lo[c] > k0 || hi[c] < k0 + nk - 1;
@@ -138,7 +156,18 @@ struct Forward {
       }
       bool rescale = false;
       for (int64_t c = 0; c < ncol; ++c) rescale |= alpha[c] != 1.f;
-      for (int64_t c = 0; c < ncolp; c += W) {
+      for (int64_t c = 0; c < ncolp && pairs; c += W) {  // P^T as bfloat16 pairs of keys, in place
+        const R bv = V::load(base + c);
+        R sum = V::zero();
+        for (int64_t j = 0; j < nk; j += 2) {
+          const R pe = V::exp2(V::sub(V::load(st + j * ncolp + c), bv));
+          const R po = j + 1 < nk ? V::exp2(V::sub(V::load(st + (j + 1) * ncolp + c), bv)) : V::zero();
+          sum = V::add(sum, V::add(pe, po));
+          V::store(st + j / 2 * ncolp + c, V::pairs(pe, po));  // row j / 2 <= j was read already
+        }
+        V::store(l + c, V::fma(V::load(l + c), V::load(alpha + c), sum));
+      }
+      for (int64_t c = 0; c < ncolp && !pairs; c += W) {
         const R bv = V::load(base + c);
         R sum = V::zero();
         for (int64_t j = 0; j < nk; ++j) {
@@ -155,12 +184,46 @@ struct Forward {
         for (int64_t d = 0; d < D; ++d)
           for (int64_t c = 0; c < ncolp; c += W)
             V::store(ot + d * ncolp + c, V::mul(V::load(ot + d * ncolp + c), V::load(alpha + c)));
-      if (narrow) narrow_products(ncol, false, vr, ldv, nk, st, ot, ncolp);
+      if (pairs) pair_values(nk, vbuf, st, ot, ncolp);
+      else if (narrow) narrow_products(ncol, false, vr, ldv, nk, st, ot, ncolp);
       else gemm<V>(D, ncolp, Gemm{vr, 1, ldv, st, ncolp, ot, ncolp, nk, true});
     }
     if (narrow)  // back to the O^T layout finish() reads
       for (int64_t i = 0; i < ncol * D; ++i) qt[(i % D) * ncolp + i / D] = ot[i];
     finish(tile, split, id, ncolp, narrow ? qt : ot, m, l);
+  }
+
+  // Pair path: S^T = K . Q^T on pairs along D (K rows copied as they are: a row of bfloat16 is a
+  // row of pairs), then scaled by scale * log2(e) so that the scores are in the log2 domain.
+  void pair_scores(const T* kt, int64_t nk, float* kbuf, const float* qtp, float* st, int64_t ncolp) const {
+    const int64_t dp = (D + 1) / 2;
+    for (int64_t j = 0; j < nk; ++j) {
+      kbuf[j * dp + dp - 1] = 0.f;  // odd D: the last pair's high half stays zero
+      std::memcpy(kbuf + j * dp, kt + j * p.k_row_stride, sizeof(T) * D);
+    }
+    if constexpr (kPairs) gemm<V, true>(nk, ncolp, Gemm{kbuf, dp, 1, qtp, ncolp, st, ncolp, dp, false});
+    const R s = V::set1(sl2);
+    for (int64_t i = 0; i < nk * ncolp; i += W) V::store(st + i, V::mul(V::load(st + i), s));
+  }
+
+  // Pair path: O^T += V^T . P^T on pairs of keys (vbuf from pack_v_pairs, P^T pairs in st).
+  void pair_values(int64_t nk, const float* vbuf, const float* st, float* ot, int64_t ncolp) const {
+    if constexpr (kPairs) gemm<V, true>(D, ncolp, Gemm{vbuf, 1, D, st, ncolp, ot, ncolp, (nk + 1) / 2, true});
+  }
+
+  // Pair path: V tile as pairs of keys, vbuf[(j / 2) * D + d] = (V[j][d], V[j + 1][d]).
+  void pack_v_pairs(const T* vt, int64_t nk, float* vbuf) const {
+    if constexpr (kPairs)
+      for (int64_t j = 0; j < nk; j += 2) {
+        const T* e = vt + j * p.v_row_stride;
+        const T* o = j + 1 < nk ? e + p.v_row_stride : nullptr;
+        for (int64_t d = 0; d < D; d += W) {
+          const int n = int(std::min<int64_t>(W, D - d));
+          const R x = V::pairs_bf16(e + d, o ? o + d : nullptr, n);
+          if (n == W) V::store(vbuf + j / 2 * D + d, x);
+          else V::storen(vbuf + j / 2 * D + d, x, n);
+        }
+      }
   }
 
   static R ld(const float* x, int n) { return n == W ? V::load(x) : V::loadn(x, n); }

@@ -4,6 +4,8 @@
 // rows of N contiguous floats, row k at b + k*ldb. The micro-kernel keeps an MR x NV block of
 // vector accumulators in registers (V::MR x V::NV, 12 on AVX2, 24 on AVX-512 / NEON) and walks
 // the whole K extent once; a column tail is handled with masked loads / stores, never over-read.
+// With kDot2 the operands hold bfloat16 pairs (vec.h) and each step of K is a pair: C += A . B
+// with V::dot2 instead of V::fma (A elements are 32-bit words, each two consecutive k).
 // Part of the per-ISA kernel source: include only from an ISA translation unit (see vec.h).
 #pragma once
 #include <algorithm>
@@ -25,7 +27,7 @@ struct Gemm {
   bool accumulate;   // C += A.B instead of C = A.B
 };
 
-template <class V, int MR, int NV, bool kTail>
+template <class V, bool kDot2, int MR, int NV, bool kTail>
 void micro_kernel(const Gemm& g, const float* a, const float* b, float* c, int tail) {
   using R = typename V::R;
   constexpr int W = V::W;
@@ -44,7 +46,7 @@ void micro_kernel(const Gemm& g, const float* a, const float* b, float* c, int t
     for (int v = 0; v < NV; ++v) bv[v] = (kTail && v == NV - 1) ? V::loadn(b + v * W, tail) : V::load(b + v * W);
     for (int m = 0; m < MR; ++m) {
       const R av = V::set1(ap[m][ka]);
-      for (int v = 0; v < NV; ++v) acc[m][v] = V::fma(av, bv[v], acc[m][v]);
+      for (int v = 0; v < NV; ++v) acc[m][v] = kDot2 ? V::dot2(acc[m][v], av, bv[v]) : V::fma(av, bv[v], acc[m][v]);
     }
   }
   for (int m = 0; m < MR; ++m)
@@ -59,21 +61,25 @@ template <class V>
 using MicroFn = void (*)(const Gemm&, const float*, const float*, float*, int);
 
 // Entry ((mr - 1) * NV + (nv - 1)) * 2 + has_tail: every row count and vector count of a block.
-template <class V, int... I>
+template <class V, bool kDot2, int... I>
 constexpr std::array<MicroFn<V>, sizeof...(I)> micro_table(std::integer_sequence<int, I...>) {
-  return {&micro_kernel<V, I / (2 * V::NV) + 1, (I / 2) % V::NV + 1, (I % 2) == 1>...};
+  return {&micro_kernel<V, kDot2, I / (2 * V::NV) + 1, (I / 2) % V::NV + 1, (I % 2) == 1>...};
 }
 
-template <class V>
+template <class V, bool kDot2 = false>
 void gemm(int64_t M, int64_t N, const Gemm& g) {
   constexpr int W = V::W, MR = V::MR, NV = V::NV;
-  static constexpr auto table = micro_table<V>(std::make_integer_sequence<int, MR * NV * 2>{});
+  static constexpr auto table = micro_table<V, kDot2>(std::make_integer_sequence<int, MR * NV * 2>{});
   for (int64_t n0 = 0; n0 < N; n0 += int64_t(NV) * W) {
     const int nn = int(std::min<int64_t>(NV * W, N - n0));
     const int nv = (nn + W - 1) / W, tail = nn - (nv - 1) * W;
-    for (int64_t m0 = 0; m0 < M; m0 += MR) {
-      const int mr = int(std::min<int64_t>(MR, M - m0));
-      table[((mr - 1) * NV + (nv - 1)) * 2 + (tail != W)](g, g.a + m0 * g.sam, g.b + n0,
+    for (int64_t m0 = 0, mr; m0 < M; m0 += mr) {
+      // A remainder of r < MR rows is shared with the last full block (MR + r rows as two
+      // blocks of about half), so no block is much narrower than MR: narrow blocks reload B
+      // for few FMAs (D = 128: 21 x 6 + 2 rows became 20 x 6 + 4 + 4).
+      const int64_t rest = M - m0;
+      mr = rest >= 2 * MR || rest <= MR ? std::min<int64_t>(MR, rest) : (rest + 1) / 2;
+      table[((int(mr) - 1) * NV + (nv - 1)) * 2 + (tail != W)](g, g.a + m0 * g.sam, g.b + n0,
                                                          g.c + m0 * g.ldc + n0, tail);
     }
   }
