@@ -33,6 +33,16 @@ constexpr int64_t kMaxCols = 256;   // upper bound of tile_sizes().fwd_bq
 // Measured: decode Hq 32 / Hkv 8, Sk 32768, D 128, 1 thread: 2.5 GB/s with the GEMM path.
 constexpr int kNarrowCols = 8;
 
+// Column panels of the tile buffers Q^T, S^T / P^T and O^T: element (r, c) of a buffer of `rows`
+// rows sits at (c / pw) * rows * pw + r * pw + c % pw, with pw the micro-kernel's width
+// (V::NV * W), so that each product streams one contiguous panel. One panel (plain rows) when
+// ncolp <= pw, and for narrow tiles.
+struct Panels {
+  int64_t pw, ncolp, ncola;  // panel width, columns (padded to W), columns allocated
+  int64_t at(int64_t rows, int64_t r, int64_t c) const { return (c / pw) * rows * pw + r * pw + c % pw; }
+  int64_t stride(int64_t rows) const { return pw < ncolp ? rows * pw : 0; }  // Gemm::sbp / scp
+};
+
 template <class V, typename T>
 struct Forward {
   using R = typename V::R;
@@ -83,11 +93,15 @@ struct Forward {
   void tile_task(int64_t tile, int64_t split) {
     const TileId id = tile_id(tile);
     const int64_t ncol = id.nh * id.nr, ncolp = round_up(ncol, W);
-    Scratch scratch(2 * D * ncolp + bk * ncolp + 2 * bk * D + 5 * ncolp);
-    float* qt = scratch.get();        // D x ncolp: Q^T, padding columns zero
-    float* ot = qt + D * ncolp;       // D x ncolp: unnormalised O^T
-    float* st = ot + D * ncolp;       // bk x ncolp: scores, then probabilities
-    float* kbuf = st + bk * ncolp;    // bk x D: K tile as float (16-bit inputs)
+    const bool narrow = ncol <= kNarrowCols;  // then qt and ot hold rows: [col][d]
+    const int64_t pw = narrow ? ncolp : std::min<int64_t>(V::NV * W, ncolp);
+    const Panels pn{pw, ncolp, round_up(ncolp, pw)};
+    const int64_t na = pn.ncola;
+    Scratch scratch(2 * D * na + bk * na + 2 * bk * D + 5 * ncolp);
+    float* qt = scratch.get();        // D x ncolp panels: Q^T, padding columns zero
+    float* ot = qt + D * na;          // D x ncolp panels: unnormalised O^T
+    float* st = ot + D * na;          // bk x ncolp panels: scores, then probabilities
+    float* kbuf = st + bk * na;       // bk x D: K tile as float (16-bit inputs)
     float* vbuf = kbuf + bk * D;      // bk x D: V tile as float
     float* m = vbuf + bk * D;         // running max (log2 domain) per column
     float* l = m + ncolp;             // running sum
@@ -97,9 +111,8 @@ struct Forward {
     int64_t lo[kMaxCols], hi[kMaxCols];
 
     const T* q = static_cast<const T*>(p.q) + id.b * p.q_batch_stride;
-    const bool narrow = ncol <= kNarrowCols;  // then qt and ot hold rows: [col][d]
-    const bool pairs = kPairs && !narrow;       // then qt holds pairs: [(D + 1) / 2][col]
-    for (int64_t i = 0; i < D * ncolp; ++i) qt[i] = ot[i] = 0.f;
+    const bool pairs = kPairs && !narrow;       // then qt holds pairs: (D + 1) / 2 rows
+    for (int64_t i = 0; i < D * na; ++i) qt[i] = ot[i] = 0.f;
     for (int64_t c = 0; c < ncolp; ++c) { m[c] = neg_inf<float>(); l[c] = 0.f; }
     for (int64_t c = 0; c < ncol; ++c) {
       const int64_t h = id.h0 + c / id.nr, row = id.r0 + c % id.nr;
@@ -107,9 +120,9 @@ struct Forward {
       if constexpr (kPairs)
         if (pairs)
           for (int64_t d = 0; d < D; d += 2)
-            qt[d / 2 * ncolp + c] = bits_to_float(uint32_t(qr[d].bits) | (d + 1 < D ? uint32_t(qr[d + 1].bits) << 16 : 0u));
+            qt[pn.at((D + 1) / 2, d / 2, c)] = bits_to_float(uint32_t(qr[d].bits) | (d + 1 < D ? uint32_t(qr[d + 1].bits) << 16 : 0u));
       if (!pairs)
-        for (int64_t d = 0; d < D; ++d) qt[narrow ? c * D + d : d * ncolp + c] = load_as<float>(qr + d) * sl2;
+        for (int64_t d = 0; d < D; ++d) qt[narrow ? c * D + d : pn.at(D, d, c)] = load_as<float>(qr + d) * sl2;
       const KeyRange kr = visible_keys(row, p);
       lo[c] = kr.lo; hi[c] = kr.hi;
     }
@@ -125,13 +138,13 @@ struct Forward {
       int64_t ldk = 0, ldv = 0;
       const float *kr = nullptr, *vr = nullptr;
       if (pairs) {
-        pair_scores(k + k0 * p.k_row_stride, nk, kbuf, qt, st, ncolp);
+        pair_scores(k + k0 * p.k_row_stride, nk, kbuf, qt, st, pn);
         pack_v_pairs(v + k0 * p.v_row_stride, nk, vbuf);
       } else {
         kr = float_rows<V>(k + k0 * p.k_row_stride, p.k_row_stride, nk, D, kbuf, ldk);
         vr = float_rows<V>(v + k0 * p.v_row_stride, p.v_row_stride, nk, D, vbuf, ldv);
         if (narrow) narrow_products(ncol, true, kr, ldk, nk, qt, st, ncolp);
-        else gemm<V>(nk, ncolp, Gemm{kr, ldk, 1, qt, ncolp, st, ncolp, D, false});
+        else gemm<V>(nk, ncolp, Gemm{kr, ldk, 1, qt, pw, st, pw, D, false, pn.stride(D), pn.stride(bk)});
       }
 
       bool partial = false;  // scores are already in the log2 domain: Q was packed times sl2
@@ -139,10 +152,10 @@ struct Forward {
       if (partial)  // mask the scores a column may not see
         for (int64_t j = 0; j < nk; ++j)
           for (int64_t c = 0; c < ncol; ++c)
-            if (k0 + j < lo[c] || k0 + j > hi[c]) st[j * ncolp + c] = neg_inf<float>();
+            if (k0 + j < lo[c] || k0 + j > hi[c]) st[pn.at(bk, j, c)] = neg_inf<float>();
       for (int64_t c = 0; c < ncolp; c += W) {
         R mv = V::set1(neg_inf<float>());
-        for (int64_t j = 0; j < nk; ++j) mv = V::max(mv, V::load(st + j * ncolp + c));
+        for (int64_t j = 0; j < nk; ++j) mv = V::max(mv, V::load(st + pn.at(bk, j, c)));
         V::store(mx + c, mv);
       }
       // Vector form of fae::rescale_factor / exp_base: a column with no finite score yet
@@ -160,10 +173,10 @@ struct Forward {
         const R bv = V::load(base + c);
         R sum = V::zero();
         for (int64_t j = 0; j < nk; j += 2) {
-          const R pe = V::exp2(V::sub(V::load(st + j * ncolp + c), bv));
-          const R po = j + 1 < nk ? V::exp2(V::sub(V::load(st + (j + 1) * ncolp + c), bv)) : V::zero();
+          const R pe = V::exp2(V::sub(V::load(st + pn.at(bk, j, c)), bv));
+          const R po = j + 1 < nk ? V::exp2(V::sub(V::load(st + pn.at(bk, j + 1, c)), bv)) : V::zero();
           sum = V::add(sum, V::add(pe, po));
-          V::store(st + j / 2 * ncolp + c, V::pairs(pe, po));  // row j / 2 <= j was read already
+          V::store(st + pn.at(bk, j / 2, c), V::pairs(pe, po));  // row j / 2 <= j was read already
         }
         V::store(l + c, V::fma(V::load(l + c), V::load(alpha + c), sum));
       }
@@ -171,7 +184,7 @@ struct Forward {
         const R bv = V::load(base + c);
         R sum = V::zero();
         for (int64_t j = 0; j < nk; ++j) {
-          float* sp = st + j * ncolp + c;
+          float* sp = st + pn.at(bk, j, c);
           const R pv = V::exp2(V::sub(V::load(sp), bv));
           V::store(sp, pv);
           sum = V::add(sum, pv);
@@ -180,35 +193,36 @@ struct Forward {
       }
       if (rescale && narrow)
         for (int64_t i = 0; i < ncol * D; ++i) ot[i] *= alpha[i / D];
-      else if (rescale)
-        for (int64_t d = 0; d < D; ++d)
-          for (int64_t c = 0; c < ncolp; c += W)
-            V::store(ot + d * ncolp + c, V::mul(V::load(ot + d * ncolp + c), V::load(alpha + c)));
-      if (pairs) pair_values(nk, vbuf, st, ot, ncolp);
+      const float* cs = rescale && !narrow ? alpha : nullptr;  // O^T *= alpha inside the product
+      if (pairs) pair_values(nk, vbuf, st, ot, pn, cs);
       else if (narrow) narrow_products(ncol, false, vr, ldv, nk, st, ot, ncolp);
-      else gemm<V>(D, ncolp, Gemm{vr, 1, ldv, st, ncolp, ot, ncolp, nk, true});
+      else gemm<V>(D, ncolp, Gemm{vr, 1, ldv, st, pw, ot, pw, nk, true, pn.stride(bk), pn.stride(D), cs});
     }
     if (narrow)  // back to the O^T layout finish() reads
-      for (int64_t i = 0; i < ncol * D; ++i) qt[(i % D) * ncolp + i / D] = ot[i];
-    finish(tile, split, id, ncolp, narrow ? qt : ot, m, l);
+      for (int64_t i = 0; i < ncol * D; ++i) qt[pn.at(D, i % D, i / D)] = ot[i];
+    finish(tile, split, id, pn, narrow ? qt : ot, m, l);
   }
 
   // Pair path: S^T = K . Q^T on pairs along D (K rows copied as they are: a row of bfloat16 is a
   // row of pairs), then scaled by scale * log2(e) so that the scores are in the log2 domain.
-  void pair_scores(const T* kt, int64_t nk, float* kbuf, const float* qtp, float* st, int64_t ncolp) const {
+  void pair_scores(const T* kt, int64_t nk, float* kbuf, const float* qtp, float* st, const Panels& pn) const {
     const int64_t dp = (D + 1) / 2;
     for (int64_t j = 0; j < nk; ++j) {
       kbuf[j * dp + dp - 1] = 0.f;  // odd D: the last pair's high half stays zero
       std::memcpy(kbuf + j * dp, kt + j * p.k_row_stride, sizeof(T) * D);
     }
-    if constexpr (kPairs) gemm<V, true>(nk, ncolp, Gemm{kbuf, dp, 1, qtp, ncolp, st, ncolp, dp, false});
+    if constexpr (kPairs)
+      gemm<V, true>(nk, pn.ncolp, Gemm{kbuf, dp, 1, qtp, pn.pw, st, pn.pw, dp, false, pn.stride(dp), pn.stride(bk)});
     const R s = V::set1(sl2);
-    for (int64_t i = 0; i < nk * ncolp; i += W) V::store(st + i, V::mul(V::load(st + i), s));
+    for (int64_t c0 = 0; c0 < pn.ncolp; c0 += pn.pw)
+      for (int64_t i = c0 * bk; i < c0 * bk + nk * pn.pw; i += W) V::store(st + i, V::mul(V::load(st + i), s));
   }
 
   // Pair path: O^T += V^T . P^T on pairs of keys (vbuf from pack_v_pairs, P^T pairs in st).
-  void pair_values(int64_t nk, const float* vbuf, const float* st, float* ot, int64_t ncolp) const {
-    if constexpr (kPairs) gemm<V, true>(D, ncolp, Gemm{vbuf, 1, D, st, ncolp, ot, ncolp, (nk + 1) / 2, true});
+  void pair_values(int64_t nk, const float* vbuf, const float* st, float* ot, const Panels& pn,
+                   const float* cs) const {
+    if constexpr (kPairs)
+      gemm<V, true>(D, pn.ncolp, Gemm{vbuf, 1, D, st, pn.pw, ot, pn.pw, (nk + 1) / 2, true, pn.stride(bk), pn.stride(D), cs});
   }
 
   // Pair path: V tile as pairs of keys, vbuf[(j / 2) * D + d] = (V[j][d], V[j + 1][d]).
@@ -276,7 +290,7 @@ struct Forward {
     }
   }
 
-  void finish(int64_t tile, int64_t split, const TileId& id, int64_t ncolp, const float* ot,
+  void finish(int64_t tile, int64_t split, const TileId& id, const Panels& pn, const float* ot,
               const float* m, const float* l) const {
     const int64_t ncol = id.nh * id.nr;
     if (nsplit > 1) {
@@ -284,7 +298,7 @@ struct Forward {
       float* pl = part_lse + (tile * nsplit + split) * bq;
       for (int64_t c = 0; c < ncol; ++c) {
         const float inv = inv_sum(l[c]);
-        for (int64_t d = 0; d < D; ++d) po[c * D + d] = ot[d * ncolp + c] * inv;
+        for (int64_t d = 0; d < D; ++d) po[c * D + d] = ot[pn.at(D, d, c)] * inv;
         pl[c] = l[c] > 0.f ? m[c] + std::log2(l[c]) : neg_inf<float>();
       }
       return;
@@ -293,7 +307,7 @@ struct Forward {
       const int64_t h = id.h0 + c / id.nr, row = id.r0 + c % id.nr;
       T* o = static_cast<T*>(p.out) + id.b * p.o_batch_stride + h * p.o_head_stride + row * p.o_row_stride;
       const float inv = inv_sum(l[c]);
-      for (int64_t d = 0; d < D; ++d) store_from(o + d, ot[d * ncolp + c] * inv);
+      for (int64_t d = 0; d < D; ++d) store_from(o + d, ot[pn.at(D, d, c)] * inv);
       static_cast<float*>(p.lse)[id.b * p.lse_batch_stride + h * p.lse_head_stride + row] = finish_lse(m[c], l[c]);
     }
   }

@@ -25,10 +25,16 @@ struct Gemm {
   int64_t ldc;       // C(m, n) = c[m*ldc + n]
   int64_t k;         // reduction length
   bool accumulate;   // C += A.B instead of C = A.B
+  // Column panels: when nonzero, B and C are stored as panels of V::NV * W columns, panel p at
+  // b + p * sbp and c + p * scp (ldb / ldc then being the panel width); else plainly by rows.
+  int64_t sbp = 0, scp = 0;
+  // With accumulate: C is first scaled per column, C(m, n) *= cscale[n] (the forward's online
+  // softmax rescale of O^T, fused into the accumulator loads).
+  const float* cscale = nullptr;
 };
 
 template <class V, bool kDot2, int MR, int NV, bool kTail>
-void micro_kernel(const Gemm& g, const float* a, const float* b, float* c, int tail) {
+void micro_kernel(const Gemm& g, const float* a, const float* b, float* c, const float* cs, int tail) {
   using R = typename V::R;
   constexpr int W = V::W;
   R acc[MR][NV];
@@ -36,6 +42,11 @@ void micro_kernel(const Gemm& g, const float* a, const float* b, float* c, int t
     for (int v = 0; v < NV; ++v) {
       float* cp = c + m * g.ldc + v * W;
       acc[m][v] = !g.accumulate ? V::zero() : (kTail && v == NV - 1) ? V::loadn(cp, tail) : V::load(cp);
+    }
+  if (cs != nullptr)
+    for (int v = 0; v < NV; ++v) {
+      const R sv = (kTail && v == NV - 1) ? V::loadn(cs + v * W, tail) : V::load(cs + v * W);
+      for (int m = 0; m < MR; ++m) acc[m][v] = V::mul(acc[m][v], sv);
     }
   const float* ap[MR];
   for (int m = 0; m < MR; ++m) ap[m] = a + m * g.sam;
@@ -58,7 +69,7 @@ void micro_kernel(const Gemm& g, const float* a, const float* b, float* c, int t
 }
 
 template <class V>
-using MicroFn = void (*)(const Gemm&, const float*, const float*, float*, int);
+using MicroFn = void (*)(const Gemm&, const float*, const float*, float*, const float*, int);
 
 // Entry ((mr - 1) * NV + (nv - 1)) * 2 + has_tail: every row count and vector count of a block.
 template <class V, bool kDot2, int... I>
@@ -70,17 +81,19 @@ template <class V, bool kDot2 = false>
 void gemm(int64_t M, int64_t N, const Gemm& g) {
   constexpr int W = V::W, MR = V::MR, NV = V::NV;
   static constexpr auto table = micro_table<V, kDot2>(std::make_integer_sequence<int, MR * NV * 2>{});
-  for (int64_t n0 = 0; n0 < N; n0 += int64_t(NV) * W) {
+  for (int64_t n0 = 0, pi = 0; n0 < N; n0 += int64_t(NV) * W, ++pi) {
     const int nn = int(std::min<int64_t>(NV * W, N - n0));
     const int nv = (nn + W - 1) / W, tail = nn - (nv - 1) * W;
+    const float* b = g.sbp ? g.b + pi * g.sbp : g.b + n0;
+    float* c = g.scp ? g.c + pi * g.scp : g.c + n0;
+    const float* cs = g.cscale ? g.cscale + n0 : nullptr;
     for (int64_t m0 = 0, mr; m0 < M; m0 += mr) {
       // A remainder of r < MR rows is shared with the last full block (MR + r rows as two
       // blocks of about half), so no block is much narrower than MR: narrow blocks reload B
       // for few FMAs (D = 128: 21 x 6 + 2 rows became 20 x 6 + 4 + 4).
       const int64_t rest = M - m0;
       mr = rest >= 2 * MR || rest <= MR ? std::min<int64_t>(MR, rest) : (rest + 1) / 2;
-      table[((int(mr) - 1) * NV + (nv - 1)) * 2 + (tail != W)](g, g.a + m0 * g.sam, g.b + n0,
-                                                         g.c + m0 * g.ldc + n0, tail);
+      table[((int(mr) - 1) * NV + (nv - 1)) * 2 + (tail != W)](g, g.a + m0 * g.sam, b, c + m0 * g.ldc, cs, tail);
     }
   }
 }
