@@ -44,10 +44,14 @@ constexpr int64_t ceil_div(int64_t x, int64_t m) { return (x + m - 1) / m; }
 //   forward  bq 64, bk 128: D=64 49.0 GFLOP/s vs 44.8 (bk 64), 50.2 (bk 256), 46.8 (bq 128);
 //                           D=128 50.9 vs 47.4 (bk 64), 49.5 (bk 256).
 //   backward bq 32, bk 64:  fwd+bwd 51.2 vs 47.4 (bq 64), 46.1 (bk 128), 42.5 (bq 32, bk 32).
+//   backward bq 48, bk 64 (later, after the GEMM row-block split; backward alone, thread CPU time,
+//                           best / median of 9): D=64 75.4 / 69.8 GFLOP/s vs 71.7 / 68.2 (bq 32),
+//                           73.9 / 67.2 (48 x 48); D=128 74.8 / 66.8 vs 70.8 / 61.9 (bq 32).
+//                           bq = 8 x MR(6): the S, dP and dQ products have no narrow row block.
 struct TileSizes {
   int64_t fwd_bq, fwd_bk, bwd_bq, bwd_bk;
 };
-inline TileSizes tile_sizes(int64_t /*head_dim*/) { return {64, 128, 32, 64}; }
+inline TileSizes tile_sizes(int64_t /*head_dim*/) { return {64, 128, 48, 64}; }
 
 // Rows [0, n) x cols [0, d) of a strided storage-dtype matrix, as dense float rows of stride ld.
 template <class V, typename T>
