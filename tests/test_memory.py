@@ -1,4 +1,5 @@
-"""A 16384-token forward + backward whose peak memory shows no Sq x Sk buffer."""
+"""A 16384-token forward + backward whose peak memory shows no Sq x Sk buffer and no per-thread
+or per-chunk copy of a gradient: outputs and gradients plus a few MiB of workspace."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import textwrap
 
 SCRIPT = textwrap.dedent("""
     import json, resource, torch, flashattn_ext as fa
-    S, D = 16384, 16
+    S, D = 16384, 64
     g = torch.Generator().manual_seed(7)
     q, k, v = (torch.randn(1, S, 1, D, generator=g).requires_grad_() for _ in range(3))
     dout = torch.randn(1, S, 1, D, generator=g)
@@ -32,6 +33,9 @@ def test_16k_tokens_forward_backward_peak_memory():
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout.strip().splitlines()[-1])
     assert report["finite"]
-    # One float32 16384 x 16384 score matrix would be 1 GiB; inputs, outputs and gradients are
-    # 7 x 1 MiB. Allow 64 MiB for allocator and thread-stack noise.
-    assert report["peak_growth_kib"] < 64 * 1024, report
+    # One float32 16384 x 16384 score matrix would be 1 GiB. Created during the call: out, dq, dk
+    # and dv (4 x 4 MiB) and lse (64 KiB). A single head gives the backward few tasks, so its key
+    # range is split into chunks; one float32 dQ copy per chunk would add 8 x 4 MiB. Allow 8 MiB
+    # of workspace, allocator and thread-stack noise.
+    created_kib = 4 * 16384 * 64 * 4 // 1024 + 64
+    assert report["peak_growth_kib"] < created_kib + 8 * 1024, report

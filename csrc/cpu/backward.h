@@ -5,10 +5,11 @@
 //   P  = exp2(S - lse2) (K^T packed times scale_log2),  dS = P * (dP - delta) * scale
 //   dV += P^T . dO,  dK += dS^T . Q          (float32 tile accumulators, owned by the task)
 //   dQ += dS . K                              (rows owned by the task: no races)
-// dQ goes straight into a float32 output, else into a float32 accumulator of the task. A head
-// split into several key chunks (only when batch x kv heads gives too few tasks) writes one
-// partial dQ per chunk, summed in chunk order afterwards. The work split depends only on the
-// shapes, never on the thread count, so results are bitwise reproducible.
+// dQ goes straight into a float32 output, else into a float32 accumulator of the task. When
+// batch x kv heads gives too few tasks, each head is split into key chunks that compute dK and
+// dV only, and dQ follows in a second pass over query tiles (dq_task: each owns its rows and
+// recomputes dS for them, transposed like the forward), so no chunk keeps a copy of dQ. The work
+// split depends only on the shapes, never on the thread count: results are bitwise reproducible.
 #pragma once
 #include <cmath>
 
@@ -25,13 +26,13 @@ struct Backward {
   using R = typename V::R;
   static constexpr int W = V::W;
   static constexpr float kLog2e = 1.4426950408889634f;
+  static constexpr int64_t kMaxRows = 256;  // upper bound of tile_sizes().bwd_bq
 
   const BwdParams& bp;
   const FwdParams& p;
   int64_t D, Sq, Sk, group, bq, bk, ldp, key_tiles, nchunks;
   float* delta = nullptr;   // (b, hq, row): rowsum(dO * O) - dlse
   float* lse2 = nullptr;    // (b, hq, row): lse in the log2 domain
-  float* dq_part = nullptr; // nchunks > 1: (b, hk, chunk, g, row, d)
 
   explicit Backward(const BwdParams& prm) : bp(prm), p(prm.fwd) {
     const TileSizes ts = tile_sizes(p.head_dim);
@@ -54,15 +55,11 @@ struct Backward {
     delta = dl.get();
     lse2 = l2.get();
     parallel_for(p.batch * p.heads_q, p.num_threads, [&](int64_t t) { prepare(t); });
-    const int64_t tasks = p.batch * p.heads_kv * nchunks;
-    if (nchunks == 1) {
-      parallel_for(tasks, p.num_threads, [&](int64_t t) { task(t); });
-      return;
+    parallel_for(p.batch * p.heads_kv * nchunks, p.num_threads, [&](int64_t t) { task(t); });
+    if (nchunks > 1) {
+      const int64_t qtiles = ceil_div(Sq, bq);
+      parallel_for(p.batch * p.heads_q * qtiles, p.num_threads, [&](int64_t t) { dq_task(t / qtiles, t % qtiles); });
     }
-    Scratch part(tasks * group * Sq * D);
-    dq_part = part.get();
-    parallel_for(tasks, p.num_threads, [&](int64_t t) { task(t); });
-    parallel_for(p.batch * p.heads_q, p.num_threads, [&](int64_t t) { reduce_dq(t); });
   }
 
   void prepare(int64_t bh) {
@@ -84,7 +81,8 @@ struct Backward {
     const int64_t chunk = t % nchunks, hk = (t / nchunks) % p.heads_kv, b = t / nchunks / p.heads_kv;
     const int64_t per = ceil_div(key_tiles, nchunks);
     const int64_t kt0 = chunk * per, kt1 = std::min(key_tiles, kt0 + per);
-    const bool direct = std::is_same_v<T, float> && nchunks == 1;
+    const bool with_dq = nchunks == 1;  // else dq_task computes dQ
+    const bool direct = std::is_same_v<T, float> && with_dq;
 
     Scratch scratch(2 * D * ldp + 4 * bk * D + 2 * bq * ldp + 2 * bq * D);
     float* kt = scratch.get();      // D x ldp: K^T * scale_log2 of the tile, padding zero
@@ -99,9 +97,9 @@ struct Backward {
     float* dobuf = qbuf + bq * D;   // bq x D: dO rows as float
 
     // dQ destination of the group: the output itself, or a float32 accumulator.
-    const int64_t acc_elems = direct ? 0 : group * Sq * D;
-    Scratch local(nchunks == 1 ? acc_elems : 0);
-    float* dqacc = nchunks > 1 ? dq_part + t * acc_elems : local.get();
+    const int64_t acc_elems = direct || !with_dq ? 0 : group * Sq * D;
+    Scratch local(acc_elems);
+    float* dqacc = local.get();
     if (direct) {
       for (int64_t g = 0; g < group; ++g) {
         float* dq = at<float>(bp.dq, b, bp.dq_batch_stride, hk * group + g, bp.dq_head_stride);
@@ -149,7 +147,7 @@ struct Backward {
           probabilities(bh, i0, nq, k0, nk, s, dp);
           gemm<V>(nk, D, Gemm{s, 1, ldp, dor, lddo, dva, D, nq, true});
           gemm<V>(nk, D, Gemm{dp, 1, ldp, qr, ldq, dka, D, nq, true});
-          gemm<V>(nq, D, Gemm{dp, ldp, 1, kr, ldk, dqh + i0 * lddq, lddq, nk, true});
+          if (with_dq) gemm<V>(nq, D, Gemm{dp, ldp, 1, kr, ldk, dqh + i0 * lddq, lddq, nk, true});
         }
       }
       T* dk = at<T>(bp.dk, b, bp.dk_batch_stride, hk, bp.dk_head_stride);
@@ -157,7 +155,7 @@ struct Backward {
       store_rows<V>(dka, D, nk, D, dk + k0 * bp.dk_row_stride, bp.dk_row_stride);
       store_rows<V>(dva, D, nk, D, dv + k0 * bp.dv_row_stride, bp.dv_row_stride);
     }
-    if (!direct && nchunks == 1)
+    if (!direct && with_dq)
       for (int64_t g = 0; g < group; ++g)
         store_rows<V>(dqacc + g * Sq * D, D, Sq, D,
                       at<T>(bp.dq, b, bp.dq_batch_stride, hk * group + g, bp.dq_head_stride), bp.dq_row_stride);
@@ -187,17 +185,67 @@ struct Backward {
     }
   }
 
-  void reduce_dq(int64_t bh) const {
-    const int64_t b = bh / p.heads_q, h = bh % p.heads_q, hk = h / group, g = h % group;
-    T* dq = at<T>(bp.dq, b, bp.dq_batch_stride, h, bp.dq_head_stride);
-    Scratch rows(Sq * D);
-    float* acc = rows.get();
-    for (int64_t i = 0; i < Sq * D; ++i) acc[i] = 0.f;
-    for (int64_t c = 0; c < nchunks; ++c) {
-      const float* part = dq_part + ((b * p.heads_kv + hk) * nchunks + c) * group * Sq * D + g * Sq * D;
-      for (int64_t i = 0; i < Sq * D; ++i) acc[i] += part[i];
+  // dQ of query rows [i0, i0 + bq) of one head, over every key it sees, transposed like the
+  // forward (lanes are query rows): S^T = K . Q^T, dP^T = V . dO^T, dS^T = P^T * (dP^T - delta)
+  // * scale, then dQ += dS . K (A = dS^T read down its columns).
+  void dq_task(int64_t bh, int64_t qtile) const {
+    const int64_t b = bh / p.heads_q, h = bh % p.heads_q, hk = h / group;
+    const int64_t i0 = qtile * bq, nq = std::min(bq, Sq - i0), nqp = round_up(nq, W);
+    Scratch scratch(2 * D * nqp + 2 * bk * nqp + 2 * bk * D + nq * D + 2 * nqp);
+    float* qt = scratch.get();      // D x nqp: Q^T * scale_log2, padding zero
+    float* dot = qt + D * nqp;      // D x nqp: dO^T
+    float* st = dot + D * nqp;      // bk x nqp: S^T
+    float* dst = st + bk * nqp;     // bk x nqp: dP^T, then dS^T
+    float* kbuf = dst + bk * nqp;   // bk x D: K tile as float (16-bit inputs)
+    float* vbuf = kbuf + bk * D;    // bk x D
+    float* dqa = vbuf + bk * D;     // nq x D: dQ accumulator
+    float* l2 = dqa + nq * D;       // nqp: lse (log2 domain) per row, padding 0
+    float* dl = l2 + nqp;           // nqp: delta per row, padding 0
+    int64_t lo[kMaxRows], hi[kMaxRows];
+
+    const T* q = at<T>(p.q, b, p.q_batch_stride, h, p.q_head_stride) + i0 * p.q_row_stride;
+    const T* dout = at<T>(bp.dout, b, bp.do_batch_stride, h, bp.do_head_stride) + i0 * bp.do_row_stride;
+    for (int64_t i = 0; i < D * nqp; ++i) qt[i] = dot[i] = 0.f;
+    for (int64_t i = 0; i < nq * D; ++i) dqa[i] = 0.f;
+    for (int64_t c = 0; c < nqp; ++c) {
+      l2[c] = c < nq ? lse2[bh * Sq + i0 + c] : 0.f;
+      dl[c] = c < nq ? delta[bh * Sq + i0 + c] : 0.f;
     }
-    store_rows<V>(acc, D, Sq, D, dq, bp.dq_row_stride);
+    for (int64_t c = 0; c < nq; ++c) {
+      for (int64_t d = 0; d < D; ++d) {
+        qt[d * nqp + c] = load_as<float>(q + c * p.q_row_stride + d) * p.scale_log2;
+        dot[d * nqp + c] = load_as<float>(dout + c * bp.do_row_stride + d);
+      }
+      const KeyRange kr = visible_keys(i0 + c, p);
+      const bool none = l2[c] == neg_inf<float>();  // as probabilities(): the row sees no key
+      lo[c] = none ? 1 : kr.lo;
+      hi[c] = none ? 0 : kr.hi;
+    }
+    const KeyRange span = visible_keys_of_rows(i0, i0 + nq, p);
+    const T* k = at<T>(p.k, b, p.k_batch_stride, hk, p.k_head_stride);
+    const T* v = at<T>(p.v, b, p.v_batch_stride, hk, p.v_head_stride);
+    const R sc = V::set1(p.scale);
+    for (int64_t k0 = span.lo; k0 <= span.hi; k0 += bk) {
+      const int64_t nk = std::min(bk, span.hi + 1 - k0);
+      int64_t ldk, ldv;
+      const float* kr = float_rows<V>(k + k0 * p.k_row_stride, p.k_row_stride, nk, D, kbuf, ldk);
+      const float* vr = float_rows<V>(v + k0 * p.v_row_stride, p.v_row_stride, nk, D, vbuf, ldv);
+      gemm<V>(nk, nqp, Gemm{kr, ldk, 1, qt, nqp, st, nqp, D, false});
+      gemm<V>(nk, nqp, Gemm{vr, ldv, 1, dot, nqp, dst, nqp, D, false});
+      for (int64_t j = 0; j < nk; ++j)
+        for (int64_t c = 0; c < nqp; c += W) {
+          const R pv = V::exp2(V::sub(V::load(st + j * nqp + c), V::load(l2 + c)));
+          const R dv = V::sub(V::load(dst + j * nqp + c), V::load(dl + c));
+          V::store(dst + j * nqp + c, V::mul(V::mul(pv, dv), sc));
+        }
+      for (int64_t c = 0; c < nq; ++c)  // keys a row may not see (and rows that see none) give 0
+        if (lo[c] > k0 || hi[c] < k0 + nk - 1)
+          for (int64_t j = 0; j < nk; ++j)
+            if (k0 + j < lo[c] || k0 + j > hi[c]) dst[j * nqp + c] = 0.f;
+      gemm<V>(nq, D, Gemm{dst, 1, nqp, kr, ldk, dqa, D, nk, true});
+    }
+    store_rows<V>(dqa, D, nq, D, at<T>(bp.dq, b, bp.dq_batch_stride, h, bp.dq_head_stride) + i0 * bp.dq_row_stride,
+                  bp.dq_row_stride);
   }
 };
 
