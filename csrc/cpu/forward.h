@@ -206,16 +206,17 @@ struct Forward {
   // Pair path: S^T = K . Q^T on pairs along D (K rows copied as they are: a row of bfloat16 is a
   // row of pairs), then scaled by scale * log2(e) so that the scores are in the log2 domain.
   void pair_scores(const T* kt, int64_t nk, float* kbuf, const float* qtp, float* st, const Panels& pn) const {
-    const int64_t dp = (D + 1) / 2;
-    for (int64_t j = 0; j < nk; ++j) {
-      kbuf[j * dp + dp - 1] = 0.f;  // odd D: the last pair's high half stays zero
-      std::memcpy(kbuf + j * dp, kt + j * p.k_row_stride, sizeof(T) * D);
-    }
-    if constexpr (kPairs)
+    if constexpr (kPairs) {
+      const int64_t dp = (D + 1) / 2;
+      for (int64_t j = 0; j < nk; ++j) {
+        kbuf[j * dp + dp - 1] = 0.f;  // odd D: the last pair's high half stays zero
+        std::memcpy(kbuf + j * dp, kt + j * p.k_row_stride, sizeof(T) * D);
+      }
       gemm<V, true>(nk, pn.ncolp, Gemm{kbuf, dp, 1, qtp, pn.pw, st, pn.pw, dp, false, pn.stride(dp), pn.stride(bk)});
-    const R s = V::set1(sl2);
-    for (int64_t c0 = 0; c0 < pn.ncolp; c0 += pn.pw)
-      for (int64_t i = c0 * bk; i < c0 * bk + nk * pn.pw; i += W) V::store(st + i, V::mul(V::load(st + i), s));
+      const R s = V::set1(sl2);
+      for (int64_t c0 = 0; c0 < pn.ncolp; c0 += pn.pw)
+        for (int64_t i = c0 * bk; i < c0 * bk + nk * pn.pw; i += W) V::store(st + i, V::mul(V::load(st + i), s));
+    }
   }
 
   // Pair path: O^T += V^T . P^T on pairs of keys (vbuf from pack_v_pairs, P^T pairs in st).
