@@ -498,6 +498,8 @@ std::vector<Case> cases() {
       {1, 31, 300, 2, 1, 256, true, 50, N, DType::f32, L::bshd, false, 0},  // left window, long keys
       {1, 77, 61, 4, 2, 96, false, 7, N, DType::f16, L::padded, true, 0},
       {3, 19, 23, 2, 1, 8, true, 3, 2, DType::bf16, L::bshd, false, 0},
+      // odd head dim and odd key count: the bfloat16 pairs' last element is padding
+      {1, 70, 131, 2, 1, 17, true, N, 0, DType::bf16, L::padded, false, 0},
   };
 }
 
