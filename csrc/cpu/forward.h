@@ -39,7 +39,8 @@ constexpr int kNarrowCols = 8;
 // ncolp <= pw, and for narrow tiles.
 struct Panels {
   int64_t pw, ncolp, ncola;  // panel width, columns (padded to W), columns allocated
-  int64_t at(int64_t rows, int64_t r, int64_t c) const { return (c / pw) * rows * pw + r * pw + c % pw; }
+  int64_t col(int64_t rows, int64_t c) const { return (c / pw) * rows * pw + c % pw; }  // row 0; rows step pw
+  int64_t at(int64_t rows, int64_t r, int64_t c) const { return col(rows, c) + r * pw; }
   int64_t stride(int64_t rows) const { return pw < ncolp ? rows * pw : 0; }  // Gemm::sbp / scp
 };
 
@@ -150,12 +151,15 @@ struct Forward {
       bool partial = false;  // scores are already in the log2 domain: Q was packed times sl2
       for (int64_t c = 0; c < ncol; ++c) partial |= lo[c] > k0 || hi[c] < k0 + nk - 1;
       if (partial)  // mask the scores a column may not see
-        for (int64_t j = 0; j < nk; ++j)
-          for (int64_t c = 0; c < ncol; ++c)
-            if (k0 + j < lo[c] || k0 + j > hi[c]) st[pn.at(bk, j, c)] = neg_inf<float>();
+        for (int64_t c = 0; c < ncol; ++c) {
+          float* sc = st + pn.col(bk, c);
+          for (int64_t j = 0; j < nk; ++j)
+            if (k0 + j < lo[c] || k0 + j > hi[c]) sc[j * pw] = neg_inf<float>();
+        }
       for (int64_t c = 0; c < ncolp; c += W) {
+        const float* sc = st + pn.col(bk, c);
         R mv = V::set1(neg_inf<float>());
-        for (int64_t j = 0; j < nk; ++j) mv = V::max(mv, V::load(st + pn.at(bk, j, c)));
+        for (int64_t j = 0; j < nk; ++j) mv = V::max(mv, V::load(sc + j * pw));
         V::store(mx + c, mv);
       }
       // Vector form of fae::rescale_factor / exp_base: a column with no finite score yet
@@ -169,22 +173,13 @@ struct Forward {
       }
       bool rescale = false;
       for (int64_t c = 0; c < ncol; ++c) rescale |= alpha[c] != 1.f;
-      for (int64_t c = 0; c < ncolp && pairs; c += W) {  // P^T as bfloat16 pairs of keys, in place
-        const R bv = V::load(base + c);
-        R sum = V::zero();
-        for (int64_t j = 0; j < nk; j += 2) {
-          const R pe = V::exp2(V::sub(V::load(st + pn.at(bk, j, c)), bv));
-          const R po = j + 1 < nk ? V::exp2(V::sub(V::load(st + pn.at(bk, j + 1, c)), bv)) : V::zero();
-          sum = V::add(sum, V::add(pe, po));
-          V::store(st + pn.at(bk, j / 2, c), V::pairs(pe, po));  // row j / 2 <= j was read already
-        }
-        V::store(l + c, V::fma(V::load(l + c), V::load(alpha + c), sum));
-      }
+      if (pairs) pair_probabilities(nk, st, pn, base, alpha, l);
       for (int64_t c = 0; c < ncolp && !pairs; c += W) {
+        float* sc = st + pn.col(bk, c);
         const R bv = V::load(base + c);
         R sum = V::zero();
         for (int64_t j = 0; j < nk; ++j) {
-          float* sp = st + pn.at(bk, j, c);
+          float* sp = sc + j * pw;
           const R pv = V::exp2(V::sub(V::load(sp), bv));
           V::store(sp, pv);
           sum = V::add(sum, pv);
@@ -217,6 +212,25 @@ struct Forward {
       for (int64_t c0 = 0; c0 < pn.ncolp; c0 += pn.pw)
         for (int64_t i = c0 * bk; i < c0 * bk + nk * pn.pw; i += W) V::store(st + i, V::mul(V::load(st + i), s));
     }
+  }
+
+  // Pair path: P^T = exp2(S^T - base) as bfloat16 pairs of keys, written in place (row j / 2 <= j
+  // was read already); the row sums l are taken in float32 before rounding.
+  void pair_probabilities(int64_t nk, float* st, const Panels& pn, const float* base, const float* alpha,
+                          float* l) const {
+    if constexpr (kPairs)
+      for (int64_t c = 0; c < pn.ncolp; c += W) {
+        float* sc = st + pn.col(bk, c);
+        const R bv = V::load(base + c);
+        R sum = V::zero();
+        for (int64_t j = 0; j < nk; j += 2) {
+          const R pe = V::exp2(V::sub(V::load(sc + j * pn.pw), bv));
+          const R po = j + 1 < nk ? V::exp2(V::sub(V::load(sc + (j + 1) * pn.pw), bv)) : V::zero();
+          sum = V::add(sum, V::add(pe, po));
+          V::store(sc + j / 2 * pn.pw, V::pairs(pe, po));
+        }
+        V::store(l + c, V::fma(V::load(l + c), V::load(alpha + c), sum));
+      }
   }
 
   // Pair path: O^T += V^T . P^T on pairs of keys (vbuf from pack_v_pairs, P^T pairs in st).
@@ -299,7 +313,8 @@ struct Forward {
       float* pl = part_lse + (tile * nsplit + split) * bq;
       for (int64_t c = 0; c < ncol; ++c) {
         const float inv = inv_sum(l[c]);
-        for (int64_t d = 0; d < D; ++d) po[c * D + d] = ot[pn.at(D, d, c)] * inv;
+        const float* oc = ot + pn.col(D, c);
+        for (int64_t d = 0; d < D; ++d) po[c * D + d] = oc[d * pn.pw] * inv;
         pl[c] = l[c] > 0.f ? m[c] + std::log2(l[c]) : neg_inf<float>();
       }
       return;
@@ -308,7 +323,8 @@ struct Forward {
       const int64_t h = id.h0 + c / id.nr, row = id.r0 + c % id.nr;
       T* o = static_cast<T*>(p.out) + id.b * p.o_batch_stride + h * p.o_head_stride + row * p.o_row_stride;
       const float inv = inv_sum(l[c]);
-      for (int64_t d = 0; d < D; ++d) store_from(o + d, ot[pn.at(D, d, c)] * inv);
+      const float* oc = ot + pn.col(D, c);
+      for (int64_t d = 0; d < D; ++d) store_from(o + d, oc[d * pn.pw] * inv);
       static_cast<float*>(p.lse)[id.b * p.lse_batch_stride + h * p.lse_head_stride + row] = finish_lse(m[c], l[c]);
     }
   }

@@ -57,7 +57,10 @@ void micro_kernel(const Gemm& g, const float* a, const float* b, float* c, const
     for (int v = 0; v < NV; ++v) bv[v] = (kTail && v == NV - 1) ? V::loadn(b + v * W, tail) : V::load(b + v * W);
     for (int m = 0; m < MR; ++m) {
       const R av = V::set1(ap[m][ka]);
-      for (int v = 0; v < NV; ++v) acc[m][v] = kDot2 ? V::dot2(acc[m][v], av, bv[v]) : V::fma(av, bv[v], acc[m][v]);
+      for (int v = 0; v < NV; ++v) {
+        if constexpr (kDot2) acc[m][v] = V::dot2(acc[m][v], av, bv[v]);
+        else acc[m][v] = V::fma(av, bv[v], acc[m][v]);
+      }
     }
   }
   for (int m = 0; m < MR; ++m)

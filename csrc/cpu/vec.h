@@ -15,7 +15,9 @@
 //   pairs(e, o): bf16(e) and bf16(o) (round to nearest even) packed into one lane each;
 //   pairs_bf16(e, o, n): the same from two bfloat16 rows (o may be null: zeros), exact;
 //   dot2(acc, a, b) = fma(a.even, b.even, fma(a.odd, b.odd, acc)), the order of the x86
-//   vdpbf16ps (which also treats subnormal inputs and results as zero; the emulations keep them).
+//   vdpbf16ps (which also treats subnormal inputs and results as zero; the emulation keeps them).
+//   Only vector types with kBf16Dot = true define these: VecAvx512 built with AVX512_BF16, and
+//   VecAvx2Bf16Emu, which runs the same kernels on AVX2 so that tests can execute them.
 // Micro-kernel shape: MR rows x NV vectors of accumulators (see the tile table in kernels.h).
 #pragma once
 #include <cmath>
@@ -59,17 +61,6 @@ struct VecScalar {
   template <typename T> static R cvt(const T* p, int) { return to_float(*p); }
   template <typename T> static void store_cvt(T* p, R x, int n) { if (n > 0) store_from(p, x); }
   static constexpr bool kBf16Dot = false;
-  static R pairs(R e, R o) {
-    return bits_to_float(uint32_t(to_bf16(e).bits) | uint32_t(to_bf16(o).bits) << 16);
-  }
-  static R pairs_bf16(const bf16* e, const bf16* o, int n) {
-    return n > 0 ? bits_to_float(uint32_t(e->bits) | uint32_t(o ? o->bits : 0) << 16) : 0.f;
-  }
-  static R dot2(R acc, R a, R b) {
-    const uint32_t ua = float_to_bits(a), ub = float_to_bits(b);
-    acc = std::fma(bits_to_float(ua & 0xffff0000u), bits_to_float(ub & 0xffff0000u), acc);
-    return std::fma(bits_to_float(ua << 16), bits_to_float(ub << 16), acc);
-  }
 };
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
@@ -114,12 +105,17 @@ struct VecAvx2 {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
   }
   static R cvt8(const f16* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
-  static __m128i pack8(R x, bf16*) {
+  // bf16 bits of x in the high half of each lane, low half zero (round to nearest even).
+  static __m256i round_bf16(R x) {
     const __m256i u = _mm256_castps_si256(x);
     const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
+    const __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
     const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
-    r = _mm256_blendv_epi8(r, _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40)), nan);
+    const __m256i hi = _mm256_set1_epi32(int(0xffff0000u));
+    return _mm256_and_si256(_mm256_blendv_epi8(r, _mm256_or_si256(u, _mm256_set1_epi32(0x400000)), nan), hi);
+  }
+  static __m128i pack8(R x, bf16*) {
+    const __m256i r = _mm256_srli_epi32(round_bf16(x), 16);
     return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
   }
   static __m128i pack8(R x, f16*) { return _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT); }
@@ -137,35 +133,6 @@ struct VecAvx2 {
     std::memcpy(p, tmp, sizeof(T) * n);
   }
   static constexpr bool kBf16Dot = false;
-  // bf16 bits of x in the high half of each lane, low half zero (round to nearest even).
-  static __m256i round_bf16(R x) {
-    const __m256i u = _mm256_castps_si256(x);
-    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-    const __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
-    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
-    const __m256i hi = _mm256_set1_epi32(int(0xffff0000u));
-    return _mm256_and_si256(_mm256_blendv_epi8(r, _mm256_or_si256(u, _mm256_set1_epi32(0x400000)), nan), hi);
-  }
-  static R pairs(R e, R o) {
-    return _mm256_castsi256_ps(_mm256_or_si256(_mm256_srli_epi32(round_bf16(e), 16), round_bf16(o)));
-  }
-  static __m256i widen16(const bf16* p, int n) {
-    if (p == nullptr) return _mm256_setzero_si256();
-    if (n == W) return _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    bf16 tmp[W] = {};
-    std::memcpy(tmp, p, sizeof(bf16) * n);
-    return _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tmp)));
-  }
-  static R pairs_bf16(const bf16* e, const bf16* o, int n) {
-    return _mm256_castsi256_ps(_mm256_or_si256(widen16(e, n), _mm256_slli_epi32(widen16(o, n), 16)));
-  }
-  static R dot2(R acc, R a, R b) {  // emulated with two FMAs
-    const R hi = _mm256_castsi256_ps(_mm256_set1_epi32(int(0xffff0000u)));
-    acc = _mm256_fmadd_ps(_mm256_and_ps(a, hi), _mm256_and_ps(b, hi), acc);
-    const R ae = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(a), 16));
-    const R be = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(b), 16));
-    return _mm256_fmadd_ps(ae, be, acc);
-  }
 };
 
 // The bfloat16 dot-product kernels of avx512bf16 run on AVX2 (dot2 emulated by two FMAs), so that
@@ -174,6 +141,20 @@ struct VecAvx2 {
 struct VecAvx2Bf16Emu : VecAvx2 {
   static constexpr const char* name = "avx512bf16-emu";
   static constexpr bool kBf16Dot = true;
+  static R pairs(R e, R o) {
+    return _mm256_castsi256_ps(_mm256_or_si256(_mm256_srli_epi32(round_bf16(e), 16), round_bf16(o)));
+  }
+  static R pairs_bf16(const bf16* e, const bf16* o, int n) {  // cvt puts a bf16 in the high half
+    const __m256i lo = _mm256_srli_epi32(_mm256_castps_si256(cvt(e, n)), 16);
+    return o ? _mm256_or_ps(_mm256_castsi256_ps(lo), cvt(o, n)) : _mm256_castsi256_ps(lo);
+  }
+  static R dot2(R acc, R a, R b) {  // two FMAs, odd elements first
+    const R hi = _mm256_castsi256_ps(_mm256_set1_epi32(int(0xffff0000u)));
+    acc = _mm256_fmadd_ps(_mm256_and_ps(a, hi), _mm256_and_ps(b, hi), acc);
+    const R ae = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(a), 16));
+    const R be = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(b), 16));
+    return _mm256_fmadd_ps(ae, be, acc);
+  }
 };
 #endif
 
@@ -213,17 +194,19 @@ struct VecAvx512 {
     if constexpr (std::is_same_v<T, f16>) return _mm512_cvtph_ps(h);
     else return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
   }
+  static __m512i round_bf16(R x) {  // bf16 bits in the high half of each lane (nearest even)
+    const __m512i u = _mm512_castps_si512(x);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
+    r = _mm512_mask_or_epi32(r, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), u, _mm512_set1_epi32(0x400000));
+    return _mm512_and_si512(r, _mm512_set1_epi32(int(0xffff0000u)));
+  }
   static __m256i pack(R x, f16*) { return _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT); }
   static __m256i pack(R x, bf16*) {
 #if defined(__AVX512BF16__)
     return (__m256i)_mm512_cvtneps_pbh(x);  // hardware round to nearest even, NaN stays NaN
 #else
-    const __m512i u = _mm512_castps_si512(x);
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-    const __mmask16 nan = _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
-    r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(u, 16), _mm512_set1_epi32(0x40));
-    return _mm512_cvtepi32_epi16(r);
+    return _mm512_cvtepi32_epi16(_mm512_srli_epi32(round_bf16(x), 16));
 #endif
   }
   template <typename T> static void store_cvt(T* p, R x, int n) {
@@ -232,32 +215,16 @@ struct VecAvx512 {
 #if defined(__AVX512BF16__)
   static constexpr bool kBf16Dot = true;
   static R dot2(R acc, R a, R b) { return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b); }
-#else
-  static constexpr bool kBf16Dot = false;
-  static R dot2(R acc, R a, R b) {
-    const __m512i hi = _mm512_set1_epi32(int(0xffff0000u));
-    acc = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(a), hi)),
-                          _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(b), hi)), acc);
-    return _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(a), 16)),
-                           _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(b), 16)), acc);
-  }
-#endif
-  static __m512i round_bf16(R x) {  // bf16 bits in the high half of each lane (nearest even)
-    const __m512i u = _mm512_castps_si512(x);
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
-    r = _mm512_mask_or_epi32(r, _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), u, _mm512_set1_epi32(0x400000));
-    return _mm512_and_si512(r, _mm512_set1_epi32(int(0xffff0000u)));
-  }
   static R pairs(R e, R o) {
     return _mm512_castsi512_ps(_mm512_or_si512(_mm512_srli_epi32(round_bf16(e), 16), round_bf16(o)));
   }
-  static __m512i widen16(const bf16* p, int n) {
-    return p ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask(n), p)) : _mm512_setzero_si512();
+  static R pairs_bf16(const bf16* e, const bf16* o, int n) {  // cvt puts a bf16 in the high half
+    const __m512i lo = _mm512_srli_epi32(_mm512_castps_si512(cvt(e, n)), 16);
+    return o ? _mm512_or_ps(_mm512_castsi512_ps(lo), cvt(o, n)) : _mm512_castsi512_ps(lo);
   }
-  static R pairs_bf16(const bf16* e, const bf16* o, int n) {
-    return _mm512_castsi512_ps(_mm512_or_si512(widen16(e, n), _mm512_slli_epi32(widen16(o, n), 16)));
-  }
+#else
+  static constexpr bool kBf16Dot = false;
+#endif
 };
 #endif
 
@@ -309,24 +276,6 @@ struct VecNeon {
     for (int i = 0; i < n; ++i) store_from(p + i, tmp[i]);
   }
   static constexpr bool kBf16Dot = false;
-  static R pairs(R e, R o) {
-    float te[W], to[W];
-    vst1q_f32(te, e);
-    vst1q_f32(to, o);
-    for (int i = 0; i < W; ++i) te[i] = VecScalar::pairs(te[i], to[i]);
-    return vld1q_f32(te);
-  }
-  static R pairs_bf16(const bf16* e, const bf16* o, int n) {
-    float t[W] = {};
-    for (int i = 0; i < n; ++i) t[i] = VecScalar::pairs_bf16(e + i, o ? o + i : nullptr, 1);
-    return vld1q_f32(t);
-  }
-  static R dot2(R acc, R a, R b) {
-    const uint32x4_t hi = vdupq_n_u32(0xffff0000u);
-    const uint32x4_t ua = vreinterpretq_u32_f32(a), ub = vreinterpretq_u32_f32(b);
-    acc = vfmaq_f32(acc, vreinterpretq_f32_u32(vandq_u32(ua, hi)), vreinterpretq_f32_u32(vandq_u32(ub, hi)));
-    return vfmaq_f32(acc, vreinterpretq_f32_u32(vshlq_n_u32(ua, 16)), vreinterpretq_f32_u32(vshlq_n_u32(ub, 16)));
-  }
 };
 #endif
 
