@@ -16,7 +16,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NVCC = shutil.which("nvcc")
-HEAD_DIMS = {"forward": (32, 64, 96, 128, 256), "backward": (32, 64, 96, 128)}
+
+
+def _head_dims(name: str) -> tuple:
+    """A head-dim list of csrc/cuda/flash/head_dims.h, their one home."""
+    text = (ROOT / "csrc/cuda/flash/head_dims.h").read_text()
+    return tuple(int(x) for x in re.search(name + r"\[\] = \{([^}]*)\}", text).group(1).split(","))
+
+
+HEAD_DIMS = {"forward": _head_dims("kHeadDims"), "backward": _head_dims("kBwdHeadDims")}
 INSTANCE = {
     "forward": ('#include "cuda/flash/fwd_launch.cuh"\ntemplate void fae::cuda::run_forward<fae::{dt}, '
                 '{d}>(const fae::FwdParams&, fae::cuda::Stream);\n'),

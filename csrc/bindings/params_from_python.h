@@ -5,6 +5,7 @@
 #include <array>
 #include <cstdint>
 
+#include "common/online_softmax.h"
 #include "common/params.h"
 
 namespace fae::bindings {
@@ -32,7 +33,7 @@ inline FwdParams make_fwd(int dtype, uintptr_t q, uintptr_t k, uintptr_t v, uint
   p.window_left = window_left < 0 ? kNoWindow : window_left;
   p.window_right = window_right < 0 ? kNoWindow : window_right;
   p.scale = float(scale);
-  p.scale_log2 = float(scale * 1.442695040888963407359924681001892137);
+  p.scale_log2 = float(scale * kLog2e);
   p.scale_f64 = scale;
   p.dtype = static_cast<DType>(dtype);
   p.num_threads = num_threads;

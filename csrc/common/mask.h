@@ -1,15 +1,11 @@
-// The one mask rule of DESIGN.md section 1, usable on host and device.
+// The one mask rule (docs/semantics.md), usable on host and device.
 #pragma once
 #include <cstdint>
 #include "common/params.h"
-
-#if defined(__CUDACC__)
-#define FAE_HD __host__ __device__ __forceinline__
-#else
-#define FAE_HD inline
-#endif
+#include "common/portability.h"
 
 namespace fae {
+FAE_ISA_NAMESPACE_BEGIN
 
 // Keys visible to query row i form one contiguous range [lo, hi] (empty when lo > hi).
 struct KeyRange {
@@ -46,4 +42,5 @@ FAE_HD KeyRange visible_rows(int64_t key, const FwdParams& p) {
   return {lo, hi};
 }
 
+FAE_ISA_NAMESPACE_END
 }  // namespace fae

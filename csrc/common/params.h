@@ -27,7 +27,7 @@ struct FwdParams {
 
   int64_t batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim;
 
-  // Mask (DESIGN.md section 1): query row i sees key j iff
+  // Mask (docs/semantics.md): query row i sees key j iff
   //   i + align_offset - window_left <= j <= i + align_offset + window_right.
   // align_offset is Sk - Sq (bottom-right) or 0 (top-left); kNoWindow means unbounded.
   int64_t align_offset;

@@ -18,21 +18,19 @@
 #include "cpu/thread_pool.h"
 #include "cpu/tiles.h"
 
-namespace fae::cpu {
-namespace {
+namespace fae::cpu::FAE_CPU_ISA {
 
 template <class V, typename T>
 struct Backward {
   using R = typename V::R;
   static constexpr int W = V::W;
-  static constexpr float kLog2e = 1.4426950408889634f;
   static constexpr int64_t kMaxRows = 256;  // upper bound of tile_sizes().bwd_bq
 
   const BwdParams& bp;
   const FwdParams& p;
   int64_t D, Sq, Sk, group, bq, bk, ldp, key_tiles, nchunks;
   float* delta = nullptr;   // (b, hq, row): rowsum(dO * O) - dlse
-  float* lse2 = nullptr;    // (b, hq, row): lse in the log2 domain
+  float* lse2 = nullptr;    // (b, hq, row): lse2_for_backward(lse)
 
   explicit Backward(const BwdParams& prm) : bp(prm), p(prm.fwd) {
     const TileSizes ts = tile_sizes(p.head_dim);
@@ -73,7 +71,7 @@ struct Backward {
       for (int64_t d = 0; d < D; ++d)
         s += load_as<float>(o + i * p.o_row_stride + d) * load_as<float>(dout + i * bp.do_row_stride + d);
       delta[bh * Sq + i] = dlse ? s - dlse[i] : s;  // d lse_i / d s_ij = P_ij folds into delta
-      lse2[bh * Sq + i] = lse[i] * kLog2e;
+      lse2[bh * Sq + i] = lse2_for_backward(lse[i]);
     }
   }
 
@@ -170,7 +168,7 @@ struct Backward {
       float* dr = dp + r * ldp;
       const float l2 = lse2[bh * Sq + row];
       const KeyRange kr = visible_keys(row, p);
-      if (l2 == neg_inf<float>() || kr.lo > k0 + nk - 1 || kr.hi < k0) {  // sees none of these keys
+      if (sees_no_key(l2) || kr.lo > k0 + nk - 1 || kr.hi < k0) {  // sees none of these keys
         for (int64_t j = 0; j < nk; ++j) sr[j] = dr[j] = 0.f;
         continue;
       }
@@ -217,7 +215,7 @@ struct Backward {
         dot[d * nqp + c] = load_as<float>(dout + c * bp.do_row_stride + d);
       }
       const KeyRange kr = visible_keys(i0 + c, p);
-      const bool none = l2[c] == neg_inf<float>();  // as probabilities(): the row sees no key
+      const bool none = sees_no_key(l2[c]);  // as probabilities(): the row sees no key
       lo[c] = none ? 1 : kr.lo;
       hi[c] = none ? 0 : kr.hi;
     }
@@ -249,5 +247,4 @@ struct Backward {
   }
 };
 
-}  // namespace
-}  // namespace fae::cpu
+}  // namespace fae::cpu::FAE_CPU_ISA

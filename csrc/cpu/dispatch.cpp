@@ -92,13 +92,13 @@ double fma_peak_gflops(int threads) {
 
 void attention_forward(const FwdParams& p) {
   const Isa& isa = select();  // validates the environment even for float64
-  if (p.dtype == DType::f64) reference::forward(p);
+  if (p.dtype == DType::f64) float64::forward(p);
   else isa.forward(p);
 }
 
 void attention_backward(const BwdParams& p) {
   const Isa& isa = select();
-  if (p.fwd.dtype == DType::f64) reference::backward(p);
+  if (p.fwd.dtype == DType::f64) float64::backward(p);
   else isa.backward(p);
 }
 

@@ -24,8 +24,7 @@
 #include "cpu/thread_pool.h"
 #include "cpu/tiles.h"
 
-namespace fae::cpu {
-namespace {
+namespace fae::cpu::FAE_CPU_ISA {
 
 constexpr int64_t kMaxCols = 256;   // upper bound of tile_sizes().fwd_bq
 // Tiles of at most this many columns (decoding: a few heads x a few rows) compute along D
@@ -121,7 +120,7 @@ struct Forward {
       if constexpr (kPairs)
         if (pairs)
           for (int64_t d = 0; d < D; d += 2)
-            qt[pn.at((D + 1) / 2, d / 2, c)] = bits_to_float(uint32_t(qr[d].bits) | (d + 1 < D ? uint32_t(qr[d + 1].bits) << 16 : 0u));
+            qt[pn.at((D + 1) / 2, d / 2, c)] = bits_float(uint32_t(qr[d].bits) | (d + 1 < D ? uint32_t(qr[d + 1].bits) << 16 : 0u));
       if (!pairs)
         for (int64_t d = 0; d < D; ++d) qt[narrow ? c * D + d : pn.at(D, d, c)] = load_as<float>(qr + d) * sl2;
       const KeyRange kr = visible_keys(row, p);
@@ -315,7 +314,7 @@ struct Forward {
         const float inv = inv_sum(l[c]);
         const float* oc = ot + pn.col(D, c);
         for (int64_t d = 0; d < D; ++d) po[c * D + d] = oc[d * pn.pw] * inv;
-        pl[c] = l[c] > 0.f ? m[c] + std::log2(l[c]) : neg_inf<float>();
+        pl[c] = lse2_of(m[c], l[c]);
       }
       return;
     }
@@ -359,5 +358,4 @@ struct Forward {
   }
 };
 
-}  // namespace
-}  // namespace fae::cpu
+}  // namespace fae::cpu::FAE_CPU_ISA

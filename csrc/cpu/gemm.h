@@ -13,8 +13,7 @@
 #include <cstdint>
 #include <utility>
 
-namespace fae::cpu {
-namespace {
+namespace fae::cpu::FAE_CPU_ISA {
 
 struct Gemm {
   const float* a;
@@ -101,5 +100,4 @@ void gemm(int64_t M, int64_t N, const Gemm& g) {
   }
 }
 
-}  // namespace
-}  // namespace fae::cpu
+}  // namespace fae::cpu::FAE_CPU_ISA

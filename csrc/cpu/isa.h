@@ -1,5 +1,5 @@
 // Entry points of each compiled instruction set (kernels.h, one isa_*.cpp each) and of the
-// float64 reference path (reference.cpp). dispatch.cpp picks one per call.
+// float64 path (float64.cpp). dispatch.cpp picks one per call.
 #pragma once
 #include "common/params.h"
 
@@ -17,10 +17,10 @@ FAE_CPU_DECLARE_ENTRY_POINTS(avx512)
 FAE_CPU_DECLARE_ENTRY_POINTS(avx512bf16)
 FAE_CPU_DECLARE_ENTRY_POINTS(avx512bf16_emu)
 FAE_CPU_DECLARE_ENTRY_POINTS(neon)
-namespace reference {
+namespace float64 {
 void forward(const FwdParams& p);
 void backward(const BwdParams& p);
-}  // namespace reference
+}  // namespace float64
 #undef FAE_CPU_DECLARE_ENTRY_POINTS
 
 }  // namespace fae::cpu

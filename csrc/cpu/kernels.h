@@ -1,7 +1,11 @@
-// The per-ISA entry points: include from one translation unit per instruction set after
-// defining FAE_CPU_ISA (the namespace of the entry points) and FAE_CPU_VEC (the vector type).
+// The per-ISA entry points: include from one translation unit per instruction set (isa_*.cpp)
+// after defining FAE_CPU_ISA (the instruction set's name) and FAE_CPU_VEC (the vector type).
+// Every inline function the unit compiles lives in a namespace named for its instruction set:
+// the kernel headers of csrc/cpu in fae::cpu::<isa>, those of csrc/common in the inline namespace
+// fae::<isa> (common/portability.h). Copies compiled with different flags therefore never share a
+// symbol, and the linker cannot keep an AVX-512 copy for a caller on a CPU without AVX-512.
 // float32, float16 and bfloat16 run the float32 kernels of forward.h / backward.h (16-bit inputs
-// are widened tile by tile); float64 is served by the reference path in reference.cpp.
+// are widened tile by tile); float64 runs on the float64 path (float64.cpp).
 #pragma once
 #include <chrono>
 #include <stdexcept>
@@ -17,7 +21,7 @@ void forward(const FwdParams& p) {
     case DType::f32: Forward<FAE_CPU_VEC, float>(p).run(); break;
     case DType::f16: Forward<FAE_CPU_VEC, f16>(p).run(); break;
     case DType::bf16: Forward<FAE_CPU_VEC, bf16>(p).run(); break;
-    case DType::f64: throw std::logic_error("float64 runs on the reference path");
+    case DType::f64: throw std::logic_error("float64 runs on the float64 path");
   }
 }
 
@@ -26,7 +30,7 @@ void backward(const BwdParams& p) {
     case DType::f32: Backward<FAE_CPU_VEC, float>(p).run(); break;
     case DType::f16: Backward<FAE_CPU_VEC, f16>(p).run(); break;
     case DType::bf16: Backward<FAE_CPU_VEC, bf16>(p).run(); break;
-    case DType::f64: throw std::logic_error("float64 runs on the reference path");
+    case DType::f64: throw std::logic_error("float64 runs on the float64 path");
   }
 }
 

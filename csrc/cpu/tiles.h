@@ -10,8 +10,7 @@
 #include "common/online_softmax.h"
 #include "cpu/vec.h"
 
-namespace fae::cpu {
-namespace {
+namespace fae::cpu::FAE_CPU_ISA {
 
 // Owning, 64-byte aligned float scratch (no std::vector: its out-of-line code would be shared
 // between translation units compiled for different instruction sets).
@@ -103,5 +102,4 @@ const float* float_rows(const T* src, int64_t src_ld, int64_t n, int64_t d, floa
   }
 }
 
-}  // namespace
-}  // namespace fae::cpu
+}  // namespace fae::cpu::FAE_CPU_ISA

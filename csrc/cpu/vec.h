@@ -1,8 +1,8 @@
 // The vector type the CPU kernels are written against: W float lanes and ~15 operations.
 // VecScalar (W = 1) defines the contract; VecAvx2, VecAvx512 and VecNeon implement it with
 // intrinsics. Each ISA translation unit includes this header compiled with its own flags, so
-// everything here has internal linkage (anonymous namespace): no inline function compiled with
-// AVX-512 can be merged by the linker into a path that runs on a CPU without it.
+// everything here lives in the namespace fae::cpu::<isa> (kernels.h): no inline function compiled
+// with AVX-512 can be merged by the linker into a path that runs on a CPU without it.
 //
 // Contract (x, y, z vectors; p pointers; n a lane count in [0, W]):
 //   zero, set1(f), load(p), loadn(p, n) (lanes >= n are 0, nothing past p[n-1] is read),
@@ -34,8 +34,7 @@
 #include <arm_neon.h>
 #endif
 
-namespace fae::cpu {
-namespace {
+namespace fae::cpu::FAE_CPU_ISA {
 
 // 2^f on [-0.5, 0.5]: 1 + f*(c1 + f*(c2 + ...)), least-squares fit, max rel. error 2.2e-9.
 constexpr float kExp2C[6] = {0.6931471824645996f, 0.24022647738456726f, 0.05550329014658928f,
@@ -279,5 +278,4 @@ struct VecNeon {
 };
 #endif
 
-}  // namespace
-}  // namespace fae::cpu
+}  // namespace fae::cpu::FAE_CPU_ISA

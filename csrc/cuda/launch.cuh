@@ -1,37 +1,23 @@
-// Kernel launch helper shared by nvcc and the emulator, so that launchers (grid, block and dynamic
-// shared-memory sizing) are the same code in both builds.
+// Kernel launch helper, so that launchers (grid, block and dynamic shared-memory sizing) are the
+// same code for a GPU and for the emulator:
 //
 //   fae::launch("name", kernel, fae::LaunchConfig{grid, block, smem_bytes, stream}, args...);
-//   fae::gbuf(ptr, count)   global buffer argument: raw pointer under nvcc, bounds-checked fae::gptr
-//                           covering [ptr, ptr + count) under the emulator.
-// Under nvcc: kernel<<<grid, block, smem, stream>>> (raising the kernel's dynamic shared-memory
-// limit when more than 48 KiB is asked for); launch errors throw std::runtime_error.
-// Under the emulator: runs the grid on the CPU; kernel bugs throw fae::emu::Error.
+//   fae::gbuf(ptr, count)   global buffer argument: a raw pointer under nvcc, a bounds-checked
+//                           fae::gptr covering [ptr, ptr + count) under the emulator.
+// Under nvcc (here): kernel<<<grid, block, smem, stream>>>, raising the kernel's dynamic
+// shared-memory limit when more than 48 KiB is asked for; launch errors throw std::runtime_error.
+// Under a host compiler both come from primitives_emu.h: the grid runs on the CPU and kernel bugs
+// throw fae::emu::Error.
 #pragma once
 
-#include <cstddef>
-#include <tuple>
-#include <utility>
-
-#include "primitives.cuh"
+#include "cuda/primitives.cuh"
 
 #if defined(__CUDACC__)
 #include <stdexcept>
 #include <string>
-#else
-#include "../emu/runtime.h"
-#endif
+#include <utility>
 
 namespace fae {
-
-struct LaunchConfig {
-  dim3 grid;
-  dim3 block;
-  std::size_t smem_bytes;
-  cudaStream_t stream;
-};
-
-#if defined(__CUDACC__)
 
 template <class T>
 inline T* gbuf(T* p, std::size_t) {
@@ -50,19 +36,5 @@ void launch(const char* name, void (*kernel)(KArgs...), const LaunchConfig& cfg,
   if (e != cudaSuccess) throw std::runtime_error(std::string(name) + ": " + cudaGetErrorString(e));
 }
 
-#else
-
-template <class T>
-inline gptr<T> gbuf(T* p, std::size_t count) {
-  return gptr<T>(p, p, p + count);
-}
-
-template <class... KArgs, class... Args>
-void launch(const char* name, void (*kernel)(KArgs...), const LaunchConfig& cfg, Args&&... args) {
-  std::tuple<std::decay_t<KArgs>...> params(std::forward<Args>(args)...);
-  emu::launch(name, cfg.grid, cfg.block, cfg.smem_bytes, [kernel, &params] { std::apply(kernel, params); });
-}
-
-#endif
-
 }  // namespace fae
+#endif

@@ -26,22 +26,29 @@
 //   * kernels are declared `__global__ void __launch_bounds__(N) name(...)`.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
+#include "common/fp16.h"  // fae::half_t, fae::bf16_t (and, for the emulator, the conversions)
+
+#if !defined(__CUDACC__)
+#include "emu/api.h"  // the emulator's dim3 and cudaStream_t
+#endif
+
 namespace fae {
-// 16-bit floating-point storage types (bits only; arithmetic goes through float).
-struct half_t {
-  uint16_t bits;
-};
-struct bf16_t {
-  uint16_t bits;
+// Launch geometry of one kernel launch (cuda/launch.cuh).
+struct LaunchConfig {
+  dim3 grid;
+  dim3 block;
+  std::size_t smem_bytes;
+  cudaStream_t stream;
 };
 }  // namespace fae
 
 #if defined(__CUDACC__)
-#include "primitives_device.cuh"
+#include "cuda/primitives_device.cuh"
 #else
-#include "primitives_emu.h"
+#include "cuda/primitives_emu.h"
 #endif
 
 namespace fae {

@@ -1,72 +1,23 @@
 // Host-compiler implementation of the primitives (included by primitives.cuh only): each one calls
 // the SIMT emulator (csrc/emu) or, for pure arithmetic, computes the bit-exact result of the PTX
-// instruction in software (docs/ptx-emulation-spec.md §9).
+// instruction in software (docs/emulator.md). This header is the one place where kernel code
+// meets the emulator: csrc/emu itself knows nothing of the kernels.
 #pragma once
 
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <tuple>
 #include <type_traits>
+#include <utility>
 
-#include "../emu/api.h"
+#include "common/fp16.h"
+#include "emu/api.h"
+#include "emu/runtime.h"
 
 namespace fae {
 
-// ---- conversions (spec §9): IEEE round-to-nearest-even, Inf on overflow, subnormals kept ----
-inline uint32_t float_bits(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  return u;
-}
-inline float bits_float(uint32_t u) {
-  float x;
-  std::memcpy(&x, &u, 4);
-  return x;
-}
-
-inline uint16_t f32_to_f16_bits(float x) {
-  const uint32_t u = float_bits(x);
-  const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
-  const uint32_t a = u & 0x7FFFFFFFu;
-  if (a >= 0x7F800000u) return a == 0x7F800000u ? uint16_t(sign | 0x7C00u) : uint16_t(0x7FFF);  // Inf / NaN
-  if (a > 0x477FEFFFu) return uint16_t(sign | 0x7C00u);  // rounds to >= 65520: Inf
-  if (a < 0x33000001u) return sign;                      // at most half the smallest subnormal: 0
-  uint32_t res, rem;
-  if (a >= 0x38800000u) {  // normal f16: rebias the exponent, keep 10 mantissa bits
-    res = (a - 0x38000000u) >> 13;
-    rem = a << 19;
-  } else {  // subnormal f16: shift the full significand right
-    const uint32_t shift = 0x7Eu - (a >> 23);
-    const uint32_t mant = (a & 0x7FFFFFu) | 0x800000u;
-    res = mant >> shift;
-    rem = mant << (32 - shift);
-  }
-  if (rem > 0x80000000u || (rem == 0x80000000u && (res & 1u))) ++res;
-  return static_cast<uint16_t>(sign | res);
-}
-
-inline uint16_t f32_to_bf16_bits(float x) {
-  const uint32_t u = float_bits(x);
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FFF;  // NaN
-  uint32_t res = u >> 16;
-  const uint32_t rem = u & 0xFFFFu;
-  if (rem > 0x8000u || (rem == 0x8000u && (res & 1u))) ++res;
-  return static_cast<uint16_t>(res);
-}
-
-inline float f16_bits_to_f32(uint16_t h) {
-  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
-  const uint32_t e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
-  if (e == 0) {  // zero or subnormal: m * 2^-24 is exact in f32
-    const float v = std::ldexp(static_cast<float>(m), -24);
-    return sign ? -v : v;
-  }
-  if (e == 31) return bits_float(sign | 0x7F800000u | (m << 13));
-  return bits_float(sign | ((e + 112u) << 23) | (m << 13));
-}
-
-inline float bf16_bits_to_f32(uint16_t b) { return bits_float(uint32_t(b) << 16); }
-
+// ---- conversions: f32_to_f16_bits and friends come from common/fp16.h (the cvt rules) ----
 template <class T>
 inline uint32_t pack2(float lo, float hi) {
   static_assert(std::is_same_v<T, half_t> || std::is_same_v<T, bf16_t>, "pack2 packs half_t or bf16_t");
@@ -260,3 +211,19 @@ inline float atomicAdd(::fae::gptr<float> p, float v) {
   }
   return ::fae::bits_float(old);
 }
+
+// ---- launch (cuda/launch.cuh documents both builds) ----
+namespace fae {
+
+template <class T>
+inline gptr<T> gbuf(T* p, std::size_t count) {
+  return gptr<T>(p, p, p + count);
+}
+
+template <class... KArgs, class... Args>
+void launch(const char* name, void (*kernel)(KArgs...), const LaunchConfig& cfg, Args&&... args) {
+  std::tuple<std::decay_t<KArgs>...> params(std::forward<Args>(args)...);
+  emu::launch(name, cfg.grid, cfg.block, cfg.smem_bytes, [kernel, &params] { std::apply(kernel, params); });
+}
+
+}  // namespace fae

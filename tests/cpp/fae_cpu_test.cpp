@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "common/online_softmax.h"
 #include "common/params.h"
 #include "cpu/backend.h"
 #if FAE_TEST_EMU
@@ -347,7 +348,7 @@ Run run_forward(const Case& c, const Tensor& q, const Tensor& k, const Tensor& v
   p.window_right = c.right == kNone ? fae::kNoWindow : c.right;
   const double scale = c.softmax_scale();
   p.scale = float(scale);
-  p.scale_log2 = float(scale * 1.4426950408889634);
+  p.scale_log2 = float(scale * fae::kLog2e);
   p.scale_f64 = scale;
   p.dtype = c.dtype;
   p.num_threads = threads;

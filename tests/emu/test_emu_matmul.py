@@ -1,4 +1,4 @@
-"""The example tiled matmul (cp.async double buffering + ldmatrix + mma, written only against the
+"""The test tiled matmul (cp.async double buffering + ldmatrix + mma, written only against the
 primitives) run on the emulator against numpy, on odd sizes: proof that the pieces compose."""
 
 from __future__ import annotations

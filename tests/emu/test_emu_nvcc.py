@@ -1,4 +1,4 @@
-"""Under nvcc (when present): the primitives header and the example kernels compile for sm_80 and
+"""Under nvcc (when present): the primitives header and the emulator test kernels compile for sm_80 and
 sm_90, every primitive appears in the generated PTX, and ptxas reports zero spill bytes."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 ARCHS = ("80", "90")
 
-# PTX instruction text that each primitive must produce somewhere in the example kernels.
+# PTX instruction text that each primitive must produce somewhere in the emulator test kernels.
 PRIMITIVE_PTX = {
     "mma m16n8k16 f16": "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
     "mma m16n8k16 bf16": "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32",
@@ -50,7 +50,8 @@ def build(tmp_path_factory):
         pytest.skip("nvcc not on PATH: the device build of the primitives is checked where the CUDA toolkit exists")
     out = tmp_path_factory.mktemp("nvcc")
     cmd = [nvcc, "-std=c++17", f"-I{ROOT / 'csrc'}", "-Xptxas", "-v", "-keep", f"-keep-dir={out}",
-           "-c", str(ROOT / "csrc/cuda/examples/examples.cu"), "-o", str(out / "examples.o")]
+           f"-I{ROOT / 'tests/emu/kernels'}", "-c", str(ROOT / "tests/emu/kernels/all_kernels.cu"),
+           "-o", str(out / "all_kernels.o")]
     for a in ARCHS:
         cmd += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -80,7 +81,7 @@ def test_every_kernel_compiles_without_spills(build):
     report, _ = build
     info = kernels(report)
     for arch in ARCHS:
-        assert sum(1 for (_, a) in info if a == arch) > 40, f"example kernels missing for sm_{arch}"
+        assert sum(1 for (_, a) in info if a == arch) > 40, f"test kernels missing for sm_{arch}"
     for (name, arch), k in info.items():
         assert k["spill_stores"] == 0 and k["spill_loads"] == 0, (name, arch, k)
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "common/params.h"
+#include "cuda/flash/head_dims.h"
 
 struct CUstream_st;  // cudaStream_t is CUstream_st*, under nvcc and under the emulator alike
 
@@ -16,9 +17,6 @@ namespace fae::cuda {
 
 using Stream = CUstream_st*;
 
-// Head dims with a kernel instantiation; the Python API zero-pads other head dims up to the next.
-constexpr int kHeadDims[] = {32, 64, 96, 128, 256};
-
 // Launches the forward on `stream` without synchronising. p.dtype must be f16 or bf16, every row
 // of q, k, v, out 16-byte aligned (strides multiples of 8 elements), strides non-negative, lse
 // float32. Throws std::invalid_argument for a dtype or head dim without a kernel.
@@ -26,8 +24,7 @@ void attention_forward(const FwdParams& p, Stream stream);
 
 // Launches the backward (three kernels) on `stream` without synchronising. Requirements as for
 // the forward, plus workspace: delta (B*Hq*Sq floats) and dq_accum (B*Hq*Sq*D floats); head dims
-// up to 128 (kBwdHeadDims).
-constexpr int kBwdHeadDims[] = {32, 64, 96, 128};
+// of kBwdHeadDims (head_dims.h).
 void attention_backward(const BwdParams& p, float* delta, float* dq_accum, Stream stream);
 
 template <class T, int HeadDim>

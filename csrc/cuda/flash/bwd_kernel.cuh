@@ -13,7 +13,7 @@
 #include "common/mask.h"
 #include "common/online_softmax.h"
 #include "cuda/flash/bwd_traits.h"
-#include "cuda/flash/fwd_kernel.cuh"
+#include "cuda/flash/common.cuh"
 #include "cuda/primitives.cuh"
 
 namespace fae::cuda {
@@ -103,7 +103,6 @@ __global__ void __launch_bounds__(Tr::kThreads)
   using T = typename Tr::Element;
   const FwdParams& p = bp.fwd;
   constexpr int BN = Tr::kBlockN, BM = Tr::kBlockM, LD = Tr::kRowStride, LDS = Tr::kDsStride;
-  constexpr float kLog2e = 1.4426950408889634f;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane >> 2, t = lane & 3;
   const int hk = blockIdx.y, b = blockIdx.z, group = int(p.heads_q / p.heads_kv);
   const int64_t n0 = int64_t(blockIdx.x) * BN;
@@ -114,7 +113,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
   sptr<T> sQ = sV + Tr::kSmemKV;
   sptr<T> sdO = sQ + Tr::kSmemQ;
   sptr<T> sdS = sdO + Tr::kSmemQ;
-  sptr<float> sLse2 = ptr_cast<float>(sdS + Tr::kSmemDs);  // lse * log2(e); +inf for no-key rows
+  sptr<float> sLse2 = ptr_cast<float>(sdS + Tr::kSmemDs);  // lse2_for_backward(lse)
   sptr<float> sDelta = sLse2 + BM;
 
   load_tile<Tr>(sK, k + (b * p.k_batch_stride + n0 * p.k_row_stride + hk * p.k_head_stride),
@@ -142,7 +141,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
       if (threadIdx.x < BM) {
         const int64_t row = m0 + threadIdx.x;
         const float l = row < p.seqlen_q ? lse[b * p.lse_batch_stride + h * p.lse_head_stride + row] : neg_inf<float>();
-        sLse2[threadIdx.x] = l == neg_inf<float>() ? -neg_inf<float>() : l * kLog2e;
+        sLse2[threadIdx.x] = lse2_for_backward(l);
         sDelta[threadIdx.x] = row < p.seqlen_q ? delta[row_index(p, b, h, row)] : 0.0f;
       }
       cp_async_wait_all();

@@ -4,7 +4,7 @@
 
 #include "cuda/flash/api.h"
 #include "cuda/flash/bwd_kernel.cuh"
-#include "cuda/flash/fwd_launch.cuh"
+#include "cuda/flash/common.cuh"
 #include "cuda/launch.cuh"
 
 namespace fae::cuda {

@@ -8,25 +8,11 @@
 
 #include "common/mask.h"
 #include "common/online_softmax.h"
+#include "cuda/flash/common.cuh"
 #include "cuda/flash/fwd_traits.h"
 #include "cuda/primitives.cuh"
 
 namespace fae::cuda {
-
-__device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-
-// Rows [0, rows) of a tile whose first row is `src` (rows `row_stride` apart) into a padded
-// shared tile; rows at or past `valid` are zero-filled (their source is never read).
-template <class Tr>
-__device__ __forceinline__ void load_tile(sptr<typename Tr::Element> dst,
-                                          gptr<const typename Tr::Element> src, int64_t row_stride,
-                                          int rows, int valid) {
-  for (int c = threadIdx.x; c < rows * Tr::kChunksPerRow; c += Tr::kThreads) {
-    const int r = c / Tr::kChunksPerRow, col = c % Tr::kChunksPerRow * 8;
-    const bool ok = r < valid;
-    cp_async<16>(dst + r * Tr::kRowStride + col, src + (ok ? r * row_stride + col : 0), ok ? 16 : 0);
-  }
-}
 
 struct FastExp2 {
   __device__ __forceinline__ float operator()(float x) const { return fast_exp2(x); }

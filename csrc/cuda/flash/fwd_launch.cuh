@@ -3,16 +3,11 @@
 #pragma once
 
 #include "cuda/flash/api.h"
+#include "cuda/flash/common.cuh"
 #include "cuda/flash/fwd_kernel.cuh"
 #include "cuda/launch.cuh"
 
 namespace fae::cuda {
-
-// Elements spanned by a (B, S, H, D) tensor with non-negative strides.
-inline std::size_t extent(int64_t batch_stride, int64_t row_stride, int64_t head_stride, int64_t b, int64_t s,
-                          int64_t h, int64_t d) {
-  return std::size_t((b - 1) * batch_stride + (s - 1) * row_stride + (h - 1) * head_stride + d);
-}
 
 template <class T, int HeadDim>
 void run_forward(const FwdParams& p, Stream stream) {

@@ -3,8 +3,18 @@
 # extension `cu` (nvcc, for _C) or `cpp` (host compiler, for the emulator) and returns the list,
 # including the dispatch unit.
 set(FAE_FLASH_DTYPES half_t bf16_t)
-set(FAE_FLASH_HEAD_DIMS 32 64 96 128 256)  # keep in sync with kHeadDims in cuda/flash/api.h
-set(FAE_FLASH_BWD_HEAD_DIMS 32 64 96 128)  # kBwdHeadDims
+# The head dims come from their one home, cuda/flash/head_dims.h.
+set(_fae_head_dims_h ${CMAKE_CURRENT_LIST_DIR}/head_dims.h)
+set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${_fae_head_dims_h})
+file(STRINGS ${_fae_head_dims_h} _fae_fwd_line REGEX "kHeadDims\\[\\] *=")
+file(STRINGS ${_fae_head_dims_h} _fae_bwd_line REGEX "kBwdHeadDims\\[\\] *=")
+string(REGEX REPLACE "//.*" "" _fae_fwd_line "${_fae_fwd_line}")
+string(REGEX REPLACE "//.*" "" _fae_bwd_line "${_fae_bwd_line}")
+string(REGEX MATCHALL "[0-9]+" FAE_FLASH_HEAD_DIMS "${_fae_fwd_line}")
+string(REGEX MATCHALL "[0-9]+" FAE_FLASH_BWD_HEAD_DIMS "${_fae_bwd_line}")
+if(NOT FAE_FLASH_HEAD_DIMS OR NOT FAE_FLASH_BWD_HEAD_DIMS)
+  message(FATAL_ERROR "could not read the head dims from ${_fae_head_dims_h}")
+endif()
 
 function(fae_flash_sources out ext)
   set(dir ${PROJECT_BINARY_DIR}/flash_instances_${ext})

@@ -9,10 +9,9 @@
 #include <cstdint>
 #include <stdexcept>
 
-#include "../launch.cuh"
-#include "../primitives.cuh"
+#include "cuda/launch.cuh"
 
-namespace fae::examples {
+namespace fae::emu_test {
 
 constexpr int kMmBM = 64, kMmBN = 64, kMmBK = 32;  // block tile
 constexpr int kMmThreads = 128;                    // 4 warps as 2×2, 32×32 each
@@ -109,4 +108,4 @@ void matmul(const T* A, int lda, const T* B, int ldb, float* C, int ldc, int M, 
          gbuf(C, std::size_t(M - 1) * ldc + N), ldc, M, N, K);
 }
 
-}  // namespace fae::examples
+}  // namespace fae::emu_test

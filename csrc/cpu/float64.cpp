@@ -1,22 +1,23 @@
-// Reference attention for float64 inputs (used by torch.autograd.gradcheck): a plain tiled
-// online-softmax forward and a FlashAttention-2 style backward that accumulate in double.
+// The float64 path: attention for float64 inputs (what torch.autograd.gradcheck runs), a plain
+// tiled online-softmax forward and a FlashAttention-2 style backward that accumulate in double.
 // Memory is O(S): score tiles of kTileQ x kTileK live in per-task buffers, never Sq x Sk.
 // The SIMD kernels for float32 / float16 / bfloat16 are in forward.h and backward.h.
+#define FAE_CPU_ISA float64  // the namespace of this unit's inline functions (kernels.h)
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
+#include "common/mask.h"
 #include "common/online_softmax.h"
 #include "cpu/convert.h"
 #include "cpu/isa.h"
 #include "cpu/thread_pool.h"
 
-namespace fae::cpu {
+namespace fae::cpu::float64 {
 namespace {
 
 constexpr int64_t kTileQ = 64;
 constexpr int64_t kTileK = 64;
-constexpr double kLog2e = 1.442695040888963407359924681001892137;
 
 template <typename Acc> Acc scale_of(const FwdParams& p) { return Acc(p.scale); }
 template <> double scale_of<double>(const FwdParams& p) { return p.scale_f64; }
@@ -53,7 +54,7 @@ void store_rows(const Acc* src, int64_t n, int64_t d, T* base, int64_t row_strid
 }
 
 template <typename T, typename Acc>
-void forward(const FwdParams& p) {
+void run_forward(const FwdParams& p) {
   const int64_t d = p.head_dim, group = p.heads_q / p.heads_kv;
   const int64_t q_tiles = (p.seqlen_q + kTileQ - 1) / kTileQ;
   const Acc sl2 = scale_log2_of<Acc>(p);
@@ -110,10 +111,10 @@ void forward(const FwdParams& p) {
 // Backward: one task per (batch, kv head) walks its key tiles in order and owns the dq rows of
 // every query head in its group, so the result is race-free and independent of the thread count.
 template <typename T, typename Acc>
-void backward(const BwdParams& bp) {
+void run_backward(const BwdParams& bp) {
   const FwdParams& p = bp.fwd;
   const int64_t d = p.head_dim, group = p.heads_q / p.heads_kv, sq = p.seqlen_q;
-  const Acc scale = scale_of<Acc>(p), sl2 = scale_log2_of<Acc>(p), log2e = Acc(kLog2e);
+  const Acc scale = scale_of<Acc>(p), sl2 = scale_log2_of<Acc>(p);
   auto task = [&](int64_t t) {
     const int64_t hk = t % p.heads_kv, b = t / p.heads_kv;
     const T* k = static_cast<const T*>(p.k) + b * p.k_batch_stride + hk * p.k_head_stride;
@@ -135,7 +136,7 @@ void backward(const BwdParams& bp) {
       for (int64_t i = 0; i < sq; ++i) {
         load_rows(o, p.o_row_stride, i, 1, d, orow.data());
         delta[g * sq + i] = dot(orow.data(), &dos[(g * sq + i) * d], d);
-        lse2[g * sq + i] = lse[i] * log2e;
+        lse2[g * sq + i] = lse2_for_backward(lse[i]);
       }
       if (bp.dlse != nullptr) {  // d lse_i / d s_ij = P_ij, which folds into delta
         const Acc* dlse = static_cast<const Acc*>(bp.dlse) + b * p.lse_batch_stride + h * p.lse_head_stride;
@@ -153,7 +154,7 @@ void backward(const BwdParams& bp) {
       for (int64_t g = 0; g < group; ++g) {
         for (int64_t i = rows.lo; i <= rows.hi; ++i) {
           const int64_t gi = g * sq + i;
-          if (lse2[gi] == neg_inf<Acc>()) continue;  // the row sees no key: no gradient
+          if (sees_no_key(lse2[gi])) continue;  // the row sees no key: no gradient
           const KeyRange kr = visible_keys(i, p);
           const Acc* qi = &qs[gi * d];
           const Acc* doi = &dos[gi * d];
@@ -181,9 +182,7 @@ void backward(const BwdParams& bp) {
 
 }  // namespace
 
-namespace reference {
-void forward(const FwdParams& p) { cpu::forward<double, double>(p); }
-void backward(const BwdParams& p) { cpu::backward<double, double>(p); }
-}  // namespace reference
+void forward(const FwdParams& p) { run_forward<double, double>(p); }
+void backward(const BwdParams& p) { run_backward<double, double>(p); }
 
-}  // namespace fae::cpu
+}  // namespace fae::cpu::float64

@@ -1,6 +1,6 @@
 // flashattn_ext._emu: the SIMT emulator exposed to the Python test suite. Runs the probe kernels
 // (register layouts, shuffles, conversions, cp.async, atomics, scheduling order), the planted-bug
-// kernels of every checker, the example matmul, and a timing kernel. Kernel bugs raise
+// kernels of every checker, the test matmul, and a timing kernel. Kernel bugs raise
 // flashattn_ext._emu.EmulatorError (a RuntimeError).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -11,13 +11,13 @@
 #include <optional>
 #include <string>
 
-#include "../cuda/examples/matmul.cuh"
-#include "../cuda/examples/planted.cuh"
-#include "../cuda/examples/probes.cuh"
-#include "runtime.h"
+#include "emu/runtime.h"
+#include "planted_bugs.cuh"  // tests/emu/kernels: the emulator's test kernels
+#include "probes.cuh"
+#include "test_matmul.cuh"
 
 namespace py = pybind11;
-namespace ex = fae::examples;
+namespace ex = fae::emu_test;
 using fae::bf16_t;
 using fae::half_t;
 
@@ -262,7 +262,7 @@ py::dict config() {
 void fae_bind_emulated_attention(py::module_& m);  // csrc/bindings/emu_attention.cpp
 
 PYBIND11_MODULE(_emu, m) {
-  m.doc() = "SIMT emulator of the CUDA kernels (tests only): probes, planted bugs, example matmul";
+  m.doc() = "SIMT emulator of the CUDA kernels (tests only): probes, planted bugs, test matmul";
   fae_bind_emulated_attention(m);
   py::register_exception<fae::emu::Error>(m, "EmulatorError", PyExc_RuntimeError);
   m.def("configure", &configure, py::arg("threads") = py::none(), py::arg("stack_kib") = py::none(),

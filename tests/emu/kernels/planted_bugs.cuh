@@ -8,10 +8,9 @@
 #include <stdexcept>
 #include <string>
 
-#include "../launch.cuh"
-#include "../primitives.cuh"
+#include "cuda/launch.cuh"
 
-namespace fae::examples {
+namespace fae::emu_test {
 
 constexpr int kPlantedThreads = 64;
 
@@ -249,4 +248,4 @@ inline void run_planted(const std::string& name, bool bug, const float* in, floa
   throw std::invalid_argument("unknown planted kernel '" + name + "'");
 }
 
-}  // namespace fae::examples
+}  // namespace fae::emu_test

@@ -6,10 +6,9 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "../launch.cuh"
-#include "../primitives.cuh"
+#include "cuda/launch.cuh"
 
-namespace fae::examples {
+namespace fae::emu_test {
 
 // mma: a[32][4], b[32][2], c[32][4] per-lane registers -> d[32][4] (K = 8 uses a[.][0..1], b[.][0]).
 template <class T, int K>
@@ -285,4 +284,4 @@ void probe_attention_tile(const T* q, const T* k, const T* v, float* s, float* o
          gbuf(v, 512), gbuf(s, 512), gbuf(o, 256));
 }
 
-}  // namespace fae::examples
+}  // namespace fae::emu_test

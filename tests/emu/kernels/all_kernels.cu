@@ -1,13 +1,13 @@
-// nvcc translation unit of the example kernels (matmul, probes, planted bugs): compiled by
-// tests/emu/test_emu_nvcc.py for sm_80 and sm_90 to prove that the primitives header and the
-// kernels build for the device, with every primitive used at least once, and do not spill.
-#include "matmul.cuh"
-#include "planted.cuh"
+// nvcc translation unit of the emulator's test kernels (probes, planted bugs, the test matmul):
+// compiled by tests/emu/test_emu_nvcc.py for sm_80 and sm_90 to prove that the primitives header
+// and these kernels build for the device, with every primitive used at least once, and do not spill.
+#include "planted_bugs.cuh"
 #include "probes.cuh"
+#include "test_matmul.cuh"
 
-// Never called: odr-uses every launcher so that nvcc compiles every example kernel.
-void fae_examples_instantiate() {
-  using namespace fae::examples;
+// Never called: odr-uses every launcher so that nvcc compiles every test kernel.
+void fae_emu_test_kernels_instantiate() {
+  using namespace fae::emu_test;
   using fae::bf16_t;
   using fae::half_t;
   matmul<half_t>(nullptr, 8, nullptr, 8, nullptr, 8, 1, 1, 1, nullptr);
