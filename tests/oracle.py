@@ -1,6 +1,9 @@
 """The test oracle: naive attention with an explicit score matrix, written independently of the
 code under test. Computed in float64 it is the reference; computed in an input's own dtype it is
-the "naive implementation in that dtype" whose error sets the tolerance (DESIGN.md section 5)."""
+the "naive implementation in that dtype" whose error sets the tolerance (docs/semantics.md).
+
+The softmax steps carry the names of csrc/common/online_softmax.h (exp_base, inv_sum, finish_lse),
+here in the natural-log domain and over whole rows."""
 
 from __future__ import annotations
 
@@ -27,6 +30,21 @@ def visible_keys(seqlen_q: int, seqlen_k: int, window_left: int, window_right: i
     return ok
 
 
+def exp_base(m: torch.Tensor) -> torch.Tensor:
+    """The value subtracted before exp: a row with no finite max (it sees no key) uses 0."""
+    return torch.where(m == -INF, torch.zeros_like(m), m)
+
+
+def inv_sum(l: torch.Tensor) -> torch.Tensor:
+    """1/sum for the normalisation: an empty row (sum 0) keeps out = 0; NaN stays NaN."""
+    return torch.where(l == 0, torch.zeros_like(l), 1 / torch.where(l == 0, torch.ones_like(l), l))
+
+
+def finish_lse(m: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+    """logsumexp of a row from its max and sum: -inf for an empty row, NaN for a NaN sum."""
+    return torch.where(l == 0, torch.full_like(m, -INF), m + torch.log(torch.where(l == 0, torch.ones_like(l), l)))
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optional[float] = None,
               causal: bool = False, window: Tuple[int, int] = (-1, -1), bottom_right: bool = True,
               dtype: torch.dtype = torch.float64) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -46,12 +64,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optio
     ok = visible_keys(sq, sk, left, right, bottom_right)
     s = (q @ k.transpose(-1, -2)) * scale
     s = s.masked_fill(~ok, -INF)
-    m = s.amax(dim=-1, keepdim=True).detach()
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    m = exp_base(s.amax(dim=-1, keepdim=True).detach())
     p = torch.exp(s - m)
     l = p.sum(dim=-1, keepdim=True)
-    seen = ok.any(dim=-1)[:, None]
-    p = torch.where(seen, p / torch.where(seen, l, torch.ones_like(l)), torch.zeros_like(p))
-    out = (p.to(dtype) @ v).transpose(1, 2)
-    lse = torch.where(seen[:, 0], (m + torch.log(l)).squeeze(-1), torch.full_like(m[..., 0], -INF))
-    return out, lse
+    out = ((p * inv_sum(l)).to(dtype) @ v).transpose(1, 2)
+    return out, finish_lse(m, l).squeeze(-1)
