@@ -5,7 +5,7 @@
 //   shfl.sync idx/up/down/bfly: spec §5.1 formula with the CUDA-header c operand
 #include <cstring>
 
-#include "../cuda/primitives.cuh"
+#include "common/fp16.h"
 #include "internal.h"
 
 namespace fae::emu {
