@@ -153,7 +153,6 @@ inline float __int_as_float(int i) { return ::fae::bits_float(static_cast<uint32
 
 namespace fae::emu {
 // shfl.sync with the c operand the CUDA headers build from `width` (spec §5.2); qual = mode.
-enum ShflMode { shfl_idx = 0, shfl_up = 1, shfl_down = 2, shfl_bfly = 3 };
 inline uint32_t shfl32(int mode, unsigned mask, uint32_t v, int b, int width) {
   Arrival r{};
   r.op = Op::shfl;

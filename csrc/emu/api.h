@@ -71,6 +71,7 @@ void cp_async_wait(int n);
 void cp_async_wait_all();
 
 enum class Op : uint8_t { mma, ldmatrix, stmatrix, shfl };
+enum ShflMode { shfl_idx = 0, shfl_up = 1, shfl_down = 2, shfl_bfly = 3 };  // Arrival::qual of a shfl
 // One lane's part of a warp-collective operation; it lives on the lane's own stack until the warp
 // has executed it (the last lane to arrive executes it for all).
 struct Arrival {
