@@ -120,6 +120,26 @@ def test_rejects_unsupported_device(gen):
         fa.attention(q, k, v)
 
 
+ALL_ISAS = ("scalar", "avx2", "avx512", "avx512bf16", "avx512bf16-emu", "neon")
+
+
+@pytest.mark.parametrize("isa", [*ALL_ISAS, "pentium"])
+def test_cpu_isa_not_available_lists_the_available_ones(gen, monkeypatch, isa):
+    available = fa.build_info()["cpu_isas"]
+    if isa in available:
+        pytest.skip(f"{isa} is available on this machine")
+    monkeypatch.setenv("FLASHATTN_EXT_CPU_ISA", isa)
+    with pytest.raises(ValueError) as info:
+        fa.attention(*qkv(gen))
+    message = str(info.value)
+    assert message.startswith(f"FLASHATTN_EXT_CPU_ISA='{isa}' is not ")
+    assert message.endswith(f"available here: auto, {', '.join(available)}")
+    known = isa in ALL_ISAS
+    assert ("not a known instruction set" in message) != known
+    assert ("is not available on this machine" in message or "is not available in this build"
+            in message) == known
+
+
 def test_rejects_misaligned_numpy_strides(gen):
     raw = np.zeros(4 * 13 * 2 * 16 * 4 + 64, dtype=np.uint8)
     q = np.lib.stride_tricks.as_strided(raw.view(np.float32)[:4 * 13 * 2 * 16], (4, 13, 2, 16),
