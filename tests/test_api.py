@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +18,8 @@ from flashattn_ext import _C
 from flashattn_ext._validate import MaskSpec
 from flashattn_ext.nn import MultiHeadAttention
 
+ROOT = Path(__file__).resolve().parents[1]
+
 F32, F64 = torch.float32, torch.float64
 
 
@@ -26,7 +30,7 @@ def qkv(gen, b=2, sq=11, sk=13, hq=4, hkv=2, d=16, dtype=F32):
 
 # ---- bad inputs: every error names the argument, what was given and what is accepted ---------
 # One list: the call (Python source, evaluated with the names of bad_input_names), the exception
-# and a fragment of its message.
+# and a fragment of its message. tools/bad_inputs_table.py writes it to docs/bad_inputs.md.
 # Messages that depend on the build or the machine (devices, CPU instruction sets) are tested
 # further below instead.
 
@@ -176,6 +180,14 @@ def test_bad_input(gen, call, exc, fragment):
     err = raised(call, gen)
     assert type(err) is exc, f"{call} raised {type(err).__name__}: {err}"
     assert fragment in str(err)
+
+
+def test_bad_inputs_table_is_current():
+    spec = importlib.util.spec_from_file_location("bad_inputs_table", ROOT / "tools" / "bad_inputs_table.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.render() == (ROOT / "docs" / "bad_inputs.md").read_text(encoding="utf-8"), \
+        "docs/bad_inputs.md is out of date: run PYTHONPATH=python python tools/bad_inputs_table.py"
 
 
 def test_rejects_unknown_backend(gen, monkeypatch):
