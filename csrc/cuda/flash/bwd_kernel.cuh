@@ -161,12 +161,10 @@ __global__ void __launch_bounds__(Tr::kThreads)
           const int64_t key = key0 + (i >> 1) * 8;
           const KeyRange kr = visible_keys(m0 + col, p);
           // A masked pair gets P = dS = 0, also in a row whose lse and delta are NaN.
-          if (key >= kr.lo && key <= kr.hi) {
-            st[nt][i] = fast_exp2(st[nt][i] * p.scale_log2 - sLse2[col]);  // P^T
-            dpt[nt][i] = st[nt][i] * (dpt[nt][i] - sDelta[col]);           // dS^T
-          } else {
-            st[nt][i] = dpt[nt][i] = 0.0f;
-          }
+          const bool seen = key >= kr.lo && key <= kr.hi;
+          const float pt = seen ? fast_exp2(st[nt][i] * p.scale_log2 - sLse2[col]) : 0.0f;
+          st[nt][i] = pt;                                                // P^T
+          dpt[nt][i] = pt * (seen ? dpt[nt][i] - sDelta[col] : 0.0f);   // dS^T
         }
       // dV += P^T.dO and dK += dS^T.Q: the accumulators above are the A fragments.
       auto frag_of = [](float (*x)[4]) {
