@@ -152,7 +152,7 @@ inline int __float_as_int(float x) { return static_cast<int>(::fae::float_bits(x
 inline float __int_as_float(int i) { return ::fae::bits_float(static_cast<uint32_t>(i)); }
 
 namespace fae::emu {
-// shfl.sync with the c operand the CUDA headers build from `width` (spec §5.2); qual = mode.
+// shfl.sync with the c operand the CUDA headers build from `width` (docs/emulator.md section 3.4); qual = mode.
 inline uint32_t shfl32(int mode, unsigned mask, uint32_t v, int b, int width) {
   Arrival r{};
   r.op = Op::shfl;

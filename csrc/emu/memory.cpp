@@ -1,7 +1,7 @@
 // Memory checkers of the emulator:
 //   1. shared-memory races: a byte written by one thread and read or written by another within the
 //      same barrier interval (missing __syncthreads);
-//   2. cp.async (spec §4.3): destination accessed while in flight, source written before the wait,
+//   2. cp.async (docs/emulator.md section 3.3): destination accessed while in flight, source written before the wait,
 //      completed data read by another thread without a barrier after the issuing thread's wait,
 //      copies never waited for;
 //   3. shared accesses outside the dynamic shared memory (ldmatrix rows: warp_ops.cpp);

@@ -1,5 +1,5 @@
 // SIMT emulator runtime: grid launch over worker OS threads, blocks as fibers scheduled
-// cooperatively, the block barrier, and the warp-collective rendezvous (spec §0.1).
+// cooperatively, the block barrier, and the warp-collective rendezvous (docs/emulator.md section 2).
 #include <algorithm>
 #include <atomic>
 #include <cstdio>

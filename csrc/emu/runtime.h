@@ -12,7 +12,7 @@
 
 namespace fae::emu {
 
-// A kernel bug found by the emulator (or UB per docs/ptx-emulation-spec.md). The message names the
+// A kernel bug found by the emulator (or undefined behaviour, docs/emulator.md). The message names the
 // kernel, block, thread, address and the rule broken.
 class Error : public std::runtime_error {
  public:

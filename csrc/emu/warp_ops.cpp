@@ -1,8 +1,8 @@
 // Semantics of the warp-collective instructions, executed once all lanes have arrived: operands of
 // every lane are gathered before any result is scattered (d and c of mma may alias).
-//   mma.m16n8k16 / m16n8k8 .f32.{f16,bf16}: spec §1.2, §2.1; exact products, f64 sum, one RNE to f32
-//   ldmatrix / stmatrix .x1/.x2/.x4 [.trans]: spec §3
-//   shfl.sync idx/up/down/bfly: spec §5.1 formula with the CUDA-header c operand
+//   mma.m16n8k16 / m16n8k8 .f32.{f16,bf16}: docs/emulator.md section 3.1; exact products, f64 sum, one RNE to f32
+//   ldmatrix / stmatrix .x1/.x2/.x4 [.trans]: docs/emulator.md section 3.2
+//   shfl.sync idx/up/down/bfly: docs/emulator.md section 3.4 formula with the CUDA-header c operand
 #include <cstring>
 
 #include "common/fp16.h"
@@ -59,7 +59,7 @@ void exec_mma(Thread* const lanes[32], int qual) {
   for (int l = 0; l < 32; ++l) {
     const Arrival& a = *lanes[l]->arrival;
     const int g = l >> 2, t = l & 3;
-    for (int i = 0; i < (K == 16 ? 8 : 4); ++i) {  // §1.2 / §2.1 A fragment
+    for (int i = 0; i < (K == 16 ? 8 : 4); ++i) {  // A fragment (docs/emulator.md section 3.1)
       const int row = g + ((i & 2) ? 8 : 0), col = 2 * t + (i & 1) + (i >= 4 ? 8 : 0);
       A[row][col] = decode(a.a[i >> 1], i & 1, bf16);
     }

@@ -2,7 +2,7 @@
 views and a mask, and runs the kernels: through the differentiable torch operator for tensors,
 directly for numpy arrays (which get numpy arrays back).
 
-Causal alignment (DESIGN.md section 1): :func:`attention` and :func:`flash_attn_func` align the
+Causal alignment (docs/semantics.md section 2): :func:`attention` and :func:`flash_attn_func` align the
 causal mask bottom-right (query ``i`` sees keys ``j <= i + Sk - Sq``, as FlashAttention >= 2.1 and
 KV-cache decoding); :func:`scaled_dot_product_attention` aligns it top-left (``j <= i``, as
 ``torch.nn.functional.scaled_dot_product_attention``). They agree when Sq == Sk."""

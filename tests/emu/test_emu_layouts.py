@@ -1,5 +1,5 @@
 """Register layouts of the emulated warp instructions, lane by lane, against the PTX closed forms
-and the decoded CuTe layouts of docs/ptx-emulation-spec.md (checks 1-7 of ptx_layouts_reference.py)."""
+and the decoded CuTe layouts (docs/emulator.md section 3.2)."""
 
 from __future__ import annotations
 

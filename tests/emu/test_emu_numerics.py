@@ -1,5 +1,5 @@
 """Numerics of the emulated primitives: f32 -> f16/bf16 conversions at the overflow and subnormal
-edges (spec §9), packing order, exact widening, ex2, mma rounding, cp.async zero-fill, atomics."""
+edges (docs/emulator.md section 3.5), packing order, exact widening, ex2, mma rounding, cp.async zero-fill, atomics."""
 
 from __future__ import annotations
 
