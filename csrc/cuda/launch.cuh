@@ -6,7 +6,9 @@
 //                           covering [ptr, ptr + count) under the emulator.
 // Under nvcc: kernel<<<grid, block, smem, stream>>> (raising the kernel's dynamic shared-memory
 // limit when more than 48 KiB is asked for); launch errors throw std::runtime_error.
-// Under the emulator: runs the grid on the CPU; kernel bugs throw fae::emu::Error.
+// Under the emulator: runs the grid on the CPU; kernel bugs throw fae::emu::Error. The gptr
+// arguments and the buffers given to gbuf since the previous launch are the global memory the
+// emulator watches for races between blocks.
 #pragma once
 
 #include <cstddef>
@@ -19,6 +21,8 @@
 #include <stdexcept>
 #include <string>
 #else
+#include <vector>
+
 #include "../emu/runtime.h"
 #endif
 
@@ -52,15 +56,28 @@ void launch(const char* name, void (*kernel)(KArgs...), const LaunchConfig& cfg,
 
 #else
 
+// Also announces the buffer to the next launch from this thread (gptrs may sit inside structs).
 template <class T>
 inline gptr<T> gbuf(T* p, std::size_t count) {
+  emu::announce_buffer({p, p + count});
   return gptr<T>(p, p, p + count);
 }
+
+namespace detail {
+template <class T>
+void add_buffer(std::vector<emu::Buffer>& v, const gptr<T>& p) {
+  v.push_back({p.lo(), p.hi()});
+}
+template <class T>
+void add_buffer(std::vector<emu::Buffer>&, const T&) {}
+}  // namespace detail
 
 template <class... KArgs, class... Args>
 void launch(const char* name, void (*kernel)(KArgs...), const LaunchConfig& cfg, Args&&... args) {
   std::tuple<std::decay_t<KArgs>...> params(std::forward<Args>(args)...);
-  emu::launch(name, cfg.grid, cfg.block, cfg.smem_bytes, [kernel, &params] { std::apply(kernel, params); });
+  std::vector<emu::Buffer> buffers;
+  std::apply([&buffers](const auto&... a) { (detail::add_buffer(buffers, a), ...); }, params);
+  emu::launch(name, cfg.grid, cfg.block, cfg.smem_bytes, [kernel, &params] { std::apply(kernel, params); }, buffers);
 }
 
 #endif

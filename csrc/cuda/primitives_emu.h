@@ -252,7 +252,7 @@ FAE_EMU_SHFL(double)
 
 // Global float atomic add (device-scope; blocks may run on several OS threads).
 inline float atomicAdd(::fae::gptr<float> p, float v) {
-  ::fae::emu::check_global(p.get(), sizeof(float), p.lo(), p.hi(), true);
+  ::fae::emu::check_global(p.get(), sizeof(float), p.lo(), p.hi(), ::fae::emu::GAccess::atomic);
   uint32_t* w = reinterpret_cast<uint32_t*>(p.get());
   uint32_t old = __atomic_load_n(w, __ATOMIC_RELAXED);
   while (!__atomic_compare_exchange_n(w, &old, ::fae::float_bits(::fae::bits_float(old) + v), true, __ATOMIC_RELAXED,

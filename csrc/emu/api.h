@@ -5,7 +5,8 @@
 // Checked pointers:
 //   fae::gptr<T>  global memory. A fat pointer {p, lo, hi}: the launcher builds it with
 //                 fae::gbuf(ptr, count) from a buffer it owns; every dereference is bounds-checked
-//                 against [lo, hi), writes are also checked against pending cp.async sources.
+//                 against [lo, hi), writes are also checked against pending cp.async sources, and
+//                 every access against the other blocks' accesses of the launch (global races).
 //   fae::sptr<T>  shared memory (from fae::dynamic_smem<T>()). Every access goes through the
 //                 block's shadow memory: bounds of the dynamic size, cross-thread races within a
 //                 barrier interval, cp.async bytes in flight or not yet made visible by a barrier.
@@ -60,10 +61,13 @@ extern thread_local ThreadInfo* tls_thread;
 extern thread_local int tls_async_pending;
 
 // ---- runtime entry points ----
+enum class GAccess : uint8_t { read, write, atomic };
 void syncthreads();
 void* smem_base();
 void smem_access(const void* p, std::size_t n, bool write);
-[[noreturn]] void global_fault(const void* p, std::size_t n, const void* lo, const void* hi, bool write);
+[[noreturn]] void global_fault(const void* p, std::size_t n, const void* lo, const void* hi, GAccess kind);
+// Records a global access of the current thread's block; throws on a race with another block.
+void global_access(const void* p, std::size_t n, const void* lo, GAccess kind);
 void global_write_vs_async(const void* p, std::size_t n);
 void cp_async(void* dst, const void* src, const void* src_lo, const void* src_hi, int cp_size, int src_size);
 void cp_async_commit();
@@ -88,10 +92,11 @@ struct Arrival {
 };
 void warp_collective(Arrival& a);
 
-inline void check_global(const void* p, std::size_t n, const void* lo, const void* hi, bool write) {
+inline void check_global(const void* p, std::size_t n, const void* lo, const void* hi, GAccess kind) {
   auto a = static_cast<const char*>(p);
-  if (a < static_cast<const char*>(lo) || a + n > static_cast<const char*>(hi)) global_fault(p, n, lo, hi, write);
-  if (write && tls_async_pending) global_write_vs_async(p, n);
+  if (a < static_cast<const char*>(lo) || a + n > static_cast<const char*>(hi)) global_fault(p, n, lo, hi, kind);
+  if (kind != GAccess::read && tls_async_pending) global_write_vs_async(p, n);
+  global_access(p, n, lo, kind);
 }
 
 template <class T>
@@ -100,14 +105,14 @@ class gref {
   using V = std::remove_const_t<T>;
   gref(T* p, const void* lo, const void* hi) : p_(p), lo_(lo), hi_(hi) {}
   operator V() const {
-    check_global(p_, sizeof(T), lo_, hi_, false);
+    check_global(p_, sizeof(T), lo_, hi_, GAccess::read);
     V v;
     std::memcpy(&v, p_, sizeof(T));
     return v;
   }
   const gref& operator=(const V& v) const {
     static_assert(!std::is_const_v<T>, "write through a pointer to const");
-    check_global(p_, sizeof(T), lo_, hi_, true);
+    check_global(p_, sizeof(T), lo_, hi_, GAccess::write);
     std::memcpy(const_cast<V*>(p_), &v, sizeof(T));
     return *this;
   }

@@ -1,9 +1,11 @@
 // Emulator internals shared by runtime.cpp (scheduler, launch), memory.cpp (shadow memory,
-// cp.async, checkers 1-4) and warp_ops.cpp (warp-collective semantics, checker 5).
+// cp.async, checkers 1-4), global.cpp (races between blocks, checker 7) and warp_ops.cpp
+// (warp-collective semantics, checker 5).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <atomic>
 #include <deque>
 #include <exception>
 #include <functional>
@@ -55,18 +57,44 @@ struct PendingCollective {
   int qual;
 };
 
+// Who accessed a byte of global memory in this launch: 1 + the linear index of the block, 0 for
+// none, kManyBlocks for several.
+struct GlobalByte {
+  uint32_t writer, reader, atomic;
+};
+constexpr uint32_t kManyBlocks = 0xFFFFFFFFu;
+
+// The launch's global buffers (overlapping ones merged) with one GlobalByte per byte; shared by
+// the worker threads, each access checked and recorded under a lock striped by 64-byte line.
+class GlobalShadow {
+ public:
+  explicit GlobalShadow(std::vector<Buffer> buffers);
+  void access(const Runner& r, const char* p, std::size_t n, const char* lo, GAccess kind);
+
+ private:
+  struct Region {
+    const char* lo;
+    const char* hi;
+    std::unique_ptr<GlobalByte[], void (*)(void*)> bytes;
+  };
+  std::vector<Region> regions_;
+  std::atomic<bool> locks_[256] = {};
+};
+
 struct LaunchState {
   const char* name;
   dim3 grid, block;
   std::size_t smem;
   const std::function<void()>* body;
   Config cfg;
+  GlobalShadow* globals;
 };
 
 // Runs blocks on one OS thread; owns the fibers' stacks, shared memory and its shadow.
 struct Runner {
   const LaunchState* launch = nullptr;
   uint3 block_idx{};
+  uint32_t block_id = 0;  // 1 + linear block index
   std::vector<Thread> threads;
   std::vector<std::unique_ptr<Stack>> stacks;
   std::size_t stack_bytes = 0;
@@ -102,6 +130,7 @@ extern thread_local Runner* tls_runner;
 
 // Formatting for error messages.
 std::string thread_name(const Runner& r, int tid);
+std::string block_name(const LaunchState& L, uint64_t linear);
 std::string address_name(const Runner& r, const void* p, bool global);
 // Throws Error naming kernel, block, thread t (if any), the address (shared offset, or global) and the rule.
 [[noreturn]] void fail(const Runner& r, const Thread* t, const void* addr, const std::string& rule,

@@ -75,15 +75,16 @@ void Runner::smem_check(const Thread* t, const void* p, std::size_t n, bool writ
   }
 }
 
-void global_fault(const void* p, std::size_t n, const void* lo, const void* hi, bool write) {
+void global_fault(const void* p, std::size_t n, const void* lo, const void* hi, GAccess kind) {
   const Runner& r = *tls_runner;
+  const char* what = kind == GAccess::read ? "read" : kind == GAccess::write ? "write" : "atomic update";
   char b[160];
   if (!lo)
     std::snprintf(b, sizeof b, "global %s of %zu bytes through a pointer with no buffer (not built with fae::gbuf)",
-                  write ? "write" : "read", n);
+                  what, n);
   else
     std::snprintf(b, sizeof b, "global %s of %zu bytes outside its buffer [%p, %p) (byte offset %td)",
-                  write ? "write" : "read", n, lo, hi, static_cast<const char*>(p) - static_cast<const char*>(lo));
+                  what, n, lo, hi, static_cast<const char*>(p) - static_cast<const char*>(lo));
   fail(r, r.cur, p, b, true);
 }
 
@@ -110,7 +111,7 @@ void cp_async(void* dst, const void* src, const void* src_lo, const void* src_hi
   if (src_size > 0) {
     if (reinterpret_cast<std::uintptr_t>(src) % cp_size)
       fail(r, t, src, "cp.async global source not aligned to its " + std::to_string(cp_size) + "-byte size", true);
-    check_global(src, std::size_t(src_size), src_lo, src_hi, false);
+    check_global(src, std::size_t(src_size), src_lo, src_hi, GAccess::read);
   }
   const std::size_t off = smem_offset(r, t, dst, std::size_t(cp_size), "cp.async destination");
   // The copy may land at any moment until the wait: it conflicts like a write with this interval's

@@ -7,6 +7,7 @@
 #include <functional>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "api.h"
 
@@ -19,10 +20,21 @@ class Error : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// A global buffer [lo, hi) passed to a launch (a fae::gptr argument).
+struct Buffer {
+  const void* lo;
+  const void* hi;
+};
+
+// Adds a buffer to those of the next launch from this thread.
+void announce_buffer(const Buffer& b);
+
 // Runs `body` as every thread of every block of the grid (blocks in parallel on worker OS
 // threads, the threads of a block as cooperatively scheduled fibers). Throws Error on the first
-// kernel bug (of the lowest-numbered failing block).
-void launch(const char* kernel_name, dim3 grid, dim3 block, std::size_t smem_bytes, const std::function<void()>& body);
+// kernel bug (of the lowest-numbered failing block). The kernel may access `buffers` and those
+// announced since the previous launch (checked for races between blocks).
+void launch(const char* kernel_name, dim3 grid, dim3 block, std::size_t smem_bytes, const std::function<void()>& body,
+            std::vector<Buffer> buffers);
 
 struct Config {
   int threads = 2;                      // worker OS threads running blocks in parallel

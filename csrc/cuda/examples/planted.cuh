@@ -1,6 +1,6 @@
 // Planted-bug kernels for the emulator's checkers: each kernel has a buggy variant (Bug = true) that
-// a checker must catch and the corrected variant (Bug = false) that must pass. One block of 64
-// threads (two warps) unless stated otherwise; `in` and `out` hold 64 floats.
+// a checker must catch and the corrected variant (Bug = false) that must pass. Blocks of 64
+// threads (two warps), one block unless stated otherwise; `in` and `out` hold 64 floats.
 #pragma once
 
 #include <cstddef>
@@ -213,6 +213,14 @@ __global__ void planted_mma_lane_missing(gptr<const float> in, gptr<float> out) 
   out[i] = d[0];
 }
 
+// Checker 7: two blocks accumulate into the same words with a plain += instead of atomicAdd.
+template <bool Bug>
+__global__ void planted_global_race(gptr<const float> in, gptr<float> out) {
+  const int i = threadIdx.x;
+  if (Bug) out[i] += in[i];
+  else atomicAdd(out + i, in[i]);
+}
+
 // Runs the planted kernel `name` on in[64] -> out[64]; unknown names throw std::invalid_argument.
 inline void run_planted(const std::string& name, bool bug, const float* in, float* out) {
   using K = void (*)(gptr<const float>, gptr<float>);
@@ -220,6 +228,7 @@ inline void run_planted(const std::string& name, bool bug, const float* in, floa
     const char* name;
     K buggy, fixed;
     std::size_t smem;
+    unsigned blocks = 1;
   };
   static const Case cases[] = {
       {"race_raw", planted_race_raw<true>, planted_race_raw<false>, 256},
@@ -239,10 +248,11 @@ inline void run_planted(const std::string& name, bool bug, const float* in, floa
       {"shfl_mask_mismatch", planted_shfl_mask_mismatch<true>, planted_shfl_mask_mismatch<false>, 0},
       {"mma_lane_missing", planted_mma_lane_missing<true>, planted_mma_lane_missing<false>, 0},
       {"uninit_read", planted_uninit_read<true>, planted_uninit_read<false>, 256},
+      {"global_race", planted_global_race<true>, planted_global_race<false>, 0, 2},
   };
   for (const Case& c : cases)
     if (name == c.name) {
-      launch(c.name, bug ? c.buggy : c.fixed, LaunchConfig{dim3(1), dim3(kPlantedThreads), c.smem, nullptr},
+      launch(c.name, bug ? c.buggy : c.fixed, LaunchConfig{dim3(c.blocks), dim3(kPlantedThreads), c.smem, nullptr},
              gbuf(in, kPlantedThreads), gbuf(out, kPlantedThreads));
       return;
     }
