@@ -115,8 +115,9 @@ inline void mma_m16n8k8(float (&d)[4], const uint32_t (&a)[2], uint32_t b, const
 // ---- ldmatrix / stmatrix ----
 namespace emu {
 inline void matrix_op(Op op, int num, bool trans, const void* p, uint32_t* r0, uint32_t* r1, uint32_t* r2,
-                      uint32_t* r3) {
+                      uint32_t* r3, Site site) {
   Arrival r{};
+  r.site = site;
   r.op = op;
   r.qual = num | (trans ? 8 : 0);
   r.mask = ~0u;
@@ -130,59 +131,63 @@ inline void matrix_op(Op op, int num, bool trans, const void* p, uint32_t* r0, u
 }  // namespace emu
 
 template <class T>
-inline void ldmatrix_x1(uint32_t& r0, sptr<T> p) {
-  emu::matrix_op(emu::Op::ldmatrix, 1, false, p.get(), &r0, nullptr, nullptr, nullptr);
+inline void ldmatrix_x1(uint32_t& r0, sptr<T> p, emu::Site site = emu::Site::here()) {
+  emu::matrix_op(emu::Op::ldmatrix, 1, false, p.get(), &r0, nullptr, nullptr, nullptr, site);
 }
 template <class T>
-inline void ldmatrix_x2(uint32_t& r0, uint32_t& r1, sptr<T> p) {
-  emu::matrix_op(emu::Op::ldmatrix, 2, false, p.get(), &r0, &r1, nullptr, nullptr);
+inline void ldmatrix_x2(uint32_t& r0, uint32_t& r1, sptr<T> p, emu::Site site = emu::Site::here()) {
+  emu::matrix_op(emu::Op::ldmatrix, 2, false, p.get(), &r0, &r1, nullptr, nullptr, site);
 }
 template <class T>
-inline void ldmatrix_x4(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3, sptr<T> p) {
-  emu::matrix_op(emu::Op::ldmatrix, 4, false, p.get(), &r0, &r1, &r2, &r3);
+inline void ldmatrix_x4(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3, sptr<T> p,
+                        emu::Site site = emu::Site::here()) {
+  emu::matrix_op(emu::Op::ldmatrix, 4, false, p.get(), &r0, &r1, &r2, &r3, site);
 }
 template <class T>
-inline void ldmatrix_x1_trans(uint32_t& r0, sptr<T> p) {
-  emu::matrix_op(emu::Op::ldmatrix, 1, true, p.get(), &r0, nullptr, nullptr, nullptr);
+inline void ldmatrix_x1_trans(uint32_t& r0, sptr<T> p, emu::Site site = emu::Site::here()) {
+  emu::matrix_op(emu::Op::ldmatrix, 1, true, p.get(), &r0, nullptr, nullptr, nullptr, site);
 }
 template <class T>
-inline void ldmatrix_x2_trans(uint32_t& r0, uint32_t& r1, sptr<T> p) {
-  emu::matrix_op(emu::Op::ldmatrix, 2, true, p.get(), &r0, &r1, nullptr, nullptr);
+inline void ldmatrix_x2_trans(uint32_t& r0, uint32_t& r1, sptr<T> p, emu::Site site = emu::Site::here()) {
+  emu::matrix_op(emu::Op::ldmatrix, 2, true, p.get(), &r0, &r1, nullptr, nullptr, site);
 }
 template <class T>
-inline void ldmatrix_x4_trans(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3, sptr<T> p) {
-  emu::matrix_op(emu::Op::ldmatrix, 4, true, p.get(), &r0, &r1, &r2, &r3);
+inline void ldmatrix_x4_trans(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3, sptr<T> p,
+                              emu::Site site = emu::Site::here()) {
+  emu::matrix_op(emu::Op::ldmatrix, 4, true, p.get(), &r0, &r1, &r2, &r3, site);
 }
 template <class T>
-inline void stmatrix_x1(uint32_t r0, sptr<T> p) {
-  emu::matrix_op(emu::Op::stmatrix, 1, false, p.get(), &r0, nullptr, nullptr, nullptr);
+inline void stmatrix_x1(uint32_t r0, sptr<T> p, emu::Site site = emu::Site::here()) {
+  emu::matrix_op(emu::Op::stmatrix, 1, false, p.get(), &r0, nullptr, nullptr, nullptr, site);
 }
 template <class T>
-inline void stmatrix_x2(uint32_t r0, uint32_t r1, sptr<T> p) {
-  emu::matrix_op(emu::Op::stmatrix, 2, false, p.get(), &r0, &r1, nullptr, nullptr);
+inline void stmatrix_x2(uint32_t r0, uint32_t r1, sptr<T> p, emu::Site site = emu::Site::here()) {
+  emu::matrix_op(emu::Op::stmatrix, 2, false, p.get(), &r0, &r1, nullptr, nullptr, site);
 }
 template <class T>
-inline void stmatrix_x4(uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3, sptr<T> p) {
-  emu::matrix_op(emu::Op::stmatrix, 4, false, p.get(), &r0, &r1, &r2, &r3);
+inline void stmatrix_x4(uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3, sptr<T> p,
+                        emu::Site site = emu::Site::here()) {
+  emu::matrix_op(emu::Op::stmatrix, 4, false, p.get(), &r0, &r1, &r2, &r3, site);
 }
 template <class T>
-inline void stmatrix_x1_trans(uint32_t r0, sptr<T> p) {
-  emu::matrix_op(emu::Op::stmatrix, 1, true, p.get(), &r0, nullptr, nullptr, nullptr);
+inline void stmatrix_x1_trans(uint32_t r0, sptr<T> p, emu::Site site = emu::Site::here()) {
+  emu::matrix_op(emu::Op::stmatrix, 1, true, p.get(), &r0, nullptr, nullptr, nullptr, site);
 }
 template <class T>
-inline void stmatrix_x2_trans(uint32_t r0, uint32_t r1, sptr<T> p) {
-  emu::matrix_op(emu::Op::stmatrix, 2, true, p.get(), &r0, &r1, nullptr, nullptr);
+inline void stmatrix_x2_trans(uint32_t r0, uint32_t r1, sptr<T> p, emu::Site site = emu::Site::here()) {
+  emu::matrix_op(emu::Op::stmatrix, 2, true, p.get(), &r0, &r1, nullptr, nullptr, site);
 }
 template <class T>
-inline void stmatrix_x4_trans(uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3, sptr<T> p) {
-  emu::matrix_op(emu::Op::stmatrix, 4, true, p.get(), &r0, &r1, &r2, &r3);
+inline void stmatrix_x4_trans(uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3, sptr<T> p,
+                              emu::Site site = emu::Site::here()) {
+  emu::matrix_op(emu::Op::stmatrix, 4, true, p.get(), &r0, &r1, &r2, &r3, site);
 }
 
 // ---- cp.async ----
 template <int Bytes, class D, class S>
-inline void cp_async(sptr<D> dst, gptr<S> src, int src_bytes = Bytes) {
+inline void cp_async(sptr<D> dst, gptr<S> src, int src_bytes = Bytes, emu::Site site = emu::Site::here()) {
   static_assert(Bytes == 4 || Bytes == 8 || Bytes == 16, "cp.async copies 4, 8 or 16 bytes");
-  emu::cp_async(dst.get(), src.get(), src.lo(), src.hi(), Bytes, src_bytes);
+  emu::cp_async(dst.get(), src.get(), src.lo(), src.hi(), Bytes, src_bytes, site);
 }
 inline void cp_async_commit() { emu::cp_async_commit(); }
 template <int N>
@@ -251,8 +256,8 @@ FAE_EMU_SHFL(double)
 #undef FAE_EMU_SHFL
 
 // Global float atomic add (device-scope; blocks may run on several OS threads).
-inline float atomicAdd(::fae::gptr<float> p, float v) {
-  ::fae::emu::check_global(p.get(), sizeof(float), p.lo(), p.hi(), ::fae::emu::GAccess::atomic);
+inline float atomicAdd(::fae::gptr<float> p, float v, ::fae::emu::Site site = ::fae::emu::Site::here()) {
+  ::fae::emu::check_global(p.get(), sizeof(float), p.lo(), p.hi(), ::fae::emu::GAccess::atomic, site);
   uint32_t* w = reinterpret_cast<uint32_t*>(p.get());
   uint32_t old = __atomic_load_n(w, __ATOMIC_RELAXED);
   while (!__atomic_compare_exchange_n(w, &old, ::fae::float_bits(::fae::bits_float(old) + v), true, __ATOMIC_RELAXED,

@@ -114,9 +114,13 @@ void GlobalShadow::access(const Runner& r, const char* p, std::size_t n, const c
   }
 }
 
-void global_access(const void* p, std::size_t n, const void* lo, GAccess kind) {
-  const Runner& r = *tls_runner;
+void global_access(const void* p, std::size_t n, const void* lo, GAccess kind, Site site) {
+  Runner& r = *tls_runner;
   r.launch->globals->access(r, static_cast<const char*>(p), n, static_cast<const char*>(lo), kind);
+  const StatOp op = kind == GAccess::read    ? StatOp::global_load
+                    : kind == GAccess::write ? StatOp::global_store
+                                             : StatOp::global_atomic;
+  r.stat(r.cur, site, op, int(n), p, int(n));
 }
 
 }  // namespace fae::emu

@@ -100,7 +100,8 @@ void global_write_vs_async(const void* p, std::size_t n) {
              true);
 }
 
-void cp_async(void* dst, const void* src, const void* src_lo, const void* src_hi, int cp_size, int src_size) {
+void cp_async(void* dst, const void* src, const void* src_lo, const void* src_hi, int cp_size, int src_size,
+              Site site) {
   Runner& r = *tls_runner;
   Thread* t = r.cur;
   if (src_size < 0 || src_size > cp_size)
@@ -111,8 +112,13 @@ void cp_async(void* dst, const void* src, const void* src_lo, const void* src_hi
   if (src_size > 0) {
     if (reinterpret_cast<std::uintptr_t>(src) % cp_size)
       fail(r, t, src, "cp.async global source not aligned to its " + std::to_string(cp_size) + "-byte size", true);
-    check_global(src, std::size_t(src_size), src_lo, src_hi, GAccess::read);
+    const auto* a = static_cast<const char*>(src);
+    if (a < static_cast<const char*>(src_lo) || a + src_size > static_cast<const char*>(src_hi))
+      global_fault(src, std::size_t(src_size), src_lo, src_hi, GAccess::read);
+    r.launch->globals->access(r, a, std::size_t(src_size), static_cast<const char*>(src_lo), GAccess::read);
   }
+  r.stat(t, site, StatOp::cp_async_global, cp_size, src, src_size);
+  r.stat(t, site, StatOp::cp_async_shared, cp_size, dst, cp_size);
   const std::size_t off = smem_offset(r, t, dst, std::size_t(cp_size), "cp.async destination");
   // The copy may land at any moment until the wait: it conflicts like a write with this interval's
   // accesses by other threads, and any access while in flight is caught by the in-flight mark.

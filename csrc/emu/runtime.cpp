@@ -153,6 +153,7 @@ void Runner::yield() {
 }
 
 void Runner::release_barrier() {
+  if (launch->stats) stats.flush();
   new_epoch();
   nbarrier = 0;
   for (int i = 0; i < nthreads; ++i)
@@ -206,6 +207,7 @@ void Runner::run_block(uint3 bidx) {
   tls_async_pending = 0;
   error = nullptr;
   ready.clear();
+  stats.clear();
   const uint64_t linear = bidx.x + uint64_t(L.grid.x) * (bidx.y + uint64_t(L.grid.y) * bidx.z);
   block_id = uint32_t(linear + 1);
   if (L.cfg.shuffle) rng.seed(L.cfg.seed * 0x9E3779B97F4A7C15ull + linear);
@@ -251,6 +253,7 @@ void Runner::run_block(uint3 bidx) {
     tls_async_pending = 0;
     std::rethrow_exception(error);
   }
+  if (L.stats) stats.merge_into(*L.stats);
 }
 
 void syncthreads() {
@@ -266,7 +269,11 @@ void syncthreads() {
 
 void* smem_base() { return tls_runner->smem; }
 
-void smem_access(const void* p, std::size_t n, bool write) { tls_runner->smem_check(tls_runner->cur, p, n, write); }
+void smem_access(const void* p, std::size_t n, bool write, Site site) {
+  Runner& r = *tls_runner;
+  r.smem_check(r.cur, p, n, write);
+  r.stat(r.cur, site, write ? StatOp::shared_store : StatOp::shared_load, int(n), p, int(n));
+}
 
 void warp_collective(Arrival& a) {
   Runner* r = tls_runner;
@@ -327,7 +334,7 @@ void launch(const char* kernel_name, dim3 grid, dim3 block, std::size_t smem_byt
             std::vector<Buffer> buffers) {
   buffers.insert(buffers.end(), tls_announced.begin(), tls_announced.end());
   tls_announced.clear();
-  LaunchState L{kernel_name, grid, block, smem_bytes, &body, get_config(), nullptr};
+  LaunchState L{kernel_name, grid, block, smem_bytes, &body, get_config(), nullptr, nullptr};
   const std::string head = std::string("kernel '") + kernel_name + "' launch: ";
   const unsigned long long nthreads = 1ull * block.x * block.y * block.z;
   if (nthreads == 0 || nthreads > 1024 || block.z > 64)
@@ -344,6 +351,8 @@ void launch(const char* kernel_name, dim3 grid, dim3 block, std::size_t smem_byt
     throw Error(head + "grid of " + std::to_string(nblocks) + " blocks: the emulator runs fewer than 2^32 - 1");
   GlobalShadow globals(std::move(buffers));
   L.globals = &globals;
+  StatSink stats;
+  if (L.cfg.stats) L.stats = &stats;
   const int nworkers = int(std::min<long long>(L.cfg.threads, nblocks));
   std::atomic<long long> next{0};
   std::atomic<bool> stop{false};
@@ -372,6 +381,7 @@ void launch(const char* kernel_name, dim3 grid, dim3 block, std::size_t smem_byt
   for (auto& f : failures)
     if (f.second && (!first.second || f.first < first.first)) first = f;
   if (first.second) std::rethrow_exception(first.second);
+  if (L.stats) publish_stats(L);
 }
 
 }  // namespace fae::emu
