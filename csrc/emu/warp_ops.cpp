@@ -1,7 +1,7 @@
 // Semantics of the warp-collective instructions, executed once all lanes have arrived: operands of
 // every lane are gathered before any result is scattered (d and c of mma may alias).
 //   mma.m16n8k16 / m16n8k8 .f32.{f16,bf16}: docs/emulator.md section 3.1; exact products, f64 sum, one RNE to f32
-//   ldmatrix / stmatrix .x1/.x2/.x4 [.trans]: docs/emulator.md section 3.2
+//   ldmatrix / stmatrix .x1/.x2/.x4 [.trans]: docs/emulator.md section 3.2 (and their bank wavefronts when counting)
 //   shfl.sync idx/up/down/bfly: docs/emulator.md section 3.4 formula with the CUDA-header c operand
 #include <cstring>
 
@@ -97,10 +97,31 @@ const unsigned char* row_address(Runner& r, Thread* const lanes[32], int lane, b
   return p;
 }
 
+// Profiler counters of one ldmatrix/stmatrix: the 8 rows of 16 bytes of each matrix are a phase.
+void count_matrix_request(Runner& r, Thread* const lanes[32], int num, bool store) {
+  if (!r.launch->stats) return;
+  Counters c;
+  c.requests = 1;
+  c.accesses = uint64_t(8 * num);
+  c.bytes = uint64_t(128 * num);
+  std::vector<uintptr_t> words;
+  for (int j = 0; j < num; ++j) {
+    words.clear();
+    for (int row = 0; row < 8; ++row) {
+      const uintptr_t w = reinterpret_cast<uintptr_t>(lanes[8 * j + row]->arrival->addr) >> 2;
+      for (uintptr_t i = 0; i < 4; ++i) words.push_back(w + i);
+    }
+    count_wavefronts(words, c);
+  }
+  const Site site = lanes[0]->arrival->site;
+  r.stats.warp_request({site.file, site.line, store ? StatOp::stmatrix : StatOp::ldmatrix, 16}, c);
+}
+
 void exec_ldmatrix(Runner& r, Thread* const lanes[32], int num, bool trans) {
   uint16_t M[4][8][8];
   for (int j = 0; j < num; ++j)
     for (int row = 0; row < 8; ++row) std::memcpy(M[j][row], row_address(r, lanes, 8 * j + row, false), 16);
+  count_matrix_request(r, lanes, num, false);
   for (int l = 0; l < 32; ++l) {
     const int g = l >> 2, t = l & 3;
     for (int j = 0; j < num; ++j) {
@@ -126,6 +147,7 @@ void exec_stmatrix(Runner& r, Thread* const lanes[32], int num, bool trans) {
       auto* p = const_cast<unsigned char*>(row_address(r, lanes, 8 * j + row, true));
       std::memcpy(p, M[j][row], 16);
     }
+  count_matrix_request(r, lanes, num, true);
 }
 
 void exec_shfl(Runner& r, Thread* const lanes[32], unsigned mask, int mode) {

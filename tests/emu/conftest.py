@@ -19,6 +19,8 @@ def emu():
     yield mod
     mod.set_seed(None)
     mod.configure(threads=before["threads"], stack_kib=before["stack_kib"], smem_limit=before["smem_limit"])
+    mod.set_stats(before["stats"])
+    mod.reset_stats()
 
 
 @pytest.fixture
