@@ -55,7 +55,8 @@ Counters count_request(StatOp op, int size, uint32_t mask, const uintptr_t* addr
   return c;
 }
 
-// The kernel source file with "dir/../" removed, from csrc/ on (whole when outside csrc/).
+// The kernel source file with "dir/../" removed: from csrc/ on without it (cuda/flash/...), from
+// tests/ on with it (tests/emu/kernels/...), whole elsewhere.
 std::string file_text(const char* file) {
   if (!file) return "(*p: no source line)";
   std::vector<std::string> parts;
@@ -73,8 +74,9 @@ std::string file_text(const char* file) {
   }
   f.clear();
   for (std::size_t i = 0; i < parts.size(); ++i) f += (i ? "/" : "") + parts[i];
-  const std::size_t at = f.rfind("csrc/");
-  return at == std::string::npos ? f : f.substr(at + 5);
+  if (const std::size_t at = f.rfind("csrc/"); at != std::string::npos) return f.substr(at + 5);
+  if (const std::size_t at = f.rfind("tests/"); at != std::string::npos) return f.substr(at);
+  return f;
 }
 
 }  // namespace

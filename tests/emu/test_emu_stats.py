@@ -57,7 +57,7 @@ def test_unpadded_ldmatrix_rows_conflict_8_ways(emu, bug):
     """Rows of 64 halves (128 bytes): the 8 rows of each 8x8 matrix share 4 banks, 8 wavefronts
     per phase instead of 1; rows padded to 72 halves take one."""
     (ld,) = sites(collect(emu, lambda: emu.planted("ldmatrix_unpadded", bug)), "ldmatrix_unpadded", "ldmatrix")
-    assert ld["site"] == "cuda/examples/planted.cuh:" + str(ld["line"])
+    assert ld["site"] == "tests/emu/kernels/planted_bugs.cuh:" + str(ld["line"])
     assert ld["requests"] == 2 and ld["ideal_wavefronts"] == 2 * 4 and ld["bytes"] == 2 * 512
     assert ld["wavefronts"] == (8 if bug else 1) * ld["ideal_wavefronts"]
 
