@@ -255,7 +255,15 @@ py::dict config() {
   d["stack_kib"] = c.stack_bytes / 1024;
   d["smem_limit"] = c.smem_limit;
   d["stats"] = c.stats;
+  d["hw_numerics"] = c.hw_numerics ? py::object(py::int_(c.hw_seed)) : py::object(py::none());
   return d;
+}
+
+void set_hw_numerics(std::optional<uint64_t> seed) {
+  fae::emu::Config c = fae::emu::get_config();
+  c.hw_numerics = seed.has_value();
+  c.hw_seed = seed.value_or(0);
+  fae::emu::set_config(c);
 }
 
 void set_stats(bool enabled) {
@@ -308,6 +316,10 @@ PYBIND11_MODULE(_emu, m) {
   m.def("set_seed", &set_seed, py::arg("seed"),
         "None: deterministic thread order; an int: thread order shuffled inside each barrier interval.");
   m.def("config", &config);
+  m.def("set_hw_numerics", &set_hw_numerics, py::arg("seed"),
+        "None: exact numerics (mma sums rounded once, ex2 correctly rounded); an int: hardware numerics "
+        "mode with that seed (mma partial sums truncated in a seeded order, ex2 within its 2 ulp). "
+        "Initially from FAE_EMU_HW_NUMERICS.");
   m.def("set_stats", &set_stats, py::arg("enabled"),
         "Profiler counters for the following launches: per launch and kernel source line, shared-memory "
         "wavefronts (bank conflicts) and global 32-byte sectors of each warp-level request.");

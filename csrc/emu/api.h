@@ -79,6 +79,8 @@ void global_access(const void* p, std::size_t n, const void* lo, GAccess kind, S
 void global_write_vs_async(const void* p, std::size_t n);
 void cp_async(void* dst, const void* src, const void* src_lo, const void* src_hi, int cp_size, int src_size,
               Site site);
+// ex2.approx.ftz.f32: correctly rounded, or within the instruction's 2 ulp in hardware numerics mode.
+float ex2_approx(float x);
 void cp_async_commit();
 void cp_async_wait(int n);
 void cp_async_wait_all();

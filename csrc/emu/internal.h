@@ -175,6 +175,7 @@ struct Runner {
   std::exception_ptr error;
   std::mt19937_64 rng;
   StatRecorder stats;
+  std::vector<uint64_t> mma_calls;  // per warp: mma executed so far (hardware numerics mode key)
 
   void run_block(uint3 bidx);
   Thread* pick();  // next runnable thread (FIFO, or at random when shuffling), null if none
@@ -201,6 +202,12 @@ std::string address_name(const Runner& r, const void* p, bool global);
 // Throws Error naming kernel, block, thread t (if any), the address (shared offset, or global) and the rule.
 [[noreturn]] void fail(const Runner& r, const Thread* t, const void* addr, const std::string& rule,
                        bool global = false);
+
+// Hardware numerics mode (hw_numerics.cpp): D = A.B + C (first K columns of A / rows of B) summed
+// in the order seeded by `key`, every partial sum truncated to float32; keys from a seed and values.
+void mma_truncating(const double (&A)[16][16], const double (&B)[16][8], const double (&C)[16][8], int K,
+                    uint64_t key, float (&D)[16][8]);
+uint64_t hw_key(uint64_t seed, uint64_t a, uint64_t b, uint64_t c);
 
 // Executes a completed warp collective (warp_ops.cpp); lanes[l] is null for non-participants.
 void execute_collective(Runner& r, Thread* const lanes[32], const PendingCollective& pc);

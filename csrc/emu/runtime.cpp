@@ -2,7 +2,10 @@
 // cooperatively, the block barrier, and the warp-collective rendezvous (docs/emulator.md section 2).
 #include <algorithm>
 #include <atomic>
+#include <cctype>
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <thread>
@@ -19,6 +22,8 @@ namespace {
 
 std::mutex g_mutex;
 Config g_config;
+bool g_env_read = false;
+std::string g_env_error;
 std::vector<std::unique_ptr<Runner>> g_idle_runners;
 thread_local std::vector<Buffer> tls_announced;  // buffers built by gbuf since this thread's last launch
 
@@ -79,8 +84,33 @@ const char* state_text(Thread::State s) {
 
 }  // namespace
 
+namespace {
+
+// FAE_EMU_HW_NUMERICS=<seed> turns the hardware numerics mode on; read at the first use of the
+// configuration (under g_mutex).
+void read_environment() {
+  if (g_env_read) return;
+  g_env_read = true;
+  const char* v = std::getenv("FAE_EMU_HW_NUMERICS");
+  if (!v || !*v) return;
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long long seed = std::strtoull(v, &end, 10);
+  if (errno || *end || !std::isdigit(static_cast<unsigned char>(*v))) {
+    g_env_error = std::string("FAE_EMU_HW_NUMERICS='") + v +
+                  "' is not a seed: expected an integer in [0, 2^64) (unset or empty: exact numerics)";
+    return;
+  }
+  g_config.hw_numerics = true;
+  g_config.hw_seed = seed;
+}
+
+}  // namespace
+
 Config get_config() {
   std::lock_guard<std::mutex> lock(g_mutex);
+  read_environment();
+  if (!g_env_error.empty()) throw std::invalid_argument(g_env_error);
   return g_config;
 }
 
@@ -88,6 +118,7 @@ void set_config(const Config& c) {
   if (c.threads < 1) throw std::invalid_argument("emulator threads must be >= 1");
   if (c.stack_bytes < 16 * 1024) throw std::invalid_argument("emulator fiber stacks must be >= 16 KiB");
   std::lock_guard<std::mutex> lock(g_mutex);
+  read_environment();
   g_config = c;
 }
 
@@ -196,6 +227,7 @@ void Runner::run_block(uint3 bidx) {
   while (stacks.size() < std::size_t(nthreads)) stacks.push_back(std::make_unique<Stack>(stack_bytes));
   if (threads.size() < std::size_t(nthreads)) threads.resize(nthreads);
   warps.assign((nthreads + 31) / 32, {});
+  mma_calls.assign(warps.size(), 0);
   smem_size = L.smem;
   if (smem_store.size() < smem_size + 128) smem_store.resize(smem_size + 128);
   smem = smem_store.data() + (128 - reinterpret_cast<std::uintptr_t>(smem_store.data()) % 128) % 128;

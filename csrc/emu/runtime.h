@@ -43,8 +43,12 @@ struct Config {
   std::size_t stack_bytes = 256 * 1024; // per-fiber stack
   std::size_t smem_limit = 99 * 1024;   // largest dynamic shared memory of the shipped archs (sm_86/89)
   bool stats = false;                   // profiler counters (memory_stats) for the following launches
+  // Hardware numerics mode: mma sums truncated in a seeded order, ex2 within its 2 ulp (README).
+  // Initially set from the environment variable FAE_EMU_HW_NUMERICS=<seed>.
+  bool hw_numerics = false;
+  uint64_t hw_seed = 0;
 };
-Config get_config();
+Config get_config();  // throws std::invalid_argument when FAE_EMU_HW_NUMERICS is not a seed
 void set_config(const Config& c);
 
 // Profiler counters of one memory operation at one call site (kernel source line) of a launch,

@@ -1,6 +1,7 @@
 // Semantics of the warp-collective instructions, executed once all lanes have arrived: operands of
 // every lane are gathered before any result is scattered (d and c of mma may alias).
 //   mma.m16n8k16 / m16n8k8 .f32.{f16,bf16}: docs/emulator.md section 3.1; exact products, f64 sum, one RNE to f32
+//   (hardware numerics mode: hw_numerics.cpp)
 //   ldmatrix / stmatrix .x1/.x2/.x4 [.trans]: docs/emulator.md section 3.2 (and their bank wavefronts when counting)
 //   shfl.sync idx/up/down/bfly: docs/emulator.md section 3.4 formula with the CUDA-header c operand
 #include <cstring>
@@ -52,7 +53,7 @@ double decode(uint32_t reg, int half, bool bf16) {
   return (h & 0x8000u) ? -mag : mag;
 }
 
-void exec_mma(Thread* const lanes[32], int qual) {
+void exec_mma(Runner& r, Thread* const lanes[32], int qual) {
   const bool bf16 = qual & 0x100;
   const int K = qual & 0xFF;
   double A[16][16], B[16][8], C[16][8];
@@ -70,11 +71,17 @@ void exec_mma(Thread* const lanes[32], int qual) {
   // Products of two 16-bit floats are exact in double, so the k-ordered sums below are the same
   // whether or not the compiler fuses multiply and add; vectorised over n.
   float D[16][8];
-  for (int m = 0; m < 16; ++m) {
-    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    for (int k = 0; k < K; ++k)
-      for (int n = 0; n < 8; ++n) acc[n] += A[m][k] * B[k][n];
-    for (int n = 0; n < 8; ++n) D[m][n] = static_cast<float>(acc[n] + C[m][n]);
+  const Config& cfg = r.launch->cfg;
+  if (cfg.hw_numerics) {
+    const int warp = lanes[0]->warp;
+    mma_truncating(A, B, C, K, hw_key(cfg.hw_seed, r.block_id, uint64_t(warp), r.mma_calls[warp]++), D);
+  } else {
+    for (int m = 0; m < 16; ++m) {
+      double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      for (int k = 0; k < K; ++k)
+        for (int n = 0; n < 8; ++n) acc[n] += A[m][k] * B[k][n];
+      for (int n = 0; n < 8; ++n) D[m][n] = static_cast<float>(acc[n] + C[m][n]);
+    }
   }
   for (int l = 0; l < 32; ++l) {
     const int g = l >> 2, t = l & 3;
@@ -198,7 +205,7 @@ void exec_shfl(Runner& r, Thread* const lanes[32], unsigned mask, int mode) {
 void execute_collective(Runner& r, Thread* const lanes[32], const PendingCollective& pc) {
   switch (pc.op) {
     case Op::mma:
-      exec_mma(lanes, pc.qual);
+      exec_mma(r, lanes, pc.qual);
       break;
     case Op::ldmatrix:
       exec_ldmatrix(r, lanes, pc.qual & 7, pc.qual & 8);

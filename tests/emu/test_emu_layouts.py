@@ -37,6 +37,7 @@ def one_hot_probe(emu, dtype, k):
     return found
 
 
+@pytest.mark.usefixtures("exact_numerics")  # bit-exact: the exact mode's single rounding
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("k", (16, 8))
 def test_mma_matches_ptx_formulas_lane_by_lane(emu, rng, dtype, k):
@@ -85,6 +86,7 @@ def test_ptx_formulas_equal_cute_traits():
             assert (kk, n) == pm.b_k8(lane, i)
 
 
+@pytest.mark.usefixtures("exact_numerics")  # bit-exact: the exact mode's single rounding
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_mma_with_cute_built_fragments(emu, rng, dtype):
     """Fragments assembled from the CuTe layouts (independent encoding) give A·B + C."""
@@ -253,6 +255,7 @@ def test_stmatrix_epilogue_recipe(emu):
     np.testing.assert_array_equal(image.reshape(16, ld)[:, :16], O)
 
 
+@pytest.mark.usefixtures("exact_numerics")  # bit-exact: the exact mode's single rounding
 def test_mma_subnormal_and_special_inputs(emu, rng):
     """f16 subnormal operands are exact (no flush); Inf and NaN propagate as in IEEE arithmetic."""
     Ab = rng.integers(1, 0x400, size=(16, 16), dtype=np.uint16) | (rng.integers(0, 2, size=(16, 16)) << 15).astype(np.uint16)
