@@ -8,6 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=${FAE_SANITIZE_DIR:-build/sanitize}
 jobs=${FAE_JOBS:-2}
+generator=()
+if command -v ninja >/dev/null; then generator=(-G Ninja); fi
 kinds=("$@")
 [ ${#kinds[@]} -gt 0 ] || kinds=(asan tsan)
 
@@ -25,7 +27,7 @@ for kind in "${kinds[@]}"; do
   esac
   t0=$(date +%s)
   build=$root/$kind
-  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  cmake -S . -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DFLASHATTN_EXT_CUDA=OFF -DFLASHATTN_EXT_EMULATOR=ON -DFLASHATTN_EXT_TESTS=ON \
     "-DCMAKE_CXX_FLAGS=$flags -fno-omit-frame-pointer" "-DCMAKE_EXE_LINKER_FLAGS=$flags" \
     -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" -DPython_EXECUTABLE="$(command -v python3)" >/dev/null
