@@ -9,13 +9,13 @@ using namespace fae::bindings;
 void fae_bind_emulated_attention(py::module_& m) {
   def_forward(m, "attention_forward", [](const fae::FwdParams& p, uintptr_t) { fae::cuda::attention_forward(p, nullptr); },
               "Forward attention through the CUDA kernel source on the emulator (float16/bfloat16; rows "
-              "16-byte aligned; head dims 32, 64, 96, 128, 256).");
+              "16-byte aligned; head dims: attention_head_dims).");
   def_backward(m, "attention_backward",
                [](const fae::BwdParams& p, float* delta, float* dq_accum, uintptr_t) {
                  fae::cuda::attention_backward(p, delta, dq_accum, nullptr);
                },
                "Backward through the CUDA kernel source on the emulator; delta (B*Hq*Sq) and dq_accum "
-               "(B*Hq*Sq*D) are float32 workspace (head dims 32, 64, 96, 128).");
+               "(B*Hq*Sq*D) are float32 workspace (head dims: attention_bwd_head_dims).");
   m.attr("attention_head_dims") = head_dim_list(fae::cuda::kHeadDims);
   m.attr("attention_bwd_head_dims") = head_dim_list(fae::cuda::kBwdHeadDims);
 }
