@@ -1,5 +1,5 @@
 // Binds attention entry points with one argument list for every backend: the list built by
-// _core._fwd_args / _core._bwd_args, then (backward only) the float32 workspace addresses delta
+// _core._fwd_args / _core._bwd_args, then (backward only) the float32 workspace addresses stats
 // and dq_accum, then a CUDA stream address; backends that need none of these receive 0.
 #pragma once
 
@@ -25,7 +25,7 @@ void def_forward(pybind11::module_& m, const char* name, Run run, const char* do
         doc);
 }
 
-// run(const BwdParams&, float* delta, float* dq_accum, uintptr_t stream), GIL released.
+// run(const BwdParams&, float* stats, float* dq_accum, uintptr_t stream), GIL released.
 template <class Run>
 void def_backward(pybind11::module_& m, const char* name, Run run, const char* doc) {
   m.def(name,
@@ -33,12 +33,12 @@ void def_backward(pybind11::module_& m, const char* name, Run run, const char* d
               uintptr_t dlse, uintptr_t dq, uintptr_t dk, uintptr_t dv, Strides3 qs, Strides3 ks, Strides3 vs,
               Strides3 os, Strides2 lses, Strides3 dos, Strides3 dqs, Strides3 dks, Strides3 dvs, Sizes6 sizes,
               int64_t align_offset, int64_t window_left, int64_t window_right, double scale, int num_threads,
-              uintptr_t delta, uintptr_t dq_accum, uintptr_t stream) {
+              uintptr_t stats, uintptr_t dq_accum, uintptr_t stream) {
           const BwdParams p = make_bwd(dtype, q, k, v, out, lse, dout, dlse, dq, dk, dv, qs, ks, vs, os, lses, dos,
                                        dqs, dks, dvs, sizes, align_offset, window_left, window_right, scale,
                                        num_threads);
           pybind11::gil_scoped_release release;
-          run(p, static_cast<float*>(as_ptr(delta)), static_cast<float*>(as_ptr(dq_accum)), stream);
+          run(p, static_cast<float*>(as_ptr(stats)), static_cast<float*>(as_ptr(dq_accum)), stream);
         },
         doc);
 }

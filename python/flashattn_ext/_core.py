@@ -221,10 +221,10 @@ def backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dq: Any, dk:
     qf, kf, vf, of, dof = (_fit(x, dp) for x in (q, k, v, out, dout))
     dqf, dkf, dvf = (_fit(x, dp, copy=False) for x in (dq, dk, dv))
     rows = q.shape[0] * q.shape[2] * q.shape[1]
-    delta = _new(q, (rows,), zero=False, float32=True)
+    stats = _new(q, (2 * rows,), zero=False, float32=True)  # delta and softmax sum per row
     dq_accum = _new(q, (rows * dp,), zero=False, float32=True)
     run(*_bwd_args(dof, qf, kf, vf, of, lse, dqf, dkf, dvf, scale, mask, dlse, dp),
-        _ptr(delta), _ptr(dq_accum), stream)
+        _ptr(stats), _ptr(dq_accum), stream)
     for padded, real in ((dqf, dq), (dkf, dk), (dvf, dv)):
         _copy_back(padded, real)
 
