@@ -36,7 +36,7 @@ CACHE = ROOT / "build" / "cuda_static"
 ARCHS = ("sm_80", "sm_90")
 DEFAULT_HEAD_DIMS = (64, 128)
 NVCC_FLAGS = ("-std=c++17", "--expt-relaxed-constexpr", "-Xptxas", "-v", "-cubin")
-ATTENTION_KERNELS = ("flash_fwd_kernel", "flash_bwd_kernel", "bwd_preprocess", "bwd_convert_dq")
+ATTENTION_KERNELS = ("flash_fwd_kernel", "flash_bwd_kernel", "bwd_row_stats", "bwd_convert_dq")
 
 # --------------------------------------------------------------------------------------------
 # Instances and compilation

@@ -28,7 +28,7 @@ inline auto common_args() {
 inline auto backward_args() {
   return std::make_tuple(py::arg("dout"), py::arg("dlse"), py::arg("dq"), py::arg("dk"), py::arg("dv"),
                          py::arg("dout_strides"), py::arg("dq_strides"), py::arg("dk_strides"),
-                         py::arg("dv_strides"), py::arg("delta"), py::arg("dq_accum"));
+                         py::arg("dv_strides"), py::arg("stats"), py::arg("dq_accum"));
 }
 
 // Last in every list: the CUDA stream address and the CPU thread count (0: the library default).
@@ -55,7 +55,7 @@ void def_forward(py::module_& m, const char* name, Run run, const char* doc) {
       doc, std::tuple_cat(common_args(), launch_args()));
 }
 
-// run(const BwdParams&, float* delta, float* dq_accum, uintptr_t stream), GIL released.
+// run(const BwdParams&, float* stats, float* dq_accum, uintptr_t stream), GIL released.
 template <class Run>
 void def_backward(py::module_& m, const char* name, Run run, const char* doc) {
   def_with_args(
@@ -63,13 +63,13 @@ void def_backward(py::module_& m, const char* name, Run run, const char* doc) {
       [run](int dtype, Sizes6 sizes, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse,
             Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, Strides2 lses, int64_t align_offset,
             int64_t window_left, int64_t window_right, double scale, uintptr_t dout, uintptr_t dlse, uintptr_t dq,
-            uintptr_t dk, uintptr_t dv, Strides3 dos, Strides3 dqs, Strides3 dks, Strides3 dvs, uintptr_t delta,
+            uintptr_t dk, uintptr_t dv, Strides3 dos, Strides3 dqs, Strides3 dks, Strides3 dvs, uintptr_t stats,
             uintptr_t dq_accum, uintptr_t stream, int num_threads) {
         const BwdParams p = make_bwd(dtype, q, k, v, out, lse, dout, dlse, dq, dk, dv, qs, ks, vs, os, lses, dos,
                                      dqs, dks, dvs, sizes, align_offset, window_left, window_right, scale,
                                      num_threads);
         py::gil_scoped_release release;
-        run(p, static_cast<float*>(as_ptr(delta)), static_cast<float*>(as_ptr(dq_accum)), stream);
+        run(p, static_cast<float*>(as_ptr(stats)), static_cast<float*>(as_ptr(dq_accum)), stream);
       },
       doc, std::tuple_cat(common_args(), backward_args(), launch_args()));
 }

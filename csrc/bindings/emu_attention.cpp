@@ -41,10 +41,10 @@ void fae_bind_emulated_attention(py::module_& m) {
               "Forward attention through the CUDA kernel source on the emulator (float16/bfloat16; rows "
               "16-byte aligned; head dims: attention_head_dims).");
   def_backward(m, "attention_backward",
-               [](const fae::BwdParams& p, float* delta, float* dq_accum, uintptr_t) {
-                 fae::cuda::attention_backward(p, delta, dq_accum, nullptr);
+               [](const fae::BwdParams& p, float* stats, float* dq_accum, uintptr_t) {
+                 fae::cuda::attention_backward(p, stats, dq_accum, nullptr);
                },
-               "Backward through the CUDA kernel source on the emulator; delta (B*Hq*Sq) and dq_accum "
+               "Backward through the CUDA kernel source on the emulator; row stats (2*B*Hq*Sq) and dq_accum "
                "(B*Hq*Sq*D) are float32 workspace (head dims: attention_bwd_head_dims).");
   m.attr("attention_head_dims") = head_dim_list(fae::cuda::kHeadDims);
   m.attr("attention_bwd_head_dims") = head_dim_list(fae::cuda::kBwdHeadDims);

@@ -112,7 +112,7 @@ def backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dq: Any, dk:
     dlse_ptr = 0 if dlse is None else _ptr(dlse)
     if backend_for(q) == "cpu":
         _C.backward(**_common_kwargs(q, k, v, out, lse, scale, mask, q.shape[3]),
-                    **_arrays(dout=dout, dq=dq, dk=dk, dv=dv), dlse=dlse_ptr, delta=0, dq_accum=0,
+                    **_arrays(dout=dout, dq=dq, dk=dk, dv=dv), dlse=dlse_ptr, stats=0, dq_accum=0,
                     stream=0)
         return
     _, run, _, head_dims, stream = _entry_points(q)
@@ -120,10 +120,10 @@ def backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dq: Any, dk:
     qf, kf, vf, of, dof = (_fit(x, dp) for x in (q, k, v, out, dout))
     dqf, dkf, dvf = (_fit(x, dp, copy=False) for x in (dq, dk, dv))
     rows = q.shape[0] * q.shape[2] * q.shape[1]
-    delta = _new(q, (rows,), zero=False, float32=True)
+    stats = _new(q, (2 * rows,), zero=False, float32=True)  # delta and softmax sum per row
     dq_accum = _new(q, (rows * dp,), zero=False, float32=True)
     run(**_common_kwargs(qf, kf, vf, of, lse, scale, mask, dp),
-        **_arrays(dout=dof, dq=dqf, dk=dkf, dv=dvf), dlse=dlse_ptr, delta=_ptr(delta),
+        **_arrays(dout=dof, dq=dqf, dk=dkf, dv=dvf), dlse=dlse_ptr, stats=_ptr(stats),
         dq_accum=_ptr(dq_accum), stream=stream)
     for padded, real in ((dqf, dq), (dkf, dk), (dvf, dv)):
         _copy_back(padded, real)

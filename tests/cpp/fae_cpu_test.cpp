@@ -548,9 +548,9 @@ void emu_case(const Case& c, uint64_t seed) {
     bp.dq_batch_stride = r.dq.sb; bp.dq_row_stride = r.dq.ss; bp.dq_head_stride = r.dq.sh;
     bp.dk_batch_stride = r.dk.sb; bp.dk_row_stride = r.dk.ss; bp.dk_head_stride = r.dk.sh;
     bp.dv_batch_stride = r.dv.sb; bp.dv_row_stride = r.dv.ss; bp.dv_head_stride = r.dv.sh;
-    std::vector<float> delta(size_t(c.B * c.Hq * c.Sq), 0.f), dq_accum(size_t(c.B * c.Hq * c.Sq * c.D), 0.f);
+    std::vector<float> stats(size_t(2 * c.B * c.Hq * c.Sq), 0.f), dq_accum(size_t(c.B * c.Hq * c.Sq * c.D), 0.f);
     try {
-      fae::cuda::attention_backward(bp, delta.data(), dq_accum.data(), nullptr);
+      fae::cuda::attention_backward(bp, stats.data(), dq_accum.data(), nullptr);
     } catch (const std::exception& e) {
       check(false, std::string("emulated backward threw: ") + e.what());
       return;
