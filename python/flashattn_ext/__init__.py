@@ -9,6 +9,7 @@ from ._C import available_isas as _available_isas
 from ._C import build_info as _build_info
 from ._C import get_num_threads, set_num_threads
 from .functional import attention, flash_attn_func, scaled_dot_product_attention
+from .interpret import attention_weights, hard_attention, topk_attention
 
 
 def build_info() -> dict:
@@ -28,9 +29,12 @@ def build_info() -> dict:
 __all__ = [
     "__version__",
     "attention",
+    "attention_weights",
     "build_info",
     "flash_attn_func",
     "get_num_threads",
+    "hard_attention",
     "scaled_dot_product_attention",
     "set_num_threads",
+    "topk_attention",
 ]

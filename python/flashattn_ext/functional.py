@@ -72,9 +72,11 @@ def flash_attn_func(q: ArrayLike, k: ArrayLike, v: ArrayLike, dropout_p: float =
 
     q: (B, Sq, Hq, D); k, v: (B, Sk, Hkv, D). The causal mask is aligned bottom-right and
     ``window_size=(left, right)`` is a sliding window (-1 = unbounded), as in FlashAttention.
-    Returns out (B, Sq, Hq, D); with ``return_attn_probs`` returns (out, softmax_lse, None):
-    softmax_lse is (B, Hq, Sq) and the third item, FlashAttention's debug-only dropout mask, is
-    None because dropout is not applied. The backward is always deterministic, so
+    Returns out (B, Sq, Hq, D); with ``return_attn_probs`` returns (out, softmax_lse, probs):
+    softmax_lse is (B, Hq, Sq) and probs (B, Hq, Sq, Sk) the exact attention probabilities
+    (float32, float64 for float64 inputs; no gradient), recomputed from softmax_lse by
+    :func:`flashattn_ext.attention_weights`: O(Sq·Sk) memory, for inspection and tests (the
+    position of FlashAttention's debug-only S_dmask). The backward is always deterministic, so
     ``deterministic`` is accepted either way. Not implemented (raising NotImplementedError):
     dropout_p > 0, softcap != 0, alibi_slopes.
     """
@@ -85,9 +87,13 @@ def flash_attn_func(q: ArrayLike, k: ArrayLike, v: ArrayLike, dropout_p: float =
     if alibi_slopes is not None:
         raise NotImplementedError("alibi_slopes: ALiBi is not implemented; pass None")
     mask = MaskSpec.make(causal, window_size, bottom_right=True)
-    out, lse = _run(prepare(q, k, v, layout=BSHD, scale=softmax_scale, mask=mask,
-                            scale_name="softmax_scale"))
-    return (out, lse, None) if flag("return_attn_probs", return_attn_probs) else out
+    call = prepare(q, k, v, layout=BSHD, scale=softmax_scale, mask=mask, scale_name="softmax_scale")
+    out, lse = _run(call)
+    if not flag("return_attn_probs", return_attn_probs):
+        return out
+    from .interpret import weights_of
+
+    return out, lse, weights_of(call, lse)
 
 
 def scaled_dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
