@@ -121,7 +121,7 @@ BAD_INPUTS = [
     ("MultiHeadAttention(64, 8, scale='1/8')", TypeError, "scale: expected a real number"),
     ("mha(x, key_padding_mask=torch.zeros(2, 5, dtype=torch.bool))", NotImplementedError,
      "key_padding_mask"),
-    ("mha(x, need_weights=True)", NotImplementedError, "need_weights"),
+    ("mha(x, need_weights=1)", TypeError, "need_weights: expected a bool"),
     ("mha(x[0])", ValueError, "x: expected (batch, seq, embed_dim=64), got shape (5, 64)"),
     ("mha(x[..., :32])", ValueError, "x: expected (batch, seq, embed_dim=64), got shape (2, 5, 32)"),
     ("mha(x.numpy())", TypeError, "x: expected a torch.Tensor, got ndarray"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Tuple, Union
 
-from . import _dispatch
+from . import _capture, _dispatch
 from ._validate import BHSD, BSHD, SD, Call, MaskSpec, flag, prepare
 
 ArrayLike = Any  # torch.Tensor or numpy.ndarray
@@ -20,10 +20,14 @@ ArrayLike = Any  # torch.Tensor or numpy.ndarray
 def _run(call: Call) -> Tuple[ArrayLike, ArrayLike]:
     """out (B, S, H, D) and lse (B, H, S) of a validated call."""
     if call.kind == "numpy":
-        return _dispatch.numpy_forward(call.q, call.k, call.v, call.scale, call.mask)
-    from . import _torch_ops
+        out, lse = _dispatch.numpy_forward(call.q, call.k, call.v, call.scale, call.mask)
+    else:
+        from . import _torch_ops
 
-    return _torch_ops.apply(call.q, call.k, call.v, call.scale, call.mask)
+        out, lse = _torch_ops.apply(call.q, call.k, call.v, call.scale, call.mask)
+    if _capture.recorders:  # flashattn_ext.inspect.capture is active
+        _capture.record(call, lse)
+    return out, lse
 
 
 def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool = False,

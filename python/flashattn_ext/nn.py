@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import numbers
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._validate import MAX_HEAD_DIM, scale_value
+from ._validate import MAX_HEAD_DIM, flag, scale_value
 from .functional import attention
+from .interpret import attention_weights
 
 __all__ = ["MultiHeadAttention"]
 
@@ -30,8 +31,12 @@ class MultiHeadAttention(nn.Module):
 
     The causal mask is aligned bottom-right (query i sees keys j <= i + Sk - Sq), which is the
     right alignment when ``context`` holds earlier tokens plus the current ones (KV cache).
+    ``forward(..., need_weights=True)`` also returns the attention weights, recomputed exactly
+    from the forward's lse (:func:`flashattn_ext.attention_weights`, no second attention pass),
+    as ``torch.nn.MultiheadAttention`` does: (B, Sq, Sk) averaged over heads, or
+    (B, num_heads, Sq, Sk) with ``average_attn_weights=False``, in x's dtype, without gradient.
     Not implemented (raising NotImplementedError): dropout > 0, ``key_padding_mask``,
-    ``attn_mask``, ``need_weights=True``.
+    ``attn_mask``.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, *, num_kv_heads: Optional[int] = None,
@@ -119,25 +124,31 @@ class MultiHeadAttention(nn.Module):
                 value: Optional[torch.Tensor] = None, causal: Optional[bool] = None,
                 key_padding_mask: Optional[torch.Tensor] = None,
                 attn_mask: Optional[torch.Tensor] = None,
-                need_weights: bool = False) -> torch.Tensor:
+                need_weights: bool = False,
+                average_attn_weights: bool = True) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         """x: (B, Sq, embed_dim); context: (B, Sk, kdim) keys source (None: self-attention);
         value: (B, Sk, vdim) values source when different from ``context``; causal overrides
-        the module's setting. Returns (B, Sq, embed_dim)."""
+        the module's setting. Returns (B, Sq, embed_dim), and with ``need_weights`` the pair
+        (output, attention weights) (see the class docstring)."""
         if key_padding_mask is not None:
             raise NotImplementedError("key_padding_mask: padding masks are not implemented")
         if attn_mask is not None:
             raise NotImplementedError("attn_mask: arbitrary masks are not implemented")
-        if need_weights:
-            raise NotImplementedError("need_weights=True: attention weights are never formed")
+        want_weights = flag("need_weights", need_weights)
+        average = flag("average_attn_weights", average_attn_weights)
         self._check_inputs(x, context, value)
         q, k, v = self._project(x, context, value)
         b, sq, sk = x.shape[0], x.shape[1], k.shape[1]
         q = q.view(b, sq, self.num_heads, self.head_dim)
         k = k.view(b, sk, self.num_kv_heads, self.head_dim)
         v = v.view(b, sk, self.num_kv_heads, self.head_dim)
-        out = attention(q, k, v, causal=self.causal if causal is None else causal,
-                        scale=self.scale)
-        return self.out_proj(out.reshape(b, sq, self.num_heads * self.head_dim))
+        causal = self.causal if causal is None else causal
+        out, lse = attention(q, k, v, causal=causal, scale=self.scale, return_lse=True)
+        y = self.out_proj(out.reshape(b, sq, self.num_heads * self.head_dim))
+        if not want_weights:
+            return y
+        w = attention_weights(q, k, causal=causal, scale=self.scale, lse=lse)
+        return y, (w.mean(dim=1) if average else w).to(x.dtype)
 
     @classmethod
     def from_torch(cls, mha: nn.MultiheadAttention, *, causal: bool = False) -> "MultiHeadAttention":
