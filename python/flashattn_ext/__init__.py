@@ -2,7 +2,8 @@
 
 Entry points: :func:`attention` (canonical), :func:`flash_attn_func` (FlashAttention 2.x
 signature), :func:`scaled_dot_product_attention` (torch signature), and
-``flashattn_ext.nn.MultiHeadAttention`` (needs torch)."""
+``flashattn_ext.nn.MultiHeadAttention`` (needs torch); for looking inside models
+:func:`attention_weights`, :func:`hard_attention`, :func:`topk_attention` and ``flashattn_ext.inspect``."""
 
 from ._version import __version__
 from ._C import available_isas as _available_isas
@@ -10,6 +11,7 @@ from ._C import build_info as _build_info
 from ._C import get_num_threads, set_num_threads
 from .functional import attention, flash_attn_func, scaled_dot_product_attention
 from .interpret import attention_weights, hard_attention, topk_attention
+from . import inspect  # capture, plot, rollout
 
 
 def build_info() -> dict:

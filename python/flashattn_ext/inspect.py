@@ -166,7 +166,7 @@ def plot(weights: ArrayLike, query_labels: Optional[Sequence[Any]] = None,
         if labels is not None and len(labels) != n:
             raise ValueError(f"{name}: {len(labels)} labels for {n} {name.split('_')[0]} positions")
     if ax is None:
-        fig, ax = plt.subplots(figsize=(1 + 0.3 * w.shape[1], 1 + 0.3 * w.shape[0]))
+        fig, ax = plt.subplots(figsize=(2 + 0.4 * w.shape[1], 1.5 + 0.4 * w.shape[0]))
     else:
         fig = ax.figure
     im = ax.imshow(w, cmap=cmap, aspect="auto", vmin=0.0)
@@ -174,7 +174,7 @@ def plot(weights: ArrayLike, query_labels: Optional[Sequence[Any]] = None,
     if query_labels is not None:
         ax.set_yticks(range(w.shape[0]), [str(x) for x in query_labels])
     if key_labels is not None:
-        ax.set_xticks(range(w.shape[1]), [str(x) for x in key_labels])
+        ax.set_xticks(range(w.shape[1]), [str(x) for x in key_labels], rotation=90)
     ax.set_xlabel("key")
     ax.set_ylabel("query")
     if title:
