@@ -37,7 +37,7 @@ CLASSES: List[Tuple[str, Tuple[str, ...]]] = [
     ("cvt", ("F2FP", "F2F", "I2F", "F2I", "I2FP", "F2IP")),
     ("shfl", ("SHFL",)),
     ("sync", ("BAR", "DEPBAR", "LDGDEPBAR", "WARPSYNC", "MEMBAR")),
-    ("branch", ("BRA", "BRX", "BSSY", "BSYNC", "EXIT", "CALL", "RET", "JMP", "WARPSYNC")),
+    ("branch", ("BRA", "BRX", "BSSY", "BSYNC", "EXIT", "CALL", "RET", "JMP")),
     ("move", ("MOV", "IMAD.MOV", "UMOV", "CS2R", "S2R", "S2UR", "R2UR", "SHFL.IDX")),
     ("int", ("IMAD", "IADD3", "IADD", "LEA", "SHF", "LOP3", "LOP", "ISETP", "SEL", "IMNMX", "IABS", "PLOP3",
              "P2R", "R2P", "PRMT", "ICMP", "FLO", "POPC", "BMSK", "SGXT", "VIADD", "VIMNMX", "UIADD3", "UIMAD",
@@ -57,7 +57,7 @@ def classify(op: str) -> str:
 
 def compile_sass(source: str, arch: str, csrc: Path = ROOT / "csrc") -> Tuple[str, str]:
     """(SASS, ptxas -v report) of a translation unit."""
-    nvcc, cuobjdump = shutil.which("nvcc"), _tool("cuobjdump")
+    nvcc, cuobjdump = shutil.which("nvcc"), tool("cuobjdump")
     if nvcc is None or cuobjdump is None:
         raise RuntimeError("needs nvcc and cuobjdump (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
     with tempfile.TemporaryDirectory() as tmp:
@@ -66,13 +66,17 @@ def compile_sass(source: str, arch: str, csrc: Path = ROOT / "csrc") -> Tuple[st
         ptxas = subprocess.run([nvcc, "-std=c++17", "--expt-relaxed-constexpr", f"-arch={arch}", f"-I{csrc}",
                                 "-Xptxas", "-v", "-cubin", "-o", str(cubin), str(src)], check=True,
                                capture_output=True, text=True).stderr
-        env = dict(os.environ, PATH=str(Path(cuobjdump).parent) + os.pathsep + os.environ.get("PATH", ""))
         res = subprocess.run([cuobjdump, "--dump-sass", str(cubin)], check=True, capture_output=True, text=True,
-                             env=env)  # cuobjdump runs nvdisasm from PATH
+                             env=tool_env(cuobjdump))
         return res.stdout, ptxas
 
 
-def _tool(name: str) -> Optional[str]:
+def tool_env(cuobjdump: str) -> Dict[str, str]:
+    """The environment to run cuobjdump in: it runs nvdisasm from PATH (its own directory)."""
+    return dict(os.environ, PATH=str(Path(cuobjdump).parent) + os.pathsep + os.environ.get("PATH", ""))
+
+
+def tool(name: str) -> Optional[str]:
     """A CUDA binary tool from PATH or from the pip package nvidia-cuda-<name>."""
     found = shutil.which(name)
     if found:

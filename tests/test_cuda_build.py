@@ -14,8 +14,11 @@ from pathlib import Path
 
 import pytest
 
+import cuda_sass
+
 ROOT = Path(__file__).resolve().parents[1]
 NVCC = shutil.which("nvcc")
+CUOBJDUMP = cuda_sass.tool("cuobjdump")
 
 
 def _head_dims(name: str) -> tuple:
@@ -62,3 +65,29 @@ def test_kernels_compile_without_spills(tmp_path, arch, direction):
                   f"spill bytes {spills}")
             assert int(used.group(1)) <= 255
             assert all(int(x) == 0 for x in spills), f"{dt} D={d} on {arch} spills: {kernel}"
+            if direction == "forward":
+                assert "0 bytes stack frame" in kernel, f"{dt} D={d} on {arch} uses a stack: {kernel}"
+        if direction == "forward" and CUOBJDUMP:  # and no local memory in the SASS
+            obj = tmp_path / f"{direction}_{dt}_{d}_{arch}.o"
+            sass = subprocess.run([CUOBJDUMP, "--dump-sass", str(obj)], check=True, capture_output=True,
+                                  text=True, env=cuda_sass.tool_env(CUOBJDUMP)).stdout
+            assert "HMMA" in sass and not re.search(r"\b(LDL|STL)\b", sass), f"{dt} D={d} on {arch}: local memory"
+
+
+@pytest.mark.skipif(NVCC is None or CUOBJDUMP is None,
+                    reason="needs nvcc and cuobjdump (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
+@pytest.mark.skipif(not (ROOT / "csrc").is_dir(), reason="needs the source tree (csrc/)")
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_forward_main_loop_instruction_mix(head_dim):
+    """One steady-state iteration of the forward's loop over whole key tiles, per warp (sm_80
+    SASS, tests/cuda_sass.py): at least 20% HMMA, at most 0.35 ldmatrix per HMMA (each K or V
+    fragment feeds several mma), tile loads without per-chunk index arithmetic (few integer
+    instructions), no branch but the loop's own and no local memory in the kernel."""
+    r = cuda_sass.report("bf16_t", head_dim, "sm_80")
+    loop = r["loop"]
+    print(f"D={head_dim}: {loop}")
+    assert r["kernel"].get("local", 0) == 0
+    assert loop["hmma"] >= 0.20 * loop["total"]
+    assert loop.get("ldsm", 0) <= 0.35 * loop["hmma"]
+    assert loop.get("int", 0) <= 64
+    assert loop.get("branch", 0) <= 3
