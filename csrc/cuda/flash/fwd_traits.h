@@ -33,7 +33,7 @@ struct FwdConfig {
   static constexpr std::size_t kSmemBytes = (kSmemQ + 2 * kSmemKV) * sizeof(T);
 
   static_assert(sizeof(T) == 2, "tensor-core path: 16-bit elements");
-  static_assert(HeadDim % 32 == 0 && HeadDim <= 256, "head dim: multiple of 32, at most 256");
+  static_assert(HeadDim % 16 == 0 && HeadDim <= 256, "head dim: multiple of 16, at most 256");
   static_assert(MTiles == 1 || MTiles == 2, "a warp owns 16 or 32 rows");
   static_assert(kBlockN % 16 == 0, "P.V consumes keys 16 at a time");
   static_assert((kRowStride * sizeof(T)) % 16 == 0, "ldmatrix and cp.async rows: 16-byte aligned");
