@@ -1,5 +1,5 @@
-"""Helpers shared by the attention tests: random inputs, the tolerance rule of DESIGN.md
-section 5, and which kernels a backend covers."""
+"""Helpers shared by the attention tests: random inputs, the tolerance rule of
+docs/semantics.md section 7, and which kernels a backend covers."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ ABS_TOL = {torch.float32: 2e-5, torch.float64: 1e-10}
 
 def assert_close(ours: torch.Tensor, ref64: torch.Tensor, naive: Optional[torch.Tensor],
                  what: str, slack: float = 1e-4) -> None:
-    """DESIGN.md section 5: 16-bit errors against the float64 oracle must stay within 2x the error
+    """docs/semantics.md section 7: 16-bit errors against the float64 oracle must stay within 2x the error
     of a naive computation in the input dtype plus a small slack; float32/float64 get absolute
     tolerances (relative to the reference's magnitude)."""
     assert ours.shape == ref64.shape, f"{what}: shape {tuple(ours.shape)} != {tuple(ref64.shape)}"

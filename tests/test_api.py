@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import re
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +14,11 @@ import torch
 import flashattn_ext as fa
 import oracle
 from attn_testing import assert_close, needs_kernel, randn
+from flashattn_ext import _C
+from flashattn_ext._validate import MaskSpec
+from flashattn_ext.nn import MultiHeadAttention
+
+ROOT = Path(__file__).resolve().parents[1]
 
 F32, F64 = torch.float32, torch.float64
 
@@ -20,86 +28,166 @@ def qkv(gen, b=2, sq=11, sk=13, hq=4, hkv=2, d=16, dtype=F32):
             randn(gen, b, sk, hkv, d, dtype=dtype))
 
 
-# ---- validation: every error path names the argument --------------------------------------
+# ---- bad inputs: every error names the argument, what was given and what is accepted ---------
+# One list: the call (Python source, evaluated with the names of bad_input_names), the exception
+# and a fragment of its message. tools/bad_inputs_table.py writes it to docs/bad_inputs.md.
+# Messages that depend on the build or the machine (devices, CPU instruction sets) are tested
+# further below instead.
 
-def test_rejects_mixed_torch_and_numpy(gen):
+BAD_INPUTS = [
+    # arrays
+    ("attention(q, k.numpy(), v)", TypeError,
+     "q, k, v must all be torch tensors or all numpy arrays; got q is torch, k is numpy"),
+    ("attention(q.requires_grad_(), kn, vn)", TypeError, "got q is torch, k is numpy, v is numpy"),
+    ("attention(q, k, v.tolist())", TypeError, "v: expected a torch.Tensor or numpy.ndarray, got list"),
+    ("attention(q[0, 0, 0, 0], k[0, 0, 0, 0], v[0, 0, 0, 0])", ValueError,
+     "q: expected 2, 3 or 4 dimensions, (S, D), (B, S, D) or (B, S, H, D); got shape ()"),
+    ("attention(q[None], k[None], v[None])", ValueError, "q: expected 2, 3 or 4 dimensions"),
+    ("attention(q, k[0], v)", ValueError, "k: expected 4 dimensions like q, got shape (13, 2, 16)"),
+    ("flash_attn_func(q[0], k[0], v[0])", ValueError,
+     "q: expected 4 dimensions, (B, S, H, D); got shape (11, 4, 16)"),
+    ("scaled_dot_product_attention(qt[0, 0], kt[0, 0], vt[0, 0])", ValueError,
+     "query: expected 3 or 4 dimensions, (B, S, D) or (B, H, S, D); got shape (11, 16)"),
+    ("attention(q, k.double(), v)", TypeError, "k: dtype float64 differs from q's float32"),
+    ("attention(q.int(), k.int(), v.int())", TypeError, "q: dtype int32 is not supported"),
+    ("attention(qn.astype(np.complex64), kn, vn)", TypeError, "q: dtype complex64 is not supported"),
+    ("attention(qn.astype('>f4'), kn.astype('>f4'), vn.astype('>f4'))", TypeError,
+     "q: dtype >f4 has non-native byte order"),
+    ("attention(q.to_sparse(), k.to_sparse(), v.to_sparse())", TypeError,
+     "q: layout torch.sparse_coo is not supported; pass a dense (strided) tensor"),
+    ("attention(q, k[:, :0], v[:, :0])", ValueError, "k: zero-size dimension in shape (2, 0, 2, 16)"),
+    ("attention(randn(1, 3, 1, 264), randn(1, 3, 1, 264), randn(1, 3, 1, 264))", ValueError,
+     "q: head_dim 264 is not supported; head_dim must be 1..256"),
+    ("attention(q[..., ::2], k[..., ::2], v[..., ::2])", ValueError,
+     "q: the last (head_dim) dimension must be contiguous (stride 1)"),
+    ("attention(qn[..., ::-1], kn, vn)", ValueError,
+     "q: the last (head_dim) dimension must be contiguous (stride 1), got strides (704, 64, 16, -1)"),
+    ("attention(unaligned(qn), kn, vn)", ValueError,
+     "q: the data address is not a multiple of the 4-byte item size"),
+    ("attention(qn, kn, odd_strides(vn))", ValueError,
+     "v: byte strides (1666, 128, 64, 4) are not multiples of the 4-byte item size"),
+    ("attention(q, k, v[:, :5])", ValueError, "v: batch, sequence and heads (2, 5, 2) must match k's"),
+    ("attention(q, k[:1], v[:1])", ValueError, "k: batch size 1 differs from q's 2"),
+    ("attention(q, k[..., :8], v[..., :8])", ValueError, "k, v: head_dim must equal q's 16"),
+    ("attention(q, randn(2, 13, 3, 16), randn(2, 13, 3, 16))", ValueError,
+     "k: number of heads 3 must divide q's number of heads 4"),
+    ("scaled_dot_product_attention(qt, kt, vt)", ValueError,
+     "key: 2 heads differ from query's 4; pass enable_gqa=True"),
+    ("attention(q, k.to('meta'), v)", ValueError, "k: on device meta, but q is on cpu"),
+    # scale
+    ("attention(q, k, v, scale=float('nan'))", ValueError, "scale: expected a finite number or None"),
+    ("attention(q, k, v, scale='0.5')", TypeError, "scale: expected a real number"),
+    ("attention(q, k, v, scale=True)", TypeError, "scale: expected a real number"),
+    ("flash_attn_func(q, k, v, softmax_scale=0.5j)", TypeError, "softmax_scale: expected a real number"),
+    ("attention(q, k, v, scale=torch.ones(2))", TypeError, "scale: a tensor must be 0-d"),
+    ("attention(q, k, v, scale=torch.tensor(0.5, requires_grad=True))", ValueError,
+     "scale: gradients with respect to the scale are not computed"),
+    ("attention(q, k, v, scale=1e38)", ValueError,
+     "scale: q·kᵀ·scale overflows the float32 range of the kernels for these finite q and k"),
+    ("attention(qn, kn, vn, scale=1e39)", ValueError, "overflows the float32 range"),
+    ("attention(q.abs() + 0.1, k.abs() + 0.1, v, scale=-1e38)", ValueError,
+     "overflows the float32 range"),
+    ("attention(q * 1e20, k * 1e20, v)", ValueError, "overflows the float32 range"),
+    ("attention(q.double() * 1e200, k.double() * 1e200, v.double())", ValueError,
+     "overflows the float64 range"),
+    # mask and flags
+    ("attention(q, k, v, window_size=(-5, -7))", ValueError,
+     "window_size: expected a pair (left, right) of ints >= -1 (-1 = unbounded), got (-5, -7)"),
+    ("flash_attn_func(q, k, v, window_size=(1.7, 0))", TypeError, "got (1.7, 0) with a float item"),
+    ("flash_attn_func(q, k, v, window_size=(True, 0))", TypeError, "got (True, 0) with a bool item"),
+    ("attention(q, k, v, window_size=(1, 2, 3))", TypeError, "window_size: expected a pair"),
+    ("attention(q, k, v, window_size=None)", TypeError, "window_size: expected a pair"),
+    ("attention(q, k, v, causal='yes')", TypeError, "causal: expected a bool, got 'yes' (str)"),
+    ("scaled_dot_product_attention(qt, kt, vt, is_causal=None, enable_gqa=True)", TypeError,
+     "is_causal: expected a bool"),
+    ("scaled_dot_product_attention(qt, kt, vt, enable_gqa='no')", TypeError,
+     "enable_gqa: expected a bool"),
+    ("attention(q, k, v, return_lse=1)", TypeError, "return_lse: expected a bool"),
+    # not implemented
+    ("flash_attn_func(q, k, v, dropout_p=0.1)", NotImplementedError, "dropout_p=0.1"),
+    ("flash_attn_func(q, k, v, softcap=30.0)", NotImplementedError, "softcap=30.0"),
+    ("flash_attn_func(q, k, v, alibi_slopes=torch.ones(4))", NotImplementedError, "alibi_slopes"),
+    ("scaled_dot_product_attention(qt, kt, vt, attn_mask=torch.ones(11, 13, dtype=torch.bool))",
+     NotImplementedError, "attn_mask"),
+    ("scaled_dot_product_attention(qt, kt, vt, dropout_p=0.5, enable_gqa=True)",
+     NotImplementedError, "dropout_p=0.5"),
+    # nn.MultiHeadAttention
+    ("MultiHeadAttention(64, 8, num_kv_heads=3)", ValueError, "num_kv_heads: 3 must divide num_heads"),
+    ("MultiHeadAttention(60, 8)", ValueError, "embed_dim: 60 must be a multiple of num_heads (8)"),
+    ("MultiHeadAttention(64, 8.0)", ValueError, "num_heads: expected a positive int, got 8.0"),
+    ("MultiHeadAttention(64, 8, kdim=0)", ValueError, "kdim: expected a positive int, got 0"),
+    ("MultiHeadAttention(2048, 4)", ValueError, "embed_dim: head_dim 512 = embed_dim // num_heads"),
+    ("MultiHeadAttention(64, 8, dropout=0.1)", NotImplementedError, "dropout=0.1"),
+    ("MultiHeadAttention(64, 8, scale='1/8')", TypeError, "scale: expected a real number"),
+    ("mha(x, key_padding_mask=torch.zeros(2, 5, dtype=torch.bool))", NotImplementedError,
+     "key_padding_mask"),
+    ("mha(x, need_weights=True)", NotImplementedError, "need_weights"),
+    ("mha(x[0])", ValueError, "x: expected (batch, seq, embed_dim=64), got shape (5, 64)"),
+    ("mha(x[..., :32])", ValueError, "x: expected (batch, seq, embed_dim=64), got shape (2, 5, 32)"),
+    ("mha(x.numpy())", TypeError, "x: expected a torch.Tensor, got ndarray"),
+    ("mha(x, randn(1, 7, 64))", ValueError, "context: batch size 1 differs from x's 2"),
+    ("mha(x, randn(2, 7, 48))", ValueError, "context: expected (batch, seq, kdim=64), got shape (2, 7, 48)"),
+    ("mha(x, randn(2, 7, 64), value=randn(2, 6, 64))", ValueError,
+     "value: sequence length 6 differs from the 7 keys of context"),
+    ("mha(x, causal='yes')", TypeError, "causal: expected a bool"),
+    ("mha_kv24(x)", ValueError, "context: None (keys from x) needs kdim == embed_dim"),
+    ("mha_kv24(x, randn(2, 7, 24), value=randn(2, 7, 64))", ValueError,
+     "value: expected (batch, seq, vdim=24), got shape (2, 7, 64)"),
+]
+
+
+def unaligned(x: np.ndarray) -> np.ndarray:
+    """A copy of x whose data starts one byte past an aligned address."""
+    raw = np.empty(x.nbytes + 1, dtype=np.uint8)
+    y = np.frombuffer(raw.data, dtype=x.dtype, count=x.size, offset=1).reshape(x.shape)
+    y[...] = x
+    return y
+
+
+def odd_strides(x: np.ndarray) -> np.ndarray:
+    """x's values in a buffer whose batch stride is 2 bytes past a multiple of the item size."""
+    raw = np.empty(x.shape[0] * (x[0].nbytes + 2), dtype=np.uint8)
+    y = np.lib.stride_tricks.as_strided(raw.view(x.dtype)[:x.size], x.shape,
+                                        (x[0].nbytes + 2,) + x.strides[1:])
+    for i in range(x.shape[0]):
+        y[i] = x[i]
+    return y
+
+
+def bad_input_names(gen: torch.Generator) -> dict:
+    """What the calls in BAD_INPUTS see: fixed shapes, fresh random values."""
     q, k, v = qkv(gen)
-    with pytest.raises(TypeError, match="q, k, v must all be torch tensors or all numpy arrays; got q is torch, k is numpy"):
-        fa.attention(q, k.numpy(), v)
+    return dict(np=np, torch=torch, attention=fa.attention, flash_attn_func=fa.flash_attn_func,
+                scaled_dot_product_attention=fa.scaled_dot_product_attention,
+                MultiHeadAttention=MultiHeadAttention, randn=lambda *shape: randn(gen, *shape),
+                unaligned=unaligned, odd_strides=odd_strides, q=q, k=k, v=v, qn=q.numpy(), kn=k.numpy(), vn=v.numpy(),
+                qt=q.transpose(1, 2), kt=k.transpose(1, 2), vt=v.transpose(1, 2),
+                x=randn(gen, 2, 5, 64), mha=MultiHeadAttention(64, 8),
+                mha_kv24=MultiHeadAttention(64, 8, kdim=24, vdim=24))
 
 
-def test_rejects_non_arrays(gen):
-    q, k, v = qkv(gen)
-    with pytest.raises(TypeError, match="v: expected a torch.Tensor or numpy.ndarray, got list"):
-        fa.attention(q, k, v.tolist())
+def raised(call: str, gen: torch.Generator) -> BaseException:
+    """The exception ``call`` raises (AssertionError when it returns)."""
+    try:
+        eval(call, bad_input_names(gen))
+    except Exception as e:  # noqa: BLE001 - the point is to catch whatever is raised
+        return e
+    raise AssertionError(f"{call} raised nothing")
 
 
-def test_rejects_wrong_rank(gen):
-    q, k, v = qkv(gen)
-    with pytest.raises(ValueError, match=r"q: expected 2 or 3 or 4 dimensions"):
-        fa.attention(q[None], k[None], v[None])
-    with pytest.raises(ValueError, match="k: expected 4 dimensions like q"):
-        fa.attention(q, k[0], v)
-    with pytest.raises(ValueError, match=r"q: expected 4 dimensions, \(B, S, H, D\); got shape \(11, 4, 16\)"):
-        fa.flash_attn_func(q[0], k[0], v[0])
+@pytest.mark.parametrize("call,exc,fragment", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input(gen, call, exc, fragment):
+    err = raised(call, gen)
+    assert type(err) is exc, f"{call} raised {type(err).__name__}: {err}"
+    assert fragment in str(err)
 
 
-def test_rejects_dtype_problems(gen):
-    q, k, v = qkv(gen)
-    with pytest.raises(TypeError, match="k: dtype float64 differs from q's float32"):
-        fa.attention(q, k.double(), v)
-    with pytest.raises(TypeError, match="q: dtype int32 is not supported"):
-        fa.attention(q.int(), k.int(), v.int())
-    with pytest.raises(TypeError, match="q: dtype complex64 is not supported"):
-        fa.attention(*(x.numpy().astype(np.complex64) for x in (q, k, v)))
-
-
-def test_rejects_shape_mismatches(gen):
-    q, k, v = qkv(gen)
-    with pytest.raises(ValueError, match="k, v: head_dim must equal q's 16"):
-        fa.attention(q, k[..., :8], v[..., :8])
-    with pytest.raises(ValueError, match="v: shape .* must match k's"):
-        fa.attention(q, k, v[:, :5])
-    with pytest.raises(ValueError, match="k: batch size 1 differs from q's 2"):
-        fa.attention(q, k[:1], v[:1])
-    with pytest.raises(ValueError, match="k: number of heads 3 must divide q's number of heads 4"):
-        fa.attention(q, randn(gen, 2, 13, 3, 16), randn(gen, 2, 13, 3, 16))
-    with pytest.raises(ValueError, match="key: 2 heads differ from query's 4; pass enable_gqa=True"):
-        fa.scaled_dot_product_attention(*(x.transpose(1, 2) for x in (q, k, v)))
-
-
-def test_rejects_zero_size_and_big_head_dim(gen):
-    q, k, v = qkv(gen)
-    with pytest.raises(ValueError, match=r"k: zero-size dimension in shape \(2, 0, 2, 16\)"):
-        fa.attention(q, k[:, :0], v[:, :0])
-    big = [randn(gen, 1, 3, 1, 264) for _ in range(3)]
-    with pytest.raises(ValueError, match="q: head_dim 264 is not supported; head_dim must be 1..256"):
-        fa.attention(*big)
-
-
-def test_rejects_non_contiguous_last_dim(gen):
-    q, k, v = qkv(gen, d=32)
-    with pytest.raises(ValueError, match="q: the last .* dimension must be contiguous"):
-        fa.attention(q[..., ::2], k[..., ::2], v[..., ::2])
-
-
-def test_rejects_bad_scale_and_unsupported_arguments(gen):
-    q, k, v = qkv(gen)
-    with pytest.raises(ValueError, match="scale: expected a finite float"):
-        fa.attention(q, k, v, scale=float("nan"))
-    with pytest.raises(NotImplementedError, match="dropout_p=0.1"):
-        fa.flash_attn_func(q, k, v, dropout_p=0.1)
-    with pytest.raises(NotImplementedError, match="softcap=30.0"):
-        fa.flash_attn_func(q, k, v, softcap=30.0)
-    with pytest.raises(NotImplementedError, match="alibi_slopes"):
-        fa.flash_attn_func(q, k, v, alibi_slopes=torch.ones(4))
-    with pytest.raises(ValueError, match="window_size: expected"):
-        fa.flash_attn_func(q, k, v, window_size=(1, 2, 3))
-    t = [x.transpose(1, 2) for x in (q, k, v)]
-    with pytest.raises(NotImplementedError, match="attn_mask"):
-        fa.scaled_dot_product_attention(*t, attn_mask=torch.ones(11, 13, dtype=torch.bool))
-    with pytest.raises(NotImplementedError, match="dropout_p=0.5"):
-        fa.scaled_dot_product_attention(*t, dropout_p=0.5, enable_gqa=True)
+def test_bad_inputs_table_is_current():
+    spec = importlib.util.spec_from_file_location("bad_inputs_table", ROOT / "tools" / "bad_inputs_table.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.render() == (ROOT / "docs" / "bad_inputs.md").read_text(encoding="utf-8"), \
+        "docs/bad_inputs.md is out of date: run PYTHONPATH=python python tools/bad_inputs_table.py"
 
 
 def test_rejects_unknown_backend(gen, monkeypatch):
@@ -108,25 +196,100 @@ def test_rejects_unknown_backend(gen, monkeypatch):
         fa.attention(*qkv(gen))
 
 
-def test_rejects_device_mismatch(gen):
-    q, k, v = qkv(gen)
-    with pytest.raises(ValueError, match="k: on device meta, but q is on cpu"):
-        fa.attention(q, k.to("meta"), v)
-
-
 def test_rejects_unsupported_device(gen):
     q, k, v = (x.to("meta") for x in qkv(gen))
     with pytest.raises(NotImplementedError, match="q: device meta is not supported by this build"):
         fa.attention(q, k, v)
 
 
-def test_rejects_misaligned_numpy_strides(gen):
-    raw = np.zeros(4 * 13 * 2 * 16 * 4 + 64, dtype=np.uint8)
-    q = np.lib.stride_tricks.as_strided(raw.view(np.float32)[:4 * 13 * 2 * 16], (4, 13, 2, 16),
-                                        (13 * 2 * 16 * 4 + 2, 2 * 16 * 4, 16 * 4, 4))
-    k = randn(gen, 4, 13, 2, 16).numpy()
-    with pytest.raises(ValueError, match="q: byte strides .* are not multiples of the item size"):
-        fa.attention(q, k, k)
+ALL_ISAS = ("scalar", "avx2", "avx512", "avx512bf16", "avx512bf16-emu", "neon")
+
+
+@pytest.mark.parametrize("isa", [*ALL_ISAS, "pentium"])
+def test_cpu_isa_not_available_lists_the_available_ones(gen, monkeypatch, isa):
+    available = fa.build_info()["cpu_isas"]
+    if isa in available:
+        pytest.skip(f"{isa} is available on this machine")
+    monkeypatch.setenv("FLASHATTN_EXT_CPU_ISA", isa)
+    with pytest.raises(ValueError) as info:
+        fa.attention(*qkv(gen))
+    message = str(info.value)
+    assert message.startswith(f"FLASHATTN_EXT_CPU_ISA='{isa}' is not ")
+    assert message.endswith(f"available here: auto, {', '.join(available)}")
+    known = isa in ALL_ISAS
+    assert ("not a known instruction set" in message) != known
+    assert ("is not available on this machine" in message or "is not available in this build"
+            in message) == known
+
+
+# ---- accepted argument forms ---------------------------------------------------------------
+
+def test_scale_accepts_numbers_numpy_scalars_and_0d_tensors(gen):
+    q, k, v = qkv(gen)
+    s = float(np.float32(0.3))
+    ref = fa.attention(q, k, v, scale=s)
+    for form in (np.float32(0.3), np.array(np.float32(0.3)), torch.tensor(s, dtype=F64),
+                 torch.tensor(0.3)):
+        assert torch.equal(fa.attention(q, k, v, scale=form), ref), repr(form)
+    assert torch.equal(fa.attention(q, k, v, scale=1), fa.attention(q, k, v, scale=1.0))
+    assert torch.equal(fa.flash_attn_func(q, k, v, softmax_scale=np.float64(s)), ref)
+
+
+def test_window_size_accepts_lists_and_numpy_ints(gen):
+    q, k, v = qkv(gen, dtype=F64)
+    out = fa.attention(q, k, v, window_size=[np.int64(3), np.int32(-1)])
+    assert torch.equal(out, fa.attention(q, k, v, window_size=(3, -1)))
+    assert_close(out, oracle.attention(q, k, v, window=(3, -1))[0], None, "out")
+
+
+def test_large_finite_scores_are_no_overflow(gen):
+    """Scores near 1e37 fit float32: no error, and the result is the oracle's."""
+    q, k, v = qkv(gen)
+    out = fa.attention(q, k, v, scale=1e36)
+    assert_close(out, oracle.attention(q, k, v, scale=1e36)[0], None, "out")
+
+
+def test_nan_and_inf_inputs_propagate_without_error(gen):
+    q, k, v = qkv(gen)
+    q[0, 2, 1, 3] = float("nan")
+    k[1, 4, 0, 0] = float("inf")
+    out = fa.attention(q, k, v, scale=1e38)  # overflow elsewhere is then not diagnosed
+    assert torch.isnan(out[0, 2, 1]).all()
+
+
+def test_empty_rows_match_the_mask_rule():
+    """MaskSpec.empty_rows (used to tell overflow from rows that see no key) against the
+    oracle's mask."""
+    for sq, sk in ((1, 1), (7, 3), (3, 7), (16, 16)):
+        for left, right in ((-1, -1), (-1, 0), (2, 0), (0, 0), (1, -1), (0, 3)):
+            for bottom_right in (False, True):
+                mask = MaskSpec(left, right, bottom_right)
+                expected = ~oracle.visible_keys(sq, sk, left, right, bottom_right).any(1)
+                assert (mask.empty_rows(sq, sk) == expected.numpy()).all(), (sq, sk, mask)
+
+
+def test_compiled_entry_points_take_one_keyword_list():
+    """_C and _emu bind forward and backward with the same keyword-only names (the backward's
+    are a superset of the forward's)."""
+    def names(fn):
+        sig = fn.__doc__.splitlines()[0]
+        assert "(*, " in sig, sig  # keyword-only
+        return re.findall(r"(\w+): ", sig)
+
+    fwd, bwd = names(_C.forward), names(_C.backward)
+    assert fwd[:3] == ["dtype", "sizes", "q"] and set(fwd) < set(bwd)
+    assert {"dout", "dq", "dk", "dv", "dlse", "stats", "dq_accum", "stream"} <= set(bwd)
+    emu = pytest.importorskip("flashattn_ext._emu", reason="built without the emulator")
+    assert names(emu.attention_forward) == fwd and names(emu.attention_backward) == bwd
+
+
+def test_numpy_negative_strides(gen):
+    q = randn(gen, 2, 11, 4, 16).numpy()[:, ::-1]
+    k = randn(gen, 2, 13, 2, 16).numpy()[::-1, :, ::-1]
+    v = randn(gen, 2, 13, 2, 16).numpy()
+    out = fa.attention(q, k, v, causal=True)
+    ref = oracle.attention(*(torch.from_numpy(x.copy()) for x in (q, k, v)), causal=True)[0]
+    assert_close(torch.from_numpy(out), ref, None, "out")
 
 
 # ---- layouts and strides ---------------------------------------------------------------

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
+import oracle
 
 from flashattn_ext.nn import MultiHeadAttention
 from attn_testing import assert_close, needs_kernel, randn
@@ -69,21 +72,28 @@ def test_from_torch_multihead_attention(gen):
     assert_close(m(x), expected, None, "y")
 
 
-def test_module_rejects_unsupported_options(gen):
-    with pytest.raises(ValueError, match="num_kv_heads: 3 must divide num_heads"):
-        MultiHeadAttention(64, 8, num_kv_heads=3)
-    with pytest.raises(ValueError, match="embed_dim: 60 must be a positive multiple of num_heads"):
-        MultiHeadAttention(60, 8)
-    with pytest.raises(NotImplementedError, match="dropout=0.1"):
-        MultiHeadAttention(64, 8, dropout=0.1)
-    m = MultiHeadAttention(64, 8)
-    x = randn(gen, 1, 5, 64)
-    with pytest.raises(NotImplementedError, match="key_padding_mask"):
-        m(x, key_padding_mask=torch.zeros(1, 5, dtype=torch.bool))
-    with pytest.raises(NotImplementedError, match="need_weights"):
-        m(x, need_weights=True)
-    with pytest.raises(ValueError, match=r"x: expected \(batch, seq, embed_dim\)"):
-        m(x[0])
+def test_module_separate_value_source(gen):
+    """value (B, Sk, vdim) with keys from x (self-attention keys) or from context."""
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+    m = MultiHeadAttention(32, 4, kdim=32, vdim=24, dtype=F64)
+    x, val = randn(gen, 2, 9, 32, dtype=F64), randn(gen, 2, 9, 24, dtype=F64)
+    hd = m.head_dim
+    q, k, v = (p(t).view(2, 9, 4, hd) for p, t in ((m.q_proj, x), (m.k_proj, x), (m.v_proj, val)))
+    ref = m.out_proj(oracle.attention(q, k, v)[0].reshape(2, 9, 32))
+    assert_close(m(x, value=val), ref, None, "y")
+    ctx = randn(gen, 2, 9, 32, dtype=F64)
+    assert torch.equal(m(x, ctx, value=val), m(x, ctx.clone(), value=val))
+
+
+def test_module_validates_through_attention(gen):
+    """The module's attention call goes through flashattn_ext.attention (one validation path):
+    a numpy scale is accepted, an overflowing one is refused there."""
+    m = MultiHeadAttention(32, 4, scale=np.float32(0.25))
+    x = randn(gen, 2, 9, 32)
+    assert m.scale == 0.25 and torch.isfinite(m(x)).all()
+    m.scale = 1e38
+    with pytest.raises(ValueError, match="scale: q·kᵀ·scale overflows the float32 range"):
+        m(x)
 
 
 def test_module_compiles_fullgraph(gen):

@@ -1,52 +1,83 @@
-// Binds attention entry points with one argument list for every backend: the list built by
-// _core._fwd_args / _core._bwd_args, then (backward only) the float32 workspace addresses delta
-// and dq_accum, then a CUDA stream address; backends that need none of these receive 0.
+// Binds the attention entry points of _C (CPU and CUDA) and _emu with one list of keyword-only
+// arguments, the names flashattn_ext/_dispatch.py passes: element type and sizes, addresses and
+// element strides (batch, sequence, head) of every array, the mask and the scale; the backward
+// adds its arrays and float32 workspace. Backends that use no workspace or stream receive 0.
 #pragma once
+
+#include <tuple>
 
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include "bindings/params_from_python.h"
 
+namespace py = pybind11;
+
 namespace fae::bindings {
+
+// Arguments of every entry point, in the order of the lambdas below.
+inline auto common_args() {
+  return std::make_tuple(py::kw_only(), py::arg("dtype"), py::arg("sizes"), py::arg("q"), py::arg("k"), py::arg("v"),
+                         py::arg("out"), py::arg("lse"), py::arg("q_strides"), py::arg("k_strides"),
+                         py::arg("v_strides"), py::arg("out_strides"), py::arg("lse_strides"),
+                         py::arg("align_offset"), py::arg("window_left"), py::arg("window_right"),
+                         py::arg("scale"));
+}
+
+// Backward only: the gradients in (dout, dlse: 0 when lse gets none) and out, and the workspace.
+inline auto backward_args() {
+  return std::make_tuple(py::arg("dout"), py::arg("dlse"), py::arg("dq"), py::arg("dk"), py::arg("dv"),
+                         py::arg("dout_strides"), py::arg("dq_strides"), py::arg("dk_strides"),
+                         py::arg("dv_strides"), py::arg("stats"), py::arg("dq_accum"));
+}
+
+// Last in every list: the CUDA stream address and the CPU thread count (0: the library default).
+inline auto launch_args() { return std::make_tuple(py::arg("stream"), py::arg("num_threads") = 0); }
+
+template <class Fn, class Args>
+void def_with_args(py::module_& m, const char* name, Fn fn, const char* doc, const Args& args) {
+  std::apply([&](const auto&... a) { m.def(name, fn, a..., doc); }, args);
+}
 
 // run(const FwdParams&, uintptr_t stream), called with the GIL released.
 template <class Run>
-void def_forward(pybind11::module_& m, const char* name, Run run, const char* doc) {
-  m.def(name,
-        [run](int dtype, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse, Strides3 qs,
-              Strides3 ks, Strides3 vs, Strides3 os, Strides2 lses, Sizes6 sizes, int64_t align_offset,
-              int64_t window_left, int64_t window_right, double scale, int num_threads, uintptr_t stream) {
-          const FwdParams p = make_fwd(dtype, q, k, v, out, lse, qs, ks, vs, os, lses, sizes, align_offset,
-                                       window_left, window_right, scale, num_threads);
-          pybind11::gil_scoped_release release;
-          run(p, stream);
-        },
-        doc);
+void def_forward(py::module_& m, const char* name, Run run, const char* doc) {
+  def_with_args(
+      m, name,
+      [run](int dtype, Sizes6 sizes, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse,
+            Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, Strides2 lses, int64_t align_offset,
+            int64_t window_left, int64_t window_right, double scale, uintptr_t stream, int num_threads) {
+        const FwdParams p = make_fwd(dtype, q, k, v, out, lse, qs, ks, vs, os, lses, sizes, align_offset,
+                                     window_left, window_right, scale, num_threads);
+        py::gil_scoped_release release;
+        run(p, stream);
+      },
+      doc, std::tuple_cat(common_args(), launch_args()));
 }
 
-// run(const BwdParams&, float* delta, float* dq_accum, uintptr_t stream), GIL released.
+// run(const BwdParams&, float* stats, float* dq_accum, uintptr_t stream), GIL released.
 template <class Run>
-void def_backward(pybind11::module_& m, const char* name, Run run, const char* doc) {
-  m.def(name,
-        [run](int dtype, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse, uintptr_t dout,
-              uintptr_t dlse, uintptr_t dq, uintptr_t dk, uintptr_t dv, Strides3 qs, Strides3 ks, Strides3 vs,
-              Strides3 os, Strides2 lses, Strides3 dos, Strides3 dqs, Strides3 dks, Strides3 dvs, Sizes6 sizes,
-              int64_t align_offset, int64_t window_left, int64_t window_right, double scale, int num_threads,
-              uintptr_t delta, uintptr_t dq_accum, uintptr_t stream) {
-          const BwdParams p = make_bwd(dtype, q, k, v, out, lse, dout, dlse, dq, dk, dv, qs, ks, vs, os, lses, dos,
-                                       dqs, dks, dvs, sizes, align_offset, window_left, window_right, scale,
-                                       num_threads);
-          pybind11::gil_scoped_release release;
-          run(p, static_cast<float*>(as_ptr(delta)), static_cast<float*>(as_ptr(dq_accum)), stream);
-        },
-        doc);
+void def_backward(py::module_& m, const char* name, Run run, const char* doc) {
+  def_with_args(
+      m, name,
+      [run](int dtype, Sizes6 sizes, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse,
+            Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, Strides2 lses, int64_t align_offset,
+            int64_t window_left, int64_t window_right, double scale, uintptr_t dout, uintptr_t dlse, uintptr_t dq,
+            uintptr_t dk, uintptr_t dv, Strides3 dos, Strides3 dqs, Strides3 dks, Strides3 dvs, uintptr_t stats,
+            uintptr_t dq_accum, uintptr_t stream, int num_threads) {
+        const BwdParams p = make_bwd(dtype, q, k, v, out, lse, dout, dlse, dq, dk, dv, qs, ks, vs, os, lses, dos,
+                                     dqs, dks, dvs, sizes, align_offset, window_left, window_right, scale,
+                                     num_threads);
+        py::gil_scoped_release release;
+        run(p, static_cast<float*>(as_ptr(stats)), static_cast<float*>(as_ptr(dq_accum)), stream);
+      },
+      doc, std::tuple_cat(common_args(), backward_args(), launch_args()));
 }
 
 // A Python list of the head dims in a kernel table.
 template <std::size_t N>
-pybind11::list head_dim_list(const int (&dims)[N]) {
-  pybind11::list out;
+py::list head_dim_list(const int (&dims)[N]) {
+  py::list out;
   for (int d : dims) out.append(d);
   return out;
 }

@@ -212,11 +212,11 @@ py::array_t<float> matmul(py::array a, py::array b, const std::string& dtype) {
 }
 
 py::array_t<float> planted(const std::string& name, bool bug) {
-  py::array_t<float> in(ex::kPlantedThreads), out(ex::kPlantedThreads);
+  py::array_t<float> in(ex::kPlantedThreads), out(ex::kPlantedOut);
   float* pi = in.mutable_data();
   float* po = out.mutable_data();
   for (int i = 0; i < ex::kPlantedThreads; ++i) pi[i] = float(i) * 0.5f + 1.0f;
-  std::fill(po, po + ex::kPlantedThreads, 0.0f);
+  std::fill(po, po + ex::kPlantedOut, 0.0f);
   py::gil_scoped_release nogil;
   ex::run_planted(name, bug, pi, po);
   return out;
@@ -254,7 +254,51 @@ py::dict config() {
   d["seed"] = c.shuffle ? py::object(py::int_(c.seed)) : py::object(py::none());
   d["stack_kib"] = c.stack_bytes / 1024;
   d["smem_limit"] = c.smem_limit;
+  d["stats"] = c.stats;
+  d["hw_numerics"] = c.hw_numerics ? py::object(py::int_(c.hw_seed)) : py::object(py::none());
   return d;
+}
+
+void set_hw_numerics(std::optional<uint64_t> seed) {
+  fae::emu::Config c = fae::emu::get_config();
+  c.hw_numerics = seed.has_value();
+  c.hw_seed = seed.value_or(0);
+  fae::emu::set_config(c);
+}
+
+void set_stats(bool enabled) {
+  fae::emu::Config c = fae::emu::get_config();
+  c.stats = enabled;
+  fae::emu::set_config(c);
+}
+
+py::list stats() {
+  py::list launches;
+  for (const fae::emu::LaunchStats& l : fae::emu::memory_stats()) {
+    py::list sites;
+    for (const fae::emu::SiteStats& s : l.sites) {
+      py::dict d;
+      d["site"] = s.file + ":" + std::to_string(s.line);
+      d["file"] = s.file;
+      d["line"] = s.line;
+      d["op"] = s.op;
+      d["bytes_per_access"] = s.bytes_per_access;
+      d["requests"] = s.requests;
+      d["accesses"] = s.accesses;
+      d["bytes"] = s.bytes;
+      d["sectors"] = s.sectors;
+      d["wavefronts"] = s.wavefronts;
+      d["ideal_wavefronts"] = s.ideal_wavefronts;
+      sites.append(d);
+    }
+    py::dict d;
+    d["kernel"] = l.kernel;
+    d["grid"] = py::make_tuple(l.grid.x, l.grid.y, l.grid.z);
+    d["block"] = py::make_tuple(l.block.x, l.block.y, l.block.z);
+    d["sites"] = sites;
+    launches.append(d);
+  }
+  return launches;
 }
 
 }  // namespace
@@ -272,6 +316,15 @@ PYBIND11_MODULE(_emu, m) {
   m.def("set_seed", &set_seed, py::arg("seed"),
         "None: deterministic thread order; an int: thread order shuffled inside each barrier interval.");
   m.def("config", &config);
+  m.def("set_hw_numerics", &set_hw_numerics, py::arg("seed"),
+        "None: exact numerics (mma sums rounded once, ex2 correctly rounded); an int: hardware numerics "
+        "mode with that seed (mma partial sums truncated in a seeded order, ex2 within its 2 ulp). "
+        "Initially from FAE_EMU_HW_NUMERICS.");
+  m.def("set_stats", &set_stats, py::arg("enabled"),
+        "Profiler counters for the following launches: per launch and kernel source line, shared-memory "
+        "wavefronts (bank conflicts) and global 32-byte sectors of each warp-level request.");
+  m.def("stats", &stats, "Counters of the launches made with set_stats(True), oldest first (csrc/emu/README.md).");
+  m.def("reset_stats", &fae::emu::reset_stats, "Forgets the counters collected so far.");
   m.def("mma", &mma, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("dtype"), py::arg("k") = 16);
   m.def("ldmatrix", &ldmatrix, py::arg("image"), py::arg("offsets"), py::arg("num"), py::arg("trans"));
   m.def("stmatrix", &stmatrix, py::arg("regs"), py::arg("offsets"), py::arg("num"), py::arg("trans"), py::arg("n"));

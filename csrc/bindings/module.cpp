@@ -27,10 +27,10 @@ PYBIND11_MODULE(_C, m) {
               },
               "Forward attention on the GPU, launched on `stream` (float16/bfloat16 device pointers).");
   def_backward(m, "cuda_backward",
-               [](const fae::BwdParams& p, float* delta, float* dq_accum, uintptr_t stream) {
-                 fae::cuda::attention_backward(p, delta, dq_accum, reinterpret_cast<fae::cuda::Stream>(stream));
+               [](const fae::BwdParams& p, float* stats, float* dq_accum, uintptr_t stream) {
+                 fae::cuda::attention_backward(p, stats, dq_accum, reinterpret_cast<fae::cuda::Stream>(stream));
                },
-               "Backward on the GPU, launched on `stream`; delta and dq_accum are float32 device workspace.");
+               "Backward on the GPU, launched on `stream`; stats (2*B*Hq*Sq) and dq_accum are float32 device workspace.");
   m.attr("cuda_head_dims") = head_dim_list(fae::cuda::kHeadDims);
   m.attr("cuda_bwd_head_dims") = head_dim_list(fae::cuda::kBwdHeadDims);
 #endif

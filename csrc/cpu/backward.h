@@ -1,10 +1,18 @@
-// Backward kernel (per-ISA source, see vec.h), FlashAttention-2 shape. A task owns one (batch,
-// kv head) and a contiguous chunk of its key tiles; for each key tile it packs K^T and V^T once,
-// then walks every query head of the GQA group and every query tile that can see the keys:
+// Backward kernel (per-ISA source, see vec.h), FlashAttention-2 shape. A first pass over query
+// tiles computes each row's softmax statistics from the backward's own scores (row_stats):
+//   psum_i  = sum_j exp2(S_ij * scale_log2 - lse2_i),  delta_i = sum_j P_ij dP_ij - dlse_i
+// with P = exp2(S * scale_log2 - lse2) / psum, so that P sums to 1 and delta agrees with the dP
+// it is subtracted from: dS = P * (dP - delta) then cancels the way the exact gradient does (a
+// row that sees one key has P = 1 and dS = 0 up to one rounding), whatever the rounding of the
+// forward's output and lse. Then a task owns one (batch, kv head) and a contiguous chunk of its
+// key tiles; for each key tile it packs K^T and V^T once, then walks every query head of the GQA
+// group and every query tile that can see the keys:
 //   S  = Q . K^T,  dP = dO . V^T            (A = Q / dO rows in place, B = packed K^T / V^T)
-//   P  = exp2(S - lse2) (K^T packed times scale_log2),  dS = P * (dP - delta) * scale
+//   P  = exp2(S * scale_log2 - lse2) / psum,  dS = P * (dP - delta) * scale
 //   dV += P^T . dO,  dK += dS^T . Q          (float32 tile accumulators, owned by the task)
 //   dQ += dS . K                              (rows owned by the task: no races)
+// S and dP are the same dot products, summed in the same order, in every pass (transposed or
+// not), so every pass sees the same P and dP bit for bit.
 // dQ goes straight into a float32 output, else into a float32 accumulator of the task. When
 // batch x kv heads gives too few tasks, each head is split into key chunks that compute dK and
 // dV only, and dQ follows in a second pass over query tiles (dq_task: each owns its rows and
@@ -29,7 +37,8 @@ struct Backward {
   const BwdParams& bp;
   const FwdParams& p;
   int64_t D, Sq, Sk, group, bq, bk, ldp, key_tiles, nchunks;
-  float* delta = nullptr;   // (b, hq, row): rowsum(dO * O) - dlse
+  float* delta = nullptr;   // (b, hq, row): sum_j P_ij dP_ij - dlse
+  float* psum = nullptr;    // (b, hq, row): sum_j exp2(S_ij * scale_log2 - lse2), P's normaliser
   float* lse2 = nullptr;    // (b, hq, row): lse2_for_backward(lse)
 
   explicit Backward(const BwdParams& prm) : bp(prm), p(prm.fwd) {
@@ -49,29 +58,47 @@ struct Backward {
   }
 
   void run() {
-    Scratch dl(p.batch * p.heads_q * Sq), l2(p.batch * p.heads_q * Sq);
+    const int64_t qtiles = ceil_div(Sq, bq), rows = p.batch * p.heads_q * Sq;
+    Scratch dl(rows), ps(rows), l2(rows);
     delta = dl.get();
+    psum = ps.get();
     lse2 = l2.get();
-    parallel_for(p.batch * p.heads_q, p.num_threads, [&](int64_t t) { prepare(t); });
+    parallel_for(p.batch * p.heads_q * qtiles, p.num_threads, [&](int64_t t) { row_stats(t / qtiles, t % qtiles); });
     parallel_for(p.batch * p.heads_kv * nchunks, p.num_threads, [&](int64_t t) { task(t); });
-    if (nchunks > 1) {
-      const int64_t qtiles = ceil_div(Sq, bq);
+    if (nchunks > 1)
       parallel_for(p.batch * p.heads_q * qtiles, p.num_threads, [&](int64_t t) { dq_task(t / qtiles, t % qtiles); });
-    }
   }
 
-  void prepare(int64_t bh) {
-    const int64_t b = bh / p.heads_q, h = bh % p.heads_q;
-    const T* o = at<T>(p.out, b, p.o_batch_stride, h, p.o_head_stride);
-    const T* dout = at<T>(bp.dout, b, bp.do_batch_stride, h, bp.do_head_stride);
+  // lse2, psum and delta of query rows [i0, i0 + bq) of one head.
+  void row_stats(int64_t bh, int64_t qtile) {
+    const int64_t b = bh / p.heads_q, h = bh % p.heads_q, i0 = qtile * bq, nq = std::min(bq, Sq - i0);
     const float* lse = at<float>(p.lse, b, p.lse_batch_stride, h, p.lse_head_stride);
     const float* dlse = bp.dlse ? at<float>(bp.dlse, b, p.lse_batch_stride, h, p.lse_head_stride) : nullptr;
-    for (int64_t i = 0; i < Sq; ++i) {
-      float s = 0.f;
-      for (int64_t d = 0; d < D; ++d)
-        s += load_as<float>(o + i * p.o_row_stride + d) * load_as<float>(dout + i * bp.do_row_stride + d);
-      delta[bh * Sq + i] = dlse ? s - dlse[i] : s;  // d lse_i / d s_ij = P_ij folds into delta
-      lse2[bh * Sq + i] = lse2_for_backward(lse[i]);
+    for (int64_t i = i0; i < i0 + nq; ++i) lse2[bh * Sq + i] = lse2_for_backward(lse[i]);
+    const int64_t nqp = round_up(nq, W);
+    Scratch sums(2 * nqp);
+    float* ps = sums.get();  // per row: sum of P (not yet normalised), sum of P * dP
+    float* pd = ps + nqp;
+    for (int64_t c = 0; c < 2 * nqp; ++c) ps[c] = 0.f;
+    sweep_keys(bh, i0, nq, false, [&](int64_t, int64_t nk, const float*, int64_t, const float* pt, const float* dpt) {
+      for (int64_t c = 0; c < nqp; c += W) {
+        R sp = V::load(ps + c), sd = V::load(pd + c);
+        for (int64_t j = 0; j < nk; ++j) {
+          const R pv = V::load(pt + j * nqp + c);
+          sp = V::add(sp, pv);
+          sd = V::fma(pv, V::load(dpt + j * nqp + c), sd);
+        }
+        V::store(ps + c, sp);
+        V::store(pd + c, sd);
+      }
+    });
+    for (int64_t c = 0; c < nq; ++c) {
+      const int64_t i = bh * Sq + i0 + c;
+      psum[i] = ps[c];
+      if (ps[c] == 0.f)  // the row sees no key: dS = 0 whatever dout and dlse hold
+        delta[i] = 0.f;
+      else  // d lse_i / d s_ij = P_ij folds into delta
+        delta[i] = dlse ? pd[c] / ps[c] - dlse[i0 + c] : pd[c] / ps[c];
     }
   }
 
@@ -83,7 +110,7 @@ struct Backward {
     const bool direct = std::is_same_v<T, float> && with_dq;
 
     Scratch scratch(2 * D * ldp + 4 * bk * D + 2 * bq * ldp + 2 * bq * D);
-    float* kt = scratch.get();      // D x ldp: K^T * scale_log2 of the tile, padding zero
+    float* kt = scratch.get();      // D x ldp: K^T of the tile, padding zero
     float* vt = kt + D * ldp;       // D x ldp: V^T
     float* kbuf = vt + D * ldp;     // bk x D: K tile as float (16-bit inputs)
     float* vbuf = kbuf + bk * D;    // bk x D
@@ -117,7 +144,7 @@ struct Backward {
       const float* vr = float_rows<V>(v + k0 * p.v_row_stride, p.v_row_stride, nk, D, vbuf, ldv);
       for (int64_t d = 0; d < D; ++d)
         for (int64_t j = 0; j < ldp; ++j) {
-          kt[d * ldp + j] = j < nk ? kr[j * ldk + d] * p.scale_log2 : 0.f;  // S in log2 units
+          kt[d * ldp + j] = j < nk ? kr[j * ldk + d] : 0.f;
           vt[d * ldp + j] = j < nk ? vr[j * ldv + d] : 0.f;
         }
       for (int64_t i = 0; i < bk * D; ++i) dka[i] = dva[i] = 0.f;
@@ -161,7 +188,7 @@ struct Backward {
 
   // In place: s becomes P, dp becomes dS * scale; entries a row may not see become 0.
   void probabilities(int64_t bh, int64_t i0, int64_t nq, int64_t k0, int64_t nk, float* s, float* dp) const {
-    const R sc = V::set1(p.scale);
+    const R sc = V::set1(p.scale), sl2 = V::set1(p.scale_log2);
     for (int64_t r = 0; r < nq; ++r) {
       const int64_t row = i0 + r;
       float* sr = s + r * ldp;
@@ -172,9 +199,9 @@ struct Backward {
         for (int64_t j = 0; j < nk; ++j) sr[j] = dr[j] = 0.f;
         continue;
       }
-      const R lv = V::set1(l2), dv = V::set1(delta[bh * Sq + row]);
+      const R lv = V::set1(-l2), nv = V::set1(psum[bh * Sq + row]), dv = V::set1(delta[bh * Sq + row]);
       for (int64_t j = 0; j < ldp; j += W) {
-        const R pv = V::exp2(V::sub(V::load(sr + j), lv));
+        const R pv = V::div(V::exp2(V::fma(V::load(sr + j), sl2, lv)), nv);
         V::store(sr + j, pv);
         V::store(dr + j, V::mul(V::mul(pv, V::sub(V::load(dr + j), dv)), sc));
       }
@@ -183,46 +210,46 @@ struct Backward {
     }
   }
 
-  // dQ of query rows [i0, i0 + bq) of one head, over every key it sees, transposed like the
-  // forward (lanes are query rows): S^T = K . Q^T, dP^T = V . dO^T, dS^T = P^T * (dP^T - delta)
-  // * scale, then dQ += dS . K (A = dS^T read down its columns).
-  void dq_task(int64_t bh, int64_t qtile) const {
-    const int64_t b = bh / p.heads_q, h = bh % p.heads_q, hk = h / group;
-    const int64_t i0 = qtile * bq, nq = std::min(bq, Sq - i0), nqp = round_up(nq, W);
-    Scratch scratch(2 * D * nqp + 2 * bk * nqp + 2 * bk * D + nq * D + 2 * nqp);
-    float* qt = scratch.get();      // D x nqp: Q^T * scale_log2, padding zero
+  // Walks the keys that query rows [i0, i0 + nq) of one head see, transposed like the forward
+  // (lanes are query rows): per key tile S^T = K.Q^T, dP^T = V.dO^T and P^T = exp2(S^T *
+  // scale_log2 - lse2), divided by psum when `normalised`; entries a row may not see are 0 in
+  // both (every entry of a row that sees no key). Calls tile(k0, nk, kr, ldk, pt, dpt): K rows
+  // as float, P^T and dP^T as nk x nqp (lane c < nq is row i0 + c).
+  template <class Tile>
+  void sweep_keys(int64_t bh, int64_t i0, int64_t nq, bool normalised, Tile&& tile) const {
+    const int64_t b = bh / p.heads_q, h = bh % p.heads_q, hk = h / group, nqp = round_up(nq, W);
+    Scratch scratch(2 * D * nqp + 2 * bk * nqp + 2 * bk * D + 2 * nqp);
+    float* qt = scratch.get();      // D x nqp: Q^T, padding zero
     float* dot = qt + D * nqp;      // D x nqp: dO^T
-    float* st = dot + D * nqp;      // bk x nqp: S^T
-    float* dst = st + bk * nqp;     // bk x nqp: dP^T, then dS^T
+    float* st = dot + D * nqp;      // bk x nqp: S^T, then P^T
+    float* dst = st + bk * nqp;     // bk x nqp: dP^T
     float* kbuf = dst + bk * nqp;   // bk x D: K tile as float (16-bit inputs)
     float* vbuf = kbuf + bk * D;    // bk x D
-    float* dqa = vbuf + bk * D;     // nq x D: dQ accumulator
-    float* l2 = dqa + nq * D;       // nqp: lse (log2 domain) per row, padding 0
-    float* dl = l2 + nqp;           // nqp: delta per row, padding 0
+    float* nl2 = vbuf + bk * D;     // nqp: -lse2 per row, padding 0
+    float* ps = nl2 + nqp;          // nqp: psum per row (normalised) or 1
     int64_t lo[kMaxRows], hi[kMaxRows];
 
     const T* q = at<T>(p.q, b, p.q_batch_stride, h, p.q_head_stride) + i0 * p.q_row_stride;
     const T* dout = at<T>(bp.dout, b, bp.do_batch_stride, h, bp.do_head_stride) + i0 * bp.do_row_stride;
     for (int64_t i = 0; i < D * nqp; ++i) qt[i] = dot[i] = 0.f;
-    for (int64_t i = 0; i < nq * D; ++i) dqa[i] = 0.f;
     for (int64_t c = 0; c < nqp; ++c) {
-      l2[c] = c < nq ? lse2[bh * Sq + i0 + c] : 0.f;
-      dl[c] = c < nq ? delta[bh * Sq + i0 + c] : 0.f;
+      nl2[c] = c < nq ? -lse2[bh * Sq + i0 + c] : 0.f;
+      ps[c] = c < nq && normalised ? psum[bh * Sq + i0 + c] : 1.f;
     }
     for (int64_t c = 0; c < nq; ++c) {
       for (int64_t d = 0; d < D; ++d) {
-        qt[d * nqp + c] = load_as<float>(q + c * p.q_row_stride + d) * p.scale_log2;
+        qt[d * nqp + c] = load_as<float>(q + c * p.q_row_stride + d);
         dot[d * nqp + c] = load_as<float>(dout + c * bp.do_row_stride + d);
       }
       const KeyRange kr = visible_keys(i0 + c, p);
-      const bool none = sees_no_key(l2[c]);  // as probabilities(): the row sees no key
+      const bool none = sees_no_key(-nl2[c]);  // as probabilities(): the row sees no key
       lo[c] = none ? 1 : kr.lo;
       hi[c] = none ? 0 : kr.hi;
     }
     const KeyRange span = visible_keys_of_rows(i0, i0 + nq, p);
     const T* k = at<T>(p.k, b, p.k_batch_stride, hk, p.k_head_stride);
     const T* v = at<T>(p.v, b, p.v_batch_stride, hk, p.v_head_stride);
-    const R sc = V::set1(p.scale);
+    const R sl2 = V::set1(p.scale_log2);
     for (int64_t k0 = span.lo; k0 <= span.hi; k0 += bk) {
       const int64_t nk = std::min(bk, span.hi + 1 - k0);
       int64_t ldk, ldv;
@@ -232,16 +259,36 @@ struct Backward {
       gemm<V>(nk, nqp, Gemm{vr, ldv, 1, dot, nqp, dst, nqp, D, false});
       for (int64_t j = 0; j < nk; ++j)
         for (int64_t c = 0; c < nqp; c += W) {
-          const R pv = V::exp2(V::sub(V::load(st + j * nqp + c), V::load(l2 + c)));
-          const R dv = V::sub(V::load(dst + j * nqp + c), V::load(dl + c));
-          V::store(dst + j * nqp + c, V::mul(V::mul(pv, dv), sc));
+          const R pv = V::exp2(V::fma(V::load(st + j * nqp + c), sl2, V::load(nl2 + c)));
+          V::store(st + j * nqp + c, normalised ? V::div(pv, V::load(ps + c)) : pv);
         }
-      for (int64_t c = 0; c < nq; ++c)  // keys a row may not see (and rows that see none) give 0
-        if (lo[c] > k0 || hi[c] < k0 + nk - 1)
+      for (int64_t c = 0; c < nqp; ++c)  // keys a row may not see (and rows that see none, padding)
+        if (c >= nq || lo[c] > k0 || hi[c] < k0 + nk - 1)
           for (int64_t j = 0; j < nk; ++j)
-            if (k0 + j < lo[c] || k0 + j > hi[c]) dst[j * nqp + c] = 0.f;
-      gemm<V>(nq, D, Gemm{dst, 1, nqp, kr, ldk, dqa, D, nk, true});
+            if (c >= nq || k0 + j < lo[c] || k0 + j > hi[c]) st[j * nqp + c] = dst[j * nqp + c] = 0.f;
+      tile(k0, nk, kr, ldk, st, dst);
     }
+  }
+
+  // dQ of query rows [i0, i0 + bq) of one head, over every key it sees: dS^T = P^T * (dP^T -
+  // delta) * scale from sweep_keys, then dQ += dS . K (A = dS^T read down its columns).
+  void dq_task(int64_t bh, int64_t qtile) const {
+    const int64_t b = bh / p.heads_q, h = bh % p.heads_q;
+    const int64_t i0 = qtile * bq, nq = std::min(bq, Sq - i0), nqp = round_up(nq, W);
+    Scratch scratch(nq * D + nqp);
+    float* dqa = scratch.get();  // nq x D: dQ accumulator
+    float* dl = dqa + nq * D;    // nqp: delta per row, padding 0
+    for (int64_t i = 0; i < nq * D; ++i) dqa[i] = 0.f;
+    for (int64_t c = 0; c < nqp; ++c) dl[c] = c < nq ? delta[bh * Sq + i0 + c] : 0.f;
+    const R sc = V::set1(p.scale);
+    sweep_keys(bh, i0, nq, true, [&](int64_t, int64_t nk, const float* kr, int64_t ldk, float* pt, float* dpt) {
+      for (int64_t j = 0; j < nk; ++j)
+        for (int64_t c = 0; c < nqp; c += W) {
+          const R dv = V::sub(V::load(dpt + j * nqp + c), V::load(dl + c));
+          V::store(dpt + j * nqp + c, V::mul(V::mul(V::load(pt + j * nqp + c), dv), sc));
+        }
+      gemm<V>(nq, D, Gemm{dpt, 1, nqp, kr, ldk, dqa, D, nk, true});
+    });
     store_rows<V>(dqa, D, nq, D, at<T>(bp.dq, b, bp.dq_batch_stride, h, bp.dq_head_stride) + i0 * bp.dq_row_stride,
                   bp.dq_row_stride);
   }

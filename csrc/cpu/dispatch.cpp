@@ -48,6 +48,9 @@ const Isa kIsas[] = {
 #endif
 };
 
+// Every value of FLASHATTN_EXT_CPU_ISA on any architecture (kIsas holds this build's).
+const char* const kAllIsaNames[] = {"scalar", "avx2", "avx512", "avx512bf16", "avx512bf16-emu", "neon"};
+
 std::string join(const std::vector<std::string>& names) {
   std::string s;
   for (const auto& n : names) s += (s.empty() ? "" : ", ") + n;
@@ -63,16 +66,19 @@ const Isa& select() {
       if (isa.automatic && isa.supported()) best = &isa;
     return *best;
   }
+  const std::string available = "available here: auto, " + join(available_isas());
   for (const Isa& isa : kIsas) {
     if (want != isa.name) continue;
     if (!isa.supported())
-      throw std::invalid_argument("FLASHATTN_EXT_CPU_ISA='" + want + "': this CPU does not support it; "
-                                  "supported here: auto, " + join(available_isas()));
+      throw std::invalid_argument("FLASHATTN_EXT_CPU_ISA='" + want + "' is not available on this machine (the "
+                                  "CPU does not support it); " + available);
     return isa;
   }
-  throw std::invalid_argument("FLASHATTN_EXT_CPU_ISA='" + want + "' is not a known instruction set; "
-                              "accepted values: auto, scalar, avx2, avx512, avx512bf16, avx512bf16-emu, neon "
-                              "(supported here: " + join(available_isas()) + ")");
+  for (const char* name : kAllIsaNames)
+    if (want == name)
+      throw std::invalid_argument("FLASHATTN_EXT_CPU_ISA='" + want + "' is not available in this build (its "
+                                  "kernels are for another CPU architecture); " + available);
+  throw std::invalid_argument("FLASHATTN_EXT_CPU_ISA='" + want + "' is not a known instruction set; " + available);
 }
 
 }  // namespace

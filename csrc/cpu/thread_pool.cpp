@@ -1,5 +1,6 @@
 #include "cpu/thread_pool.h"
 
+#include <pthread.h>
 #include <sched.h>
 
 #include <atomic>
@@ -52,15 +53,6 @@ class Pool {
     fn_ = nullptr;
   }
 
-  ~Pool() {
-    {
-      std::lock_guard<std::mutex> lk(m_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    for (auto& t : workers_) t.join();
-  }
-
  private:
   void work() {
     for (int64_t i; (i = next_.fetch_add(1)) < n_;) (*fn_)(i);
@@ -77,8 +69,7 @@ class Pool {
     uint64_t seen = 0;
     for (;;) {
       std::unique_lock<std::mutex> lk(m_);
-      cv_.wait(lk, [&] { return stop_ || (generation_ != seen && id < active_); });
-      if (stop_) return;
+      cv_.wait(lk, [&] { return generation_ != seen && id < active_; });
       seen = generation_;
       lk.unlock();
       work();
@@ -95,11 +86,25 @@ class Pool {
   std::atomic<int64_t> next_{0};
   int active_ = 0, pending_ = 0;
   uint64_t generation_ = 0;
-  bool stop_ = false;
 };
 
+// The process's pool, made on first use and never destroyed (its workers live until exit).
+// fork() copies a pool but not its workers, and a lock that another thread held at the fork stays
+// held in the child for good (a kernel running in another thread holds call_mutex_). So the child
+// forgets the inherited pool without touching its locks (its few bytes leak) and makes a fresh
+// one on its first parallel call; the parent keeps its pool. No lock guards the pointer: a
+// function-local static or a mutex here could itself be held at a fork.
+std::atomic<Pool*> g_pool{nullptr};
+
+void forget_pool_in_child() { g_pool.store(nullptr); }
+const int g_atfork_registered = pthread_atfork(nullptr, nullptr, &forget_pool_in_child);
+
 Pool& pool() {
-  static Pool* p = new Pool();  // never destroyed: workers may outlive static destruction order
+  Pool* p = g_pool.load();
+  if (p != nullptr) return *p;
+  auto* fresh = new Pool();
+  if (g_pool.compare_exchange_strong(p, fresh)) return *fresh;
+  delete fresh;  // another thread installed its pool first; `p` now holds that one
   return *p;
 }
 

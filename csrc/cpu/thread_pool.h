@@ -1,6 +1,7 @@
 // A small persistent thread pool for the CPU kernels. parallel_for splits [0, n) into tasks that
 // worker threads claim one at a time; the calling thread works too. Calls from several Python
-// threads at once are serialised, so the pool never oversubscribes the cores it was given.
+// threads at once are serialised, so the pool never oversubscribes the cores it was given. A child
+// made by fork() (also while another thread is inside parallel_for) gets a pool of its own.
 #pragma once
 #include <cstdint>
 #include <functional>

@@ -6,7 +6,8 @@
 //
 // Contract (x, y, z vectors; p pointers; n a lane count in [0, W]):
 //   zero, set1(f), load(p), loadn(p, n) (lanes >= n are 0, nothing past p[n-1] is read),
-//   store(p, x), storen(p, x, n) (only p[0..n-1] written), add, sub, mul, max (a NaN in y is returned),
+//   store(p, x), storen(p, x, n) (only p[0..n-1] written), add, sub, mul, div (IEEE, x / x == 1),
+//   max (a NaN in y is returned),
 //   fma(x, y, z) = x*y + z, hsum(x) (sum of the lanes), exp2(x) (x <= 0 accurate to ~2e-7 relative, exp2(-inf) == 0 exactly,
 //   NaN propagates), cvt(p, n) for bf16 / f16 storage loads, store_cvt(p, x, n) for stores
 //   (round to nearest even, NaN stays NaN).
@@ -53,6 +54,7 @@ struct VecScalar {
   static R add(R x, R y) { return x + y; }
   static R sub(R x, R y) { return x - y; }
   static R mul(R x, R y) { return x * y; }
+  static R div(R x, R y) { return x / y; }
   static R max(R x, R y) { return (x > y) ? x : y; }
   static R fma(R x, R y, R z) { return x * y + z; }
   static float hsum(R x) { return x; }
@@ -79,6 +81,7 @@ struct VecAvx2 {
   static R add(R x, R y) { return _mm256_add_ps(x, y); }
   static R sub(R x, R y) { return _mm256_sub_ps(x, y); }
   static R mul(R x, R y) { return _mm256_mul_ps(x, y); }
+  static R div(R x, R y) { return _mm256_div_ps(x, y); }
   static R max(R x, R y) { return _mm256_max_ps(x, y); }
   static R fma(R x, R y, R z) { return _mm256_fmadd_ps(x, y, z); }
   static float hsum(R x) {
@@ -176,6 +179,7 @@ struct VecAvx512 {
   static R add(R x, R y) { return _mm512_add_ps(x, y); }
   static R sub(R x, R y) { return _mm512_sub_ps(x, y); }
   static R mul(R x, R y) { return _mm512_mul_ps(x, y); }
+  static R div(R x, R y) { return _mm512_div_ps(x, y); }
   static R max(R x, R y) { return _mm512_max_ps(x, y); }
   static R fma(R x, R y, R z) { return _mm512_fmadd_ps(x, y, z); }
   static float hsum(R x) { return _mm512_reduce_add_ps(x); }
@@ -249,6 +253,7 @@ struct VecNeon {
   static R add(R x, R y) { return vaddq_f32(x, y); }
   static R sub(R x, R y) { return vsubq_f32(x, y); }
   static R mul(R x, R y) { return vmulq_f32(x, y); }
+  static R div(R x, R y) { return vdivq_f32(x, y); }
   static R max(R x, R y) { return vmaxq_f32(x, y); }  // NaN in either operand wins
   static R fma(R x, R y, R z) { return vfmaq_f32(z, x, y); }
   static float hsum(R x) { return vaddvq_f32(x); }

@@ -7,7 +7,8 @@
 // Under nvcc (here): kernel<<<grid, block, smem, stream>>>, raising the kernel's dynamic
 // shared-memory limit when more than 48 KiB is asked for; launch errors throw std::runtime_error.
 // Under a host compiler both come from primitives_emu.h: the grid runs on the CPU and kernel bugs
-// throw fae::emu::Error.
+// throw fae::emu::Error. The gptr arguments and the buffers given to gbuf since the previous
+// launch are the global memory the emulator watches for races between blocks.
 #pragma once
 
 #include "cuda/primitives.cuh"

@@ -10,7 +10,7 @@
 //   shared memory          fae::dynamic_smem<T>()  (the only shared memory: no static __shared__)
 //   atomics                atomicAdd(float*, float) on global memory
 //   math                   fae::fast_exp2(x) (ex2.approx.ftz.f32)
-//   conversions (spec §9)  fae::f32_to_f16_bits / f32_to_bf16_bits / f16_bits_to_f32 / bf16_bits_to_f32,
+//   conversions (docs/emulator.md section 3.5)  fae::f32_to_f16_bits / f32_to_bf16_bits / f16_bits_to_f32 / bf16_bits_to_f32,
 //                          fae::from_float<T>, fae::to_float, fae::pack2<T>(lo, hi), fae::pack_halves
 //   bit casts              __float_as_uint / __uint_as_float / __float_as_int / __int_as_float
 //   pointers               fae::gptr<T> (global), fae::sptr<T> (shared), fae::ptr_cast<U>(p)

@@ -1,5 +1,5 @@
 // nvcc implementation of the primitives (included by primitives.cuh only). Inline PTX, sm_80+
-// (stmatrix: sm_90+). Register layouts are those of docs/ptx-emulation-spec.md.
+// (stmatrix: sm_90+). Register layouts are those of docs/emulator.md.
 #pragma once
 
 #include <cstdint>
@@ -27,7 +27,7 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
-// ---- conversions (spec §9) ----
+// ---- conversions (docs/emulator.md section 3.5) ----
 __device__ __forceinline__ uint16_t f32_to_f16_bits(float x) {
   uint16_t r;
   asm("cvt.rn.f16.f32 %0, %1;" : "=h"(r) : "f"(x));

@@ -10,6 +10,7 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "common/fp16.h"
 #include "emu/api.h"
@@ -27,13 +28,9 @@ inline uint32_t pack2(float lo, float hi) {
     return uint32_t(f32_to_bf16_bits(lo)) | (uint32_t(f32_to_bf16_bits(hi)) << 16);
 }
 
-// ex2.approx.ftz.f32: the correctly rounded 2^x (within the instruction's 2 ulp), subnormal input and
-// output flushed to zero.
-inline float fast_exp2(float x) {
-  if (std::fpclassify(x) == FP_SUBNORMAL) x = 0.0f;
-  const float r = static_cast<float>(std::exp2(static_cast<double>(x)));
-  return std::fpclassify(r) == FP_SUBNORMAL ? 0.0f : r;
-}
+// ex2.approx.ftz.f32: the correctly rounded 2^x (within the instruction's 2 ulp; moved within them in
+// the emulator's hardware numerics mode), subnormal input and output flushed to zero.
+inline float fast_exp2(float x) { return emu::ex2_approx(x); }
 
 // ---- tensor cores: qual = K | (bf16 ? 0x100 : 0) ----
 template <class T>
@@ -66,8 +63,9 @@ inline void mma_m16n8k8(float (&d)[4], const uint32_t (&a)[2], uint32_t b, const
 // ---- ldmatrix / stmatrix ----
 namespace emu {
 inline void matrix_op(Op op, int num, bool trans, const void* p, uint32_t* r0, uint32_t* r1, uint32_t* r2,
-                      uint32_t* r3) {
+                      uint32_t* r3, Site site) {
   Arrival r{};
+  r.site = site;
   r.op = op;
   r.qual = num | (trans ? 8 : 0);
   r.mask = ~0u;
@@ -81,59 +79,63 @@ inline void matrix_op(Op op, int num, bool trans, const void* p, uint32_t* r0, u
 }  // namespace emu
 
 template <class T>
-inline void ldmatrix_x1(uint32_t& r0, sptr<T> p) {
-  emu::matrix_op(emu::Op::ldmatrix, 1, false, p.get(), &r0, nullptr, nullptr, nullptr);
+inline void ldmatrix_x1(uint32_t& r0, sptr<T> p, emu::Site site = emu::Site::here()) {
+  emu::matrix_op(emu::Op::ldmatrix, 1, false, p.get(), &r0, nullptr, nullptr, nullptr, site);
 }
 template <class T>
-inline void ldmatrix_x2(uint32_t& r0, uint32_t& r1, sptr<T> p) {
-  emu::matrix_op(emu::Op::ldmatrix, 2, false, p.get(), &r0, &r1, nullptr, nullptr);
+inline void ldmatrix_x2(uint32_t& r0, uint32_t& r1, sptr<T> p, emu::Site site = emu::Site::here()) {
+  emu::matrix_op(emu::Op::ldmatrix, 2, false, p.get(), &r0, &r1, nullptr, nullptr, site);
 }
 template <class T>
-inline void ldmatrix_x4(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3, sptr<T> p) {
-  emu::matrix_op(emu::Op::ldmatrix, 4, false, p.get(), &r0, &r1, &r2, &r3);
+inline void ldmatrix_x4(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3, sptr<T> p,
+                        emu::Site site = emu::Site::here()) {
+  emu::matrix_op(emu::Op::ldmatrix, 4, false, p.get(), &r0, &r1, &r2, &r3, site);
 }
 template <class T>
-inline void ldmatrix_x1_trans(uint32_t& r0, sptr<T> p) {
-  emu::matrix_op(emu::Op::ldmatrix, 1, true, p.get(), &r0, nullptr, nullptr, nullptr);
+inline void ldmatrix_x1_trans(uint32_t& r0, sptr<T> p, emu::Site site = emu::Site::here()) {
+  emu::matrix_op(emu::Op::ldmatrix, 1, true, p.get(), &r0, nullptr, nullptr, nullptr, site);
 }
 template <class T>
-inline void ldmatrix_x2_trans(uint32_t& r0, uint32_t& r1, sptr<T> p) {
-  emu::matrix_op(emu::Op::ldmatrix, 2, true, p.get(), &r0, &r1, nullptr, nullptr);
+inline void ldmatrix_x2_trans(uint32_t& r0, uint32_t& r1, sptr<T> p, emu::Site site = emu::Site::here()) {
+  emu::matrix_op(emu::Op::ldmatrix, 2, true, p.get(), &r0, &r1, nullptr, nullptr, site);
 }
 template <class T>
-inline void ldmatrix_x4_trans(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3, sptr<T> p) {
-  emu::matrix_op(emu::Op::ldmatrix, 4, true, p.get(), &r0, &r1, &r2, &r3);
+inline void ldmatrix_x4_trans(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3, sptr<T> p,
+                              emu::Site site = emu::Site::here()) {
+  emu::matrix_op(emu::Op::ldmatrix, 4, true, p.get(), &r0, &r1, &r2, &r3, site);
 }
 template <class T>
-inline void stmatrix_x1(uint32_t r0, sptr<T> p) {
-  emu::matrix_op(emu::Op::stmatrix, 1, false, p.get(), &r0, nullptr, nullptr, nullptr);
+inline void stmatrix_x1(uint32_t r0, sptr<T> p, emu::Site site = emu::Site::here()) {
+  emu::matrix_op(emu::Op::stmatrix, 1, false, p.get(), &r0, nullptr, nullptr, nullptr, site);
 }
 template <class T>
-inline void stmatrix_x2(uint32_t r0, uint32_t r1, sptr<T> p) {
-  emu::matrix_op(emu::Op::stmatrix, 2, false, p.get(), &r0, &r1, nullptr, nullptr);
+inline void stmatrix_x2(uint32_t r0, uint32_t r1, sptr<T> p, emu::Site site = emu::Site::here()) {
+  emu::matrix_op(emu::Op::stmatrix, 2, false, p.get(), &r0, &r1, nullptr, nullptr, site);
 }
 template <class T>
-inline void stmatrix_x4(uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3, sptr<T> p) {
-  emu::matrix_op(emu::Op::stmatrix, 4, false, p.get(), &r0, &r1, &r2, &r3);
+inline void stmatrix_x4(uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3, sptr<T> p,
+                        emu::Site site = emu::Site::here()) {
+  emu::matrix_op(emu::Op::stmatrix, 4, false, p.get(), &r0, &r1, &r2, &r3, site);
 }
 template <class T>
-inline void stmatrix_x1_trans(uint32_t r0, sptr<T> p) {
-  emu::matrix_op(emu::Op::stmatrix, 1, true, p.get(), &r0, nullptr, nullptr, nullptr);
+inline void stmatrix_x1_trans(uint32_t r0, sptr<T> p, emu::Site site = emu::Site::here()) {
+  emu::matrix_op(emu::Op::stmatrix, 1, true, p.get(), &r0, nullptr, nullptr, nullptr, site);
 }
 template <class T>
-inline void stmatrix_x2_trans(uint32_t r0, uint32_t r1, sptr<T> p) {
-  emu::matrix_op(emu::Op::stmatrix, 2, true, p.get(), &r0, &r1, nullptr, nullptr);
+inline void stmatrix_x2_trans(uint32_t r0, uint32_t r1, sptr<T> p, emu::Site site = emu::Site::here()) {
+  emu::matrix_op(emu::Op::stmatrix, 2, true, p.get(), &r0, &r1, nullptr, nullptr, site);
 }
 template <class T>
-inline void stmatrix_x4_trans(uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3, sptr<T> p) {
-  emu::matrix_op(emu::Op::stmatrix, 4, true, p.get(), &r0, &r1, &r2, &r3);
+inline void stmatrix_x4_trans(uint32_t r0, uint32_t r1, uint32_t r2, uint32_t r3, sptr<T> p,
+                              emu::Site site = emu::Site::here()) {
+  emu::matrix_op(emu::Op::stmatrix, 4, true, p.get(), &r0, &r1, &r2, &r3, site);
 }
 
 // ---- cp.async ----
 template <int Bytes, class D, class S>
-inline void cp_async(sptr<D> dst, gptr<S> src, int src_bytes = Bytes) {
+inline void cp_async(sptr<D> dst, gptr<S> src, int src_bytes = Bytes, emu::Site site = emu::Site::here()) {
   static_assert(Bytes == 4 || Bytes == 8 || Bytes == 16, "cp.async copies 4, 8 or 16 bytes");
-  emu::cp_async(dst.get(), src.get(), src.lo(), src.hi(), Bytes, src_bytes);
+  emu::cp_async(dst.get(), src.get(), src.lo(), src.hi(), Bytes, src_bytes, site);
 }
 inline void cp_async_commit() { emu::cp_async_commit(); }
 template <int N>
@@ -152,7 +154,7 @@ inline int __float_as_int(float x) { return static_cast<int>(::fae::float_bits(x
 inline float __int_as_float(int i) { return ::fae::bits_float(static_cast<uint32_t>(i)); }
 
 namespace fae::emu {
-// shfl.sync with the c operand the CUDA headers build from `width` (spec §5.2); qual = mode.
+// shfl.sync with the c operand the CUDA headers build from `width` (docs/emulator.md section 3.4); qual = mode.
 inline uint32_t shfl32(int mode, unsigned mask, uint32_t v, int b, int width) {
   Arrival r{};
   r.op = Op::shfl;
@@ -201,8 +203,8 @@ FAE_EMU_SHFL(double)
 #undef FAE_EMU_SHFL
 
 // Global float atomic add (device-scope; blocks may run on several OS threads).
-inline float atomicAdd(::fae::gptr<float> p, float v) {
-  ::fae::emu::check_global(p.get(), sizeof(float), p.lo(), p.hi(), true);
+inline float atomicAdd(::fae::gptr<float> p, float v, ::fae::emu::Site site = ::fae::emu::Site::here()) {
+  ::fae::emu::check_global(p.get(), sizeof(float), p.lo(), p.hi(), ::fae::emu::GAccess::atomic, site);
   uint32_t* w = reinterpret_cast<uint32_t*>(p.get());
   uint32_t old = __atomic_load_n(w, __ATOMIC_RELAXED);
   while (!__atomic_compare_exchange_n(w, &old, ::fae::float_bits(::fae::bits_float(old) + v), true, __ATOMIC_RELAXED,
@@ -214,15 +216,28 @@ inline float atomicAdd(::fae::gptr<float> p, float v) {
 // ---- launch (cuda/launch.cuh documents both builds) ----
 namespace fae {
 
+// Also announces the buffer to the next launch from this thread (gptrs may sit inside structs).
 template <class T>
 inline gptr<T> gbuf(T* p, std::size_t count) {
+  emu::announce_buffer({p, p + count});
   return gptr<T>(p, p, p + count);
 }
+
+namespace detail {
+template <class T>
+void add_buffer(std::vector<emu::Buffer>& v, const gptr<T>& p) {
+  v.push_back({p.lo(), p.hi()});
+}
+template <class T>
+void add_buffer(std::vector<emu::Buffer>&, const T&) {}
+}  // namespace detail
 
 template <class... KArgs, class... Args>
 void launch(const char* name, void (*kernel)(KArgs...), const LaunchConfig& cfg, Args&&... args) {
   std::tuple<std::decay_t<KArgs>...> params(std::forward<Args>(args)...);
-  emu::launch(name, cfg.grid, cfg.block, cfg.smem_bytes, [kernel, &params] { std::apply(kernel, params); });
+  std::vector<emu::Buffer> buffers;
+  std::apply([&buffers](const auto&... a) { (detail::add_buffer(buffers, a), ...); }, params);
+  emu::launch(name, cfg.grid, cfg.block, cfg.smem_bytes, [kernel, &params] { std::apply(kernel, params); }, buffers);
 }
 
 }  // namespace fae

@@ -12,8 +12,36 @@
 #include <sanitizer/common_interface_defs.h>
 #define FAE_EMU_ASAN 1
 #endif
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+#define FAE_EMU_TSAN 1
+#endif
 
 namespace fae::emu {
+
+namespace {
+// ThreadSanitizer keeps a call stack and a clock per thread: it must be told which fiber runs.
+// A fiber context gets its own state in context_make; any other context (a scheduler running on
+// an OS thread's own stack) records the current one when it switches away. Switching synchronises,
+// so the cooperative fibers of one OS thread are ordered; races across OS threads are still seen.
+void tsan_make(Context& ctx) {
+#ifdef FAE_EMU_TSAN
+  if (ctx.tsan_fiber != nullptr) __tsan_destroy_fiber(ctx.tsan_fiber);  // its last run has ended
+  ctx.tsan_fiber = __tsan_create_fiber(0);
+#else
+  (void)ctx;
+#endif
+}
+
+void tsan_switch(Context* from, Context& to) {
+#ifdef FAE_EMU_TSAN
+  if (from != nullptr) from->tsan_fiber = __tsan_get_current_fiber();
+  __tsan_switch_to_fiber(to.tsan_fiber, 0);
+#else
+  (void)from, (void)to;
+#endif
+}
+}  // namespace
 
 #ifndef FAE_EMU_USE_UCONTEXT
 
@@ -68,6 +96,7 @@ fae_emu_ctx_start:
 void context_make(Context& ctx, void* stack, std::size_t size, void (*fn)(void*), void* arg) {
   ctx.stack = stack;
   ctx.stack_size = size;
+  tsan_make(ctx);
 #ifdef FAE_EMU_ASAN
   ASAN_UNPOISON_MEMORY_REGION(stack, size);  // frames of an abandoned fiber may still be poisoned
 #endif
@@ -140,6 +169,7 @@ fae_emu_ctx_start:
 void context_make(Context& ctx, void* stack, std::size_t size, void (*fn)(void*), void* arg) {
   ctx.stack = stack;
   ctx.stack_size = size;
+  tsan_make(ctx);
 #ifdef FAE_EMU_ASAN
   ASAN_UNPOISON_MEMORY_REGION(stack, size);  // frames of an abandoned fiber may still be poisoned
 #endif
@@ -172,6 +202,7 @@ void uc_entry(unsigned fn_hi, unsigned fn_lo, unsigned arg_hi, unsigned arg_lo) 
 void context_make(Context& ctx, void* stack, std::size_t size, void (*fn)(void*), void* arg) {
   ctx.stack = stack;
   ctx.stack_size = size;
+  tsan_make(ctx);
 #ifdef FAE_EMU_ASAN
   ASAN_UNPOISON_MEMORY_REGION(stack, size);  // frames of an abandoned fiber may still be poisoned
 #endif
@@ -191,6 +222,7 @@ void raw_switch(Context& from, Context& to) { swapcontext(&from.uc, &to.uc); }
 #endif
 
 void context_switch(Context& from, Context& to) {
+  tsan_switch(&from, to);
 #ifdef FAE_EMU_ASAN
   __sanitizer_start_switch_fiber(&from.fake_stack, to.stack, to.stack_size);
   raw_switch(from, to);
@@ -202,6 +234,7 @@ void context_switch(Context& from, Context& to) {
 
 void context_exit(Context& to) {
   Context dead;
+  tsan_switch(nullptr, to);
 #ifdef FAE_EMU_ASAN
   __sanitizer_start_switch_fiber(nullptr, to.stack, to.stack_size);
 #endif

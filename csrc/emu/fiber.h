@@ -21,6 +21,7 @@ struct Context {
   const void* stack = nullptr;
   std::size_t stack_size = 0;
   void* fake_stack = nullptr;
+  void* tsan_fiber = nullptr;  // ThreadSanitizer's state of this context, for its annotations only
 };
 
 // Prepares `ctx` to run fn(arg) on the stack [stack, stack + size) when first switched to.

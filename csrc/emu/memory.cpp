@@ -1,7 +1,7 @@
 // Memory checkers of the emulator:
 //   1. shared-memory races: a byte written by one thread and read or written by another within the
 //      same barrier interval (missing __syncthreads);
-//   2. cp.async (spec §4.3): destination accessed while in flight, source written before the wait,
+//   2. cp.async (docs/emulator.md section 3.3): destination accessed while in flight, source written before the wait,
 //      completed data read by another thread without a barrier after the issuing thread's wait,
 //      copies never waited for;
 //   3. shared accesses outside the dynamic shared memory (ldmatrix rows: warp_ops.cpp);
@@ -75,15 +75,16 @@ void Runner::smem_check(const Thread* t, const void* p, std::size_t n, bool writ
   }
 }
 
-void global_fault(const void* p, std::size_t n, const void* lo, const void* hi, bool write) {
+void global_fault(const void* p, std::size_t n, const void* lo, const void* hi, GAccess kind) {
   const Runner& r = *tls_runner;
+  const char* what = kind == GAccess::read ? "read" : kind == GAccess::write ? "write" : "atomic update";
   char b[160];
   if (!lo)
     std::snprintf(b, sizeof b, "global %s of %zu bytes through a pointer with no buffer (not built with fae::gbuf)",
-                  write ? "write" : "read", n);
+                  what, n);
   else
     std::snprintf(b, sizeof b, "global %s of %zu bytes outside its buffer [%p, %p) (byte offset %td)",
-                  write ? "write" : "read", n, lo, hi, static_cast<const char*>(p) - static_cast<const char*>(lo));
+                  what, n, lo, hi, static_cast<const char*>(p) - static_cast<const char*>(lo));
   fail(r, r.cur, p, b, true);
 }
 
@@ -99,7 +100,8 @@ void global_write_vs_async(const void* p, std::size_t n) {
              true);
 }
 
-void cp_async(void* dst, const void* src, const void* src_lo, const void* src_hi, int cp_size, int src_size) {
+void cp_async(void* dst, const void* src, const void* src_lo, const void* src_hi, int cp_size, int src_size,
+              Site site) {
   Runner& r = *tls_runner;
   Thread* t = r.cur;
   if (src_size < 0 || src_size > cp_size)
@@ -110,8 +112,13 @@ void cp_async(void* dst, const void* src, const void* src_lo, const void* src_hi
   if (src_size > 0) {
     if (reinterpret_cast<std::uintptr_t>(src) % cp_size)
       fail(r, t, src, "cp.async global source not aligned to its " + std::to_string(cp_size) + "-byte size", true);
-    check_global(src, std::size_t(src_size), src_lo, src_hi, false);
+    const auto* a = static_cast<const char*>(src);
+    if (a < static_cast<const char*>(src_lo) || a + src_size > static_cast<const char*>(src_hi))
+      global_fault(src, std::size_t(src_size), src_lo, src_hi, GAccess::read);
+    r.launch->globals->access(r, a, std::size_t(src_size), static_cast<const char*>(src_lo), GAccess::read);
   }
+  r.stat(t, site, StatOp::cp_async_global, cp_size, src, src_size);
+  r.stat(t, site, StatOp::cp_async_shared, cp_size, dst, cp_size);
   const std::size_t off = smem_offset(r, t, dst, std::size_t(cp_size), "cp.async destination");
   // The copy may land at any moment until the wait: it conflicts like a write with this interval's
   // accesses by other threads, and any access while in flight is caught by the in-flight mark.

@@ -1,8 +1,11 @@
 // SIMT emulator runtime: grid launch over worker OS threads, blocks as fibers scheduled
-// cooperatively, the block barrier, and the warp-collective rendezvous (spec §0.1).
+// cooperatively, the block barrier, and the warp-collective rendezvous (docs/emulator.md section 2).
 #include <algorithm>
 #include <atomic>
+#include <cctype>
+#include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <thread>
@@ -19,7 +22,10 @@ namespace {
 
 std::mutex g_mutex;
 Config g_config;
+bool g_env_read = false;
+std::string g_env_error;
 std::vector<std::unique_ptr<Runner>> g_idle_runners;
+thread_local std::vector<Buffer> tls_announced;  // buffers built by gbuf since this thread's last launch
 
 Runner* acquire_runner() {
   std::lock_guard<std::mutex> lock(g_mutex);
@@ -78,8 +84,33 @@ const char* state_text(Thread::State s) {
 
 }  // namespace
 
+namespace {
+
+// FAE_EMU_HW_NUMERICS=<seed> turns the hardware numerics mode on; read at the first use of the
+// configuration (under g_mutex).
+void read_environment() {
+  if (g_env_read) return;
+  g_env_read = true;
+  const char* v = std::getenv("FAE_EMU_HW_NUMERICS");
+  if (!v || !*v) return;
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long long seed = std::strtoull(v, &end, 10);
+  if (errno || *end || !std::isdigit(static_cast<unsigned char>(*v))) {
+    g_env_error = std::string("FAE_EMU_HW_NUMERICS='") + v +
+                  "' is not a seed: expected an integer in [0, 2^64) (unset or empty: exact numerics)";
+    return;
+  }
+  g_config.hw_numerics = true;
+  g_config.hw_seed = seed;
+}
+
+}  // namespace
+
 Config get_config() {
   std::lock_guard<std::mutex> lock(g_mutex);
+  read_environment();
+  if (!g_env_error.empty()) throw std::invalid_argument(g_env_error);
   return g_config;
 }
 
@@ -87,6 +118,7 @@ void set_config(const Config& c) {
   if (c.threads < 1) throw std::invalid_argument("emulator threads must be >= 1");
   if (c.stack_bytes < 16 * 1024) throw std::invalid_argument("emulator fiber stacks must be >= 16 KiB");
   std::lock_guard<std::mutex> lock(g_mutex);
+  read_environment();
   g_config = c;
 }
 
@@ -106,10 +138,13 @@ std::string address_name(const Runner& r, const void* p, bool global) {
   return b;
 }
 
+std::string block_name(const LaunchState& L, uint64_t linear) {
+  const uint64_t x = linear % L.grid.x, y = linear / L.grid.x % L.grid.y, z = linear / L.grid.x / L.grid.y;
+  return "block (" + std::to_string(x) + "," + std::to_string(y) + "," + std::to_string(z) + ")";
+}
+
 void fail(const Runner& r, const Thread* t, const void* addr, const std::string& rule, bool global) {
-  const uint3 bi = r.block_idx;
-  std::string msg = std::string("kernel '") + r.launch->name + "' block (" + std::to_string(bi.x) + "," +
-                    std::to_string(bi.y) + "," + std::to_string(bi.z) + ")";
+  std::string msg = std::string("kernel '") + r.launch->name + "' " + block_name(*r.launch, r.block_id - 1);
   if (t) msg += " " + thread_name(r, t->tid);
   if (addr) msg += " at " + address_name(r, addr, global);
   throw Error(msg + ": " + rule);
@@ -149,6 +184,7 @@ void Runner::yield() {
 }
 
 void Runner::release_barrier() {
+  if (launch->stats) stats.flush();
   new_epoch();
   nbarrier = 0;
   for (int i = 0; i < nthreads; ++i)
@@ -191,6 +227,7 @@ void Runner::run_block(uint3 bidx) {
   while (stacks.size() < std::size_t(nthreads)) stacks.push_back(std::make_unique<Stack>(stack_bytes));
   if (threads.size() < std::size_t(nthreads)) threads.resize(nthreads);
   warps.assign((nthreads + 31) / 32, {});
+  mma_calls.assign(warps.size(), 0);
   smem_size = L.smem;
   if (smem_store.size() < smem_size + 128) smem_store.resize(smem_size + 128);
   smem = smem_store.data() + (128 - reinterpret_cast<std::uintptr_t>(smem_store.data()) % 128) % 128;
@@ -202,7 +239,9 @@ void Runner::run_block(uint3 bidx) {
   tls_async_pending = 0;
   error = nullptr;
   ready.clear();
+  stats.clear();
   const uint64_t linear = bidx.x + uint64_t(L.grid.x) * (bidx.y + uint64_t(L.grid.y) * bidx.z);
+  block_id = uint32_t(linear + 1);
   if (L.cfg.shuffle) rng.seed(L.cfg.seed * 0x9E3779B97F4A7C15ull + linear);
 
   for (int i = 0; i < nthreads; ++i) {
@@ -246,6 +285,7 @@ void Runner::run_block(uint3 bidx) {
     tls_async_pending = 0;
     std::rethrow_exception(error);
   }
+  if (L.stats) stats.merge_into(*L.stats);
 }
 
 void syncthreads() {
@@ -261,7 +301,11 @@ void syncthreads() {
 
 void* smem_base() { return tls_runner->smem; }
 
-void smem_access(const void* p, std::size_t n, bool write) { tls_runner->smem_check(tls_runner->cur, p, n, write); }
+void smem_access(const void* p, std::size_t n, bool write, Site site) {
+  Runner& r = *tls_runner;
+  r.smem_check(r.cur, p, n, write);
+  r.stat(r.cur, site, write ? StatOp::shared_store : StatOp::shared_load, int(n), p, int(n));
+}
 
 void warp_collective(Arrival& a) {
   Runner* r = tls_runner;
@@ -316,8 +360,13 @@ void warp_collective(Arrival& a) {
     }
 }
 
-void launch(const char* kernel_name, dim3 grid, dim3 block, std::size_t smem_bytes, const std::function<void()>& body) {
-  LaunchState L{kernel_name, grid, block, smem_bytes, &body, get_config()};
+void announce_buffer(const Buffer& b) { tls_announced.push_back(b); }
+
+void launch(const char* kernel_name, dim3 grid, dim3 block, std::size_t smem_bytes, const std::function<void()>& body,
+            std::vector<Buffer> buffers) {
+  buffers.insert(buffers.end(), tls_announced.begin(), tls_announced.end());
+  tls_announced.clear();
+  LaunchState L{kernel_name, grid, block, smem_bytes, &body, get_config(), nullptr, nullptr};
   const std::string head = std::string("kernel '") + kernel_name + "' launch: ";
   const unsigned long long nthreads = 1ull * block.x * block.y * block.z;
   if (nthreads == 0 || nthreads > 1024 || block.z > 64)
@@ -330,6 +379,12 @@ void launch(const char* kernel_name, dim3 grid, dim3 block, std::size_t smem_byt
     throw Error(head + std::to_string(smem_bytes) + " bytes of dynamic shared memory exceed the limit of " +
                 std::to_string(L.cfg.smem_limit));
   const long long nblocks = 1ll * grid.x * grid.y * grid.z;
+  if (nblocks >= kManyBlocks)
+    throw Error(head + "grid of " + std::to_string(nblocks) + " blocks: the emulator runs fewer than 2^32 - 1");
+  GlobalShadow globals(std::move(buffers));
+  L.globals = &globals;
+  StatSink stats;
+  if (L.cfg.stats) L.stats = &stats;
   const int nworkers = int(std::min<long long>(L.cfg.threads, nblocks));
   std::atomic<long long> next{0};
   std::atomic<bool> stop{false};
@@ -358,6 +413,7 @@ void launch(const char* kernel_name, dim3 grid, dim3 block, std::size_t smem_byt
   for (auto& f : failures)
     if (f.second && (!first.second || f.first < first.first)) first = f;
   if (first.second) std::rethrow_exception(first.second);
+  if (L.stats) publish_stats(L);
 }
 
 }  // namespace fae::emu

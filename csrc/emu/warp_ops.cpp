@@ -1,8 +1,9 @@
 // Semantics of the warp-collective instructions, executed once all lanes have arrived: operands of
 // every lane are gathered before any result is scattered (d and c of mma may alias).
-//   mma.m16n8k16 / m16n8k8 .f32.{f16,bf16}: spec §1.2, §2.1; exact products, f64 sum, one RNE to f32
-//   ldmatrix / stmatrix .x1/.x2/.x4 [.trans]: spec §3
-//   shfl.sync idx/up/down/bfly: spec §5.1 formula with the CUDA-header c operand
+//   mma.m16n8k16 / m16n8k8 .f32.{f16,bf16}: docs/emulator.md section 3.1; exact products, f64 sum, one RNE to f32
+//   (hardware numerics mode: hw_numerics.cpp)
+//   ldmatrix / stmatrix .x1/.x2/.x4 [.trans]: docs/emulator.md section 3.2 (and their bank wavefronts when counting)
+//   shfl.sync idx/up/down/bfly: docs/emulator.md section 3.4 formula with the CUDA-header c operand
 #include <cstring>
 
 #include "common/fp16.h"
@@ -52,14 +53,14 @@ double decode(uint32_t reg, int half, bool bf16) {
   return (h & 0x8000u) ? -mag : mag;
 }
 
-void exec_mma(Thread* const lanes[32], int qual) {
+void exec_mma(Runner& r, Thread* const lanes[32], int qual) {
   const bool bf16 = qual & 0x100;
   const int K = qual & 0xFF;
   double A[16][16], B[16][8], C[16][8];
   for (int l = 0; l < 32; ++l) {
     const Arrival& a = *lanes[l]->arrival;
     const int g = l >> 2, t = l & 3;
-    for (int i = 0; i < (K == 16 ? 8 : 4); ++i) {  // §1.2 / §2.1 A fragment
+    for (int i = 0; i < (K == 16 ? 8 : 4); ++i) {  // A fragment (docs/emulator.md section 3.1)
       const int row = g + ((i & 2) ? 8 : 0), col = 2 * t + (i & 1) + (i >= 4 ? 8 : 0);
       A[row][col] = decode(a.a[i >> 1], i & 1, bf16);
     }
@@ -70,11 +71,17 @@ void exec_mma(Thread* const lanes[32], int qual) {
   // Products of two 16-bit floats are exact in double, so the k-ordered sums below are the same
   // whether or not the compiler fuses multiply and add; vectorised over n.
   float D[16][8];
-  for (int m = 0; m < 16; ++m) {
-    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    for (int k = 0; k < K; ++k)
-      for (int n = 0; n < 8; ++n) acc[n] += A[m][k] * B[k][n];
-    for (int n = 0; n < 8; ++n) D[m][n] = static_cast<float>(acc[n] + C[m][n]);
+  const Config& cfg = r.launch->cfg;
+  if (cfg.hw_numerics) {
+    const int warp = lanes[0]->warp;
+    mma_truncating(A, B, C, K, hw_key(cfg.hw_seed, r.block_id, uint64_t(warp), r.mma_calls[warp]++), D);
+  } else {
+    for (int m = 0; m < 16; ++m) {
+      double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      for (int k = 0; k < K; ++k)
+        for (int n = 0; n < 8; ++n) acc[n] += A[m][k] * B[k][n];
+      for (int n = 0; n < 8; ++n) D[m][n] = static_cast<float>(acc[n] + C[m][n]);
+    }
   }
   for (int l = 0; l < 32; ++l) {
     const int g = l >> 2, t = l & 3;
@@ -97,10 +104,31 @@ const unsigned char* row_address(Runner& r, Thread* const lanes[32], int lane, b
   return p;
 }
 
+// Profiler counters of one ldmatrix/stmatrix: the 8 rows of 16 bytes of each matrix are a phase.
+void count_matrix_request(Runner& r, Thread* const lanes[32], int num, bool store) {
+  if (!r.launch->stats) return;
+  Counters c;
+  c.requests = 1;
+  c.accesses = uint64_t(8 * num);
+  c.bytes = uint64_t(128 * num);
+  std::vector<uintptr_t> words;
+  for (int j = 0; j < num; ++j) {
+    words.clear();
+    for (int row = 0; row < 8; ++row) {
+      const uintptr_t w = reinterpret_cast<uintptr_t>(lanes[8 * j + row]->arrival->addr) >> 2;
+      for (uintptr_t i = 0; i < 4; ++i) words.push_back(w + i);
+    }
+    count_wavefronts(words, c);
+  }
+  const Site site = lanes[0]->arrival->site;
+  r.stats.warp_request({site.file, site.line, store ? StatOp::stmatrix : StatOp::ldmatrix, 16}, c);
+}
+
 void exec_ldmatrix(Runner& r, Thread* const lanes[32], int num, bool trans) {
   uint16_t M[4][8][8];
   for (int j = 0; j < num; ++j)
     for (int row = 0; row < 8; ++row) std::memcpy(M[j][row], row_address(r, lanes, 8 * j + row, false), 16);
+  count_matrix_request(r, lanes, num, false);
   for (int l = 0; l < 32; ++l) {
     const int g = l >> 2, t = l & 3;
     for (int j = 0; j < num; ++j) {
@@ -126,6 +154,7 @@ void exec_stmatrix(Runner& r, Thread* const lanes[32], int num, bool trans) {
       auto* p = const_cast<unsigned char*>(row_address(r, lanes, 8 * j + row, true));
       std::memcpy(p, M[j][row], 16);
     }
+  count_matrix_request(r, lanes, num, true);
 }
 
 void exec_shfl(Runner& r, Thread* const lanes[32], unsigned mask, int mode) {
@@ -176,7 +205,7 @@ void exec_shfl(Runner& r, Thread* const lanes[32], unsigned mask, int mode) {
 void execute_collective(Runner& r, Thread* const lanes[32], const PendingCollective& pc) {
   switch (pc.op) {
     case Op::mma:
-      exec_mma(lanes, pc.qual);
+      exec_mma(r, lanes, pc.qual);
       break;
     case Op::ldmatrix:
       exec_ldmatrix(r, lanes, pc.qual & 7, pc.qual & 8);

@@ -8,13 +8,12 @@ from typing import Any, Optional, Tuple
 
 import torch
 
-from . import _core
-
-_MASK_DOC = "window_left/right: -1 unbounded; bottom_right: causal alignment (DESIGN.md section 1)"
+from . import _dispatch
+from ._validate import MaskSpec, dtype_name
 
 
 def _lse_dtype(q: torch.Tensor) -> torch.dtype:
-    return getattr(torch, _core.lse_dtype_name(_core.dtype_name(q)))
+    return getattr(torch, _dispatch.lse_dtype_name(dtype_name(q)))
 
 
 def _like(x: torch.Tensor) -> torch.Tensor:
@@ -28,10 +27,10 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
                   window_left: int, window_right: int,
                   bottom_right: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     """Forward on (B, S, H, D) views; returns out (like q) and lse (B, H, Sq)."""
-    mask = _core.MaskSpec(window_left, window_right, bottom_right)
+    mask = MaskSpec(window_left, window_right, bottom_right)
     out = _like(q)
     lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]), dtype=_lse_dtype(q), device=q.device)
-    _core.forward(q, k, v, out, lse, scale, mask)
+    _dispatch.forward(q, k, v, out, lse, scale, mask)
     return out, lse
 
 
@@ -47,13 +46,13 @@ def attention_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Ten
                   bottom_right: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward on (B, S, H, D) views; returns dq, dk, dv (laid out like q, k, v).
     ``dlse``, when given, is the gradient flowing into lse."""
-    mask = _core.MaskSpec(window_left, window_right, bottom_right)
+    mask = MaskSpec(window_left, window_right, bottom_right)
     if dout.stride(-1) != 1:  # e.g. the expanded gradient of .sum()
         dout = dout.contiguous()
     if dlse is not None:
         dlse = dlse.contiguous()  # lse itself is always allocated contiguous
     dq, dk, dv = _like(q), _like(k), _like(v)
-    _core.backward(dout, q, k, v, out, lse, dq, dk, dv, scale, mask, dlse)
+    _dispatch.backward(dout, q, k, v, out, lse, dq, dk, dv, scale, mask, dlse)
     return dq, dk, dv
 
 
@@ -82,7 +81,7 @@ attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def apply(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-          mask: _core.MaskSpec) -> Tuple[torch.Tensor, torch.Tensor]:
+          mask: MaskSpec) -> Tuple[torch.Tensor, torch.Tensor]:
     """Differentiable attention on BSHD views."""
     return torch.ops.flashattn_ext.fwd(q, k, v, scale, mask.window_left, mask.window_right,
                                        mask.bottom_right)

@@ -2,7 +2,7 @@
 views and a mask, and runs the kernels: through the differentiable torch operator for tensors,
 directly for numpy arrays (which get numpy arrays back).
 
-Causal alignment (DESIGN.md section 1): :func:`attention` and :func:`flash_attn_func` align the
+Causal alignment (docs/semantics.md section 2): :func:`attention` and :func:`flash_attn_func` align the
 causal mask bottom-right (query ``i`` sees keys ``j <= i + Sk - Sq``, as FlashAttention >= 2.1 and
 KV-cache decoding); :func:`scaled_dot_product_attention` aligns it top-left (``j <= i``, as
 ``torch.nn.functional.scaled_dot_product_attention``). They agree when Sq == Sk."""
@@ -11,32 +11,19 @@ from __future__ import annotations
 
 from typing import Any, Optional, Tuple, Union
 
-import numpy as np
-
-from . import _core
-from ._core import MaskSpec
+from . import _dispatch
+from ._validate import BHSD, BSHD, SD, Call, MaskSpec, flag, prepare
 
 ArrayLike = Any  # torch.Tensor or numpy.ndarray
 
 
-def _run(q: ArrayLike, k: ArrayLike, v: ArrayLike, kind: str, scale: Optional[float],
-         mask: MaskSpec) -> Tuple[ArrayLike, ArrayLike]:
-    """q, k, v are validated (B, S, H, D) views."""
-    _core.check_bshd(q, k, v)
-    s = _core.default_scale(q.shape[3], scale)
-    if kind == "numpy":
-        return _core.numpy_forward(q, k, v, s, mask)
+def _run(call: Call) -> Tuple[ArrayLike, ArrayLike]:
+    """out (B, S, H, D) and lse (B, H, S) of a validated call."""
+    if call.kind == "numpy":
+        return _dispatch.numpy_forward(call.q, call.k, call.v, call.scale, call.mask)
     from . import _torch_ops
 
-    return _torch_ops.apply(q, k, v, s, mask)
-
-
-def _unsqueeze(x: ArrayLike, axis: int) -> ArrayLike:
-    return np.expand_dims(x, axis) if isinstance(x, np.ndarray) else x.unsqueeze(axis)
-
-
-def _transpose12(x: ArrayLike) -> ArrayLike:
-    return x.swapaxes(1, 2) if isinstance(x, np.ndarray) else x.transpose(1, 2)
+    return _torch_ops.apply(call.q, call.k, call.v, call.scale, call.mask)
 
 
 def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool = False,
@@ -52,28 +39,28 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool = False,
         v: values, shaped like k.
         causal: mask keys "after" each query, aligned bottom-right: query i sees keys
             j <= i + Sk - Sq. Rows that see no key give 0 (and lse -inf).
-        scale: score scale; default 1/sqrt(D).
-        window_size: (left, right) sliding window around the aligned diagonal, -1 = unbounded.
+        scale: score scale, a real number (Python, numpy scalar or 0-d CPU tensor without
+            grad); default 1/sqrt(D).
+        window_size: (left, right) ints >= -1, a sliding window around the aligned diagonal;
+            -1 = unbounded.
         return_lse: also return the natural-log logsumexp of each row's scaled scores.
 
     Returns:
         out shaped like q (same kind: tensor or array), and with ``return_lse`` the pair
         (out, lse) with lse (B, Hq, Sq), (B, Sq) or (Sq,) following q's rank; lse is float32
         (float64 for float64 inputs).
+
+    Raises:
+        TypeError, ValueError, NotImplementedError naming the argument (docs/bad_inputs.md);
+        ValueError when finite q and k with this scale give scores beyond the float32 range
+        (float64 for float64 inputs) on CPU data, where the result would be NaN. NaN or inf in
+        the inputs propagates without an error.
     """
-    kind = _core.validate(q, k, v, ranks=(2, 3, 4), scale=scale, layout="(S, D), (B, S, D) or "
-                          "(B, S, H, D)")
-    rank = q.ndim
-    if rank == 2:
-        q, k, v = (_unsqueeze(x, 0) for x in (q, k, v))
-    if rank <= 3:
-        q, k, v = (_unsqueeze(x, 2) for x in (q, k, v))
-    out, lse = _run(q, k, v, kind, scale, MaskSpec.make(causal, window_size, bottom_right=True))
-    if rank <= 3:
-        out, lse = out[:, :, 0], lse[:, 0]
-    if rank == 2:
-        out, lse = out[0], lse[0]
-    return (out, lse) if return_lse else out
+    mask = MaskSpec.make(causal, window_size, bottom_right=True)
+    with_lse = flag("return_lse", return_lse)
+    call = prepare(q, k, v, layout=SD, scale=scale, mask=mask)
+    out, lse = _run(call)
+    return (call.output(out), call.lse(lse)) if with_lse else call.output(out)
 
 
 def flash_attn_func(q: ArrayLike, k: ArrayLike, v: ArrayLike, dropout_p: float = 0.0,
@@ -97,12 +84,10 @@ def flash_attn_func(q: ArrayLike, k: ArrayLike, v: ArrayLike, dropout_p: float =
         raise NotImplementedError(f"softcap={softcap}: softcapping is not implemented; pass 0.0")
     if alibi_slopes is not None:
         raise NotImplementedError("alibi_slopes: ALiBi is not implemented; pass None")
-    if len(tuple(window_size)) != 2:
-        raise ValueError(f"window_size: expected (left, right), got {window_size!r}")
-    kind = _core.validate(q, k, v, ranks=(4,), scale=softmax_scale, layout="(B, S, H, D)")
-    out, lse = _run(q, k, v, kind, softmax_scale,
-                    MaskSpec.make(causal, window_size, bottom_right=True))
-    return (out, lse, None) if return_attn_probs else out
+    mask = MaskSpec.make(causal, window_size, bottom_right=True)
+    out, lse = _run(prepare(q, k, v, layout=BSHD, scale=softmax_scale, mask=mask,
+                            scale_name="softmax_scale"))
+    return (out, lse, None) if flag("return_attn_probs", return_attn_probs) else out
 
 
 def scaled_dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
@@ -120,16 +105,7 @@ def scaled_dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayL
                                   "is_causal=True or flash_attn_func's window_size")
     if dropout_p != 0.0:
         raise NotImplementedError(f"dropout_p={dropout_p}: dropout is not implemented; pass 0.0")
-    kind = _core.validate(query, key, value, ranks=(3, 4), scale=scale,
-                          layout="(B, H, S, D) or (B, S, D)")
-    rank = query.ndim
-    q, k, v = query, key, value
-    if rank == 3:
-        q, k, v = (_unsqueeze(x, 1) for x in (q, k, v))
-    if q.shape[1] != k.shape[1] and not enable_gqa:
-        raise ValueError(f"key: {k.shape[1]} heads differ from query's {q.shape[1]}; pass "
-                         f"enable_gqa=True for grouped-query attention")
-    q, k, v = (_transpose12(x) for x in (q, k, v))  # (B, H, S, D) -> BSHD views, no copy
-    out, _ = _run(q, k, v, kind, scale, MaskSpec.make(is_causal, (-1, -1), bottom_right=False))
-    out = _transpose12(out)
-    return out[:, 0] if rank == 3 else out
+    mask = MaskSpec.make(is_causal, (-1, -1), bottom_right=False, causal_name="is_causal")
+    call = prepare(query, key, value, layout=BHSD, scale=scale, mask=mask,
+                   names=("query", "key", "value"), enable_gqa=flag("enable_gqa", enable_gqa))
+    return call.output(_run(call)[0])

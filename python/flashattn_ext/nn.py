@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import numbers
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _core, _torch_ops
+from ._validate import MAX_HEAD_DIM, scale_value
+from .functional import attention
 
 __all__ = ["MultiHeadAttention"]
 
@@ -37,22 +39,27 @@ class MultiHeadAttention(nn.Module):
                  causal: bool = False, dropout: float = 0.0, scale: Optional[float] = None,
                  device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None):
         super().__init__()
+        for name, value in (("embed_dim", embed_dim), ("num_heads", num_heads),
+                            ("num_kv_heads", num_kv_heads), ("kdim", kdim), ("vdim", vdim)):
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, numbers.Integral) or value <= 0):
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
-        if embed_dim <= 0 or num_heads <= 0 or embed_dim % num_heads:
-            raise ValueError(f"embed_dim: {embed_dim} must be a positive multiple of num_heads "
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim: {embed_dim} must be a multiple of num_heads "
                              f"({num_heads})")
-        if num_kv_heads <= 0 or num_heads % num_kv_heads:
+        if num_heads % num_kv_heads:
             raise ValueError(f"num_kv_heads: {num_kv_heads} must divide num_heads ({num_heads})")
         if dropout != 0.0:
             raise NotImplementedError(f"dropout={dropout}: attention dropout is not implemented")
         self.embed_dim, self.num_heads, self.num_kv_heads = embed_dim, num_heads, num_kv_heads
         self.head_dim = embed_dim // num_heads
-        if self.head_dim > _core.MAX_HEAD_DIM:
+        if self.head_dim > MAX_HEAD_DIM:
             raise ValueError(f"embed_dim: head_dim {self.head_dim} = embed_dim // num_heads "
-                             f"exceeds {_core.MAX_HEAD_DIM}")
+                             f"exceeds {MAX_HEAD_DIM}")
         self.kdim = embed_dim if kdim is None else kdim
         self.vdim = embed_dim if vdim is None else vdim
-        self.causal, self.scale = causal, scale
+        self.causal, self.scale = causal, scale_value("scale", scale)
         kw = {"device": device, "dtype": dtype}
         q_out, kv_out = num_heads * self.head_dim, num_kv_heads * self.head_dim
         self.fused = self.kdim == self.vdim == embed_dim
@@ -64,7 +71,35 @@ class MultiHeadAttention(nn.Module):
             self.v_proj = nn.Linear(self.vdim, kv_out, bias=bias, **kw)
         self.out_proj = nn.Linear(q_out, embed_dim, bias=bias, **kw)
 
-    def _project(self, x: torch.Tensor, context: Optional[torch.Tensor], value: Optional[torch.Tensor]):
+    def _check_inputs(self, x: torch.Tensor, context: Optional[torch.Tensor],
+                      value: Optional[torch.Tensor]) -> None:
+        """The module's own argument rules; q, k, v then go through attention()'s checks."""
+        for name, t, dim, what in (("x", x, self.embed_dim, "embed_dim"),
+                                   ("context", context, self.kdim, "kdim"),
+                                   ("value", value, self.vdim, "vdim")):
+            if t is None:
+                continue
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+            if t.dim() != 3 or t.shape[2] != dim:
+                raise ValueError(f"{name}: expected (batch, seq, {what}={dim}), got shape "
+                                 f"{tuple(t.shape)}")
+            if t.shape[0] != x.shape[0]:
+                raise ValueError(f"{name}: batch size {t.shape[0]} differs from x's "
+                                 f"{x.shape[0]}")
+        keys, src = (x, "x") if context is None else (context, "context")
+        if keys.shape[2] != self.kdim:
+            raise ValueError(f"context: None (keys from x) needs kdim == embed_dim; this module "
+                             f"has kdim={self.kdim}, embed_dim={self.embed_dim}")
+        if value is None and keys.shape[2] != self.vdim:
+            raise ValueError(f"value: None (values from {src}, last dimension {keys.shape[2]}) "
+                             f"needs vdim == {keys.shape[2]}; this module has vdim={self.vdim}")
+        if value is not None and value.shape[1] != keys.shape[1]:
+            raise ValueError(f"value: sequence length {value.shape[1]} differs from the "
+                             f"{keys.shape[1]} keys of {src}; value and keys must pair up")
+
+    def _project(self, x: torch.Tensor, context: Optional[torch.Tensor],
+                 value: Optional[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
         q_out = self.num_heads * self.head_dim
         if self.fused:
             w, b = self.in_proj.weight, self.in_proj.bias
@@ -94,19 +129,14 @@ class MultiHeadAttention(nn.Module):
             raise NotImplementedError("attn_mask: arbitrary masks are not implemented")
         if need_weights:
             raise NotImplementedError("need_weights=True: attention weights are never formed")
-        if x.dim() != 3:
-            raise ValueError(f"x: expected (batch, seq, embed_dim), got shape {tuple(x.shape)}")
+        self._check_inputs(x, context, value)
         q, k, v = self._project(x, context, value)
         b, sq, sk = x.shape[0], x.shape[1], k.shape[1]
         q = q.view(b, sq, self.num_heads, self.head_dim)
         k = k.view(b, sk, self.num_kv_heads, self.head_dim)
         v = v.view(b, sk, self.num_kv_heads, self.head_dim)
-        is_causal = self.causal if causal is None else causal
-        kind = _core.validate(q, k, v, ranks=(4,), scale=self.scale, layout="(B, S, H, D)")
-        assert kind == "torch"
-        _core.check_bshd(q, k, v)
-        scale = _core.default_scale(self.head_dim, self.scale)
-        out, _ = _torch_ops.apply(q, k, v, scale, _core.MaskSpec.make(is_causal, (-1, -1), True))
+        out = attention(q, k, v, causal=self.causal if causal is None else causal,
+                        scale=self.scale)
         return self.out_proj(out.reshape(b, sq, self.num_heads * self.head_dim))
 
     @classmethod

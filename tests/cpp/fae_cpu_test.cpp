@@ -4,7 +4,7 @@
 // Cases: odd shapes (1, 17, 97, 257 ...), Sq != Sk, causal in both alignments, sliding windows,
 // rows that see no key, GQA/MQA, non-contiguous strides (BHSD permutation, padded rows), the
 // optional lse gradient, dtypes float32/float64/bfloat16/float16.
-// Tolerance rule (DESIGN.md section 5): for 16-bit dtypes the error against the float64 oracle
+// Tolerance rule (docs/semantics.md section 7): for 16-bit dtypes the error against the float64 oracle
 // must be at most 2x the error of a naive implementation computed in the input dtype plus a small
 // slack; float32 and float64 get absolute tolerances (scaled by the magnitude of the result).
 // Also checked: empty rows give out = 0, lse = -inf, zero gradient and no NaN; NaN in an input
@@ -194,7 +194,7 @@ struct Case {
   }
   int64_t offset() const { return bottom_right ? Sk - Sq : 0; }
   double softmax_scale() const { return scale != 0 ? scale : 1.0 / std::sqrt(double(D)); }
-  // The mask rule of DESIGN.md section 1, written out independently of csrc/common/mask.h.
+  // The mask rule of docs/semantics.md section 2, written out independently of csrc/common/mask.h.
   bool visible(int64_t i, int64_t j) const {
     const int64_t c = i + offset();
     return (left == kNone || j >= c - left) && (right == kNone || j <= c + right);
@@ -549,9 +549,9 @@ void emu_case(const Case& c, uint64_t seed) {
     bp.dq_batch_stride = r.dq.sb; bp.dq_row_stride = r.dq.ss; bp.dq_head_stride = r.dq.sh;
     bp.dk_batch_stride = r.dk.sb; bp.dk_row_stride = r.dk.ss; bp.dk_head_stride = r.dk.sh;
     bp.dv_batch_stride = r.dv.sb; bp.dv_row_stride = r.dv.ss; bp.dv_head_stride = r.dv.sh;
-    std::vector<float> delta(size_t(c.B * c.Hq * c.Sq), 0.f), dq_accum(size_t(c.B * c.Hq * c.Sq * c.D), 0.f);
+    std::vector<float> stats(size_t(2 * c.B * c.Hq * c.Sq), 0.f), dq_accum(size_t(c.B * c.Hq * c.Sq * c.D), 0.f);
     try {
-      fae::cuda::attention_backward(bp, delta.data(), dq_accum.data(), nullptr);
+      fae::cuda::attention_backward(bp, stats.data(), dq_accum.data(), nullptr);
     } catch (const std::exception& e) {
       check(false, std::string("emulated backward threw: ") + e.what());
       return;

@@ -1,4 +1,4 @@
-"""Independent Python model of the PTX lane layouts (docs/ptx-emulation-spec.md) used as the oracle
+"""Independent Python model of the PTX lane layouts (docs/emulator.md) used as the oracle
 for the emulator tests: PTX closed forms, a decoder of CuTe layouts, ldmatrix/stmatrix closed forms,
 the shfl formula, and bit-level helpers for f16/bf16."""
 
@@ -68,7 +68,7 @@ def cute_tv(layout, thread, value):
     return _eval(ts, td, thread) + _eval(vs, vd, value)
 
 
-# ldmatrix as bit layouts (CuTe copy_traits_sm75.hpp, spec §3.3): name -> (num, trans, Src, Dst);
+# ldmatrix as bit layouts (CuTe copy_traits_sm75.hpp, docs/emulator.md section 3.2): name -> (num, trans, Src, Dst);
 # Src maps (thread, bit of its 128-bit row) and Dst maps (thread, bit of its registers) to one
 # logical bit index.
 CUTE_LDSM = {
@@ -143,7 +143,7 @@ def fragments(A_bits, B_bits, k):
     return a, b
 
 
-# ---- ldmatrix / stmatrix closed forms (spec §3) over a dict/array of 16-bit words ----
+# ---- ldmatrix / stmatrix closed forms (docs/emulator.md section 3.2) over a dict/array of 16-bit words ----
 def ldmatrix_model(num, trans, offsets, mem16):
     """offsets[l]: byte offset supplied by lane l; mem16: uint16 array indexed by byte offset // 2."""
     regs = np.zeros((32, 4), np.uint32)
@@ -160,7 +160,7 @@ def ldmatrix_model(num, trans, offsets, mem16):
     return regs
 
 
-# ---- shfl (spec §5.1 with the CUDA-header c operand of §5.2) ----
+# ---- shfl (docs/emulator.md section 3.4, with the CUDA-header c operand) ----
 def shfl_model(mode, vals, b, width):
     seg, cval = (32 - width) & 31, (0 if mode == "up" else 31)
     seg_mask = seg

@@ -3,6 +3,8 @@ the rule) and passes the corrected kernel; scheduling order is deterministic unl
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -117,3 +119,32 @@ def test_launch_validation(emu):
         emu.index((1, 1, 1), (32, 33, 1))
     with pytest.raises(emu.EmulatorError, match="membermask 0xffffffff names lanes that do not exist"):
         emu.index((1, 1, 1), (7, 1, 1))
+
+
+@pytest.mark.parametrize("threads", (1, 2))
+@pytest.mark.parametrize("seed", SEEDS)
+def test_global_race_between_blocks_is_caught(emu, threads, seed):
+    """Two blocks accumulate into the same words with a plain += (checker 7): caught whatever the
+    order the blocks run in; the report names both blocks."""
+    emu.configure(threads=threads)
+    emu.set_seed(seed)
+    with pytest.raises(emu.EmulatorError) as info:
+        emu.planted("global_race", True)
+    msg = str(info.value)
+    m = re.match(r"kernel 'global_race' block \(([01]),0,0\) thread \(\d+,0,0\) \[warp \d lane \d+\] "
+                 r"at global address \S+: global-memory race between blocks: plain (read|write) "
+                 r"\(byte offset (\d+) of its buffer\) of a byte (written plainly|read plainly) by "
+                 r"(block \(([01]),0,0\)|several blocks) in the same launch", msg)
+    assert m, msg
+    assert m.group(5) == "several blocks" or m.group(6) != m.group(1), msg
+    if threads == 1:  # block 0 runs to the end first; block 1's read finds its write
+        assert m.group(1) == "1" and m.group(2) == "read" and m.group(6) == "0", msg
+
+
+@pytest.mark.parametrize("threads", (1, 2))
+def test_atomic_accumulation_between_blocks_passes(emu, threads):
+    emu.configure(threads=threads)
+    out = emu.planted("global_race", False)
+    inp = np.arange(64, dtype=np.float32) * np.float32(0.5) + np.float32(1.0)
+    np.testing.assert_array_equal(out[:64], 2 * inp)
+    assert not out[64:].any()

@@ -1,5 +1,5 @@
 """Register layouts of the emulated warp instructions, lane by lane, against the PTX closed forms
-and the decoded CuTe layouts of docs/ptx-emulation-spec.md (checks 1-7 of ptx_layouts_reference.py)."""
+and the decoded CuTe layouts (docs/emulator.md section 3.2)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ def one_hot_probe(emu, dtype, k):
     return found
 
 
+@pytest.mark.usefixtures("exact_numerics")  # bit-exact: the exact mode's single rounding
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("k", (16, 8))
 def test_mma_matches_ptx_formulas_lane_by_lane(emu, rng, dtype, k):
@@ -85,6 +86,7 @@ def test_ptx_formulas_equal_cute_traits():
             assert (kk, n) == pm.b_k8(lane, i)
 
 
+@pytest.mark.usefixtures("exact_numerics")  # bit-exact: the exact mode's single rounding
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_mma_with_cute_built_fragments(emu, rng, dtype):
     """Fragments assembled from the CuTe layouts (independent encoding) give A·B + C."""
@@ -226,6 +228,7 @@ def test_fa2_register_reuse_identity():
                 assert a_vals[i] == S[r, 16 * kk + c]
 
 
+@pytest.mark.usefixtures("exact_numerics")  # tolerances of the exact mode's single rounding
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_attention_tile_end_to_end(emu, rng, dtype):
     """S = Q·Kᵀ and O = P·V through cp.async, ldmatrix, mma and the register reuse of P."""
@@ -253,6 +256,7 @@ def test_stmatrix_epilogue_recipe(emu):
     np.testing.assert_array_equal(image.reshape(16, ld)[:, :16], O)
 
 
+@pytest.mark.usefixtures("exact_numerics")  # bit-exact: the exact mode's single rounding
 def test_mma_subnormal_and_special_inputs(emu, rng):
     """f16 subnormal operands are exact (no flush); Inf and NaN propagate as in IEEE arithmetic."""
     Ab = rng.integers(1, 0x400, size=(16, 16), dtype=np.uint16) | (rng.integers(0, 2, size=(16, 16)) << 15).astype(np.uint16)

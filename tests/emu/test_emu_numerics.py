@@ -1,7 +1,12 @@
 """Numerics of the emulated primitives: f32 -> f16/bf16 conversions at the overflow and subnormal
-edges (spec §9), packing order, exact widening, ex2, mma rounding, cp.async zero-fill, atomics."""
+edges (docs/emulator.md section 3.5), packing order, exact widening, ex2, mma rounding (exact and
+hardware numerics modes), cp.async zero-fill, atomics."""
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -57,34 +62,111 @@ def test_packing_order_first_argument_low(emu):
     assert r["pack_bf16"][0] == 0x40003F80
 
 
+def exp2_inputs(rng):
+    return np.concatenate([rng.uniform(-130, 127.9, 5000).astype(np.float32),
+                           np.array([0.0, -0.0, -np.inf, np.inf, 128.5, -149.0, 127.9, 1e-40], np.float32)])
+
+
+def ulps_from_correctly_rounded(e, ref):
+    """Distance in float32 steps between e and the correctly rounded ref (both positive)."""
+    return np.abs(e.view(np.int32).astype(np.int64) - ref.astype(np.float32).view(np.int32).astype(np.int64))
+
+
 def test_fast_exp2(emu, rng):
-    x = np.concatenate([rng.uniform(-130, 127.9, 5000).astype(np.float32),
-                        np.array([0.0, -0.0, -np.inf, np.inf, 128.5, -149.0, 127.9, 1e-40], np.float32)])
+    """ex2.approx.ftz.f32: PTX allows 2 ulp from the correctly rounded result; the exact mode gives
+    the correctly rounded value itself."""
+    x = exp2_inputs(rng)
     e = emu.convert(x)["exp2"]
     ref = np.exp2(x.astype(np.float64))
     normal = (ref >= 2.0 ** -126) & (ref < 2.0 ** 128)
-    ulp = np.spacing(ref[normal].astype(np.float32)).astype(np.float64)
-    assert (np.abs(e[normal] - ref[normal]) <= 2 * ulp).all(), "within the 2 ulp of ex2.approx"
+    dist = ulps_from_correctly_rounded(e[normal], ref[normal])
+    assert dist.max() <= (0 if emu.config()["hw_numerics"] is None else 2), dist.max()
     assert (e[ref < 2.0 ** -126] == 0).all(), "ftz: subnormal results flush to zero"
     assert list(e[-8:-4]) == [1.0, 1.0, 0.0, np.inf] and np.isinf(e[-4]) and e[-3] == 0 and e[-1] == 1
 
 
-def test_mma_rounds_once(emu):
-    """1 + 2^-24 + 2^-24: two f32 roundings would give 1.0; the exact sum rounds to 1 + 2^-23."""
-    one, tiny = int(pm.f16_bits(1.0)), int(pm.f16_bits(2.0 ** -12))
+@pytest.mark.parametrize("seed", (0, 1, 12345))
+def test_fast_exp2_hardware_mode(emu, rng, seed):
+    """Hardware numerics mode: within 2 ulp of the correctly rounded result, off it for some x,
+    the same for the same seed and x; the special values stay exact."""
+    emu.set_hw_numerics(seed)
+    x = exp2_inputs(rng)
+    e = emu.convert(x)["exp2"]
+    np.testing.assert_array_equal(e, emu.convert(x)["exp2"])
+    ref = np.exp2(x.astype(np.float64))
+    normal = (ref >= 2.0 ** -126) & (ref < 2.0 ** 128)
+    dist = ulps_from_correctly_rounded(e[normal], ref[normal])
+    assert dist.max() == 2 and (dist == 0).any()
+    assert list(e[-8:-4]) == [1.0, 1.0, 0.0, np.inf] and np.isinf(e[-4]) and e[-3] == 0 and e[-1] == 1
+    emu.set_hw_numerics(seed + 1)
+    assert (emu.convert(x)["exp2"] != e).any()
+
+
+def rounds_once_operands():
+    """A[0][0..1] = B[0..1][0] = 2^-12 and C[0][0] = 1: D[0][0] = 1 + 2^-24 + 2^-24."""
+    tiny = int(pm.f16_bits(2.0 ** -12))
     a = np.zeros((32, 4), np.uint32)
     b = np.zeros((32, 2), np.uint32)
-    for lane in range(32):
-        g, t = pm.gt(lane)
-        if g == 0 and t == 0:
-            a[lane, 0] = pm.pack(tiny, tiny)  # A[0][0], A[0][1] = 2^-12
-        if g == 0 and t == 0:
-            b[lane, 0] = pm.pack(tiny, tiny)  # B[0][0], B[1][0] = 2^-12
+    a[0, 0] = pm.pack(tiny, tiny)  # lane 0 (g = t = 0): A[0][0], A[0][1]
+    b[0, 0] = pm.pack(tiny, tiny)  # B[0][0], B[1][0]
     c = np.zeros((32, 4), np.float32)
     c[0, 0] = 1.0  # C[0][0]
-    d = emu.mma(a, b, c, "float16", 16)
+    return a, b, c
+
+
+@pytest.mark.usefixtures("exact_numerics")
+def test_mma_rounds_once(emu):
+    """Exact mode: two f32 roundings would give 1.0; the exact sum rounds to 1 + 2^-23."""
+    d = emu.mma(*rounds_once_operands(), "float16", 16)
     assert d[0, 0] == np.float32(1.0 + 2.0 ** -23)
-    assert one  # f16 1.0 exists (sanity of the helper)
+
+
+def test_mma_hardware_mode_truncates_in_seeded_order(emu):
+    """Hardware numerics mode: 1 + 2^-24 first truncates to 1 (then 1 again); 2^-24 + 2^-24 first
+    is 2^-23, then exactly 1 + 2^-23. Which happens depends on the seeded order."""
+    seen = set()
+    for seed in range(32):
+        emu.set_hw_numerics(seed)
+        d = emu.mma(*rounds_once_operands(), "float16", 16)
+        np.testing.assert_array_equal(d, emu.mma(*rounds_once_operands(), "float16", 16))
+        seen.add(float(d[0, 0]))
+    assert seen == {1.0, 1.0 + 2.0 ** -23}
+
+
+@pytest.mark.parametrize("dtype", ("float16", "bfloat16"))
+@pytest.mark.parametrize("k", (16, 8))
+def test_mma_hardware_mode_error_bound(emu, rng, dtype, k):
+    """Each of the k additions truncates by less than one ulp of its result, at most 2^-23 of the
+    sum of the terms' magnitudes; random data shows it off the exactly rounded result."""
+    A = (rng.standard_normal((16, k)) * 4).astype(np.float32)
+    B = (rng.standard_normal((k, 8)) * 4).astype(np.float32)
+    C = (rng.standard_normal((16, 8)) * 64).astype(np.float32)
+    Ab, Bb = pm.to_bits(A, dtype), pm.to_bits(B, dtype)
+    a, b = pm.fragments(Ab, Bb, k)
+    c = np.array([[C[pm.c_frag(l, i)] for i in range(4)] for l in range(32)], np.float32)
+    A64, B64 = pm.bits_to_f64(Ab, dtype), pm.bits_to_f64(Bb, dtype)
+    exact = A64 @ B64 + C.astype(np.float64)
+    magnitude = np.abs(A64) @ np.abs(B64) + np.abs(C.astype(np.float64))
+    emu.set_hw_numerics(7)
+    d = emu.mma(a, b, c, dtype, k)
+    D = np.zeros((16, 8))
+    for lane in range(32):
+        for i in range(4):
+            D[pm.c_frag(lane, i)] = d[lane, i]
+    assert (np.abs(D - exact) <= k * 2.0 ** -23 * magnitude).all()
+    assert (D != exact.astype(np.float32)).any()
+
+
+def test_hardware_mode_from_environment(emu):
+    """FAE_EMU_HW_NUMERICS=<seed> turns the mode on; anything but a seed is a clear error."""
+    load = ("import importlib.util as u\n"
+            f"s = u.spec_from_file_location('_emu', {emu.__file__!r})\n"
+            "e = u.module_from_spec(s)\ns.loader.exec_module(e)\n")
+    code = load + "try:\n print(e.config()['hw_numerics'])\nexcept ValueError as x:\n print(x)"
+    for value, expect in (("17", "17"), ("", "None"), ("1e3", "FAE_EMU_HW_NUMERICS='1e3' is not a seed")):
+        env = dict(os.environ, FAE_EMU_HW_NUMERICS=value)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.startswith(expect), (value, out.stdout, out.stderr)
 
 
 def test_cp_async_zero_fill(emu, rng):

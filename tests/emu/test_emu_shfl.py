@@ -1,5 +1,5 @@
 """Warp shuffles of the emulator against the CUDA Programming Guide description and the PTX
-formula (spec §5), for every width, every delta / lane mask 0..31 and srcLane -40..69."""
+formula (docs/emulator.md section 3.4), for every width, every delta / lane mask 0..31 and srcLane -40..69."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ FULL = -1  # 0xffffffff as int32
 
 
 def guide(mode, vals, b, width):
-    """The Programming Guide's prose (spec §5.2), written independently of the PTX formula."""
+    """The Programming Guide's prose (docs/emulator.md section 3.4), written independently of the PTX formula."""
     out = []
     for lane in range(32):
         base, i = lane - lane % width, lane % width

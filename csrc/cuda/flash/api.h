@@ -23,13 +23,13 @@ using Stream = CUstream_st*;
 void attention_forward(const FwdParams& p, Stream stream);
 
 // Launches the backward (three kernels) on `stream` without synchronising. Requirements as for
-// the forward, plus workspace: delta (B*Hq*Sq floats) and dq_accum (B*Hq*Sq*D floats); head dims
-// of kBwdHeadDims (head_dims.h).
-void attention_backward(const BwdParams& p, float* delta, float* dq_accum, Stream stream);
+// the forward, plus workspace: stats (2*B*Hq*Sq floats: delta and the softmax sum of each row)
+// and dq_accum (B*Hq*Sq*D floats); head dims of kBwdHeadDims (head_dims.h).
+void attention_backward(const BwdParams& p, float* stats, float* dq_accum, Stream stream);
 
 template <class T, int HeadDim>
 void run_forward(const FwdParams& p, Stream stream);
 template <class T, int HeadDim>
-void run_backward(const BwdParams& p, float* delta, float* dq_accum, Stream stream);
+void run_backward(const BwdParams& p, float* stats, float* dq_accum, Stream stream);
 
 }  // namespace fae::cuda

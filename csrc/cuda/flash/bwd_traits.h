@@ -9,12 +9,13 @@ namespace fae::cuda {
 // keeps their dK, dV in registers while it walks the query tiles (kBlockM queries each) of every
 // query head in the group. Registers per thread: dK + dV (2 x D/2 floats), S^T and dP^T
 // (2 x kBlockM/2 floats); kBlockM = 32 for D > 64 holds that under 255 registers. Shared memory:
-// K, V (kBlockN rows), Q, dO (kBlockM rows), dS^T (kBlockN x kBlockM), rows padded by 8 elements.
+// K, V (kBlockN rows), Q, dO (kBlockM rows), dS^T (kBlockN x kBlockM), rows padded by 8 elements,
+// and lse2, delta, psum per query row.
 //   D     BlockN BlockM  smem (bytes)
-//   32    64     64      2*64*40*2 + 2*64*40*2 + 64*72*2 + 2*64*4      = 30208
-//   64    64     64      2*64*72*2 + 2*64*72*2 + 64*72*2 + 2*64*4      = 46592
-//   96    64     32      2*64*104*2 + 2*32*104*2 + 64*40*2 + 2*32*4    = 45312
-//   128   64     32      2*64*136*2 + 2*32*136*2 + 64*40*2 + 2*32*4    = 57600
+//   32    64     64      2*64*40*2 + 2*64*40*2 + 64*72*2 + 3*64*4      = 30464
+//   64    64     64      2*64*72*2 + 2*64*72*2 + 64*72*2 + 3*64*4      = 46848
+//   96    64     32      2*64*104*2 + 2*32*104*2 + 64*40*2 + 3*32*4    = 45440
+//   128   64     32      2*64*136*2 + 2*32*136*2 + 64*40*2 + 3*32*4    = 57728
 // D = 256 has no backward instantiation: K, V and Q, dO tiles alone exceed 99 KiB.
 template <class T, int HeadDim>
 struct BwdTraits {
@@ -37,7 +38,10 @@ struct BwdTraits {
   static constexpr int kSmemQ = kBlockM * kRowStride;
   static constexpr int kSmemDs = kBlockN * kDsStride;
   static constexpr std::size_t kSmemBytes =
-      (2 * kSmemKV + 2 * kSmemQ + kSmemDs) * sizeof(T) + 2 * kBlockM * sizeof(float);
+      (2 * kSmemKV + 2 * kSmemQ + kSmemDs) * sizeof(T) + 3 * kBlockM * sizeof(float);
+  // bwd_row_stats: K, V, Q, dO tiles, lse2 per row and the per-warp partial sums.
+  static constexpr std::size_t kSmemStatsBytes =
+      (2 * kSmemKV + 2 * kSmemQ) * sizeof(T) + (1 + 2 * kWarps) * kBlockM * sizeof(float);
 
   static_assert(sizeof(T) == 2, "tensor-core path: 16-bit elements");
   static_assert(HeadDim % 16 == 0 && HeadDim <= 128, "backward head dim: multiple of 16, at most 128");

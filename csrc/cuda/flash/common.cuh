@@ -34,9 +34,13 @@ constexpr int pow2_parts(int n) { return n ? 1 + pow2_parts(n & (n - 1)) : 0; }
 
 // Which 16-byte chunks of a Rows x Dim tile each of Threads threads copies, with compile-time trip
 // counts. A row's Dim / 8 chunks split into parts of power-of-two chunk counts (Dim = 160: 16 + 4);
-// in a part of C chunks, thread t takes chunk t % C of rows t / C + i * (Threads / C) for
+// in a part of C chunks, thread t takes chunk t % C of rows row(t / C) + i * (Threads / C) for
 // i = 0, 1, ...: its shared offsets are compile-time steps from one base, its global address
-// advances by a constant row step, and no index is divided or multiplied per chunk.
+// advances by a constant row step, and no index is divided or multiplied per chunk. A 16-byte
+// shared access is served 8 lanes at a time; with C < 8 those lanes span 8 / C rows, and row()
+// spaces them C rows apart within each group of 8 rows: padded rows are an odd number of 16-byte
+// bank groups apart, so rows r + jC (j < 8 / C) start in bank groups C apart and their C chunks
+// fill the 8 groups once (adjacent rows would meet in a group: 2 wavefronts instead of 1).
 template <int Rows, int Dim, int Threads>
 struct ChunkMap {
   static constexpr int kRows = Rows;
@@ -48,9 +52,14 @@ struct ChunkMap {
   static constexpr int rows_per_pass(int part) { return Threads / chunks(part); }
   static constexpr int passes(int part) { return (Rows + rows_per_pass(part) - 1) / rows_per_pass(part); }
   // This thread's first row and its column (elements) in part `part`.
-  __device__ static int row(int part) { return int(threadIdx.x) / chunks(part); }
+  __device__ static int row(int part) { return spread(int(threadIdx.x) / chunks(part), 8 / chunks(part)); }
+  // Row of the q-th row slot when `per` rows share a phase of 8 lanes (a bijection on each 8 rows).
+  static constexpr int spread(int q, int per) {
+    return per <= 1 ? q : (q & ~7) | (q % per) * (8 / per) | (q & 7) / per;
+  }
   __device__ static int col(int part) { return first_col(part) + int(threadIdx.x) % chunks(part) * 8; }
   static_assert(Dim % 8 == 0 && Threads % 32 == 0 && chunks(0) <= Threads, "16-byte chunks, whole warps");
+  static_assert(spread(1, 2) == 4 && spread(2, 2) == 1 && spread(5, 4) == 3 && spread(9, 1) == 9, "row order");
 };
 
 // cp.async of the Map::kRows x Dim tile made of rows first_row, first_row + 1, ... of `base`
@@ -86,7 +95,8 @@ __device__ __forceinline__ void store_tile(gptr<T> tile, sptr<T> src, int64_t ro
 #pragma unroll
     for (int i = 0; i < Map::passes(part); ++i, d += step) {
       const int r = Map::row(part) + i * Map::rows_per_pass(part);
-      if (r < valid && r < Map::kRows) *ptr_cast<uint4>(d) = *ptr_cast<uint4>(s + i * Map::rows_per_pass(part) * LD);
+      if (r < valid && r < Map::kRows)
+        ptr_cast<uint4>(d)[0] = ptr_cast<uint4>(s + i * Map::rows_per_pass(part) * LD)[0];  // O store
     }
   }
 }

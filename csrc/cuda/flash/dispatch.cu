@@ -17,10 +17,10 @@ void forward_for_head_dim(const FwdParams& p, Stream stream, std::index_sequence
 }
 
 template <class T, std::size_t... I>
-void backward_for_head_dim(const BwdParams& p, float* delta, float* dq_accum, Stream stream,
+void backward_for_head_dim(const BwdParams& p, float* stats, float* dq_accum, Stream stream,
                            std::index_sequence<I...>) {
   const bool ran = ((p.fwd.head_dim == kBwdHeadDims[I] &&
-                     (run_backward<T, kBwdHeadDims[I]>(p, delta, dq_accum, stream), true)) || ...);
+                     (run_backward<T, kBwdHeadDims[I]>(p, stats, dq_accum, stream), true)) || ...);
   if (!ran)
     throw std::invalid_argument("head_dim " + std::to_string(p.fwd.head_dim) + " has no CUDA backward kernel");
 }
@@ -38,10 +38,10 @@ void attention_forward(const FwdParams& p, Stream stream) {
   }
 }
 
-void attention_backward(const BwdParams& p, float* delta, float* dq_accum, Stream stream) {
+void attention_backward(const BwdParams& p, float* stats, float* dq_accum, Stream stream) {
   switch (p.fwd.dtype) {
-    case DType::f16: return backward_for_head_dim<half_t>(p, delta, dq_accum, stream, kBwdIndices);
-    case DType::bf16: return backward_for_head_dim<bf16_t>(p, delta, dq_accum, stream, kBwdIndices);
+    case DType::f16: return backward_for_head_dim<half_t>(p, stats, dq_accum, stream, kBwdIndices);
+    case DType::bf16: return backward_for_head_dim<bf16_t>(p, stats, dq_accum, stream, kBwdIndices);
     default: throw std::invalid_argument("the CUDA kernels take float16 or bfloat16");
   }
 }

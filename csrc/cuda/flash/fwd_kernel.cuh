@@ -250,7 +250,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
       const int r = wrow + mi * 16 + g + 8 * hh;
 #pragma unroll
       for (int nt = 0; nt < NO; ++nt)
-        *ptr_cast<uint32_t>(sQ + r * LD + nt * 8 + 2 * t) =
+        ptr_cast<uint32_t>(sQ + r * LD + nt * 8 + 2 * t)[0] =
             pack2<T>(acc_o[mi][nt][2 * hh] * inv, acc_o[mi][nt][2 * hh + 1] * inv);
       if (t == 0 && r < rows_valid)
         lse[b * p.lse_batch_stride + h * p.lse_head_stride + m0 + r] = finish_lse(m2[mi][hh], sum);

@@ -28,6 +28,7 @@ struct FwdConfig {
   static constexpr int kKStepsQK = HeadDim / 16;    // k16 steps of Q.K^T
   static constexpr int kKStepsPV = kBlockN / 16;    // k16 steps of P.V
   static constexpr bool kQInRegisters = QInRegisters;
+  static constexpr int kChunksPerRow = HeadDim / 8;  // 16-byte cp.async chunks per row
   static constexpr int kSmemQ = kBlockM * kRowStride;
   static constexpr int kSmemKV = kBlockN * kRowStride;
   static constexpr std::size_t kSmemBytes = (kSmemQ + 2 * kSmemKV) * sizeof(T);
@@ -41,7 +42,7 @@ struct FwdConfig {
 };
 
 // Tile table, chosen from the SASS of one steady-state main-loop iteration per warp
-// (tests/cuda_sass.py) and ptxas -v (nvcc 13, sm_80 and sm_90, bfloat16 and float16): no spill,
+// (bench/cuda_static.py) and ptxas -v (nvcc 13, sm_80 and sm_90, bfloat16 and float16): no spill,
 // then the highest HMMA share of the loop's instructions (sm_80 bfloat16 below). "blocks/SM": what
 // an A100's 164 KiB of shared memory and 64K registers hold, 8 warps or more in every row (an
 // sm_86/sm_89 SM holds one block of up to 99 KiB).

@@ -1,6 +1,7 @@
 // Planted-bug kernels for the emulator's checkers: each kernel has a buggy variant (Bug = true) that
-// a checker must catch and the corrected variant (Bug = false) that must pass. One block of 64
-// threads (two warps) unless stated otherwise; `in` and `out` hold 64 floats.
+// a checker must catch and the corrected variant (Bug = false) that must pass, and kernels whose
+// variant with Bug = true wastes bandwidth (reported by the profiler counters). Blocks of 64
+// threads (two warps), one block unless stated otherwise; `in` holds 64 floats, `out` 1024.
 #pragma once
 
 #include <cstddef>
@@ -13,6 +14,7 @@
 namespace fae::emu_test {
 
 constexpr int kPlantedThreads = 64;
+constexpr int kPlantedOut = 1024;
 
 // Checker 1: a neighbour's shared value read without a barrier after it was written.
 template <bool Bug>
@@ -212,13 +214,45 @@ __global__ void planted_mma_lane_missing(gptr<const float> in, gptr<float> out) 
   out[i] = d[0];
 }
 
-// Runs the planted kernel `name` on in[64] -> out[64]; unknown names throw std::invalid_argument.
+// Checker 7: two blocks accumulate into the same words with a plain += instead of atomicAdd.
+template <bool Bug>
+__global__ void planted_global_race(gptr<const float> in, gptr<float> out) {
+  const int i = threadIdx.x;
+  if (Bug) out[i] += in[i];
+  else atomicAdd(out + i, in[i]);
+}
+
+// Profiler: ldmatrix from a 16 x 64 tile of 16-bit values whose rows are not padded (128 bytes:
+// the 8 rows of each matrix fall in the same 4 banks, 8 wavefronts per phase) versus rows padded
+// to 72 elements (one wavefront per phase).
+template <bool Bug>
+__global__ void planted_ldmatrix_unpadded(gptr<const float> in, gptr<float> out) {
+  constexpr int kLd = Bug ? 64 : 72;
+  sptr<uint16_t> s = dynamic_smem<uint16_t>();
+  const int i = threadIdx.x, lane = i % 32;
+  for (int j = i; j < 16 * kLd; j += kPlantedThreads) s[j] = f32_to_f16_bits(in[j % kPlantedThreads]);
+  __syncthreads();
+  uint32_t r[4];
+  ldmatrix_x4(r[0], r[1], r[2], r[3], s + (lane % 16) * kLd + (i / 32) * 32 + (lane / 16) * 8);
+  out[i] = float(r[0] ^ r[1] ^ r[2] ^ r[3]);
+}
+
+// Profiler: 2-byte stores 32 bytes apart across the lanes (a sector each) versus contiguous ones.
+template <bool Bug>
+__global__ void planted_strided_store(gptr<const float> in, gptr<float> out) {
+  const int i = threadIdx.x;
+  const gptr<uint16_t> h = ptr_cast<uint16_t>(out);
+  h[Bug ? i * 16 : i] = f32_to_f16_bits(in[i]);
+}
+
+// Runs the planted kernel `name` on in[64] -> out[1024]; unknown names throw std::invalid_argument.
 inline void run_planted(const std::string& name, bool bug, const float* in, float* out) {
   using K = void (*)(gptr<const float>, gptr<float>);
   struct Case {
     const char* name;
     K buggy, fixed;
     std::size_t smem;
+    unsigned blocks = 1;
   };
   static const Case cases[] = {
       {"race_raw", planted_race_raw<true>, planted_race_raw<false>, 256},
@@ -238,11 +272,14 @@ inline void run_planted(const std::string& name, bool bug, const float* in, floa
       {"shfl_mask_mismatch", planted_shfl_mask_mismatch<true>, planted_shfl_mask_mismatch<false>, 0},
       {"mma_lane_missing", planted_mma_lane_missing<true>, planted_mma_lane_missing<false>, 0},
       {"uninit_read", planted_uninit_read<true>, planted_uninit_read<false>, 256},
+      {"global_race", planted_global_race<true>, planted_global_race<false>, 0, 2},
+      {"ldmatrix_unpadded", planted_ldmatrix_unpadded<true>, planted_ldmatrix_unpadded<false>, 16 * 72 * 2},
+      {"strided_store", planted_strided_store<true>, planted_strided_store<false>, 0},
   };
   for (const Case& c : cases)
     if (name == c.name) {
-      launch(c.name, bug ? c.buggy : c.fixed, LaunchConfig{dim3(1), dim3(kPlantedThreads), c.smem, nullptr},
-             gbuf(in, kPlantedThreads), gbuf(out, kPlantedThreads));
+      launch(c.name, bug ? c.buggy : c.fixed, LaunchConfig{dim3(c.blocks), dim3(kPlantedThreads), c.smem, nullptr},
+             gbuf(in, kPlantedThreads), gbuf(out, kPlantedOut));
       return;
     }
   throw std::invalid_argument("unknown planted kernel '" + name + "'");

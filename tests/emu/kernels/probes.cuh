@@ -121,7 +121,7 @@ inline void probe_shfl64(const double* vals, double* out, int lane_mask) {
          gbuf(out, 32), lane_mask);
 }
 
-// Conversions (spec §9), one element per thread: f16/bf16 bits, their exact widening, the packing
+// Conversions (docs/emulator.md section 3.5), one element per thread: f16/bf16 bits, their exact widening, the packing
 // of (x[i], x[n-1-i]) (pack_f16 is 0 where pack2 disagrees with pack_halves of the two conversions)
 // and fast_exp2 (passed through the bit-cast intrinsics).
 struct ConvertOut {
@@ -231,7 +231,7 @@ inline void bench_mma(float* out, int warps, int iters) {
          gbuf(out, std::size_t(warps) * 128), iters);
 }
 
-// FlashAttention-2 tile (spec §6, §8): S = Q·Kᵀ (Q 16×16, K 32×16) through ldmatrix.x4 (Q) and
+// FlashAttention-2 tile: S = Q·Kᵀ (Q 16×16, K 32×16) through ldmatrix.x4 (Q) and
 // ldmatrix.x4 variant 1 (K); P = S rounded to T is taken from the S accumulators as the A operand
 // (register reuse, no shared-memory round trip); O = P·V (V 32×16) through ldmatrix.x4.trans.
 // Q, K, V stream into padded shared memory with cp.async. s is 16×32, o is 16×16 (row-major).

@@ -1,0 +1,267 @@
+"""Argument checks and layout normalisation. Every public entry point turns its arguments into a
+:class:`Call`: canonical (B, S, H, D) views of q, k, v, a float scale and a :class:`MaskSpec`.
+Each error names the argument, what was given and what is accepted (docs/bad_inputs.md)."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import _C
+
+try:  # torch is optional: numpy-only installs never import it
+    import torch
+except ImportError:  # pragma: no cover - exercised only without torch
+    torch = None  # type: ignore[assignment]
+
+MAX_HEAD_DIM = 256
+NO_WINDOW = -1
+DTYPES = ("float32", "float64", "float16", "bfloat16")
+CUDA_KERNEL_DTYPES = ("float16", "bfloat16")
+
+CUDA_BUILT = hasattr(_C, "cuda_forward")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The shapes an entry point accepts (rank -> dimension names); ``bhsd``: heads come before
+    the sequence (torch's order)."""
+
+    shapes: Mapping[int, str]
+    bhsd: bool = False
+
+
+SD = Layout({2: "(S, D)", 3: "(B, S, D)", 4: "(B, S, H, D)"})
+BSHD = Layout({4: "(B, S, H, D)"})
+BHSD = Layout({3: "(B, S, D)", 4: "(B, H, S, D)"}, bhsd=True)
+
+
+def is_tensor(x: Any) -> bool:
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def dtype_name(x: Any) -> str:
+    return str(x.dtype).replace("torch.", "")
+
+
+def strides(x: Any) -> Tuple[int, ...]:
+    """Strides in elements."""
+    if is_tensor(x):
+        return tuple(x.stride())
+    return tuple(s // x.itemsize for s in x.strides)
+
+
+def _type(x: Any) -> str:
+    return type(x).__name__
+
+
+def _one_of(items: Sequence[str]) -> str:
+    """"a", "a or b", "a, b or c"."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
+
+
+def flag(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a bool, got {value!r} ({_type(value)})")
+    return bool(value)
+
+
+@dataclass(frozen=True)
+class MaskSpec:
+    """The mask of one call: query row ``i`` sees key ``j`` iff
+    ``i + off - left <= j <= i + off + right`` where ``off = Sk - Sq`` when ``bottom_right`` else
+    ``0``; a bound of -1 means unbounded."""
+
+    window_left: int = NO_WINDOW
+    window_right: int = NO_WINDOW
+    bottom_right: bool = True
+
+    @staticmethod
+    def make(causal: Any, window_size: Any, bottom_right: bool,
+             causal_name: str = "causal") -> "MaskSpec":
+        causal = flag(causal_name, causal)
+        accepted = "expected a pair (left, right) of ints >= -1 (-1 = unbounded)"
+        if not isinstance(window_size, (tuple, list)) or len(window_size) != 2:
+            raise TypeError(f"window_size: {accepted}, got {window_size!r} ({_type(window_size)})")
+        for w in window_size:
+            if isinstance(w, (bool, np.bool_)) or not isinstance(w, (int, np.integer)):
+                raise TypeError(f"window_size: {accepted}, got {window_size!r} with a "
+                                f"{_type(w)} item")
+            if w < -1:
+                raise ValueError(f"window_size: {accepted}, got {window_size!r}")
+        left, right = (int(w) for w in window_size)
+        return MaskSpec(left, 0 if causal else right, bottom_right)
+
+    def offset(self, seqlen_q: int, seqlen_k: int) -> int:
+        return seqlen_k - seqlen_q if self.bottom_right else 0
+
+    def empty_rows(self, seqlen_q: int, seqlen_k: int) -> np.ndarray:
+        """Which query rows see no key at all (their lse is -inf by definition)."""
+        i = np.arange(seqlen_q) + self.offset(seqlen_q, seqlen_k)
+        first = np.maximum(i - self.window_left if self.window_left >= 0 else 0, 0)
+        last = np.minimum(i + self.window_right if self.window_right >= 0 else seqlen_k - 1,
+                          seqlen_k - 1)
+        return first > last
+
+
+def scale_value(name: str, scale: Any) -> Optional[float]:
+    """None, or the scale as a float: a real number, numpy scalar or 0-d CPU tensor."""
+    if scale is None:
+        return None
+    what = f"{scale!r} ({_type(scale)})"
+    if is_tensor(scale):
+        if scale.ndim != 0 or scale.device.type != "cpu" or scale.is_complex():
+            raise TypeError(f"{name}: a tensor must be 0-d, real and on the CPU, got shape "
+                            f"{tuple(scale.shape)} {dtype_name(scale)} on {scale.device}")
+        if scale.requires_grad:
+            raise ValueError(f"{name}: gradients with respect to the scale are not computed; "
+                             f"pass float({name}) or {name}.detach(), got a tensor requiring grad")
+        scale = scale.item()
+    elif isinstance(scale, np.ndarray) and scale.ndim == 0:
+        scale = scale[()]
+    if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"{name}: expected a real number (float, int, numpy scalar or 0-d tensor) "
+                        f"or None, got {what}")
+    if not math.isfinite(scale):
+        raise ValueError(f"{name}: expected a finite number or None, got {what}")
+    return float(scale)
+
+
+def _kind(name: str, x: Any) -> str:
+    if isinstance(x, np.ndarray):
+        return "numpy"
+    if is_tensor(x):
+        return "torch"
+    raise TypeError(f"{name}: expected a torch.Tensor or numpy.ndarray, got {_type(x)}")
+
+
+def _check_array(name: str, x: Any) -> None:
+    if is_tensor(x) and x.layout != torch.strided:
+        raise TypeError(f"{name}: layout {x.layout} is not supported; pass a dense (strided) "
+                        f"tensor, e.g. {name}.to_dense()")
+    dt = dtype_name(x)
+    if isinstance(x, np.ndarray) and not x.dtype.isnative:
+        raise TypeError(f"{name}: dtype {dt} has non-native byte order; use "
+                        f"{name}.astype({name}.dtype.newbyteorder('='))")
+    if dt not in DTYPES:
+        raise TypeError(f"{name}: dtype {dt} is not supported; use {_one_of(DTYPES)}")
+    if 0 in tuple(x.shape):
+        raise ValueError(f"{name}: zero-size dimension in shape {tuple(x.shape)}; every "
+                         f"dimension must be at least 1")
+    if isinstance(x, np.ndarray) and any(s % x.itemsize for s in x.strides):
+        raise ValueError(f"{name}: byte strides {x.strides} are not multiples of the "
+                         f"{x.itemsize}-byte item size; pass a copy (numpy.array({name}))")
+    if isinstance(x, np.ndarray) and not x.flags.aligned:
+        raise ValueError(f"{name}: the data address is not a multiple of the {x.itemsize}-byte "
+                         f"item size (an unaligned buffer); pass a copy (numpy.array({name}))")
+    if strides(x)[-1] != 1 and x.shape[-1] != 1:
+        raise ValueError(f"{name}: the last (head_dim) dimension must be contiguous (stride 1), "
+                         f"got strides {strides(x)}; call .contiguous() first")
+
+
+def _check_device(names: Sequence[str], q: Any, k: Any, v: Any) -> None:
+    for n, x in zip(names[1:], (k, v)):
+        if x.device != q.device:
+            raise ValueError(f"{n}: on device {x.device}, but {names[0]} is on {q.device}; "
+                             f"{', '.join(names)} must be on one device")
+    if q.device.type == "cuda" and CUDA_BUILT:
+        if dtype_name(q) not in CUDA_KERNEL_DTYPES:
+            raise NotImplementedError(f"{names[0]}: dtype {dtype_name(q)} on {q.device}: the CUDA "
+                                      f"kernels take float16 or bfloat16")
+    elif q.device.type != "cpu":
+        raise NotImplementedError(f"{names[0]}: device {q.device} is not supported by this build "
+                                  f"(devices: cpu{', cuda' if CUDA_BUILT else ''})")
+
+
+def _check_bshd(names: Sequence[str], q: Any, k: Any, v: Any) -> None:
+    """Shape rules on canonical (B, S, H, D) views."""
+    nq, nk, nv = names
+    bq, _, hq, d = q.shape
+    bk, sk, hk, dk = k.shape
+    if tuple(v.shape[:3]) != (bk, sk, hk):
+        raise ValueError(f"{nv}: batch, sequence and heads {tuple(v.shape[:3])} must match "
+                         f"{nk}'s {(bk, sk, hk)}")
+    if bk != bq:
+        raise ValueError(f"{nk}: batch size {bk} differs from {nq}'s {bq}")
+    if dk != d or v.shape[3] != d:
+        raise ValueError(f"{nk}, {nv}: head_dim must equal {nq}'s {d}; got {nk} {dk}, "
+                         f"{nv} {v.shape[3]}")
+    if d > MAX_HEAD_DIM:
+        raise ValueError(f"{nq}: head_dim {d} is not supported; head_dim must be "
+                         f"1..{MAX_HEAD_DIM}")
+    if hq % hk != 0:
+        raise ValueError(f"{nk}: number of heads {hk} must divide {nq}'s number of heads {hq} "
+                         f"(grouped-query attention)")
+
+
+@dataclass(frozen=True)
+class Call:
+    """One validated call: (B, S, H, D) views, the scale and mask, and how to give results back
+    in the caller's layout."""
+
+    q: Any
+    k: Any
+    v: Any
+    kind: str  # "numpy" or "torch"
+    scale: float
+    mask: MaskSpec
+    layout: Layout
+    rank: int
+
+    def output(self, out: Any) -> Any:
+        """out (B, S, H, D) in the caller's layout."""
+        if self.layout.bhsd:
+            out = out.swapaxes(1, 2)
+            return out[:, 0] if self.rank == 3 else out
+        return out[0, :, 0] if self.rank == 2 else out[:, :, 0] if self.rank == 3 else out
+
+    def lse(self, lse: Any) -> Any:
+        """lse (B, H, S) following the caller's (B, S, [H,] D) rank: (B, S) or (S,)."""
+        return lse[0, 0] if self.rank == 2 else lse[:, 0] if self.rank == 3 else lse
+
+
+def _bshd(x: Any, layout: Layout, rank: int) -> Any:
+    if layout.bhsd:
+        return (x[:, None] if rank == 3 else x).swapaxes(1, 2)
+    return x[None, :, None] if rank == 2 else x[:, :, None] if rank == 3 else x
+
+
+def prepare(q: Any, k: Any, v: Any, *, layout: Layout, scale: Any, mask: MaskSpec,
+            names: Sequence[str] = ("q", "k", "v"), scale_name: str = "scale",
+            enable_gqa: bool = True) -> Call:
+    """Checks q, k, v (given in ``layout``) and the scale once for every entry point."""
+    kinds = {n: _kind(n, x) for n, x in zip(names, (q, k, v))}
+    if len(set(kinds.values())) != 1:
+        given = ", ".join(f"{n} is {kd}" for n, kd in kinds.items())
+        raise TypeError(f"{', '.join(names)} must all be torch tensors or all numpy arrays; "
+                        f"got {given}")
+    kind = kinds[names[0]]
+    for n, x in zip(names[1:], (k, v)):
+        if x.ndim != q.ndim:
+            raise ValueError(f"{n}: expected {q.ndim} dimensions like {names[0]}, got shape "
+                             f"{tuple(x.shape)}")
+    if q.ndim not in layout.shapes:
+        ranks = _one_of([str(r) for r in layout.shapes])
+        raise ValueError(f"{names[0]}: expected {ranks} dimensions, "
+                         f"{_one_of(list(layout.shapes.values()))}; got shape "
+                         f"{tuple(q.shape)}")
+    for n, x in zip(names, (q, k, v)):
+        _check_array(n, x)
+    for n, x in zip(names[1:], (k, v)):
+        if dtype_name(x) != dtype_name(q):
+            raise TypeError(f"{n}: dtype {dtype_name(x)} differs from {names[0]}'s "
+                            f"{dtype_name(q)}; {', '.join(names)} must share one dtype")
+    if kind == "torch":
+        _check_device(names, q, k, v)
+    s = scale_value(scale_name, scale)
+    qb, kb, vb = (_bshd(x, layout, q.ndim) for x in (q, k, v))
+    if qb.shape[2] != kb.shape[2] and not enable_gqa:
+        raise ValueError(f"{names[1]}: {kb.shape[2]} heads differ from {names[0]}'s "
+                         f"{qb.shape[2]}; pass enable_gqa=True for grouped-query attention")
+    _check_bshd(names, qb, kb, vb)
+    s = 1.0 / math.sqrt(qb.shape[3]) if s is None else s
+    return Call(qb, kb, vb, kind, s, mask, layout, q.ndim)

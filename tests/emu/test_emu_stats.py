@@ -1,0 +1,180 @@
+"""Profiler counters of the emulator (_emu.set_stats / stats): shared-memory bank wavefronts and
+global sectors per warp-level request, per launch and kernel source line. Planted layouts show
+the figures they must; every shared-memory access of the forward kernel is conflict-free and every
+global access of it (tile copies, 16-byte O stores, lse) uses whole sectors; the backward's
+shared loads are conflict-free and its tile copies use whole sectors, and the figures of its
+remaining gaps (cp.async destinations at 4 or 12 chunks per row, dK/dV stores) are reported."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+import torch
+
+import flashattn_ext as fa
+
+FLASH = Path(__file__).resolve().parents[2] / "csrc" / "cuda" / "flash"
+try:  # the head dims with a kernel instance, from their one home (csrc/cuda/flash/head_dims.h)
+    from flashattn_ext._emu import attention_bwd_head_dims as BWD_HEAD_DIMS
+    from flashattn_ext._emu import attention_head_dims as FWD_HEAD_DIMS
+except ImportError:  # the emu fixture skips every test then
+    FWD_HEAD_DIMS = BWD_HEAD_DIMS = [64]
+
+
+def collect(emu, run) -> List[dict]:
+    emu.reset_stats()
+    emu.set_stats(True)
+    try:
+        run()
+    finally:
+        emu.set_stats(False)
+    return emu.stats()
+
+
+def sites(launches: List[dict], kernel: str, op: str) -> List[dict]:
+    found = [s for launch in launches if launch["kernel"] == kernel for s in launch["sites"] if s["op"] == op]
+    assert found, (kernel, op, launches)
+    return found
+
+
+def source_lines(name: str, needle: str) -> List[int]:
+    text = (FLASH / name).read_text().splitlines()
+    return [i + 1 for i, line in enumerate(text) if needle in line]
+
+
+def efficiency(s: dict) -> float:
+    return s["bytes"] / (32 * s["sectors"])
+
+
+def test_counters_only_when_enabled(emu):
+    emu.reset_stats()
+    emu.planted("strided_store", True)
+    assert emu.stats() == []
+    assert emu.config()["stats"] is False
+    launches = collect(emu, lambda: emu.planted("strided_store", True))
+    assert [launch["kernel"] for launch in launches] == ["strided_store"]
+    assert launches[0]["grid"] == (1, 1, 1) and launches[0]["block"] == (64, 1, 1)
+
+
+@pytest.mark.parametrize("bug", (True, False))
+def test_unpadded_ldmatrix_rows_conflict_8_ways(emu, bug):
+    """Rows of 64 halves (128 bytes): the 8 rows of each 8x8 matrix share 4 banks, 8 wavefronts
+    per phase instead of 1; rows padded to 72 halves take one."""
+    (ld,) = sites(collect(emu, lambda: emu.planted("ldmatrix_unpadded", bug)), "ldmatrix_unpadded", "ldmatrix")
+    assert ld["site"] == "tests/emu/kernels/planted_bugs.cuh:" + str(ld["line"])
+    assert ld["requests"] == 2 and ld["ideal_wavefronts"] == 2 * 4 and ld["bytes"] == 2 * 512
+    assert ld["wavefronts"] == (8 if bug else 1) * ld["ideal_wavefronts"]
+
+
+@pytest.mark.parametrize("bug", (True, False))
+def test_strided_two_byte_stores_waste_sectors(emu, bug):
+    """2-byte stores 32 bytes apart touch a sector per lane (64 bytes in 32 sectors); contiguous
+    ones 2 sectors, 3 when the buffer is not 32-byte aligned."""
+    (st,) = sites(collect(emu, lambda: emu.planted("strided_store", bug)), "strided_store", "global store")
+    assert st["requests"] == 2 and st["accesses"] == 64 and st["bytes"] == 128 and st["bytes_per_access"] == 2
+    if bug:
+        assert st["sectors"] == 2 * 32
+    else:
+        assert 2 * 2 <= st["sectors"] <= 2 * 3
+
+
+def run_attention(monkeypatch, head_dim: int, dtype: torch.dtype, backward: bool) -> None:
+    monkeypatch.setenv("FLASHATTN_EXT_BACKEND", "emu")
+    gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    q, k, v = (torch.randn(1, 128, 2, head_dim, generator=gen, dtype=dtype, requires_grad=backward)
+               for _ in range(3))
+    out = fa.attention(q, k, v, causal=True)
+    if backward:
+        out.backward(torch.randn(out.shape, generator=gen, dtype=dtype))
+
+
+def check_tiles(launches: List[dict], kernel: str) -> None:
+    for s in sites(launches, kernel, "ldmatrix"):
+        assert s["wavefronts"] == s["ideal_wavefronts"], ("ldmatrix bank conflicts", s)
+    for s in sites(launches, kernel, "cp.async global"):
+        assert s["bytes"] == 32 * s["sectors"], ("cp.async sources not whole sectors", s)
+
+
+SHARED_OPS = ("ldmatrix", "cp.async shared", "shared load", "shared store")
+GLOBAL_OPS = ("cp.async global", "global load", "global store")
+
+
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+@pytest.mark.parametrize("head_dim", FWD_HEAD_DIMS)
+def test_forward_conflict_free_and_whole_sectors(emu, monkeypatch, head_dim, dtype):
+    """Every shared-memory request of the forward takes its ideal wavefronts (ldmatrix, the
+    cp.async destinations, O staged in shared memory and read back) and every global one uses
+    whole sectors (tile copies, O in 16-byte stores, lse)."""
+    launches = [launch for launch in collect(emu, lambda: run_attention(monkeypatch, head_dim, dtype, False))
+                if launch["kernel"] == "flash_fwd"]
+    found = {s["op"] for launch in launches for s in launch["sites"]}
+    assert set(SHARED_OPS) <= found and {"cp.async global", "global store"} <= found, found
+    for s in (s for launch in launches for s in launch["sites"]):
+        if s["op"] in SHARED_OPS:
+            assert s["wavefronts"] == s["ideal_wavefronts"], ("shared bank conflicts", s)
+        else:
+            assert s["op"] in GLOBAL_OPS and s["bytes"] == 32 * s["sectors"], ("partial sectors", s)
+
+
+@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+@pytest.mark.parametrize("head_dim", BWD_HEAD_DIMS)
+def test_backward_tiles_conflict_free_and_whole_sectors(emu, monkeypatch, head_dim, dtype):
+    launches = collect(emu, lambda: run_attention(monkeypatch, head_dim, dtype, True))
+    check_tiles(launches, "flash_bwd")
+    for s in sites(launches, "flash_bwd", "shared store") + sites(launches, "flash_bwd", "shared load"):
+        assert s["wavefronts"] == s["ideal_wavefronts"], ("shared bank conflicts", s)
+
+
+@pytest.mark.parametrize("head_dim", BWD_HEAD_DIMS)
+def test_backward_tile_copy_destination_wavefronts(emu, monkeypatch, head_dim):
+    """cp.async destinations of the backward: 8 lanes of 16 bytes per phase. Its tile loads hand
+    consecutive chunks to consecutive lanes, so with 4 or 12 chunks per row (head dims 32, 96) a
+    phase spans two adjacent padded rows whose words meet in 4 banks (the forward spaces them)."""
+    launches = collect(emu, lambda: run_attention(monkeypatch, head_dim, torch.float16, True))
+    copies = sites(launches, "flash_bwd", "cp.async shared")
+    ratio = sum(s["wavefronts"] for s in copies) / sum(s["ideal_wavefronts"] for s in copies)
+    print(f"head_dim {head_dim}: cp.async destinations take {ratio:.2f}x the ideal wavefronts")
+    if ratio > 1:
+        pytest.xfail(f"known gap, backward head_dim {head_dim}: cp.async destinations take {ratio:.2f}x the ideal "
+                     "wavefronts (a phase of 8 chunks spans two adjacent padded rows)")
+
+
+def store_figures(launches: List[dict], kernel: str, file: str, needles: Dict[str, str]) -> Dict[str, float]:
+    """Sector efficiency (requested bytes / bytes of the sectors touched) of the global stores on
+    the source lines containing each needle."""
+    stores = sites(launches, kernel, "global store")
+    figures = {}
+    for what, needle in needles.items():
+        lines = source_lines(file, needle)
+        found = [s for s in stores if s["file"] == "cuda/flash/" + file and s["line"] in lines]
+        assert found, (what, lines, stores)
+        for s in found:
+            assert s["bytes"] == s["accesses"] * s["bytes_per_access"] and 32 * s["sectors"] >= s["bytes"], s
+        figures[what] = sum(s["bytes"] for s in found) / (32 * sum(s["sectors"] for s in found))
+    return figures
+
+
+def report(figures: Dict[str, float]) -> None:
+    text = ", ".join(f"{what} {eff:.0%} of the sector bytes used" for what, eff in figures.items())
+    print(text)
+    if min(figures.values()) < 1:
+        pytest.xfail("known gap, backward stores of 2-byte elements per lane (4 lanes per row, 2 columns each): "
+                     + text)
+
+
+@pytest.mark.parametrize("head_dim", (64, 128))
+def test_forward_output_stores_are_16_bytes_in_whole_sectors(emu, monkeypatch, head_dim):
+    launches = collect(emu, lambda: run_attention(monkeypatch, head_dim, torch.float16, False))
+    figures = store_figures(launches, "flash_fwd", "common.cuh", {"O": "// O store"})
+    (o,) = [s for s in sites(launches, "flash_fwd", "global store") if s["file"] == "cuda/flash/common.cuh"]
+    assert o["bytes_per_access"] == 16 and o["bytes"] == 128 * 2 * head_dim * 2, o
+    assert figures == {"O": 1.0}, figures
+
+
+@pytest.mark.parametrize("head_dim", (64, 128))
+def test_backward_dk_dv_store_sectors(emu, monkeypatch, head_dim):
+    launches = collect(emu, lambda: run_attention(monkeypatch, head_dim, torch.float16, True))
+    report(store_figures(launches, "flash_bwd", "bwd_kernel.cuh", {"dK": "dkr[", "dV": "dvr["}))
