@@ -5,12 +5,15 @@ from __future__ import annotations
 import numbers
 from typing import Optional, Tuple
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+from ._requires import optional
 
-from ._validate import MAX_HEAD_DIM, scale_value
-from .functional import attention
+torch = optional("torch", "torch", "flashattn_ext.nn")
+
+import torch.nn.functional as F  # noqa: E402  (after the check that torch is there)
+from torch import nn  # noqa: E402
+
+from ._validate import MAX_HEAD_DIM, scale_value  # noqa: E402
+from .functional import attention  # noqa: E402
 
 __all__ = ["MultiHeadAttention"]
 
