@@ -29,9 +29,10 @@ def test_submodules_are_lazy_attributes():
     res = run_python("-c", textwrap.dedent("""
         import sys, flashattn_ext as fa
         assert "flashattn_ext.nn" not in sys.modules
-        assert "nn" in dir(fa)
+        assert {"nn", "integrations"} <= set(dir(fa))
         m = fa.nn.MultiHeadAttention(32, 4)
         assert "flashattn_ext.nn" in sys.modules and fa.nn is sys.modules["flashattn_ext.nn"]
+        assert fa.integrations.__name__ == "flashattn_ext.integrations"
         try:
             fa.no_such_thing
         except AttributeError as e:
@@ -67,7 +68,7 @@ def test_numpy_only_without_torch():
         p = np.exp(s - s.max(-1, keepdims=True))
         ref = np.einsum("bhqk,bkhd->bqhd", p / p.sum(-1, keepdims=True), v)
         assert np.abs(fa.attention(q, k, v) - ref).max() < 1e-10
-        for what, extra in (("fa.nn", "torch"),):
+        for what, extra in (("fa.nn", "torch"), ("fa.integrations.transformers", "transformers")):
             try:
                 eval(what)
             except ImportError as e:
