@@ -202,22 +202,6 @@ class MultiHeadAttention(nn.Module):
             allowed = band[None] if allowed is None else allowed & band
         return None if allowed is None else allowed.expand(-1, sq, sk)
 
-    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                key_padding_mask: Optional[torch.Tensor], attn_mask: Optional[torch.Tensor],
-                causal: bool, scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
-        """out (B, Sq, H, D) and lse (B, H, Sq): one kernel call without masks, else the masks'
-        plan (one call per batch element whose plan differs)."""
-        if key_padding_mask is None and attn_mask is None:
-            return attention(q, k, v, causal=causal, scale=scale, return_lse=True)
-        allowed = self._allowed(key_padding_mask, attn_mask, causal, q.shape[0], q.shape[1],
-                                k.shape[1], q.device)
-        plans = _masked.plan(allowed)
-        if plans is None:
-            raise NotImplementedError(
-                f"{_mask_names(key_padding_mask, attn_mask)}: this mask is not a causal or "
-                f"sliding-window band over the keys not padded; other masks are not implemented")
-        return _masked.run(q, k, v, plans, scale)
-
     def forward(self, query: torch.Tensor, key: Optional[torch.Tensor] = None,
                 value: Optional[torch.Tensor] = None,
                 key_padding_mask: Optional[torch.Tensor] = None,
@@ -244,15 +228,24 @@ class MultiHeadAttention(nn.Module):
         b, sq, sk = q.shape[0], q.shape[1], k.shape[1]
         if unbatched and key_padding_mask is not None and key_padding_mask.dim() == 1:
             key_padding_mask = key_padding_mask[None]
-        if unbatched and attn_mask is not None and attn_mask.dim() == 3:
-            attn_mask = attn_mask[None].flatten(0, 1)
         causal = self.causal if causal is None else causal
         scale = 1.0 / self.head_dim ** 0.5 if self.scale is None else self.scale
-        out, lse = self._attend(q, k, v, key_padding_mask, attn_mask, causal, scale)
+        masked = key_padding_mask is not None or attn_mask is not None
+        allowed = self._allowed(key_padding_mask, attn_mask, causal, b, sq, sk, q.device) \
+            if masked or need_weights else None
+        if not masked:  # one kernel call
+            out, lse = attention(q, k, v, causal=causal, scale=scale, return_lse=True)
+        else:  # one call per batch element whose mask plan differs
+            plans = _masked.plan(allowed)
+            if plans is None:
+                raise NotImplementedError(
+                    f"{_mask_names(key_padding_mask, attn_mask)}: this mask is not a causal or "
+                    f"sliding-window band over the keys not padded; other masks are not "
+                    f"implemented")
+            out, lse = _masked.run(q, k, v, plans, scale)
         out = self.out_proj(out.flatten(2))
         weights = None
         if need_weights:
-            allowed = self._allowed(key_padding_mask, attn_mask, causal, b, sq, sk, q.device)
             weights = _masked.weights(q, k, lse, scale, allowed)
             weights = weights.mean(1) if average_attn_weights else weights
             weights = weights[0] if unbatched else weights
