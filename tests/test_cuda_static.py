@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -124,3 +125,19 @@ def test_forward_main_loop_at_design_point(sass_tool, builds, arch, head_dim):
     if arch == "sm_80":
         assert a.bound.tensor_fraction >= 0.95, a.bound.clocks
 
+
+
+@pytest.mark.skipif(shutil.which("nm") is None, reason="needs nm (binutils)")
+def test_dispatch_makes_q_device_current(tmp_path):
+    """csrc/cuda/flash/dispatch.cu (host side, nvcc) compiles its device guard: the entry points
+    take the device and call cudaGetDevice / cudaSetDevice (tests/test_cuda_device.py checks that
+    the Python dispatch passes q's device)."""
+    obj = tmp_path / "dispatch.o"
+    source = cs.CSRC / "cuda" / "flash" / "dispatch.cu"
+    res = subprocess.run([cs.nvcc(), "-std=c++17", "--expt-relaxed-constexpr", f"-I{cs.CSRC}", "-arch=sm_80", "-c",
+                          str(source), "-o", str(obj)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    symbols = subprocess.run(["nm", "-C", str(obj)], capture_output=True, text=True, check=True).stdout
+    assert "attention_forward(fae::FwdParams const&, CUstream_st*, int)" in symbols
+    assert "attention_backward(fae::BwdParams const&, float*, float*, CUstream_st*, int)" in symbols
+    assert {"cudaGetDevice", "cudaSetDevice"} <= set(symbols.split())

@@ -80,7 +80,7 @@ MUTANTS = [
            "mask lets a row see one zero-filled key past the end of the keys"),
     Mutant("fwd-exp-base", FWD, "base[mi][hh] = exp_base(m_new);", "base[mi][hh] = m_new;",
            "no guard for a row with no visible key yet: exp2(-inf - -inf) = NaN"),
-    Mutant("fwd-k-prefetch", FWD, "(sK, kb, int64_t(next) * BN,", "(sK, kb, int64_t(j + 1) * BN,",
+    Mutant("fwd-k-prefetch", FWD, "next, kb + next * k_step);", "next, kb + (j + 1) * k_step);",
            "next K tile taken as j + 1 instead of the next tile of the schedule (masked tiles run top down)"),
     Mutant("fwd-span-last-row", FWD, "last = visible_keys(m0 + rows_valid - 1, p)",
            "last = visible_keys(m0 + rows_valid - 2, p)", "key span of a query tile leaves out its last row"),

@@ -31,31 +31,36 @@ inline auto backward_args() {
                          py::arg("dv_strides"), py::arg("stats"), py::arg("dq_accum"));
 }
 
-// Last in every list: the CUDA stream address and the CPU thread count (0: the library default).
-inline auto launch_args() { return std::make_tuple(py::arg("stream"), py::arg("num_threads") = 0); }
+// Last in every list: the CUDA stream address, the ordinal of the GPU that holds the arrays (-1:
+// the current device; the CPU and the emulator ignore it) and the CPU thread count (0: the
+// library default).
+inline auto launch_args() {
+  return std::make_tuple(py::arg("stream"), py::arg("device") = -1, py::arg("num_threads") = 0);
+}
 
 template <class Fn, class Args>
 void def_with_args(py::module_& m, const char* name, Fn fn, const char* doc, const Args& args) {
   std::apply([&](const auto&... a) { m.def(name, fn, a..., doc); }, args);
 }
 
-// run(const FwdParams&, uintptr_t stream), called with the GIL released.
+// run(const FwdParams&, uintptr_t stream, int device), called with the GIL released.
 template <class Run>
 void def_forward(py::module_& m, const char* name, Run run, const char* doc) {
   def_with_args(
       m, name,
       [run](int dtype, Sizes6 sizes, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse,
             Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, Strides2 lses, int64_t align_offset,
-            int64_t window_left, int64_t window_right, double scale, uintptr_t stream, int num_threads) {
+            int64_t window_left, int64_t window_right, double scale, uintptr_t stream, int device,
+            int num_threads) {
         const FwdParams p = make_fwd(dtype, q, k, v, out, lse, qs, ks, vs, os, lses, sizes, align_offset,
                                      window_left, window_right, scale, num_threads);
         py::gil_scoped_release release;
-        run(p, stream);
+        run(p, stream, device);
       },
       doc, std::tuple_cat(common_args(), launch_args()));
 }
 
-// run(const BwdParams&, float* stats, float* dq_accum, uintptr_t stream), GIL released.
+// run(const BwdParams&, float* stats, float* dq_accum, uintptr_t stream, int device), GIL released.
 template <class Run>
 void def_backward(py::module_& m, const char* name, Run run, const char* doc) {
   def_with_args(
@@ -64,12 +69,12 @@ void def_backward(py::module_& m, const char* name, Run run, const char* doc) {
             Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, Strides2 lses, int64_t align_offset,
             int64_t window_left, int64_t window_right, double scale, uintptr_t dout, uintptr_t dlse, uintptr_t dq,
             uintptr_t dk, uintptr_t dv, Strides3 dos, Strides3 dqs, Strides3 dks, Strides3 dvs, uintptr_t stats,
-            uintptr_t dq_accum, uintptr_t stream, int num_threads) {
+            uintptr_t dq_accum, uintptr_t stream, int device, int num_threads) {
         const BwdParams p = make_bwd(dtype, q, k, v, out, lse, dout, dlse, dq, dk, dv, qs, ks, vs, os, lses, dos,
                                      dqs, dks, dvs, sizes, align_offset, window_left, window_right, scale,
                                      num_threads);
         py::gil_scoped_release release;
-        run(p, static_cast<float*>(as_ptr(stats)), static_cast<float*>(as_ptr(dq_accum)), stream);
+        run(p, static_cast<float*>(as_ptr(stats)), static_cast<float*>(as_ptr(dq_accum)), stream, device);
       },
       doc, std::tuple_cat(common_args(), backward_args(), launch_args()));
 }

@@ -77,15 +77,17 @@ def _common_kwargs(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mas
                 window_right=mask.window_right, scale=float(scale))
 
 
-def _entry_points(q: Any) -> Tuple[Any, Any, Sequence[int], Sequence[int], int]:
-    """(forward, backward, forward head dims, backward head dims, stream) of the CUDA kernels:
-    on the GPU (launched on the stream torch is using for q's device) or on the emulator."""
+def _entry_points(q: Any) -> Tuple[Any, Any, Sequence[int], Sequence[int], Dict[str, int]]:
+    """(forward, backward, forward head dims, backward head dims, launch arguments) of the CUDA
+    kernels: on the GPU, on q's device (made current for the launch, whatever device is current)
+    and the stream torch is using there; or on the emulator."""
     if backend_for(q) == "emu":
         emu = _emu_module()
         return (emu.attention_forward, emu.attention_backward, emu.attention_head_dims,
-                emu.attention_bwd_head_dims, 0)
-    return (_C.cuda_forward, _C.cuda_backward, _C.cuda_head_dims, _C.cuda_bwd_head_dims,
-            torch.cuda.current_stream(q.device).cuda_stream)
+                emu.attention_bwd_head_dims, dict(stream=0, device=-1))
+    device = q.device.index if q.device.index is not None else torch.cuda.current_device()
+    launch = dict(stream=torch.cuda.current_stream(device).cuda_stream, device=device)
+    return _C.cuda_forward, _C.cuda_backward, _C.cuda_head_dims, _C.cuda_bwd_head_dims, launch
 
 
 def forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mask: MaskSpec) -> None:
@@ -95,11 +97,11 @@ def forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mask: Mask
     if backend == "cpu":
         _C.forward(**_common_kwargs(q, k, v, out, lse, scale, mask, q.shape[3]), stream=0)
     else:
-        run, _, head_dims, _, stream = _entry_points(q)
+        run, _, head_dims, _, launch = _entry_points(q)
         dp = _padded_head_dim(q, head_dims, "forward")
         qf, kf, vf = (_fit(x, dp) for x in (q, k, v))
         of = _fit(out, dp, copy=False)
-        run(**_common_kwargs(qf, kf, vf, of, lse, scale, mask, dp), stream=stream)
+        run(**_common_kwargs(qf, kf, vf, of, lse, scale, mask, dp), **launch)
         _copy_back(of, out)
     if backend != "cuda":  # on a GPU the check would synchronise the device at every call
         check_overflow(q, k, lse, scale, mask)
@@ -115,7 +117,7 @@ def backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dq: Any, dk:
                     **_arrays(dout=dout, dq=dq, dk=dk, dv=dv), dlse=dlse_ptr, stats=0, dq_accum=0,
                     stream=0)
         return
-    _, run, _, head_dims, stream = _entry_points(q)
+    _, run, _, head_dims, launch = _entry_points(q)
     dp = _padded_head_dim(q, head_dims, "backward")
     qf, kf, vf, of, dof = (_fit(x, dp) for x in (q, k, v, out, dout))
     dqf, dkf, dvf = (_fit(x, dp, copy=False) for x in (dq, dk, dv))
@@ -124,7 +126,7 @@ def backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dq: Any, dk:
     dq_accum = _new(q, (rows * dp,), zero=False, float32=True)
     run(**_common_kwargs(qf, kf, vf, of, lse, scale, mask, dp),
         **_arrays(dout=dof, dq=dqf, dk=dkf, dv=dvf), dlse=dlse_ptr, stats=_ptr(stats),
-        dq_accum=_ptr(dq_accum), stream=stream)
+        dq_accum=_ptr(dq_accum), **launch)
     for padded, real in ((dqf, dq), (dkf, dk), (dvf, dv)):
         _copy_back(padded, real)
 

@@ -82,12 +82,13 @@ __global__ void __launch_bounds__(Tr::kThreads)
 
     const gptr<const T> kb = k + (b * p.k_batch_stride + hk * p.k_head_stride);
     const gptr<const T> vb = v + (b * p.v_batch_stride + hk * p.v_head_stride);
+    const int64_t k_step = int64_t(BN) * p.k_row_stride, v_step = int64_t(BN) * p.v_row_stride;  // one tile
     auto keys_in = [&](int j) { return int(min64(BN, p.seqlen_k - int64_t(j) * BN)); };
 
     const int j0 = n_masked > 0 ? masked_tile(0) : f_lo;
-    copy_tile_async<QMap, LD, true>(sQ, q + (b * p.q_batch_stride + h * p.q_head_stride), m0, p.q_row_stride,
-                                    rows_valid);
-    copy_tile_async<KVMap, LD, true>(sK, kb, int64_t(j0) * BN, p.k_row_stride, keys_in(j0));
+    copy_tile_async<QMap, LD, true>(sQ, q + (b * p.q_batch_stride + h * p.q_head_stride + m0 * p.q_row_stride),
+                                    p.q_row_stride, rows_valid);
+    copy_tile_async<KVMap, LD, true>(sK, kb + j0 * k_step, p.k_row_stride, keys_in(j0));
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
@@ -114,12 +115,13 @@ __global__ void __launch_bounds__(Tr::kThreads)
 #pragma unroll
         for (int ks = 0; ks < Tr::kKStepsQK; ++ks) load_q(qf[mi][ks], mi, ks);
 
-    // One key tile j; K_j is in flight, `next` is the tile to prefetch (-1: none).
-    auto step = [&](auto masked_tag, int j, int next) {
+    // One key tile j whose V rows start at vt; K_j is in flight. If `prefetch`, K of tile `next`
+    // is loaded from kt.
+    auto step = [&](auto masked_tag, int j, gptr<const T> vt, bool prefetch, int next, gptr<const T> kt) {
       constexpr bool kMasked = decltype(masked_tag)::value;
       cp_async_wait<0>();  // K_j has landed ...
       __syncthreads();     // ... for every thread, and every warp is done with V_{j-1}
-      copy_tile_async<KVMap, LD, kMasked>(sV, vb, int64_t(j) * BN, p.v_row_stride, keys_in(j));
+      copy_tile_async<KVMap, LD, kMasked>(sV, vt, p.v_row_stride, keys_in(j));
       cp_async_commit();
 
       float s[MT][NS][4];
@@ -197,7 +199,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
 
       cp_async_wait<0>();  // V_j has landed ...
       __syncthreads();     // ... for every thread, and every warp is done with K_j
-      if (next >= 0) copy_tile_async<KVMap, LD, kMasked>(sK, kb, int64_t(next) * BN, p.k_row_stride, keys_in(next));
+      if (prefetch) copy_tile_async<KVMap, LD, kMasked>(sK, kt, p.k_row_stride, keys_in(next));
       cp_async_commit();
 
 #pragma unroll
@@ -233,9 +235,16 @@ __global__ void __launch_bounds__(Tr::kThreads)
     using Masked = std::true_type;
     using Whole = std::false_type;
     const int n_tiles = n_masked + f_hi - f_lo;
-    for (int i = 0; i < n_masked; ++i)
-      step(Masked{}, masked_tile(i), i + 1 < n_masked ? masked_tile(i + 1) : i + 1 < n_tiles ? f_lo : -1);
-    for (int j = f_lo; j < f_hi; ++j) step(Whole{}, j, j + 1 < f_hi ? j + 1 : -1);
+    for (int i = 0; i < n_masked; ++i) {
+      const int j = masked_tile(i), next = i + 1 < n_masked ? masked_tile(i + 1) : i + 1 < n_tiles ? f_lo : -1;
+      step(Masked{}, j, vb + j * v_step, next >= 0, next, kb + next * k_step);
+    }
+    // Whole tiles in order: their K and V rows advance by one tile step per iteration.
+    gptr<const T> vt = vb + f_lo * v_step, kt = kb + f_lo * k_step;
+    for (int j = f_lo; j < f_hi; ++j) {
+      vt += v_step, kt += k_step;
+      step(Whole{}, j, vt - v_step, j + 1 < f_hi, j + 1, kt);
+    }
   }
 
   // Epilogue: finish each row (quad-reduced sum), stage O in the Q tile, write lse; then 16-byte
