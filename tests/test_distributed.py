@@ -16,6 +16,7 @@ timeout, the launcher's deadline per job, and the test's own deadline on the lau
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import math
 import multiprocessing as mp
 import os
@@ -61,6 +62,7 @@ class Case:
     scale: Optional[float] = None
     variant: str = ""
     expect: str = ""
+    backend: str = "cpu"  # FLASHATTN_EXT_BACKEND of the ranks and of the references
     inputs: Dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
@@ -69,7 +71,8 @@ class Case:
         mask = "causal" if self.causal else "full"
         if self.window != (-1, -1):
             mask += f"-window{self.window[0]},{self.window[1]}"
-        extra = "".join(f"-{x}" for x in (self.variant, "dlse" * self.lse_grad) if x)
+        extra = "".join(f"-{x}" for x in (self.variant, "dlse" * self.lse_grad,
+                                           "emu" * (self.backend == "emu")) if x)
         return f"{self.fn}-{self.layout}-{mask}-{str(self.dtype)[6:]}-B{b}S{s}H{hq}/{hkv}D{d}{extra}"
 
 
@@ -85,6 +88,8 @@ CASES: Dict[int, List[Case]] = {
         Case("ulysses", "contiguous", False, (5, 3), F32),
         Case("ulysses", "zigzag", True, dtype=BF16, shape=(2, 64, 4, 2, 32)),
         Case("ring", "zigzag", True, dtype=F32, variant="compiled"),
+        Case("ring", "zigzag", True, (24, -1), BF16, (1, 64, 4, 2, 32), lse_grad=True,
+             backend="emu"),  # the CUDA kernels' source on the emulator
         Case("ring", variant="mismatch", expect="q.shape: rank "),
         Case("ulysses", shape=(2, 32, 4, 1, 16), expect="k: 1 heads are not a multiple of the 2"),
     ],
@@ -98,6 +103,7 @@ CASES: Dict[int, List[Case]] = {
              expect="q: a zigzag shard holds two equal chunks, got an odd sequence length 9"),
     ],
 }
+HAVE_EMU = importlib.util.find_spec("flashattn_ext._emu") is not None
 FAULTS = ("exits", "stays")  # what the rank that raises mid-ring does next
 FAULT_WORLD = 3
 
@@ -105,6 +111,9 @@ FAULT_WORLD = 3
 # ---- in the ranks ------------------------------------------------------------------------------
 
 def _run_case(case: Case, rank: int, world: int) -> Dict[str, Any]:
+    if case.backend == "emu" and not HAVE_EMU:
+        return {}
+    os.environ["FLASHATTN_EXT_BACKEND"] = case.backend
     x = case.inputs
     layout = "contiguous" if case.variant == "odd" else case.layout
     shard = lambda t, dim=1: fd.shard(t, rank, world, layout=layout, dim=dim)  # noqa: E731
@@ -287,10 +296,13 @@ def _params(errors: bool):
 
 
 @pytest.mark.parametrize("world,case", _params(errors=False))
-def test_matches_single_process(runs, world, case):
+def test_matches_single_process(runs, world, case, monkeypatch):
     """Each rank's shards of out, lse, dq, dk, dv, reassembled, against the single-process
     library and the float64 oracle (for "padded", the real tokens of the padded sequence against
     the unpadded references)."""
+    if case.backend == "emu" and not HAVE_EMU:
+        pytest.skip("built without the emulator (FLASHATTN_EXT_EMULATOR=ON builds it)")
+    monkeypatch.setenv("FLASHATTN_EXT_BACKEND", case.backend)
     reports = _ranks(runs, world, case)
     for r, rep in enumerate(reports):
         assert "error" not in rep, f"rank {r}: {rep['error']}\n{rep['traceback']}"
