@@ -278,7 +278,7 @@ def test_compiled_entry_points_take_one_keyword_list():
 
     fwd, bwd = names(_C.forward), names(_C.backward)
     assert fwd[:3] == ["dtype", "sizes", "q"] and set(fwd) < set(bwd)
-    assert {"dout", "dq", "dk", "dv", "dlse", "delta", "dq_accum", "stream"} <= set(bwd)
+    assert {"dout", "dq", "dk", "dv", "dlse", "stats", "dq_accum", "stream"} <= set(bwd)
     emu = pytest.importorskip("flashattn_ext._emu", reason="built without the emulator")
     assert names(emu.attention_forward) == fwd and names(emu.attention_backward) == bwd
 

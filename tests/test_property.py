@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 import flashattn_ext as fa
 import oracle
 from attn_testing import EMU_BWD_MAX_HEAD_DIM, assert_close
-from flashattn_ext import _core, _torch_ops
+from flashattn_ext import _torch_ops
+from flashattn_ext._validate import MaskSpec
 
 EXAMPLES = int(os.environ.get("FLASHATTN_EXT_PROPERTY_EXAMPLES", "300"))
 SECONDS = float(os.environ.get("FLASHATTN_EXT_PROPERTY_SECONDS", "60"))
@@ -138,7 +139,7 @@ def _check(case: Case) -> None:
     v = _tensor(gen, kvs, case.dtype, case.layouts[2]).requires_grad_()
     dout = _tensor(gen, qs, case.dtype, case.layouts[3])
     scale = 1 / math.sqrt(case.d)
-    mask = _core.MaskSpec(case.window[0], case.window[1], case.bottom_right)
+    mask = MaskSpec(case.window[0], case.window[1], case.bottom_right)
     with _environment(case):
         out, lse = _torch_ops.apply(q, k, v, scale, mask)
         dlse = torch.randn(lse.shape, generator=gen, dtype=torch.float64).to(lse.dtype) if case.with_dlse else None

@@ -572,6 +572,8 @@ std::vector<Case> emu_cases() {
       {1, 65, 65, 2, 1, 128, false, 16, 8, DType::bf16, L::bshd, false, 0},  // sliding window
       {2, 33, 40, 2, 2, 96, true, N, N, DType::f16, L::bshd, false, 0},
       {1, 20, 31, 1, 1, 256, false, N, 0, DType::bf16, L::bhsd, false, 0},  // causal top-left
+      {2, 45, 70, 4, 2, 96, true, N, N, DType::bf16, L::bhsd, false, 0},  // GQA: heads 0,1 -> kv 0; 2,3 -> kv 1
+      {1, 33, 257, 2, 2, 64, true, N, 0, DType::f16, L::bshd, false, 0},  // causal, keys span 5 tiles
   };
 }
 

@@ -256,18 +256,11 @@ __global__ void __launch_bounds__(Tr::kThreads)
           const int col = nt * 8 + 2 * t + (i & 1);
           const int64_t key = key0 + (i >> 1) * 8;
           const KeyRange kr = visible_keys(m0 + col, p);
-<<<<<<< HEAD
           // A masked pair gets P = dS = 0, also in a row whose lse and delta are NaN.
           const bool seen = key >= kr.lo && key <= kr.hi;
-          const float pt = seen ? fast_exp2(st[nt][i] * p.scale_log2 - sLse2[col]) : 0.0f;
+          const float pt = seen ? unnormalised_p(st[nt][i], p.scale_log2, sLse2[col]) / sPsum[col] : 0.0f;
           st[nt][i] = pt;                                                // P^T
           dpt[nt][i] = pt * (seen ? dpt[nt][i] - sDelta[col] : 0.0f);   // dS^T
-=======
-          const bool seen = key >= kr.lo && key <= kr.hi;  // a masked pair stays 0 even in a NaN row
-          const float pt = seen ? unnormalised_p(st[nt][i], p.scale_log2, sLse2[col]) / sPsum[col] : 0.0f;
-          st[nt][i] = pt;                                          // P^T
-          dpt[nt][i] = seen ? pt * (dpt[nt][i] - sDelta[col]) : 0.0f;  // dS^T
->>>>>>> wt-grad
         }
       // dV += P^T.dO and dK += dS^T.Q: the accumulators above are the A fragments.
       auto frag_of = [](float (*x)[4]) {

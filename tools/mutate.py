@@ -1,0 +1,296 @@
+"""Mutation check of the CUDA kernels against the emulator tests.
+
+Each mutant below is one realistic source edit to the kernels (csrc/cuda/flash): a bug a GPU
+would show a user as a wrong result, a crash or a slowdown. They are applied one at a time to a
+scratch copy of the repository, rebuilt incrementally in one persistent build directory, and run
+against the tests that exercise the kernels on the SIMT emulator, fastest first, stopping at the
+first failure:
+
+  1. ctest fae_emu_test                            (C++, a few seconds)
+  2. pytest tests/emu/test_emu_edges.py            (edge-tile sweep)
+  3. pytest tests/test_attention.py test_nan.py test_nn.py test_api.py -k emu
+                                                   (numerical tests, FLASHATTN_EXT_BACKEND=emu)
+  4. pytest tests/emu                              (the emulator's own tests; nvcc ones excluded)
+
+A mutant is *caught* when some stage fails (a test failure, an emulator error or a timeout),
+*missed* when every stage passes, *build-failed* when it does not compile (not counted in the
+catch rate). The unmutated copy must pass every stage first.
+
+Run by hand or nightly (not in CI: over an hour on 2 cores):
+    python tools/mutate.py                 # every mutant
+    python tools/mutate.py --list          # the mutants
+    python tools/mutate.py NAME...         # some of them
+Options: --scratch DIR (default build/mutate), --jobs N (default 2), --timeout S per stage,
+--long (the edge sweep in full: FLASHATTN_EXT_LONG_TESTS=1). Exit status 1 when a mutant is
+missed."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+ROOT = Path(__file__).resolve().parents[1]
+FWD, BWD = "csrc/cuda/flash/fwd_kernel.cuh", "csrc/cuda/flash/bwd_kernel.cuh"
+
+
+class Mutant(NamedTuple):
+    name: str
+    file: str
+    old: str
+    new: str
+    what: str
+
+
+MUTANTS = [
+    # --- forward kernel ---
+    Mutant("fwd-whole-tile-hi", FWD, "n0 + BN - 1 <= first.hi", "n0 + BN - 2 <= first.hi",
+           "'whole tile, skip the mask' shortcut off by one at the tile's last key"),
+    Mutant("fwd-whole-tile-lo", FWD, "n0 >= last.lo &&", "n0 >= first.lo &&",
+           "'whole tile' shortcut takes the left window edge of the tile's first row, not its last"),
+    Mutant("fwd-no-sync-k", FWD,
+           "      cp_async_wait<1>();  // K_j has landed (V_j may still be in flight) ...\n"
+           "      __syncthreads();     // ... for every thread\n",
+           "      cp_async_wait<1>();  // K_j has landed (V_j may still be in flight) ...\n",
+           "missing __syncthreads: warps read K_j copied by other threads before it is complete"),
+    Mutant("fwd-no-sync-v-refill", FWD,
+           "      __syncthreads();  // every warp is done with sV before the next V copy\n", "",
+           "missing __syncthreads: V_{j+1} is copied over V_j while other warps still read it"),
+    Mutant("fwd-wait-k", FWD, "cp_async_wait<1>();  // K_j has landed",
+           "cp_async_wait<2>();  // K_j has landed", "cp.async wait count lets K_j still be in flight"),
+    Mutant("fwd-wait-v", FWD, "cp_async_wait<1>();  // V_j has landed",
+           "cp_async_wait<2>();  // V_j has landed", "cp.async wait count lets V_j still be in flight"),
+    Mutant("fwd-rescale-sum", FWD, "row_sum[r] = row_sum[r] * alpha + sum;",
+           "row_sum[r] = row_sum[r] + sum;", "running softmax sum not rescaled when the row max moves"),
+    Mutant("fwd-rescale-out", FWD, "          acc_o[nt][2 * r + 1] *= alpha;\n", "",
+           "odd output columns not rescaled when the row max moves"),
+    Mutant("fwd-scale-log2", FWD, "s[nt][i] * p.scale_log2 :", "s[nt][i] * p.scale :",
+           "scores scaled by the natural-log scale in the exp2 domain"),
+    Mutant("fwd-lse-unreduced", FWD, "finish_lse(row_max[r], sum)", "finish_lse(row_max[r], row_sum[r])",
+           "lse from the thread's partial row sum instead of the quad-reduced one"),
+    Mutant("fwd-p-fragment", FWD,
+           "const uint32_t a[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),\n"
+           "                               pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),",
+           "const uint32_t a[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),\n"
+           "                               pack2<T>(s[2 * kk][2], s[2 * kk][3]),",
+           "P's A fragment with registers 1 and 2 swapped (rows g+8 and keys 8..15 exchanged)"),
+    Mutant("fwd-mask-row", FWD, "const KeyRange& kr = keys[i >> 1];", "const KeyRange& kr = keys[i & 1];",
+           "mask reads an accumulator's row (g or g+8) from its column bit"),
+    Mutant("fwd-exp-base", FWD, "const float base = exp_base(mx);", "const float base = mx;",
+           "no guard for a row with no visible key yet: exp2(-inf - -inf) = NaN"),
+    Mutant("fwd-k-prefetch", FWD, "if (n0 + BN <= span.hi)", "if (n0 + BN < span.hi)",
+           "next K tile not loaded when only its first key is visible"),
+    Mutant("fwd-span-last-row", FWD, "visible_keys_of_rows(m0, m0 + rows_valid, p)",
+           "visible_keys_of_rows(m0, m0 + rows_valid - 1, p)",
+           "key span of a query tile leaves out its last row"),
+    Mutant("fwd-gqa", FWD, "hk = h / int(p.heads_q / p.heads_kv)", "hk = h % int(p.heads_kv)",
+           "forward GQA: query head h reads kv head h % Hkv instead of h / group"),
+    Mutant("fwd-zero-fill", "csrc/cuda/flash/common.cuh", "const bool ok = r < valid;",
+           "const bool ok = r <= valid;", "tile load reads one row past the valid rows instead of zero-filling"),
+    Mutant("fwd-grid", "csrc/cuda/flash/fwd_launch.cuh",
+           "unsigned((p.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM)", "unsigned(p.seqlen_q / Tr::kBlockM)",
+           "forward grid rounds down: the last partial query tile is never computed"),
+    Mutant("fwd-no-padding", "csrc/cuda/flash/fwd_traits.h",
+           "static constexpr int kRowStride = HeadDim + 8;  // padded shared row",
+           "static constexpr int kRowStride = HeadDim;  // padded shared row",
+           "shared-memory row padding removed: ldmatrix bank conflicts (slow, results unchanged)"),
+    Mutant("fwd-smem-size", "csrc/cuda/flash/fwd_traits.h", "(kSmemQ + 2 * kSmemKV) * sizeof(T)",
+           "(kSmemQ + kSmemKV) * sizeof(T)", "dynamic shared memory sized without the V tile"),
+    # --- backward kernels ---
+    Mutant("bwd-dq-plain-add", BWD,
+           "          atomicAdd(acc + nt * 8 + 2 * t, acc_dq[nt][2 * r]);\n"
+           "          atomicAdd(acc + nt * 8 + 2 * t + 1, acc_dq[nt][2 * r + 1]);\n",
+           "          acc[nt * 8 + 2 * t] += acc_dq[nt][2 * r];\n"
+           "          acc[nt * 8 + 2 * t + 1] += acc_dq[nt][2 * r + 1];\n",
+           "dQ accumulated with a plain += instead of atomicAdd: a race between key blocks"),
+    Mutant("bwd-gqa", BWD, "const int h = hk * group + gi;", "const int h = gi * int(p.heads_kv) + hk;",
+           "backward GQA: kv head hk takes query heads hk, hk + Hkv, ... instead of its group"),
+    Mutant("bwd-first-row", BWD, "visible_rows(n0, p).lo", "visible_rows(n0 + 1, p).lo",
+           "key block's first query row taken from its second key (off by one)"),
+    Mutant("bwd-no-sync-ds", BWD, "      __syncthreads();\n\n      // dQ tile", "\n      // dQ tile",
+           "missing __syncthreads: dQ reads dS^T before every warp has written it"),
+    Mutant("bwd-no-sync-load", BWD, "      cp_async_wait_all();\n      __syncthreads();\n\n      // S^T",
+           "      cp_async_wait_all();\n\n      // S^T",
+           "missing __syncthreads: warps read Q, dO rows and row statistics other threads still copy"),
+    Mutant("bwd-ds", BWD, "pt * (dpt[nt][i] - sDelta[col])", "pt * dpt[nt][i] - sDelta[col]",
+           "dS = P * dP - delta instead of P * (dP - delta)"),
+    Mutant("bwd-scale-log2", BWD, "fast_exp2(st[nt][i] * p.scale_log2 - sLse2[col])",
+           "fast_exp2(st[nt][i] * p.scale - sLse2[col])", "P recomputed with the natural-log scale"),
+    Mutant("bwd-dlse-sign", BWD, "sum -= dlse[", "sum += dlse[",
+           "delta adds the lse gradient instead of subtracting it"),
+    Mutant("bwd-dq-scale", BWD, "o[c] = from_float<T>(acc[c] * p.scale);", "o[c] = from_float<T>(acc[c]);",
+           "dQ not multiplied by the softmax scale"),
+    Mutant("bwd-ds-fragment", BWD,
+           "sdS + (ks * 16 + (lane / 16) * 8 + lane % 8) * LDS + wm * 16 + ((lane / 8) & 1) * 8",
+           "sdS + (ks * 16 + ((lane / 8) & 1) * 8 + lane % 8) * LDS + wm * 16 + (lane / 16) * 8",
+           "dS fragment of dQ = dS.K with the ldmatrix row and column selectors swapped"),
+    Mutant("bwd-grid", "csrc/cuda/flash/bwd_launch.cuh",
+           "unsigned((p.seqlen_k + Tr::kBlockN - 1) / Tr::kBlockN)", "unsigned(p.seqlen_k / Tr::kBlockN)",
+           "backward grid rounds down: dK, dV of the last partial key block never written"),
+]
+
+STAGES: List[Tuple[str, List[str]]] = [
+    ("fae_emu_test", ["ctest", "--test-dir", "{build}", "-R", "^fae_emu_test$", "--output-on-failure"]),
+    ("edge sweep", ["{py}", "-m", "pytest", "tests/emu/test_emu_edges.py"]),
+    ("emu numerical", ["{py}", "-m", "pytest", "tests/test_attention.py", "tests/test_nan.py",
+                       "tests/test_nn.py", "tests/test_api.py", "-k", "emu"]),
+    ("emulator", ["{py}", "-m", "pytest", "tests/emu", "--ignore=tests/emu/test_emu_edges.py",
+                  "--ignore=tests/emu/test_emu_nvcc.py"]),
+]
+PYTEST_FLAGS = ["-x", "-q", "-p", "no:cacheprovider"]
+
+
+def run(cmd: List[str], cwd: Path, env: Optional[Dict[str, str]] = None,
+        timeout: Optional[float] = None) -> Tuple[int, str]:
+    try:
+        res = subprocess.run(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return -1, f"timeout after {timeout:.0f} s"
+    return res.returncode, res.stdout
+
+
+def sync_scratch(scratch: Path) -> None:
+    """Copies the repository's files (tracked and untracked-but-not-ignored, as they are in the
+    working tree) into `scratch`, touching only files whose content differs so that the build
+    stays incremental; files gone from the repository since the last sync are removed."""
+    code, out = run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], ROOT)
+    if code:
+        sys.exit(f"git ls-files failed:\n{out}")
+    files = sorted({f for f in out.split("\0") if f and (ROOT / f).is_file()})
+    manifest = scratch / ".mutate-files"
+    old = set(manifest.read_text().split("\n")) if manifest.exists() else set()
+    for f in old - set(files) - {""}:
+        (scratch / f).unlink(missing_ok=True)
+    for f in files:
+        src, dst = ROOT / f, scratch / f
+        data = src.read_bytes()
+        if not dst.exists() or dst.read_bytes() != data:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(data)
+            shutil.copymode(src, dst)
+    manifest.write_text("\n".join(files))
+
+
+def configure(scratch: Path, build: Path) -> None:
+    if (build / "build.ninja").exists():
+        return
+    code, pybind11_dir = run([sys.executable, "-m", "pybind11", "--cmakedir"], ROOT)
+    if code:
+        sys.exit("pybind11 is needed: pip install pybind11")
+    code, out = run(["cmake", "-S", str(scratch), "-B", str(build), "-G", "Ninja",
+                     "-DCMAKE_BUILD_TYPE=Release", "-DFLASHATTN_EXT_CUDA=OFF", "-DFLASHATTN_EXT_EMULATOR=ON",
+                     "-DFAE_DEV_INPLACE=ON", "-DCMAKE_INTERPROCEDURAL_OPTIMIZATION=OFF",  # no LTO: fast links
+                     f"-Dpybind11_DIR={pybind11_dir.strip()}", f"-DPython_EXECUTABLE={sys.executable}"], ROOT)
+    if code:
+        sys.exit(f"cmake configure failed:\n{out}")
+
+
+def build(build_dir: Path, jobs: int) -> Tuple[bool, str]:
+    code, out = run(["cmake", "--build", str(build_dir), "-j", str(jobs), "--target", "_C", "_emu",
+                     "fae_emu_test"], ROOT)
+    return code == 0, out
+
+
+def failure_line(out: str) -> str:
+    """The most telling line of a failed stage's output."""
+    lines = out.strip().splitlines()
+    for prefix in ("FAILED ", "E   ", "  FAIL ", "ERROR "):
+        hit = next((ln for ln in lines if ln.startswith(prefix)), None)
+        if hit:
+            return hit.strip()[:200]
+    return (lines[-1] if lines else "(no output)")[:200]
+
+
+def run_stages(scratch: Path, build_dir: Path, timeout: float, long: bool) -> Optional[str]:
+    """None when every stage passes, else '<stage>: <reason>' of the first that fails."""
+    env = dict(os.environ, PYTHONPATH=str(scratch / "python"), FLASHATTN_EXT_BACKEND="emu")
+    env.pop("FLASHATTN_EXT_LONG_TESTS", None)
+    if long:
+        env["FLASHATTN_EXT_LONG_TESTS"] = "1"
+    for name, cmd in STAGES:
+        argv = [a.format(build=build_dir, py=sys.executable) for a in cmd]
+        if argv[1:3] == ["-m", "pytest"]:
+            argv += PYTEST_FLAGS
+        code, out = run(argv, scratch, env, timeout)
+        if code:
+            return f"{name}: {failure_line(out)}"
+    return None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("names", nargs="*", help="run only these mutants")
+    ap.add_argument("--scratch", type=Path, default=ROOT / "build" / "mutate")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds per test stage")
+    ap.add_argument("--long", action="store_true", help="the full edge sweep (FLASHATTN_EXT_LONG_TESTS=1)")
+    ap.add_argument("--list", action="store_true")
+    args = ap.parse_args()
+    if args.list:
+        for m in MUTANTS:
+            print(f"{m.name:22} {m.file:34} {m.what}")
+        return 0
+    unknown = set(args.names) - {m.name for m in MUTANTS}
+    if unknown:
+        sys.exit(f"unknown mutants: {', '.join(sorted(unknown))} (see --list)")
+    chosen = [m for m in MUTANTS if not args.names or m.name in args.names]
+    files = list(dict.fromkeys(m.file for m in chosen))  # grouped by file: each restore rebuilds once
+    chosen.sort(key=lambda m: files.index(m.file))
+
+    scratch = args.scratch.resolve()
+    build_dir = scratch / "build"
+    scratch.mkdir(parents=True, exist_ok=True)
+    sync_scratch(scratch)
+    configure(scratch, build_dir)
+    for m in chosen:
+        text = (scratch / m.file).read_text()
+        if text.count(m.old) != 1:
+            sys.exit(f"{m.name}: its old text occurs {text.count(m.old)} times in {m.file} (must be once)")
+
+    t0 = time.time()
+    ok, out = build(build_dir, args.jobs)
+    if not ok:
+        sys.exit(f"the unmutated copy does not build:\n{out[-3000:]}")
+    failed = run_stages(scratch, build_dir, args.timeout, args.long)
+    if failed:
+        sys.exit(f"the unmutated copy fails the tests ({failed}); fix that first")
+    print(f"baseline: builds and passes every stage ({time.time() - t0:.0f} s)", flush=True)
+
+    results: List[Tuple[Mutant, str, str]] = []
+    for i, m in enumerate(chosen, 1):
+        t1 = time.time()
+        path = scratch / m.file
+        original = path.read_text()
+        path.write_text(original.replace(m.old, m.new))
+        try:
+            ok, out = build(build_dir, args.jobs)
+            built = time.time()
+            if not ok:
+                status, why = "build-failed", failure_line(out)
+            else:
+                failed = run_stages(scratch, build_dir, args.timeout, args.long)
+                status, why = ("caught", failed) if failed else ("missed", "every stage passed")
+        finally:
+            path.write_text(original)
+        results.append((m, status, why))
+        print(f"[{i:2}/{len(chosen)}] {status:12} {m.name:22} build {built - t1:4.0f} s, tests "
+              f"{time.time() - built:4.0f} s  {why}", flush=True)
+
+    counted = [r for r in results if r[1] != "build-failed"]
+    caught = sum(r[1] == "caught" for r in counted)
+    print(f"\ncaught {caught} of {len(counted)} mutants ({100 * caught / max(1, len(counted)):.0f}%), "
+          f"{len(results) - len(counted)} did not build; {time.time() - t0:.0f} s in all")
+    for m, status, _ in results:
+        if status != "caught":
+            print(f"  {status}: {m.name} ({m.file}): {m.what}")
+    return 1 if any(r[1] == "missed" for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
