@@ -7,9 +7,13 @@ ring's communication per step on N GPUs.
 
 Part 1 times the single-process library on the full sequence (1 process, 1 thread) against
 ring_attention and ulysses_attention on 2 processes with 1 thread each (gloo over loopback),
-forward and forward+backward, medians of --reps calls after a warm-up. "wait" is the share of
-the ring's time spent waiting for transfers (the rest is kernels and merging), so it shows how
-much of the communication the kernel hides.
+forward and forward+backward, alternating the three, medians of --reps rounds after a warm-up
+round. "CPU ratio" is the CPU time of both ranks over the single process's: the work the
+distribution adds (merging, the backward's recomputed forward, copies, communication), which
+other load on the machine does not change. "ring wait" is the share of the ring's wall time spent
+waiting for transfers: how much of the communication the kernel does not hide. The speedup is
+wall time and means something only on an otherwise idle machine: under load, two processes get
+a larger share of the cores than one.
 
 Part 2 is arithmetic. Per ring step each rank sends one K/V shard to its neighbour and, in the
 backward, one K/V shard plus one float32 dK/dV accumulator; meanwhile it runs the kernel on its
@@ -54,16 +58,6 @@ def _inputs(b: int, s: int, hq: int, hkv: int, d: int) -> Tuple[torch.Tensor, ..
             torch.randn(b, s, hkv, d, generator=gen), torch.randn(b, s, hq, d, generator=gen))
 
 
-def _time(fn, reps: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def _step(fn, q, k, v, dout, backward: bool, **kw):
     def run():
         qq, kk, vv = (x.detach().requires_grad_(backward) for x in (q, k, v))
@@ -74,6 +68,9 @@ def _step(fn, q, k, v, dout, backward: bool, **kw):
 
 
 def _worker(rank: int, world: int, store: str, cases, reps: int, results) -> None:
+    """Rank 0 alone runs the single-process library on the full sequence, then both ranks run
+    ring and Ulysses attention on their shards, alternating, so every median sees the same
+    machine state. Wall time, CPU time (summed over the ranks) and the ring's transfer waits."""
     import torch.distributed as dist
     import flashattn_ext.distributed as fd
     from flashattn_ext.distributed import _comm
@@ -81,7 +78,7 @@ def _worker(rank: int, world: int, store: str, cases, reps: int, results) -> Non
     torch.set_num_threads(1)
     fa.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=600))
+                            timeout=datetime.timedelta(seconds=900))
     waited = [0.0]
     plain_wait = _comm.Transfer.wait
 
@@ -95,14 +92,26 @@ def _worker(rank: int, world: int, store: str, cases, reps: int, results) -> Non
     _comm.Transfer.wait = timed_wait
     for key, (shape, causal, backward) in cases.items():
         full = _inputs(*shape)
-        q, k, v, dout = (fd.shard(x, rank, world) for x in full)
-        for name, fn in (("ring", fd.ring_attention), ("ulysses", fd.ulysses_attention)):
-            dist.barrier()
-            waited[0] = 0.0
-            seconds = _time(_step(fn, q, k, v, dout, backward, causal=causal), reps)
-            share = waited[0] / ((reps + 1) * seconds) if name == "ring" else float("nan")
-            if rank == 0:
-                results[(key, name)] = (seconds, share)
+        shards = [fd.shard(x, rank, world) for x in full]
+        runs = {"one": _step(fa.attention, *full, backward, causal=causal) if rank == 0 else None,
+                "ring": _step(fd.ring_attention, *shards, backward, causal=causal),
+                "ulysses": _step(fd.ulysses_attention, *shards, backward, causal=causal)}
+        samples: Dict[str, List[Tuple[float, float, float]]] = {name: [] for name in runs}
+        for rep in range(reps + 1):  # the first round warms up
+            for name, run in runs.items():
+                dist.barrier()
+                waited[0] = 0.0
+                wall, cpu = time.perf_counter(), time.process_time()
+                if run is not None:
+                    run()
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                cpus = [None] * world
+                dist.all_gather_object(cpus, cpu)
+                if rep and run is not None:
+                    samples[name].append((wall, sum(cpus) if name != "one" else cpu, waited[0]))
+        if rank == 0:
+            results[key] = {name: tuple(statistics.median(x[i] for x in samples[name])
+                                        for i in range(3)) for name in runs}
     dist.destroy_process_group()
 
 
@@ -110,32 +119,28 @@ def scaling(reps: int) -> List[str]:
     shapes = [(1, 2048, 8, 8, 64), (1, 4096, 8, 8, 64), (1, 4096, 8, 2, 64)]
     cases = {f"{i}-{c}-{b}": (shape, c, b) for i, shape in enumerate(shapes)
              for c in (False, True) for b in (False, True)}
-    torch.set_num_threads(1)
-    fa.set_num_threads(1)
-    base = {}
-    for key, (shape, causal, backward) in cases.items():
-        q, k, v, dout = _inputs(*shape)
-        base[key] = _time(_step(fa.attention, q, k, v, dout, backward, causal=causal), reps)
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp, mp.Manager() as manager:
         results = manager.dict()
         mp.spawn(_worker, args=(2, os.path.join(tmp, "store"), cases, reps, results), nprocs=2)
         results = dict(results)
-    load = os.getloadavg()[0]
     lines = [f"flashattn_ext {fa.__version__}, ISA {fa.build_info()['cpu_isa']}, torch "
-             f"{torch.__version__}, float32, {os.cpu_count()} cores, load average "
-             f"{load:.1f} at the end, median of {reps} calls",
+             f"{torch.__version__}, float32, zigzag layout, {os.cpu_count()} cores, load average "
+             f"{load:.1f} before and {os.getloadavg()[0]:.1f} after; medians of {reps} rounds",
              "",
-             "| B, S, Hq/Hkv, D | mask | pass | 1 process (s) | ring, 2 (s) | speedup | ring wait "
-             "| ulysses, 2 (s) | speedup |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| B, S, Hq/Hkv, D | mask | pass | 1 process (s) | ring, 2 (s) | speedup | CPU "
+             "ratio | ring wait | ulysses, 2 (s) | speedup | CPU ratio |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, (shape, causal, backward) in cases.items():
         b, s, hq, hkv, d = shape
-        one = base[key]
-        ring, wait = results[(key, "ring")]
-        uly, _ = results[(key, "ulysses")]
-        lines.append(f"| {b}, {s}, {hq}/{hkv}, {d} | {'causal' if causal else 'none'} | "
-                     f"{'fwd+bwd' if backward else 'fwd'} | {one:.3f} | {ring:.3f} | "
-                     f"{one / ring:.2f}x | {100 * wait:.0f}% | {uly:.3f} | {one / uly:.2f}x |")
+        r = results[key]
+        one = r["one"][0]
+        lines.append(
+            f"| {b}, {s}, {hq}/{hkv}, {d} | {'causal' if causal else 'none'} | "
+            f"{'fwd+bwd' if backward else 'fwd'} | {one:.3f} | {r['ring'][0]:.3f} | "
+            f"{one / r['ring'][0]:.2f}x | {r['ring'][1] / r['one'][1]:.2f} | "
+            f"{100 * r['ring'][2] / r['ring'][0]:.0f}% | {r['ulysses'][0]:.3f} | "
+            f"{one / r['ulysses'][0]:.2f}x | {r['ulysses'][1] / r['one'][1]:.2f} |")
     return lines
 
 
