@@ -127,6 +127,10 @@ def _run_case(case: Case, rank: int, world: int) -> Dict[str, Any]:
         # q * 2 with half the scale: the same attention, with compiled work around the call
         kw["scale"] = 0.5 / math.sqrt(case.shape[4])
         out, lse = torch.compile(lambda a, b, c: fn(a * 2, b, c, **kw))(q, k, v)
+        from torch._dynamo.utils import counters
+        graphs, breaks = counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+        if graphs < 1 or breaks < 1:
+            raise AssertionError(f"compiled {graphs} graphs with {breaks} graph breaks")
     else:
         out, lse = fn(q, k, v, **kw)
     if case.expect:
