@@ -17,13 +17,15 @@ from __future__ import annotations
 
 from typing import Any, Optional, Tuple, Union
 
-import torch
+from .._requires import optional
 
-from .._validate import BSHD, MaskSpec, flag, prepare, scale_value
-from ._comm import Group, check_same_call
-from ._layout import LAYOUTS, check_layout, shard, unshard
-from ._ring import Plan, ring
-from ._ulysses import ulysses
+torch = optional("torch", "torch", "flashattn_ext.distributed")
+
+from .._validate import BSHD, MaskSpec, flag, prepare, scale_value  # noqa: E402
+from ._comm import Group, check_same_call  # noqa: E402
+from ._layout import LAYOUTS, check_layout, shard, unshard  # noqa: E402
+from ._ring import Plan, ring  # noqa: E402
+from ._ulysses import ulysses  # noqa: E402
 
 Result = Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]
 
