@@ -3,7 +3,8 @@
 Entry points: :func:`attention` (canonical), :func:`flash_attn_func` (FlashAttention 2.x
 signature), :func:`scaled_dot_product_attention` (torch signature). Loaded on first use, so that
 the numpy-only install imports without torch: ``flashattn_ext.nn`` (``MultiHeadAttention``,
-``replace_sdpa``; needs torch) and ``flashattn_ext.integrations`` (Hugging Face transformers)."""
+``replace_sdpa``; needs torch), ``flashattn_ext.integrations`` (Hugging Face transformers) and
+``flashattn_ext.distributed`` (ring and Ulysses attention on torch.distributed; needs torch)."""
 
 import importlib as _importlib
 from types import ModuleType as _ModuleType
@@ -29,11 +30,11 @@ def build_info() -> dict:
     return info
 
 
-_LAZY_SUBMODULES = ("integrations", "nn")
+_LAZY_SUBMODULES = ("distributed", "integrations", "nn")
 
 
 def __getattr__(name: str) -> _ModuleType:
-    """``flashattn_ext.nn`` and ``flashattn_ext.integrations`` as attributes, imported on first
+    """``flashattn_ext.nn``, ``.integrations`` and ``.distributed`` as attributes, imported on first
     access (a module whose dependency is missing raises ImportError naming the extra)."""
     if name in _LAZY_SUBMODULES:
         return _importlib.import_module(f".{name}", __name__)
