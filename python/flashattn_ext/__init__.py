@@ -1,7 +1,9 @@
 """flashattn_ext: exact, fast, memory-lean attention for PyTorch and numpy.
 
 Entry points: :func:`attention` (canonical), :func:`flash_attn_func` (FlashAttention 2.x
-signature), :func:`scaled_dot_product_attention` (torch signature), and
+signature) with its variable-length, packed and KV-cache forms (:func:`flash_attn_varlen_func`,
+:func:`flash_attn_qkvpacked_func`, :func:`flash_attn_with_kvcache`, ...),
+:func:`scaled_dot_product_attention` (torch signature), and
 ``flashattn_ext.nn.MultiHeadAttention`` (needs torch)."""
 
 from ._version import __version__
@@ -9,6 +11,10 @@ from ._C import available_isas as _available_isas
 from ._C import build_info as _build_info
 from ._C import get_num_threads, set_num_threads
 from .functional import attention, flash_attn_func, scaled_dot_product_attention
+from .kvcache import flash_attn_with_kvcache
+from .varlen import (flash_attn_kvpacked_func, flash_attn_qkvpacked_func,
+                     flash_attn_varlen_func, flash_attn_varlen_kvpacked_func,
+                     flash_attn_varlen_qkvpacked_func)
 
 
 def build_info() -> dict:
@@ -30,6 +36,12 @@ __all__ = [
     "attention",
     "build_info",
     "flash_attn_func",
+    "flash_attn_kvpacked_func",
+    "flash_attn_qkvpacked_func",
+    "flash_attn_varlen_func",
+    "flash_attn_varlen_kvpacked_func",
+    "flash_attn_varlen_qkvpacked_func",
+    "flash_attn_with_kvcache",
     "get_num_threads",
     "scaled_dot_product_attention",
     "set_num_threads",
