@@ -1,8 +1,11 @@
 // KV-cache append with rotary embedding on the CPU (AppendParams, common/params.h): each new key
 // row is rotated on its way into the cache (contiguous or paged), each query row into q_rot.
-// Arithmetic in float (double for float64), one rounding to the storage dtype.
+// Arithmetic in double: the products of float32 / 16-bit values are exact, so each rotated element
+// is its exact value rounded to double (with or without fused multiply-adds), then to float, then
+// (16-bit) to the storage dtype.
 #define FAE_CPU_ISA append  // the namespace of this unit's inline functions (kernels.h)
 #include <algorithm>
+#include <type_traits>
 
 #include "cpu/backend.h"
 #include "cpu/convert.h"
@@ -11,19 +14,17 @@
 namespace fae::cpu::append {
 namespace {
 
-template <typename T> struct AccOf { using type = float; };
-template <> struct AccOf<double> { using type = double; };
-
 // y = x rotated by the table row (cos, sin) in its first rotary_dim dimensions, copied past them.
 template <typename T>
 void rotate_row(const AppendParams& p, const T* x, T* y, const T* cos, const T* sin) {
-  using Acc = typename AccOf<T>::type;
+  using Out = std::conditional_t<std::is_same_v<T, double>, double, float>;  // what store_from takes
   const int64_t half = cos == nullptr ? 0 : p.rotary_dim / 2;
   for (int64_t i = 0; i < half; ++i) {
     const int64_t a = p.rotary_interleaved ? 2 * i : i, b = p.rotary_interleaved ? 2 * i + 1 : i + half;
-    const Acc c = load_as<Acc>(cos + i), s = load_as<Acc>(sin + i), xa = load_as<Acc>(x + a), xb = load_as<Acc>(x + b);
-    store_from(y + a, xa * c - xb * s);
-    store_from(y + b, xb * c + xa * s);
+    const double c = load_as<double>(cos + i), s = load_as<double>(sin + i);
+    const double xa = load_as<double>(x + a), xb = load_as<double>(x + b);
+    store_from(y + a, Out(xa * c - xb * s));
+    store_from(y + b, Out(xb * c + xa * s));
   }
   std::copy(x + 2 * half, x + p.head_dim, y + 2 * half);
 }

@@ -150,25 +150,39 @@ def check_varlen(call: Call, cu_seqlens_q: Any, cu_seqlens_k: Any, max_seqlen_q:
         raise ValueError(f"cu_seqlens_k: {len(ck)} entries, but cu_seqlens_q has {len(cq)}; "
                          f"both are (batch + 1,)")
     paged = block_table is not None
+    if tracing(cq):  # torch.compile: the values are checked when the graph runs eagerly
+        count("max_seqlen_q", max_seqlen_q)
+        count("max_seqlen_k", max_seqlen_k)
+        return cq, ck, None if block_table is None else _int32(block_table)
     hq = _cumulative("cu_seqlens_q", cq, call.q.shape[1], "q")
     hk = _cumulative("cu_seqlens_k", ck, None if paged else call.k.shape[1], "k")
     _max_seqlen("max_seqlen_q", max_seqlen_q, np.diff(hq))
     _max_seqlen("max_seqlen_k", max_seqlen_k, np.diff(hk))
     if paged:
         block_table = check_block_table(call, block_table, len(cq) - 1, np.diff(hk),
-                                        "cu_seqlens_k")
+                                        "cu_seqlens_k", "k")
     return cq, ck, block_table
 
 
+def tracing(x: Any) -> bool:
+    """True while torch.compile traces the call: array values are not known then."""
+    if not is_tensor(x):
+        return False
+    import torch
+
+    return torch.compiler.is_compiling()
+
+
 def check_block_table(call: Call, block_table: Any, batch: int, used: np.ndarray,
-                      used_name: str) -> Any:
-    """block_table (batch, max_blocks) int32 over the pages of a paged k_cache (call.k: pages
-    as its batch); the pages holding the ``used`` keys of each sequence must exist."""
+                      used_name: str, k_name: str) -> Any:
+    """block_table (batch, max_blocks) int32 over the pages of a paged cache (call.k, named
+    ``k_name``: pages as its batch); the pages holding the ``used`` keys of each sequence must
+    exist."""
     bt = int_array("block_table", block_table, call.q, "(batch, max_blocks_per_seq)", ndim=2)
     pages, page_size = call.k.shape[0], call.k.shape[1]
     if page_size % PAGE_MULTIPLE:
-        raise ValueError(f"k_cache: page size {page_size} (dimension 1 with a block_table) is not "
-                         f"a multiple of {PAGE_MULTIPLE}")
+        raise ValueError(f"{k_name}: page size {page_size} (dimension 1 with a block_table) is "
+                         f"not a multiple of {PAGE_MULTIPLE}")
     if bt.shape[0] != batch:
         raise ValueError(f"block_table: {bt.shape[0]} rows, expected one per sequence ({batch})")
     capacity = bt.shape[1] * page_size
@@ -181,6 +195,6 @@ def check_block_table(call: Call, block_table: Any, batch: int, used: np.ndarray
     bad = np.argwhere(needed & ((h < 0) | (h >= pages)))
     if len(bad):
         b, j = (int(i) for i in bad[0])
-        raise ValueError(f"block_table: entry [{b}, {j}] = {h[b, j]} is out of range; k_cache "
+        raise ValueError(f"block_table: entry [{b}, {j}] = {h[b, j]} is out of range; {k_name} "
                          f"has pages 0..{pages - 1}")
     return bt

@@ -78,7 +78,7 @@ def flash_attn_with_kvcache(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike
         if idx is not None or leftpad is not None:
             raise ValueError(f"{'cache_batch_idx' if idx is not None else 'cache_leftpad'}: "
                              f"not supported with a block_table (paged caches); pass None")
-        bt = check_block_table(call, block_table, batch, used, "cache_seqlens")
+        bt = check_block_table(call, block_table, batch, used, "cache_seqlens", "k_cache")
     elif used.max(initial=0) > kcap:
         b = int(np.argmax(used))
         raise ValueError(f"cache_seqlens: batch entry {b} needs {used[b]} cache rows "
