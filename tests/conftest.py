@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
-from typing import Optional
+from typing import Iterator, Optional
 
 import pytest
 import torch
@@ -25,13 +26,23 @@ def _skip_reason(name: str) -> Optional[str]:
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request, monkeypatch) -> str:
-    """Every numerical test runs once per backend; unavailable ones skip with the reason."""
+def backend(request, monkeypatch) -> Iterator[str]:
+    """Every numerical test runs once per backend; unavailable ones skip with the reason. With
+    FLASHATTN_EXT_EMU_SEED=N the emulator runs each block's threads in an order shuffled by N."""
     reason = _skip_reason(request.param)
     if reason:
         pytest.skip(reason)
     monkeypatch.setenv("FLASHATTN_EXT_BACKEND", request.param)
-    return request.param
+    seed = os.environ.get("FLASHATTN_EXT_EMU_SEED")
+    if request.param != "emu" or not seed:
+        yield request.param
+        return
+    emu = importlib.import_module("flashattn_ext._emu")
+    emu.set_seed(int(seed))
+    try:
+        yield request.param
+    finally:
+        emu.set_seed(None)
 
 
 @pytest.fixture

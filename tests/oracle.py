@@ -47,8 +47,11 @@ def finish_lse(m: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optional[float] = None,
               causal: bool = False, window: Tuple[int, int] = (-1, -1), bottom_right: bool = True,
-              dtype: torch.dtype = torch.float64) -> Tuple[torch.Tensor, torch.Tensor]:
+              dtype: torch.dtype = torch.float64,
+              visible: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """q (B, Sq, Hq, D), k/v (B, Sk, Hkv, D) -> out (B, Sq, Hq, D), lse (B, Hq, Sq), in ``dtype``.
+    ``visible`` (B or 1, Sq, Sk), when given, is an explicit boolean mask (True: the query sees
+    the key) applied on top of the causal/window rule.
 
     Differentiable (torch autograd) so it is also the gradient oracle. Rows that see no key give
     out 0 and lse -inf."""
@@ -62,6 +65,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optio
     if causal:
         right = 0
     ok = visible_keys(sq, sk, left, right, bottom_right)
+    if visible is not None:
+        ok = ok & visible[:, None]
     s = (q @ k.transpose(-1, -2)) * scale
     s = s.masked_fill(~ok, -INF)
     m = exp_base(s.amax(dim=-1, keepdim=True).detach())

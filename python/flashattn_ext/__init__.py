@@ -3,8 +3,12 @@
 Entry points: :func:`attention` (canonical), :func:`flash_attn_func` (FlashAttention 2.x
 signature) with its variable-length, packed and KV-cache forms (:func:`flash_attn_varlen_func`,
 :func:`flash_attn_qkvpacked_func`, :func:`flash_attn_with_kvcache`, ...),
-:func:`scaled_dot_product_attention` (torch signature), and
-``flashattn_ext.nn.MultiHeadAttention`` (needs torch)."""
+:func:`scaled_dot_product_attention` (torch signature). Loaded on first use, so that
+the numpy-only install imports without torch: ``flashattn_ext.nn`` (``MultiHeadAttention``,
+``replace_sdpa``; needs torch) and ``flashattn_ext.integrations`` (Hugging Face transformers)."""
+
+import importlib as _importlib
+from types import ModuleType as _ModuleType
 
 from ._version import __version__
 from ._C import available_isas as _available_isas
@@ -29,6 +33,21 @@ def build_info() -> dict:
     except ImportError:
         info["emulator"] = False
     return info
+
+
+_LAZY_SUBMODULES = ("integrations", "nn")
+
+
+def __getattr__(name: str) -> _ModuleType:
+    """``flashattn_ext.nn`` and ``flashattn_ext.integrations`` as attributes, imported on first
+    access (a module whose dependency is missing raises ImportError naming the extra)."""
+    if name in _LAZY_SUBMODULES:
+        return _importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
 
 
 __all__ = [
