@@ -74,3 +74,23 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optio
     l = p.sum(dim=-1, keepdim=True)
     out = ((p * inv_sum(l)).to(dtype) @ v).transpose(1, 2)
     return out, finish_lse(m, l).squeeze(-1)
+
+
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                     cu_seqlens_k: torch.Tensor, **kw) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Packed sequences: q (total_q, Hq, D), k/v (total_k, Hkv, D) -> out (total_q, Hq, D), lse
+    (Hq, total_q), each sequence attending on its own (``attention`` on each, in a loop); a
+    sequence without keys gives out 0 and lse -inf."""
+    dtype = kw.get("dtype", torch.float64)
+    outs, lses = [], []
+    for b in range(len(cu_seqlens_q) - 1):
+        qs = q[int(cu_seqlens_q[b]):int(cu_seqlens_q[b + 1])]
+        ks = slice(int(cu_seqlens_k[b]), int(cu_seqlens_k[b + 1]))
+        if ks.stop == ks.start:
+            outs.append(torch.zeros(qs.shape, dtype=dtype))
+            lses.append(torch.full((qs.shape[1], qs.shape[0]), -INF, dtype=dtype))
+            continue
+        out, lse = attention(qs[None], k[None, ks], v[None, ks], **kw)
+        outs.append(out[0])
+        lses.append(lse[0])
+    return torch.cat(outs), torch.cat(lses, dim=1)

@@ -111,6 +111,88 @@ BAD_INPUTS = [
      NotImplementedError, "attn_mask"),
     ("scaled_dot_product_attention(qt, kt, vt, dropout_p=0.5, enable_gqa=True)",
      NotImplementedError, "dropout_p=0.5"),
+    # variable-length batches (qp, kp, vp: q, k, v packed; cq, ck: their cu_seqlens)
+    ("flash_attn_varlen_func(qp, kp, vp, cq.long(), ck, 11, 13)", TypeError,
+     "cu_seqlens_q: dtype int64 is not supported; expected int32"),
+    ("flash_attn_varlen_func(qp, kp, vp, cq.tolist(), ck, 11, 13)", TypeError,
+     "cu_seqlens_q: expected an int32 torch.Tensor of shape (batch + 1,) like q, got list"),
+    ("flash_attn_varlen_func(qp, kp, vp, cq[None], ck, 11, 13)", ValueError,
+     "cu_seqlens_q: expected shape (batch + 1,), got (1, 3)"),
+    ("flash_attn_varlen_func(qp, kp, vp, cq, ck[:2], 11, 13)", ValueError,
+     "cu_seqlens_k: 2 entries, but cu_seqlens_q has 3"),
+    ("flash_attn_varlen_func(qp, kp, vp, cq + 1, ck, 12, 13)", ValueError,
+     "cu_seqlens_q: prefix sums must start at 0, got cu_seqlens_q[0] = 1"),
+    ("flash_attn_varlen_func(qp, kp, vp, cq, torch.tensor([0, 27, 26], dtype=torch.int32), 11, 27)",
+     ValueError, "cu_seqlens_k: prefix sums must be non-decreasing, got cu_seqlens_k[2] = 26 < "
+     "cu_seqlens_k[1] = 27"),
+    ("flash_attn_varlen_func(qp, kp, vp, torch.tensor([0, 11, 20], dtype=torch.int32), ck, 11, 13)",
+     ValueError, "cu_seqlens_q: the last entry 20 must be the number of rows of q (22)"),
+    ("flash_attn_varlen_func(qp, kp, vp, cq, ck, 10, 13)", ValueError,
+     "max_seqlen_q: 10 is smaller than sequence 0's length 11"),
+    ("flash_attn_varlen_func(qp, kp, vp, cq, ck, 11, 13.0)", TypeError,
+     "max_seqlen_k: expected an int >= 0, got 13.0 (float)"),
+    ("flash_attn_varlen_func(q, k, v, cq, ck, 11, 13)", ValueError,
+     "q: expected 3 dimensions, (total, H, D); got shape (2, 11, 4, 16)"),
+    ("flash_attn_varlen_func(qp, kp, vp, cq, ck, 11, 13, dropout_p=0.1)", NotImplementedError,
+     "dropout_p=0.1"),
+    ("flash_attn_varlen_func(qp, kpg, vpg, cq, ck, 11, 13, block_table=bt + 2)", ValueError,
+     "block_table: entry [1, 0] = 4 is out of range; k has pages 0..3"),
+    ("flash_attn_varlen_func(qp, randn(4, 24, 2, 16), randn(4, 24, 2, 16), cq, ck, 11, 13, "
+     "block_table=bt)", ValueError,
+     "k: page size 24 (dimension 1 with a block_table) is not a multiple of 16"),
+    ("flash_attn_qkvpacked_func(q)", ValueError,
+     "qkv: expected shape (B, S, 3, H, D) with 3 at dimension 2, got (2, 11, 4, 16)"),
+    # KV caches (kc, vc: (2, 32, 2, 16) caches; knew, vnew: 3 new rows; kpg, vpg: 4 pages of 16)
+    ("flash_attn_with_kvcache(q, kc, vc, knew, vnew, cache_seqlens=30)", ValueError,
+     "cache_seqlens: batch entry 0 needs 33 cache rows (30 cached + 3 new), more than "
+     "k_cache's 32"),
+    ("flash_attn_with_kvcache(q, kc, vc, cache_seqlens=33)", ValueError,
+     "cache_seqlens: batch entry 0 needs 33 cache rows (33 cached + 0 new)"),
+    ("flash_attn_with_kvcache(q, kc, vc, knew, vnew)", ValueError,
+     "cache_seqlens: None, but k, v are appended"),
+    ("flash_attn_with_kvcache(q, kc, vc, knew, cache_seqlens=3)", ValueError,
+     "k, v: pass both or neither"),
+    ("flash_attn_with_kvcache(q, kc, vc, cache_seqlens=torch.tensor([3, -1], dtype=torch.int32))",
+     ValueError, "cache_seqlens: entry 1 is -1; accepted: >= 0"),
+    ("flash_attn_with_kvcache(q, kc, vc, knew[:, :, :1], vnew, cache_seqlens=3)", ValueError,
+     "k: expected (batch=2, seqlen_new, heads=2, head_dim=16) like q and k_cache, got "
+     "(2, 3, 1, 16)"),
+    ("flash_attn_with_kvcache(q, kpg, vpg, knew, vnew, cache_seqlens=10, block_table=bt + 2)",
+     ValueError, "block_table: entry [1, 0] = 4 is out of range; k_cache has pages 0..3"),
+    ("flash_attn_with_kvcache(q, kpg, vpg, knew, vnew, cache_seqlens=30, block_table=bt)",
+     ValueError, "cache_seqlens: sequence 0 needs 33 keys, more than its 2 block_table pages of "
+     "16 hold (32)"),
+    ("flash_attn_with_kvcache(q, randn(4, 24, 2, 16), randn(4, 24, 2, 16), cache_seqlens=3, "
+     "block_table=bt)", ValueError,
+     "k_cache: page size 24 (dimension 1 with a block_table) is not a multiple of 16"),
+    ("flash_attn_with_kvcache(q, kpg, vpg, cache_seqlens=3, block_table=bt, "
+     "cache_batch_idx=torch.tensor([0, 1], dtype=torch.int32))", ValueError,
+     "cache_batch_idx: not supported with a block_table"),
+    ("flash_attn_with_kvcache(q, kc, vc, cache_seqlens=3, "
+     "cache_batch_idx=torch.tensor([0, 2], dtype=torch.int32))", ValueError,
+     "cache_batch_idx: entry 1 is 2; accepted: 0..1 (k_cache's batch)"),
+    ("flash_attn_with_kvcache(q, kc[:1], vc[:1], cache_seqlens=3)", ValueError,
+     "k_cache: batch 1 differs from q's 2; pass cache_batch_idx"),
+    ("flash_attn_with_kvcache(q, kc, vc, cache_seqlens=3, "
+     "cache_leftpad=torch.tensor([0, 5], dtype=torch.int32))", ValueError,
+     "cache_leftpad: entry 1 is 5, past cache_seqlens[1] = 3"),
+    ("flash_attn_with_kvcache(q, kc, vc, knew, vnew, randn(8, 8), randn(8, 8), cache_seqlens=6)",
+     ValueError, "rotary_cos: 8 rows, but batch entry 0 is rotated up to position 8 "
+     "(cache_seqlens[0] = 6)"),
+    ("flash_attn_with_kvcache(q, kc, vc, rotary_cos=randn(40, 8), rotary_sin=randn(40, 8), "
+     "cache_seqlens=6)", ValueError,
+     "rotary_cos: rotary embedding applies to appended keys; pass k, v too"),
+    ("flash_attn_with_kvcache(q, kc, vc, knew, vnew, randn(40, 9), randn(40, 9), cache_seqlens=6)",
+     ValueError, "rotary_cos: expected (seqlen_ro, rotary_dim / 2) with rotary_dim <= head_dim "
+     "16, got (40, 9)"),
+    ("flash_attn_with_kvcache(q, kc, vc, knew, vnew, randn(40, 8).double(), randn(40, 8), "
+     "cache_seqlens=6)", TypeError, "rotary_cos: dtype float64 differs from q's float32"),
+    ("flash_attn_with_kvcache(q.requires_grad_(), kc, vc, cache_seqlens=3)", NotImplementedError,
+     "q: requires grad, but flash_attn_with_kvcache is inference only"),
+    ("flash_attn_with_kvcache(q, kc, vc, cache_seqlens=3, num_splits=-1)", ValueError,
+     "num_splits: expected an int >= 0, got -1"),
+    ("flash_attn_with_kvcache(q, kc, vc, cache_seqlens=3, softcap=5.0)", NotImplementedError,
+     "softcap=5.0"),
     # nn.MultiHeadAttention
     ("MultiHeadAttention(64, 8, num_kv_heads=3)", ValueError, "num_kv_heads: 3 must divide num_heads"),
     ("MultiHeadAttention(60, 8)", ValueError, "embed_dim: 60 must be a multiple of num_heads (8)"),
@@ -173,8 +255,17 @@ def odd_strides(x: np.ndarray) -> np.ndarray:
 def bad_input_names(gen: torch.Generator) -> dict:
     """What the calls in BAD_INPUTS see: fixed shapes, fresh random values."""
     q, k, v = qkv(gen)
+    cu = lambda n: torch.tensor([0, n, 2 * n], dtype=torch.int32)  # two sequences of n
     return dict(np=np, torch=torch, attention=fa.attention, flash_attn_func=fa.flash_attn_func,
                 scaled_dot_product_attention=fa.scaled_dot_product_attention,
+                flash_attn_varlen_func=fa.flash_attn_varlen_func,
+                flash_attn_qkvpacked_func=fa.flash_attn_qkvpacked_func,
+                flash_attn_with_kvcache=fa.flash_attn_with_kvcache,
+                qp=q.reshape(22, 4, 16), kp=k.reshape(26, 2, 16), vp=v.reshape(26, 2, 16),
+                cq=cu(11), ck=cu(13), kc=randn(gen, 2, 32, 2, 16), vc=randn(gen, 2, 32, 2, 16),
+                knew=randn(gen, 2, 3, 2, 16), vnew=randn(gen, 2, 3, 2, 16),
+                kpg=randn(gen, 4, 16, 2, 16), vpg=randn(gen, 4, 16, 2, 16),
+                bt=torch.tensor([[0, 1], [2, 3]], dtype=torch.int32),
                 MultiHeadAttention=MultiHeadAttention, randn=lambda *shape: randn(gen, *shape),
                 unaligned=unaligned, odd_strides=odd_strides, q=q, k=k, v=v, qn=q.numpy(), kn=k.numpy(), vn=v.numpy(),
                 qt=q.transpose(1, 2), kt=k.transpose(1, 2), vt=v.transpose(1, 2),

@@ -20,6 +20,8 @@ PYBIND11_MODULE(_C, m) {
   def_backward(m, "backward",
                [](const fae::BwdParams& p, float*, float*, uintptr_t, int) { fae::cpu::attention_backward(p); },
                "Backward attention on the CPU kernels (no workspace, no stream).");
+  def_append(m, "kvcache_append", [](const fae::AppendParams& p, uintptr_t) { fae::cpu::kvcache_append(p); },
+             "KV-cache append with rotary embedding on the CPU (in place into k_cache, v_cache; q_rot).");
 #if FAE_WITH_CUDA
   def_forward(m, "cuda_forward",
               [](const fae::FwdParams& p, uintptr_t stream, int device) {

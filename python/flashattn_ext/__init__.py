@@ -1,7 +1,9 @@
 """flashattn_ext: exact, fast, memory-lean attention for PyTorch and numpy.
 
 Entry points: :func:`attention` (canonical), :func:`flash_attn_func` (FlashAttention 2.x
-signature), :func:`scaled_dot_product_attention` (torch signature). Loaded on first use, so that
+signature) with its variable-length, packed and KV-cache forms (:func:`flash_attn_varlen_func`,
+:func:`flash_attn_qkvpacked_func`, :func:`flash_attn_with_kvcache`, ...),
+:func:`scaled_dot_product_attention` (torch signature). Loaded on first use, so that
 the numpy-only install imports without torch: ``flashattn_ext.nn`` (``MultiHeadAttention``,
 ``replace_sdpa``; needs torch), ``flashattn_ext.integrations`` (Hugging Face transformers) and
 ``flashattn_ext.distributed`` (ring and Ulysses attention on torch.distributed; needs torch)."""
@@ -14,6 +16,10 @@ from ._C import available_isas as _available_isas
 from ._C import build_info as _build_info
 from ._C import get_num_threads, set_num_threads
 from .functional import attention, flash_attn_func, scaled_dot_product_attention
+from .kvcache import flash_attn_with_kvcache
+from .varlen import (flash_attn_kvpacked_func, flash_attn_qkvpacked_func,
+                     flash_attn_varlen_func, flash_attn_varlen_kvpacked_func,
+                     flash_attn_varlen_qkvpacked_func)
 
 
 def build_info() -> dict:
@@ -50,6 +56,12 @@ __all__ = [
     "attention",
     "build_info",
     "flash_attn_func",
+    "flash_attn_kvpacked_func",
+    "flash_attn_qkvpacked_func",
+    "flash_attn_varlen_func",
+    "flash_attn_varlen_kvpacked_func",
+    "flash_attn_varlen_qkvpacked_func",
+    "flash_attn_with_kvcache",
     "get_num_threads",
     "scaled_dot_product_attention",
     "set_num_threads",
