@@ -12,7 +12,8 @@ import flashattn_ext as fa
 import interp_oracle as io
 import oracle
 from attn_testing import assert_close, needs_kernel, randn
-from flashattn_ext import _interp_dispatch, _interp_ops
+from conftest import gpu_device
+from flashattn_ext import _interp_ops
 from flashattn_ext._validate import MaskSpec
 
 F32, F64, BF16, F16 = torch.float32, torch.float64, torch.bfloat16, torch.float16
@@ -114,11 +115,13 @@ def _check_selection(index, q, k, k_top, **kw):
     assert (left <= worst + tol).all(), f"a key left out outranks a kept one by {(left - worst).max().item():.3e}"
 
 
-def _topk(q, k, v, k_top, causal, window, bottom_right=True):
-    """Top-k through the operator (so that top-left alignment can be tested as well)."""
-    call_mask = MaskSpec.make(causal, window, bottom_right=bottom_right)
-    scale = q.shape[-1] ** -0.5
-    return _interp_ops.topk(q, k, v, k_top, scale, call_mask, 0)
+def _topk(backend, q, k, v, k_top, causal, window, bottom_right=True):
+    """Top-k through the operator (so that top-left alignment can be tested as well), on the GPU
+    for the cuda backend."""
+    mask = MaskSpec.make(causal, window, bottom_right=bottom_right)
+    dev = gpu_device() if backend == "cuda" else "cpu"
+    out, index = _interp_ops.topk(q.to(dev), k.to(dev), v.to(dev), k_top, q.shape[-1] ** -0.5, mask, 0)
+    return out.cpu(), index.cpu()
 
 
 @pytest.mark.parametrize("bottom_right", [True, False], ids=["bottom_right", "top_left"])
@@ -128,9 +131,10 @@ def test_topk_matches_oracle(backend, gen, case, dtype, bottom_right):
     needs_kernel(backend, dtype)
     q, k, v = _inputs(gen, case, dtype)
     causal, window = case[6], case[7]
-    sk, limit = k.shape[1], _interp_dispatch.max_top_k(q) or k.shape[1]  # the CUDA kernel keeps <= 64
+    limit = 64 if backend in ("emu", "cuda") else k.shape[1]  # the CUDA kernel keeps <= 64 keys per row
+    sk = k.shape[1]
     for k_top in sorted({1, 3, max(1, min(sk - 1, limit)), min(sk, limit)}):
-        out, index = _topk(q, k, v, k_top, causal, window, bottom_right)
+        out, index = _topk(backend, q, k, v, k_top, causal, window, bottom_right)
         kw = dict(causal=causal, window=window, bottom_right=bottom_right)
         _check_selection(index, q, k, k_top, **kw)
         ref = io.restricted(q, k, v, index)

@@ -18,16 +18,26 @@ except ImportError:  # pragma: no cover - exercised only without torch
     torch = None  # type: ignore[assignment]
 
 
+_NAMES = ("attention_weights", "topk_forward", "topk_backward")
+
+
 def _kernels(q: Any) -> Tuple[Dict[str, Callable[..., None]], int, Optional[int]]:
-    """(entry points by name, stream, the largest k_top) of the backend q runs on; None: any k_top."""
+    """(entry points by name, stream, the largest k_top) of the backend q runs on; None: any k_top.
+    On a GPU the entry points run with q's device current (the kernels launch there)."""
     backend = backend_for(q)
     if backend == "cpu":
-        return {n: getattr(_C, n) for n in ("attention_weights", "topk_forward", "topk_backward")}, 0, None
+        return {n: getattr(_C, n) for n in _NAMES}, 0, None
     if backend == "emu":
         emu = _dispatch._emu_module()
-        return ({n: getattr(emu, n) for n in ("attention_weights", "topk_forward", "topk_backward")}, 0,
-                emu.max_top_k)
-    return ({n: getattr(_C, "cuda_" + n) for n in ("attention_weights", "topk_forward", "topk_backward")},
+        return {n: getattr(emu, n) for n in _NAMES}, 0, emu.max_top_k
+
+    def on_device(fn: Callable[..., None]) -> Callable[..., None]:
+        def run(**kw: Any) -> None:
+            with torch.cuda.device(q.device):
+                fn(**kw)
+        return run
+
+    return ({n: on_device(getattr(_C, "cuda_" + n)) for n in _NAMES},
             torch.cuda.current_stream(q.device).cuda_stream, _C.cuda_max_top_k)
 
 

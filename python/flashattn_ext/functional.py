@@ -30,6 +30,17 @@ def _run(call: Call) -> Tuple[ArrayLike, ArrayLike]:
     return out, lse
 
 
+def not_implemented(dropout_p: float = 0.0, softcap: float = 0.0,
+                    alibi_slopes: Optional[ArrayLike] = None) -> None:
+    """FlashAttention arguments the library does not implement: NotImplementedError naming them."""
+    if dropout_p != 0.0:
+        raise NotImplementedError(f"dropout_p={dropout_p}: dropout is not implemented; pass 0.0")
+    if softcap != 0.0:
+        raise NotImplementedError(f"softcap={softcap}: softcapping is not implemented; pass 0.0")
+    if alibi_slopes is not None:
+        raise NotImplementedError("alibi_slopes: ALiBi is not implemented; pass None")
+
+
 def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool = False,
               scale: Optional[float] = None, window_size: Tuple[int, int] = (-1, -1),
               return_lse: bool = False) -> Union[ArrayLike, Tuple[ArrayLike, ArrayLike]]:
@@ -84,12 +95,7 @@ def flash_attn_func(q: ArrayLike, k: ArrayLike, v: ArrayLike, dropout_p: float =
     ``deterministic`` is accepted either way. Not implemented (raising NotImplementedError):
     dropout_p > 0, softcap != 0, alibi_slopes.
     """
-    if dropout_p != 0.0:
-        raise NotImplementedError(f"dropout_p={dropout_p}: dropout is not implemented; pass 0.0")
-    if softcap != 0.0:
-        raise NotImplementedError(f"softcap={softcap}: softcapping is not implemented; pass 0.0")
-    if alibi_slopes is not None:
-        raise NotImplementedError("alibi_slopes: ALiBi is not implemented; pass None")
+    not_implemented(dropout_p, softcap, alibi_slopes)
     mask = MaskSpec.make(causal, window_size, bottom_right=True)
     call = prepare(q, k, v, layout=BSHD, scale=softmax_scale, mask=mask, scale_name="softmax_scale")
     out, lse = _run(call)

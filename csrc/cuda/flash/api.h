@@ -19,13 +19,16 @@ using Stream = CUstream_st*;
 
 // Launches the forward on `stream` without synchronising. p.dtype must be f16 or bf16, every row
 // of q, k, v, out 16-byte aligned (strides multiples of 8 elements), strides non-negative, lse
-// float32. Throws std::invalid_argument for a dtype or head dim without a kernel.
-void attention_forward(const FwdParams& p, Stream stream);
+// float32. Throws std::invalid_argument for a dtype or head dim without a kernel. `device`: the
+// ordinal of the GPU that holds the tensors and owns `stream`; it is the current device while the
+// kernels' attributes are set and they launch, and the caller's current device is restored after
+// (-1: the current device).
+void attention_forward(const FwdParams& p, Stream stream, int device = -1);
 
 // Launches the backward (three kernels) on `stream` without synchronising. Requirements as for
 // the forward, plus workspace: stats (2*B*Hq*Sq floats: delta and the softmax sum of each row)
 // and dq_accum (B*Hq*Sq*D floats); head dims of kBwdHeadDims (head_dims.h).
-void attention_backward(const BwdParams& p, float* stats, float* dq_accum, Stream stream);
+void attention_backward(const BwdParams& p, float* stats, float* dq_accum, Stream stream, int device = -1);
 
 template <class T, int HeadDim>
 void run_forward(const FwdParams& p, Stream stream);
