@@ -4,6 +4,10 @@ in both alignments, gradients."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -253,3 +257,31 @@ def test_bad_arguments(gen, monkeypatch):
     if fa.build_info()["emulator"]:
         with pytest.raises(NotImplementedError, match="k_top: 65 exceeds"):
             fa.topk_attention(qb, kb, vb, 65)
+
+
+MEMORY_SCRIPT = """
+import json, resource, torch, flashattn_ext as fa
+S, D = 16384, 64
+g = torch.Generator().manual_seed(7)
+q, k, v = (torch.randn(1, S, 1, D, generator=g) for _ in range(3))
+fa.attention_weights(q[:, :64], k[:, :64]); fa.topk_attention(q[:, :64], k[:, :64], v[:, :64], 8)  # warm-up
+peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak()
+p = fa.attention_weights(q, k, causal=True, rows=range(0, S, 512))  # lse computed in a first pass
+mid = peak()
+out, index = fa.topk_attention(q, k, v, 8, causal=True, return_index=True)
+after = peak()
+print(json.dumps({"weights_kib": mid - before, "topk_kib": after - mid,
+                  "sums": float(p.sum()), "finite": bool(out.isfinite().all())}))
+"""
+
+
+def test_16k_weights_and_topk_peak_memory():
+    """No Sq x Sk buffer (1 GiB in float32 here): the weights of 32 rows cost their 2 MiB, top-k
+    its output (4 MiB) and index (1 MiB), each plus at most 8 MiB of workspace and noise."""
+    res = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout.strip().splitlines()[-1])
+    assert report["finite"] and abs(report["sums"] - 32) < 1e-3
+    assert report["weights_kib"] < 2 * 1024 + 8 * 1024, report
+    assert report["topk_kib"] < 5 * 1024 + 8 * 1024, report
