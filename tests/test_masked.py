@@ -1,7 +1,8 @@
 """Attention under explicit masks on the kernels (flashattn_ext._masked): the plans of padding,
 KV-cache and sliding-window masks against the float64 oracle given the same mask, what gets no
-plan, the weights from the logsumexp, and nn.replace_sdpa's routed
-torch.nn.functional.scaled_dot_product_attention against torch's own."""
+plan, packed sequences (block-diagonal masks) as one variable-length call, the weights from the
+logsumexp, and nn.replace_sdpa's routed torch.nn.functional.scaled_dot_product_attention against
+torch's own."""
 
 from __future__ import annotations
 

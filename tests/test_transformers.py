@@ -1,7 +1,8 @@
 """Hugging Face transformers models on flashattn_ext (integrations.transformers) against the same
 models on their own eager attention: small random configurations built here (no downloads),
 float32 logits and every parameter gradient (docs/semantics.md section 7), greedy generation
-with a KV cache on left-padded batches, attention weights, and what falls back or is refused."""
+with a KV cache on left-padded batches, packed sequences against each sequence alone, attention
+weights, and what falls back or is refused."""
 
 from __future__ import annotations
 
