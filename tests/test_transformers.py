@@ -162,6 +162,22 @@ def assert_model_close(ours: torch.Tensor, naive: torch.Tensor, ref64: torch.Ten
     assert err <= tol, f"{what}: max error {err:.3e} > tolerance {tol:.3e} (eager: {err_naive:.3e})"
 
 
+def joined(parts):
+    """The reference of a batch from its sequences run alone: their logits concatenated, their
+    parameter gradients summed."""
+    ref = torch.cat([p[0] for p in parts])
+    return ref, [None if g[0] is None else sum(g) for g in zip(*[p[1] for p in parts])]
+
+
+def assert_logits_and_gradients_close(model, got, grads, naive, naive_grads, ref, ref_grads):
+    """assert_model_close on the logits and on every parameter's gradient."""
+    assert_model_close(got, naive, ref, "logits")
+    for (pname, _), g, n, r in zip(model.named_parameters(), grads, naive_grads, ref_grads):
+        assert (g is None) == (r is None), pname
+        if g is not None:
+            assert_model_close(g, n, r, pname)
+
+
 PADS = {"llama": (3, -2, 0), "qwen2": (3, -2, 0), "mistral": (4, 0, -3),  # left, right, none
         "bert": (-3, -2, 0), "bart": (-3, -2, 0)}  # absolute positions: right padding only
 
@@ -213,13 +229,8 @@ def test_logits_and_gradients_match_eager(gen, monkeypatch, name, padded):
             else:
                 one = (ids[i:i + 1, keep], None, None, None, weight[i:i + 1, keep])
             parts.append(run(eager64, name, *one))
-        ref = torch.cat([p[0] for p in parts])
-        ref_grads = [None if g[0] is None else sum(g) for g in zip(*[p[1] for p in parts])]
-    assert_model_close(got, naive, ref, "logits")
-    for (pname, _), g, n, r in zip(ours.named_parameters(), grads, naive_grads, ref_grads):
-        assert (g is None) == (r is None), pname
-        if g is not None:
-            assert_model_close(g, n, r, pname)
+        ref, ref_grads = joined(parts)
+    assert_logits_and_gradients_close(ours, got, grads, naive, naive_grads, ref, ref_grads)
 
 
 @pytest.mark.parametrize("name", ["llama", "qwen2", "mistral", "bart"])
@@ -295,13 +306,7 @@ def test_packed_sequences_match_each_sequence_alone(gen, monkeypatch, name):
             parts.append(run_packed(eager64, ids[r:r + 1, one], pos[r:r + 1, one],
                                     weight[r:r + 1, one]))
             start += n
-    ref = torch.cat([p[0] for p in parts])
-    ref_grads = [None if g[0] is None else sum(g) for g in zip(*[p[1] for p in parts])]
-    assert_model_close(got, naive, ref, "logits")
-    for (pname, _), g, n, r in zip(ours.named_parameters(), grads, naive_grads, ref_grads):
-        assert (g is None) == (r is None), pname
-        if g is not None:
-            assert_model_close(g, n, r, pname)
+    assert_logits_and_gradients_close(ours, got, grads, naive, naive_grads, *joined(parts))
 
 
 def test_masks_neither_band_nor_packing_fall_back_with_a_warning(gen):
