@@ -11,7 +11,7 @@ import torch
 import oracle
 
 
-EMU_BWD_MAX_HEAD_DIM = 128
+EMU_BWD_MAX_HEAD_DIM = 256
 
 
 def needs_kernel(backend: str, dtype: torch.dtype, backward: bool = False,

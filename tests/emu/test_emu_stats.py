@@ -102,13 +102,46 @@ def test_forward_tiles_conflict_free_and_whole_sectors(emu, monkeypatch, head_di
     check_tiles(collect(emu, lambda: run_attention(monkeypatch, head_dim, dtype, False)), "flash_fwd")
 
 
-@pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
+BWD_KERNELS = ("flash_bwd_row_stats", "flash_bwd", "flash_bwd_convert_dq")
+SHARED_OPS = ("ldmatrix", "cp.async shared", "shared load", "shared store")
+
+
+@pytest.mark.parametrize("deterministic", (False, True))
+@pytest.mark.parametrize("smem_kib", (99, 163))
 @pytest.mark.parametrize("head_dim", BWD_HEAD_DIMS)
-def test_backward_tiles_conflict_free_and_whole_sectors(emu, monkeypatch, head_dim, dtype):
-    launches = collect(emu, lambda: run_attention(monkeypatch, head_dim, dtype, True))
-    check_tiles(launches, "flash_bwd")
-    for s in sites(launches, "flash_bwd", "shared store") + sites(launches, "flash_bwd", "shared load"):
-        assert s["wavefronts"] == s["ideal_wavefronts"], ("shared bank conflicts", s)
+def test_backward_conflict_free_and_whole_sectors(emu, monkeypatch, head_dim, smem_kib, deterministic):
+    """Every shared-memory request of the three backward kernels takes its ideal wavefronts (tile
+    copies, ldmatrix, P and dS, the row statistics, dK and dV staged for their stores) and every
+    global one uses whole sectors (tile copies, lse, the statistics, dQ atomics, 16-byte dK, dV
+    and dQ stores), in both shared-memory tiers and both modes."""
+    emu.configure(smem_limit=smem_kib * 1024)
+    monkeypatch.setenv("FLASHATTN_EXT_DETERMINISTIC", "1" if deterministic else "0")
+    launches = [launch for launch in collect(emu, lambda: run_attention(monkeypatch, head_dim, torch.float16, True))
+                if launch["kernel"] in BWD_KERNELS]
+    assert {launch["kernel"] for launch in launches} == set(BWD_KERNELS)
+    found = {s["op"] for launch in launches for s in launch["sites"]}
+    assert set(SHARED_OPS) | {"cp.async global", "global load", "global store", "global atomic"} <= found, found
+    for launch in launches:
+        for s in launch["sites"]:
+            if s["op"] in SHARED_OPS:
+                assert s["wavefronts"] == s["ideal_wavefronts"], ("shared bank conflicts", launch["kernel"], s)
+            else:
+                assert s["bytes"] == 32 * s["sectors"], ("partial sectors", launch["kernel"], s)
+
+
+@pytest.mark.parametrize("head_dim", (64, 128))
+def test_backward_stores_and_atomics(emu, monkeypatch, head_dim):
+    """dK and dV leave in 16-byte stores (through store_tile), dQ in 16-byte stores of the
+    conversion, and each dQ atomic instruction of a warp covers 128 contiguous bytes."""
+    launches = collect(emu, lambda: run_attention(monkeypatch, head_dim, torch.float16, True))
+    stores = sites(launches, "flash_bwd", "global store")
+    assert [s["bytes_per_access"] for s in stores] == [16] * len(stores)
+    assert sum(s["bytes"] for s in stores) == 2 * 128 * 2 * head_dim * 2  # dK and dV: 128 keys, 2 kv heads
+    (dq,) = sites(launches, "flash_bwd_convert_dq", "global store")
+    assert dq["bytes_per_access"] == 16 and dq["bytes"] == 128 * 2 * head_dim * 2, dq
+    (atomic,) = sites(launches, "flash_bwd", "global atomic")
+    assert atomic["bytes_per_access"] == 4 and atomic["bytes"] == 128 * atomic["requests"], atomic
+    assert atomic["sectors"] == 4 * atomic["requests"], atomic
 
 
 @pytest.mark.parametrize("head_dim", FWD_HEAD_DIMS)
@@ -151,9 +184,3 @@ def report(figures: Dict[str, float]) -> None:
 def test_forward_output_store_sectors(emu, monkeypatch, head_dim):
     launches = collect(emu, lambda: run_attention(monkeypatch, head_dim, torch.float16, False))
     report(store_figures(launches, "flash_fwd", "fwd_kernel.cuh", {"O": "orow["}))
-
-
-@pytest.mark.parametrize("head_dim", (64, 128))
-def test_backward_dk_dv_store_sectors(emu, monkeypatch, head_dim):
-    launches = collect(emu, lambda: run_attention(monkeypatch, head_dim, torch.float16, True))
-    report(store_figures(launches, "flash_bwd", "bwd_kernel.cuh", {"dK": "dkr[", "dV": "dvr["}))

@@ -1,5 +1,5 @@
-// Helpers shared by the forward and backward kernels (tile loads) and their launchers (buffer
-// extents).
+// Helpers shared by the forward and backward kernels (tile loads and stores) and their launchers
+// (buffer extents).
 #pragma once
 
 #include <cstddef>
@@ -21,6 +21,81 @@ __device__ __forceinline__ void load_tile(sptr<typename Tr::Element> dst,
     const int r = c / Tr::kChunksPerRow, col = c % Tr::kChunksPerRow * 8;
     const bool ok = r < valid;
     cp_async<16>(dst + r * Tr::kRowStride + col, src + (ok ? r * row_stride + col : 0), ok ? 16 : 0);
+  }
+}
+
+// The part-th highest power of two in the binary expansion of n (0 past the last), and their count.
+constexpr int pow2_part(int n, int part) {
+  for (int bit = 1 << 30; bit; bit >>= 1)
+    if ((n & bit) && part-- == 0) return bit;
+  return 0;
+}
+constexpr int pow2_parts(int n) { return n ? 1 + pow2_parts(n & (n - 1)) : 0; }
+
+// Which 16-byte chunks of a Rows x Dim tile each of Threads threads copies, with compile-time trip
+// counts. A row's Dim / 8 chunks split into parts of power-of-two chunk counts (Dim = 160: 16 + 4);
+// in a part of C chunks, thread t takes chunk t % C of rows row(t / C) + i * (Threads / C) for
+// i = 0, 1, ...: its shared offsets are compile-time steps from one base, its global address
+// advances by a constant row step, and no index is divided or multiplied per chunk. A 16-byte
+// shared access is served 8 lanes at a time; with C < 8 those lanes span 8 / C rows, and row()
+// spaces them C rows apart within each group of 8 rows: padded rows are an odd number of 16-byte
+// bank groups apart, so rows r + jC (j < 8 / C) start in bank groups C apart and their C chunks
+// fill the 8 groups once (adjacent rows would meet in a group: 2 wavefronts instead of 1).
+template <int Rows, int Dim, int Threads>
+struct ChunkMap {
+  static constexpr int kRows = Rows;
+  static constexpr int kChunks = Dim / 8;
+  static constexpr int kParts = pow2_parts(kChunks);
+  static constexpr int chunks(int part) { return pow2_part(kChunks, part); }
+  // First column (elements) of part `part`: the chunks of the higher parts come before it.
+  static constexpr int first_col(int part) { return 8 * (kChunks & ~(2 * chunks(part) - 1)); }
+  static constexpr int rows_per_pass(int part) { return Threads / chunks(part); }
+  static constexpr int passes(int part) { return (Rows + rows_per_pass(part) - 1) / rows_per_pass(part); }
+  // This thread's first row and its column (elements) in part `part`.
+  __device__ static int row(int part) { return spread(int(threadIdx.x) / chunks(part), 8 / chunks(part)); }
+  // Row of the q-th row slot when `per` rows share a phase of 8 lanes (a bijection on each 8 rows).
+  static constexpr int spread(int q, int per) {
+    return per <= 1 ? q : (q & ~7) | (q % per) * (8 / per) | (q & 7) / per;
+  }
+  __device__ static int col(int part) { return first_col(part) + int(threadIdx.x) % chunks(part) * 8; }
+  static_assert(Dim % 8 == 0 && Threads % 32 == 0 && chunks(0) <= Threads, "16-byte chunks, whole warps");
+  static_assert(spread(1, 2) == 4 && spread(2, 2) == 1 && spread(5, 4) == 3 && spread(9, 1) == 9, "row order");
+};
+
+// cp.async of the Map::kRows x Dim tile whose row 0 is at `tile` (rows `row_stride` apart) into
+// shared rows LD elements apart. Bounded: rows at or past `valid` are zero-filled (src-size 0,
+// their source is never read); otherwise every row is copied with no check.
+template <class Map, int LD, bool Bounded, class T>
+__device__ __forceinline__ void copy_tile_async(sptr<T> dst, gptr<const T> tile, int64_t row_stride, int valid) {
+#pragma unroll
+  for (int part = 0; part < Map::kParts; ++part) {
+    const sptr<T> d = dst + (Map::row(part) * LD + Map::col(part));
+    const int64_t step = Map::rows_per_pass(part) * row_stride;
+    gptr<const T> s = tile + (Map::row(part) * row_stride + Map::col(part));
+#pragma unroll
+    for (int i = 0; i < Map::passes(part); ++i, s += step) {
+      const int r = Map::row(part) + i * Map::rows_per_pass(part);
+      if (Map::kRows % Map::rows_per_pass(part) != 0 && i == Map::passes(part) - 1 && r >= Map::kRows) break;
+      cp_async<16>(d + i * Map::rows_per_pass(part) * LD, s, !Bounded || r < valid ? 16 : 0);
+    }
+  }
+}
+
+// 16-byte stores of rows [0, valid) of a Map::kRows x Dim shared tile (rows LD elements apart) to
+// the global tile whose row 0 is at `tile` (rows `row_stride` apart).
+template <class Map, int LD, class T>
+__device__ __forceinline__ void store_tile(gptr<T> tile, sptr<T> src, int64_t row_stride, int valid) {
+#pragma unroll
+  for (int part = 0; part < Map::kParts; ++part) {
+    const sptr<T> s = src + (Map::row(part) * LD + Map::col(part));
+    const int64_t step = Map::rows_per_pass(part) * row_stride;
+    gptr<T> d = tile + (Map::row(part) * row_stride + Map::col(part));
+#pragma unroll
+    for (int i = 0; i < Map::passes(part); ++i, d += step) {
+      const int r = Map::row(part) + i * Map::rows_per_pass(part);
+      if (r < valid && r < Map::kRows)
+        ptr_cast<uint4>(d)[0] = ptr_cast<uint4>(s + i * Map::rows_per_pass(part) * LD)[0];  // O store
+    }
   }
 }
 
