@@ -8,9 +8,9 @@
 //   flash_bwd_kernel: a block owns kBlockN keys of one (batch, kv head), keeps their dK, dV in
 //                   registers and walks every query tile of every query head in the group
 //                   (Q, dO and the row statistics of the next tile load while the current one is
-//                   computed): S = Q.K^T, dP = dO.V^T, P = P' / psum and dS = P (dP - delta) in
-//                   registers; P, then dS, through one shared buffer into dV += P^T.dO,
-//                   dK += dS^T.Q and dQ = dS.K; dQ goes to the accumulator with float atomics
+//                   computed, where two buffers fit): S = Q.K^T, dP = dO.V^T, P = P' / psum and
+//                   dS = P (dP - delta) in registers; P and dS through shared memory into
+//                   dV += P^T.dO, dK += dS^T.Q and dQ = dS.K; dQ goes to the accumulator with float atomics
 //                   whose 32 lanes cover 128 contiguous bytes (the accumulator is stored in
 //                   fragment order); dK, dV leave through shared memory in 16-byte stores;
 //   bwd_convert_dq: dQ = accumulator * scale in the input dtype (16-byte stores), summing the
@@ -281,14 +281,15 @@ __global__ void __launch_bounds__(Tr::kThreads)
   sptr<T> sV = sK + Tr::kSmemKV;
   sptr<T> sQ = sV + Tr::kSmemKV;                       // kStages buffers
   sptr<T> sdO = sQ + Tr::kStages * Tr::kSmemQ;         // kStages buffers
-  sptr<T> sP = sdO + Tr::kStages * Tr::kSmemQ;         // P, then dS
-  sptr<float> sStat = ptr_cast<float>(sP + Tr::kSmemP);  // kStages x BM rows of 4 floats
+  sptr<T> sP = sdO + Tr::kStages * Tr::kSmemQ;
+  sptr<T> sdS = sP + Tr::kSmemP;
+  sptr<float> sStat = ptr_cast<float>(sdS + Tr::kSmemP);  // kStages x BM rows of 4 floats
   const gptr<float> dq_split = dq_accum + blockIdx.x * w.split_floats;
+  const int dq_lane = qm * Tr::kDqM * D + qd * Tr::kDqD / 8 * 128 + lane;  // in a tile's accumulator
 
   const int n_blocks = int((p.seqlen_k + BN - 1) / BN);
   for (int nb = blockIdx.x; nb < n_blocks; nb += gridDim.x) {
-    const int64_t n0 = int64_t(nb) * BN;
-    const int keys_valid = int(min64(BN, p.seqlen_k - n0));
+    const int n0 = nb * BN, keys_valid = int(min64(BN, p.seqlen_k - n0));
     copy_tile_async<MapK, LD, true>(sK, k + (b * p.k_batch_stride + n0 * p.k_row_stride + hk * p.k_head_stride),
                                     p.k_row_stride, keys_valid);
     copy_tile_async<MapK, LD, true>(sV, v + (b * p.v_batch_stride + n0 * p.v_row_stride + hk * p.v_head_stride),
@@ -304,124 +305,104 @@ __global__ void __launch_bounds__(Tr::kThreads)
     const int t_first = int(rows.lo / BM), n_tiles = rows.empty() ? 0 : int(rows.hi / BM) - t_first + 1;
     int whole_lo, whole_hi;  // tiles that need no mask
     whole_tiles<BM, BN>(p, n0, whole_lo, whole_hi);
-    // Tile pointers of the next load (ld_*) and of the tile being computed (dq_*): the next tile
-    // of the same head is BM rows on, past the last one the first tile of the next head.
-    const int64_t h0 = int64_t(hk) * group;
-    gptr<const T> ld_q = q + (b * p.q_batch_stride + h0 * p.q_head_stride + t_first * BM * p.q_row_stride);
-    gptr<const T> ld_do = dout + (b * bp.do_batch_stride + h0 * bp.do_head_stride + t_first * BM * bp.do_row_stride);
-    gptr<const float> ld_st = stats + stat_row(p, w, b, int(h0), int64_t(t_first) * BM) * 4;
-    gptr<float> dq_tile = dq_split + stat_row(p, w, b, int(h0), int64_t(t_first) * BM) * D;
-    const int64_t q_wrap = p.q_head_stride - int64_t(n_tiles) * BM * p.q_row_stride;
-    const int64_t do_wrap = bp.do_head_stride - int64_t(n_tiles) * BM * bp.do_row_stride;
-    const int64_t st_wrap = (w.padded_rows - int64_t(n_tiles) * BM) * 4;
-    int ld_t = t_first, cur_t = t_first;
-    const auto load_next = [&](int stage) {
-      const int64_t valid = p.seqlen_q - int64_t(ld_t) * BM;
+    // Q, dO and the statistics of query tile t of head h0 + h go to buffer `stage`.
+    const int h0 = hk * group, t_last = n_tiles > 0 ? t_first + n_tiles - 1 : -1;
+    const auto load = [&](int h, int t, int stage) {
+      const int64_t m = int64_t(t) * BM, valid = p.seqlen_q - m;
+      const gptr<const T> gq = q + (b * p.q_batch_stride + (h0 + h) * p.q_head_stride + m * p.q_row_stride);
+      const gptr<const T> gdo = dout + (b * bp.do_batch_stride + (h0 + h) * bp.do_head_stride + m * bp.do_row_stride);
       const sptr<T> bq = sQ + stage * Tr::kSmemQ, bdo = sdO + stage * Tr::kSmemQ;
       if (valid >= BM) {
-        copy_tile_async<MapQ, LD, false>(bq, ld_q, p.q_row_stride, BM);
-        copy_tile_async<MapQ, LD, false>(bdo, ld_do, bp.do_row_stride, BM);
+        copy_tile_async<MapQ, LD, false>(bq, gq, p.q_row_stride, BM);
+        copy_tile_async<MapQ, LD, false>(bdo, gdo, bp.do_row_stride, BM);
       } else {  // the last tile: rows past Sq are zero-filled
-        copy_tile_async<MapQ, LD, true>(bq, ld_q, p.q_row_stride, int(valid));
-        copy_tile_async<MapQ, LD, true>(bdo, ld_do, bp.do_row_stride, int(valid));
+        copy_tile_async<MapQ, LD, true>(bq, gq, p.q_row_stride, int(valid));
+        copy_tile_async<MapQ, LD, true>(bdo, gdo, bp.do_row_stride, int(valid));
       }
-      if (threadIdx.x < BM) cp_async<16>(sStat + (stage * BM + threadIdx.x) * 4, ld_st + threadIdx.x * 4);
+      if (threadIdx.x < BM)
+        cp_async<16>(sStat + (stage * BM + threadIdx.x) * 4, stats + (stat_row(p, w, b, h0 + h, m) + threadIdx.x) * 4);
       cp_async_commit();
-      ld_q += BM * p.q_row_stride;
-      ld_do += BM * bp.do_row_stride;
-      ld_st += BM * 4;
-      if (++ld_t == t_first + n_tiles) {
-        ld_t = t_first;
-        ld_q += q_wrap;
-        ld_do += do_wrap;
-        ld_st += st_wrap;
-      }
     };
 
-    const int n_iter = group * n_tiles;
-    if (n_iter > 0) load_next(0);
-    for (int it = 0; it < n_iter; ++it) {
-      const int stage = Tr::kStages == 2 ? it & 1 : 0;
-      cp_async_wait<0>();
-      __syncthreads();  // this tile (and K, V) landed for every thread; the previous tile is done
-      if (Tr::kStages == 2 && it + 1 < n_iter) load_next(stage ^ 1);
-      const sptr<T> cQ = sQ + stage * Tr::kSmemQ, cdO = sdO + stage * Tr::kSmemQ;
-      const sptr<float> cSt = sStat + stage * BM * 4;
-      const int64_t m0 = int64_t(cur_t) * BM;
+    int stage = 0;
+    if (Tr::kStages == 2 && n_tiles > 0) load(0, t_first, 0);
+    for (int h = 0; h < group && n_tiles > 0; ++h) {
+      for (int t = t_first; t <= t_last; ++t) {
+        if (Tr::kStages == 1) {
+          __syncthreads();  // every warp is done with the previous tile
+          load(h, t, 0);
+        }
+        cp_async_wait<0>();
+        __syncthreads();  // this tile (and K, V) landed for every thread; the previous tile is done
+        if (Tr::kStages == 2 && (t < t_last || h + 1 < group))
+          load(t < t_last ? h : h + 1, t < t_last ? t + 1 : t_first, stage ^ 1);
+        const sptr<T> cQ = sQ + stage * Tr::kSmemQ, cdO = sdO + stage * Tr::kSmemQ;
+        const sptr<float> cSt = sStat + stage * BM * 4;
+        const int64_t m0 = int64_t(t) * BM;
+        // This thread's first dQ accumulator element of the tile; the others are constant offsets.
+        const gptr<float> dq_tile = dq_split + (stat_row(p, w, b, h0 + h, m0) * D + dq_lane);
 
-      Sdp tile;
-      tile.compute(cQ, cdO, sK, sV, wm, wn, lane);
-      // P = P' / psum and dS = P (dP - delta), packed to 16 bits as the A operands of what follows.
-      uint32_t pk_p[Sdp::MT][Sdp::NT][2], pk_ds[Sdp::MT][Sdp::NT][2];
-      const bool masked = cur_t < whole_lo || cur_t > whole_hi;
+        Sdp tile;
+        tile.compute(cQ, cdO, sK, sV, wm, wn, lane);
+        // P = P' / psum and dS = P (dP - delta), packed to 16 bits as the A operands of what follows.
+        uint32_t pk_p[Sdp::MT][Sdp::NT][2], pk_ds[Sdp::MT][Sdp::NT][2];
+        const bool masked = t < whole_lo || t > whole_hi;
 #pragma unroll
-      for (int mt = 0; mt < Sdp::MT; ++mt)
+        for (int mt = 0; mt < Sdp::MT; ++mt)
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          const int row = wm * Tr::kSdpM + mt * 16 + g + 8 * r;
-          const float4 st = ptr_cast<float4>(cSt)[row];  // lse2, 1 / psum, delta
-#pragma unroll
-          for (int nt = 0; nt < Sdp::NT; ++nt)
-#pragma unroll
-            for (int c = 0; c < 2; ++c) {
-              const float pt = unnormalised_p(tile.s[mt][nt][2 * r + c], p.scale_log2, st.x) * st.y;
-              tile.dp[mt][nt][2 * r + c] = pt * (tile.dp[mt][nt][2 * r + c] - st.z);
-              tile.s[mt][nt][2 * r + c] = pt;
-            }
-          if (masked) {  // a masked pair gets P = dS = 0, also in a row whose statistics are NaN
-            const KeyRange kr = visible_keys(m0 + row, p);
+          for (int r = 0; r < 2; ++r) {
+            const int row = wm * Tr::kSdpM + mt * 16 + g + 8 * r;
+            const float4 st = ptr_cast<float4>(cSt)[row];  // lse2, 1 / psum, delta
 #pragma unroll
             for (int nt = 0; nt < Sdp::NT; ++nt)
 #pragma unroll
               for (int c = 0; c < 2; ++c) {
-                const int64_t key = n0 + wn * Tr::kSdpN + nt * 8 + 2 * t + c;
-                if (key < kr.lo || key > kr.hi) tile.s[mt][nt][2 * r + c] = tile.dp[mt][nt][2 * r + c] = 0.0f;
+                const float pt = unnormalised_p(tile.s[mt][nt][2 * r + c], p.scale_log2, st.x) * st.y;
+                tile.dp[mt][nt][2 * r + c] = pt * (tile.dp[mt][nt][2 * r + c] - st.z);
+                tile.s[mt][nt][2 * r + c] = pt;
               }
-          }
+            if (masked) {  // a masked pair gets P = dS = 0, also in a row whose statistics are NaN
+              const KeyRange kr = visible_keys(m0 + row, p);
 #pragma unroll
-          for (int nt = 0; nt < Sdp::NT; ++nt) {
-            pk_p[mt][nt][r] = pack2<T>(tile.s[mt][nt][2 * r], tile.s[mt][nt][2 * r + 1]);
-            pk_ds[mt][nt][r] = pack2<T>(tile.dp[mt][nt][2 * r], tile.dp[mt][nt][2 * r + 1]);
+              for (int nt = 0; nt < Sdp::NT; ++nt)
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                  const int64_t key = n0 + wn * Tr::kSdpN + nt * 8 + 2 * t + c;
+                  if (key < kr.lo || key > kr.hi) tile.s[mt][nt][2 * r + c] = tile.dp[mt][nt][2 * r + c] = 0.0f;
+                }
+            }
+#pragma unroll
+            for (int nt = 0; nt < Sdp::NT; ++nt) {
+              pk_p[mt][nt][r] = pack2<T>(tile.s[mt][nt][2 * r], tile.s[mt][nt][2 * r + 1]);
+              pk_ds[mt][nt][r] = pack2<T>(tile.dp[mt][nt][2 * r], tile.dp[mt][nt][2 * r + 1]);
+            }
           }
-        }
-      const auto store_pk = [&](uint32_t(&pk)[Sdp::MT][Sdp::NT][2]) {
 #pragma unroll
         for (int mt = 0; mt < Sdp::MT; ++mt)
 #pragma unroll
           for (int nt = 0; nt < Sdp::NT; ++nt)
 #pragma unroll
-            for (int r = 0; r < 2; ++r)
-              ptr_cast<uint32_t>(sP + (wm * Tr::kSdpM + mt * 16 + g + 8 * r) * LP + wn * Tr::kSdpN + nt * 8 + 2 * t)[0] =
-                  pk[mt][nt][r];
-      };
-      store_pk(pk_p);
-      __syncthreads();
-      // dV += P^T.dO: A = P^T from the [query][key] buffer (ldmatrix.trans), B = dO.
-      warp_mma<T, BM / 16>(acc_dv, a_cols(sP + kn * Tr::kKvN, LP, lane), b_cols(cdO + kd * Tr::kKvD, LD, lane));
-      __syncthreads();  // every warp is done with P
-      store_pk(pk_ds);
-      __syncthreads();
-      warp_mma<T, BM / 16>(acc_dk, a_cols(sP + kn * Tr::kKvN, LP, lane), b_cols(cQ + kd * Tr::kKvD, LD, lane));
-      // dQ = dS.K, added to the accumulator: per register, the warp's 32 lanes cover 128 bytes.
-      float acc_dq[Tr::kDqM / 16][Tr::kDqD / 8][4];
-      zero(acc_dq);
-      warp_mma<T, BN / 16>(acc_dq, a_rows(sP + qm * Tr::kDqM * LP, LP, lane), b_cols(sK + qd * Tr::kDqD, LD, lane));
+            for (int r = 0; r < 2; ++r) {
+              const int off = (wm * Tr::kSdpM + mt * 16 + g + 8 * r) * LP + wn * Tr::kSdpN + nt * 8 + 2 * t;
+              ptr_cast<uint32_t>(sP + off)[0] = pk_p[mt][nt][r];
+              ptr_cast<uint32_t>(sdS + off)[0] = pk_ds[mt][nt][r];
+            }
+        __syncthreads();
+        // dV += P^T.dO and dK += dS^T.Q: A = P^T, dS^T from the [query][key] buffers (ldmatrix.trans).
+        warp_mma<T, BM / 16>(acc_dv, a_cols(sP + kn * Tr::kKvN, LP, lane), b_cols(cdO + kd * Tr::kKvD, LD, lane));
+        warp_mma<T, BM / 16>(acc_dk, a_cols(sdS + kn * Tr::kKvN, LP, lane), b_cols(cQ + kd * Tr::kKvD, LD, lane));
+        // dQ = dS.K, added to the accumulator: per register, the warp's 32 lanes cover 128 bytes.
+        float acc_dq[Tr::kDqM / 16][Tr::kDqD / 8][4];
+        zero(acc_dq);
+        warp_mma<T, BN / 16>(acc_dq, a_rows(sdS + qm * Tr::kDqM * LP, LP, lane), b_cols(sK + qd * Tr::kDqD, LD, lane));
 #pragma unroll
-      for (int mt = 0; mt < Tr::kDqM / 16; ++mt)
+        for (int mt = 0; mt < Tr::kDqM / 16; ++mt)
 #pragma unroll
-        for (int nt = 0; nt < Tr::kDqD / 8; ++nt)
+          for (int nt = 0; nt < Tr::kDqD / 8; ++nt)
 #pragma unroll
-          for (int i = 0; i < 4; ++i)
-            atomicAdd(dq_tile + ((qm * Tr::kDqM + mt * 16) * D + (qd * Tr::kDqD / 8 + nt) * 128 + i * 32 + lane),
-                      acc_dq[mt][nt][i]);
-      if (Tr::kStages == 1) {
-        __syncthreads();  // every warp is done with Q, dO and the statistics
-        if (it + 1 < n_iter) load_next(0);
-      }
-      dq_tile += BM * D;
-      if (++cur_t == t_first + n_tiles) {
-        cur_t = t_first;
-        dq_tile += (w.padded_rows - int64_t(n_tiles) * BM) * D;
+            for (int i = 0; i < 4; ++i)
+              atomicAdd(dq_tile + (mt * 16 * D + nt * 128 + i * 32), acc_dq[mt][nt][i]);
+        stage ^= Tr::kStages - 1;
       }
     }
     cp_async_wait_all();  // K, V when no query row sees these keys

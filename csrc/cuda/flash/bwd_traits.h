@@ -11,43 +11,49 @@ namespace fae::cuda {
 // A block owns kBlockN keys of one (batch, kv head) and walks the query tiles (kBlockM rows) of
 // every query head of its group. Per query tile its warps compute, each on its own warp tile:
 //   S = Q.K^T and dP = dO.V^T      (kBlockM x kBlockN; warps kSdpWarpsM x kSdpWarpsN)
-//   P and dS, stored to shared memory one after the other (one buffer, kBlockM x kBlockN)
+//   P and dS, stored to shared memory (kBlockM x kBlockN each)
 //   dV += P^T.dO, dK += dS^T.Q     (kBlockN x D, kept in registers; warps kKvWarpsN x kKvWarpsD)
 //   dQ  = dS.K                     (kBlockM x D, float atomics; warps kDqWarpsM x kDqWarpsD)
+// P and dS get a buffer each: with one shared buffer a barrier would separate dV's reads of P
+// from the store of dS, and ptxas hoists all of dV's fragment loads above it (for D = 128,
+// 96 registers of fragments live at the barrier: spills).
 // Registers per thread (floats): S + dP = 2 kBlockM kBlockN / threads, dK + dV = 2 kBlockN D /
-// threads, dQ = kBlockM D / threads (S and dP are dead by then): the largest sum is kept near 192.
+// threads, dQ = kBlockM D / threads (S and dP are dead by then); their largest sum stays <= 192.
 // Shared memory: K, V (kBlockN rows) and kStages buffers of Q, dO (kBlockM rows) and of the row
-// statistics (16 bytes per row), rows padded by 8 elements; P/dS (kBlockM rows of kBlockN + 8).
+// statistics (16 bytes per row), rows padded by 8 elements; P and dS (kBlockM rows of kBlockN + 8).
+// With two stages the next tile's Q, dO and statistics load while the current one is computed;
+// where two do not fit, the tile loads at the top of its iteration.
 // Two tiers: kSmallSmem = false for sm_80 / sm_90 (163 / 227 KiB per block), true for sm_86 /
 // sm_89 (99 KiB); the launcher takes the first that fits the device.
 //   D    tier   M x N    warps  S/dP  dK/dV  dQ   stages  smem (bytes)
-//   32   both   128x128  8      2x4   4x2    4x2  2       100352
-//   64   large  128x128  8      2x4   4x2    4x2  2       149504
-//   64   small  64x128   8      2x4   4x2    2x4  2        93184
-//   96   large  64x128   8      2x4   4x2    4x2  2       125952
-//   96   small  64x64    4      2x2   2x2    2x2  2        91136
-//   128  large  64x128   8      2x4   4x2    2x4  2       158720
-//   128  small  64x64    4      2x2   2x2    2x2  1        79872
-//   160  large  64x64    8      4x2   4x2    4x2  2       140288
-//   160  small  64x64    8      4x2   4x2    4x2  1        96256
-//   192  large  64x64    8      4x2   4x2    4x2  2       164864
-//   192  small  32x64    8      2x4   4x2    2x4  1        81920
-//   224  large  64x64    8      4x2   4x2    4x2  1       129024
-//   224  small  32x32    4      2x2   2x2    2x2  1        62464
-//   256  large  64x64    8      4x2   2x4    4x2  1       145408
-//   256  small  32x32    4      2x2   2x2    2x2  1        70656
+//   32   large  128x128  8      2x4   4x2    4x2  2       135168
+//   32   small  64x128   8      2x4   4x2    4x2  2        77824
+//   64   large  64x128   8      2x4   4x2    2x4  2       110592
+//   64   small  64x128   8      2x4   4x2    2x4  1        91136
+//   96   large  64x128   8      2x4   4x2    4x2  2       143360
+//   96   small  64x64    8      4x2   4x2    4x2  2       100352
+//   128  large  128x64   8      4x2   2x4    4x2  1       143360
+//   128  small  64x64    8      4x2   2x4    2x4  1        89088
+//   160  large  64x64    8      4x2   4x2    4x2  2       149504
+//   160  small  32x32    4      2x2   2x2    2x2  2        70656
+//   192  large  64x64    8      4x2   4x2    4x2  1       121856
+//   192  small  32x64    8      2x4   4x2    2x4  1        86528
+//   224  large  64x64    8      4x2   4x2    4x2  1       138240
+//   224  small  32x32    4      2x2   2x2    2x2  1        65024
+//   256  large  64x64    8      4x2   2x4    4x2  1       154624
+//   256  small  32x32    4      2x2   2x2    2x2  1        73216
 struct BwdTile {
   int block_m, block_n, warps, sdp_warps_m, kv_warps_n, dq_warps_m, stages;
 };
 
 constexpr BwdTile bwd_tile(int head_dim, bool small_smem) {
   switch (head_dim) {
-    case 32: return {128, 128, 8, 2, 4, 4, 2};
-    case 64: return small_smem ? BwdTile{64, 128, 8, 2, 4, 2, 2} : BwdTile{128, 128, 8, 2, 4, 4, 2};
-    case 96: return small_smem ? BwdTile{64, 64, 4, 2, 2, 2, 2} : BwdTile{64, 128, 8, 2, 4, 4, 2};
-    case 128: return small_smem ? BwdTile{64, 64, 4, 2, 2, 2, 1} : BwdTile{64, 128, 8, 2, 4, 2, 2};
-    case 160: return small_smem ? BwdTile{64, 64, 8, 4, 4, 4, 1} : BwdTile{64, 64, 8, 4, 4, 4, 2};
-    case 192: return small_smem ? BwdTile{32, 64, 8, 2, 4, 2, 1} : BwdTile{64, 64, 8, 4, 4, 4, 2};
+    case 32: return small_smem ? BwdTile{64, 128, 8, 2, 4, 4, 2} : BwdTile{128, 128, 8, 2, 4, 4, 2};
+    case 64: return small_smem ? BwdTile{64, 128, 8, 2, 4, 2, 1} : BwdTile{64, 128, 8, 2, 4, 2, 2};
+    case 96: return small_smem ? BwdTile{64, 64, 8, 4, 4, 4, 2} : BwdTile{64, 128, 8, 2, 4, 4, 2};
+    case 128: return small_smem ? BwdTile{64, 64, 8, 4, 2, 2, 1} : BwdTile{128, 64, 8, 4, 2, 4, 1};
+    case 160: return small_smem ? BwdTile{32, 32, 4, 2, 2, 2, 2} : BwdTile{64, 64, 8, 4, 4, 4, 2};
+    case 192: return small_smem ? BwdTile{32, 64, 8, 2, 4, 2, 1} : BwdTile{64, 64, 8, 4, 4, 4, 1};
     case 224: return small_smem ? BwdTile{32, 32, 4, 2, 2, 2, 1} : BwdTile{64, 64, 8, 4, 4, 4, 1};
     case 256: return small_smem ? BwdTile{32, 32, 4, 2, 2, 2, 1} : BwdTile{64, 64, 8, 4, 2, 4, 1};
     default: return {0, 0, 0, 0, 0, 0, 0};
@@ -97,7 +103,7 @@ struct BwdTraits {
   static constexpr int kBlockN = kTile.block_n;  // keys per block
   static constexpr int kStages = kTile.stages;   // buffers of Q, dO and the row statistics
   static constexpr int kRowStride = HeadDim + 8;  // padded K, V, Q, dO rows (elements)
-  static constexpr int kPStride = kBlockN + 8;    // padded P/dS rows (elements)
+  static constexpr int kPStride = kBlockN + 8;    // padded P and dS rows (elements)
   static constexpr int kChunksPerRow = HeadDim / 8;
   // Warp tiles: rows x columns of each product per warp.
   static constexpr int kSdpWarpsM = kTile.sdp_warps_m, kSdpWarpsN = kWarps / kSdpWarpsM;
@@ -111,7 +117,7 @@ struct BwdTraits {
   static constexpr int kSmemQ = kBlockM * kRowStride;
   static constexpr int kSmemP = kBlockM * kPStride;
   static constexpr int kStatFloats = 4;  // per row: lse2, 1 / psum, delta, unused (16 bytes)
-  static constexpr std::size_t kSmemTileBytes = (2 * kSmemKV + 2 * kStages * kSmemQ + kSmemP) * sizeof(T);
+  static constexpr std::size_t kSmemTileBytes = (2 * kSmemKV + 2 * kStages * kSmemQ + 2 * kSmemP) * sizeof(T);
   static constexpr std::size_t kSmemBytes = kSmemTileBytes + kStages * kBlockM * kStatFloats * sizeof(float);
   // bwd_row_stats: K, V, Q, dO tiles, the per-warp partial sums of each row and its lse2.
   static constexpr std::size_t kSmemStatsBytes =
