@@ -12,6 +12,7 @@ import oracle
 
 
 EMU_BWD_MAX_HEAD_DIM = 256
+CUDA_BACKENDS = ("emu", "cuda")  # the CUDA kernels: emulated on the CPU, or on a GPU
 
 
 def needs_kernel(backend: str, dtype: torch.dtype, backward: bool = False,
@@ -19,7 +20,9 @@ def needs_kernel(backend: str, dtype: torch.dtype, backward: bool = False,
     """Skips what a backend's kernels do not cover (instead of testing the CPU path twice)."""
     if backend == "emu" and dtype not in (torch.float16, torch.bfloat16):
         pytest.skip("the emulated CUDA kernels take float16/bfloat16; other dtypes run on the CPU")
-    if backend == "emu" and backward and head_dim > EMU_BWD_MAX_HEAD_DIM:
+    if backend == "cuda" and dtype not in (torch.float16, torch.bfloat16):
+        pytest.skip("the CUDA kernels take float16/bfloat16 (other dtypes are rejected on the GPU)")
+    if backend in CUDA_BACKENDS and backward and head_dim > EMU_BWD_MAX_HEAD_DIM:
         pytest.skip(f"the CUDA backward kernels cover head_dim up to {EMU_BWD_MAX_HEAD_DIM}")
 
 

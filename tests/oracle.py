@@ -47,8 +47,11 @@ def finish_lse(m: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optional[float] = None,
               causal: bool = False, window: Tuple[int, int] = (-1, -1), bottom_right: bool = True,
-              dtype: torch.dtype = torch.float64) -> Tuple[torch.Tensor, torch.Tensor]:
+              dtype: torch.dtype = torch.float64,
+              visible: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """q (B, Sq, Hq, D), k/v (B, Sk, Hkv, D) -> out (B, Sq, Hq, D), lse (B, Hq, Sq), in ``dtype``.
+    ``visible`` (B or 1, Sq, Sk), when given, is an explicit boolean mask (True: the query sees
+    the key) applied on top of the causal/window rule.
 
     Differentiable (torch autograd) so it is also the gradient oracle. Rows that see no key give
     out 0 and lse -inf."""
@@ -62,6 +65,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optio
     if causal:
         right = 0
     ok = visible_keys(sq, sk, left, right, bottom_right)
+    if visible is not None:
+        ok = ok & visible[:, None]
     s = (q @ k.transpose(-1, -2)) * scale
     s = s.masked_fill(~ok, -INF)
     m = exp_base(s.amax(dim=-1, keepdim=True).detach())
@@ -69,3 +74,23 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optio
     l = p.sum(dim=-1, keepdim=True)
     out = ((p * inv_sum(l)).to(dtype) @ v).transpose(1, 2)
     return out, finish_lse(m, l).squeeze(-1)
+
+
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                     cu_seqlens_k: torch.Tensor, **kw) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Packed sequences: q (total_q, Hq, D), k/v (total_k, Hkv, D) -> out (total_q, Hq, D), lse
+    (Hq, total_q), each sequence attending on its own (``attention`` on each, in a loop); a
+    sequence without keys gives out 0 and lse -inf."""
+    dtype = kw.get("dtype", torch.float64)
+    outs, lses = [], []
+    for b in range(len(cu_seqlens_q) - 1):
+        qs = q[int(cu_seqlens_q[b]):int(cu_seqlens_q[b + 1])]
+        ks = slice(int(cu_seqlens_k[b]), int(cu_seqlens_k[b + 1]))
+        if ks.stop == ks.start:
+            outs.append(torch.zeros(qs.shape, dtype=dtype))
+            lses.append(torch.full((qs.shape[1], qs.shape[0]), -INF, dtype=dtype))
+            continue
+        out, lse = attention(qs[None], k[None, ks], v[None, ks], **kw)
+        outs.append(out[0])
+        lses.append(lse[0])
+    return torch.cat(outs), torch.cat(lses, dim=1)

@@ -102,3 +102,136 @@ def test_module_compiles_fullgraph(gen):
     x = randn(gen, 2, 9, 32)
     compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
     assert torch.equal(compiled(x), m(x))
+
+
+def torch_pairs(m: MultiHeadAttention, mha: torch.nn.MultiheadAttention):
+    """(our parameters, torch's parameter) pairs of two modules holding the same weights: torch's
+    in_proj_bias is our q, k, v biases end to end."""
+    if m.fused:
+        pairs = [([m.in_proj.weight], mha.in_proj_weight)]
+    else:
+        pairs = [([p.weight], w) for p, w in ((m.q_proj, mha.q_proj_weight),
+                                              (m.k_proj, mha.k_proj_weight),
+                                              (m.v_proj, mha.v_proj_weight))]
+    pairs.append(([m.out_proj.weight], mha.out_proj.weight))
+    if mha.in_proj_bias is not None:
+        ours = [m.in_proj.bias] if m.fused else [m.q_proj.bias, m.k_proj.bias, m.v_proj.bias]
+        pairs += [(ours, mha.in_proj_bias), ([m.out_proj.bias], mha.out_proj.bias)]
+    return pairs
+
+
+def padding(gen, b: int, s: int, side: str) -> torch.Tensor:
+    """torch's key_padding_mask (True = ignore): each sequence keeps at least one key."""
+    keep = torch.randint(1, s + 1, (b,), generator=gen)
+    pos = torch.arange(s)[None]
+    if side == "right":
+        return pos >= keep[:, None]
+    if side == "left":
+        return pos < (s - keep)[:, None]
+    mask = torch.rand(b, s, generator=gen) > 0.6
+    mask[:, 0] = False
+    return mask
+
+
+CAUSAL_BOOL = "causal bool"
+CAUSAL_FLOAT = "causal float"
+
+
+PARITY_CASES = [  # batch_first, kdim, cross, bias, key padding, attn_mask, weights
+    (True, None, False, True, None, None, None),
+    (False, None, False, True, None, None, "average"),
+    (True, None, True, False, "right", None, "per head"),
+    (False, 24, True, True, "left", None, None),
+    (True, 24, True, True, "scattered", None, "average"),
+    (True, None, True, True, "scattered", None, None),
+    (False, None, True, True, "left", None, "per head"),
+    (True, None, False, True, None, CAUSAL_FLOAT, "per head"),
+    (False, None, False, False, "right", CAUSAL_BOOL, "average"),
+    (True, None, True, True, "right", CAUSAL_BOOL, None),
+    (True, None, False, True, None, "per-head causal", None),
+    (False, 24, True, True, None, CAUSAL_FLOAT, "per head"),
+]
+
+
+@pytest.mark.parametrize("batch_first,kdim,cross,bias,pad,attn,weights", PARITY_CASES)
+def test_matches_torch_multihead_attention(gen, batch_first, kdim, cross, bias, pad, attn,
+                                           weights):
+    """Same weights, same call as torch.nn.MultiheadAttention: outputs, weights and gradients
+    of the inputs and of every parameter (float64)."""
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+    mha = torch.nn.MultiheadAttention(48, 6, bias=bias, kdim=kdim, vdim=kdim,
+                                      batch_first=batch_first, dtype=F64)
+    m = MultiHeadAttention.from_torch(mha)
+    b, sq = 3, 10
+    sk = 13 if cross else sq
+    shape = (lambda s, e: (b, s, e)) if batch_first else (lambda s, e: (s, b, e))
+    query = randn(gen, *shape(sq, 48), dtype=F64).requires_grad_()
+    key = randn(gen, *shape(sk, kdim or 48), dtype=F64).requires_grad_() if cross else query
+    value = randn(gen, *shape(sk, kdim or 48), dtype=F64).requires_grad_() if cross else query
+    kw = dict(key_padding_mask=None if pad is None else padding(gen, b, sk, pad))
+    if attn is not None:
+        causal = torch.ones(sq, sk, dtype=torch.bool).tril(sk - sq)
+        mask = ~causal if attn == CAUSAL_BOOL else \
+            torch.zeros(sq, sk, dtype=F64).masked_fill(~causal, float("-inf"))
+        kw["attn_mask"] = mask.expand(b * 6, sq, sk) if attn == "per-head causal" else mask
+    if weights is not None:
+        kw.update(need_weights=True, average_attn_weights=weights == "average")
+    else:
+        kw["need_weights"] = False
+    out, w = m(query, key, value, **kw)
+    ref, ref_w = mha(query, key, value, **kw)
+    assert_close(out, ref, None, "out")
+    assert (w is None) == (ref_w is None)
+    if w is not None:
+        assert_close(w, ref_w, None, "weights")
+    inputs = [query] + ([key, value] if cross else [])
+    pairs = torch_pairs(m, mha)
+    g = randn(gen, *out.shape, dtype=F64)
+    loss = lambda o, wt: (o * g).sum() + (0.0 if wt is None else (wt * wt).sum())
+    ours = list(torch.autograd.grad(loss(out, w), inputs + [p for ps, _ in pairs for p in ps]))
+    theirs = torch.autograd.grad(loss(ref, ref_w), inputs + [p for _, p in pairs])
+    for x, r in zip(inputs, theirs):
+        assert_close(ours.pop(0), r, None, "input grad")
+    for (ps, _), r in zip(pairs, theirs[len(inputs):]):
+        assert_close(torch.cat([ours.pop(0) for _ in ps]), r, None, "parameter grad")
+
+
+def test_unbatched_input_and_bare_output(gen):
+    """Unbatched (S, E) inputs as torch takes them; without need_weights the module returns
+    the output tensor alone."""
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+    mha = torch.nn.MultiheadAttention(32, 4, dtype=F64)
+    m = MultiHeadAttention.from_torch(mha)
+    x = randn(gen, 9, 32, dtype=F64)
+    kpm = torch.arange(9) >= 6
+    out, w = m(x, x, x, key_padding_mask=kpm, need_weights=True)
+    ref, ref_w = mha(x, x, x, key_padding_mask=kpm)
+    assert_close(out, ref, None, "out")
+    assert_close(w, ref_w, None, "weights")
+    bare = m(x[None].transpose(0, 1))  # (S, B=1, E) with batch_first=False
+    assert isinstance(bare, torch.Tensor)
+    assert_close(bare[:, 0], mha(x, x, x, need_weights=False)[0], None, "out")
+
+
+def test_a_query_that_sees_no_key_gives_zero(gen):
+    m = MultiHeadAttention(32, 4, dtype=F64)
+    x = randn(gen, 2, 5, 32, dtype=F64)
+    kpm = torch.tensor([[True] * 5, [False] * 5])
+    out, w = m(x, key_padding_mask=kpm, need_weights=True)
+    assert torch.equal(w[0], torch.zeros(5, 5, dtype=F64))
+    assert torch.equal(out[0], m.out_proj.bias.detach().expand(5, -1))  # attention output 0
+    assert_close(out[1], m(x[1:])[0], None, "out")
+
+
+def test_to_torch_round_trip(gen):
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+    for kdim in (None, 20):
+        m = MultiHeadAttention(40, 5, kdim=kdim, vdim=kdim, batch_first=False, dtype=F64)
+        mha = m.to_torch()
+        assert isinstance(mha, torch.nn.MultiheadAttention) and not mha.batch_first
+        x = randn(gen, 7, 2, 40, dtype=F64)
+        ctx = randn(gen, 11, 2, kdim or 40, dtype=F64)
+        assert_close(m(x, ctx, ctx), mha(x, ctx, ctx, need_weights=False)[0], None, "out")
+        back = MultiHeadAttention.from_torch(mha)
+        assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(),
+                                                     m.state_dict().values()))

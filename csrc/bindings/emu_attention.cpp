@@ -47,11 +47,11 @@ py::dict tile_table(std::index_sequence<I...>, std::index_sequence<J...>) {
 }  // namespace
 
 void fae_bind_emulated_attention(py::module_& m) {
-  def_forward(m, "attention_forward", [](const fae::FwdParams& p, uintptr_t) { fae::cuda::attention_forward(p, nullptr); },
+  def_forward(m, "attention_forward", [](const fae::FwdParams& p, uintptr_t, int) { fae::cuda::attention_forward(p, nullptr); },
               "Forward attention through the CUDA kernel source on the emulator (float16/bfloat16; rows "
               "16-byte aligned; head dims: attention_head_dims).");
   def_backward(m, "attention_backward",
-               [](const fae::BwdParams& p, float* stats, float* dq_accum, uintptr_t) {
+               [](const fae::BwdParams& p, float* stats, float* dq_accum, uintptr_t, int) {
                  fae::cuda::attention_backward(p, stats, dq_accum, nullptr);
                },
                "Backward through the CUDA kernel source on the emulator; stats and dq_accum are float32 workspace "

@@ -15,6 +15,23 @@ using Strides2 = std::array<int64_t, 2>;
 using Sizes6 = std::array<int64_t, 6>;  // batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim
 
 inline void* as_ptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
+inline const int32_t* as_i32(uintptr_t p) { return reinterpret_cast<const int32_t*>(p); }
+
+// Variable-length batches and KV caches (FwdParams): int32 arrays by address (0: unused).
+struct SeqArgs {
+  uintptr_t cu_seqlens_q = 0, cu_seqlens_k = 0, seqused_k = 0, leftpad_k = 0, kv_batch_idx = 0, block_table = 0;
+  int64_t block_table_stride = 0, page_size = 0;
+  bool align_bottom_right = false;
+  int num_splits = 0;
+};
+
+inline void set_seqs(FwdParams& p, const SeqArgs& a) {
+  p.cu_seqlens_q = as_i32(a.cu_seqlens_q); p.cu_seqlens_k = as_i32(a.cu_seqlens_k);
+  p.seqused_k = as_i32(a.seqused_k); p.leftpad_k = as_i32(a.leftpad_k); p.kv_batch_idx = as_i32(a.kv_batch_idx);
+  p.block_table = as_i32(a.block_table); p.block_table_stride = a.block_table_stride; p.page_size = a.page_size;
+  p.align_bottom_right = a.align_bottom_right;
+  p.num_splits = a.num_splits;
+}
 
 inline FwdParams make_fwd(int dtype, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse,
                           const Strides3& qs, const Strides3& ks, const Strides3& vs, const Strides3& os,
@@ -55,6 +72,35 @@ inline BwdParams make_bwd(int dtype, uintptr_t q, uintptr_t k, uintptr_t v, uint
   p.dk_batch_stride = dks[0]; p.dk_row_stride = dks[1]; p.dk_head_stride = dks[2];
   p.dv_batch_stride = dvs[0]; p.dv_row_stride = dvs[1]; p.dv_head_stride = dvs[2];
   p.deterministic = deterministic;
+  return p;
+}
+
+// KV-cache append: sizes are batch, seqlen_q, seqlen_new, heads_q, heads_kv, head_dim.
+inline AppendParams make_append(int dtype, const Sizes6& sz, uintptr_t q, uintptr_t q_rot, uintptr_t k_new,
+                                uintptr_t v_new, uintptr_t k_cache, uintptr_t v_cache, const Strides3& qs,
+                                const Strides3& qrs, const Strides3& kns, const Strides3& vns, const Strides3& kcs,
+                                const Strides3& vcs, uintptr_t rotary_cos, uintptr_t rotary_sin, int64_t rotary_stride,
+                                int64_t rotary_dim, bool rotary_interleaved, bool q_rows_consecutive,
+                                uintptr_t cache_seqlens, uintptr_t kv_batch_idx, uintptr_t block_table,
+                                int64_t block_table_stride, int64_t page_size, int num_threads) {
+  AppendParams p{};
+  p.q = as_ptr(q); p.q_rot = as_ptr(q_rot); p.k_new = as_ptr(k_new); p.v_new = as_ptr(v_new);
+  p.k_cache = as_ptr(k_cache); p.v_cache = as_ptr(v_cache);
+  p.rotary_cos = as_ptr(rotary_cos); p.rotary_sin = as_ptr(rotary_sin);
+  p.q_batch_stride = qs[0]; p.q_row_stride = qs[1]; p.q_head_stride = qs[2];
+  p.qr_batch_stride = qrs[0]; p.qr_row_stride = qrs[1]; p.qr_head_stride = qrs[2];
+  p.kn_batch_stride = kns[0]; p.kn_row_stride = kns[1]; p.kn_head_stride = kns[2];
+  p.vn_batch_stride = vns[0]; p.vn_row_stride = vns[1]; p.vn_head_stride = vns[2];
+  p.kc_batch_stride = kcs[0]; p.kc_row_stride = kcs[1]; p.kc_head_stride = kcs[2];
+  p.vc_batch_stride = vcs[0]; p.vc_row_stride = vcs[1]; p.vc_head_stride = vcs[2];
+  p.rotary_stride = rotary_stride; p.rotary_dim = rotary_dim;
+  p.rotary_interleaved = rotary_interleaved; p.q_rows_consecutive = q_rows_consecutive;
+  p.cache_seqlens = as_i32(cache_seqlens); p.kv_batch_idx = as_i32(kv_batch_idx);
+  p.block_table = as_i32(block_table); p.block_table_stride = block_table_stride; p.page_size = page_size;
+  p.batch = sz[0]; p.seqlen_q = sz[1]; p.seqlen_new = sz[2];
+  p.heads_q = sz[3]; p.heads_kv = sz[4]; p.head_dim = sz[5];
+  p.dtype = static_cast<DType>(dtype);
+  p.num_threads = num_threads;
   return p;
 }
 

@@ -40,6 +40,31 @@ struct FwdParams {
 
   DType dtype;
   int32_t num_threads;  // CPU: 0 means the library default
+
+  // Variable-length batches and KV caches (docs/semantics.md section 10). Every pointer is null
+  // when unused; with any of them set, seqlen_q and seqlen_k above are maxima over the batch.
+  // Sequence b's queries are rows cu_seqlens_q[b] .. cu_seqlens_q[b + 1] - 1 of q and out (and
+  // of its lse rows), read without q/o/lse batch strides; else rows 0 .. seqlen_q - 1 of batch b.
+  // Its keys are rows [start, end) of k and v, of batch kv_batch_idx[b] (or b), read without
+  // k/v batch strides when cu_seqlens_k is set:
+  //   start = cu_seqlens_k[b] (or 0) + leftpad_k[b] (or 0)
+  //   end   = cu_seqlens_k[b] (or 0) + seqused_k[b], or cu_seqlens_k[b + 1], or seqlen_k.
+  const int32_t* cu_seqlens_q;
+  const int32_t* cu_seqlens_k;
+  const int32_t* seqused_k;
+  const int32_t* leftpad_k;
+  const int32_t* kv_batch_idx;
+  // Paged K/V: key row r of sequence b is row r % page_size of page
+  // block_table[b * block_table_stride + r / page_size]; k/v_batch_stride step from page to page.
+  const int32_t* block_table;
+  int64_t block_table_stride;
+  int64_t page_size;
+  // Each sequence's align offset is align_offset + (its seqlen_k - its seqlen_q) when set (the
+  // bottom-right mask of sequences of their own lengths), else align_offset.
+  bool align_bottom_right;
+  // Forward key splits per (sequence, head) tile, merged by their logsumexp: 0 = chosen from the
+  // work and the thread (or SM) count, 1 = none.
+  int32_t num_splits;
 };
 
 // Backward pass: the forward's tensors plus dout, and the gradients it writes.
@@ -58,6 +83,39 @@ struct BwdParams {
   // CUDA: dQ summed in a fixed order (bitwise reproducible) instead of with float atomics from
   // every key block; the CPU backward is always reproducible and ignores it.
   bool deterministic;
+};
+
+// KV-cache append (flash_attn_with_kvcache): the new keys and values (B, Sn, Hkv, D) of batch b
+// go into its cache rows cache_seqlens[b] .. cache_seqlens[b] + Sn - 1 (batch kv_batch_idx[b] or
+// b, or the pages of block_table as in FwdParams). With rotary tables (cos, sin: rows of
+// rotary_dim / 2 values, rotary_stride apart, q's dtype) the new keys are rotated at their cache
+// positions, and q into q_rot: row i at position cache_seqlens[b] + i when q_rows_consecutive
+// (causal or windowed attention), else every row at cache_seqlens[b]. Dimensions past rotary_dim
+// are copied. rotary_interleaved pairs dimensions (2i, 2i + 1), else (i, i + rotary_dim / 2).
+struct AppendParams {
+  const void* q;
+  void* q_rot;  // null: no rotary
+  const void* k_new;
+  const void* v_new;
+  void* k_cache;
+  void* v_cache;
+  const void* rotary_cos;
+  const void* rotary_sin;
+  int64_t q_batch_stride, q_row_stride, q_head_stride;
+  int64_t qr_batch_stride, qr_row_stride, qr_head_stride;
+  int64_t kn_batch_stride, kn_row_stride, kn_head_stride;
+  int64_t vn_batch_stride, vn_row_stride, vn_head_stride;
+  int64_t kc_batch_stride, kc_row_stride, kc_head_stride;
+  int64_t vc_batch_stride, vc_row_stride, vc_head_stride;
+  int64_t rotary_stride, rotary_dim;
+  bool rotary_interleaved, q_rows_consecutive;
+  const int32_t* cache_seqlens;
+  const int32_t* kv_batch_idx;
+  const int32_t* block_table;
+  int64_t block_table_stride, page_size;
+  int64_t batch, seqlen_q, seqlen_new, heads_q, heads_kv, head_dim;
+  DType dtype;
+  int32_t num_threads;
 };
 
 }  // namespace fae

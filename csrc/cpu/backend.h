@@ -9,6 +9,10 @@ namespace fae::cpu {
 void attention_forward(const FwdParams& p);
 void attention_backward(const BwdParams& p);
 
+// KV-cache append with rotary embedding (AppendParams): writes the new keys and values into the
+// cache in place, and the rotated queries into q_rot when rotary tables are given.
+void kvcache_append(const AppendParams& p);
+
 // Name of the instruction set the kernels run with ("scalar", "avx2", "avx512", "avx512bf16",
 // "neon"): the best one the CPU supports, or FLASHATTN_EXT_CPU_ISA when set, which may also name
 // the test path "avx512bf16-emu" (never chosen automatically). An unknown or unsupported value

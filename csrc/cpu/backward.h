@@ -18,11 +18,14 @@
 // dV only, and dQ follows in a second pass over query tiles (dq_task: each owns its rows and
 // recomputes dS for them, transposed like the forward), so no chunk keeps a copy of dQ. The work
 // split depends only on the shapes, never on the thread count: results are bitwise reproducible.
+// Variable-length batches: each pass is one parallel_for over the tasks of every sequence
+// (sequences.h); a sequence reads its rows through the offsets of common/seqlens.h.
 #pragma once
 #include <cmath>
 
 #include "common/mask.h"
 #include "cpu/gemm.h"
+#include "cpu/sequences.h"
 #include "cpu/thread_pool.h"
 #include "cpu/tiles.h"
 
@@ -36,51 +39,65 @@ struct Backward {
 
   const BwdParams& bp;
   const FwdParams& p;
-  int64_t D, Sq, Sk, group, bq, bk, ldp, key_tiles, nchunks;
+  int64_t D, group, bq, bk, ldp, nchunks;
+  int64_t Sq;  // the longest sequence's queries: the row stride of the per-row arrays below
+  SeqTiles qtiles;  // per sequence: heads_q x its query tiles
   float* delta = nullptr;   // (b, hq, row): sum_j P_ij dP_ij - dlse
   float* psum = nullptr;    // (b, hq, row): sum_j exp2(S_ij * scale_log2 - lse2), P's normaliser
   float* lse2 = nullptr;    // (b, hq, row): lse2_for_backward(lse)
 
-  explicit Backward(const BwdParams& prm) : bp(prm), p(prm.fwd) {
-    const TileSizes ts = tile_sizes(p.head_dim);
-    D = p.head_dim; Sq = p.seqlen_q; Sk = p.seqlen_k; group = p.heads_q / p.heads_kv;
-    bq = ts.bwd_bq; bk = ts.bwd_bk; ldp = round_up(bk, W);
-    key_tiles = ceil_div(Sk, bk);
-    const int64_t heads = p.batch * p.heads_kv;
+  explicit Backward(const BwdParams& prm)
+      : bp(prm), p(prm.fwd), D(p.head_dim), group(p.heads_q / p.heads_kv), bq(tile_sizes(p.head_dim).bwd_bq),
+        bk(tile_sizes(p.head_dim).bwd_bk), ldp(round_up(bk, W)), Sq(p.seqlen_q),
+        qtiles(p.batch, [&](int64_t b) { return p.heads_q * ceil_div(sequence(p, b).seqlen_q, bq); }) {
+    const int64_t heads = p.batch * p.heads_kv, key_tiles = ceil_div(p.seqlen_k, bk);
     nchunks = heads >= kMinTasks ? 1 : std::max<int64_t>(1, std::min(ceil_div(kMinTasks, heads), key_tiles));
   }
 
-  template <typename U> const U* at(const void* base, int64_t b, int64_t bs, int64_t h, int64_t hs) const {
-    return static_cast<const U*>(base) + b * bs + h * hs;
+  // Query tile t of the call: sequence b, head h, first row i0.
+  struct QTile { int64_t b, h, i0; };
+  QTile qtile(int64_t t) const {
+    const int64_t b = qtiles.seq_of(t), local = t - qtiles.first(b);
+    const int64_t n = ceil_div(sequence(p, b).seqlen_q, bq);
+    return {b, local / n, local % n * bq};
   }
-  template <typename U> U* at(void* base, int64_t b, int64_t bs, int64_t h, int64_t hs) const {
-    return static_cast<U*>(base) + b * bs + h * hs;
+  int64_t row_index(int64_t b, int64_t h, int64_t i) const { return (b * p.heads_q + h) * Sq + i; }
+
+  // Row i0 of head h of sequence b (s) in q-like and k-like arrays.
+  template <typename U, typename Base>
+  U* q_rows(Base* base, const Seq& s, int64_t bs, int64_t rs, int64_t hs, int64_t h, int64_t i0) const {
+    return static_cast<U*>(base) + s.q_batch * bs + (s.q_row0 + i0) * rs + h * hs;
+  }
+  template <typename U, typename Base>
+  U* k_rows(Base* base, const Seq& s, int64_t bs, int64_t rs, int64_t hs, int64_t hk) const {
+    return static_cast<U*>(base) + s.kv_batch * bs + s.k_row0 * rs + hk * hs;
   }
 
   void run() {
-    const int64_t qtiles = ceil_div(Sq, bq), rows = p.batch * p.heads_q * Sq;
+    const int64_t rows = p.batch * p.heads_q * Sq, tiles = qtiles.total();
     Scratch dl(rows), ps(rows), l2(rows);
     delta = dl.get();
     psum = ps.get();
     lse2 = l2.get();
-    parallel_for(p.batch * p.heads_q * qtiles, p.num_threads, [&](int64_t t) { row_stats(t / qtiles, t % qtiles); });
+    parallel_for(tiles, p.num_threads, [&](int64_t t) { row_stats(qtile(t)); });
     parallel_for(p.batch * p.heads_kv * nchunks, p.num_threads, [&](int64_t t) { task(t); });
-    if (nchunks > 1)
-      parallel_for(p.batch * p.heads_q * qtiles, p.num_threads, [&](int64_t t) { dq_task(t / qtiles, t % qtiles); });
+    if (nchunks > 1) parallel_for(tiles, p.num_threads, [&](int64_t t) { dq_task(qtile(t)); });
   }
 
   // lse2, psum and delta of query rows [i0, i0 + bq) of one head.
-  void row_stats(int64_t bh, int64_t qtile) {
-    const int64_t b = bh / p.heads_q, h = bh % p.heads_q, i0 = qtile * bq, nq = std::min(bq, Sq - i0);
-    const float* lse = at<float>(p.lse, b, p.lse_batch_stride, h, p.lse_head_stride);
-    const float* dlse = bp.dlse ? at<float>(bp.dlse, b, p.lse_batch_stride, h, p.lse_head_stride) : nullptr;
-    for (int64_t i = i0; i < i0 + nq; ++i) lse2[bh * Sq + i] = lse2_for_backward(lse[i]);
+  void row_stats(const QTile& qt) {
+    const Seq s = sequence(p, qt.b);
+    const int64_t b = qt.b, h = qt.h, i0 = qt.i0, nq = std::min(bq, s.seqlen_q - i0);
+    const int64_t ls = p.lse_batch_stride, lh = p.lse_head_stride;
+    const float* lse = q_rows<const float>(p.lse, s, ls, 1, lh, h, 0);
+    const float* dlse = bp.dlse ? q_rows<const float>(bp.dlse, s, ls, 1, lh, h, 0) : nullptr;
+    for (int64_t i = i0; i < i0 + nq; ++i) lse2[row_index(b, h, i)] = lse2_for_backward(lse[i]);
     const int64_t nqp = round_up(nq, W);
     Scratch sums(2 * nqp);
     float* ps = sums.get();  // per row: sum of P (not yet normalised), sum of P * dP
     float* pd = ps + nqp;
     for (int64_t c = 0; c < 2 * nqp; ++c) ps[c] = 0.f;
-    sweep_keys(bh, i0, nq, false, [&](int64_t, int64_t nk, const float*, int64_t, const float* pt, const float* dpt) {
+    sweep_keys(b, h, i0, nq, false, [&](int64_t, int64_t nk, const float*, int64_t, const float* pt, const float* dpt) {
       for (int64_t c = 0; c < nqp; c += W) {
         R sp = V::load(ps + c), sd = V::load(pd + c);
         for (int64_t j = 0; j < nk; ++j) {
@@ -93,7 +110,7 @@ struct Backward {
       }
     });
     for (int64_t c = 0; c < nq; ++c) {
-      const int64_t i = bh * Sq + i0 + c;
+      const int64_t i = row_index(b, h, i0 + c);
       psum[i] = ps[c];
       if (ps[c] == 0.f)  // the row sees no key: dS = 0 whatever dout and dlse hold
         delta[i] = 0.f;
@@ -104,6 +121,9 @@ struct Backward {
 
   void task(int64_t t) {
     const int64_t chunk = t % nchunks, hk = (t / nchunks) % p.heads_kv, b = t / nchunks / p.heads_kv;
+    const Seq seq = sequence(p, b);
+    const FwdParams sp = with_lengths(p, seq);  // the mask of this sequence
+    const int64_t Sqb = seq.seqlen_q, Skb = seq.seqlen_k, key_tiles = ceil_div(Skb, bk);
     const int64_t per = ceil_div(key_tiles, nchunks);
     const int64_t kt0 = chunk * per, kt1 = std::min(key_tiles, kt0 + per);
     const bool with_dq = nchunks == 1;  // else dq_task computes dQ
@@ -122,23 +142,26 @@ struct Backward {
     float* dobuf = qbuf + bq * D;   // bq x D: dO rows as float
 
     // dQ destination of the group: the output itself, or a float32 accumulator.
-    const int64_t acc_elems = direct || !with_dq ? 0 : group * Sq * D;
+    auto dq_head = [&](int64_t h) {
+      return q_rows<T>(bp.dq, seq, bp.dq_batch_stride, bp.dq_row_stride, bp.dq_head_stride, h, 0);
+    };
+    const int64_t acc_elems = direct || !with_dq ? 0 : group * Sqb * D;
     Scratch local(acc_elems);
     float* dqacc = local.get();
     if (direct) {
       for (int64_t g = 0; g < group; ++g) {
-        float* dq = at<float>(bp.dq, b, bp.dq_batch_stride, hk * group + g, bp.dq_head_stride);
-        for (int64_t i = 0; i < Sq; ++i)
+        float* dq = reinterpret_cast<float*>(dq_head(hk * group + g));
+        for (int64_t i = 0; i < Sqb; ++i)
           for (int64_t d = 0; d < D; ++d) dq[i * bp.dq_row_stride + d] = 0.f;
       }
     } else {
       for (int64_t i = 0; i < acc_elems; ++i) dqacc[i] = 0.f;
     }
 
-    const T* k = at<T>(p.k, b, p.k_batch_stride, hk, p.k_head_stride);
-    const T* v = at<T>(p.v, b, p.v_batch_stride, hk, p.v_head_stride);
+    const T* k = k_rows<const T>(p.k, seq, p.k_batch_stride, p.k_row_stride, p.k_head_stride, hk);
+    const T* v = k_rows<const T>(p.v, seq, p.v_batch_stride, p.v_row_stride, p.v_head_stride, hk);
     for (int64_t ti = kt0; ti < kt1; ++ti) {
-      const int64_t k0 = ti * bk, nk = std::min(bk, Sk - k0);
+      const int64_t k0 = ti * bk, nk = std::min(bk, Skb - k0);
       int64_t ldk, ldv;
       const float* kr = float_rows<V>(k + k0 * p.k_row_stride, p.k_row_stride, nk, D, kbuf, ldk);
       const float* vr = float_rows<V>(v + k0 * p.v_row_stride, p.v_row_stride, nk, D, vbuf, ldv);
@@ -148,18 +171,18 @@ struct Backward {
           vt[d * ldp + j] = j < nk ? vr[j * ldv + d] : 0.f;
         }
       for (int64_t i = 0; i < bk * D; ++i) dka[i] = dva[i] = 0.f;
-      const int64_t rlo = visible_rows(k0, p).lo, rhi = visible_rows(k0 + nk - 1, p).hi;
+      const int64_t rlo = visible_rows(k0, sp).lo, rhi = visible_rows(k0 + nk - 1, sp).hi;
       for (int64_t g = 0; g < group; ++g) {
-        const int64_t h = hk * group + g, bh = b * p.heads_q + h;
-        const T* q = at<T>(p.q, b, p.q_batch_stride, h, p.q_head_stride);
-        const T* dout = at<T>(bp.dout, b, bp.do_batch_stride, h, bp.do_head_stride);
+        const int64_t h = hk * group + g;
+        const T* q = q_rows<const T>(p.q, seq, p.q_batch_stride, p.q_row_stride, p.q_head_stride, h, 0);
+        const T* dout = q_rows<const T>(bp.dout, seq, bp.do_batch_stride, bp.do_row_stride, bp.do_head_stride, h, 0);
         float* dqh;
         int64_t lddq;
         if (direct) {
-          dqh = at<float>(bp.dq, b, bp.dq_batch_stride, h, bp.dq_head_stride);
+          dqh = reinterpret_cast<float*>(dq_head(h));
           lddq = bp.dq_row_stride;
         } else {
-          dqh = dqacc + g * Sq * D;
+          dqh = dqacc + g * Sqb * D;
           lddq = D;
         }
         for (int64_t i0 = rlo; i0 <= rhi; i0 += bq) {
@@ -169,37 +192,38 @@ struct Backward {
           const float* dor = float_rows<V>(dout + i0 * bp.do_row_stride, bp.do_row_stride, nq, D, dobuf, lddo);
           gemm<V>(nq, ldp, Gemm{qr, ldq, 1, kt, ldp, s, ldp, D, false});
           gemm<V>(nq, ldp, Gemm{dor, lddo, 1, vt, ldp, dp, ldp, D, false});
-          probabilities(bh, i0, nq, k0, nk, s, dp);
+          probabilities(sp, row_index(b, h, 0), i0, nq, k0, nk, s, dp);
           gemm<V>(nk, D, Gemm{s, 1, ldp, dor, lddo, dva, D, nq, true});
           gemm<V>(nk, D, Gemm{dp, 1, ldp, qr, ldq, dka, D, nq, true});
           if (with_dq) gemm<V>(nq, D, Gemm{dp, ldp, 1, kr, ldk, dqh + i0 * lddq, lddq, nk, true});
         }
       }
-      T* dk = at<T>(bp.dk, b, bp.dk_batch_stride, hk, bp.dk_head_stride);
-      T* dv = at<T>(bp.dv, b, bp.dv_batch_stride, hk, bp.dv_head_stride);
+      T* dk = k_rows<T>(bp.dk, seq, bp.dk_batch_stride, bp.dk_row_stride, bp.dk_head_stride, hk);
+      T* dv = k_rows<T>(bp.dv, seq, bp.dv_batch_stride, bp.dv_row_stride, bp.dv_head_stride, hk);
       store_rows<V>(dka, D, nk, D, dk + k0 * bp.dk_row_stride, bp.dk_row_stride);
       store_rows<V>(dva, D, nk, D, dv + k0 * bp.dv_row_stride, bp.dv_row_stride);
     }
     if (!direct && with_dq)
       for (int64_t g = 0; g < group; ++g)
-        store_rows<V>(dqacc + g * Sq * D, D, Sq, D,
-                      at<T>(bp.dq, b, bp.dq_batch_stride, hk * group + g, bp.dq_head_stride), bp.dq_row_stride);
+        store_rows<V>(dqacc + g * Sqb * D, D, Sqb, D, dq_head(hk * group + g), bp.dq_row_stride);
   }
 
-  // In place: s becomes P, dp becomes dS * scale; entries a row may not see become 0.
-  void probabilities(int64_t bh, int64_t i0, int64_t nq, int64_t k0, int64_t nk, float* s, float* dp) const {
+  // In place: s becomes P, dp becomes dS * scale; entries a row may not see become 0. Row i of
+  // the head has its statistics at index r0 + i (row_index).
+  void probabilities(const FwdParams& sp, int64_t r0, int64_t i0, int64_t nq, int64_t k0, int64_t nk, float* s,
+                     float* dp) const {
     const R sc = V::set1(p.scale), sl2 = V::set1(p.scale_log2);
     for (int64_t r = 0; r < nq; ++r) {
       const int64_t row = i0 + r;
       float* sr = s + r * ldp;
       float* dr = dp + r * ldp;
-      const float l2 = lse2[bh * Sq + row];
-      const KeyRange kr = visible_keys(row, p);
+      const float l2 = lse2[r0 + row];
+      const KeyRange kr = visible_keys(row, sp);
       if (sees_no_key(l2) || kr.lo > k0 + nk - 1 || kr.hi < k0) {  // sees none of these keys
         for (int64_t j = 0; j < nk; ++j) sr[j] = dr[j] = 0.f;
         continue;
       }
-      const R lv = V::set1(-l2), nv = V::set1(psum[bh * Sq + row]), dv = V::set1(delta[bh * Sq + row]);
+      const R lv = V::set1(-l2), nv = V::set1(psum[r0 + row]), dv = V::set1(delta[r0 + row]);
       for (int64_t j = 0; j < ldp; j += W) {
         const R pv = V::div(V::exp2(V::fma(V::load(sr + j), sl2, lv)), nv);
         V::store(sr + j, pv);
@@ -210,14 +234,16 @@ struct Backward {
     }
   }
 
-  // Walks the keys that query rows [i0, i0 + nq) of one head see, transposed like the forward
-  // (lanes are query rows): per key tile S^T = K.Q^T, dP^T = V.dO^T and P^T = exp2(S^T *
-  // scale_log2 - lse2), divided by psum when `normalised`; entries a row may not see are 0 in
-  // both (every entry of a row that sees no key). Calls tile(k0, nk, kr, ldk, pt, dpt): K rows
-  // as float, P^T and dP^T as nk x nqp (lane c < nq is row i0 + c).
+  // Walks the keys that query rows [i0, i0 + nq) of head h of sequence b see, transposed like
+  // the forward (lanes are query rows): per key tile S^T = K.Q^T, dP^T = V.dO^T and P^T =
+  // exp2(S^T * scale_log2 - lse2), divided by psum when `normalised`; entries a row may not see
+  // are 0 in both (every entry of a row that sees no key). Calls tile(k0, nk, kr, ldk, pt, dpt):
+  // K rows as float, P^T and dP^T as nk x nqp (lane c < nq is row i0 + c).
   template <class Tile>
-  void sweep_keys(int64_t bh, int64_t i0, int64_t nq, bool normalised, Tile&& tile) const {
-    const int64_t b = bh / p.heads_q, h = bh % p.heads_q, hk = h / group, nqp = round_up(nq, W);
+  void sweep_keys(int64_t b, int64_t h, int64_t i0, int64_t nq, bool normalised, Tile&& tile) const {
+    const Seq seq = sequence(p, b);
+    const FwdParams sp = with_lengths(p, seq);
+    const int64_t hk = h / group, nqp = round_up(nq, W), r0 = row_index(b, h, i0);
     Scratch scratch(2 * D * nqp + 2 * bk * nqp + 2 * bk * D + 2 * nqp);
     float* qt = scratch.get();      // D x nqp: Q^T, padding zero
     float* dot = qt + D * nqp;      // D x nqp: dO^T
@@ -229,26 +255,26 @@ struct Backward {
     float* ps = nl2 + nqp;          // nqp: psum per row (normalised) or 1
     int64_t lo[kMaxRows], hi[kMaxRows];
 
-    const T* q = at<T>(p.q, b, p.q_batch_stride, h, p.q_head_stride) + i0 * p.q_row_stride;
-    const T* dout = at<T>(bp.dout, b, bp.do_batch_stride, h, bp.do_head_stride) + i0 * bp.do_row_stride;
+    const T* q = q_rows<const T>(p.q, seq, p.q_batch_stride, p.q_row_stride, p.q_head_stride, h, i0);
+    const T* dout = q_rows<const T>(bp.dout, seq, bp.do_batch_stride, bp.do_row_stride, bp.do_head_stride, h, i0);
     for (int64_t i = 0; i < D * nqp; ++i) qt[i] = dot[i] = 0.f;
     for (int64_t c = 0; c < nqp; ++c) {
-      nl2[c] = c < nq ? -lse2[bh * Sq + i0 + c] : 0.f;
-      ps[c] = c < nq && normalised ? psum[bh * Sq + i0 + c] : 1.f;
+      nl2[c] = c < nq ? -lse2[r0 + c] : 0.f;
+      ps[c] = c < nq && normalised ? psum[r0 + c] : 1.f;
     }
     for (int64_t c = 0; c < nq; ++c) {
       for (int64_t d = 0; d < D; ++d) {
         qt[d * nqp + c] = load_as<float>(q + c * p.q_row_stride + d);
         dot[d * nqp + c] = load_as<float>(dout + c * bp.do_row_stride + d);
       }
-      const KeyRange kr = visible_keys(i0 + c, p);
+      const KeyRange kr = visible_keys(i0 + c, sp);
       const bool none = sees_no_key(-nl2[c]);  // as probabilities(): the row sees no key
       lo[c] = none ? 1 : kr.lo;
       hi[c] = none ? 0 : kr.hi;
     }
-    const KeyRange span = visible_keys_of_rows(i0, i0 + nq, p);
-    const T* k = at<T>(p.k, b, p.k_batch_stride, hk, p.k_head_stride);
-    const T* v = at<T>(p.v, b, p.v_batch_stride, hk, p.v_head_stride);
+    const KeyRange span = visible_keys_of_rows(i0, i0 + nq, sp);
+    const T* k = k_rows<const T>(p.k, seq, p.k_batch_stride, p.k_row_stride, p.k_head_stride, hk);
+    const T* v = k_rows<const T>(p.v, seq, p.v_batch_stride, p.v_row_stride, p.v_head_stride, hk);
     const R sl2 = V::set1(p.scale_log2);
     for (int64_t k0 = span.lo; k0 <= span.hi; k0 += bk) {
       const int64_t nk = std::min(bk, span.hi + 1 - k0);
@@ -272,16 +298,17 @@ struct Backward {
 
   // dQ of query rows [i0, i0 + bq) of one head, over every key it sees: dS^T = P^T * (dP^T -
   // delta) * scale from sweep_keys, then dQ += dS . K (A = dS^T read down its columns).
-  void dq_task(int64_t bh, int64_t qtile) const {
-    const int64_t b = bh / p.heads_q, h = bh % p.heads_q;
-    const int64_t i0 = qtile * bq, nq = std::min(bq, Sq - i0), nqp = round_up(nq, W);
+  void dq_task(const QTile& qtl) const {
+    const Seq seq = sequence(p, qtl.b);
+    const int64_t i0 = qtl.i0, nq = std::min(bq, seq.seqlen_q - i0), nqp = round_up(nq, W);
+    const int64_t r0 = row_index(qtl.b, qtl.h, i0);
     Scratch scratch(nq * D + nqp);
     float* dqa = scratch.get();  // nq x D: dQ accumulator
     float* dl = dqa + nq * D;    // nqp: delta per row, padding 0
     for (int64_t i = 0; i < nq * D; ++i) dqa[i] = 0.f;
-    for (int64_t c = 0; c < nqp; ++c) dl[c] = c < nq ? delta[bh * Sq + i0 + c] : 0.f;
+    for (int64_t c = 0; c < nqp; ++c) dl[c] = c < nq ? delta[r0 + c] : 0.f;
     const R sc = V::set1(p.scale);
-    sweep_keys(bh, i0, nq, true, [&](int64_t, int64_t nk, const float* kr, int64_t ldk, float* pt, float* dpt) {
+    sweep_keys(qtl.b, qtl.h, i0, nq, true, [&](int64_t, int64_t nk, const float* kr, int64_t ldk, float* pt, float* dpt) {
       for (int64_t j = 0; j < nk; ++j)
         for (int64_t c = 0; c < nqp; c += W) {
           const R dv = V::sub(V::load(dpt + j * nqp + c), V::load(dl + c));
@@ -289,7 +316,7 @@ struct Backward {
         }
       gemm<V>(nq, D, Gemm{dpt, 1, nqp, kr, ldk, dqa, D, nk, true});
     });
-    store_rows<V>(dqa, D, nq, D, at<T>(bp.dq, b, bp.dq_batch_stride, h, bp.dq_head_stride) + i0 * bp.dq_row_stride,
+    store_rows<V>(dqa, D, nq, D, q_rows<T>(bp.dq, seq, bp.dq_batch_stride, bp.dq_row_stride, bp.dq_head_stride, qtl.h, i0),
                   bp.dq_row_stride);
   }
 };

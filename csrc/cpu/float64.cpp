@@ -9,8 +9,10 @@
 
 #include "common/mask.h"
 #include "common/online_softmax.h"
+#include "common/seqlens.h"
 #include "cpu/convert.h"
 #include "cpu/isa.h"
+#include "cpu/sequences.h"
 #include "cpu/thread_pool.h"
 
 namespace fae::cpu::float64 {
@@ -53,31 +55,45 @@ void store_rows(const Acc* src, int64_t n, int64_t d, T* base, int64_t row_strid
   }
 }
 
+// Key rows [k0, k0 + n) of sequence b (paged or not) of one kv head into a dense buffer.
+template <typename T, typename Acc>
+void load_keys(const FwdParams& p, int64_t b, const Seq& s, const T* base, int64_t batch_stride,
+               int64_t row_stride, int64_t k0, int64_t n, int64_t d, Acc* dst) {
+  for (int64_t j = 0; j < n; ++j)
+    load_rows(base + key_offset(p, b, s, k0 + j, batch_stride, row_stride), 0, 0, 1, d, dst + j * d);
+}
+
 template <typename T, typename Acc>
 void run_forward(const FwdParams& p) {
   const int64_t d = p.head_dim, group = p.heads_q / p.heads_kv;
-  const int64_t q_tiles = (p.seqlen_q + kTileQ - 1) / kTileQ;
   const Acc sl2 = scale_log2_of<Acc>(p);
+  const SeqTiles tiles(p.batch, [&](int64_t b) {
+    return p.heads_q * ((sequence(p, b).seqlen_q + kTileQ - 1) / kTileQ);
+  });
   auto task = [&](int64_t t) {
-    const int64_t qt = t % q_tiles, bh = t / q_tiles, h = bh % p.heads_q, b = bh / p.heads_q;
-    const int64_t hk = h / group;
-    const T* q = static_cast<const T*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride;
-    const T* k = static_cast<const T*>(p.k) + b * p.k_batch_stride + hk * p.k_head_stride;
-    const T* v = static_cast<const T*>(p.v) + b * p.v_batch_stride + hk * p.v_head_stride;
-    T* o = static_cast<T*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride;
-    Acc* lse = static_cast<Acc*>(p.lse) + b * p.lse_batch_stride + h * p.lse_head_stride;
+    const int64_t b = tiles.seq_of(t), local = t - tiles.first(b);
+    const Seq seq = sequence(p, b);
+    const FwdParams sp = with_lengths(p, seq);  // the mask of this sequence
+    const int64_t q_tiles = (seq.seqlen_q + kTileQ - 1) / kTileQ;
+    const int64_t qt = local % q_tiles, h = local / q_tiles, hk = h / group;
+    const T* q = static_cast<const T*>(p.q) + seq.q_batch * p.q_batch_stride + seq.q_row0 * p.q_row_stride +
+                 h * p.q_head_stride;
+    const T* k = static_cast<const T*>(p.k) + hk * p.k_head_stride;
+    const T* v = static_cast<const T*>(p.v) + hk * p.v_head_stride;
+    T* o = static_cast<T*>(p.out) + seq.q_batch * p.o_batch_stride + seq.q_row0 * p.o_row_stride + h * p.o_head_stride;
+    Acc* lse = static_cast<Acc*>(p.lse) + seq.q_batch * p.lse_batch_stride + h * p.lse_head_stride + seq.q_row0;
 
-    const int64_t r0 = qt * kTileQ, nr = std::min(kTileQ, p.seqlen_q - r0);
+    const int64_t r0 = qt * kTileQ, nr = std::min(kTileQ, seq.seqlen_q - r0);
     std::vector<Acc> qs(nr * d), ks(kTileK * d), vs(kTileK * d), acc(nr * d, Acc(0)), s(kTileK);
     std::vector<Acc> m(nr, neg_inf<Acc>()), l(nr, Acc(0));
     load_rows(q, p.q_row_stride, r0, nr, d, qs.data());
-    const KeyRange span = visible_keys_of_rows(r0, r0 + nr, p);
+    const KeyRange span = visible_keys_of_rows(r0, r0 + nr, sp);
     for (int64_t k0 = span.lo; k0 <= span.hi; k0 += kTileK) {
       const int64_t nk = std::min(kTileK, span.hi + 1 - k0);
-      load_rows(k, p.k_row_stride, k0, nk, d, ks.data());
-      load_rows(v, p.v_row_stride, k0, nk, d, vs.data());
+      load_keys(p, b, seq, k, p.k_batch_stride, p.k_row_stride, k0, nk, d, ks.data());
+      load_keys(p, b, seq, v, p.v_batch_stride, p.v_row_stride, k0, nk, d, vs.data());
       for (int64_t i = 0; i < nr; ++i) {
-        const KeyRange kr = visible_keys(r0 + i, p);
+        const KeyRange kr = visible_keys(r0 + i, sp);
         Acc mx = m[i];
         for (int64_t j = 0; j < nk; ++j) {
           const int64_t key = k0 + j;
@@ -105,7 +121,7 @@ void run_forward(const FwdParams& p) {
     }
     store_rows(acc.data(), nr, d, o, p.o_row_stride, r0);
   };
-  parallel_for(p.batch * p.heads_q * q_tiles, p.num_threads, task);
+  parallel_for(tiles.total(), p.num_threads, task);
 }
 
 // Backward: one task per (batch, kv head) walks its key tiles in order and owns the dq rows of
@@ -113,24 +129,31 @@ void run_forward(const FwdParams& p) {
 template <typename T, typename Acc>
 void run_backward(const BwdParams& bp) {
   const FwdParams& p = bp.fwd;
-  const int64_t d = p.head_dim, group = p.heads_q / p.heads_kv, sq = p.seqlen_q;
+  const int64_t d = p.head_dim, group = p.heads_q / p.heads_kv;
   const Acc scale = scale_of<Acc>(p), sl2 = scale_log2_of<Acc>(p);
   auto task = [&](int64_t t) {
     const int64_t hk = t % p.heads_kv, b = t / p.heads_kv;
-    const T* k = static_cast<const T*>(p.k) + b * p.k_batch_stride + hk * p.k_head_stride;
-    const T* v = static_cast<const T*>(p.v) + b * p.v_batch_stride + hk * p.v_head_stride;
-    T* dk = static_cast<T*>(bp.dk) + b * bp.dk_batch_stride + hk * bp.dk_head_stride;
-    T* dv = static_cast<T*>(bp.dv) + b * bp.dv_batch_stride + hk * bp.dv_head_stride;
+    const Seq seq = sequence(p, b);
+    const FwdParams sp = with_lengths(p, seq);  // the mask of this sequence
+    const int64_t sq = seq.seqlen_q;
+    // Row 0 of head h of this sequence in a q-like (qb = q batch) or k-like array.
+    auto rows = [&](auto* base, int64_t bs, int64_t rs, int64_t hs, int64_t h, bool q_like) {
+      return base + (q_like ? seq.q_batch * bs + seq.q_row0 * rs : seq.kv_batch * bs + seq.k_row0 * rs) + h * hs;
+    };
+    const T* k = rows(static_cast<const T*>(p.k), p.k_batch_stride, p.k_row_stride, p.k_head_stride, hk, false);
+    const T* v = rows(static_cast<const T*>(p.v), p.v_batch_stride, p.v_row_stride, p.v_head_stride, hk, false);
+    T* dk = rows(static_cast<T*>(bp.dk), bp.dk_batch_stride, bp.dk_row_stride, bp.dk_head_stride, hk, false);
+    T* dv = rows(static_cast<T*>(bp.dv), bp.dv_batch_stride, bp.dv_row_stride, bp.dv_head_stride, hk, false);
 
     // Per group: q, dout as Acc, delta = rowsum(dout * out), lse in the log2 domain, dq accumulator.
     std::vector<Acc> qs(group * sq * d), dos(group * sq * d), dq(group * sq * d, Acc(0));
     std::vector<Acc> delta(group * sq), lse2(group * sq), orow(d);
     for (int64_t g = 0; g < group; ++g) {
       const int64_t h = hk * group + g;
-      const T* q = static_cast<const T*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride;
-      const T* o = static_cast<const T*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride;
-      const T* dout = static_cast<const T*>(bp.dout) + b * bp.do_batch_stride + h * bp.do_head_stride;
-      const Acc* lse = static_cast<const Acc*>(p.lse) + b * p.lse_batch_stride + h * p.lse_head_stride;
+      const T* q = rows(static_cast<const T*>(p.q), p.q_batch_stride, p.q_row_stride, p.q_head_stride, h, true);
+      const T* o = rows(static_cast<const T*>(p.out), p.o_batch_stride, p.o_row_stride, p.o_head_stride, h, true);
+      const T* dout = rows(static_cast<const T*>(bp.dout), bp.do_batch_stride, bp.do_row_stride, bp.do_head_stride, h, true);
+      const Acc* lse = rows(static_cast<const Acc*>(p.lse), p.lse_batch_stride, 1, p.lse_head_stride, h, true);
       load_rows(q, p.q_row_stride, 0, sq, d, &qs[g * sq * d]);
       load_rows(dout, bp.do_row_stride, 0, sq, d, &dos[g * sq * d]);
       for (int64_t i = 0; i < sq; ++i) {
@@ -139,23 +162,23 @@ void run_backward(const BwdParams& bp) {
         lse2[g * sq + i] = lse2_for_backward(lse[i]);
       }
       if (bp.dlse != nullptr) {  // d lse_i / d s_ij = P_ij, which folds into delta
-        const Acc* dlse = static_cast<const Acc*>(bp.dlse) + b * p.lse_batch_stride + h * p.lse_head_stride;
+        const Acc* dlse = rows(static_cast<const Acc*>(bp.dlse), p.lse_batch_stride, 1, p.lse_head_stride, h, true);
         for (int64_t i = 0; i < sq; ++i) delta[g * sq + i] -= dlse[i];
       }
     }
     std::vector<Acc> ks(kTileK * d), vs(kTileK * d), dks(kTileK * d), dvs(kTileK * d);
-    for (int64_t k0 = 0; k0 < p.seqlen_k; k0 += kTileK) {
-      const int64_t nk = std::min(kTileK, p.seqlen_k - k0);
+    for (int64_t k0 = 0; k0 < seq.seqlen_k; k0 += kTileK) {
+      const int64_t nk = std::min(kTileK, seq.seqlen_k - k0);
       load_rows(k, p.k_row_stride, k0, nk, d, ks.data());
       load_rows(v, p.v_row_stride, k0, nk, d, vs.data());
       std::fill(dks.begin(), dks.end(), Acc(0));
       std::fill(dvs.begin(), dvs.end(), Acc(0));
-      const KeyRange rows{visible_rows(k0, p).lo, visible_rows(k0 + nk - 1, p).hi};
+      const KeyRange qrows{visible_rows(k0, sp).lo, visible_rows(k0 + nk - 1, sp).hi};
       for (int64_t g = 0; g < group; ++g) {
-        for (int64_t i = rows.lo; i <= rows.hi; ++i) {
+        for (int64_t i = qrows.lo; i <= qrows.hi; ++i) {
           const int64_t gi = g * sq + i;
           if (sees_no_key(lse2[gi])) continue;  // the row sees no key: no gradient
-          const KeyRange kr = visible_keys(i, p);
+          const KeyRange kr = visible_keys(i, sp);
           const Acc* qi = &qs[gi * d];
           const Acc* doi = &dos[gi * d];
           Acc* dqi = &dq[gi * d];
@@ -173,7 +196,7 @@ void run_backward(const BwdParams& bp) {
     }
     for (int64_t g = 0; g < group; ++g) {
       const int64_t h = hk * group + g;
-      T* dqh = static_cast<T*>(bp.dq) + b * bp.dq_batch_stride + h * bp.dq_head_stride;
+      T* dqh = rows(static_cast<T*>(bp.dq), bp.dq_batch_stride, bp.dq_row_stride, bp.dq_head_stride, h, true);
       store_rows(&dq[g * sq * d], sq, d, dqh, bp.dq_row_stride, 0);
     }
   };

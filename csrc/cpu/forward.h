@@ -7,8 +7,11 @@
 //   online softmax in the log2 domain, per column (fae::exp_base / rescale_factor / finish_lse)
 //   O^T (D x cols)  += V_tile^T . P^T      A = V read down its columns, B = P^T as computed
 // Only Q^T, the score tile and O^T live in task scratch (a few tens of KB, L1/L2 resident).
-// With too few tiles for the threads (decoding), the key range of each tile is split and the
-// partial results are merged by their logsumexp. Narrow tiles (decoding) keep Q and O as rows
+// Variable-length batches and KV caches: every sequence has its own tiles (one parallel_for over
+// all of them, sequences.h) and reads its rows through the offsets of common/seqlens.h; a key
+// tile never crosses a page of a paged cache, so pages are read in place.
+// With too few tiles for the threads (decoding), or num_splits > 1, the key range of each tile is
+// split and the partial results are merged by their logsumexp (split-KV). Narrow tiles (decoding) keep Q and O as rows
 // (column-major products along D, see kNarrowCols).
 // bfloat16 with a dot-product instruction (V::kBf16Dot): both products run on bfloat16 pairs
 // (gemm<V, true>): K rows and Q^T hold pairs along D, V and P^T pairs along the keys, and P is
@@ -21,6 +24,7 @@
 
 #include "common/mask.h"
 #include "cpu/gemm.h"
+#include "cpu/sequences.h"
 #include "cpu/thread_pool.h"
 #include "cpu/tiles.h"
 
@@ -50,32 +54,37 @@ struct Forward {
   static constexpr bool kPairs = std::is_same_v<T, bf16> && V::kBf16Dot;
 
   const FwdParams& p;
-  int64_t D, Sq, group, bq, bk, rpt, hpt, row_tiles, head_tiles, tiles, nsplit;
+  int64_t D, group, bq, bk, rpt, hpt, head_tiles, tiles, nsplit;
   float sl2;
+  SeqTiles seq_tiles;
   float* part_o = nullptr;    // nsplit > 1: [tile][split][col][D], normalised partial outputs
   float* part_lse = nullptr;  // [tile][split][col], log2-domain partial logsumexp
 
-  explicit Forward(const FwdParams& prm) : p(prm) {
-    const TileSizes ts = tile_sizes(p.head_dim);
-    D = p.head_dim; Sq = p.seqlen_q; group = p.heads_q / p.heads_kv;
-    bq = ts.fwd_bq; bk = ts.fwd_bk; sl2 = p.scale_log2;
-    rpt = bq; hpt = 1;
-    if (Sq * 2 <= bq) { rpt = Sq; hpt = std::min(group, bq / Sq); }
-    row_tiles = ceil_div(Sq, rpt);
-    head_tiles = ceil_div(group, hpt);
-    tiles = p.batch * p.heads_kv * head_tiles * row_tiles;
-    nsplit = 1;
-    if (tiles < kMinTasks)
-      nsplit = std::max<int64_t>(1, std::min(ceil_div(kMinTasks, tiles), p.seqlen_k / (4 * bk)));
+  // Tiles hold rpt rows of hpt heads: short queries (decoding; seqlen_q is the longest
+  // sequence's) share a tile between the heads of a GQA group.
+  explicit Forward(const FwdParams& prm)
+      : p(prm), D(prm.head_dim), group(prm.heads_q / prm.heads_kv), bq(tile_sizes(prm.head_dim).fwd_bq),
+        bk(tile_sizes(prm.head_dim).fwd_bk), rpt(prm.seqlen_q * 2 <= bq ? std::max<int64_t>(prm.seqlen_q, 1) : bq),
+        hpt(rpt < bq ? std::min(group, bq / rpt) : 1), head_tiles(ceil_div(group, hpt)), sl2(prm.scale_log2),
+        seq_tiles(prm.batch, [&](int64_t b) {
+          return prm.heads_kv * head_tiles * ceil_div(sequence(prm, b).seqlen_q, rpt);
+        }) {
+    tiles = seq_tiles.total();
+    nsplit = p.num_splits;
+    if (nsplit <= 0)  // by shape only (results do not depend on the thread count), >= 4 key tiles each
+      nsplit = tiles >= kMinTasks || tiles == 0
+                   ? 1 : std::max<int64_t>(1, std::min(ceil_div(kMinTasks, tiles), p.seqlen_k / (4 * bk)));
+    nsplit = std::min(nsplit, std::max<int64_t>(1, ceil_div(p.seqlen_k, 16)));  // splits hold 16-key groups
   }
 
-  struct TileId { int64_t b, hk, h0, nh, r0, nr; };
+  struct TileId { int64_t b, hk, h0, nh, r0, nr; Seq s; };
   TileId tile_id(int64_t tile) const {
-    const int64_t rt = tile % row_tiles, ht = (tile / row_tiles) % head_tiles;
-    const int64_t hk = (tile / row_tiles / head_tiles) % p.heads_kv;
-    const int64_t b = tile / row_tiles / head_tiles / p.heads_kv;
+    const int64_t b = seq_tiles.seq_of(tile), local = tile - seq_tiles.first(b);
+    const Seq s = sequence(p, b);
+    const int64_t row_tiles = ceil_div(s.seqlen_q, rpt);
+    const int64_t rt = local % row_tiles, ht = (local / row_tiles) % head_tiles, hk = local / row_tiles / head_tiles;
     const int64_t r0 = rt * rpt, h0 = hk * group + ht * hpt;
-    return {b, hk, h0, std::min(hpt, group - ht * hpt), r0, std::min(rpt, Sq - r0)};
+    return {b, hk, h0, std::min(hpt, group - ht * hpt), r0, std::min(rpt, s.seqlen_q - r0), s};
   }
 
   void run() {
@@ -110,7 +119,8 @@ struct Forward {
     float* base = alpha + ncolp;      // value subtracted before exp2
     int64_t lo[kMaxCols], hi[kMaxCols];
 
-    const T* q = static_cast<const T*>(p.q) + id.b * p.q_batch_stride;
+    const FwdParams sp = with_lengths(p, id.s);  // the mask of this sequence
+    const T* q = static_cast<const T*>(p.q) + id.s.q_batch * p.q_batch_stride + id.s.q_row0 * p.q_row_stride;
     const bool pairs = kPairs && !narrow;       // then qt holds pairs: (D + 1) / 2 rows
     for (int64_t i = 0; i < D * na; ++i) qt[i] = ot[i] = 0.f;
     for (int64_t c = 0; c < ncolp; ++c) { m[c] = neg_inf<float>(); l[c] = 0.f; }
@@ -123,26 +133,28 @@ struct Forward {
             qt[pn.at((D + 1) / 2, d / 2, c)] = bits_float(uint32_t(qr[d].bits) | (d + 1 < D ? uint32_t(qr[d + 1].bits) << 16 : 0u));
       if (!pairs)
         for (int64_t d = 0; d < D; ++d) qt[narrow ? c * D + d : pn.at(D, d, c)] = load_as<float>(qr + d) * sl2;
-      const KeyRange kr = visible_keys(row, p);
+      const KeyRange kr = visible_keys(row, sp);
       lo[c] = kr.lo; hi[c] = kr.hi;
     }
 
-    // This split's share of the keys the tile's rows can see.
-    const KeyRange span = visible_keys_of_rows(id.r0, id.r0 + id.nr, p);
-    const int64_t chunk = round_up(ceil_div(span.hi + 1 - span.lo, nsplit), bk);
+    // This split's share of the keys the tile's rows can see (in whole key groups of 16).
+    const KeyRange span = visible_keys_of_rows(id.r0, id.r0 + id.nr, sp);
+    const int64_t chunk = round_up(ceil_div(std::max<int64_t>(0, span.hi + 1 - span.lo), nsplit), 16);
     const int64_t ka = span.lo + split * chunk, kb = std::min(span.hi + 1, ka + chunk);
-    const T* k = static_cast<const T*>(p.k) + id.b * p.k_batch_stride + id.hk * p.k_head_stride;
-    const T* v = static_cast<const T*>(p.v) + id.b * p.v_batch_stride + id.hk * p.v_head_stride;
-    for (int64_t k0 = ka; k0 < kb; k0 += bk) {
-      const int64_t nk = std::min(bk, kb - k0);
+    const T* k = static_cast<const T*>(p.k) + id.hk * p.k_head_stride;
+    const T* v = static_cast<const T*>(p.v) + id.hk * p.v_head_stride;
+    for (int64_t k0 = ka, nk = 0; k0 < kb; k0 += nk) {
+      nk = std::min(std::min(bk, kb - k0), contiguous_keys(p, id.s, k0));  // within one page
+      const T* kt = k + key_offset(p, id.b, id.s, k0, p.k_batch_stride, p.k_row_stride);
+      const T* vt = v + key_offset(p, id.b, id.s, k0, p.v_batch_stride, p.v_row_stride);
       int64_t ldk = 0, ldv = 0;
       const float *kr = nullptr, *vr = nullptr;
       if (pairs) {
-        pair_scores(k + k0 * p.k_row_stride, nk, kbuf, qt, st, pn);
-        pack_v_pairs(v + k0 * p.v_row_stride, nk, vbuf);
+        pair_scores(kt, nk, kbuf, qt, st, pn);
+        pack_v_pairs(vt, nk, vbuf);
       } else {
-        kr = float_rows<V>(k + k0 * p.k_row_stride, p.k_row_stride, nk, D, kbuf, ldk);
-        vr = float_rows<V>(v + k0 * p.v_row_stride, p.v_row_stride, nk, D, vbuf, ldv);
+        kr = float_rows<V>(kt, p.k_row_stride, nk, D, kbuf, ldk);
+        vr = float_rows<V>(vt, p.v_row_stride, nk, D, vbuf, ldv);
         if (narrow) narrow_products(ncol, true, kr, ldk, nk, qt, st, ncolp);
         else gemm<V>(nk, ncolp, Gemm{kr, ldk, 1, qt, pw, st, pw, D, false, pn.stride(D), pn.stride(bk)});
       }
@@ -320,12 +332,20 @@ struct Forward {
     }
     for (int64_t c = 0; c < ncol; ++c) {
       const int64_t h = id.h0 + c / id.nr, row = id.r0 + c % id.nr;
-      T* o = static_cast<T*>(p.out) + id.b * p.o_batch_stride + h * p.o_head_stride + row * p.o_row_stride;
       const float inv = inv_sum(l[c]);
       const float* oc = ot + pn.col(D, c);
+      T* o = out_row(id, h, row);
       for (int64_t d = 0; d < D; ++d) store_from(o + d, oc[d * pn.pw] * inv);
-      static_cast<float*>(p.lse)[id.b * p.lse_batch_stride + h * p.lse_head_stride + row] = finish_lse(m[c], l[c]);
+      *lse_at(id, h, row) = finish_lse(m[c], l[c]);
     }
+  }
+
+  T* out_row(const TileId& id, int64_t h, int64_t row) const {
+    return static_cast<T*>(p.out) + id.s.q_batch * p.o_batch_stride + h * p.o_head_stride +
+           (id.s.q_row0 + row) * p.o_row_stride;
+  }
+  float* lse_at(const TileId& id, int64_t h, int64_t row) const {
+    return static_cast<float*>(p.lse) + id.s.q_batch * p.lse_batch_stride + h * p.lse_head_stride + id.s.q_row0 + row;
   }
 
   // Combines the splits of one tile: weights exp2(lse_s - max) on the normalised partials.
@@ -350,10 +370,10 @@ struct Forward {
         wsum += w;
       }
       const int64_t h = id.h0 + c / id.nr, row = id.r0 + c % id.nr;
-      T* o = static_cast<T*>(p.out) + id.b * p.o_batch_stride + h * p.o_head_stride + row * p.o_row_stride;
+      T* o = out_row(id, h, row);
       const float inv = inv_sum(wsum);
       for (int64_t d = 0; d < D; ++d) store_from(o + d, acc[d] * inv);
-      static_cast<float*>(p.lse)[id.b * p.lse_batch_stride + h * p.lse_head_stride + row] = finish_lse(mmax, wsum);
+      *lse_at(id, h, row) = finish_lse(mmax, wsum);
     }
   }
 };

@@ -1,34 +1,15 @@
-// Shared pieces of the per-ISA kernel source: scratch buffers, tile sizes, tile I/O.
+// Shared pieces of the per-ISA kernel source: tile sizes, tile I/O (scratch: buffer.h).
 // Include only from an ISA translation unit (see vec.h: everything here has internal linkage).
 #pragma once
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
-#include <new>
 #include <type_traits>
 
 #include "common/online_softmax.h"
+#include "cpu/buffer.h"
 #include "cpu/vec.h"
 
 namespace fae::cpu::FAE_CPU_ISA {
-
-// Owning, 64-byte aligned float scratch (no std::vector: its out-of-line code would be shared
-// between translation units compiled for different instruction sets).
-class Scratch {
- public:
-  explicit Scratch(int64_t n) {
-    const size_t bytes = (size_t(std::max<int64_t>(n, 1)) * sizeof(float) + 63) / 64 * 64;
-    p_ = static_cast<float*>(std::aligned_alloc(64, bytes));
-    if (p_ == nullptr) throw std::bad_alloc();
-  }
-  ~Scratch() { std::free(p_); }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
-  float* get() const { return p_; }
-
- private:
-  float* p_;
-};
 
 // Below this many independent tiles (decoding, a single head) the key range is split into
 // chunks (by shape only, so results do not depend on the thread count).

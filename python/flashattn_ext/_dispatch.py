@@ -1,7 +1,9 @@
 """Backend choice and the calls into the compiled core: the CPU kernels (_C), the CUDA kernels
 (_C on the GPU, or their source on the SIMT emulator, _emu). Arrays arrive as validated
 (B, S, H, D) views (numpy arrays, or tensors through the torch ops of _torch_ops.py) and go to
-the kernels as addresses and element strides, by keyword (csrc/bindings/bind_attention.h)."""
+the kernels as addresses and element strides, by keyword (csrc/bindings/bind_attention.h).
+Variable-length and KV-cache calls add their sequence arrays (_seqlens.Seqs): q, out (and k, v
+unless paged or cached) are then (1, total, H, D) views of the packed tensors."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _C
+from ._seqlens import Seqs, address
 from ._validate import CUDA_KERNEL_DTYPES, DTYPES, MaskSpec, dtype_name, is_tensor, strides
 
 try:  # torch is optional: numpy-only installs never import it
@@ -67,42 +70,61 @@ def _arrays(**arrays: Any) -> Dict[str, Any]:
 
 
 def _common_kwargs(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mask: MaskSpec,
-                   head_dim: int) -> Dict[str, Any]:
-    """The arguments every compiled entry point takes (bind_attention.h: common_args)."""
+                   head_dim: int, seqs: Optional[Seqs]) -> Dict[str, Any]:
+    """The arguments every compiled entry point takes (bind_attention.h: common_args, seq_args).
+    lse is (B, H, Sq), or (H, total_q) for packed queries."""
     b, sq, hq, _ = q.shape
     sk, hk = int(k.shape[1]), int(k.shape[2])
-    return dict(dtype=DTYPES.index(dtype_name(q)), sizes=(b, sq, sk, hq, hk, head_dim),
-                **_arrays(q=q, k=k, v=v, out=out), lse=_ptr(lse), lse_strides=strides(lse)[:2],
-                align_offset=mask.offset(sq, sk), window_left=mask.window_left,
-                window_right=mask.window_right, scale=float(scale))
+    lse_strides = strides(lse)[:2] if lse.ndim == 3 else (0, strides(lse)[0])
+    kw = dict(dtype=DTYPES.index(dtype_name(q)), **_arrays(q=q, k=k, v=v, out=out), lse=_ptr(lse),
+              lse_strides=lse_strides, window_left=mask.window_left,
+              window_right=mask.window_right, scale=float(scale))
+    if seqs is None:
+        return dict(kw, sizes=(b, sq, sk, hq, hk, head_dim), align_offset=mask.offset(sq, sk))
+    kw.update(seqs.kwargs(page_size=sk))
+    return dict(kw, sizes=(seqs.batch, seqs.max_q(), seqs.max_k(), hq, hk, head_dim),
+                align_offset=0, align_bottom_right=mask.bottom_right)
 
 
-def _entry_points(q: Any) -> Tuple[Any, Any, Sequence[int], Sequence[int], int]:
-    """(forward, backward, forward head dims, backward head dims, stream) of the CUDA kernels:
-    on the GPU (launched on the stream torch is using for q's device) or on the emulator."""
+def _entry_points(q: Any) -> Tuple[Any, Any, Sequence[int], Sequence[int], Dict[str, int]]:
+    """(forward, backward, forward head dims, backward head dims, launch arguments) of the CUDA
+    kernels: on the GPU, on q's device (made current for the launch, whatever device is current)
+    and the stream torch is using there; or on the emulator."""
     if backend_for(q) == "emu":
         emu = _emu_module()
         return (emu.attention_forward, emu.attention_backward, emu.attention_head_dims,
-                emu.attention_bwd_head_dims, 0)
-    return (_C.cuda_forward, _C.cuda_backward, _C.cuda_head_dims, _C.cuda_bwd_head_dims,
-            torch.cuda.current_stream(q.device).cuda_stream)
+                emu.attention_bwd_head_dims, dict(stream=0, device=-1))
+    device = q.device.index if q.device.index is not None else torch.cuda.current_device()
+    launch = dict(stream=torch.cuda.current_stream(device).cuda_stream, device=device)
+    return _C.cuda_forward, _C.cuda_backward, _C.cuda_head_dims, _C.cuda_bwd_head_dims, launch
 
 
-def forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mask: MaskSpec) -> None:
-    """Runs the forward kernel on BSHD views, writing ``out`` (like q) and ``lse`` (B, H, Sq).
-    Raises ValueError when finite q and k overflow the scores (see check_overflow)."""
+def _cpu_only(q: Any, seqs: Optional[Seqs]) -> None:
+    """Variable-length and KV-cache calls run on the CPU kernels only, for now."""
+    if seqs is not None and backend_for(q) != "cpu":
+        raise NotImplementedError(f"q: variable-length batches and KV caches have no CUDA kernels "
+                                  f"yet (backend {backend_for(q)}, dtype {dtype_name(q)}); they "
+                                  f"run on the CPU kernels")
+
+
+def forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mask: MaskSpec,
+            seqs: Optional[Seqs] = None) -> None:
+    """Runs the forward kernel on BSHD views, writing ``out`` (like q) and ``lse`` (B, H, Sq),
+    or (H, total_q) with packed sequences. Raises ValueError when finite q and k overflow the
+    scores (see check_overflow)."""
     backend = backend_for(q)
+    _cpu_only(q, seqs)
     if backend == "cpu":
-        _C.forward(**_common_kwargs(q, k, v, out, lse, scale, mask, q.shape[3]), stream=0)
+        _C.forward(**_common_kwargs(q, k, v, out, lse, scale, mask, q.shape[3], seqs), stream=0)
     else:
-        run, _, head_dims, _, stream = _entry_points(q)
+        run, _, head_dims, _, launch = _entry_points(q)
         dp = _padded_head_dim(q, head_dims, "forward")
         qf, kf, vf = (_fit(x, dp) for x in (q, k, v))
         of = _fit(out, dp, copy=False)
-        run(**_common_kwargs(qf, kf, vf, of, lse, scale, mask, dp), stream=stream)
+        run(**_common_kwargs(qf, kf, vf, of, lse, scale, mask, dp, seqs), **launch)
         _copy_back(of, out)
     if backend != "cuda":  # on a GPU the check would synchronise the device at every call
-        check_overflow(q, k, lse, scale, mask)
+        check_overflow(q, k, lse, scale, mask, seqs)
 
 
 _deterministic = False
@@ -130,17 +152,18 @@ def deterministic(requested: bool = False) -> bool:
 
 def backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dq: Any, dk: Any, dv: Any,
              scale: float, mask: MaskSpec, dlse: Optional[Any] = None,
-             deterministic_mode: bool = False) -> None:
+             seqs: Optional[Seqs] = None, deterministic_mode: bool = False) -> None:
     """Runs the backward kernel on BSHD views, writing dq, dk, dv. ``dlse`` (optional) is the
     gradient of lse, laid out exactly like lse. ``deterministic_mode``: the CUDA kernels sum dq
     in a fixed order (bitwise reproducible; the CPU backward always is)."""
     dlse_ptr = 0 if dlse is None else _ptr(dlse)
+    _cpu_only(q, seqs)
     if backend_for(q) == "cpu":
-        _C.backward(**_common_kwargs(q, k, v, out, lse, scale, mask, q.shape[3]),
+        _C.backward(**_common_kwargs(q, k, v, out, lse, scale, mask, q.shape[3], seqs),
                     **_arrays(dout=dout, dq=dq, dk=dk, dv=dv), dlse=dlse_ptr, stats=0, dq_accum=0,
                     stream=0)
         return
-    _, run, _, head_dims, stream = _entry_points(q)
+    _, run, _, head_dims, launch = _entry_points(q)
     dp = _padded_head_dim(q, head_dims, "backward")
     qf, kf, vf, of, dof = (_fit(x, dp) for x in (q, k, v, out, dout))
     dqf, dkf, dvf = (_fit(x, dp, copy=False) for x in (dq, dk, dv))
@@ -149,18 +172,55 @@ def backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dq: Any, dk:
     n_stats, n_accum = workspace(sizes=(b, sq, k.shape[1], hq, k.shape[2], dp), deterministic=deterministic_mode)
     stats = _new(q, (n_stats,), zero=False, float32=True)  # lse2, 1 / softmax sum, delta per row
     dq_accum = _new(q, (n_accum,), zero=False, float32=True)
-    run(**_common_kwargs(qf, kf, vf, of, lse, scale, mask, dp),
+    run(**_common_kwargs(qf, kf, vf, of, lse, scale, mask, dp, seqs),
         **_arrays(dout=dof, dq=dqf, dk=dkf, dv=dvf), dlse=dlse_ptr, stats=_ptr(stats),
-        dq_accum=_ptr(dq_accum), deterministic=deterministic_mode, stream=stream)
+        dq_accum=_ptr(dq_accum), deterministic=deterministic_mode, **launch)
     for padded, real in ((dqf, dq), (dkf, dk), (dvf, dv)):
         _copy_back(padded, real)
 
 
-def numpy_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float,
-                  mask: MaskSpec) -> Tuple[np.ndarray, np.ndarray]:
+def append_kv(q: Any, q_rot: Optional[Any], k: Any, v: Any, k_cache: Any, v_cache: Any,
+              rotary: Optional[Tuple[Any, Any, bool, bool]], cache_seqlens: Any,
+              kv_batch_idx: Optional[Any], block_table: Optional[Any]) -> None:
+    """KV-cache append (csrc/common/params.h: AppendParams): k, v (B, Sn, Hkv, D) into the caches
+    in place at cache_seqlens; with ``rotary`` = (cos, sin, interleaved, q_rows_consecutive) the
+    new keys are rotated on the way and q is rotated into q_rot."""
+    if backend_for(q) != "cpu":
+        raise NotImplementedError(f"k: the KV-cache append has no CUDA kernel yet (backend "
+                                  f"{backend_for(q)}, dtype {dtype_name(q)})")
+    b, sq, hq, d = q.shape
+    cos, sin, interleaved, consecutive = rotary or (None, None, False, False)
+    none3 = (0, 0, 0)
+    _C.kvcache_append(
+        dtype=DTYPES.index(dtype_name(q)), sizes=(b, sq, k.shape[1], hq, k.shape[2], d),
+        q=_ptr(q), q_rot=address(q_rot), k_new=_ptr(k), v_new=_ptr(v), k_cache=_ptr(k_cache),
+        v_cache=_ptr(v_cache), q_strides=strides(q)[:3],
+        q_rot_strides=none3 if q_rot is None else strides(q_rot)[:3],
+        k_new_strides=strides(k)[:3], v_new_strides=strides(v)[:3],
+        k_cache_strides=strides(k_cache)[:3], v_cache_strides=strides(v_cache)[:3],
+        rotary_cos=address(cos), rotary_sin=address(sin),
+        rotary_stride=0 if cos is None else strides(cos)[0],
+        rotary_dim=0 if cos is None else 2 * cos.shape[1], rotary_interleaved=interleaved,
+        q_rows_consecutive=consecutive, cache_seqlens=_ptr(cache_seqlens),
+        kv_batch_idx=address(kv_batch_idx), block_table=address(block_table),
+        block_table_stride=0 if block_table is None else strides(block_table)[0],
+        page_size=k_cache.shape[1] if block_table is not None else 0, stream=0)
+
+
+def new_lse(q: Any, packed: bool) -> Any:
+    """lse for BSHD q: (B, H, Sq), or (H, total_q) for packed sequences (q (1, total_q, H, D))."""
+    shape = (q.shape[2], q.shape[1]) if packed else (q.shape[0], q.shape[2], q.shape[1])
+    name = lse_dtype_name(dtype_name(q))
+    if is_tensor(q):
+        return torch.empty(shape, dtype=getattr(torch, name), device=q.device)
+    return np.empty(shape, dtype=name)
+
+
+def numpy_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, mask: MaskSpec,
+                  seqs: Optional[Seqs] = None) -> Tuple[np.ndarray, np.ndarray]:
     out = np.empty_like(q)  # keeps q's memory order; the kernel writes through strides
-    lse = np.empty((q.shape[0], q.shape[2], q.shape[1]), dtype=lse_dtype_name(dtype_name(q)))
-    forward(q, k, v, out, lse, scale, mask)
+    lse = new_lse(q, packed=seqs is not None and seqs.cu_seqlens_q is not None)
+    forward(q, k, v, out, lse, scale, mask, seqs)
     return out, lse
 
 
@@ -168,7 +228,8 @@ def _all_finite(x: Any) -> bool:
     return bool(torch.isfinite(x).all()) if is_tensor(x) else bool(np.isfinite(x).all())
 
 
-def check_overflow(q: Any, k: Any, lse: Any, scale: float, mask: MaskSpec) -> None:
+def check_overflow(q: Any, k: Any, lse: Any, scale: float, mask: MaskSpec,
+                   seqs: Optional[Seqs] = None) -> None:
     """Raises ValueError when finite q and k gave scaled scores beyond the accumulation type's
     range: lse is then NaN or +inf, or -inf in a row that sees keys (the kernels return NaN or
     zeros there). NaN or inf in q or k propagates silently instead. Costs one pass over
@@ -176,8 +237,13 @@ def check_overflow(q: Any, k: Any, lse: Any, scale: float, mask: MaskSpec) -> No
     values = lse.numpy() if is_tensor(lse) else lse
     if np.isfinite(values).all():
         return
-    empty = mask.empty_rows(q.shape[1], k.shape[1])
-    if np.isfinite(values[..., ~empty]).all() or not (_all_finite(q) and _all_finite(k)):
+    if seqs is None:
+        empty = mask.empty_rows(q.shape[1], k.shape[1])
+    else:  # (total_q,) against lse (H, total_q); (B, 1, Sq) against lse (B, H, Sq)
+        empty = mask.empty_rows_of(seqs.lens_q, seqs.lens_k)
+        empty = empty if values.ndim == 2 else empty.reshape(seqs.batch, 1, -1)
+    if np.isfinite(values[~np.broadcast_to(empty, values.shape)]).all() or not (
+            _all_finite(q) and _all_finite(k)):
         return
     acc = "float64" if dtype_name(q) == "float64" else "float32"
     hint = "" if acc == "float64" else ", or float64 inputs"

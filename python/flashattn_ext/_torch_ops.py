@@ -1,5 +1,6 @@
-"""The torch operators ``flashattn_ext::fwd`` and ``flashattn_ext::bwd``: custom ops with fake
-(meta) implementations and registered autograd, so eager mode, autograd and
+"""The torch operators ``flashattn_ext::fwd`` and ``flashattn_ext::bwd``, and their
+variable-length forms ``varlen_fwd`` / ``varlen_bwd``: custom ops with fake (meta)
+implementations and registered autograd, so eager mode, autograd and
 ``torch.compile(fullgraph=True)`` all see one opaque, differentiable operator."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from typing import Any, Optional, Tuple
 import torch
 
 from . import _dispatch
+from ._seqlens import varlen_seqs
 from ._validate import MaskSpec, dtype_name
 
 
@@ -55,7 +57,7 @@ def attention_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Ten
         dlse = dlse.contiguous()  # lse itself is always allocated contiguous
     dq, dk, dv = _like(q), _like(k), _like(v)
     _dispatch.backward(dout, q, k, v, out, lse, dq, dk, dv, scale, mask, dlse,
-                       _dispatch.deterministic(deterministic))
+                       deterministic_mode=_dispatch.deterministic(deterministic))
     return dq, dk, dv
 
 
@@ -88,3 +90,83 @@ def apply(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
     """Differentiable attention on BSHD views; ``deterministic``: the backward's mode."""
     return torch.ops.flashattn_ext.fwd(q, k, v, scale, mask.window_left, mask.window_right,
                                        mask.bottom_right, deterministic)
+
+
+# ---- variable-length (packed) batches -------------------------------------------------------
+# q, out: (total_q, Hq, D); k, v: (total_k, Hkv, D), or paged caches (num_blocks, page_size,
+# Hkv, D) with a block_table (forward only); lse: (Hq, total_q).
+
+def _kv(x: torch.Tensor) -> torch.Tensor:
+    return x if x.ndim == 4 else x[None]
+
+
+@torch.library.custom_op("flashattn_ext::varlen_fwd", mutates_args=(),
+                         device_types=("cpu", "cuda"))
+def varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+               cu_seqlens_k: torch.Tensor, block_table: Optional[torch.Tensor], scale: float,
+               window_left: int, window_right: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Forward of packed sequences, each aligned bottom-right on its own lengths."""
+    mask = MaskSpec(window_left, window_right, True)
+    out = _like(q)
+    lse = _dispatch.new_lse(q[None], packed=True)
+    _dispatch.forward(q[None], _kv(k), _kv(v), out[None], lse, scale, mask,
+                      varlen_seqs(cu_seqlens_q, cu_seqlens_k, block_table))
+    return out, lse
+
+
+@varlen_fwd.register_fake
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, block_table, scale, window_left, window_right):
+    return _like(q), q.new_empty((q.shape[1], q.shape[0]), dtype=_lse_dtype(q))
+
+
+@torch.library.custom_op("flashattn_ext::varlen_bwd", mutates_args=(),
+                         device_types=("cpu", "cuda"))
+def varlen_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Tensor,
+               k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+               cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, scale: float,
+               window_left: int, window_right: int
+               ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward of packed sequences; dq, dk, dv laid out like q, k, v."""
+    mask = MaskSpec(window_left, window_right, True)
+    if dout.stride(-1) != 1:
+        dout = dout.contiguous()
+    if dlse is not None:
+        dlse = dlse.contiguous()
+    dq, dk, dv = _like(q), _like(k), _like(v)
+    _dispatch.backward(dout[None], q[None], k[None], v[None], out[None], lse, dq[None], dk[None],
+                       dv[None], scale, mask, dlse, varlen_seqs(cu_seqlens_q, cu_seqlens_k, None))
+    return dq, dk, dv
+
+
+@varlen_bwd.register_fake
+def _(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, scale, window_left,
+      window_right):
+    return _like(q), _like(k), _like(v)
+
+
+def _varlen_setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[Any, ...]) -> None:
+    q, k, v, cu_seqlens_q, cu_seqlens_k, _, scale, window_left, window_right = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k)
+    ctx.args = (scale, window_left, window_right)
+    ctx.set_materialize_grads(False)
+
+
+def _varlen_backward(ctx: Any, dout: Optional[torch.Tensor], dlse: Optional[torch.Tensor]):
+    q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k = ctx.saved_tensors
+    if dout is None:
+        dout = torch.zeros_like(out)
+    dq, dk, dv = torch.ops.flashattn_ext.varlen_bwd(dout, dlse, q, k, v, out, lse, cu_seqlens_q,
+                                                    cu_seqlens_k, *ctx.args)
+    return dq, dk, dv, None, None, None, None, None, None
+
+
+varlen_fwd.register_autograd(_varlen_backward, setup_context=_varlen_setup_context)
+
+
+def apply_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                 cu_seqlens_k: torch.Tensor, block_table: Optional[torch.Tensor], scale: float,
+                 mask: MaskSpec) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Differentiable attention on packed sequences (no gradient through a block_table)."""
+    return torch.ops.flashattn_ext.varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, block_table,
+                                              scale, mask.window_left, mask.window_right)

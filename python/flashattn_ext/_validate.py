@@ -29,15 +29,20 @@ CUDA_BUILT = hasattr(_C, "cuda_forward")
 @dataclass(frozen=True)
 class Layout:
     """The shapes an entry point accepts (rank -> dimension names); ``bhsd``: heads come before
-    the sequence (torch's order)."""
+    the sequence (torch's order); ``packed``: the sequences of a batch one after the other, with
+    no batch dimension (variable-length batches)."""
 
     shapes: Mapping[int, str]
     bhsd: bool = False
+    packed: bool = False
 
 
 SD = Layout({2: "(S, D)", 3: "(B, S, D)", 4: "(B, S, H, D)"})
 BSHD = Layout({4: "(B, S, H, D)"})
 BHSD = Layout({3: "(B, S, D)", 4: "(B, H, S, D)"}, bhsd=True)
+PACKED = Layout({3: "(total, H, D)"}, packed=True)
+CACHE = Layout({4: "(batch_cache, seqlen_cache, H, D)"})
+PAGED = Layout({4: "(num_blocks, page_size, H, D)"})
 
 
 def is_tensor(x: Any) -> bool:
@@ -101,10 +106,16 @@ class MaskSpec:
 
     def empty_rows(self, seqlen_q: int, seqlen_k: int) -> np.ndarray:
         """Which query rows see no key at all (their lse is -inf by definition)."""
-        i = np.arange(seqlen_q) + self.offset(seqlen_q, seqlen_k)
+        return self.empty_rows_of(np.array([seqlen_q]), np.array([seqlen_k]))
+
+    def empty_rows_of(self, lens_q: np.ndarray, lens_k: np.ndarray) -> np.ndarray:
+        """empty_rows of sequences of their own lengths, their rows one after the other."""
+        lens_q, lens_k = np.asarray(lens_q, np.int64), np.asarray(lens_k, np.int64)
+        sq, sk = np.repeat(lens_q, lens_q), np.repeat(lens_k, lens_q)
+        i = np.arange(len(sq)) - np.repeat(np.cumsum(lens_q) - lens_q, lens_q)
+        i = i + (sk - sq if self.bottom_right else 0)
         first = np.maximum(i - self.window_left if self.window_left >= 0 else 0, 0)
-        last = np.minimum(i + self.window_right if self.window_right >= 0 else seqlen_k - 1,
-                          seqlen_k - 1)
+        last = np.minimum(i + self.window_right if self.window_right >= 0 else sk - 1, sk - 1)
         return first > last
 
 
@@ -177,15 +188,16 @@ def _check_device(names: Sequence[str], q: Any, k: Any, v: Any) -> None:
                                   f"(devices: cpu{', cuda' if CUDA_BUILT else ''})")
 
 
-def _check_bshd(names: Sequence[str], q: Any, k: Any, v: Any) -> None:
-    """Shape rules on canonical (B, S, H, D) views."""
+def _check_bshd(names: Sequence[str], q: Any, k: Any, v: Any, same_batch: bool = True) -> None:
+    """Shape rules on canonical (B, S, H, D) views (k's batch may differ from q's unless
+    ``same_batch``: KV caches)."""
     nq, nk, nv = names
     bq, _, hq, d = q.shape
     bk, sk, hk, dk = k.shape
     if tuple(v.shape[:3]) != (bk, sk, hk):
         raise ValueError(f"{nv}: batch, sequence and heads {tuple(v.shape[:3])} must match "
                          f"{nk}'s {(bk, sk, hk)}")
-    if bk != bq:
+    if bk != bq and same_batch:
         raise ValueError(f"{nk}: batch size {bk} differs from {nq}'s {bq}")
     if dk != d or v.shape[3] != d:
         raise ValueError(f"{nk}, {nv}: head_dim must equal {nq}'s {d}; got {nk} {dk}, "
@@ -214,6 +226,8 @@ class Call:
 
     def output(self, out: Any) -> Any:
         """out (B, S, H, D) in the caller's layout."""
+        if self.layout.packed:
+            return out[0]
         if self.layout.bhsd:
             out = out.swapaxes(1, 2)
             return out[:, 0] if self.rank == 3 else out
@@ -225,6 +239,8 @@ class Call:
 
 
 def _bshd(x: Any, layout: Layout, rank: int) -> Any:
+    if layout.packed:
+        return x[None]
     if layout.bhsd:
         return (x[:, None] if rank == 3 else x).swapaxes(1, 2)
     return x[None, :, None] if rank == 2 else x[:, :, None] if rank == 3 else x
@@ -232,8 +248,9 @@ def _bshd(x: Any, layout: Layout, rank: int) -> Any:
 
 def prepare(q: Any, k: Any, v: Any, *, layout: Layout, scale: Any, mask: MaskSpec,
             names: Sequence[str] = ("q", "k", "v"), scale_name: str = "scale",
-            enable_gqa: bool = True) -> Call:
-    """Checks q, k, v (given in ``layout``) and the scale once for every entry point."""
+            enable_gqa: bool = True, kv_layout: Optional[Layout] = None) -> Call:
+    """Checks q, k, v (given in ``layout``) and the scale once for every entry point. With
+    ``kv_layout`` (KV caches) k and v have a layout of their own and a batch of their own."""
     kinds = {n: _kind(n, x) for n, x in zip(names, (q, k, v))}
     if len(set(kinds.values())) != 1:
         given = ", ".join(f"{n} is {kd}" for n, kd in kinds.items())
@@ -241,14 +258,16 @@ def prepare(q: Any, k: Any, v: Any, *, layout: Layout, scale: Any, mask: MaskSpe
                         f"got {given}")
     kind = kinds[names[0]]
     for n, x in zip(names[1:], (k, v)):
-        if x.ndim != q.ndim:
+        if x.ndim != q.ndim and kv_layout is None:
             raise ValueError(f"{n}: expected {q.ndim} dimensions like {names[0]}, got shape "
                              f"{tuple(x.shape)}")
-    if q.ndim not in layout.shapes:
-        ranks = _one_of([str(r) for r in layout.shapes])
-        raise ValueError(f"{names[0]}: expected {ranks} dimensions, "
-                         f"{_one_of(list(layout.shapes.values()))}; got shape "
-                         f"{tuple(q.shape)}")
+    ranks = [(names[0], q, layout)]
+    if kv_layout is not None:
+        ranks += [(n, x, kv_layout) for n, x in zip(names[1:], (k, v))]
+    for n, x, lay in ranks:
+        if x.ndim not in lay.shapes:
+            raise ValueError(f"{n}: expected {_one_of([str(r) for r in lay.shapes])} dimensions, "
+                             f"{_one_of(list(lay.shapes.values()))}; got shape {tuple(x.shape)}")
     for n, x in zip(names, (q, k, v)):
         _check_array(n, x)
     for n, x in zip(names[1:], (k, v)):
@@ -258,10 +277,11 @@ def prepare(q: Any, k: Any, v: Any, *, layout: Layout, scale: Any, mask: MaskSpe
     if kind == "torch":
         _check_device(names, q, k, v)
     s = scale_value(scale_name, scale)
-    qb, kb, vb = (_bshd(x, layout, q.ndim) for x in (q, k, v))
+    qb = _bshd(q, layout, q.ndim)
+    kb, vb = (_bshd(x, kv_layout or layout, x.ndim) for x in (k, v))
     if qb.shape[2] != kb.shape[2] and not enable_gqa:
         raise ValueError(f"{names[1]}: {kb.shape[2]} heads differ from {names[0]}'s "
                          f"{qb.shape[2]}; pass enable_gqa=True for grouped-query attention")
-    _check_bshd(names, qb, kb, vb)
+    _check_bshd(names, qb, kb, vb, same_batch=kv_layout is None)
     s = 1.0 / math.sqrt(qb.shape[3]) if s is None else s
     return Call(qb, kb, vb, kind, s, mask, layout, q.ndim)

@@ -27,6 +27,17 @@ def _run(call: Call, deterministic: bool = False) -> Tuple[ArrayLike, ArrayLike]
     return _torch_ops.apply(call.q, call.k, call.v, call.scale, call.mask, deterministic)
 
 
+def not_implemented(dropout_p: float = 0.0, softcap: float = 0.0,
+                    alibi_slopes: Optional[ArrayLike] = None) -> None:
+    """FlashAttention arguments the library does not implement: NotImplementedError naming them."""
+    if dropout_p != 0.0:
+        raise NotImplementedError(f"dropout_p={dropout_p}: dropout is not implemented; pass 0.0")
+    if softcap != 0.0:
+        raise NotImplementedError(f"softcap={softcap}: softcapping is not implemented; pass 0.0")
+    if alibi_slopes is not None:
+        raise NotImplementedError("alibi_slopes: ALiBi is not implemented; pass None")
+
+
 def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool = False,
               scale: Optional[float] = None, window_size: Tuple[int, int] = (-1, -1),
               return_lse: bool = False) -> Union[ArrayLike, Tuple[ArrayLike, ArrayLike]]:
@@ -80,12 +91,7 @@ def flash_attn_func(q: ArrayLike, k: ArrayLike, v: ArrayLike, dropout_p: float =
     CPU backward always is; :func:`set_deterministic` switches it on for every call). Not
     implemented (raising NotImplementedError): dropout_p > 0, softcap != 0, alibi_slopes.
     """
-    if dropout_p != 0.0:
-        raise NotImplementedError(f"dropout_p={dropout_p}: dropout is not implemented; pass 0.0")
-    if softcap != 0.0:
-        raise NotImplementedError(f"softcap={softcap}: softcapping is not implemented; pass 0.0")
-    if alibi_slopes is not None:
-        raise NotImplementedError("alibi_slopes: ALiBi is not implemented; pass None")
+    not_implemented(dropout_p, softcap, alibi_slopes)
     mask = MaskSpec.make(causal, window_size, bottom_right=True)
     det = flag("deterministic", deterministic)
     out, lse = _run(prepare(q, k, v, layout=BSHD, scale=softmax_scale, mask=mask,

@@ -1,43 +1,78 @@
-"""``torch.nn`` modules built on flashattn_ext's attention (requires torch)."""
+"""``torch.nn`` modules built on flashattn_ext's attention (requires torch):
+:class:`MultiHeadAttention` and :func:`replace_sdpa`."""
 
 from __future__ import annotations
 
 import numbers
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+from ._requires import optional
 
-from ._validate import MAX_HEAD_DIM, scale_value
-from .functional import attention
+torch = optional("torch", "torch", "flashattn_ext.nn")
 
-__all__ = ["MultiHeadAttention"]
+import torch.nn.functional as F  # noqa: E402  (after the check that torch is there)
+from torch import nn  # noqa: E402
+
+from . import _masked  # noqa: E402
+from ._sdpa import replace_sdpa  # noqa: E402
+from ._validate import MAX_HEAD_DIM, scale_value  # noqa: E402
+from .functional import attention  # noqa: E402
+
+__all__ = ["MultiHeadAttention", "replace_sdpa"]
+
+Output = Union[torch.Tensor, Tuple[torch.Tensor, Optional[torch.Tensor]]]
+
+
+def _torch_separate(mha: nn.MultiheadAttention) -> Tuple[torch.Tensor, ...]:
+    """torch's separate q, k, v projection weights (when kdim or vdim differ from embed_dim)."""
+    return mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight
+
+
+def _mask_names(key_padding_mask: Optional[torch.Tensor],
+                attn_mask: Optional[torch.Tensor]) -> str:
+    return " and ".join(n for n, m in (("attn_mask", attn_mask),
+                                       ("key_padding_mask", key_padding_mask)) if m is not None)
 
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head attention with grouped-query heads, self- and cross-attention.
+    """Multi-head attention with grouped-query heads, self- and cross-attention, called like
+    ``torch.nn.MultiheadAttention``.
 
-    Inputs are batch-first: ``x`` (B, Sq, embed_dim) and, for cross-attention, ``context``
-    (B, Sk, kdim). Queries have ``num_heads`` heads of size ``embed_dim // num_heads``; keys and
-    values have ``num_kv_heads`` heads (default ``num_heads``; fewer gives grouped-query, 1 gives
-    multi-query attention).
+    ``forward(query, key=None, value=None, key_padding_mask=None, need_weights=None,
+    attn_mask=None, average_attn_weights=True, is_causal=False, *, causal=None)``: query
+    (B, Sq, embed_dim), key (B, Sk, kdim) and value (B, Sk, vdim); ``batch_first=False`` takes
+    (S, B, E) as torch does, and unbatched (S, E) inputs are accepted. key None: self-attention
+    (keys and values from query); value None: values from the key source. Queries have
+    ``num_heads`` heads of size ``embed_dim // num_heads``; keys and values have
+    ``num_kv_heads`` (default ``num_heads``; fewer gives grouped-query attention).
+
+    Returns the output tensor; when ``need_weights`` is given (True or False, as torch callers
+    pass it) the pair (output, weights or None), as torch's module does. The weights (B, Sq, Sk)
+    averaged over heads, or (B, num_heads, Sq, Sk) with ``average_attn_weights=False``, come
+    from the kernels' logsumexp, so they are exactly the softmax the output used.
+
+    Masks follow torch's module: ``key_padding_mask`` (B, Sk), True or -inf = ignore that key;
+    ``attn_mask`` (Sq, Sk) or (B * num_heads, Sq, Sk), True or -inf = not allowed. They run on the
+    kernels when together they are a causal or sliding-window band over the keys not padded, per
+    batch element (e.g. ``nn.Transformer.generate_square_subsequent_mask`` with left or right
+    padding); other masks, additive biases and per-head masks that differ between heads raise
+    NotImplementedError naming the argument. A query that may see no key gives 0 (torch: NaN).
+    ``is_causal`` is torch's hint that attn_mask is causal (the mask decides). ``causal`` (the
+    module's setting unless given) adds a causal mask aligned bottom-right: query i sees keys
+    j <= i + Sk - Sq, the right alignment when the keys are earlier tokens plus the current ones.
 
     Projections: when kdim == vdim == embed_dim, one fused ``in_proj`` (weight
-    ((Hq + 2*Hkv) * head_dim, embed_dim)) serves both self-attention (one matmul for q, k, v) and
-    cross-attention (its q rows applied to ``x``, its k/v rows to ``context``); otherwise
-    separate ``q_proj``, ``k_proj``, ``v_proj``. ``out_proj`` maps back to embed_dim.
-
-    The causal mask is aligned bottom-right (query i sees keys j <= i + Sk - Sq), which is the
-    right alignment when ``context`` holds earlier tokens plus the current ones (KV cache).
-    Not implemented (raising NotImplementedError): dropout > 0, ``key_padding_mask``,
-    ``attn_mask``, ``need_weights=True``.
+    ((Hq + 2*Hkv) * head_dim, embed_dim)); otherwise separate ``q_proj``, ``k_proj``,
+    ``v_proj``. ``out_proj`` maps back to embed_dim. :meth:`from_torch` and :meth:`to_torch`
+    convert weights from and to ``torch.nn.MultiheadAttention``. Not implemented (raising
+    NotImplementedError): dropout > 0.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, *, num_kv_heads: Optional[int] = None,
                  kdim: Optional[int] = None, vdim: Optional[int] = None, bias: bool = True,
                  causal: bool = False, dropout: float = 0.0, scale: Optional[float] = None,
-                 device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None):
+                 batch_first: bool = True, device: Optional[torch.device] = None,
+                 dtype: Optional[torch.dtype] = None):
         super().__init__()
         for name, value in (("embed_dim", embed_dim), ("num_heads", num_heads),
                             ("num_kv_heads", num_kv_heads), ("kdim", kdim), ("vdim", vdim)):
@@ -52,6 +87,8 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"num_kv_heads: {num_kv_heads} must divide num_heads ({num_heads})")
         if dropout != 0.0:
             raise NotImplementedError(f"dropout={dropout}: attention dropout is not implemented")
+        if not isinstance(batch_first, bool):
+            raise TypeError(f"batch_first: expected a bool, got {batch_first!r}")
         self.embed_dim, self.num_heads, self.num_kv_heads = embed_dim, num_heads, num_kv_heads
         self.head_dim = embed_dim // num_heads
         if self.head_dim > MAX_HEAD_DIM:
@@ -60,6 +97,7 @@ class MultiHeadAttention(nn.Module):
         self.kdim = embed_dim if kdim is None else kdim
         self.vdim = embed_dim if vdim is None else vdim
         self.causal, self.scale = causal, scale_value("scale", scale)
+        self.batch_first = batch_first
         kw = {"device": device, "dtype": dtype}
         q_out, kv_out = num_heads * self.head_dim, num_kv_heads * self.head_dim
         self.fused = self.kdim == self.vdim == embed_dim
@@ -71,104 +109,213 @@ class MultiHeadAttention(nn.Module):
             self.v_proj = nn.Linear(self.vdim, kv_out, bias=bias, **kw)
         self.out_proj = nn.Linear(q_out, embed_dim, bias=bias, **kw)
 
-    def _check_inputs(self, x: torch.Tensor, context: Optional[torch.Tensor],
+    def _check_inputs(self, query: torch.Tensor, key: Optional[torch.Tensor],
                       value: Optional[torch.Tensor]) -> None:
-        """The module's own argument rules; q, k, v then go through attention()'s checks."""
-        for name, t, dim, what in (("x", x, self.embed_dim, "embed_dim"),
-                                   ("context", context, self.kdim, "kdim"),
+        """The module's own argument rules on batch-first inputs; q, k, v then go through
+        attention()'s checks."""
+        for name, t, dim, what in (("query", query, self.embed_dim, "embed_dim"),
+                                   ("key", key, self.kdim, "kdim"),
                                    ("value", value, self.vdim, "vdim")):
             if t is None:
                 continue
-            if not isinstance(t, torch.Tensor):
-                raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
             if t.dim() != 3 or t.shape[2] != dim:
                 raise ValueError(f"{name}: expected (batch, seq, {what}={dim}), got shape "
                                  f"{tuple(t.shape)}")
-            if t.shape[0] != x.shape[0]:
-                raise ValueError(f"{name}: batch size {t.shape[0]} differs from x's "
-                                 f"{x.shape[0]}")
-        keys, src = (x, "x") if context is None else (context, "context")
+            if t.shape[0] != query.shape[0]:
+                raise ValueError(f"{name}: batch size {t.shape[0]} differs from query's "
+                                 f"{query.shape[0]}")
+        keys, src = (query, "query") if key is None else (key, "key")
         if keys.shape[2] != self.kdim:
-            raise ValueError(f"context: None (keys from x) needs kdim == embed_dim; this module "
+            raise ValueError(f"key: None (keys from query) needs kdim == embed_dim; this module "
                              f"has kdim={self.kdim}, embed_dim={self.embed_dim}")
         if value is None and keys.shape[2] != self.vdim:
             raise ValueError(f"value: None (values from {src}, last dimension {keys.shape[2]}) "
                              f"needs vdim == {keys.shape[2]}; this module has vdim={self.vdim}")
         if value is not None and value.shape[1] != keys.shape[1]:
-            raise ValueError(f"value: sequence length {value.shape[1]} differs from the "
-                             f"{keys.shape[1]} keys of {src}; value and keys must pair up")
+            raise ValueError(f"value: sequence length {value.shape[1]} differs from {src}'s "
+                             f"{keys.shape[1]}; values and keys must pair up")
 
-    def _project(self, x: torch.Tensor, context: Optional[torch.Tensor],
+    def _batch_first(self, query: torch.Tensor, key: Optional[torch.Tensor],
+                     value: Optional[torch.Tensor]) -> Tuple[Optional[torch.Tensor], ...]:
+        """Inputs as (B, S, E) views: unbatched (S, E) gets a batch of one, (S, B, E) is
+        transposed when batch_first is False."""
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            if t is not None and not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if query.dim() == 2:
+            return tuple(None if t is None else t.unsqueeze(0) for t in (query, key, value))
+        if self.batch_first or query.dim() != 3:
+            return query, key, value
+        return tuple(None if t is None or t.dim() != 3 else t.transpose(0, 1)
+                     for t in (query, key, value))
+
+    def _project(self, query: torch.Tensor, key: Optional[torch.Tensor],
                  value: Optional[torch.Tensor]) -> Tuple[torch.Tensor, ...]:
         q_out = self.num_heads * self.head_dim
         if self.fused:
             w, b = self.in_proj.weight, self.in_proj.bias
-            if context is None and value is None:
+            if key is None and value is None:
                 kv_out = self.num_kv_heads * self.head_dim
-                return F.linear(x, w, b).split([q_out, kv_out, kv_out], dim=-1)
-            q = F.linear(x, w[:q_out], None if b is None else b[:q_out])
+                return F.linear(query, w, b).split([q_out, kv_out, kv_out], dim=-1)
+            q = F.linear(query, w[:q_out], None if b is None else b[:q_out])
             kv_w, kv_b = w[q_out:].chunk(2), (None, None) if b is None else b[q_out:].chunk(2)
-            ctx = x if context is None else context
-            k = F.linear(ctx, kv_w[0], kv_b[0])
-            v = F.linear(ctx if value is None else value, kv_w[1], kv_b[1])
+            src = query if key is None else key
+            k = F.linear(src, kv_w[0], kv_b[0])
+            v = F.linear(src if value is None else value, kv_w[1], kv_b[1])
             return q, k, v
-        ctx = x if context is None else context
-        return self.q_proj(x), self.k_proj(ctx), self.v_proj(ctx if value is None else value)
+        src = query if key is None else key
+        return self.q_proj(query), self.k_proj(src), self.v_proj(src if value is None else value)
 
-    def forward(self, x: torch.Tensor, context: Optional[torch.Tensor] = None, *,
-                value: Optional[torch.Tensor] = None, causal: Optional[bool] = None,
+    def _allowed(self, key_padding_mask: Optional[torch.Tensor],
+                 attn_mask: Optional[torch.Tensor], causal: bool, b: int, sq: int,
+                 sk: int, device: torch.device) -> Optional[torch.Tensor]:
+        """The boolean mask (B or 1, Sq, Sk) of what each query may see (True), from torch's
+        conventions (True or -inf: masked out), or None when nothing is masked."""
+        allowed = None
+        names = _mask_names(key_padding_mask, attn_mask)
+        for name, mask, shapes in (("attn_mask", attn_mask, ((sq, sk), (b * self.num_heads, sq, sk))),
+                                   ("key_padding_mask", key_padding_mask, ((b, sk),))):
+            if mask is None:
+                continue
+            if not isinstance(mask, torch.Tensor) or tuple(mask.shape) not in shapes:
+                got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+                raise ValueError(f"{name}: expected a tensor of shape "
+                                 f"{' or '.join(map(str, shapes))}, got {got}")
+            keep = _masked.to_bool(mask.logical_not() if mask.dtype == torch.bool else mask)
+            if keep is None:
+                raise NotImplementedError(
+                    f"{name}: a float mask must hold 0 (attend) or -inf (masked out); additive "
+                    f"biases are not implemented")
+            if name == "attn_mask" and keep.dim() == 3:
+                keep = keep.view(b, self.num_heads, sq, sk)
+                if not bool((keep == keep[:, :1]).all()):
+                    raise NotImplementedError(f"{names}: masks that differ between heads are "
+                                              f"not implemented")
+                keep = keep[:, 0]
+            if name == "key_padding_mask":
+                keep = keep[:, None, :]
+            elif keep.dim() == 2:
+                keep = keep[None]
+            allowed = keep if allowed is None else allowed & keep
+        if causal:
+            band = torch.ones(sq, sk, dtype=torch.bool, device=device).tril(sk - sq)
+            allowed = band[None] if allowed is None else allowed & band
+        return None if allowed is None else allowed.expand(-1, sq, sk)
+
+    def forward(self, query: torch.Tensor, key: Optional[torch.Tensor] = None,
+                value: Optional[torch.Tensor] = None,
                 key_padding_mask: Optional[torch.Tensor] = None,
-                attn_mask: Optional[torch.Tensor] = None,
-                need_weights: bool = False) -> torch.Tensor:
-        """x: (B, Sq, embed_dim); context: (B, Sk, kdim) keys source (None: self-attention);
-        value: (B, Sk, vdim) values source when different from ``context``; causal overrides
-        the module's setting. Returns (B, Sq, embed_dim)."""
-        if key_padding_mask is not None:
-            raise NotImplementedError("key_padding_mask: padding masks are not implemented")
-        if attn_mask is not None:
-            raise NotImplementedError("attn_mask: arbitrary masks are not implemented")
+                need_weights: Optional[bool] = None, attn_mask: Optional[torch.Tensor] = None,
+                average_attn_weights: bool = True, is_causal: bool = False, *,
+                causal: Optional[bool] = None) -> Output:
+        """See the class docstring."""
+        for name, flag in (("need_weights", need_weights), ("is_causal", is_causal),
+                           ("average_attn_weights", average_attn_weights), ("causal", causal)):
+            if flag is not None and not isinstance(flag, bool):
+                raise TypeError(f"{name}: expected a bool, got {flag!r} ({type(flag).__name__})")
+        if is_causal and attn_mask is None:
+            raise ValueError("is_causal=True: torch's hint that attn_mask is causal needs the "
+                             "attn_mask; pass causal=True for the module's own causal mask")
+        unbatched = isinstance(query, torch.Tensor) and query.dim() == 2
+        if key is query and (value is None or value is query):
+            key = value = None  # self-attention: one fused projection
+        query, key, value = self._batch_first(query, key, value)
+        self._check_inputs(query, key, value)
+        q, k, v = self._project(query, key, value)
+        q = q.unflatten(-1, (self.num_heads, self.head_dim))
+        k = k.unflatten(-1, (self.num_kv_heads, self.head_dim))
+        v = v.unflatten(-1, (self.num_kv_heads, self.head_dim))
+        b, sq, sk = q.shape[0], q.shape[1], k.shape[1]
+        if unbatched and key_padding_mask is not None and key_padding_mask.dim() == 1:
+            key_padding_mask = key_padding_mask[None]
+        causal = self.causal if causal is None else causal
+        scale = 1.0 / self.head_dim ** 0.5 if self.scale is None else self.scale
+        masked = key_padding_mask is not None or attn_mask is not None
+        allowed = self._allowed(key_padding_mask, attn_mask, causal, b, sq, sk, q.device) \
+            if masked or need_weights else None
+        if not masked:  # one kernel call
+            out, lse = attention(q, k, v, causal=causal, scale=scale, return_lse=True)
+        else:  # one call per batch element whose mask plan differs
+            plans = _masked.plan(allowed)
+            if plans is None:
+                raise NotImplementedError(
+                    f"{_mask_names(key_padding_mask, attn_mask)}: this mask is not a causal or "
+                    f"sliding-window band over the keys not padded; other masks are not "
+                    f"implemented")
+            out, lse = _masked.run(q, k, v, plans, scale)
+        out = self.out_proj(out.flatten(2))
+        weights = None
         if need_weights:
-            raise NotImplementedError("need_weights=True: attention weights are never formed")
-        self._check_inputs(x, context, value)
-        q, k, v = self._project(x, context, value)
-        b, sq, sk = x.shape[0], x.shape[1], k.shape[1]
-        q = q.view(b, sq, self.num_heads, self.head_dim)
-        k = k.view(b, sk, self.num_kv_heads, self.head_dim)
-        v = v.view(b, sk, self.num_kv_heads, self.head_dim)
-        out = attention(q, k, v, causal=self.causal if causal is None else causal,
-                        scale=self.scale)
-        return self.out_proj(out.reshape(b, sq, self.num_heads * self.head_dim))
+            weights = _masked.weights(q, k, lse, scale, allowed)
+            weights = weights.mean(1) if average_attn_weights else weights
+            weights = weights[0] if unbatched else weights
+        out = out[0] if unbatched else out if self.batch_first else out.transpose(0, 1)
+        return out if need_weights is None else (out, weights)
 
     @classmethod
     def from_torch(cls, mha: nn.MultiheadAttention, *, causal: bool = False) -> "MultiHeadAttention":
-        """A module computing the same function as a batch-first ``torch.nn.MultiheadAttention``
-        (weights copied)."""
-        if not mha.batch_first:
-            raise ValueError("mha: only batch_first=True modules can be converted")
+        """A module computing the same function as ``mha`` (a ``torch.nn.MultiheadAttention``;
+        weights copied, ``batch_first`` kept)."""
+        if not isinstance(mha, nn.MultiheadAttention):
+            raise TypeError(f"mha: expected a torch.nn.MultiheadAttention, got "
+                            f"{type(mha).__name__}")
         if mha.dropout != 0.0:
             raise NotImplementedError(f"mha.dropout={mha.dropout}: dropout is not implemented")
         if mha.bias_k is not None:
             raise NotImplementedError("mha: add_bias_kv is not implemented")
-        w = mha.in_proj_weight if mha._qkv_same_embed_dim else None
+        if mha.add_zero_attn:
+            raise NotImplementedError("mha: add_zero_attn is not implemented")
         new = cls(mha.embed_dim, mha.num_heads, kdim=mha.kdim, vdim=mha.vdim,
-                  bias=mha.in_proj_bias is not None, causal=causal,
+                  bias=mha.in_proj_bias is not None, causal=causal, batch_first=mha.batch_first,
                   device=mha.out_proj.weight.device, dtype=mha.out_proj.weight.dtype)
         with torch.no_grad():
             if new.fused:
-                new.in_proj.weight.copy_(w)
+                new.in_proj.weight.copy_(mha.in_proj_weight)
                 if mha.in_proj_bias is not None:
                     new.in_proj.bias.copy_(mha.in_proj_bias)
             else:
-                e = mha.embed_dim
-                for i, (proj, weight) in enumerate(((new.q_proj, mha.q_proj_weight),
-                                                    (new.k_proj, mha.k_proj_weight),
-                                                    (new.v_proj, mha.v_proj_weight))):
+                biases = (None,) * 3 if mha.in_proj_bias is None else mha.in_proj_bias.chunk(3)
+                for proj, weight, bias in zip(new._separate(), _torch_separate(mha), biases):
                     proj.weight.copy_(weight)
-                    if mha.in_proj_bias is not None:
-                        proj.bias.copy_(mha.in_proj_bias[i * e:(i + 1) * e])
+                    if bias is not None:
+                        proj.bias.copy_(bias)
             new.out_proj.load_state_dict(mha.out_proj.state_dict())
         return new
 
+    def to_torch(self) -> nn.MultiheadAttention:
+        """A ``torch.nn.MultiheadAttention`` computing the same function (weights copied).
+        torch's module has neither grouped-query heads, a custom scale nor a causal setting:
+        those raise ValueError (torch callers pass ``attn_mask`` for causal attention)."""
+        for name, bad, need in (("num_kv_heads", self.num_kv_heads != self.num_heads,
+                                 f"num_heads ({self.num_heads})"),
+                                ("scale", self.scale not in (None, 1.0 / self.head_dim ** 0.5),
+                                 "None (1/sqrt(head_dim))"),
+                                ("causal", self.causal, "False")):
+            if bad:
+                raise ValueError(f"{name}: torch.nn.MultiheadAttention needs {need}, this "
+                                 f"module has {getattr(self, name)}")
+        w = self.out_proj.weight
+        mha = nn.MultiheadAttention(self.embed_dim, self.num_heads,
+                                    bias=self.out_proj.bias is not None, kdim=self.kdim,
+                                    vdim=self.vdim, batch_first=self.batch_first,
+                                    device=w.device, dtype=w.dtype)
+        with torch.no_grad():
+            if self.fused:
+                mha.in_proj_weight.copy_(self.in_proj.weight)
+                if mha.in_proj_bias is not None:
+                    mha.in_proj_bias.copy_(self.in_proj.bias)
+            else:
+                for proj, weight in zip(self._separate(), _torch_separate(mha)):
+                    weight.copy_(proj.weight)
+                if mha.in_proj_bias is not None:
+                    mha.in_proj_bias.copy_(torch.cat([p.bias for p in self._separate()]))
+            mha.out_proj.load_state_dict(self.out_proj.state_dict())
+        return mha
+
+    def _separate(self) -> Tuple[nn.Linear, nn.Linear, nn.Linear]:
+        return self.q_proj, self.k_proj, self.v_proj
+
     def extra_repr(self) -> str:
         return (f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
-                f"num_kv_heads={self.num_kv_heads}, causal={self.causal}, fused={self.fused}")
+                f"num_kv_heads={self.num_kv_heads}, causal={self.causal}, fused={self.fused}, "
+                f"batch_first={self.batch_first}")

@@ -597,21 +597,30 @@ std::vector<Case> emu_cases() {
       {1, 20, 31, 1, 1, 256, false, N, 0, DType::bf16, L::bhsd, false, 0},  // causal top-left
       {2, 45, 70, 4, 2, 96, true, N, N, DType::bf16, L::bhsd, false, 0},  // GQA: heads 0,1 -> kv 0; 2,3 -> kv 1
       {1, 33, 257, 2, 2, 64, true, N, 0, DType::f16, L::bshd, false, 0},  // causal, keys span 5 tiles
+      // head dims 160-224: 16-row warps, three-part tile copies (224 = 128 + 64 + 32 columns)
+      {1, 70, 83, 2, 1, 160, true, N, 0, DType::f16, L::bhsd, false, 0},
+      {1, 65, 130, 1, 1, 192, false, 20, 5, DType::bf16, L::bshd, false, 0},
+      {2, 49, 100, 2, 2, 224, true, N, N, DType::bf16, L::bhsd, false, 0},
+      // two key tiles seen whole by the whole block between masked ones; a negative scale
+      {1, 130, 400, 2, 1, 128, true, 300, 10, DType::bf16, L::bshd, false, -0.3},
+      {1, 140, 400, 1, 1, 64, false, N, N, DType::f16, L::bshd, false, 0},
   };
 }
 
+// Usage: fae_emu_test [-v] [--seed N]: with a seed the emulator shuffles the order of each block's
+// threads (a missing barrier or a race then changes or breaks the results).
 int main(int argc, char** argv) {
-  for (int i = 1; i < argc; ++i)
-    if (std::string(argv[i]) == "-v") g_verbose = true;  // --seed N: see below
-  std::printf("== fae_emu_test: CUDA kernels on the SIMT emulator against a naive float64 reference\n");
-  fae::emu::Config cfg = fae::emu::get_config();
-  for (int i = 1; i + 1 < argc; ++i)
-    if (std::string(argv[i]) == "--seed") {  // the emulator's thread order: shuffled with this seed
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "-v") g_verbose = true;
+    else if (a == "--seed" && i + 1 < argc) {
+      fae::emu::Config cfg = fae::emu::get_config();
       cfg.shuffle = true;
-      cfg.seed = std::strtoull(argv[i + 1], nullptr, 10);
-      std::printf("thread order shuffled, seed %llu\n", static_cast<unsigned long long>(cfg.seed));
-    }
-  fae::emu::set_config(cfg);
+      cfg.seed = std::strtoull(argv[++i], nullptr, 10);
+      fae::emu::set_config(cfg);
+    } else { std::fprintf(stderr, "usage: fae_emu_test [-v] [--seed N]\n"); return 2; }
+  }
+  std::printf("== fae_emu_test: CUDA kernels on the SIMT emulator against a naive float64 reference\n");
   uint64_t seed = 4321;
   for (const Case& c : emu_cases()) emu_case(c, seed++);
   std::printf("%d passed, %d failed\n", g_checks - g_failures, g_failures);

@@ -1,7 +1,8 @@
 """Profiler counters of the emulator (_emu.set_stats / stats): shared-memory bank wavefronts and
 global sectors per warp-level request, per launch and kernel source line. Planted layouts show
-the figures they must; the attention kernels' shared loads are conflict-free and their tile copies
-use whole sectors; the figures of their output stores are reported."""
+the figures they must; every shared-memory access of the forward and backward kernels is
+conflict-free and every global access of them uses whole sectors (tile copies, 16-byte O, dK,
+dV and dQ stores, lse and the row statistics, dQ atomics of 128 contiguous bytes per warp)."""
 
 from __future__ import annotations
 
@@ -41,10 +42,6 @@ def sites(launches: List[dict], kernel: str, op: str) -> List[dict]:
 def source_lines(name: str, needle: str) -> List[int]:
     text = (FLASH / name).read_text().splitlines()
     return [i + 1 for i, line in enumerate(text) if needle in line]
-
-
-def efficiency(s: dict) -> float:
-    return s["bytes"] / (32 * s["sectors"])
 
 
 def test_counters_only_when_enabled(emu):
@@ -89,21 +86,28 @@ def run_attention(monkeypatch, head_dim: int, dtype: torch.dtype, backward: bool
         out.backward(torch.randn(out.shape, generator=gen, dtype=dtype))
 
 
-def check_tiles(launches: List[dict], kernel: str) -> None:
-    for s in sites(launches, kernel, "ldmatrix"):
-        assert s["wavefronts"] == s["ideal_wavefronts"], ("ldmatrix bank conflicts", s)
-    for s in sites(launches, kernel, "cp.async global"):
-        assert s["bytes"] == 32 * s["sectors"], ("cp.async sources not whole sectors", s)
+SHARED_OPS = ("ldmatrix", "cp.async shared", "shared load", "shared store")
+GLOBAL_OPS = ("cp.async global", "global load", "global store")
 
 
 @pytest.mark.parametrize("dtype", (torch.float16, torch.bfloat16))
 @pytest.mark.parametrize("head_dim", FWD_HEAD_DIMS)
-def test_forward_tiles_conflict_free_and_whole_sectors(emu, monkeypatch, head_dim, dtype):
-    check_tiles(collect(emu, lambda: run_attention(monkeypatch, head_dim, dtype, False)), "flash_fwd")
+def test_forward_conflict_free_and_whole_sectors(emu, monkeypatch, head_dim, dtype):
+    """Every shared-memory request of the forward takes its ideal wavefronts (ldmatrix, the
+    cp.async destinations, O staged in shared memory and read back) and every global one uses
+    whole sectors (tile copies, O in 16-byte stores, lse)."""
+    launches = [launch for launch in collect(emu, lambda: run_attention(monkeypatch, head_dim, dtype, False))
+                if launch["kernel"] == "flash_fwd"]
+    found = {s["op"] for launch in launches for s in launch["sites"]}
+    assert set(SHARED_OPS) <= found and {"cp.async global", "global store"} <= found, found
+    for s in (s for launch in launches for s in launch["sites"]):
+        if s["op"] in SHARED_OPS:
+            assert s["wavefronts"] == s["ideal_wavefronts"], ("shared bank conflicts", s)
+        else:
+            assert s["op"] in GLOBAL_OPS and s["bytes"] == 32 * s["sectors"], ("partial sectors", s)
 
 
 BWD_KERNELS = ("flash_bwd_row_stats", "flash_bwd", "flash_bwd_convert_dq")
-SHARED_OPS = ("ldmatrix", "cp.async shared", "shared load", "shared store")
 
 
 @pytest.mark.parametrize("deterministic", (False, True))
@@ -144,20 +148,6 @@ def test_backward_stores_and_atomics(emu, monkeypatch, head_dim):
     assert atomic["sectors"] == 4 * atomic["requests"], atomic
 
 
-@pytest.mark.parametrize("head_dim", FWD_HEAD_DIMS)
-def test_tile_copy_destination_wavefronts(emu, monkeypatch, head_dim):
-    """cp.async destinations: 8 lanes of 16 bytes per phase. With 4 or 12 chunks per row (head dims
-    32, 96) a phase spans two padded rows whose words meet in 4 banks."""
-    launches = collect(emu, lambda: run_attention(monkeypatch, head_dim, torch.float16, head_dim <= 128))
-    copies = [s for k in ("flash_fwd", "flash_bwd") if any(l["kernel"] == k for l in launches)
-              for s in sites(launches, k, "cp.async shared")]
-    ratio = sum(s["wavefronts"] for s in copies) / sum(s["ideal_wavefronts"] for s in copies)
-    print(f"head_dim {head_dim}: cp.async destinations take {ratio:.2f}x the ideal wavefronts")
-    if ratio > 1:
-        pytest.xfail(f"known gap, head_dim {head_dim}: cp.async destinations take {ratio:.2f}x the ideal "
-                     "wavefronts (a phase of 8 chunks spans two padded rows)")
-
-
 def store_figures(launches: List[dict], kernel: str, file: str, needles: Dict[str, str]) -> Dict[str, float]:
     """Sector efficiency (requested bytes / bytes of the sectors touched) of the global stores on
     the source lines containing each needle."""
@@ -173,14 +163,10 @@ def store_figures(launches: List[dict], kernel: str, file: str, needles: Dict[st
     return figures
 
 
-def report(figures: Dict[str, float]) -> None:
-    text = ", ".join(f"{what} {eff:.0%} of the sector bytes used" for what, eff in figures.items())
-    print(text)
-    if min(figures.values()) < 1:
-        pytest.xfail("known gap, stores of 2-byte elements per lane (4 lanes per row, 2 columns each): " + text)
-
-
 @pytest.mark.parametrize("head_dim", (64, 128))
-def test_forward_output_store_sectors(emu, monkeypatch, head_dim):
+def test_forward_output_stores_are_16_bytes_in_whole_sectors(emu, monkeypatch, head_dim):
     launches = collect(emu, lambda: run_attention(monkeypatch, head_dim, torch.float16, False))
-    report(store_figures(launches, "flash_fwd", "fwd_kernel.cuh", {"O": "orow["}))
+    figures = store_figures(launches, "flash_fwd", "common.cuh", {"O": "// O store"})
+    (o,) = [s for s in sites(launches, "flash_fwd", "global store") if s["file"] == "cuda/flash/common.cuh"]
+    assert o["bytes_per_access"] == 16 and o["bytes"] == 128 * 2 * head_dim * 2, o
+    assert figures == {"O": 1.0}, figures

