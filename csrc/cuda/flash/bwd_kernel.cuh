@@ -305,13 +305,14 @@ __global__ void __launch_bounds__(Tr::kThreads)
     const int t_first = int(rows.lo / BM), n_tiles = rows.empty() ? 0 : int(rows.hi / BM) - t_first + 1;
     int whole_lo, whole_hi;  // tiles that need no mask
     whole_tiles<BM, BN>(p, n0, whole_lo, whole_hi);
-    // Q, dO and the statistics of query tile t of head h0 + h go to buffer `stage`.
+    // Q, dO and the statistics of query tile `tile` of head h0 + head go to buffer `buf`.
     const int h0 = hk * group, t_last = n_tiles > 0 ? t_first + n_tiles - 1 : -1;
-    const auto load = [&](int h, int t, int stage) {
-      const int64_t m = int64_t(t) * BM, valid = p.seqlen_q - m;
-      const gptr<const T> gq = q + (b * p.q_batch_stride + (h0 + h) * p.q_head_stride + m * p.q_row_stride);
-      const gptr<const T> gdo = dout + (b * bp.do_batch_stride + (h0 + h) * bp.do_head_stride + m * bp.do_row_stride);
-      const sptr<T> bq = sQ + stage * Tr::kSmemQ, bdo = sdO + stage * Tr::kSmemQ;
+    const auto load = [&](int head, int tile, int buf) {
+      const int64_t m = int64_t(tile) * BM, valid = p.seqlen_q - m;
+      const gptr<const T> gq = q + (b * p.q_batch_stride + (h0 + head) * p.q_head_stride + m * p.q_row_stride);
+      const gptr<const T> gdo =
+          dout + (b * bp.do_batch_stride + (h0 + head) * bp.do_head_stride + m * bp.do_row_stride);
+      const sptr<T> bq = sQ + buf * Tr::kSmemQ, bdo = sdO + buf * Tr::kSmemQ;
       if (valid >= BM) {
         copy_tile_async<MapQ, LD, false>(bq, gq, p.q_row_stride, BM);
         copy_tile_async<MapQ, LD, false>(bdo, gdo, bp.do_row_stride, BM);
@@ -320,25 +321,25 @@ __global__ void __launch_bounds__(Tr::kThreads)
         copy_tile_async<MapQ, LD, true>(bdo, gdo, bp.do_row_stride, int(valid));
       }
       if (threadIdx.x < BM)
-        cp_async<16>(sStat + (stage * BM + threadIdx.x) * 4, stats + (stat_row(p, w, b, h0 + h, m) + threadIdx.x) * 4);
+        cp_async<16>(sStat + (buf * BM + threadIdx.x) * 4, stats + (stat_row(p, w, b, h0 + head, m) + threadIdx.x) * 4);
       cp_async_commit();
     };
 
     int stage = 0;
     if (Tr::kStages == 2 && n_tiles > 0) load(0, t_first, 0);
     for (int h = 0; h < group && n_tiles > 0; ++h) {
-      for (int t = t_first; t <= t_last; ++t) {
+      for (int qt = t_first; qt <= t_last; ++qt) {
         if (Tr::kStages == 1) {
           __syncthreads();  // every warp is done with the previous tile
-          load(h, t, 0);
+          load(h, qt, 0);
         }
         cp_async_wait<0>();
         __syncthreads();  // this tile (and K, V) landed for every thread; the previous tile is done
-        if (Tr::kStages == 2 && (t < t_last || h + 1 < group))
-          load(t < t_last ? h : h + 1, t < t_last ? t + 1 : t_first, stage ^ 1);
+        if (Tr::kStages == 2 && (qt < t_last || h + 1 < group))
+          load(qt < t_last ? h : h + 1, qt < t_last ? qt + 1 : t_first, stage ^ 1);
         const sptr<T> cQ = sQ + stage * Tr::kSmemQ, cdO = sdO + stage * Tr::kSmemQ;
         const sptr<float> cSt = sStat + stage * BM * 4;
-        const int64_t m0 = int64_t(t) * BM;
+        const int64_t m0 = int64_t(qt) * BM;
         // This thread's first dQ accumulator element of the tile; the others are constant offsets.
         const gptr<float> dq_tile = dq_split + (stat_row(p, w, b, h0 + h, m0) * D + dq_lane);
 
@@ -346,7 +347,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
         tile.compute(cQ, cdO, sK, sV, wm, wn, lane);
         // P = P' / psum and dS = P (dP - delta), packed to 16 bits as the A operands of what follows.
         uint32_t pk_p[Sdp::MT][Sdp::NT][2], pk_ds[Sdp::MT][Sdp::NT][2];
-        const bool masked = t < whole_lo || t > whole_hi;
+        const bool masked = qt < whole_lo || qt > whole_hi;
 #pragma unroll
         for (int mt = 0; mt < Sdp::MT; ++mt)
 #pragma unroll
