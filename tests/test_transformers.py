@@ -1,7 +1,8 @@
 """Hugging Face transformers models on flashattn_ext (integrations.transformers) against the same
 models on their own eager attention: small random configurations built here (no downloads),
 float32 logits and every parameter gradient (docs/semantics.md section 7), greedy generation
-with a KV cache on left-padded batches, attention weights, and what falls back or is refused."""
+with a KV cache on left-padded batches, packed sequences against each sequence alone, attention
+weights, and what falls back or is refused."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ transformers = pytest.importorskip(
     "transformers", reason="transformers is not installed (pip install flashattn_ext[transformers])")
 
 from attn_testing import assert_close  # noqa: E402
-from flashattn_ext import _torch_ops  # noqa: E402
+from flashattn_ext import _dispatch, _torch_ops  # noqa: E402
 from flashattn_ext.integrations.transformers import ATTENTION_NAME, register  # noqa: E402
 
 VOCAB = 97
@@ -88,17 +89,24 @@ def padding_mask(b: int, s: int, pads) -> torch.Tensor:
 
 
 class KernelCalls:
-    """Counts flashattn_ext's kernel calls and turns its fallback warnings into errors."""
+    """Counts flashattn_ext's kernel calls (``count``, of which ``varlen`` variable-length ones)
+    and turns its fallback warnings into errors."""
 
     def __init__(self, monkeypatch):
-        self.count = 0
-        apply = _torch_ops.apply
+        self.count = self.varlen = 0
+        apply, apply_varlen = _torch_ops.apply, _torch_ops.apply_varlen
 
         def counted(*args, **kwargs):
             self.count += 1
             return apply(*args, **kwargs)
 
+        def counted_varlen(*args, **kwargs):
+            self.count += 1
+            self.varlen += 1
+            return apply_varlen(*args, **kwargs)
+
         monkeypatch.setattr(_torch_ops, "apply", counted)
+        monkeypatch.setattr(_torch_ops, "apply_varlen", counted_varlen)
 
     def __enter__(self):
         self._warnings = warnings.catch_warnings()
@@ -243,16 +251,89 @@ def test_output_attentions_are_the_softmax(gen, monkeypatch):
         assert_close(torch.where(rows, a, 0), torch.where(rows, r, 0), None, "weights")
 
 
-def test_packed_sequences_fall_back_with_a_warning(gen):
-    """position_ids restarting inside a row (packed sequences) give a block-diagonal mask, which
-    is no band: transformers' sdpa computes it, after a warning naming the reason."""
+# Rows of sequences packed back to back (the lengths sum to the row's length): windows of 5
+# (Qwen2's second layer) and 6 (Mistral) are passed by the longer sequences.
+PACKS = {"llama": [(4, 9, 6)], "qwen2": [(8, 3, 7)], "mistral": [(9, 4), (2, 6, 5)]}
+
+
+def packed_positions(rows) -> torch.Tensor:
+    return torch.stack([torch.cat([torch.arange(n) for n in row]) for row in rows])
+
+
+@pytest.mark.parametrize("name", list(PACKS))
+def test_packed_sequences_match_each_sequence_alone(gen, monkeypatch, name):
+    """position_ids restarting at 0 inside a row, no attention_mask and no cache (transformers'
+    packed format): transformers' block-diagonal mask runs as one variable-length call per
+    layer, and the logits and every parameter gradient (float32) match each sequence run alone
+    in float64 on eager attention, as closely as the packed float32 model on eager does."""
+    eager, ours = pair(name, gen)
+    if name == "llama":
+        for m in (eager, ours):
+            for layer in m.model.layers:
+                layer.self_attn.scaling = 0.37
+    eager64 = copy.deepcopy(eager).double()
+    rows = PACKS[name]
+    pos = packed_positions(rows)
+    ids = token_ids(gen, *pos.shape)
+    weight = torch.randn(*pos.shape, VOCAB, generator=gen)
+
+    def run_packed(model, ids, pos, weight):
+        logits = model(input_ids=ids, position_ids=pos, use_cache=False).logits
+        loss = (logits * weight.to(logits.dtype)).sum()
+        return logits.flatten(0, 1), torch.autograd.grad(loss, list(model.parameters()),
+                                                         allow_unused=True)
+
+    with KernelCalls(monkeypatch) as calls:
+        got, grads = run_packed(ours, ids, pos, weight)
+    assert calls.varlen == calls.count == len(ours.model.layers)
+    naive, naive_grads = run_packed(eager, ids, pos, weight)
+    parts = []
+    for r, row in enumerate(rows):
+        start = 0
+        for n in row:
+            one = slice(start, start + n)
+            parts.append(run_packed(eager64, ids[r:r + 1, one], pos[r:r + 1, one],
+                                    weight[r:r + 1, one]))
+            start += n
+    ref = torch.cat([p[0] for p in parts])
+    ref_grads = [None if g[0] is None else sum(g) for g in zip(*[p[1] for p in parts])]
+    assert_model_close(got, naive, ref, "logits")
+    for (pname, _), g, n, r in zip(ours.named_parameters(), grads, naive_grads, ref_grads):
+        assert (g is None) == (r is None), pname
+        if g is not None:
+            assert_model_close(g, n, r, pname)
+
+
+def test_masks_neither_band_nor_packing_fall_back_with_a_warning(gen):
+    """A 4-D (additive) mask passed by the caller that is block-diagonal with a causal block
+    beside a bidirectional one is neither a band nor packed sequences under one band:
+    transformers' sdpa computes it, after a warning naming the reason."""
     eager, ours = pair("llama", gen)
     ids = token_ids(gen, 2, 10)
-    pos = torch.cat([torch.arange(4), torch.arange(6)])[None].expand(2, -1)
+    keep = torch.zeros(2, 1, 10, 10, dtype=torch.bool)
+    keep[:, :, :4, :4] = torch.ones(4, 4, dtype=torch.bool).tril()
+    keep[:, :, 4:, 4:] = True
+    mask = torch.zeros(keep.shape).masked_fill(~keep, torch.finfo(torch.float32).min)
     with pytest.warns(UserWarning, match="flashattn_ext: an attention mask that is not a"):
-        got = ours(input_ids=ids, position_ids=pos, use_cache=False).logits
-    assert_close(got, eager(input_ids=ids, position_ids=pos, use_cache=False).logits, None,
+        got = ours(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    assert_close(got, eager(input_ids=ids, attention_mask=mask, use_cache=False).logits, None,
                  "logits")
+
+
+@pytest.mark.skipif(_dispatch._emu_module() is None, reason="this build has no emulator")
+def test_packed_sequences_off_the_cpu_fall_back_with_a_warning(gen, monkeypatch):
+    """The variable-length kernels run on the CPU only: on another backend (the emulated CUDA
+    kernels here, for float16; CUDA tensors alike) packed sequences go to transformers' sdpa,
+    after a warning naming the reason."""
+    eager, ours = pair("llama", gen)
+    eager, ours = eager.half(), ours.half()
+    pos = packed_positions(PACKS["llama"])
+    ids = token_ids(gen, *pos.shape)
+    monkeypatch.setenv("FLASHATTN_EXT_BACKEND", "emu")
+    with pytest.warns(UserWarning, match="flashattn_ext: packed sequences on the emu backend"):
+        got = ours(input_ids=ids, position_ids=pos, use_cache=False).logits
+    eager.set_attn_implementation("sdpa")  # what the fallback computes, bit for bit
+    assert torch.equal(got, eager(input_ids=ids, position_ids=pos, use_cache=False).logits)
 
 
 def test_softcap_is_refused(gen):
