@@ -393,16 +393,22 @@ __global__ void __launch_bounds__(Tr::kThreads)
         warp_mma<T, BM / 16>(acc_dv, a_cols(sP + kn * Tr::kKvN, LP, lane), b_cols(cdO + kd * Tr::kKvD, LD, lane));
         warp_mma<T, BM / 16>(acc_dk, a_cols(sdS + kn * Tr::kKvN, LP, lane), b_cols(cQ + kd * Tr::kKvD, LD, lane));
         // dQ = dS.K, added to the accumulator: per register, the warp's 32 lanes cover 128 bytes.
-        float acc_dq[Tr::kDqM / 16][Tr::kDqD / 8][4];
-        zero(acc_dq);
-        warp_mma<T, BN / 16>(acc_dq, a_rows(sdS + qm * Tr::kDqM * LP, LP, lane), b_cols(sK + qd * Tr::kDqD, LD, lane));
+        // In kDqPasses passes over the warp tile's columns (fewer accumulators live at once).
+        constexpr int DQ = Tr::kDqD / Tr::kDqPasses;
 #pragma unroll
-        for (int mt = 0; mt < Tr::kDqM / 16; ++mt)
+        for (int pass = 0; pass < Tr::kDqPasses; ++pass) {
+          float acc_dq[Tr::kDqM / 16][DQ / 8][4];
+          zero(acc_dq);
+          warp_mma<T, BN / 16>(acc_dq, a_rows(sdS + qm * Tr::kDqM * LP, LP, lane),
+                               b_cols(sK + qd * Tr::kDqD + pass * DQ, LD, lane));
 #pragma unroll
-          for (int nt = 0; nt < Tr::kDqD / 8; ++nt)
+          for (int mt = 0; mt < Tr::kDqM / 16; ++mt)
 #pragma unroll
-            for (int i = 0; i < 4; ++i)
-              atomicAdd(dq_tile + (mt * 16 * D + nt * 128 + i * 32), acc_dq[mt][nt][i]);
+            for (int nt = 0; nt < DQ / 8; ++nt)
+#pragma unroll
+              for (int i = 0; i < 4; ++i)
+                atomicAdd(dq_tile + (mt * 16 * D + (pass * DQ / 8 + nt) * 128 + i * 32), acc_dq[mt][nt][i]);
+        }
         stage ^= Tr::kStages - 1;
       }
     }

@@ -23,6 +23,10 @@ namespace fae::cuda {
 // statistics (16 bytes per row), rows padded by 8 elements; P and dS (kBlockM rows of kBlockN + 8).
 // With two stages the next tile's Q, dO and statistics load while the current one is computed;
 // where two do not fit, the tile loads at the top of its iteration.
+// At D >= 160 every register counts (ptxas, sm_80 / 86 / 89 / 90, bf16 and f16: 250-255 registers
+// and no spill with these tiles; D = 224 with 4x2 S/dP warps and D = 256 with 4x2 dQ warps, or a
+// 32x32 D = 256 tile with dQ in one pass, spilled 4-80 bytes on some of them). dq_passes > 1
+// computes dQ's warp tile in column slices, so fewer of its accumulators are live at once.
 // Two tiers: kSmallSmem = false for sm_80 / sm_90 (163 / 227 KiB per block), true for sm_86 /
 // sm_89 (99 KiB); the launcher takes the first that fits the device.
 //   D    tier   M x N    warps  S/dP  dK/dV  dQ   stages  smem (bytes)
@@ -38,12 +42,12 @@ namespace fae::cuda {
 //   160  small  32x32    4      2x2   2x2    2x2  2        70656
 //   192  large  64x64    8      4x2   4x2    4x2  1       121856
 //   192  small  32x64    8      2x4   4x2    2x4  1        86528
-//   224  large  64x64    8      4x2   4x2    4x2  1       138240
+//   224  large  64x64    8      2x4   4x2    4x2  1       138240
 //   224  small  32x32    4      2x2   2x2    2x2  1        65024
-//   256  large  64x64    8      4x2   2x4    4x2  1       154624
-//   256  small  32x32    4      2x2   2x2    2x2  1        73216
+//   256  large  64x64    8      4x2   2x4    1x8  1       154624
+//   256  small  32x32    4      2x2   2x2    2x2  1        73216  dQ in 2 passes
 struct BwdTile {
-  int block_m, block_n, warps, sdp_warps_m, kv_warps_n, dq_warps_m, stages;
+  int block_m, block_n, warps, sdp_warps_m, kv_warps_n, dq_warps_m, stages, dq_passes = 1;
 };
 
 constexpr BwdTile bwd_tile(int head_dim, bool small_smem) {
@@ -54,8 +58,8 @@ constexpr BwdTile bwd_tile(int head_dim, bool small_smem) {
     case 128: return small_smem ? BwdTile{64, 64, 8, 4, 2, 2, 1} : BwdTile{128, 64, 8, 4, 2, 4, 1};
     case 160: return small_smem ? BwdTile{32, 32, 4, 2, 2, 2, 2} : BwdTile{64, 64, 8, 4, 4, 4, 2};
     case 192: return small_smem ? BwdTile{32, 64, 8, 2, 4, 2, 1} : BwdTile{64, 64, 8, 4, 4, 4, 1};
-    case 224: return small_smem ? BwdTile{32, 32, 4, 2, 2, 2, 1} : BwdTile{64, 64, 8, 4, 4, 4, 1};
-    case 256: return small_smem ? BwdTile{32, 32, 4, 2, 2, 2, 1} : BwdTile{64, 64, 8, 4, 2, 4, 1};
+    case 224: return small_smem ? BwdTile{32, 32, 4, 2, 2, 2, 1} : BwdTile{64, 64, 8, 2, 4, 4, 1};
+    case 256: return small_smem ? BwdTile{32, 32, 4, 2, 2, 2, 1, 2} : BwdTile{64, 64, 8, 4, 2, 1, 1};
     default: return {0, 0, 0, 0, 0, 0, 0};
   }
 }
@@ -64,7 +68,8 @@ constexpr BwdTile bwd_tile(int head_dim, bool small_smem) {
 constexpr bool bwd_has_small_tier(int head_dim) {
   const BwdTile a = bwd_tile(head_dim, false), b = bwd_tile(head_dim, true);
   return a.block_m != b.block_m || a.block_n != b.block_n || a.warps != b.warps || a.sdp_warps_m != b.sdp_warps_m ||
-         a.kv_warps_n != b.kv_warps_n || a.dq_warps_m != b.dq_warps_m || a.stages != b.stages;
+         a.kv_warps_n != b.kv_warps_n || a.dq_warps_m != b.dq_warps_m || a.stages != b.stages ||
+         a.dq_passes != b.dq_passes;
 }
 
 // Workspace rows per (batch, query head): Sq rounded up to kBwdRowAlign, so that every query tile
@@ -112,6 +117,7 @@ struct BwdTraits {
   static constexpr int kKvN = kBlockN / kKvWarpsN, kKvD = HeadDim / kKvWarpsD;
   static constexpr int kDqWarpsM = kTile.dq_warps_m, kDqWarpsD = kWarps / kDqWarpsM;
   static constexpr int kDqM = kBlockM / kDqWarpsM, kDqD = HeadDim / kDqWarpsD;
+  static constexpr int kDqPasses = kTile.dq_passes;  // dQ's warp tile computed in column slices
   // Shared memory (elements of T, then the row statistics as floats).
   static constexpr int kSmemKV = kBlockN * kRowStride;
   static constexpr int kSmemQ = kBlockM * kRowStride;
@@ -125,7 +131,7 @@ struct BwdTraits {
   static_assert(sizeof(T) == 2, "tensor-core path: 16-bit elements");
   static_assert(kBlockM > 0, "no backward tile for this head dim");
   static_assert(kSdpM % 16 == 0 && kSdpN % 16 == 0 && kKvN % 16 == 0 && kKvD % 16 == 0 && kDqM % 16 == 0 &&
-                    kDqD % 16 == 0,
+                    kDqD % (16 * kDqPasses) == 0,
                 "warp tiles: whole m16 tiles and pairs of n8 tiles");
   static_assert(kSdpWarpsM * kSdpWarpsN == kWarps && kKvWarpsN * kKvWarpsD == kWarps &&
                     kDqWarpsM * kDqWarpsD == kWarps,
