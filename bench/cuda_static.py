@@ -827,9 +827,9 @@ def report(results: list[Analysis], command: str, tools: str) -> str:
              *[f"- {hw.arch}: {hw.tensor_note}." for hw in HARDWARE.values()], "", "## Kernels", ""]
     for key in sorted(groups, key=lambda k: (k[0] != "forward", k[1])):
         lines += kernel_table(sorted(groups[key], key=lambda a: a.inst.head_dim))
-    helpers = sorted({f"{k} on {a.arch}: {r.registers} registers, {r.spill_stores + r.spill_loads} spill bytes"
-                      for a in results for k, r in a.resources.items() if k != a.inst.main_kernel})
-    lines += ["Backward helper kernels (no main loop): " + "; ".join(helpers) + ".", "",
+    helpers = [f"{k} D={a.inst.head_dim} on {a.arch}: {r.registers} registers, {r.spill_stores + r.spill_loads} "
+               "spill bytes" for a in results for k, r in sorted(a.resources.items()) if k != a.inst.main_kernel]
+    lines += ["Backward helper kernels and the 99 KiB tier (no main-loop census): " + "; ".join(helpers) + ".", "",
               "## Comparison with FlashAttention-2 (sm_80)", "",
               "The FA2 columns are figures measured on FlashAttention-2's SASS (sm_80, bf16, main loop per warp), "
               "quoted, not recomputed here. The tiles differ: compare the shares and the per-HMMA ratios.", "",
