@@ -6,7 +6,6 @@ rather than come from the rounded output."""
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
@@ -14,20 +13,6 @@ import torch
 import flashattn_ext as fa
 import oracle
 from attn_testing import assert_close, needs_kernel, randn
-
-
-def skip_ties_under_hw_numerics(backend: str) -> None:
-    """Near one-hot 16-bit rows: dv of a key is then mostly a sum of two or three dO entries,
-    often a rounding tie of the dtype but for terms of 1e-8. The reference gradient is the float64
-    one rounded to the dtype by torch through float32 (a double rounding that loses those terms),
-    and the exact mode and the naive computation round the tie the same way, so the tolerance is
-    half an ulp. The emulator's hardware numerics mode truncates the float32 sums and lands on the
-    other side of the tie: within 0.5000001 ulp of the float64 gradient, one ulp from the
-    reference (bfloat16: 1.6e-2 against a tolerance of 7.8e-3, in 17 of 384 batch elements over 12
-    runs at seed 123; float16: 1.95e-3 against 1.46e-3, one run in five seeds)."""
-    if backend == "emu" and os.environ.get("FAE_EMU_HW_NUMERICS"):
-        pytest.skip("16-bit rounding ties resolved differently from the double-rounded reference "
-                    "under the emulator's truncating hardware numerics (within 0.5000001 ulp of float64)")
 
 
 F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
@@ -47,8 +32,11 @@ def _check_backward(q, k, v, dout, causal=False, window_size=(-1, -1), float32_n
     float32 only with ``float32_naive``: see attn_testing.assert_close)."""
     out = fa.flash_attn_func(q, k, v, causal=causal, window_size=window_size)
     grads = torch.autograd.grad(out, (q, k, v), dout)
-    ref = oracle.attention(q, k, v, causal=causal, window=window_size)[0]
-    ref_grads = torch.autograd.grad(ref, (q, k, v), dout.double())
+    # float64 leaves: the reference gradients stay float64 (autograd would round them to the
+    # inputs' dtype, for 16-bit inputs through float32: a double rounding off by one ulp at ties)
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    ref = oracle.attention(*leaves, causal=causal, window=window_size)[0]
+    ref_grads = torch.autograd.grad(ref, leaves, dout.double())
     naive_grads = [[None] * q.shape[0]] * 3
     if q.dtype in (BF16, F16) or float32_naive:
         naive = oracle.attention(q, k, v, causal=causal, window=window_size, dtype=q.dtype)[0]
@@ -99,7 +87,6 @@ def test_few_keys_padded_strides(backend, gen, dtype):
 def test_near_one_hot_rows(backend, gen, dtype):
     """Logits of tens (q x 30) over a few keys: rows nearly one-hot, small problems (so that the
     naive computation's error, and with it the tolerance, stays small), 16 draws each."""
-    skip_ties_under_hw_numerics(backend)
     needs_kernel(backend, dtype, backward=True, head_dim=128)
     for shape in ((16, 8, 3, 2, 1, 64), (16, 4, 4, 2, 2, 128)):
         _check_backward(*_inputs(gen, *shape, dtype, q_scale=30.0), causal=True)
