@@ -23,10 +23,9 @@ namespace fae::cuda {
 // statistics (16 bytes per row), rows padded by 8 elements; P and dS (kBlockM rows of kBlockN + 8).
 // With two stages the next tile's Q, dO and statistics load while the current one is computed;
 // where two do not fit, the tile loads at the top of its iteration.
-// Registers per thread (ptxas; bf16 on sm_80 and sm_90 for every D, also f16 and sm_86 / sm_89 for
-// D >= 160), no spill or local memory with these tiles: large tier 243-255, but 236-238 at D = 160;
-// small tier 164-245 up to D = 192, 254-255 at D = 224 and 256. At D = 224 / 256 these are the
-// tiles that spill nowhere: D = 224 large with 4x2 S/dP warps spilled 24 bytes on sm_90; D = 256
+// Registers per thread (ptxas, sm_80 / 86 / 89 / 90, bf16 and f16), no spill or local memory with
+// these tiles: large tier 243-255, but 236-238 at D = 160; small tier 164-245 up to D = 192,
+// 254-255 at D = 224 and 256. At D = 224 / 256 these are the tiles that spill nowhere: D = 224 large with 4x2 S/dP warps spilled 24 bytes on sm_90; D = 256
 // large with 4x2 or 2x4 dQ warps 4-80 bytes on sm_80, sm_86 / 89 or sm_90; D = 256 small with dQ in
 // one pass 4-32 bytes on sm_80. dq_passes > 1 computes dQ's warp tile in column slices, so fewer
 // of its accumulators are live at once.
