@@ -11,7 +11,7 @@ import torch
 import oracle
 
 
-EMU_BWD_MAX_HEAD_DIM = 128
+EMU_BWD_MAX_HEAD_DIM = 256
 CUDA_BACKENDS = ("emu", "cuda")  # the CUDA kernels: emulated on the CPU, or on a GPU
 
 

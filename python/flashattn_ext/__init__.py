@@ -15,6 +15,7 @@ from ._version import __version__
 from ._C import available_isas as _available_isas
 from ._C import build_info as _build_info
 from ._C import get_num_threads, set_num_threads
+from ._dispatch import set_deterministic
 from .functional import attention, flash_attn_func, scaled_dot_product_attention
 from .kvcache import flash_attn_with_kvcache
 from .varlen import (flash_attn_kvpacked_func, flash_attn_qkvpacked_func,
@@ -64,5 +65,6 @@ __all__ = [
     "flash_attn_with_kvcache",
     "get_num_threads",
     "scaled_dot_product_attention",
+    "set_deterministic",
     "set_num_threads",
 ]
