@@ -57,8 +57,11 @@ def fake_gpu(monkeypatch):
         alloc_devices.append(like.device)
         return torch.zeros(shape, dtype=torch.float32 if float32 else like.dtype)
 
+    def bwd_workspace(sizes: tuple, deterministic: bool) -> tuple:
+        return 4 * sizes[0] * sizes[1] * sizes[3], sizes[0] * sizes[1] * sizes[3] * sizes[5]
+
     fake_c = SimpleNamespace(cuda_forward=kernel, cuda_backward=kernel, cuda_head_dims=[64],
-                             cuda_bwd_head_dims=[64])
+                             cuda_bwd_head_dims=[64], cuda_bwd_workspace=bwd_workspace)
     monkeypatch.setattr(_dispatch, "_C", fake_c)
     monkeypatch.setattr(_dispatch, "_new", new)
     monkeypatch.setattr(torch.cuda, "current_stream", current_stream)

@@ -51,7 +51,9 @@ PYBIND11_MODULE(_C, m) {
                [](const fae::BwdParams& p, float* stats, float* dq_accum, uintptr_t stream, int device) {
                  fae::cuda::attention_backward(p, stats, dq_accum, reinterpret_cast<fae::cuda::Stream>(stream), device);
                },
-               "Backward on GPU `device`, launched on `stream`; stats (2*B*Hq*Sq) and dq_accum are float32 device workspace.");
+               "Backward on GPU `device`, launched on `stream`; stats and dq_accum are float32 device workspace "
+               "of cuda_bwd_workspace elements.");
+  def_backward_workspace(m, "cuda_bwd_workspace", fae::cuda::backward_workspace);
   m.attr("cuda_head_dims") = head_dim_list(fae::cuda::kHeadDims);
   m.attr("cuda_bwd_head_dims") = head_dim_list(fae::cuda::kBwdHeadDims);
 #endif

@@ -18,6 +18,7 @@ from ._version import __version__
 from ._C import available_isas as _available_isas
 from ._C import build_info as _build_info
 from ._C import get_num_threads, set_num_threads
+from ._dispatch import set_deterministic
 from .functional import attention, flash_attn_func, scaled_dot_product_attention
 from .interpret import attention_weights, hard_attention, topk_attention
 from .kvcache import flash_attn_with_kvcache
@@ -70,6 +71,7 @@ __all__ = [
     "get_num_threads",
     "hard_attention",
     "scaled_dot_product_attention",
+    "set_deterministic",
     "set_num_threads",
     "topk_attention",
 ]

@@ -127,11 +127,35 @@ def forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mask: Mask
         check_overflow(q, k, lse, scale, mask, seqs)
 
 
+_deterministic = False
+
+
+def set_deterministic(flag: bool) -> None:
+    """Global switch of the CUDA backward's deterministic mode (see :func:`deterministic`)."""
+    global _deterministic
+    if not isinstance(flag, bool):
+        raise TypeError(f"set_deterministic: flag must be a bool, got {type(flag).__name__}")
+    _deterministic = flag
+
+
+def deterministic(requested: bool = False) -> bool:
+    """Whether a backward runs in deterministic mode: asked for by the call
+    (``flash_attn_func(deterministic=True)``), by :func:`set_deterministic`, by
+    FLASHATTN_EXT_DETERMINISTIC=1 (read at every call) or by
+    ``torch.use_deterministic_algorithms(True)``."""
+    env = os.environ.get("FLASHATTN_EXT_DETERMINISTIC", "").strip()
+    if env not in ("", "0", "1"):
+        raise ValueError(f"FLASHATTN_EXT_DETERMINISTIC={env!r}; accepted: 0 or 1")
+    torch_flag = torch is not None and torch.are_deterministic_algorithms_enabled()
+    return bool(requested or _deterministic or env == "1" or torch_flag)
+
+
 def backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dq: Any, dk: Any, dv: Any,
              scale: float, mask: MaskSpec, dlse: Optional[Any] = None,
-             seqs: Optional[Seqs] = None) -> None:
+             seqs: Optional[Seqs] = None, deterministic_mode: bool = False) -> None:
     """Runs the backward kernel on BSHD views, writing dq, dk, dv. ``dlse`` (optional) is the
-    gradient of lse, laid out exactly like lse."""
+    gradient of lse, laid out exactly like lse. ``deterministic_mode``: the CUDA kernels sum dq
+    in a fixed order (bitwise reproducible; the CPU backward always is)."""
     dlse_ptr = 0 if dlse is None else _ptr(dlse)
     _cpu_only(q, seqs)
     if backend_for(q) == "cpu":
@@ -143,12 +167,14 @@ def backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dq: Any, dk:
     dp = _padded_head_dim(q, head_dims, "backward")
     qf, kf, vf, of, dof = (_fit(x, dp) for x in (q, k, v, out, dout))
     dqf, dkf, dvf = (_fit(x, dp, copy=False) for x in (dq, dk, dv))
-    rows = q.shape[0] * q.shape[2] * q.shape[1]
-    stats = _new(q, (2 * rows,), zero=False, float32=True)  # delta and softmax sum per row
-    dq_accum = _new(q, (rows * dp,), zero=False, float32=True)
+    b, sq, hq, _ = q.shape
+    workspace = _emu_module().attention_bwd_workspace if backend_for(q) == "emu" else _C.cuda_bwd_workspace
+    n_stats, n_accum = workspace(sizes=(b, sq, k.shape[1], hq, k.shape[2], dp), deterministic=deterministic_mode)
+    stats = _new(q, (n_stats,), zero=False, float32=True)  # lse2, 1 / softmax sum, delta per row
+    dq_accum = _new(q, (n_accum,), zero=False, float32=True)
     run(**_common_kwargs(qf, kf, vf, of, lse, scale, mask, dp, seqs),
         **_arrays(dout=dof, dq=dqf, dk=dkf, dv=dvf), dlse=dlse_ptr, stats=_ptr(stats),
-        dq_accum=_ptr(dq_accum), **launch)
+        dq_accum=_ptr(dq_accum), deterministic=deterministic_mode, **launch)
     for padded, real in ((dqf, dq), (dkf, dk), (dvf, dv)):
         _copy_back(padded, real)
 

@@ -17,14 +17,15 @@ from ._validate import BHSD, BSHD, SD, Call, MaskSpec, flag, prepare
 ArrayLike = Any  # torch.Tensor or numpy.ndarray
 
 
-def _run(call: Call) -> Tuple[ArrayLike, ArrayLike]:
-    """out (B, S, H, D) and lse (B, H, S) of a validated call."""
+def _run(call: Call, deterministic: bool = False) -> Tuple[ArrayLike, ArrayLike]:
+    """out (B, S, H, D) and lse (B, H, S) of a validated call; ``deterministic``: the mode of
+    its backward."""
     if call.kind == "numpy":
         out, lse = _dispatch.numpy_forward(call.q, call.k, call.v, call.scale, call.mask)
     else:
         from . import _torch_ops
 
-        out, lse = _torch_ops.apply(call.q, call.k, call.v, call.scale, call.mask)
+        out, lse = _torch_ops.apply(call.q, call.k, call.v, call.scale, call.mask, deterministic)
     if _capture.recorders:  # flashattn_ext.inspect.capture is active
         _capture.record(call, lse)
     return out, lse
@@ -91,14 +92,17 @@ def flash_attn_func(q: ArrayLike, k: ArrayLike, v: ArrayLike, dropout_p: float =
     softmax_lse is (B, Hq, Sq) and probs (B, Hq, Sq, Sk) the exact attention probabilities
     (float32, float64 for float64 inputs; no gradient), recomputed from softmax_lse by
     :func:`flashattn_ext.attention_weights`: O(Sq·Sk) memory, for inspection and tests (the
-    position of FlashAttention's debug-only S_dmask). The backward is always deterministic, so
-    ``deterministic`` is accepted either way. Not implemented (raising NotImplementedError):
-    dropout_p > 0, softcap != 0, alibi_slopes.
+    position of FlashAttention's debug-only S_dmask). ``deterministic=True`` makes the CUDA
+    backward sum dq in a fixed order, so gradients are bitwise reproducible (docs/semantics.md
+    section 8; the CPU backward always is; :func:`set_deterministic` switches it on for every
+    call). Not implemented (raising NotImplementedError): dropout_p > 0, softcap != 0,
+    alibi_slopes.
     """
     not_implemented(dropout_p, softcap, alibi_slopes)
     mask = MaskSpec.make(causal, window_size, bottom_right=True)
+    det = flag("deterministic", deterministic)
     call = prepare(q, k, v, layout=BSHD, scale=softmax_scale, mask=mask, scale_name="softmax_scale")
-    out, lse = _run(call)
+    out, lse = _run(call, det)
     if not flag("return_attn_probs", return_attn_probs):
         return out
     from .interpret import weights_of

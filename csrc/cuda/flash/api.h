@@ -3,6 +3,8 @@
 // needs neither the CUDA toolkit nor the emulator, so plain C++ callers (the bindings) include it.
 #pragma once
 
+#include <cstddef>
+
 #include "common/params.h"
 #include "cuda/flash/head_dims.h"
 
@@ -25,9 +27,17 @@ using Stream = CUstream_st*;
 // (-1: the current device).
 void attention_forward(const FwdParams& p, Stream stream, int device = -1);
 
+// Float32 workspace of the backward: the row statistics and the dQ accumulator (one copy, or in
+// deterministic mode one per split of the key blocks), in elements.
+struct BwdWorkspace {
+  std::size_t stats, dq_accum;
+};
+BwdWorkspace backward_workspace(const BwdParams& p);
+
 // Launches the backward (three kernels) on `stream` without synchronising. Requirements as for
-// the forward, plus workspace: stats (2*B*Hq*Sq floats: delta and the softmax sum of each row)
-// and dq_accum (B*Hq*Sq*D floats); head dims of kBwdHeadDims (head_dims.h).
+// the forward, plus workspace of backward_workspace(p) floats each (16-byte aligned); head dims
+// of kBwdHeadDims (head_dims.h). Throws std::invalid_argument when the device's shared memory per
+// block cannot hold the head dim's smallest tile. `device` as for the forward.
 void attention_backward(const BwdParams& p, float* stats, float* dq_accum, Stream stream, int device = -1);
 
 template <class T, int HeadDim>

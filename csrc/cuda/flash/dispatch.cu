@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "cuda/flash/api.h"
+#include "cuda/flash/bwd_traits.h"
 #include "cuda/primitives.cuh"
 
 namespace fae::cuda {
@@ -68,6 +69,12 @@ void attention_forward(const FwdParams& p, Stream stream, int device) {
     case DType::bf16: return forward_for_head_dim<bf16_t>(p, stream, kFwdIndices);
     default: throw std::invalid_argument("the CUDA kernels take float16 or bfloat16");
   }
+}
+
+BwdWorkspace backward_workspace(const BwdParams& p) {
+  const BwdWork w = bwd_work(p);
+  const std::size_t rows = std::size_t(p.fwd.batch * p.fwd.heads_q * w.padded_rows);
+  return {4 * rows, std::size_t(w.splits) * rows * std::size_t(p.fwd.head_dim)};
 }
 
 void attention_backward(const BwdParams& p, float* stats, float* dq_accum, Stream stream, int device) {
