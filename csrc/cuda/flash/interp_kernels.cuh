@@ -41,6 +41,7 @@ struct Traits {
   static constexpr int kKStepsQK = HeadDim / 16;
   static constexpr bool kQInRegisters = HeadDim <= 128;
   static constexpr int kChunksPerRow = HeadDim / 8;
+  using KMap = ChunkMap<kBlockN, HeadDim, kThreads>;  // key tile copies (cuda/flash/common.cuh)
   static constexpr int kSmemQ = kBlockM * kRowStride;
   static constexpr int kSmemKV = kBlockN * kRowStride;
   static constexpr int kScoreStride = kBlockN + 1;  // float score tile of top-k
@@ -52,8 +53,6 @@ struct Traits {
   }
   static_assert(sizeof(T) == 2 && HeadDim % 32 == 0 && HeadDim <= 256, "16-bit elements, head dim 32..256");
 };
-
-__device__ __forceinline__ int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 __device__ __forceinline__ float quad_max(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
@@ -111,7 +110,8 @@ struct TileScores {
 template <class Tr>
 __device__ void load_keys(sptr<typename Tr::Element> sK, gptr<const typename Tr::Element> kb, const FwdParams& p,
                           int64_t n0) {
-  load_tile<Tr>(sK, kb + n0 * p.k_row_stride, p.k_row_stride, Tr::kBlockN, int(min64(Tr::kBlockN, p.seqlen_k - n0)));
+  copy_tile_async<typename Tr::KMap, Tr::kRowStride, true>(sK, kb + n0 * p.k_row_stride, p.k_row_stride,
+                                                          int(min64(Tr::kBlockN, p.seqlen_k - n0)));
   cp_async_wait_all();
   __syncthreads();
 }
@@ -240,9 +240,9 @@ __global__ void __launch_bounds__(Tr::kThreads)
       for (int i = 0; i < 4; ++i)
         sS[(warp * 16 + g + 8 * (i >> 1)) * SS + nt * 8 + 2 * t + (i & 1)] = s[nt][i] * p.scale_log2;
     __syncthreads();  // scores visible, every warp done with sK
-    if (owner)
-      for (int64_t j = max64(mine.lo, n0); j <= min64(mine.hi, n0 + BN - 1); ++j)
-        topk_offer<float>(hs + threadIdx.x * kt, hidx + threadIdx.x * kt, count, kt, float(sS[threadIdx.x * SS + (j - n0)]), j);
+    for (int c = 0; c < BN; ++c)  // the same trip count in every thread: no divergent loop exit
+      if (n0 + c >= mine.lo && n0 + c <= mine.hi)
+        topk_offer<float>(hs + threadIdx.x * kt, hidx + threadIdx.x * kt, count, kt, float(sS[threadIdx.x * SS + c]), n0 + c);
     __syncthreads();  // heaps updated before the next tile's scores
   }
   const sptr<int32_t> counts = ptr_cast<int32_t>(sS);  // the score tile is free now
@@ -294,41 +294,54 @@ __global__ void __launch_bounds__(Tr::kThreads)
       doi[u] = to_float(T(dout[b * bp.do_batch_stride + i * bp.do_row_stride + h * bp.do_head_stride + lane + 32 * u]));
       dqi[u] = 0.0f;
     }
-    // Entry c of the row (score, then weight; dP, then dS) lives in lane c % 32, slot c / 32.
+    // Entry c of the row (score, then weight; dP, then dS) lives in lane c % 32, slot c / 32; the
+    // slot loops are unrolled so that every slot index is a constant (registers, no local memory).
     float sc[kSlots], dp[kSlots];
     int n = 0;
     while (n < kt && int64_t(idx[n]) >= 0) ++n;
     float mx = neg_inf<float>();
-    for (int c = 0; c < n; ++c) {
-      const int64_t j = idx[c];
-      float sq = 0.0f, sd = 0.0f;
-      for (int u = 0; u < U; ++u) {
-        sq += qi[u] * to_float(T(kb[j * p.k_row_stride + lane + 32 * u]));
-        sd += doi[u] * to_float(T(vb[j * p.v_row_stride + lane + 32 * u]));
+#pragma unroll
+    for (int sl = 0; sl < kSlots; ++sl)
+      for (int c = 32 * sl; c < n && c < 32 * sl + 32; ++c) {
+        const int64_t j = idx[c];
+        float sq = 0.0f, sd = 0.0f;
+        for (int u = 0; u < U; ++u) {
+          sq += qi[u] * to_float(T(kb[j * p.k_row_stride + lane + 32 * u]));
+          sd += doi[u] * to_float(T(vb[j * p.v_row_stride + lane + 32 * u]));
+        }
+        sq = warp_sum(sq) * p.scale_log2;
+        sd = warp_sum(sd);
+        mx = sq > mx || sq != sq ? sq : mx;
+        if (lane == c % 32) {
+          sc[sl] = sq;
+          dp[sl] = sd;
+        }
       }
-      sq = warp_sum(sq) * p.scale_log2;
-      sd = warp_sum(sd);
-      mx = sq > mx || sq != sq ? sq : mx;
-      if (lane == c % 32) { sc[c / 32] = sq; dp[c / 32] = sd; }
-    }
     const float base = exp_base(mx);
-    float sum = 0.0f;
-    for (int c = lane; c < n; c += 32) sum += sc[c / 32] = fast_exp2(sc[c / 32] - base);
+    float sum = 0.0f, delta = 0.0f;
+#pragma unroll
+    for (int sl = 0; sl < kSlots; ++sl)
+      if (lane + 32 * sl < n) sum += sc[sl] = fast_exp2(sc[sl] - base);
     sum = warp_sum(sum);
-    float delta = 0.0f;
-    for (int c = lane; c < n; c += 32) delta += (sc[c / 32] /= sum) * dp[c / 32];
+#pragma unroll
+    for (int sl = 0; sl < kSlots; ++sl)
+      if (lane + 32 * sl < n) delta += (sc[sl] /= sum) * dp[sl];
     delta = warp_sum(delta);
-    for (int c = lane; c < n; c += 32) dp[c / 32] = sc[c / 32] * (dp[c / 32] - delta) * p.scale;
-    for (int c = 0; c < n; ++c) {
-      const int64_t j = idx[c];
-      const float pc = __shfl_sync(0xffffffffu, sc[c / 32], c % 32), ds = __shfl_sync(0xffffffffu, dp[c / 32], c % 32);
-      const int64_t g0 = ((b * p.seqlen_k + j) * p.heads_kv + hk) * D;
-      for (int u = 0; u < U; ++u) {
-        dqi[u] += ds * to_float(T(kb[j * p.k_row_stride + lane + 32 * u]));
-        atomicAdd(dk + (g0 + lane + 32 * u), ds * qi[u]);
-        atomicAdd(dv + (g0 + lane + 32 * u), pc * doi[u]);
+#pragma unroll
+    for (int sl = 0; sl < kSlots; ++sl)
+      if (lane + 32 * sl < n) dp[sl] = sc[sl] * (dp[sl] - delta) * p.scale;
+#pragma unroll
+    for (int sl = 0; sl < kSlots; ++sl)
+      for (int c = 32 * sl; c < n && c < 32 * sl + 32; ++c) {
+        const int64_t j = idx[c];
+        const float pc = __shfl_sync(0xffffffffu, sc[sl], c % 32), ds = __shfl_sync(0xffffffffu, dp[sl], c % 32);
+        const int64_t g0 = ((b * p.seqlen_k + j) * p.heads_kv + hk) * D;
+        for (int u = 0; u < U; ++u) {
+          dqi[u] += ds * to_float(T(kb[j * p.k_row_stride + lane + 32 * u]));
+          atomicAdd(dk + (g0 + lane + 32 * u), ds * qi[u]);
+          atomicAdd(dv + (g0 + lane + 32 * u), pc * doi[u]);
+        }
       }
-    }
     for (int u = 0; u < U; ++u)
       dq[b * bp.dq_batch_stride + i * bp.dq_row_stride + h * bp.dq_head_stride + lane + 32 * u] = from_float<T>(dqi[u]);
   }
