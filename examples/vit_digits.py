@@ -61,6 +61,19 @@ class Attention(nn.Module):
             o = fa.hard_attention(q, k, v, straight_through=True)[0]
         return self.out(o.reshape(b, s, d))
 
+    @torch.no_grad()
+    def key_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """The weight (B, H, S, S) each query gives each key: the softmax, or for top-k and hard
+        attention the softmax restricted to the keys the query kept (one key: weight 1)."""
+        b, s, d = x.shape
+        q, k, v = self.qkv(x).view(b, s, 3, self.heads, d // self.heads).unbind(2)
+        p = fa.attention_weights(q, k)
+        if self.mode == "soft":
+            return p
+        index = fa.topk_attention(q, k, v, self.k_top if self.mode == "topk" else 1, return_index=True)[1]
+        p = p * torch.zeros_like(p).scatter_(-1, index.transpose(1, 2), 1.0)
+        return p / p.sum(-1, keepdim=True)
+
 
 class Block(nn.Module):
     def __init__(self, dim: int, heads: int, mode: str, k_top: int):

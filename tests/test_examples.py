@@ -41,7 +41,9 @@ def test_vit_digits(tmp_path):
     assert "test accuracy" in out and png.stat().st_size > 1000
 
 
-def test_soft_topk_hard():
-    out = run("soft_topk_hard.py", "--steps", "3")
+def test_soft_topk_hard(tmp_path):
+    png = tmp_path / "soft_topk_hard.png"
+    out = run("soft_topk_hard.py", "--steps", "3", "--out", str(png))
     for name in ("soft", "top-4", "hard"):
         assert any(line.split()[:1] == [name] for line in out.splitlines()), out
+    assert png.stat().st_size > 1000
