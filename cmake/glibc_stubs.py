@@ -35,7 +35,7 @@ def stub(cc: str, path: pathlib.Path, out: pathlib.Path, target: tuple[int, ...]
         m = re.fullmatch(r"(\w+)@@?GLIBC_([\d.]+)", f[7]) if len(f) == 8 and f[6] != "UND" else None
         if m and f[3] in ("FUNC", "IFUNC", "OBJECT") and version(m[2]) <= target:
             syms.setdefault(m[1], []).append((version(m[2]), f[3], int(f[2], 0)))
-    asm, nodes = [], {(2, 0)}
+    asm, nodes = [], set()
     for i, (name, vers) in enumerate(sorted(syms.items())):
         newest = max(v for v, _, _ in vers)
         for j, (v, kind, size) in enumerate(sorted(set(vers))):
@@ -50,9 +50,8 @@ def stub(cc: str, path: pathlib.Path, out: pathlib.Path, target: tuple[int, ...]
     soname = path.name
     src, script = out / f"{soname}.s", out / f"{soname}.map"
     src.write_text("\n".join(asm) + "\n")
-    # One node per version (the first also hides the stubs' own labels).
-    names = ["GLIBC_" + ".".join(map(str, v)) for v in sorted(nodes)]
-    script.write_text("".join(f"{n} {{ {'local: *;' if k == 0 else ''} }};\n" for k, n in enumerate(names)))
+    # One node per version (".symver ..., remove" drops the labels themselves).
+    script.write_text("".join(f"GLIBC_{'.'.join(map(str, v))} {{ }};\n" for v in sorted(nodes)))
     run(cc, "-shared", "-nostdlib", "-o", str(out / soname), f"-Wl,-soname,{soname}",
         f"-Wl,--version-script={script}", str(src))
 
