@@ -46,6 +46,8 @@ void fae_bind_emulated_attention(py::module_& m) {
                },
                "Backward through the CUDA kernel source on the emulator; row stats (2*B*Hq*Sq) and dq_accum "
                "(B*Hq*Sq*D) are float32 workspace (head dims: attention_bwd_head_dims).");
+  def_append(m, "kvcache_append", [](const fae::AppendParams& p, uintptr_t) { fae::cuda::kvcache_append(p, nullptr); },
+             "KV-cache append with rotary embedding through the CUDA kernel source on the emulator (float16/bfloat16).");
   m.attr("attention_head_dims") = head_dim_list(fae::cuda::kHeadDims);
   m.attr("attention_bwd_head_dims") = head_dim_list(fae::cuda::kBwdHeadDims);
   m.attr("attention_tiles") = tile_table(std::make_index_sequence<std::size(fae::cuda::kHeadDims)>(),

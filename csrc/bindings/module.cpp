@@ -33,6 +33,11 @@ PYBIND11_MODULE(_C, m) {
                  fae::cuda::attention_backward(p, stats, dq_accum, reinterpret_cast<fae::cuda::Stream>(stream));
                },
                "Backward on the GPU, launched on `stream`; stats (2*B*Hq*Sq) and dq_accum are float32 device workspace.");
+  def_append(m, "cuda_kvcache_append",
+             [](const fae::AppendParams& p, uintptr_t stream) {
+               fae::cuda::kvcache_append(p, reinterpret_cast<fae::cuda::Stream>(stream));
+             },
+             "KV-cache append with rotary embedding on the GPU, launched on `stream` (float16/bfloat16).");
   m.attr("cuda_head_dims") = head_dim_list(fae::cuda::kHeadDims);
   m.attr("cuda_bwd_head_dims") = head_dim_list(fae::cuda::kBwdHeadDims);
 #endif

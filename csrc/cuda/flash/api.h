@@ -27,6 +27,10 @@ void attention_forward(const FwdParams& p, Stream stream);
 // and dq_accum (B*Hq*Sq*D floats); head dims of kBwdHeadDims (head_dims.h).
 void attention_backward(const BwdParams& p, float* stats, float* dq_accum, Stream stream);
 
+// Launches the KV-cache append with rotary embedding (AppendParams) on `stream`: float16 or
+// bfloat16; throws std::invalid_argument for other dtypes.
+void kvcache_append(const AppendParams& p, Stream stream);
+
 template <class T, int HeadDim>
 void run_forward(const FwdParams& p, Stream stream);
 template <class T, int HeadDim>
