@@ -7,11 +7,13 @@
 // P.V of tile j run. The tiles that cross a mask edge (or the end of the keys) run first, in their
 // own loop; the loop over the tiles every row sees whole has no compares and no bounds checks.
 // O leaves through shared memory in 16-byte stores.
-// Variable-length batches and KV caches: a block reads where its sequence lives from the params
-// (common/seqlens.h: packed rows, cache slots and lengths, pages through the block table, row by
-// row) and returns at once when the grid, sized for the longest sequence, overshoots its rows.
-// Split-KV (num_splits > 1): block x of a row tile takes split x % num_splits of the key tiles and
-// writes a normalised partial O and its log2-domain lse to split_workspace for the combine kernel.
+// Variable-length batches and KV caches run the same body as flash_fwd_seqs_kernel (kSeqs): a
+// block reads where its sequence lives from the params (common/seqlens.h: packed rows, cache
+// slots and lengths, pages through the block table, row by row) and returns at once when the
+// grid, sized for the longest sequence, overshoots its rows. Split-KV (num_splits > 1): block x
+// of a row tile takes split x % num_splits of the key tiles and writes a normalised partial O and
+// its log2-domain lse to split_workspace for the combine kernel (split_kv.cuh). The dense kernel
+// compiles none of this.
 #pragma once
 
 #include <type_traits>
@@ -53,11 +55,11 @@ struct ScoreScale {
   }
 };
 
-template <class Tr>
-__global__ void __launch_bounds__(Tr::kThreads)
-    flash_fwd_kernel(FwdParams p, ScoreScale sc, gptr<const typename Tr::Element> q, gptr<const typename Tr::Element> k,
-                     gptr<const typename Tr::Element> v, gptr<typename Tr::Element> o, gptr<float> lse,
-                     SeqArrays<gptr<const int32_t>> sa, gptr<float> split_out) {
+template <class Tr, bool kSeqs>
+__device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gptr<const typename Tr::Element> q,
+                                          gptr<const typename Tr::Element> k, gptr<const typename Tr::Element> v,
+                                          gptr<typename Tr::Element> o, gptr<float> lse,
+                                          const SeqArrays<gptr<const int32_t>>& sa, gptr<float> split_out) {
   using T = typename Tr::Element;
   constexpr int MT = Tr::kMTiles, BM = Tr::kBlockM, BN = Tr::kBlockN, LD = Tr::kRowStride;
   constexpr int NS = Tr::kNTilesS, NO = Tr::kNTilesO;
@@ -65,11 +67,13 @@ __global__ void __launch_bounds__(Tr::kThreads)
   using KVMap = ChunkMap<BN, Tr::kHeadDim, Tr::kThreads>;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane >> 2, t = lane & 3;
   const int h = blockIdx.y, b = blockIdx.z, hk = h / int(p.heads_q / p.heads_kv);
-  const int nsplit = p.num_splits > 1 ? p.num_splits : 1, split = int(blockIdx.x) % nsplit;
+  const int nsplit = kSeqs && p.num_splits > 1 ? p.num_splits : 1, split = kSeqs ? int(blockIdx.x) % nsplit : 0;
   const int64_t m0 = int64_t(blockIdx.x / nsplit) * BM;
-  const Seq seq = sequence(p, sa, b);
-  if (m0 >= seq.seqlen_q) return;  // past this sequence's rows: the whole block leaves
-  const FwdParams sp = with_lengths(p, seq);  // its lengths and mask
+  Seq seq{b, 0, p.seqlen_q, b, 0, p.seqlen_k, p.align_offset};
+  if constexpr (kSeqs) {
+    seq = sequence(p, sa, b);
+    if (m0 >= seq.seqlen_q) return;  // past this sequence's rows: the whole block leaves
+  }
   const int rows_valid = int(min64(BM, seq.seqlen_q - m0));
   const sptr<T> sQ = dynamic_smem<T>(), sK = sQ + Tr::kSmemQ, sV = sK + Tr::kSmemKV;
   const int wrow = warp * Tr::kWarpRows;  // this warp's first row in the block
@@ -84,7 +88,10 @@ __global__ void __launch_bounds__(Tr::kThreads)
   // monotone in the row (mask.h), so [f_lo, f_hi) are the tiles every row sees whole.
   // With splits, this block takes the split-th share [s_lo, s_hi] of [j_lo, j_hi] (and the whole
   // tiles among them).
-  const KeyRange first = visible_keys(m0, sp), last = visible_keys(m0 + rows_valid - 1, sp);
+  auto keys_of = [&](int64_t row) {  // the mask of this sequence (its lengths, its align offset)
+    return visible_keys(row, seq.seqlen_k, seq.align_offset, p.window_left, p.window_right);
+  };
+  const KeyRange first = keys_of(m0), last = keys_of(m0 + rows_valid - 1);
   const int all_lo = int(first.lo / BN), all_hi = int(last.hi / BN);
   const int share = (all_hi - all_lo + nsplit) / nsplit;
   const int j_lo = all_lo + split * share, j_hi = all_hi < j_lo + share - 1 ? all_hi : j_lo + share - 1;
@@ -104,12 +111,13 @@ __global__ void __launch_bounds__(Tr::kThreads)
     // Key tile j of K or V into shared memory; paged caches row by row through the block table.
     auto copy_kv = [&](auto masked_tag, sptr<T> dst, gptr<const T> head, gptr<const T> base, int64_t batch_stride,
                        int64_t row_stride, int j) {
-      if (p.block_table == nullptr) {
-        copy_tile_async<KVMap, LD, decltype(masked_tag)::value>(dst, base, int64_t(j) * BN, row_stride, keys_in(j));
-        return;
-      }
-      auto row = [&](int r) { return head + key_offset(p, sa, b, seq, int64_t(j) * BN + r, batch_stride, row_stride); };
-      copy_rows_async<KVMap, LD>(dst, row, head, keys_in(j));
+      if constexpr (kSeqs)
+        if (p.block_table != nullptr) {
+          auto row = [&](int r) { return head + key_offset(p, sa, b, seq, int64_t(j) * BN + r, batch_stride, row_stride); };
+          copy_rows_async<KVMap, LD>(dst, row, head, keys_in(j));
+          return;
+        }
+      copy_tile_async<KVMap, LD, decltype(masked_tag)::value>(dst, base, int64_t(j) * BN, row_stride, keys_in(j));
     };
 
     const int j0 = n_masked > 0 ? masked_tile(0) : f_lo;
@@ -189,8 +197,8 @@ __global__ void __launch_bounds__(Tr::kThreads)
         const int64_t d = int64_t(j) * BN - m0;
         auto clamp_far = [](int64_t x) { return int(x < -(1 << 30) ? -(1 << 30) : x > (1 << 30) ? 1 << 30 : x); };
         const int lane_diag = 2 * t - g - wrow;
-        const int lo = (p.window_left >= kNoWindow ? -(1 << 30) : clamp_far(sp.align_offset - p.window_left - d)) - lane_diag;
-        const int hi = (p.window_right >= kNoWindow ? 1 << 30 : clamp_far(sp.align_offset + p.window_right - d)) - lane_diag;
+        const int lo = (p.window_left >= kNoWindow ? -(1 << 30) : clamp_far(seq.align_offset - p.window_left - d)) - lane_diag;
+        const int hi = (p.window_right >= kNoWindow ? 1 << 30 : clamp_far(seq.align_offset + p.window_right - d)) - lane_diag;
         const int end = keys_in(j) - 2 * t;
 #pragma unroll
         for (int mi = 0; mi < MT; ++mi)
@@ -267,7 +275,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
     for (int j = f_lo; j < f_hi; ++j) step(Whole{}, j, j + 1 < f_hi ? j + 1 : -1);
   }
 
-  if (nsplit > 1) {  // a partial row: normalised O and its log2-domain lse, for the combine kernel
+  if (kSeqs && nsplit > 1) {  // a partial row: normalised O and its log2-domain lse, for the combine kernel
 #pragma unroll
     for (int mi = 0; mi < MT; ++mi)
 #pragma unroll
@@ -276,6 +284,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
         const int r = wrow + mi * 16 + g + 8 * hh;
         if (r >= rows_valid) continue;
         const gptr<float> part = split_out + split_row(p, split, b, h, m0 + r);
+#pragma unroll
         for (int nt = 0; nt < NO; ++nt) {
           part[nt * 8 + 2 * t] = acc_o[mi][nt][2 * hh] * inv;
           part[nt * 8 + 2 * t + 1] = acc_o[mi][nt][2 * hh + 1] * inv;
@@ -304,6 +313,22 @@ __global__ void __launch_bounds__(Tr::kThreads)
   __syncthreads();
   store_tile<QMap, LD>(o + (seq.q_batch * p.o_batch_stride + (seq.q_row0 + m0) * p.o_row_stride + h * p.o_head_stride),
                        sQ, p.o_row_stride, rows_valid);
+}
+
+template <class Tr>
+__global__ void __launch_bounds__(Tr::kThreads)
+    flash_fwd_kernel(FwdParams p, ScoreScale sc, gptr<const typename Tr::Element> q, gptr<const typename Tr::Element> k,
+                     gptr<const typename Tr::Element> v, gptr<typename Tr::Element> o, gptr<float> lse) {
+  fwd_block<Tr, false>(p, sc, q, k, v, o, lse, SeqArrays<gptr<const int32_t>>{}, gptr<float>{});
+}
+
+template <class Tr>
+__global__ void __launch_bounds__(Tr::kThreads)
+    flash_fwd_seqs_kernel(FwdParams p, ScoreScale sc, gptr<const typename Tr::Element> q,
+                          gptr<const typename Tr::Element> k, gptr<const typename Tr::Element> v,
+                          gptr<typename Tr::Element> o, gptr<float> lse, SeqArrays<gptr<const int32_t>> sa,
+                          gptr<float> split_out) {
+  fwd_block<Tr, true>(p, sc, q, k, v, o, lse, sa, split_out);
 }
 
 }  // namespace fae::cuda
