@@ -104,8 +104,8 @@ wheel_bytes=$(stat -c %s "$whl")
 
 step wheel-venv "$PY" -m venv "$work/venv-wheel"
 vw=$work/venv-wheel/bin
-step wheel-install-torch "$vw/pip" install torch==2.13.0 pytest
-step wheel-install "$vw/pip" install "$whl"
+step wheel-install-torch "$vw/pip" install torch==2.13.0
+step wheel-install "$vw/pip" install "$whl[test]"  # the test extra: what the suite below imports
 cd "$work/run"
 step wheel-smoke "$vw/python" -c "$smoke"
 sed 's/^/    /' "$work/logs/wheel-smoke.log"

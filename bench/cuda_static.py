@@ -37,6 +37,7 @@ ARCHS = ("sm_80", "sm_90")
 DEFAULT_HEAD_DIMS = (64, 128)
 NVCC_FLAGS = ("-std=c++17", "--expt-relaxed-constexpr", "-Xptxas", "-v", "-cubin")
 ATTENTION_KERNELS = ("flash_fwd_kernel", "flash_bwd_kernel", "bwd_row_stats", "bwd_convert_dq")
+SMALL_TIER = " (99 KiB tier)"
 
 # --------------------------------------------------------------------------------------------
 # Instances and compilation
@@ -163,8 +164,12 @@ class Resources:
 
 
 def kernel_name(symbol: str) -> str:
+    """Short name of a kernel symbol; the backward's 99 KiB shared-memory tier (BwdTraits<T, D, true>,
+    compiled into the same cubin) gets SMALL_TIER appended."""
     m = re.search("|".join(ATTENTION_KERNELS), symbol)
-    return m.group(0) if m else symbol
+    if m is None:
+        return symbol
+    return m.group(0) + (SMALL_TIER if re.search(r"BwdTraits\w*?Lb1E", symbol) else "")
 
 
 def parse_ptxas(report: str) -> dict[str, Resources]:
@@ -627,8 +632,8 @@ FA2_REFERENCE = [  # sm_80, bf16, main loop per warp, measured on FlashAttention
     # (direction, D, tile, instructions, HMMA, integer, branches, LDSM per HMMA)
     ("forward", 128, "128 x 64, 4 warps", 941, 256, 106, 3, "0.31"),
     ("forward", 64, "128 x 128, 4 warps", 1185, 256, 66, 3, "0.28"),
-    ("backward", 128, "-", 891, 320, 153, 3, "-"),
-    ("backward", 64, "-", 1127, 320, 194, 3, "-"),
+    ("backward", 128, "64 x 128, 8 warps", 891, 320, 153, 3, "-"),
+    ("backward", 64, "128 x 128, 8 warps", 1127, 320, 194, 3, "-"),
 ]
 EARLIER = {  # the first kernels, sm_80 bf16, counted by hand: (instructions, HMMA, integer, branches)
     ("forward", 128): (968, 128, "459", "21"), ("forward", 64): (644, 64, "279", "19"),
@@ -721,30 +726,41 @@ def cross_check(results: list[Analysis]) -> list[str]:
                    "here: int", "here: branches", "difference"], rows)
 
 
+def backward_findings(results: list[Analysis]) -> list[str]:
+    """The backward at D = 128 on sm_80 (the 163 KiB tier), when analysed."""
+    b = next((x for x in results if x.inst.direction == "backward" and x.inst.head_dim == 128 and x.arch == "sm_80"),
+             None)
+    if b is None:
+        return []
+    return [f"- The backward at D = 128 (sm_80, {b.tile} per block, {b.traits['kThreads'] // 32} warps) issues "
+            f"{b.total} instructions per {b.hmma} HMMA ({b.share}; FlashAttention-2: 35.9%) with {b.counts['int']} "
+            f"integer instructions (FlashAttention-2: 153); it is {b.bound.limiter} bound at "
+            f"{100 * b.bound.tensor_fraction:.0f}% of tensor peak: {b.per_hmma(b.counts['LDSM'])} ldmatrix per HMMA "
+            "(the P, dS and dS^T operands come from shared memory) plus the P and dS stores."]
+
+
 def findings(results: list[Analysis]) -> list[str]:
     """Observations on the current kernels; left out when the kernels no longer match them."""
-    a = next((x for x in results if (x.inst.direction, x.inst.head_dim, x.arch) == ("forward", 128, "sm_80")), None)
-    if a is None or a.traits["kBlockM"] * 32 != 16 * a.traits["kThreads"]:  # 16 query rows per warp
+    fwd = {(x.inst.head_dim, x.arch): x for x in results if x.inst.direction == "forward"}
+    a, h = fwd.get((128, "sm_80")), fwd.get((128, "sm_90"))
+    if a is None or h is None or a.traits["kBlockM"] * 32 != 32 * a.traits["kThreads"]:  # 32 query rows per warp
         return []
-    copy = a.iteration.copy
     return [
         "## Reading the numbers", "",
-        f"- Forward D = 128 on sm_80 issues {a.total} instructions per {a.hmma} HMMA "
-        f"({a.per_hmma(a.total)} per HMMA; FlashAttention-2: 3.68). {len(copy)} of them "
-        f"({_pct(len(copy) / a.total)}) are in the cp.async copy blocks: `load_tile`'s chunk loop starts at "
-        "`threadIdx.x`, the compiler does not fix its trip count and emits a run-time loop (a peeled remainder of up "
-        "to 3 copies and a 4x unrolled body) with 64-bit address and zero-fill arithmetic, "
-        f"{len(copy) / a.counts['LDGSTS']:.0f} instructions per 16-byte LDGSTS; {census(copy)['int']} of the "
-        f"{a.counts['int']} integer instructions are there.",
-        f"- Each warp owns 16 query rows (one m16 tile), so every ldmatrix.x4 of K or V feeds one pair of HMMA: "
-        f"{a.per_hmma(a.counts['LDSM'])} LDSM per HMMA against FlashAttention-2's 0.31 (32 rows per warp). "
-        "At 0.5 LDSM.x4 per HMMA the ldmatrix traffic alone is 4 wavefronts per 2 HMMA: at sm_80's tensor "
-        "rate (4 partitions x 1 HMMA per 8 clocks) that is exactly the 128 B per clock shared memory delivers, "
-        "and the cp.async writes come on top; hence the shared-memory bound. On sm_90 the tensor rate doubles "
-        "and shared-memory bandwidth does not.",
-        "- The backward is shared-memory bound for the same reason (a warp owns 16 keys, so every B fragment feeds "
-        "one HMMA pair), plus the K and V fragments re-read every k step and the dS^T round trip (STS, then "
-        "ldmatrix.trans for dQ).",
+        f"- Forward D = 128 on sm_80 issues {a.total} instructions per {a.hmma} HMMA ({a.per_hmma(a.total)} per "
+        f"HMMA; FlashAttention-2: 3.68). Each warp owns 32 query rows (two m16 tiles), so every ldmatrix.x4 of K "
+        f"or V feeds 4 HMMA: {a.per_hmma(a.counts['LDSM'])} LDSM per HMMA (FlashAttention-2: 0.31). The tile "
+        f"loads issue {a.counts['LDGSTS']} LDGSTS with compile-time trip counts and one 64-bit pointer add per "
+        f"chunk: {a.counts['int']} integer instructions in the whole iteration (FlashAttention-2: 106).",
+        f"- Its HMMA share, {a.share}, stays below FlashAttention-2's 27.2%: the key tile is {a.traits['kBlockN']} "
+        f"wide ({a.hmma} HMMA per iteration, FlashAttention-2 256 with 64 keys), the widest without a spill here; "
+        "the per-row softmax work (O rescale, row max and sum) is the same per iteration, so it weighs more. "
+        "The bound model is unaffected on A100: tensor-bound.",
+        f"- On sm_90 the tensor rate per SM doubles and shared-memory bandwidth does not: D = 128 moves "
+        f"{h.wavefronts} wavefronts per warp per iteration, {h.bound.clocks['shared']:.0f} clocks per SM against "
+        f"{h.bound.clocks['tensor']:.0f} of HMMA, so H100 is shared-memory bound "
+        f"({100 * h.bound.tensor_fraction:.0f}% of the quoted tensor peak, which is wgmma's, not mma.sync's).",
+        *backward_findings(results),
         "",
     ]
 
@@ -764,20 +780,24 @@ METHOD = """## Method
 - **Main loop.** The SASS (nvdisasm) is split into basic blocks (at labels and after branches). A back
   edge is a branch to an earlier address; its natural loop is the set of blocks that reach the branch
   without passing the target (the header). The main loop is the innermost loop whose body contains
-  HMMA: the key-tile loop of the forward, the query-tile loop of the backward (inside its loop over the
-  query heads of a group).
+  HMMA: the forward's loop over the key tiles every row sees whole (of its two HMMA loops, the smaller;
+  the other runs the tiles that cross a mask edge), the query-tile loop of the backward (inside its
+  loop over the query heads of a group).
 - **One steady-state iteration.** The loop body has inner branches, so the count follows one path from
-  the header back to it: (1) the cp.async copy loops (`load_tile`: run-time trip count, peeled remainder
-  + 4x unrolled body) copy full tiles: each tile (told apart by its shared-memory destination offset)
-  gets exactly rows x `kChunksPerRow` / `kThreads` 16-byte copies per thread; among the paths that do,
-  (2) the most HMMA, (3) the most global-memory instructions (the next-K-tile prefetch, the dQ atomics,
-  the backward's lse/delta loads), (4) the fewest instructions. Rule (4) picks the unmasked variants: the
-  forward's whole-tile fast path (the per-element mask path is skipped) and the backward's mask/exp
-  blocks compiled for unbounded windows (the compiler made one version per window case). So the counts
-  describe a non-causal problem with full tiles. Rule (3) counts the lse/delta loads (`threadIdx.x < kBlockM`),
-  which only warp 0 (kBlockM = 32) or warps 0-1 (kBlockM = 64) execute: the backward counts are for
-  the busiest warp. The HMMA count of the path is checked against the tile FLOPs (forward 2, backward 5
-  matrix products of kBlockM x kBlockN x D per block iteration, split over 4 warps, 2048 FMA per HMMA).
+  the header back to it: (1) cp.async copy loops with a run-time trip count, where present, copy full
+  tiles: each tile (told apart by its shared-memory destination offset) gets exactly rows x
+  `kChunksPerRow` / `kThreads` 16-byte copies per thread; copies with compile-time trip counts are
+  straight-line code, and the path with the most of them is taken (the next tile's prefetch; the
+  busiest thread's share when a tile's chunks do not split evenly over the threads; the backward's
+  cp.async of the next tile's row statistics, issued by threads below kBlockM: the busiest warp);
+  among those paths, (2) the most HMMA, (3) the most global-memory instructions (the dQ atomics),
+  (4) the fewest instructions: the variant of masking code for tiles no mask edge crosses. So the
+  counts describe a problem with full, unmasked tiles. The HMMA count of the path is checked against
+  the tile FLOPs (forward 2, backward 5 matrix products of kBlockM x kBlockN x D per block
+  iteration, split over the block's warps, 2048 FMA per HMMA).
+- **Backward tiers.** A backward cubin holds both shared-memory tiers (`BwdTraits<T, D, false>` for
+  sm_80 / sm_90 and `<T, D, true>` for sm_86 / sm_89); the census is of the first, the one these GPUs
+  run; the resource checks cover both (the second listed with "(99 KiB tier)").
 - **Counting.** Every instruction on the path counts once per warp, predicated ones included (they take
   an issue slot); `@!PT` fillers count as "other". int = integer, address, move and predicate
   instructions, including the uniform datapath (U*); FP32 = FADD, FMUL, FFMA, FMNMX, FSEL, FSETP.
@@ -807,9 +827,9 @@ def report(results: list[Analysis], command: str, tools: str) -> str:
              *[f"- {hw.arch}: {hw.tensor_note}." for hw in HARDWARE.values()], "", "## Kernels", ""]
     for key in sorted(groups, key=lambda k: (k[0] != "forward", k[1])):
         lines += kernel_table(sorted(groups[key], key=lambda a: a.inst.head_dim))
-    helpers = sorted({f"{k} on {a.arch}: {r.registers} registers, {r.spill_stores + r.spill_loads} spill bytes"
-                      for a in results for k, r in a.resources.items() if k != a.inst.main_kernel})
-    lines += ["Backward helper kernels (no main loop): " + "; ".join(helpers) + ".", "",
+    helpers = [f"{k} D={a.inst.head_dim} on {a.arch}: {r.registers} registers, {r.spill_stores + r.spill_loads} "
+               "spill bytes" for a in results for k, r in sorted(a.resources.items()) if k != a.inst.main_kernel]
+    lines += ["Backward helper kernels and the 99 KiB tier (no main-loop census): " + "; ".join(helpers) + ".", "",
               "## Comparison with FlashAttention-2 (sm_80)", "",
               "The FA2 columns are figures measured on FlashAttention-2's SASS (sm_80, bf16, main loop per warp), "
               "quoted, not recomputed here. The tiles differ: compare the shares and the per-HMMA ratios.", "",

@@ -14,6 +14,7 @@ import flashattn_ext as fa
 import oracle
 from attn_testing import assert_close, needs_kernel, randn
 
+
 F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
 
 
@@ -25,20 +26,24 @@ def _inputs(gen, b, sq, sk, hq, hkv, d, dtype, q_scale=1.0):
     return q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), randn(gen, b, sq, hq, d, dtype=dtype)
 
 
-def _check_backward(q, k, v, dout, causal=False, window_size=(-1, -1)):
+def _check_backward(q, k, v, dout, causal=False, window_size=(-1, -1), float32_naive=False):
     """Gradients against the oracle, each batch element on its own: the batch holds independent
-    draws of one small problem, whose tolerance the naive error of that draw alone sets."""
+    draws of one small problem, whose tolerance the naive error of that draw alone sets (for
+    float32 only with ``float32_naive``: see attn_testing.assert_close)."""
     out = fa.flash_attn_func(q, k, v, causal=causal, window_size=window_size)
     grads = torch.autograd.grad(out, (q, k, v), dout)
-    ref = oracle.attention(q, k, v, causal=causal, window=window_size)[0]
-    ref_grads = torch.autograd.grad(ref, (q, k, v), dout.double())
+    # float64 leaves: the reference gradients stay float64 (autograd would round them to the
+    # inputs' dtype, for 16-bit inputs through float32: a double rounding off by one ulp at ties)
+    leaves = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    ref = oracle.attention(*leaves, causal=causal, window=window_size)[0]
+    ref_grads = torch.autograd.grad(ref, leaves, dout.double())
     naive_grads = [[None] * q.shape[0]] * 3
-    if q.dtype in (BF16, F16):
+    if q.dtype in (BF16, F16) or float32_naive:
         naive = oracle.attention(q, k, v, causal=causal, window=window_size, dtype=q.dtype)[0]
         naive_grads = torch.autograd.grad(naive, (q, k, v), dout)
     for name, g, r, n in zip(("dq", "dk", "dv"), grads, ref_grads, naive_grads):
         for i in range(q.shape[0]):
-            assert_close(g[i], r[i], n[i], f"{name} of batch element {i}")
+            assert_close(g[i], r[i], n[i], f"{name} of batch element {i}", float32_naive=float32_naive)
     return grads
 
 
@@ -88,9 +93,12 @@ def test_near_one_hot_rows(backend, gen, dtype):
 
 
 def test_large_logits_float32(backend, gen):
-    """float32 with |logit| >= 50 on many pairs, rows nearly one-hot, 32 draws."""
+    """float32 with |logit| >= 50 on many pairs, rows nearly one-hot, 32 draws. The rounding of
+    logits of hundreds is amplified in the gradients beyond the absolute float32 tolerance: at
+    seed 96678406 the naive float32 dk erred 1.56e-5 and torch's float32 sdpa 2.71e-5 against
+    2e-5, so twice the naive float32 error joins the tolerance (ours: 2.35e-5 there)."""
     needs_kernel(backend, F32, backward=True)
     q, k, v, dout = _inputs(gen, 32, 37, 5, 4, 2, 64, F32, q_scale=30.0)
     logits = torch.einsum("bqhd,bkhd->bhqk", q.detach(), k.detach().repeat_interleave(2, dim=2)) / 8
     assert (logits.abs() >= 50).double().mean() > 0.05
-    _check_backward(q, k, v, dout, causal=True)
+    _check_backward(q, k, v, dout, causal=True, float32_naive=True)

@@ -1,7 +1,8 @@
 """Attention under explicit masks on the kernels (flashattn_ext._masked): the plans of padding,
 KV-cache and sliding-window masks against the float64 oracle given the same mask, what gets no
-plan, the weights from the logsumexp, and nn.replace_sdpa's routed
-torch.nn.functional.scaled_dot_product_attention against torch's own."""
+plan, packed sequences (block-diagonal masks) as one variable-length call, the weights from the
+logsumexp, and nn.replace_sdpa's routed torch.nn.functional.scaled_dot_product_attention against
+torch's own."""
 
 from __future__ import annotations
 
@@ -93,6 +94,61 @@ def test_masks_that_are_no_band_get_no_plan(gen):
     below = _masked.plan((j < i)[None])  # strictly below the diagonal: row 0 and key 7 unseen
     assert below == [_masked.Plan((1, 8), (0, 7), (-1, 0))]
     assert _masked.plan(torch.zeros(1, 8, 8, dtype=torch.bool))[0].empty
+
+
+def packed_mask(gen: torch.Generator, rows: int, s: int, left: int,
+                right: int) -> Tuple[torch.Tensor, list]:
+    """Rows of s tokens cut into random sequences, each attending within itself under the band
+    (left, right) (-1 unbounded), as (B, S, S) booleans, and the sequences' lengths."""
+    i, j = torch.arange(s)[:, None], torch.arange(s)[None]
+    masks, lengths = [], []
+    for _ in range(rows):
+        cuts = sorted({randint(gen, 1, s - 1) for _ in range(randint(gen, 1, 4))})
+        lengths += [b - a for a, b in zip([0] + cuts, cuts + [s])]
+        seg = torch.zeros(s, dtype=torch.long)
+        seg[cuts] = 1
+        seg = seg.cumsum(0)
+        m = seg[:, None] == seg[None]
+        m &= (j >= i - left) if left >= 0 else True
+        m &= (j <= i + right) if right >= 0 else True
+        masks.append(m)
+    return torch.stack(masks), lengths
+
+
+@pytest.mark.parametrize("window", [(-1, 0), (4, 0), (-1, -1), (3, 2)],
+                         ids=["causal", "causal_left4", "full", "window3_2"])
+def test_packed_sequences_run_as_one_varlen_call(gen, window):
+    """A square block-diagonal mask with one band in every block reads as its sequences, one
+    variable-length call over all rows whose out, lse and gradients match the oracle given the
+    mask (float64); one packed row broadcasts over a batch."""
+    for rows, batch in ((3, 3), (1, 2)):
+        mask, lengths = packed_mask(gen, rows, 17, *window)
+        p = _masked.packed(mask)
+        assert p is not None and p.rows == rows and p.lengths.tolist() == lengths, mask
+        q, k, v = qkv(gen, batch, 17, 17, F64)
+        out, lse = _masked.run_packed(q, k, v, p, 0.3)
+        visible = mask.expand(batch, -1, -1)
+        ref, ref_lse = oracle.attention(q, k, v, scale=0.3, visible=visible)
+        assert_close(out, ref, None, "out")
+        assert_close(lse, ref_lse, None, "lse")
+        dout = randn(gen, *out.shape, dtype=F64)
+        for g, r, name in zip(torch.autograd.grad(out, (q, k, v), dout),
+                              torch.autograd.grad(ref, (q, k, v), dout), "qkv"):
+            assert_close(g, r, None, f"d{name}")
+
+
+def test_masks_that_are_no_packing_get_none(gen):
+    i, j = torch.arange(8)[:, None], torch.arange(8)[None]
+    blocks = i // 4 == j // 4
+    mixed = blocks & ((j <= i) | (i >= 4))  # a causal block beside a bidirectional one
+    windows = blocks & (j <= i) & ((j >= i - 1) | (i < 4))  # two different windows
+    unseen = blocks & (j < i)  # the first row of each block sees nothing
+    leaking = (blocks & (j <= i)) | (j == 0)  # every row also sees the first key
+    for mask in (mixed, windows, unseen, leaking):
+        assert _masked.packed(mask[None]) is None
+    assert _masked.packed((blocks & (j <= i))[None, :6]) is None  # not square
+    causal = _masked.packed((blocks & (j <= i))[None])
+    assert causal.lengths.tolist() == [4, 4] and causal.window == (-1, 0)
 
 
 def test_float_masks_are_masks_only_when_zero_or_minus_infinity(gen):

@@ -68,7 +68,8 @@ def test_numpy_only_without_torch():
         p = np.exp(s - s.max(-1, keepdims=True))
         ref = np.einsum("bhqk,bkhd->bqhd", p / p.sum(-1, keepdims=True), v)
         assert np.abs(fa.attention(q, k, v) - ref).max() < 1e-10
-        for what, extra in (("fa.nn", "torch"), ("fa.integrations.transformers", "transformers")):
+        for what, extra in (("fa.nn", "torch"), ("fa.distributed", "torch"),
+                            ("fa.integrations.transformers", "transformers")):
             try:
                 eval(what)
             except ImportError as e:

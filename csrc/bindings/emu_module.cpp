@@ -38,19 +38,25 @@ bool is_bf16(const std::string& dtype) {
   return dtype == "bfloat16";
 }
 
-py::array_t<float> mma(carray<uint32_t> a, carray<uint32_t> b, carray<float> c, const std::string& dtype, int k) {
-  py::array_t<float> d({32, 4});
+// The same mma issued `repeats` times by every warp of every block: d[block][warp][repeat][lane][4].
+py::array_t<float> mma(carray<uint32_t> a, carray<uint32_t> b, carray<float> c, const std::string& dtype, int k,
+                       int blocks, int warps, int repeats) {
   const uint32_t* pa = data(a, 128, "a");
   const uint32_t* pb = data(b, 64, "b");
   const float* pc = data(c, 128, "c");
-  float* pd = d.mutable_data();
   const bool bf = is_bf16(dtype);
   if (k != 8 && k != 16) throw std::invalid_argument("k must be 8 or 16");
+  if (blocks < 1 || blocks > 64 || warps < 1 || warps > 32 || repeats < 1 || repeats > 64)
+    throw std::invalid_argument("blocks (1..64), warps (1..32) and repeats (1..64) out of range");
+  py::array_t<float> d({py::ssize_t(blocks), py::ssize_t(warps), py::ssize_t(repeats), py::ssize_t(32), py::ssize_t(4)});
+  float* pd = d.mutable_data();
   py::gil_scoped_release nogil;
   if (k == 16)
-    bf ? ex::probe_mma<bf16_t, 16>(pa, pb, pc, pd) : ex::probe_mma<half_t, 16>(pa, pb, pc, pd);
+    bf ? ex::probe_mma<bf16_t, 16>(pa, pb, pc, pd, blocks, warps, repeats)
+       : ex::probe_mma<half_t, 16>(pa, pb, pc, pd, blocks, warps, repeats);
   else
-    bf ? ex::probe_mma<bf16_t, 8>(pa, pb, pc, pd) : ex::probe_mma<half_t, 8>(pa, pb, pc, pd);
+    bf ? ex::probe_mma<bf16_t, 8>(pa, pb, pc, pd, blocks, warps, repeats)
+       : ex::probe_mma<half_t, 8>(pa, pb, pc, pd, blocks, warps, repeats);
   return d;
 }
 
@@ -318,14 +324,23 @@ PYBIND11_MODULE(_emu, m) {
   m.def("config", &config);
   m.def("set_hw_numerics", &set_hw_numerics, py::arg("seed"),
         "None: exact numerics (mma sums rounded once, ex2 correctly rounded); an int: hardware numerics "
-        "mode with that seed (mma partial sums truncated in a seeded order, ex2 within its 2 ulp). "
+        "mode with that seed (mma partial sums truncated in an order fixed by the seed and the shape, ex2 "
+        "within its 2 ulp). "
         "Initially from FAE_EMU_HW_NUMERICS.");
   m.def("set_stats", &set_stats, py::arg("enabled"),
         "Profiler counters for the following launches: per launch and kernel source line, shared-memory "
         "wavefronts (bank conflicts) and global 32-byte sectors of each warp-level request.");
   m.def("stats", &stats, "Counters of the launches made with set_stats(True), oldest first (csrc/emu/README.md).");
   m.def("reset_stats", &fae::emu::reset_stats, "Forgets the counters collected so far.");
-  m.def("mma", &mma, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("dtype"), py::arg("k") = 16);
+  m.def(
+      "mma",
+      [](carray<uint32_t> a, carray<uint32_t> b, carray<float> c, const std::string& dtype, int k) {
+        return mma(a, b, c, dtype, k, 1, 1, 1).reshape({32, 4});
+      },
+      py::arg("a"), py::arg("b"), py::arg("c"), py::arg("dtype"), py::arg("k") = 16);
+  m.def("mma_repeated", &mma, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("dtype"), py::arg("k") = 16,
+        py::arg("blocks"), py::arg("warps"), py::arg("repeats"),
+        "The same mma issued `repeats` times by every warp of every block: [blocks][warps][repeats][32][4].");
   m.def("ldmatrix", &ldmatrix, py::arg("image"), py::arg("offsets"), py::arg("num"), py::arg("trans"));
   m.def("stmatrix", &stmatrix, py::arg("regs"), py::arg("offsets"), py::arg("num"), py::arg("trans"), py::arg("n"));
   m.def("shfl", &shfl, py::arg("cases"), py::arg("vals"));

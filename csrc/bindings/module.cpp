@@ -15,29 +15,31 @@ using namespace fae::bindings;
 PYBIND11_MODULE(_C, m) {
   m.doc() = "flashattn_ext compiled core (CPU backend; CUDA backend when built with it)";
 
-  def_forward(m, "forward", [](const fae::FwdParams& p, uintptr_t) { fae::cpu::attention_forward(p); },
+  def_forward(m, "forward", [](const fae::FwdParams& p, uintptr_t, int) { fae::cpu::attention_forward(p); },
               "Forward attention on the CPU kernels.");
   def_backward(m, "backward",
-               [](const fae::BwdParams& p, float*, float*, uintptr_t) { fae::cpu::attention_backward(p); },
+               [](const fae::BwdParams& p, float*, float*, uintptr_t, int) { fae::cpu::attention_backward(p); },
                "Backward attention on the CPU kernels (no workspace, no stream).");
-  def_append(m, "kvcache_append", [](const fae::AppendParams& p, uintptr_t) { fae::cpu::kvcache_append(p); },
+  def_append(m, "kvcache_append", [](const fae::AppendParams& p, uintptr_t, int) { fae::cpu::kvcache_append(p); },
              "KV-cache append with rotary embedding on the CPU (in place into k_cache, v_cache; q_rot).");
 #if FAE_WITH_CUDA
   def_forward(m, "cuda_forward",
-              [](const fae::FwdParams& p, uintptr_t stream) {
-                fae::cuda::attention_forward(p, reinterpret_cast<fae::cuda::Stream>(stream));
+              [](const fae::FwdParams& p, uintptr_t stream, int device) {
+                fae::cuda::attention_forward(p, reinterpret_cast<fae::cuda::Stream>(stream), device);
               },
-              "Forward attention on the GPU, launched on `stream` (float16/bfloat16 device pointers).");
+              "Forward attention on GPU `device`, launched on `stream` (float16/bfloat16 device pointers).");
   def_backward(m, "cuda_backward",
-               [](const fae::BwdParams& p, float* stats, float* dq_accum, uintptr_t stream) {
-                 fae::cuda::attention_backward(p, stats, dq_accum, reinterpret_cast<fae::cuda::Stream>(stream));
+               [](const fae::BwdParams& p, float* stats, float* dq_accum, uintptr_t stream, int device) {
+                 fae::cuda::attention_backward(p, stats, dq_accum, reinterpret_cast<fae::cuda::Stream>(stream), device);
                },
-               "Backward on the GPU, launched on `stream`; stats (2*B*Hq*Sq) and dq_accum are float32 device workspace.");
+               "Backward on GPU `device`, launched on `stream`; stats and dq_accum are float32 device workspace "
+               "of cuda_bwd_workspace elements.");
+  def_backward_workspace(m, "cuda_bwd_workspace", fae::cuda::backward_workspace);
   def_append(m, "cuda_kvcache_append",
-             [](const fae::AppendParams& p, uintptr_t stream) {
-               fae::cuda::kvcache_append(p, reinterpret_cast<fae::cuda::Stream>(stream));
+             [](const fae::AppendParams& p, uintptr_t stream, int device) {
+               fae::cuda::kvcache_append(p, reinterpret_cast<fae::cuda::Stream>(stream), device);
              },
-             "KV-cache append with rotary embedding on the GPU, launched on `stream` (float16/bfloat16).");
+             "KV-cache append with rotary embedding on GPU `device`, launched on `stream` (float16/bfloat16).");
   m.attr("cuda_head_dims") = head_dim_list(fae::cuda::kHeadDims);
   m.attr("cuda_bwd_head_dims") = head_dim_list(fae::cuda::kBwdHeadDims);
 #endif

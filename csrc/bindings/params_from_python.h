@@ -67,7 +67,7 @@ inline BwdParams make_bwd(int dtype, uintptr_t q, uintptr_t k, uintptr_t v, uint
                           const Strides3& qs, const Strides3& ks, const Strides3& vs, const Strides3& os,
                           const Strides2& lses, const Strides3& dos, const Strides3& dqs, const Strides3& dks,
                           const Strides3& dvs, const Sizes6& sz, int64_t align_offset, int64_t window_left,
-                          int64_t window_right, double scale, int num_threads) {
+                          int64_t window_right, double scale, bool deterministic, int num_threads) {
   BwdParams p{};
   p.fwd = make_fwd(dtype, q, k, v, out, lse, qs, ks, vs, os, lses, sz, align_offset, window_left, window_right,
                    scale, num_threads);
@@ -76,6 +76,7 @@ inline BwdParams make_bwd(int dtype, uintptr_t q, uintptr_t k, uintptr_t v, uint
   p.dq_batch_stride = dqs[0]; p.dq_row_stride = dqs[1]; p.dq_head_stride = dqs[2];
   p.dk_batch_stride = dks[0]; p.dk_row_stride = dks[1]; p.dk_head_stride = dks[2];
   p.dv_batch_stride = dvs[0]; p.dv_row_stride = dvs[1]; p.dv_head_stride = dvs[2];
+  p.deterministic = deterministic;
   return p;
 }
 

@@ -27,10 +27,12 @@ template <typename T>
 FAE_HD T exp_base(T m) { return m == neg_inf<T>() ? T(0) : m; }
 
 // Factor that rescales the running sum and output when the row max moves from m_old to m_new.
-// `exp2` is the kernel's exponential (a fast approximate one on GPUs, std::exp2 by default).
+// `exp2` is the kernel's exponential (a fast approximate one on GPUs, std::exp2 by default). A
+// row with no finite score yet (m_old == -inf) gets exp2(-inf) == 0 with no test: m_new >= m_old,
+// so exp_base(m_new) is finite or +inf.
 template <typename T, typename Exp2>
 FAE_HD T rescale_factor(T m_old, T m_new, Exp2 exp2) {
-  return m_old == neg_inf<T>() ? T(0) : T(exp2(m_old - exp_base(m_new)));
+  return T(exp2(m_old - exp_base(m_new)));
 }
 template <typename T>
 FAE_HD T rescale_factor(T m_old, T m_new) {

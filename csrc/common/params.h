@@ -88,6 +88,9 @@ struct BwdParams {
   int64_t dq_batch_stride, dq_row_stride, dq_head_stride;
   int64_t dk_batch_stride, dk_row_stride, dk_head_stride;
   int64_t dv_batch_stride, dv_row_stride, dv_head_stride;
+  // CUDA: dQ summed in a fixed order (bitwise reproducible) instead of with float atomics from
+  // every key block; the CPU backward is always reproducible and ignores it.
+  bool deterministic;
 };
 
 // KV-cache append (flash_attn_with_kvcache): the new keys and values (B, Sn, Hkv, D) of batch b

@@ -190,8 +190,8 @@ struct Backward {
           int64_t ldq, lddo;
           const float* qr = float_rows<V>(q + i0 * p.q_row_stride, p.q_row_stride, nq, D, qbuf, ldq);
           const float* dor = float_rows<V>(dout + i0 * bp.do_row_stride, bp.do_row_stride, nq, D, dobuf, lddo);
-          gemm<V>(nq, ldp, Gemm{qr, ldq, 1, kt, ldp, s, ldp, D, false});
-          gemm<V>(nq, ldp, Gemm{dor, lddo, 1, vt, ldp, dp, ldp, D, false});
+          gemm<V>(nq, ldp, score_sum(Gemm{qr, ldq, 1, kt, ldp, s, ldp, D, false}));
+          gemm<V>(nq, ldp, score_sum(Gemm{dor, lddo, 1, vt, ldp, dp, ldp, D, false}));
           probabilities(sp, row_index(b, h, 0), i0, nq, k0, nk, s, dp);
           gemm<V>(nk, D, Gemm{s, 1, ldp, dor, lddo, dva, D, nq, true});
           gemm<V>(nk, D, Gemm{dp, 1, ldp, qr, ldq, dka, D, nq, true});
@@ -281,8 +281,8 @@ struct Backward {
       int64_t ldk, ldv;
       const float* kr = float_rows<V>(k + k0 * p.k_row_stride, p.k_row_stride, nk, D, kbuf, ldk);
       const float* vr = float_rows<V>(v + k0 * p.v_row_stride, p.v_row_stride, nk, D, vbuf, ldv);
-      gemm<V>(nk, nqp, Gemm{kr, ldk, 1, qt, nqp, st, nqp, D, false});
-      gemm<V>(nk, nqp, Gemm{vr, ldv, 1, dot, nqp, dst, nqp, D, false});
+      gemm<V>(nk, nqp, score_sum(Gemm{kr, ldk, 1, qt, nqp, st, nqp, D, false}));
+      gemm<V>(nk, nqp, score_sum(Gemm{vr, ldv, 1, dot, nqp, dst, nqp, D, false}));
       for (int64_t j = 0; j < nk; ++j)
         for (int64_t c = 0; c < nqp; c += W) {
           const R pv = V::exp2(V::fma(V::load(st + j * nqp + c), sl2, V::load(nl2 + c)));

@@ -156,7 +156,7 @@ struct Forward {
         kr = float_rows<V>(kt, p.k_row_stride, nk, D, kbuf, ldk);
         vr = float_rows<V>(vt, p.v_row_stride, nk, D, vbuf, ldv);
         if (narrow) narrow_products(ncol, true, kr, ldk, nk, qt, st, ncolp);
-        else gemm<V>(nk, ncolp, Gemm{kr, ldk, 1, qt, pw, st, pw, D, false, pn.stride(D), pn.stride(bk)});
+        else gemm<V>(nk, ncolp, score_sum(Gemm{kr, ldk, 1, qt, pw, st, pw, D, false, pn.stride(D), pn.stride(bk)}));
       }
 
       bool partial = false;  // scores are already in the log2 domain: Q was packed times sl2

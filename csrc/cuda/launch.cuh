@@ -4,6 +4,8 @@
 //   fae::launch("name", kernel, fae::LaunchConfig{grid, block, smem_bytes, stream}, args...);
 //   fae::gbuf(ptr, count)   global buffer argument: a raw pointer under nvcc, a bounds-checked
 //                           fae::gptr covering [ptr, ptr + count) under the emulator.
+//   fae::max_dynamic_smem() the most dynamic shared memory one block may have on the device
+//                           (the opt-in limit; under the emulator its configured limit).
 // Under nvcc (here): kernel<<<grid, block, smem, stream>>>, raising the kernel's dynamic
 // shared-memory limit when more than 48 KiB is asked for; launch errors throw std::runtime_error.
 // Under a host compiler both come from primitives_emu.h: the grid runs on the CPU and kernel bugs
@@ -23,6 +25,14 @@ namespace fae {
 template <class T>
 inline T* gbuf(T* p, std::size_t) {
   return p;
+}
+
+inline std::size_t max_dynamic_smem() {
+  int device = 0, bytes = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e == cudaSuccess) e = cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (e != cudaSuccess) throw std::runtime_error(std::string("shared memory per block: ") + cudaGetErrorString(e));
+  return std::size_t(bytes);
 }
 
 template <class... KArgs, class... Args>

@@ -232,6 +232,8 @@ template <class T>
 void add_buffer(std::vector<emu::Buffer>&, const T&) {}
 }  // namespace detail
 
+inline std::size_t max_dynamic_smem() { return emu::get_config().smem_limit; }
+
 template <class... KArgs, class... Args>
 void launch(const char* name, void (*kernel)(KArgs...), const LaunchConfig& cfg, Args&&... args) {
   std::tuple<std::decay_t<KArgs>...> params(std::forward<Args>(args)...);

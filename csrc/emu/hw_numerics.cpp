@@ -1,8 +1,10 @@
 // Hardware numerics mode (Config::hw_numerics): results that differ from the exact emulation the
 // way a GPU's may, within documented or plausible bounds, reproducibly for a seed.
-//   mma: the K products and C are added one at a time in a seeded order, each sum truncated
-//        (rounded toward zero) to float32, as tensor cores truncate their aligned sums instead of
-//        rounding the exact sum once; the error is at most K ulps of the largest partial sum.
+//   mma: the K products and C are added one at a time in an order drawn from the seed and the
+//        instruction (K, input type), each sum truncated (rounded toward zero) to float32, as
+//        tensor cores truncate their aligned sums instead of rounding the exact sum once; the
+//        error is at most K ulps of the largest partial sum. Like the hardware's fixed adder tree,
+//        the result is a function of the operands: the same in every block, warp and repetition.
 //   ex2.approx.ftz.f32: the correctly rounded 2^x moved by -2..+2 ulps (PTX ISA: at most 2 ulp
 //        from the correctly rounded result), a fixed function of the seed and x; 2^0 stays 1.
 #include <algorithm>

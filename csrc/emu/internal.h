@@ -175,7 +175,6 @@ struct Runner {
   std::exception_ptr error;
   std::mt19937_64 rng;
   StatRecorder stats;
-  std::vector<uint64_t> mma_calls;  // per warp: mma executed so far (hardware numerics mode key)
 
   void run_block(uint3 bidx);
   Thread* pick();  // next runnable thread (FIFO, or at random when shuffling), null if none
@@ -204,7 +203,8 @@ std::string address_name(const Runner& r, const void* p, bool global);
                        bool global = false);
 
 // Hardware numerics mode (hw_numerics.cpp): D = A.B + C (first K columns of A / rows of B) summed
-// in the order seeded by `key`, every partial sum truncated to float32; keys from a seed and values.
+// in the order seeded by `key`, every partial sum truncated to float32; keys from a seed and values
+// (for mma: the seed and the shape and type, so D is a function of A, B, C alone).
 void mma_truncating(const double (&A)[16][16], const double (&B)[16][8], const double (&C)[16][8], int K,
                     uint64_t key, float (&D)[16][8]);
 uint64_t hw_key(uint64_t seed, uint64_t a, uint64_t b, uint64_t c);

@@ -227,7 +227,6 @@ void Runner::run_block(uint3 bidx) {
   while (stacks.size() < std::size_t(nthreads)) stacks.push_back(std::make_unique<Stack>(stack_bytes));
   if (threads.size() < std::size_t(nthreads)) threads.resize(nthreads);
   warps.assign((nthreads + 31) / 32, {});
-  mma_calls.assign(warps.size(), 0);
   smem_size = L.smem;
   if (smem_store.size() < smem_size + 128) smem_store.resize(smem_size + 128);
   smem = smem_store.data() + (128 - reinterpret_cast<std::uintptr_t>(smem_store.data()) % 128) % 128;

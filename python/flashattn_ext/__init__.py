@@ -5,7 +5,8 @@ signature) with its variable-length, packed and KV-cache forms (:func:`flash_att
 :func:`flash_attn_qkvpacked_func`, :func:`flash_attn_with_kvcache`, ...),
 :func:`scaled_dot_product_attention` (torch signature). Loaded on first use, so that
 the numpy-only install imports without torch: ``flashattn_ext.nn`` (``MultiHeadAttention``,
-``replace_sdpa``; needs torch) and ``flashattn_ext.integrations`` (Hugging Face transformers)."""
+``replace_sdpa``; needs torch), ``flashattn_ext.integrations`` (Hugging Face transformers) and
+``flashattn_ext.distributed`` (ring and Ulysses attention on torch.distributed; needs torch)."""
 
 import importlib as _importlib
 from types import ModuleType as _ModuleType
@@ -14,6 +15,7 @@ from ._version import __version__
 from ._C import available_isas as _available_isas
 from ._C import build_info as _build_info
 from ._C import get_num_threads, set_num_threads
+from ._dispatch import set_deterministic
 from .functional import attention, flash_attn_func, scaled_dot_product_attention
 from .kvcache import flash_attn_with_kvcache
 from .varlen import (flash_attn_kvpacked_func, flash_attn_qkvpacked_func,
@@ -35,11 +37,11 @@ def build_info() -> dict:
     return info
 
 
-_LAZY_SUBMODULES = ("integrations", "nn")
+_LAZY_SUBMODULES = ("distributed", "integrations", "nn")
 
 
 def __getattr__(name: str) -> _ModuleType:
-    """``flashattn_ext.nn`` and ``flashattn_ext.integrations`` as attributes, imported on first
+    """``flashattn_ext.nn``, ``.integrations`` and ``.distributed`` as attributes, imported on first
     access (a module whose dependency is missing raises ImportError naming the extra)."""
     if name in _LAZY_SUBMODULES:
         return _importlib.import_module(f".{name}", __name__)
@@ -63,5 +65,6 @@ __all__ = [
     "flash_attn_with_kvcache",
     "get_num_threads",
     "scaled_dot_product_attention",
+    "set_deterministic",
     "set_num_threads",
 ]

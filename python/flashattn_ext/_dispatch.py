@@ -86,15 +86,17 @@ def _common_kwargs(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mas
                 align_offset=0, align_bottom_right=mask.bottom_right)
 
 
-def _entry_points(q: Any) -> Tuple[Any, Any, Sequence[int], Sequence[int], int]:
-    """(forward, backward, forward head dims, backward head dims, stream) of the CUDA kernels:
-    on the GPU (launched on the stream torch is using for q's device) or on the emulator."""
+def _entry_points(q: Any) -> Tuple[Any, Any, Sequence[int], Sequence[int], Dict[str, int]]:
+    """(forward, backward, forward head dims, backward head dims, launch arguments) of the CUDA
+    kernels: on the GPU, on q's device (made current for the launch, whatever device is current)
+    and the stream torch is using there; or on the emulator."""
     if backend_for(q) == "emu":
         emu = _emu_module()
         return (emu.attention_forward, emu.attention_backward, emu.attention_head_dims,
-                emu.attention_bwd_head_dims, 0)
-    return (_C.cuda_forward, _C.cuda_backward, _C.cuda_head_dims, _C.cuda_bwd_head_dims,
-            torch.cuda.current_stream(q.device).cuda_stream)
+                emu.attention_bwd_head_dims, dict(stream=0, device=-1))
+    device = q.device.index if q.device.index is not None else torch.cuda.current_device()
+    launch = dict(stream=torch.cuda.current_stream(device).cuda_stream, device=device)
+    return _C.cuda_forward, _C.cuda_backward, _C.cuda_head_dims, _C.cuda_bwd_head_dims, launch
 
 
 # Split-KV on the CUDA kernels (num_splits=0): split when the blocks of a call fill less than
@@ -109,9 +111,10 @@ def _sm_count(q: Any) -> int:
     return EMU_SMS
 
 
-def cuda_splits(q: Any, seqs: Seqs, block_m: int = 128) -> int:
-    """The split count of a variable-length or KV-cache forward on the CUDA kernels: the caller's
-    num_splits, or (0) enough splits to fill the SMs when the query tiles do not."""
+def cuda_splits(q: Any, seqs: Seqs, block_m: int = 64) -> int:
+    """The split count of a variable-length or KV-cache forward on the CUDA kernels (query tiles
+    of ``block_m`` rows): the caller's num_splits, or (0) enough splits to fill the SMs when the
+    query tiles do not."""
     if seqs.num_splits:
         return seqs.num_splits
     blocks = -(-seqs.max_q() // block_m) * q.shape[2] * seqs.batch
@@ -137,7 +140,7 @@ def forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mask: Mask
     if backend == "cpu":
         _C.forward(**_common_kwargs(q, k, v, out, lse, scale, mask, q.shape[3], seqs), stream=0)
     else:
-        run, _, head_dims, _, stream = _entry_points(q)
+        run, _, head_dims, _, launch = _entry_points(q)
         dp = _padded_head_dim(q, head_dims, "forward")
         qf, kf, vf = (_fit(x, dp) for x in (q, k, v))
         of = _fit(out, dp, copy=False)
@@ -147,17 +150,41 @@ def forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mask: Mask
             work = _new(q, (splits * seqs.batch * q.shape[2] * seqs.max_q() * (dp + 1),),
                         zero=False, float32=True)
             kw.update(num_splits=splits, split_workspace=_ptr(work))
-        run(**kw, stream=stream)
+        run(**kw, **launch)
         _copy_back(of, out)
     if backend != "cuda":  # on a GPU the check would synchronise the device at every call
         check_overflow(q, k, lse, scale, mask, seqs)
 
 
+_deterministic = False
+
+
+def set_deterministic(flag: bool) -> None:
+    """Global switch of the CUDA backward's deterministic mode (see :func:`deterministic`)."""
+    global _deterministic
+    if not isinstance(flag, bool):
+        raise TypeError(f"set_deterministic: flag must be a bool, got {type(flag).__name__}")
+    _deterministic = flag
+
+
+def deterministic(requested: bool = False) -> bool:
+    """Whether a backward runs in deterministic mode: asked for by the call
+    (``flash_attn_func(deterministic=True)``), by :func:`set_deterministic`, by
+    FLASHATTN_EXT_DETERMINISTIC=1 (read at every call) or by
+    ``torch.use_deterministic_algorithms(True)``."""
+    env = os.environ.get("FLASHATTN_EXT_DETERMINISTIC", "").strip()
+    if env not in ("", "0", "1"):
+        raise ValueError(f"FLASHATTN_EXT_DETERMINISTIC={env!r}; accepted: 0 or 1")
+    torch_flag = torch is not None and torch.are_deterministic_algorithms_enabled()
+    return bool(requested or _deterministic or env == "1" or torch_flag)
+
+
 def backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dq: Any, dk: Any, dv: Any,
              scale: float, mask: MaskSpec, dlse: Optional[Any] = None,
-             seqs: Optional[Seqs] = None) -> None:
+             seqs: Optional[Seqs] = None, deterministic_mode: bool = False) -> None:
     """Runs the backward kernel on BSHD views, writing dq, dk, dv. ``dlse`` (optional) is the
-    gradient of lse, laid out exactly like lse."""
+    gradient of lse, laid out exactly like lse. ``deterministic_mode``: the CUDA kernels sum dq
+    in a fixed order (bitwise reproducible; the CPU backward always is)."""
     dlse_ptr = 0 if dlse is None else _ptr(dlse)
     _no_cuda_varlen_backward(q, seqs)
     if backend_for(q) == "cpu":
@@ -165,16 +192,18 @@ def backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dq: Any, dk:
                     **_arrays(dout=dout, dq=dq, dk=dk, dv=dv), dlse=dlse_ptr, stats=0, dq_accum=0,
                     stream=0)
         return
-    _, run, _, head_dims, stream = _entry_points(q)
+    _, run, _, head_dims, launch = _entry_points(q)
     dp = _padded_head_dim(q, head_dims, "backward")
     qf, kf, vf, of, dof = (_fit(x, dp) for x in (q, k, v, out, dout))
     dqf, dkf, dvf = (_fit(x, dp, copy=False) for x in (dq, dk, dv))
-    rows = q.shape[0] * q.shape[2] * q.shape[1]
-    stats = _new(q, (2 * rows,), zero=False, float32=True)  # delta and softmax sum per row
-    dq_accum = _new(q, (rows * dp,), zero=False, float32=True)
+    b, sq, hq, _ = q.shape
+    workspace = _emu_module().attention_bwd_workspace if backend_for(q) == "emu" else _C.cuda_bwd_workspace
+    n_stats, n_accum = workspace(sizes=(b, sq, k.shape[1], hq, k.shape[2], dp), deterministic=deterministic_mode)
+    stats = _new(q, (n_stats,), zero=False, float32=True)  # lse2, 1 / softmax sum, delta per row
+    dq_accum = _new(q, (n_accum,), zero=False, float32=True)
     run(**_common_kwargs(qf, kf, vf, of, lse, scale, mask, dp, seqs),
         **_arrays(dout=dof, dq=dqf, dk=dkf, dv=dvf), dlse=dlse_ptr, stats=_ptr(stats),
-        dq_accum=_ptr(dq_accum), stream=stream)
+        dq_accum=_ptr(dq_accum), deterministic=deterministic_mode, **launch)
     for padded, real in ((dqf, dq), (dkf, dk), (dvf, dv)):
         _copy_back(padded, real)
 
@@ -186,11 +215,11 @@ def append_kv(q: Any, q_rot: Optional[Any], k: Any, v: Any, k_cache: Any, v_cach
     in place at cache_seqlens; with ``rotary`` = (cos, sin, interleaved, q_rows_consecutive) the
     new keys are rotated on the way and q is rotated into q_rot."""
     backend = backend_for(q)
-    run, stream = _C.kvcache_append, 0
+    run, launch = _C.kvcache_append, dict(stream=0, device=-1)
     if backend == "emu":
         run = _emu_module().kvcache_append
     elif backend == "cuda":
-        run, stream = _C.cuda_kvcache_append, torch.cuda.current_stream(q.device).cuda_stream
+        run, launch = _C.cuda_kvcache_append, _entry_points(q)[4]
     b, sq, hq, d = q.shape
     cos, sin, interleaved, consecutive = rotary or (None, None, False, False)
     none3 = (0, 0, 0)
@@ -209,7 +238,7 @@ def append_kv(q: Any, q_rot: Optional[Any], k: Any, v: Any, k_cache: Any, v_cach
         block_table_stride=0 if block_table is None else strides(block_table)[0],
         page_size=k_cache.shape[1] if block_table is not None else 0,
         bounds=(k_cache.shape[0], k_cache.shape[1], 0 if cos is None else cos.shape[0]),
-        stream=stream)
+        **launch)
 
 
 def new_lse(q: Any, packed: bool) -> Any:

@@ -8,18 +8,21 @@ they are not contiguous), the rows from the first to the last that sees a key (t
 0 and lse -inf, as in the kernels), and the (left, right) band the rest follows. A mask that is
 no such band (block-diagonal packing, per-head masks, additive biases) gets no plan: the caller
 falls back or refuses. Used by ``nn.MultiHeadAttention``, ``nn.replace_sdpa`` and the
-transformers integration."""
+transformers integration. :func:`packed` reads a square block-diagonal mask (sequences packed
+back to back in a row, each attending within itself under one band) as one variable-length
+call; the transformers integration runs packed sequences on it."""
 
 from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
 from .functional import attention
+from .varlen import flash_attn_varlen_func
 
 
 @dataclass(frozen=True)
@@ -94,18 +97,76 @@ def plan(mask: torch.Tensor) -> Optional[List[Plan]]:
     return plans
 
 
-_CACHE: Dict[int, Tuple[weakref.ref, int, Optional[List[Plan]]]] = {}
+@dataclass(frozen=True)
+class Packed:
+    """Sequences packed back to back along each row of a square (B, S, S) mask: ``lengths``
+    (int32) are the sequences' lengths, row after row (``rows`` rows of S tokens), each sequence
+    attending within itself under the band ``window`` (left, right; -1 unbounded)."""
+
+    lengths: torch.Tensor
+    rows: int
+    window: Tuple[int, int]
+
+
+def packed(mask: torch.Tensor) -> Optional[Packed]:
+    """The packing of a boolean mask (B, S, S) (True: attend) that is block-diagonal with one
+    band in every diagonal block, or None. The blocks are the finest the mask allows; the result
+    is checked against the mask it stands for, so it is exact."""
+    b, sq, sk = mask.shape
+    if sq != sk or not bool(mask.any(2).all()):
+        return None
+    i = torch.arange(sq, device=mask.device)
+    first = mask.to(torch.uint8).argmax(2)
+    last = sk - 1 - mask.flip(2).to(torch.uint8).argmax(2)
+    # A block starts at token t when no row from t on sees a key before t and no row before t
+    # sees one from t on.
+    later_first = first.flip(1).cummin(1).values.flip(1)
+    earlier_last = last.cummax(1).values
+    starts = torch.ones(b, sq, dtype=torch.bool, device=mask.device)
+    starts[:, 1:] = (later_first[:, 1:] >= i[1:]) & (earlier_last[:, :-1] < i[1:])
+    seg = starts.cumsum(1)
+    at = starts.flatten().nonzero().flatten()
+    lengths = torch.diff(at, append=at.new_tensor([b * sq]))
+    longest = int(lengths.max())
+    left, right = int((i - first).max()), int((last - i).max())
+    left, right = (-1 if w >= longest - 1 else w for w in (left, right))
+    want = seg[:, :, None] == seg[:, None, :]
+    if left >= 0:
+        want &= i[None, :] >= i[:, None] - left
+    if right >= 0:
+        want &= i[None, :] <= i[:, None] + right
+    if not bool((want == mask).all()):
+        return None
+    return Packed(lengths.to(torch.int32), b, (left, right))
+
+
+def run_packed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: Packed,
+               scale: Optional[float]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """out (B, S, H, D) and lse (B, H, S) of BSHD q, k, v under a packing (one packed row
+    broadcast to every element when ``p.rows`` is 1): one variable-length call."""
+    b, s, h, _ = q.shape
+    lengths = p.lengths if p.rows == b else p.lengths.repeat(b)
+    cu = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
+    longest = int(lengths.max())
+    flat = (t.reshape(b * s, t.shape[2], t.shape[3]) for t in (q, k, v))
+    out, lse, _ = flash_attn_varlen_func(*flat, cu, cu, longest, longest, softmax_scale=scale,
+                                         window_size=p.window, return_attn_probs=True)
+    return out.view(b, s, h, -1), lse.reshape(h, b, s).transpose(0, 1)
+
+
+_CACHE: Dict[int, Tuple[weakref.ref, int, Union[List[Plan], Packed, None]]] = {}
 _CACHE_SIZE = 8
 
 
-def cached_plan(mask: torch.Tensor) -> Optional[List[Plan]]:
-    """:func:`plan` of ``to_bool(mask)`` for a mask (B, 1, Sq, Sk), remembered for the last few
-    mask tensors: a model passes one mask object to every layer."""
+def cached_plan(mask: torch.Tensor) -> Union[List[Plan], Packed, None]:
+    """:func:`plan` of ``to_bool(mask)`` for a mask (B, 1, Sq, Sk), else its :func:`packed`,
+    else None; remembered for the last few mask tensors: a model passes one mask object to
+    every layer."""
     hit = _CACHE.get(id(mask))
     if hit is not None and hit[0]() is mask and hit[1] == mask._version:
         return hit[2]
     bool_mask = to_bool(mask[:, 0])
-    result = None if bool_mask is None else plan(bool_mask)
+    result = None if bool_mask is None else plan(bool_mask) or packed(bool_mask)
     if len(_CACHE) >= _CACHE_SIZE:
         _CACHE.pop(next(iter(_CACHE)))
     _CACHE[id(mask)] = (weakref.ref(mask), mask._version, result)

@@ -26,9 +26,10 @@ def _like(x: torch.Tensor) -> torch.Tensor:
 
 @torch.library.custom_op("flashattn_ext::fwd", mutates_args=(), device_types=("cpu", "cuda"))
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                  window_left: int, window_right: int,
-                  bottom_right: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Forward on (B, S, H, D) views; returns out (like q) and lse (B, H, Sq)."""
+                  window_left: int, window_right: int, bottom_right: bool,
+                  deterministic: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Forward on (B, S, H, D) views; returns out (like q) and lse (B, H, Sq).
+    ``deterministic`` asks the backward for its deterministic mode."""
     mask = MaskSpec(window_left, window_right, bottom_right)
     out = _like(q)
     lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]), dtype=_lse_dtype(q), device=q.device)
@@ -37,37 +38,39 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
 
 
 @attention_fwd.register_fake
-def _(q, k, v, scale, window_left, window_right, bottom_right):
+def _(q, k, v, scale, window_left, window_right, bottom_right, deterministic=False):
     return _like(q), q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=_lse_dtype(q))
 
 
 @torch.library.custom_op("flashattn_ext::bwd", mutates_args=(), device_types=("cpu", "cuda"))
 def attention_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Tensor,
                   k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
-                  scale: float, window_left: int, window_right: int,
-                  bottom_right: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  scale: float, window_left: int, window_right: int, bottom_right: bool,
+                  deterministic: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward on (B, S, H, D) views; returns dq, dk, dv (laid out like q, k, v).
-    ``dlse``, when given, is the gradient flowing into lse."""
+    ``dlse``, when given, is the gradient flowing into lse. Deterministic mode when
+    ``deterministic`` or a global switch asks for it (_dispatch.deterministic)."""
     mask = MaskSpec(window_left, window_right, bottom_right)
     if dout.stride(-1) != 1:  # e.g. the expanded gradient of .sum()
         dout = dout.contiguous()
     if dlse is not None:
         dlse = dlse.contiguous()  # lse itself is always allocated contiguous
     dq, dk, dv = _like(q), _like(k), _like(v)
-    _dispatch.backward(dout, q, k, v, out, lse, dq, dk, dv, scale, mask, dlse)
+    _dispatch.backward(dout, q, k, v, out, lse, dq, dk, dv, scale, mask, dlse,
+                       deterministic_mode=_dispatch.deterministic(deterministic))
     return dq, dk, dv
 
 
 @attention_bwd.register_fake
-def _(dout, dlse, q, k, v, out, lse, scale, window_left, window_right, bottom_right):
+def _(dout, dlse, q, k, v, out, lse, scale, window_left, window_right, bottom_right, deterministic=False):
     return _like(q), _like(k), _like(v)
 
 
 def _setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[Any, ...]) -> None:
-    q, k, v, scale, window_left, window_right, bottom_right = inputs
+    q, k, v, scale, window_left, window_right, bottom_right, *deterministic = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse)
-    ctx.args = (scale, window_left, window_right, bottom_right)
+    ctx.args = (scale, window_left, window_right, bottom_right, bool(deterministic and deterministic[0]))
     ctx.set_materialize_grads(False)  # an unused lse then sends no gradient at all
 
 
@@ -76,17 +79,17 @@ def _backward(ctx: Any, dout: Optional[torch.Tensor], dlse: Optional[torch.Tenso
     if dout is None:
         dout = torch.zeros_like(out)
     dq, dk, dv = torch.ops.flashattn_ext.bwd(dout, dlse, q, k, v, out, lse, *ctx.args)
-    return dq, dk, dv, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None
 
 
 attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def apply(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-          mask: MaskSpec) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Differentiable attention on BSHD views."""
+          mask: MaskSpec, deterministic: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Differentiable attention on BSHD views; ``deterministic``: the backward's mode."""
     return torch.ops.flashattn_ext.fwd(q, k, v, scale, mask.window_left, mask.window_right,
-                                       mask.bottom_right)
+                                       mask.bottom_right, deterministic)
 
 
 # ---- variable-length (packed) batches -------------------------------------------------------

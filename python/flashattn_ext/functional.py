@@ -17,13 +17,14 @@ from ._validate import BHSD, BSHD, SD, Call, MaskSpec, flag, prepare
 ArrayLike = Any  # torch.Tensor or numpy.ndarray
 
 
-def _run(call: Call) -> Tuple[ArrayLike, ArrayLike]:
-    """out (B, S, H, D) and lse (B, H, S) of a validated call."""
+def _run(call: Call, deterministic: bool = False) -> Tuple[ArrayLike, ArrayLike]:
+    """out (B, S, H, D) and lse (B, H, S) of a validated call; ``deterministic``: the mode of
+    its backward."""
     if call.kind == "numpy":
         return _dispatch.numpy_forward(call.q, call.k, call.v, call.scale, call.mask)
     from . import _torch_ops
 
-    return _torch_ops.apply(call.q, call.k, call.v, call.scale, call.mask)
+    return _torch_ops.apply(call.q, call.k, call.v, call.scale, call.mask, deterministic)
 
 
 def not_implemented(dropout_p: float = 0.0, softcap: float = 0.0,
@@ -85,14 +86,16 @@ def flash_attn_func(q: ArrayLike, k: ArrayLike, v: ArrayLike, dropout_p: float =
     ``window_size=(left, right)`` is a sliding window (-1 = unbounded), as in FlashAttention.
     Returns out (B, Sq, Hq, D); with ``return_attn_probs`` returns (out, softmax_lse, None):
     softmax_lse is (B, Hq, Sq) and the third item, FlashAttention's debug-only dropout mask, is
-    None because dropout is not applied. The backward is always deterministic, so
-    ``deterministic`` is accepted either way. Not implemented (raising NotImplementedError):
-    dropout_p > 0, softcap != 0, alibi_slopes.
+    None because dropout is not applied. ``deterministic=True`` makes the CUDA backward sum dq
+    in a fixed order, so gradients are bitwise reproducible (docs/semantics.md section 8; the
+    CPU backward always is; :func:`set_deterministic` switches it on for every call). Not
+    implemented (raising NotImplementedError): dropout_p > 0, softcap != 0, alibi_slopes.
     """
     not_implemented(dropout_p, softcap, alibi_slopes)
     mask = MaskSpec.make(causal, window_size, bottom_right=True)
+    det = flag("deterministic", deterministic)
     out, lse = _run(prepare(q, k, v, layout=BSHD, scale=softmax_scale, mask=mask,
-                            scale_name="softmax_scale"))
+                            scale_name="softmax_scale"), det)
     return (out, lse, None) if flag("return_attn_probs", return_attn_probs) else out
 
 

@@ -549,16 +549,38 @@ void emu_case(const Case& c, uint64_t seed) {
     bp.dq_batch_stride = r.dq.sb; bp.dq_row_stride = r.dq.ss; bp.dq_head_stride = r.dq.sh;
     bp.dk_batch_stride = r.dk.sb; bp.dk_row_stride = r.dk.ss; bp.dk_head_stride = r.dk.sh;
     bp.dv_batch_stride = r.dv.sb; bp.dv_row_stride = r.dv.ss; bp.dv_head_stride = r.dv.sh;
-    std::vector<float> stats(size_t(2 * c.B * c.Hq * c.Sq), 0.f), dq_accum(size_t(c.B * c.Hq * c.Sq * c.D), 0.f);
-    try {
+    // Each shared-memory tier (the emulator's default 99 KiB limit, then sm_80's 163 KiB), in
+    // atomic and in deterministic mode; deterministic runs are bitwise identical under another
+    // thread order.
+    const fae::emu::Config config = fae::emu::get_config();
+    const auto backward_run = [&](std::size_t smem_limit, bool deterministic, uint64_t order) {
+      fae::emu::Config cfg = config;
+      cfg.smem_limit = smem_limit;
+      if (order) cfg.shuffle = true, cfg.seed = config.seed + order;
+      fae::emu::set_config(cfg);
+      bp.deterministic = deterministic;
+      const fae::cuda::BwdWorkspace ws = fae::cuda::backward_workspace(bp);
+      std::vector<float> stats(ws.stats), dq_accum(ws.dq_accum);
       fae::cuda::attention_backward(bp, stats.data(), dq_accum.data(), nullptr);
-    } catch (const std::exception& e) {
-      check(false, std::string("emulated backward threw: ") + e.what());
-      return;
-    }
-    compare(c, "dq", r.dq.dense(), oracle2.dq, lowp2.dq);
-    compare(c, "dk", r.dk.dense(), oracle2.dk, lowp2.dk);
-    compare(c, "dv", r.dv.dense(), oracle2.dv, lowp2.dv);
+      fae::emu::set_config(config);
+      return std::vector<std::vector<double>>{r.dq.dense(), r.dk.dense(), r.dv.dense()};
+    };
+    for (std::size_t limit : {config.smem_limit, std::size_t(163 * 1024)})
+      for (bool deterministic : {false, true}) {
+        const std::string mode = std::string(deterministic ? "deterministic, " : "") + std::to_string(limit / 1024) +
+                                 " KiB";
+        try {
+          const auto g = backward_run(limit, deterministic, 0);
+          compare(c, ("dq (" + mode + ")").c_str(), g[0], oracle2.dq, lowp2.dq);
+          compare(c, ("dk (" + mode + ")").c_str(), g[1], oracle2.dk, lowp2.dk);
+          compare(c, ("dv (" + mode + ")").c_str(), g[2], oracle2.dv, lowp2.dv);
+          if (deterministic)
+            check(g == backward_run(limit, true, 1000), c.name() + " (" + mode + "): bitwise identical in another thread order");
+        } catch (const std::exception& e) {
+          fae::emu::set_config(config);
+          check(false, "emulated backward (" + mode + ") threw: " + e.what());
+        }
+      }
   }
   check_empty_rows(c, r, backward);
 }

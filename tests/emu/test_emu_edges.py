@@ -1,8 +1,9 @@
 """Edge tiles of the CUDA kernels, run on the SIMT emulator through the torch entry points.
 
-For every distinct (query tile BM, key tile BN) of the forward and of the backward kernel, read
-from the kernels' traits (``_emu.attention_tiles``) and taken at the smallest head dim that has
-it: Sk in {BN-1, BN, BN+1, 2BN-1} (a partial tile, an exact one, one key past it, one key short of
+For every distinct (query tile BM, key tile BN) of the forward and of the backward kernel (both
+shared-memory tiers of the backward, the emulator's limit raised to sm_80's for the large one),
+read from the kernels' traits (``_emu.attention_tiles``) and taken at the smallest head dim that
+has it: Sk in {BN-1, BN, BN+1, 2BN-1} (a partial tile, an exact one, one key past it, one key short of
 two) under bottom-right causal, top-left causal and a sliding window; Sq in {1, 2, BM-1, BM+1}.
 out, and the backward's dq, dk, dv of a loss that uses out and lse, follow the bfloat16 tolerance rule against the float64 oracle; lse is
 checked with its absolute tolerance every time.
@@ -42,7 +43,8 @@ def _window(bn: int) -> Tuple[int, int]:
 
 
 def _tile_shapes() -> List[Tuple[str, int, int, int]]:
-    """(direction, head dim, BM, BN): each distinct tile shape once, at its smallest head dim."""
+    """(direction, head dim, BM, BN): each distinct tile shape once, at its smallest head dim;
+    direction "backward_large" is the backward's tile for sm_80 / sm_90 where it differs."""
     try:
         emu = importlib.import_module("flashattn_ext._emu")
     except ImportError:
@@ -51,6 +53,9 @@ def _tile_shapes() -> List[Tuple[str, int, int, int]]:
     for (direction, d), tile in sorted(emu.attention_tiles.items()):
         first.setdefault((direction, tile["block_m"], tile["block_n"]), d)
     return [(direction, d, bm, bn) for (direction, bm, bn), d in first.items()]
+
+
+SM80_SMEM = 163 * 1024  # bytes of shared memory per block on sm_80: the large tier's limit
 
 
 def _cases() -> List[Tuple[str, int, int, int, int, int, str]]:
@@ -88,9 +93,11 @@ def _oracle(q, k, v, mask: str, bn: int, dtype: torch.dtype):
 
 @pytest.mark.skipif(not CASES, reason="built without the emulator (FLASHATTN_EXT_EMULATOR=ON)")
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_edge_tiles(monkeypatch, gen, case):
+def test_edge_tiles(emu, monkeypatch, gen, case):
     direction, d, _, bn, sq, sk, mask = case
     monkeypatch.setenv("FLASHATTN_EXT_BACKEND", "emu")
+    if direction == "backward_large":
+        emu.configure(smem_limit=SM80_SMEM)
     q, k, v = (randn(gen, 1, s, 1, d, dtype=BF16).requires_grad_() for s in (sq, sk, sk))
     out, lse = _attend(q, k, v, mask, bn)
     exact = [x.detach().double().requires_grad_() for x in (q, k, v)]  # gradients not rounded

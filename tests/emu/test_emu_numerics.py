@@ -157,6 +157,26 @@ def test_mma_hardware_mode_error_bound(emu, rng, dtype, k):
     assert (D != exact.astype(np.float32)).any()
 
 
+@pytest.mark.parametrize("dtype", ("float16", "bfloat16"))
+@pytest.mark.parametrize("k", (16, 8))
+def test_mma_hardware_mode_is_a_function_of_the_operands(emu, rng, dtype, k):
+    """Hardware numerics mode: like a tensor core's fixed adder tree, the same mma on the same
+    operands gives the same bits in every block, every warp and every repetition (kernels rely on
+    recomputing a product bit for bit), while the truncated sums differ from the exact mode's."""
+    A = (rng.standard_normal((16, k)) * 4).astype(np.float32)
+    B = (rng.standard_normal((k, 8)) * 4).astype(np.float32)
+    C = (rng.standard_normal((16, 8)) * 64).astype(np.float32)
+    a, b = pm.fragments(pm.to_bits(A, dtype), pm.to_bits(B, dtype), k)
+    c = np.array([[C[pm.c_frag(l, i)] for i in range(4)] for l in range(32)], np.float32)
+    emu.set_hw_numerics(None)
+    exact = emu.mma(a, b, c, dtype, k)
+    for seed in (3, 4):
+        emu.set_hw_numerics(seed)
+        d = emu.mma_repeated(a, b, c, dtype, k, blocks=3, warps=4, repeats=5)
+        assert (d == d[0, 0, 0]).all(), f"seed {seed}: results differ between blocks, warps or repetitions"
+        assert (d[0, 0, 0] != exact).any()
+
+
 def test_hardware_mode_from_environment(emu):
     """FAE_EMU_HW_NUMERICS=<seed> turns the mode on; anything but a seed is a clear error."""
     load = ("import importlib.util as u\n"

@@ -1,19 +1,24 @@
 // FlashAttention-2 backward (sm_80+), three kernels:
 //   bwd_row_stats: per query row, from the backward's own scores, psum = sum_j P'_ij with
 //                   P' = exp2(S * scale_log2 - lse2), and delta = sum_j P'_ij dP_ij / psum
-//                   (minus dlse when given); zeroes the float32 dQ accumulator. So P = P' / psum
-//                   sums to 1 and delta agrees with the dP it is subtracted from (a row that sees
-//                   one key gets P = 1 and dS = 0 up to one rounding), whatever the rounding of
-//                   the forward's output and lse;
-//   flash_bwd_kernel: a block owns 64 keys of one (batch, kv head), keeps their dK, dV in
-//                   registers and walks every query tile of every query head in the group:
-//                   recompute S^T = K.Q^T and P^T = exp2(S^T - lse2) / psum, dV += P^T.dO,
-//                   dP^T = V.dO^T, dS^T = P^T * (dP^T - delta), dK += dS^T.Q, and dQ += dS.K
-//                   through atomicAdd;
-//   bwd_convert_dq: dQ = accumulator * scale in the input dtype.
-// The score side is transposed (keys as rows) so that P^T and dS^T come out of the mma
-// accumulators already in the A-operand layout of dV += P^T.dO and dK += dS^T.Q. The first two
-// kernels compute S^T and dP^T with the same tiles and mma sequence, so they agree bit for bit.
+//                   (minus dlse when given); writes {lse2, 1 / psum, delta} per row and zeroes
+//                   the float32 dQ accumulator. So P = P' / psum sums to 1 and delta agrees with
+//                   the dP it is subtracted from (a row that sees one key gets P = 1 and dS = 0 up
+//                   to one rounding), whatever the rounding of the forward's output and lse;
+//   flash_bwd_kernel: a block owns kBlockN keys of one (batch, kv head), keeps their dK, dV in
+//                   registers and walks every query tile of every query head in the group
+//                   (Q, dO and the row statistics of the next tile load while the current one is
+//                   computed, where two buffers fit): S = Q.K^T, dP = dO.V^T, P = P' / psum and
+//                   dS = P (dP - delta) in registers; P and dS through shared memory into
+//                   dV += P^T.dO, dK += dS^T.Q and dQ = dS.K; dQ goes to the accumulator with float atomics
+//                   whose 32 lanes cover 128 contiguous bytes (the accumulator is stored in
+//                   fragment order); dK, dV leave through shared memory in 16-byte stores;
+//   bwd_convert_dq: dQ = accumulator * scale in the input dtype (16-byte stores), summing the
+//                   accumulator's splits in order in deterministic mode.
+// Deterministic mode gives every block a split of its own of the accumulator: a block walks
+// key blocks blockIdx.x, blockIdx.x + gridDim.x, ..., and each accumulator element of a split is
+// updated by one thread of one block in a fixed order. The first two kernels compute S and dP
+// with the same mma sequence (k steps in order, from zero), so they agree bit for bit.
 #pragma once
 
 #include "common/mask.h"
@@ -24,63 +29,16 @@
 
 namespace fae::cuda {
 
-constexpr int kRowThreads = 128;  // threads per block of the per-row kernels
-
-// Workspace layouts (float32, contiguous): stats = delta (B, Hq, Sq), then psum (B, Hq, Sq);
-// dq_accum (B, Hq, Sq, D).
-__device__ __forceinline__ int64_t row_index(const FwdParams& p, int b, int h, int64_t row) {
-  return (int64_t(b) * p.heads_q + h) * p.seqlen_q + row;
-}
-
-template <class T>
-__global__ void __launch_bounds__(kRowThreads)
-    bwd_convert_dq(BwdParams bp, gptr<const float> dq_accum, gptr<T> dq) {
-  const FwdParams& p = bp.fwd;
-  const int64_t row = int64_t(blockIdx.x) * kRowThreads + threadIdx.x;
-  const int h = blockIdx.y, b = blockIdx.z;
-  if (row >= p.seqlen_q) return;
-  const gptr<const float> acc = dq_accum + row_index(p, b, h, row) * p.head_dim;
-  const gptr<T> o = dq + (b * bp.dq_batch_stride + row * bp.dq_row_stride + h * bp.dq_head_stride);
-  for (int c = 0; c < p.head_dim; ++c) o[c] = from_float<T>(acc[c] * p.scale);
-}
-
-// acc[2*np + {0,1}] += A (16 x 16*ksteps, fragments from `a_frag(ks)`) times a row-major
-// [k][n] shared tile (B via ldmatrix .trans), for n8 tiles [0, 2*ntile_pairs).
-template <class T, int KSteps, int NTilePairs, class AFrag>
-__device__ __forceinline__ void mma_rowmajor_b(float (*acc)[4], AFrag a_frag, sptr<T> b, int ld, int lane) {
-#pragma unroll
-  for (int ks = 0; ks < KSteps; ++ks) {
-    uint32_t a[4];
-    a_frag(a, ks);
-#pragma unroll
-    for (int np = 0; np < NTilePairs; ++np) {
-      uint32_t b0[2], b1[2];
-      ldmatrix_x4_trans(b0[0], b0[1], b1[0], b1[1], b + (ks * 16 + lane % 16) * ld + np * 16 + (lane / 16) * 8);
-      mma_m16n8k16<T>(acc[2 * np], a, b0, acc[2 * np]);
-      mma_m16n8k16<T>(acc[2 * np + 1], a, b1, acc[2 * np + 1]);
-    }
-  }
-}
-
-// acc (16 rows of `a` x kNTilesM query columns) = rows of `a` (16 x D, row-major) times the
-// transpose of a row-major [query][d] tile `b` (B via ldmatrix without .trans).
-template <class Tr>
-__device__ __forceinline__ void mma_transposed_b(float (*acc)[4], sptr<typename Tr::Element> a,
-                                                 sptr<typename Tr::Element> b, int lane) {
-  using T = typename Tr::Element;
-  constexpr int LD = Tr::kRowStride;
-#pragma unroll
-  for (int ks = 0; ks < Tr::kHeadDim / 16; ++ks) {
-    uint32_t af[4];
-    ldmatrix_x4(af[0], af[1], af[2], af[3], a + (lane % 16) * LD + ks * 16 + (lane / 16) * 8);
-#pragma unroll
-    for (int np = 0; np < Tr::kNTilesM / 2; ++np) {
-      uint32_t b0[2], b1[2];
-      ldmatrix_x4(b0[0], b0[1], b1[0], b1[1], b + (np * 16 + (lane / 16) * 8 + lane % 8) * LD + ks * 16 + ((lane / 8) & 1) * 8);
-      mma_m16n8k16<T>(acc[2 * np], af, b0, acc[2 * np]);
-      mma_m16n8k16<T>(acc[2 * np + 1], af, b1, acc[2 * np + 1]);
-    }
-  }
+// Workspace (float32). Per (batch, query head) the rows are Sq rounded up to kBwdRowAlign
+// ("padded rows"), so every query tile lies inside and needs no bounds check:
+//   stats: 4 floats per row, {lse2, 1 / psum, delta, 0}; {+inf, 0, 0, 0} for rows past Sq and
+//          rows that see no key, so P = dS = 0 there;
+//   dq_accum: `splits` copies of (B, Hq, padded rows / 16, D / 8) tiles of 16 x 8 floats; a tile
+//          holds the m16n8 accumulator of an mma in register order: register i of lane l at
+//          i * 32 + l, i.e. element (g + 8 (i >> 1), 2t + (i & 1)) with g = l / 4, t = l % 4
+// (BwdWork and bwd_work in bwd_traits.h give the sizes).
+__device__ __forceinline__ int64_t stat_row(const FwdParams& p, const BwdWork& w, int b, int h, int64_t row) {
+  return (int64_t(b) * p.heads_q + h) * w.padded_rows + row;
 }
 
 // P' = exp2(S * scale_log2 - lse2) of a visible pair, written once for both kernels that use it.
@@ -88,238 +46,421 @@ __device__ __forceinline__ float unnormalised_p(float s, float scale_log2, float
   return fast_exp2(s * scale_log2 - lse2);
 }
 
+// acc[mt][nt] (m16 x n8 tiles) += A.B over KSteps k16 steps. load_a(a, mt, ks): the A fragment of
+// rows mt*16.. and columns ks*16..; load_b(b0, b1, np, ks): the B fragments of columns np*16 +
+// [0, 8) and + [8, 16). Each B fragment feeds MT mma, each A fragment NT.
+template <class T, int KSteps, int MT, int NT, class LoadA, class LoadB>
+__device__ __forceinline__ void warp_mma(float (&acc)[MT][NT][4], LoadA load_a, LoadB load_b) {
+#pragma unroll
+  for (int ks = 0; ks < KSteps; ++ks) {
+    uint32_t a[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) load_a(a[mt], mt, ks);
+#pragma unroll
+    for (int np = 0; np < NT / 2; ++np) {
+      uint32_t b0[2], b1[2];
+      load_b(b0, b1, np, ks);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        mma_m16n8k16<T>(acc[mt][2 * np], a[mt], b0, acc[mt][2 * np]);
+        mma_m16n8k16<T>(acc[mt][2 * np + 1], a[mt], b1, acc[mt][2 * np + 1]);
+      }
+    }
+  }
+}
+
+template <int MT, int NT>
+__device__ __forceinline__ void zero(float (&acc)[MT][NT][4]) {
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
+}
+
+// Fragment loaders over padded row-major shared tiles (ld elements per row); `base` is the warp
+// tile's first element. A from [m][k] rows (ldmatrix) or from [k][m] rows (ldmatrix.trans); B
+// from [n][k] rows (ldmatrix) or from [k][n] rows (ldmatrix.trans).
+template <class T>
+__device__ __forceinline__ auto a_rows(sptr<T> base, int ld, int lane) {
+  return [=](uint32_t(&a)[4], int mt, int ks) {
+    ldmatrix_x4(a[0], a[1], a[2], a[3], base + (mt * 16 + lane % 16) * ld + ks * 16 + (lane / 16) * 8);
+  };
+}
+template <class T>
+__device__ __forceinline__ auto a_cols(sptr<T> base, int ld, int lane) {
+  return [=](uint32_t(&a)[4], int mt, int ks) {
+    ldmatrix_x4_trans(a[0], a[1], a[2], a[3],
+                      base + (ks * 16 + (lane / 16) * 8 + lane % 8) * ld + mt * 16 + ((lane / 8) & 1) * 8);
+  };
+}
+template <class T>
+__device__ __forceinline__ auto b_rows(sptr<T> base, int ld, int lane) {
+  return [=](uint32_t(&b0)[2], uint32_t(&b1)[2], int np, int ks) {
+    ldmatrix_x4(b0[0], b0[1], b1[0], b1[1],
+                base + (np * 16 + (lane / 16) * 8 + lane % 8) * ld + ks * 16 + ((lane / 8) & 1) * 8);
+  };
+}
+template <class T>
+__device__ __forceinline__ auto b_cols(sptr<T> base, int ld, int lane) {
+  return [=](uint32_t(&b0)[2], uint32_t(&b1)[2], int np, int ks) {
+    ldmatrix_x4_trans(b0[0], b0[1], b1[0], b1[1], base + (ks * 16 + lane % 16) * ld + np * 16 + (lane / 16) * 8);
+  };
+}
+
+// S = Q.K^T and dP = dO.V^T of this warp's tile (kSdpM query rows x kSdpN keys).
 template <class Tr>
-__global__ void __launch_bounds__(Tr::kThreads)
-    bwd_row_stats(BwdParams bp, gptr<const typename Tr::Element> q, gptr<const typename Tr::Element> k,
-                  gptr<const typename Tr::Element> v, gptr<const typename Tr::Element> dout,
-                  gptr<const float> lse, gptr<const float> dlse, gptr<float> stats, gptr<float> dq_accum) {
-  using T = typename Tr::Element;
-  const FwdParams& p = bp.fwd;
-  constexpr int BN = Tr::kBlockN, BM = Tr::kBlockM, LD = Tr::kRowStride;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane >> 2, t = lane & 3;
-  const int h = blockIdx.y, b = blockIdx.z, hk = h / int(p.heads_q / p.heads_kv);
-  const int64_t m0 = int64_t(blockIdx.x) * BM;
-  const int rows_valid = int(min64(BM, p.seqlen_q - m0));
+struct SdpTile {
+  static constexpr int MT = Tr::kSdpM / 16, NT = Tr::kSdpN / 8;
+  float s[MT][NT][4], dp[MT][NT][4];
 
-  sptr<T> sK = dynamic_smem<T>();
-  sptr<T> sV = sK + Tr::kSmemKV;
-  sptr<T> sQ = sV + Tr::kSmemKV;
-  sptr<T> sdO = sQ + Tr::kSmemQ;
-  sptr<float> sLse2 = ptr_cast<float>(sdO + Tr::kSmemQ);
-  sptr<float> sSum = sLse2 + BM;  // [warp][column] partial sums of P', then of P' * dP
-  sptr<float> sDot = sSum + Tr::kWarps * BM;
-
-  load_tile<Tr>(sQ, q + (b * p.q_batch_stride + m0 * p.q_row_stride + h * p.q_head_stride), p.q_row_stride, BM,
-                rows_valid);
-  load_tile<Tr>(sdO, dout + (b * bp.do_batch_stride + m0 * bp.do_row_stride + h * bp.do_head_stride),
-                bp.do_row_stride, BM, rows_valid);
-  cp_async_commit();
-  if (threadIdx.x < BM) {
-    const int64_t row = m0 + threadIdx.x;
-    sLse2[threadIdx.x] = lse2_for_backward(row < p.seqlen_q ? lse[b * p.lse_batch_stride + h * p.lse_head_stride + row]
-                                                            : neg_inf<float>());
+  __device__ __forceinline__ void compute(sptr<typename Tr::Element> sQ, sptr<typename Tr::Element> sdO,
+                                          sptr<typename Tr::Element> sK, sptr<typename Tr::Element> sV, int wm,
+                                          int wn, int lane) {
+    using T = typename Tr::Element;
+    constexpr int LD = Tr::kRowStride, KS = Tr::kHeadDim / 16;
+    zero(s);
+    zero(dp);
+    warp_mma<T, KS>(s, a_rows(sQ + wm * Tr::kSdpM * LD, LD, lane), b_rows(sK + wn * Tr::kSdpN * LD, LD, lane));
+    warp_mma<T, KS>(dp, a_rows(sdO + wm * Tr::kSdpM * LD, LD, lane), b_rows(sV + wn * Tr::kSdpN * LD, LD, lane));
   }
+};
 
-  // This thread's sums for the columns nt * 8 + 2t + c of its fragments, over its keys.
-  float psum[Tr::kNTilesM][2], pdot[Tr::kNTilesM][2];
-  for (int nt = 0; nt < Tr::kNTilesM; ++nt) psum[nt][0] = psum[nt][1] = pdot[nt][0] = pdot[nt][1] = 0.0f;
-  const KeyRange span = visible_keys_of_rows(m0, m0 + rows_valid, p);
-  for (int64_t n0 = span.lo / BN * BN; n0 <= span.hi; n0 += BN) {
-    const int keys_valid = int(min64(BN, p.seqlen_k - n0));
-    load_tile<Tr>(sK, k + (b * p.k_batch_stride + n0 * p.k_row_stride + hk * p.k_head_stride), p.k_row_stride, BN,
-                  keys_valid);
-    load_tile<Tr>(sV, v + (b * p.v_batch_stride + n0 * p.v_row_stride + hk * p.v_head_stride), p.v_row_stride, BN,
-                  keys_valid);
-    cp_async_commit();
-    cp_async_wait_all();
-    __syncthreads();
-    float st[Tr::kNTilesM][4], dpt[Tr::kNTilesM][4];
-    for (int nt = 0; nt < Tr::kNTilesM; ++nt)
-      for (int i = 0; i < 4; ++i) st[nt][i] = dpt[nt][i] = 0.0f;
-    mma_transposed_b<Tr>(st, sK + warp * 16 * LD, sQ, lane);
-    mma_transposed_b<Tr>(dpt, sV + warp * 16 * LD, sdO, lane);
-#pragma unroll
-    for (int nt = 0; nt < Tr::kNTilesM; ++nt)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int col = nt * 8 + 2 * t + (i & 1);
-        const int64_t key = n0 + warp * 16 + g + (i >> 1) * 8;
-        const KeyRange kr = visible_keys(m0 + col, p);
-        if (key < kr.lo || key > kr.hi) continue;  // a masked pair takes no part, even a NaN one
-        const float pt = unnormalised_p(st[nt][i], p.scale_log2, sLse2[col]);
-        psum[nt][i & 1] += pt;
-        pdot[nt][i & 1] += pt * dpt[nt][i];
-      }
-    __syncthreads();  // sK, sV are refilled next
-  }
-  cp_async_wait_all();  // Q, dO when the rows see no key
-
-  // Sum over the 8 lanes holding a column (lane bits 2..4), then over the warps in order.
-#pragma unroll
-  for (int nt = 0; nt < Tr::kNTilesM; ++nt)
-    for (int c = 0; c < 2; ++c) {
-      for (int m = 4; m < 32; m *= 2) {
-        psum[nt][c] += __shfl_xor_sync(0xffffffffu, psum[nt][c], m);
-        pdot[nt][c] += __shfl_xor_sync(0xffffffffu, pdot[nt][c], m);
-      }
-      if (g == 0) {
-        sSum[warp * BM + nt * 8 + 2 * t + c] = psum[nt][c];
-        sDot[warp * BM + nt * 8 + 2 * t + c] = pdot[nt][c];
-      }
-    }
-  __syncthreads();
-  if (threadIdx.x < rows_valid) {
-    float sum = 0.0f, dot = 0.0f;
-    for (int w = 0; w < Tr::kWarps; ++w) {
-      sum += sSum[w * BM + threadIdx.x];
-      dot += sDot[w * BM + threadIdx.x];
-    }
-    const int64_t row = m0 + threadIdx.x, idx = row_index(p, b, h, row);
-    float delta = 0.0f;  // a row that sees no key: dS = 0 whatever dout and dlse hold
-    if (sum != 0.0f) {   // d lse_i / d s_ij = P_ij folds into delta
-      delta = dot / sum;
-      if (bp.dlse != nullptr) delta -= dlse[b * p.lse_batch_stride + h * p.lse_head_stride + row];
-    }
-    stats[idx] = delta;
-    stats[int64_t(p.batch) * p.heads_q * p.seqlen_q + idx] = sum;
-  }
-  for (int i = threadIdx.x; i < rows_valid * p.head_dim; i += Tr::kThreads)
-    dq_accum[row_index(p, b, h, m0) * p.head_dim + i] = 0.0f;
+// The query-tile index range [lo, hi] whose rows all see keys [n0, n0 + BN), for tiles of BM
+// rows (rows past Sq do not count); empty (lo > hi) when the key block is cut by Sk.
+template <int BM, int BN>
+__device__ __forceinline__ void whole_tiles(const FwdParams& p, int64_t n0, int& lo, int& hi) {
+  lo = 1;
+  hi = 0;
+  if (n0 + BN > p.seqlen_k) return;
+  const int64_t first = visible_rows(n0 + BN - 1, p).lo, last = visible_rows(n0, p).hi;  // rows seeing all
+  if (first > last) return;
+  lo = int((first + BM - 1) / BM);
+  hi = last == p.seqlen_q - 1 ? int((p.seqlen_q - 1) / BM) : int((last + 1) / BM) - 1;
 }
 
 template <class Tr>
 __global__ void __launch_bounds__(Tr::kThreads)
-    flash_bwd_kernel(BwdParams bp, gptr<const typename Tr::Element> q, gptr<const typename Tr::Element> k,
-                     gptr<const typename Tr::Element> v, gptr<const typename Tr::Element> dout,
-                     gptr<const float> lse, gptr<const float> stats, gptr<float> dq_accum,
-                     gptr<typename Tr::Element> dk, gptr<typename Tr::Element> dv) {
+    bwd_row_stats(BwdParams bp, BwdWork w, gptr<const typename Tr::Element> q, gptr<const typename Tr::Element> k,
+                  gptr<const typename Tr::Element> v, gptr<const typename Tr::Element> dout, gptr<const float> lse,
+                  gptr<const float> dlse, gptr<float> stats, gptr<float> dq_accum) {
   using T = typename Tr::Element;
+  using Sdp = SdpTile<Tr>;
   const FwdParams& p = bp.fwd;
-  constexpr int BN = Tr::kBlockN, BM = Tr::kBlockM, LD = Tr::kRowStride, LDS = Tr::kDsStride;
+  constexpr int BN = Tr::kBlockN, BM = Tr::kBlockM, LD = Tr::kRowStride;
+  using MapQ = ChunkMap<BM, Tr::kHeadDim, Tr::kThreads>;
+  using MapK = ChunkMap<BN, Tr::kHeadDim, Tr::kThreads>;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane >> 2, t = lane & 3;
-  const int hk = blockIdx.y, b = blockIdx.z, group = int(p.heads_q / p.heads_kv);
-  const int64_t n0 = int64_t(blockIdx.x) * BN;
-  const int keys_valid = int(min64(BN, p.seqlen_k - n0));
+  const int wm = warp / Tr::kSdpWarpsN, wn = warp % Tr::kSdpWarpsN;
+  const int h = blockIdx.y, b = blockIdx.z, hk = h / (int(p.heads_q) / int(p.heads_kv));
+  const int64_t m0 = int64_t(blockIdx.x) * BM;
+  const int rows_valid = int(min64(BM, p.seqlen_q - m0));  // <= 0 for tiles of padding only
 
   sptr<T> sK = dynamic_smem<T>();
   sptr<T> sV = sK + Tr::kSmemKV;
   sptr<T> sQ = sV + Tr::kSmemKV;
   sptr<T> sdO = sQ + Tr::kSmemQ;
-  sptr<T> sdS = sdO + Tr::kSmemQ;
-  sptr<float> sLse2 = ptr_cast<float>(sdS + Tr::kSmemDs);  // lse2_for_backward(lse)
-  sptr<float> sDelta = sLse2 + BM;
-  sptr<float> sPsum = sDelta + BM;
+  sptr<float> sSum = ptr_cast<float>(sdO + Tr::kSmemQ);  // [warp column][row] partial sums of P'
+  sptr<float> sDot = sSum + Tr::kSdpWarpsN * BM;         // ... and of P' dP
+  sptr<float> sLse2 = sDot + Tr::kSdpWarpsN * BM;        // lse2 per row
 
-  load_tile<Tr>(sK, k + (b * p.k_batch_stride + n0 * p.k_row_stride + hk * p.k_head_stride),
-                                        p.k_row_stride, BN, keys_valid);
-  load_tile<Tr>(sV, v + (b * p.v_batch_stride + n0 * p.v_row_stride + hk * p.v_head_stride),
-                                        p.v_row_stride, BN, keys_valid);
-  cp_async_commit();
-
-  float acc_dk[Tr::kNTilesD][4], acc_dv[Tr::kNTilesD][4];
-  for (int nt = 0; nt < Tr::kNTilesD; ++nt)
-    for (int i = 0; i < 4; ++i) acc_dk[nt][i] = acc_dv[nt][i] = 0.0f;
-
-  // Query rows that see at least one of these keys (the inverse of the mask rule).
-  const KeyRange rows{visible_rows(n0, p).lo, visible_rows(n0 + keys_valid - 1, p).hi};
-  const int64_t key0 = n0 + warp * 16 + g;  // this thread's keys: key0 and key0 + 8
-  for (int gi = 0; gi < group && !rows.empty(); ++gi) {
-    const int h = hk * group + gi;
-    for (int64_t m0 = rows.lo / BM * BM; m0 <= rows.hi; m0 += BM) {
-      const int rows_valid = int(min64(BM, p.seqlen_q - m0));
-      load_tile<Tr>(sQ, q + (b * p.q_batch_stride + m0 * p.q_row_stride + h * p.q_head_stride),
-                                            p.q_row_stride, BM, rows_valid);
-      load_tile<Tr>(sdO, dout + (b * bp.do_batch_stride + m0 * bp.do_row_stride + h * bp.do_head_stride),
-                                            bp.do_row_stride, BM, rows_valid);
-      cp_async_commit();
-      if (threadIdx.x < BM) {
-        const int64_t row = m0 + threadIdx.x;
-        const float l = row < p.seqlen_q ? lse[b * p.lse_batch_stride + h * p.lse_head_stride + row] : neg_inf<float>();
-        sLse2[threadIdx.x] = lse2_for_backward(l);
-        const int64_t idx = row_index(p, b, h, row);
-        sDelta[threadIdx.x] = row < p.seqlen_q ? stats[idx] : 0.0f;
-        sPsum[threadIdx.x] = row < p.seqlen_q ? stats[int64_t(p.batch) * p.heads_q * p.seqlen_q + idx] : 1.0f;
-      }
+  if (threadIdx.x < BM) {
+    const int64_t row = m0 + threadIdx.x;
+    sLse2[threadIdx.x] = lse2_for_backward<float>(
+        row < p.seqlen_q ? lse[b * p.lse_batch_stride + h * p.lse_head_stride + row] : neg_inf<float>());
+  }
+  __syncthreads();
+  // This thread's rows (fragment rows g, g + 8 of each m16 tile) and their lse2.
+  float lse2[Sdp::MT][2], psum[Sdp::MT][2], pdot[Sdp::MT][2];
+  KeyRange keys[Sdp::MT][2];
+#pragma unroll
+  for (int mt = 0; mt < Sdp::MT; ++mt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = wm * Tr::kSdpM + mt * 16 + g + 8 * r;
+      lse2[mt][r] = sLse2[row];
+      keys[mt][r] = visible_keys(m0 + row, p);
+      psum[mt][r] = pdot[mt][r] = 0.0f;
+    }
+  if (rows_valid > 0) {
+    copy_tile_async<MapQ, LD, true>(sQ, q + (b * p.q_batch_stride + m0 * p.q_row_stride + h * p.q_head_stride),
+                                    p.q_row_stride, rows_valid);
+    copy_tile_async<MapQ, LD, true>(
+        sdO, dout + (b * bp.do_batch_stride + m0 * bp.do_row_stride + h * bp.do_head_stride), bp.do_row_stride,
+        rows_valid);
+    const KeyRange span = visible_keys_of_rows(m0, m0 + rows_valid, p);
+    const KeyRange first = visible_keys(m0, p), last = visible_keys(m0 + rows_valid - 1, p);
+    const gptr<const T> kb = k + (b * p.k_batch_stride + hk * p.k_head_stride);
+    const gptr<const T> vb = v + (b * p.v_batch_stride + hk * p.v_head_stride);
+    for (int64_t n0 = span.lo / BN * BN; n0 <= span.hi; n0 += BN) {
+      const int keys_valid = int(min64(BN, p.seqlen_k - n0));
+      copy_tile_async<MapK, LD, true>(sK, kb + n0 * p.k_row_stride, p.k_row_stride, keys_valid);
+      copy_tile_async<MapK, LD, true>(sV, vb + n0 * p.v_row_stride, p.v_row_stride, keys_valid);
       cp_async_wait_all();
       __syncthreads();
-
-      // S^T and dP^T for this warp's 16 keys x BM queries.
-      float st[Tr::kNTilesM][4], dpt[Tr::kNTilesM][4];
-      for (int nt = 0; nt < Tr::kNTilesM; ++nt)
-        for (int i = 0; i < 4; ++i) st[nt][i] = dpt[nt][i] = 0.0f;
-      mma_transposed_b<Tr>(st, sK + warp * 16 * LD, sQ, lane);
-      mma_transposed_b<Tr>(dpt, sV + warp * 16 * LD, sdO, lane);
+      Sdp tile;
+      tile.compute(sQ, sdO, sK, sV, wm, wn, lane);
+      const bool whole = keys_valid == BN && n0 >= last.lo && n0 + BN - 1 <= first.hi;
 #pragma unroll
-      for (int nt = 0; nt < Tr::kNTilesM; ++nt)
+      for (int mt = 0; mt < Sdp::MT; ++mt)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int col = nt * 8 + 2 * t + (i & 1);
-          const int64_t key = key0 + (i >> 1) * 8;
-          const KeyRange kr = visible_keys(m0 + col, p);
-          // A masked pair gets P = dS = 0, also in a row whose lse and delta are NaN.
-          const bool seen = key >= kr.lo && key <= kr.hi;
-          const float pt = seen ? unnormalised_p(st[nt][i], p.scale_log2, sLse2[col]) / sPsum[col] : 0.0f;
-          st[nt][i] = pt;                                                // P^T
-          dpt[nt][i] = pt * (seen ? dpt[nt][i] - sDelta[col] : 0.0f);   // dS^T
-        }
-      // dV += P^T.dO and dK += dS^T.Q: the accumulators above are the A fragments.
-      auto frag_of = [](float (*x)[4]) {
-        return [x](uint32_t(&a)[4], int ks) {
-          a[0] = pack2<T>(x[2 * ks][0], x[2 * ks][1]);
-          a[1] = pack2<T>(x[2 * ks][2], x[2 * ks][3]);
-          a[2] = pack2<T>(x[2 * ks + 1][0], x[2 * ks + 1][1]);
-          a[3] = pack2<T>(x[2 * ks + 1][2], x[2 * ks + 1][3]);
-        };
-      };
-      mma_rowmajor_b<T, BM / 16, Tr::kNTilesD / 2>(acc_dv, frag_of(st), sdO, LD, lane);
-      mma_rowmajor_b<T, BM / 16, Tr::kNTilesD / 2>(acc_dk, frag_of(dpt), sQ, LD, lane);
-      // dS^T to shared memory (as the input type) for dQ += dS.K.
+        for (int nt = 0; nt < Sdp::NT; ++nt)
 #pragma unroll
-      for (int nt = 0; nt < Tr::kNTilesM; ++nt)
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-          sdS[(warp * 16 + g + (i >> 1) * 8) * LDS + nt * 8 + 2 * t + (i & 1)] = from_float<T>(dpt[nt][i]);
-      __syncthreads();
-
-      // dQ tile: warp (wm, wd) computes queries wm*16.. x d columns wd*(D/kDqWarpsD)..; the A
-      // operand dS (queries x keys) is read from dS^T with ldmatrix .trans.
-      const int wm = warp % Tr::kDqWarpsM, wd = warp / Tr::kDqWarpsM, d0 = wd * Tr::kDqTilesD * 8;
-      float acc_dq[Tr::kDqTilesD][4];
-      for (int nt = 0; nt < Tr::kDqTilesD; ++nt)
-        for (int i = 0; i < 4; ++i) acc_dq[nt][i] = 0.0f;
-      auto ds_frag = [&](uint32_t(&a)[4], int ks) {
-        ldmatrix_x4_trans(a[0], a[1], a[2], a[3],
-                          sdS + (ks * 16 + (lane / 16) * 8 + lane % 8) * LDS + wm * 16 + ((lane / 8) & 1) * 8);
-      };
-      mma_rowmajor_b<T, BN / 16, Tr::kDqTilesD / 2>(acc_dq, ds_frag, sK + d0, LD, lane);
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        const int64_t row = m0 + wm * 16 + g + r * 8;
-        if (row >= p.seqlen_q) continue;
-        const gptr<float> acc = dq_accum + row_index(p, b, h, row) * p.head_dim + d0;
-        for (int nt = 0; nt < Tr::kDqTilesD; ++nt) {
-          atomicAdd(acc + nt * 8 + 2 * t, acc_dq[nt][2 * r]);
-          atomicAdd(acc + nt * 8 + 2 * t + 1, acc_dq[nt][2 * r + 1]);
-        }
-      }
-      __syncthreads();  // sQ, sdO, sdS and the row statistics are refilled next
+          for (int i = 0; i < 4; ++i) {
+            const int r = i >> 1;
+            const int64_t key = n0 + wn * Tr::kSdpN + nt * 8 + 2 * t + (i & 1);
+            if (!whole && (key < keys[mt][r].lo || key > keys[mt][r].hi)) continue;  // no part, even NaN
+            const float pt = unnormalised_p(tile.s[mt][nt][i], p.scale_log2, lse2[mt][r]);
+            psum[mt][r] += pt;
+            pdot[mt][r] += pt * tile.dp[mt][nt][i];
+          }
+      __syncthreads();  // sK, sV are refilled next
     }
+    cp_async_wait_all();  // Q, dO when the rows see no key
   }
-  cp_async_wait_all();  // K, V when no query row sees these keys
 
-  // dK = scale * sum dS^T.Q, dV = sum P^T.dO, summed over the group's query heads.
+  // Sum over the 4 lanes of a row, then over the warp columns in order.
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int64_t key = key0 + r * 8;
-    if (key >= p.seqlen_k) continue;
-    const gptr<T> dkr = dk + (b * bp.dk_batch_stride + key * bp.dk_row_stride + hk * bp.dk_head_stride);
-    const gptr<T> dvr = dv + (b * bp.dv_batch_stride + key * bp.dv_row_stride + hk * bp.dv_head_stride);
-    for (int nt = 0; nt < Tr::kNTilesD; ++nt)
-      for (int c = 0; c < 2; ++c) {
-        dkr[nt * 8 + 2 * t + c] = from_float<T>(acc_dk[nt][2 * r + c] * p.scale);
-        dvr[nt * 8 + 2 * t + c] = from_float<T>(acc_dv[nt][2 * r + c]);
+  for (int mt = 0; mt < Sdp::MT; ++mt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      for (int m = 1; m < 4; m *= 2) {
+        psum[mt][r] += __shfl_xor_sync(0xffffffffu, psum[mt][r], m);
+        pdot[mt][r] += __shfl_xor_sync(0xffffffffu, pdot[mt][r], m);
       }
+      if (t == 0) {
+        const int row = wm * Tr::kSdpM + mt * 16 + g + 8 * r;
+        sSum[wn * BM + row] = psum[mt][r];
+        sDot[wn * BM + row] = pdot[mt][r];
+      }
+    }
+  __syncthreads();
+  if (threadIdx.x < BM) {
+    float sum = 0.0f, dot = 0.0f;
+    for (int c = 0; c < Tr::kSdpWarpsN; ++c) {
+      sum += sSum[c * BM + threadIdx.x];
+      dot += sDot[c * BM + threadIdx.x];
+    }
+    const int64_t row = m0 + threadIdx.x;
+    float4 st{-neg_inf<float>(), 0.0f, 0.0f, 0.0f};  // past Sq or no key seen: P = dS = 0
+    if (row < p.seqlen_q && sum != 0.0f) {            // d lse_i / d s_ij = P_ij folds into delta
+      st.x = sLse2[threadIdx.x];
+      st.y = 1.0f / sum;
+      st.z = dot / sum;
+      if (bp.dlse != nullptr) st.z -= dlse[b * p.lse_batch_stride + h * p.lse_head_stride + row];
+    }
+    ptr_cast<float4>(stats + stat_row(p, w, b, h, row) * 4)[0] = st;
   }
+  // Zero this tile's rows of every split of the accumulator (BM * D contiguous floats each).
+  const gptr<float> acc = dq_accum + stat_row(p, w, b, h, m0) * Tr::kHeadDim;
+  for (int s = 0; s < w.splits; ++s)
+    for (int i = threadIdx.x; i < BM * Tr::kHeadDim / 4; i += Tr::kThreads)
+      ptr_cast<float4>(acc + s * w.split_floats)[i] = float4{0.0f, 0.0f, 0.0f, 0.0f};
+}
+
+template <class Tr>
+__global__ void __launch_bounds__(Tr::kThreads)
+    flash_bwd_kernel(BwdParams bp, BwdWork w, gptr<const typename Tr::Element> q, gptr<const typename Tr::Element> k,
+                     gptr<const typename Tr::Element> v, gptr<const typename Tr::Element> dout,
+                     gptr<const float> stats, gptr<float> dq_accum, gptr<typename Tr::Element> dk,
+                     gptr<typename Tr::Element> dv) {
+  using T = typename Tr::Element;
+  using Sdp = SdpTile<Tr>;
+  const FwdParams& p = bp.fwd;
+  constexpr int BN = Tr::kBlockN, BM = Tr::kBlockM, D = Tr::kHeadDim, LD = Tr::kRowStride, LP = Tr::kPStride;
+  using MapQ = ChunkMap<BM, D, Tr::kThreads>;
+  using MapK = ChunkMap<BN, D, Tr::kThreads>;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane >> 2, t = lane & 3;
+  const int wm = warp / Tr::kSdpWarpsN, wn = warp % Tr::kSdpWarpsN;  // S, dP warp tile
+  const int kn = warp / Tr::kKvWarpsD, kd = warp % Tr::kKvWarpsD;    // dK, dV warp tile
+  const int qm = warp / Tr::kDqWarpsD, qd = warp % Tr::kDqWarpsD;    // dQ warp tile
+  const int hk = blockIdx.y, b = blockIdx.z, group = int(p.heads_q) / int(p.heads_kv);
+
+  sptr<T> sK = dynamic_smem<T>();
+  sptr<T> sV = sK + Tr::kSmemKV;
+  sptr<T> sQ = sV + Tr::kSmemKV;                       // kStages buffers
+  sptr<T> sdO = sQ + Tr::kStages * Tr::kSmemQ;         // kStages buffers
+  sptr<T> sP = sdO + Tr::kStages * Tr::kSmemQ;
+  sptr<T> sdS = sP + Tr::kSmemP;
+  sptr<float> sStat = ptr_cast<float>(sdS + Tr::kSmemP);  // kStages x BM rows of 4 floats
+  const gptr<float> dq_split = dq_accum + blockIdx.x * w.split_floats;
+  const int dq_lane = qm * Tr::kDqM * D + qd * Tr::kDqD / 8 * 128 + lane;  // in a tile's accumulator
+
+  const int n_blocks = int((p.seqlen_k + BN - 1) / BN);
+  for (int nb = blockIdx.x; nb < n_blocks; nb += gridDim.x) {
+    const int n0 = nb * BN, keys_valid = int(min64(BN, p.seqlen_k - n0));
+    copy_tile_async<MapK, LD, true>(sK, k + (b * p.k_batch_stride + n0 * p.k_row_stride + hk * p.k_head_stride),
+                                    p.k_row_stride, keys_valid);
+    copy_tile_async<MapK, LD, true>(sV, v + (b * p.v_batch_stride + n0 * p.v_row_stride + hk * p.v_head_stride),
+                                    p.v_row_stride, keys_valid);
+    cp_async_commit();
+
+    float acc_dk[Tr::kKvN / 16][Tr::kKvD / 8][4], acc_dv[Tr::kKvN / 16][Tr::kKvD / 8][4];
+    zero(acc_dk);
+    zero(acc_dv);
+
+    // Query tiles of rows that see at least one of these keys, for every query head of the group.
+    const KeyRange rows{visible_rows(n0, p).lo, visible_rows(n0 + keys_valid - 1, p).hi};
+    const int t_first = int(rows.lo / BM), n_tiles = rows.empty() ? 0 : int(rows.hi / BM) - t_first + 1;
+    int whole_lo, whole_hi;  // tiles that need no mask
+    whole_tiles<BM, BN>(p, n0, whole_lo, whole_hi);
+    // Q, dO and the statistics of query tile `tile` of head h0 + head go to buffer `buf`.
+    const int h0 = hk * group, t_last = n_tiles > 0 ? t_first + n_tiles - 1 : -1;
+    const auto load = [&](int head, int tile, int buf) {
+      const int64_t m = int64_t(tile) * BM, valid = p.seqlen_q - m;
+      const gptr<const T> gq = q + (b * p.q_batch_stride + (h0 + head) * p.q_head_stride + m * p.q_row_stride);
+      const gptr<const T> gdo =
+          dout + (b * bp.do_batch_stride + (h0 + head) * bp.do_head_stride + m * bp.do_row_stride);
+      const sptr<T> bq = sQ + buf * Tr::kSmemQ, bdo = sdO + buf * Tr::kSmemQ;
+      if (valid >= BM) {
+        copy_tile_async<MapQ, LD, false>(bq, gq, p.q_row_stride, BM);
+        copy_tile_async<MapQ, LD, false>(bdo, gdo, bp.do_row_stride, BM);
+      } else {  // the last tile: rows past Sq are zero-filled
+        copy_tile_async<MapQ, LD, true>(bq, gq, p.q_row_stride, int(valid));
+        copy_tile_async<MapQ, LD, true>(bdo, gdo, bp.do_row_stride, int(valid));
+      }
+      if (threadIdx.x < BM)
+        cp_async<16>(sStat + (buf * BM + threadIdx.x) * 4, stats + (stat_row(p, w, b, h0 + head, m) + threadIdx.x) * 4);
+      cp_async_commit();
+    };
+
+    int stage = 0;
+    if (Tr::kStages == 2 && n_tiles > 0) load(0, t_first, 0);
+    for (int h = 0; h < group && n_tiles > 0; ++h) {
+      for (int qt = t_first; qt <= t_last; ++qt) {
+        if (Tr::kStages == 1) {
+          __syncthreads();  // every warp is done with the previous tile
+          load(h, qt, 0);
+        }
+        cp_async_wait<0>();
+        __syncthreads();  // this tile (and K, V) landed for every thread; the previous tile is done
+        if (Tr::kStages == 2 && (qt < t_last || h + 1 < group))
+          load(qt < t_last ? h : h + 1, qt < t_last ? qt + 1 : t_first, stage ^ 1);
+        const sptr<T> cQ = sQ + stage * Tr::kSmemQ, cdO = sdO + stage * Tr::kSmemQ;
+        const sptr<float> cSt = sStat + stage * BM * 4;
+        const int64_t m0 = int64_t(qt) * BM;
+        // This thread's first dQ accumulator element of the tile; the others are constant offsets.
+        const gptr<float> dq_tile = dq_split + (stat_row(p, w, b, h0 + h, m0) * D + dq_lane);
+
+        Sdp tile;
+        tile.compute(cQ, cdO, sK, sV, wm, wn, lane);
+        // P = P' / psum and dS = P (dP - delta), packed to 16 bits as the A operands of what follows.
+        uint32_t pk_p[Sdp::MT][Sdp::NT][2], pk_ds[Sdp::MT][Sdp::NT][2];
+        const bool masked = qt < whole_lo || qt > whole_hi;
+#pragma unroll
+        for (int mt = 0; mt < Sdp::MT; ++mt)
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            const int row = wm * Tr::kSdpM + mt * 16 + g + 8 * r;
+            const float4 st = ptr_cast<float4>(cSt)[row];  // lse2, 1 / psum, delta
+#pragma unroll
+            for (int nt = 0; nt < Sdp::NT; ++nt)
+#pragma unroll
+              for (int c = 0; c < 2; ++c) {
+                const float pt = unnormalised_p(tile.s[mt][nt][2 * r + c], p.scale_log2, st.x) * st.y;
+                tile.dp[mt][nt][2 * r + c] = pt * (tile.dp[mt][nt][2 * r + c] - st.z);
+                tile.s[mt][nt][2 * r + c] = pt;
+              }
+            if (masked) {  // a masked pair gets P = dS = 0, also in a row whose statistics are NaN
+              const KeyRange kr = visible_keys(m0 + row, p);
+#pragma unroll
+              for (int nt = 0; nt < Sdp::NT; ++nt)
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                  const int64_t key = n0 + wn * Tr::kSdpN + nt * 8 + 2 * t + c;
+                  if (key < kr.lo || key > kr.hi) tile.s[mt][nt][2 * r + c] = tile.dp[mt][nt][2 * r + c] = 0.0f;
+                }
+            }
+#pragma unroll
+            for (int nt = 0; nt < Sdp::NT; ++nt) {
+              pk_p[mt][nt][r] = pack2<T>(tile.s[mt][nt][2 * r], tile.s[mt][nt][2 * r + 1]);
+              pk_ds[mt][nt][r] = pack2<T>(tile.dp[mt][nt][2 * r], tile.dp[mt][nt][2 * r + 1]);
+            }
+          }
+#pragma unroll
+        for (int mt = 0; mt < Sdp::MT; ++mt)
+#pragma unroll
+          for (int nt = 0; nt < Sdp::NT; ++nt)
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+              const int off = (wm * Tr::kSdpM + mt * 16 + g + 8 * r) * LP + wn * Tr::kSdpN + nt * 8 + 2 * t;
+              ptr_cast<uint32_t>(sP + off)[0] = pk_p[mt][nt][r];
+              ptr_cast<uint32_t>(sdS + off)[0] = pk_ds[mt][nt][r];
+            }
+        __syncthreads();
+        // dV += P^T.dO and dK += dS^T.Q: A = P^T, dS^T from the [query][key] buffers (ldmatrix.trans).
+        warp_mma<T, BM / 16>(acc_dv, a_cols(sP + kn * Tr::kKvN, LP, lane), b_cols(cdO + kd * Tr::kKvD, LD, lane));
+        warp_mma<T, BM / 16>(acc_dk, a_cols(sdS + kn * Tr::kKvN, LP, lane), b_cols(cQ + kd * Tr::kKvD, LD, lane));
+        // dQ = dS.K, added to the accumulator: per register, the warp's 32 lanes cover 128 bytes.
+        // In kDqPasses passes over the warp tile's columns (fewer accumulators live at once).
+        constexpr int DQ = Tr::kDqD / Tr::kDqPasses;
+#pragma unroll
+        for (int pass = 0; pass < Tr::kDqPasses; ++pass) {
+          float acc_dq[Tr::kDqM / 16][DQ / 8][4];
+          zero(acc_dq);
+          warp_mma<T, BN / 16>(acc_dq, a_rows(sdS + qm * Tr::kDqM * LP, LP, lane),
+                               b_cols(sK + qd * Tr::kDqD + pass * DQ, LD, lane));
+#pragma unroll
+          for (int mt = 0; mt < Tr::kDqM / 16; ++mt)
+#pragma unroll
+            for (int nt = 0; nt < DQ / 8; ++nt)
+#pragma unroll
+              for (int i = 0; i < 4; ++i)
+                atomicAdd(dq_tile + (mt * 16 * D + (pass * DQ / 8 + nt) * 128 + i * 32), acc_dq[mt][nt][i]);
+        }
+        stage ^= Tr::kStages - 1;
+      }
+    }
+    cp_async_wait_all();  // K, V when no query row sees these keys
+    __syncthreads();      // every warp is done with K and V: their buffers take dK, dV
+
+    // dK = scale * sum dS^T.Q, dV = sum P^T.dO (over the group's query heads), staged in shared
+    // memory for 16-byte stores.
+#pragma unroll
+    for (int mt = 0; mt < Tr::kKvN / 16; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < Tr::kKvD / 8; ++nt)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int off = (kn * Tr::kKvN + mt * 16 + g + 8 * r) * LD + kd * Tr::kKvD + nt * 8 + 2 * t;
+          ptr_cast<uint32_t>(sK + off)[0] =
+              pack2<T>(acc_dk[mt][nt][2 * r] * p.scale, acc_dk[mt][nt][2 * r + 1] * p.scale);
+          ptr_cast<uint32_t>(sV + off)[0] = pack2<T>(acc_dv[mt][nt][2 * r], acc_dv[mt][nt][2 * r + 1]);
+        }
+    __syncthreads();
+    store_tile<MapK, LD>(dk + (b * bp.dk_batch_stride + n0 * bp.dk_row_stride + hk * bp.dk_head_stride), sK,
+                         bp.dk_row_stride, keys_valid);
+    store_tile<MapK, LD>(dv + (b * bp.dv_batch_stride + n0 * bp.dv_row_stride + hk * bp.dv_head_stride), sV,
+                         bp.dv_row_stride, keys_valid);
+    __syncthreads();  // the next key block refills sK, sV
+  }
+}
+
+// dQ = scale * (sum of the accumulator's splits, in order) in the input dtype. A block converts
+// 16 rows; a warp 8 of them x 4 column tiles: each of its loads reads 128 contiguous bytes of a
+// tile, each store writes 16 bytes (8 columns) of a row.
+template <class T, int D>
+__global__ void __launch_bounds__(2 * D) bwd_convert_dq(BwdParams bp, BwdWork w, gptr<const float> dq_accum, gptr<T> dq) {
+  const FwdParams& p = bp.fwd;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int half = warp % 2, col8 = warp / 2 * 4 + lane / 8, g = lane % 8;
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int64_t row = int64_t(blockIdx.x) * 16 + half * 8 + g;
+  const gptr<const float> tile =
+      dq_accum + (stat_row(p, w, b, h, int64_t(blockIdx.x) * 16) * D + col8 * 128 + 2 * half * 32 + 4 * g);
+  float4 even{0.0f, 0.0f, 0.0f, 0.0f}, odd = even;  // columns 0, 2, 4, 6 and 1, 3, 5, 7
+  for (int s = 0; s < w.splits; ++s) {
+    const float4 e = ptr_cast<const float4>(tile + s * w.split_floats)[0];
+    const float4 o = ptr_cast<const float4>(tile + s * w.split_floats + 32)[0];
+    even = float4{even.x + e.x, even.y + e.y, even.z + e.z, even.w + e.w};
+    odd = float4{odd.x + o.x, odd.y + o.y, odd.z + o.z, odd.w + o.w};
+  }
+  if (row >= p.seqlen_q) return;
+  const float c = p.scale;
+  const uint4 out{pack2<T>(even.x * c, odd.x * c), pack2<T>(even.y * c, odd.y * c), pack2<T>(even.z * c, odd.z * c),
+                  pack2<T>(even.w * c, odd.w * c)};
+  ptr_cast<uint4>(dq + (b * bp.dq_batch_stride + row * bp.dq_row_stride + h * bp.dq_head_stride + col8 * 8))[0] = out;
 }
 
 }  // namespace fae::cuda

@@ -62,18 +62,16 @@ struct ChunkMap {
   static_assert(spread(1, 2) == 4 && spread(2, 2) == 1 && spread(5, 4) == 3 && spread(9, 1) == 9, "row order");
 };
 
-// cp.async of the Map::kRows x Dim tile made of rows first_row, first_row + 1, ... of `base`
-// (rows `row_stride` apart) into shared rows LD elements apart. Bounded: rows at or past `valid`
-// (counted from first_row) are zero-filled (src-size 0, their source is never read); otherwise
-// every row is copied with no check.
+// cp.async of the Map::kRows x Dim tile whose row 0 is at `tile` (rows `row_stride` apart) into
+// shared rows LD elements apart. Bounded: rows at or past `valid` are zero-filled (src-size 0,
+// their source is never read); otherwise every row is copied with no check.
 template <class Map, int LD, bool Bounded, class T>
-__device__ __forceinline__ void copy_tile_async(sptr<T> dst, gptr<const T> base, int64_t first_row,
-                                                int64_t row_stride, int valid) {
+__device__ __forceinline__ void copy_tile_async(sptr<T> dst, gptr<const T> tile, int64_t row_stride, int valid) {
 #pragma unroll
   for (int part = 0; part < Map::kParts; ++part) {
     const sptr<T> d = dst + (Map::row(part) * LD + Map::col(part));
     const int64_t step = Map::rows_per_pass(part) * row_stride;
-    gptr<const T> s = base + ((first_row + Map::row(part)) * row_stride + Map::col(part));
+    gptr<const T> s = tile + (Map::row(part) * row_stride + Map::col(part));
 #pragma unroll
     for (int i = 0; i < Map::passes(part); ++i, s += step) {
       const int r = Map::row(part) + i * Map::rows_per_pass(part);

@@ -6,12 +6,44 @@
 
 #include "cuda/flash/api.h"
 #include "cuda/flash/append_kernel.cuh"
+#include "cuda/flash/bwd_traits.h"
 #include "cuda/flash/common.cuh"
 #include "cuda/launch.cuh"
 #include "cuda/primitives.cuh"
 
 namespace fae::cuda {
 namespace {
+
+#if defined(__CUDACC__)
+// Makes `device` current for one call (a kernel's shared-memory attribute and a launch apply to
+// the current device, a stream belongs to one) and restores the caller's device after.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    if (device < 0) return;
+    int current = 0;
+    check(cudaGetDevice(&current));
+    if (current == device) return;
+    check(cudaSetDevice(device));
+    restore_ = current;
+  }
+  ~DeviceGuard() {
+    if (restore_ >= 0) cudaSetDevice(restore_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  static void check(cudaError_t e) {
+    if (e != cudaSuccess) throw std::runtime_error(std::string("CUDA device guard: ") + cudaGetErrorString(e));
+  }
+  int restore_ = -1;
+};
+#else
+struct DeviceGuard {  // the emulator has one device
+  explicit DeviceGuard(int) {}
+};
+#endif
 
 template <class T, std::size_t... I>
 void forward_for_head_dim(const FwdParams& p, Stream stream, std::index_sequence<I...>) {
@@ -53,7 +85,8 @@ constexpr auto kBwdIndices = std::make_index_sequence<std::size(kBwdHeadDims)>()
 
 }  // namespace
 
-void attention_forward(const FwdParams& p, Stream stream) {
+void attention_forward(const FwdParams& p, Stream stream, int device) {
+  const DeviceGuard guard(device);
   switch (p.dtype) {
     case DType::f16: return forward_for_head_dim<half_t>(p, stream, kFwdIndices);
     case DType::bf16: return forward_for_head_dim<bf16_t>(p, stream, kFwdIndices);
@@ -61,7 +94,14 @@ void attention_forward(const FwdParams& p, Stream stream) {
   }
 }
 
-void attention_backward(const BwdParams& p, float* stats, float* dq_accum, Stream stream) {
+BwdWorkspace backward_workspace(const BwdParams& p) {
+  const BwdWork w = bwd_work(p);
+  const std::size_t rows = std::size_t(p.fwd.batch * p.fwd.heads_q * w.padded_rows);
+  return {4 * rows, std::size_t(w.splits) * rows * std::size_t(p.fwd.head_dim)};
+}
+
+void attention_backward(const BwdParams& p, float* stats, float* dq_accum, Stream stream, int device) {
+  const DeviceGuard guard(device);
   switch (p.fwd.dtype) {
     case DType::f16: return backward_for_head_dim<half_t>(p, stats, dq_accum, stream, kBwdIndices);
     case DType::bf16: return backward_for_head_dim<bf16_t>(p, stats, dq_accum, stream, kBwdIndices);
@@ -69,8 +109,9 @@ void attention_backward(const BwdParams& p, float* stats, float* dq_accum, Strea
   }
 }
 
-void kvcache_append(const AppendParams& p, Stream stream) {
+void kvcache_append(const AppendParams& p, Stream stream, int device) {
   if (p.batch * (p.seqlen_new + (p.q_rot != nullptr ? p.seqlen_q : 0)) == 0) return;
+  const DeviceGuard guard(device);
   switch (p.dtype) {
     case DType::f16: return launch_append<half_t>(p, stream);
     case DType::bf16: return launch_append<bf16_t>(p, stream);

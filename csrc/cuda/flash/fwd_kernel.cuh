@@ -107,9 +107,11 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
     const gptr<const T> kh = k + hk * p.k_head_stride, vh = v + hk * p.v_head_stride;
     const gptr<const T> kb = kh + (seq.kv_batch * p.k_batch_stride + seq.k_row0 * p.k_row_stride);
     const gptr<const T> vb = vh + (seq.kv_batch * p.v_batch_stride + seq.k_row0 * p.v_row_stride);
+    const int64_t k_step = int64_t(BN) * p.k_row_stride, v_step = int64_t(BN) * p.v_row_stride;  // one tile
     auto keys_in = [&](int j) { return int(min64(BN, seq.seqlen_k - int64_t(j) * BN)); };
-    // Key tile j of K or V into shared memory; paged caches row by row through the block table.
-    auto copy_kv = [&](auto masked_tag, sptr<T> dst, gptr<const T> head, gptr<const T> base, int64_t batch_stride,
+    // Key tile j of K or V (its rows from `tile`) into shared memory; paged caches row by row
+    // through the block table.
+    auto copy_kv = [&](auto masked_tag, sptr<T> dst, gptr<const T> tile, gptr<const T> head, int64_t batch_stride,
                        int64_t row_stride, int j) {
       if constexpr (kSeqs)
         if (p.block_table != nullptr) {
@@ -117,14 +119,14 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
           copy_rows_async<KVMap, LD>(dst, row, head, keys_in(j));
           return;
         }
-      copy_tile_async<KVMap, LD, decltype(masked_tag)::value>(dst, base, int64_t(j) * BN, row_stride, keys_in(j));
+      copy_tile_async<KVMap, LD, decltype(masked_tag)::value>(dst, tile, row_stride, keys_in(j));
     };
 
     const int j0 = n_masked > 0 ? masked_tile(0) : f_lo;
     copy_tile_async<QMap, LD, true>(
-        sQ, q + (seq.q_batch * p.q_batch_stride + seq.q_row0 * p.q_row_stride + h * p.q_head_stride), m0,
+        sQ, q + (seq.q_batch * p.q_batch_stride + (seq.q_row0 + m0) * p.q_row_stride + h * p.q_head_stride),
         p.q_row_stride, rows_valid);
-    copy_kv(std::true_type{}, sK, kh, kb, p.k_batch_stride, p.k_row_stride, j0);
+    copy_kv(std::true_type{}, sK, kb + j0 * k_step, kh, p.k_batch_stride, p.k_row_stride, j0);
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
@@ -151,12 +153,13 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
 #pragma unroll
         for (int ks = 0; ks < Tr::kKStepsQK; ++ks) load_q(qf[mi][ks], mi, ks);
 
-    // One key tile j; K_j is in flight, `next` is the tile to prefetch (-1: none).
-    auto step = [&](auto masked_tag, int j, int next) {
+    // One key tile j whose V rows start at vt; K_j is in flight. If `prefetch`, K of tile `next`
+    // is loaded from kt.
+    auto step = [&](auto masked_tag, int j, gptr<const T> vt, bool prefetch, int next, gptr<const T> kt) {
       constexpr bool kMasked = decltype(masked_tag)::value;
       cp_async_wait<0>();  // K_j has landed ...
       __syncthreads();     // ... for every thread, and every warp is done with V_{j-1}
-      copy_kv(masked_tag, sV, vh, vb, p.v_batch_stride, p.v_row_stride, j);
+      copy_kv(masked_tag, sV, vt, vh, p.v_batch_stride, p.v_row_stride, j);
       cp_async_commit();
 
       float s[MT][NS][4];
@@ -234,7 +237,7 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
 
       cp_async_wait<0>();  // V_j has landed ...
       __syncthreads();     // ... for every thread, and every warp is done with K_j
-      if (next >= 0) copy_kv(masked_tag, sK, kh, kb, p.k_batch_stride, p.k_row_stride, next);
+      if (prefetch) copy_kv(masked_tag, sK, kt, kh, p.k_batch_stride, p.k_row_stride, next);
       cp_async_commit();
 
 #pragma unroll
@@ -270,9 +273,16 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
     using Masked = std::true_type;
     using Whole = std::false_type;
     const int n_tiles = n_masked + f_hi - f_lo;
-    for (int i = 0; i < n_masked; ++i)
-      step(Masked{}, masked_tile(i), i + 1 < n_masked ? masked_tile(i + 1) : i + 1 < n_tiles ? f_lo : -1);
-    for (int j = f_lo; j < f_hi; ++j) step(Whole{}, j, j + 1 < f_hi ? j + 1 : -1);
+    for (int i = 0; i < n_masked; ++i) {
+      const int j = masked_tile(i), next = i + 1 < n_masked ? masked_tile(i + 1) : i + 1 < n_tiles ? f_lo : -1;
+      step(Masked{}, j, vb + j * v_step, next >= 0, next, kb + next * k_step);
+    }
+    // Whole tiles in order: their K and V rows advance by one tile step per iteration.
+    gptr<const T> vt = vb + f_lo * v_step, kt = kb + f_lo * k_step;
+    for (int j = f_lo; j < f_hi; ++j) {
+      vt += v_step, kt += k_step;
+      step(Whole{}, j, vt - v_step, j + 1 < f_hi, j + 1, kt);
+    }
   }
 
   if (kSeqs && nsplit > 1) {  // a partial row: normalised O and its log2-domain lse, for the combine kernel

@@ -41,38 +41,45 @@ struct FwdConfig {
   static_assert(kSmemBytes <= 99 * 1024, "shared memory: at most 99 KiB per block (sm_86/sm_89)");
 };
 
-// Tile table, chosen from the SASS of one steady-state main-loop iteration per warp
-// (bench/cuda_static.py) and ptxas -v (nvcc 13, sm_80 and sm_90, bfloat16 and float16): no spill,
-// then the highest HMMA share of the loop's instructions (sm_80 bfloat16 below). "blocks/SM": what
-// an A100's 164 KiB of shared memory and 64K registers hold, 8 warps or more in every row (an
-// sm_86/sm_89 SM holds one block of up to 99 KiB).
-//   D    warps x rows  BlockN  Q     smem (bytes)               HMMA share  blocks/SM
-//   32   4 x 32        128     regs  (128 + 2*128) * 40 * 2  = 30720   14.6%  2
-//   64   4 x 32        96      smem  (128 + 2*96) * 72 * 2   = 46080   22.1%  2
-//   96   4 x 32        48      smem  (128 + 2*48) * 104 * 2  = 46592   22.1%  2
-//   128  4 x 32        48      smem  (128 + 2*48) * 136 * 2  = 60928   26.6%  2
-//   160  4 x 16        64      regs  (64 + 2*64) * 168 * 2   = 64512   25.8%  2
-//   192  4 x 16        64      smem  (64 + 2*64) * 200 * 2   = 76800   26.8%  2
-//   224  4 x 16        48      smem  (64 + 2*48) * 232 * 2   = 74240   25.6%  2
-//   256  4 x 16        32      smem  (64 + 2*32) * 264 * 2   = 67584   24.9%  2
-// Why: a thread holds O (MTiles * D / 2 floats) and S (MTiles * BlockN / 2) next to ~20 registers
-// of addresses and row statistics and the K/V fragments ptxas loads ahead (~40 registers), so
-// O + S much past 160-176 spills. Warps own 32 rows (every K or V fragment feeds 4 mma) up to
-// D = 128; there BlockN = 64 spilled 144 bytes (255 registers), 48 does not (253); D = 64 spilled
-// with BlockN = 128 on sm_90, D = 96 with 64. Past D = 128 a warp owns 16 rows: 32-row warps
-// spilled at D = 160 even with BlockN = 32. Q stays in registers where that fits without a spill
-// and saves one ldmatrix per k step. D = 224 and 256 with BlockN = 64 (or 8-warp blocks) would
-// need 87-99 KiB: one block, 4 warps per A100 SM.
+// Tile table, chosen with bench/cuda_static.py (nvcc 13, ptxas -v and the SASS of one steady-state
+// main-loop iteration per warp, bfloat16; float16 has the same registers): no spill or stack on
+// sm_80 and sm_90 in either type, 8 warps per A100 SM (2 blocks), then the bound model's fraction
+// of tensor peak (A100) and the HMMA share of the loop's instructions. Measured (registers, HMMA
+// share, bound: tensor / shared / MUFU and the fraction of tensor peak):
+//   D    rows x warps BlockN Q     smem    sm_80                     sm_90
+//   32   32 x 4       96     regs  25600   248  14.2%  MUFU 0.96     239  14.3%  MUFU 0.48
+//   64   32 x 4       96     regs  46080   255  22.6%  tensor 1.00   255  22.7%  shared 0.80
+//   96   32 x 4       48     smem  46592   244  23.0%  tensor 1.00   246  23.1%  shared 0.62
+//   128  32 x 4       48     smem  60928   255  26.9%  tensor 1.00   255  26.6%  shared 0.63
+//   160  16 x 4       64     regs  64512   249  26.8%  shared 0.80   246  27.1%  shared 0.40
+//   192  16 x 4       64     regs  76800   250  28.4%  shared 0.80   255  28.6%  shared 0.40
+//   224  16 x 4       48     smem  74240   242  26.5%  shared 0.70   249  26.8%  shared 0.35
+//   256  16 x 4       32     smem  67584   244  25.5%  shared 0.67   241  25.5%  shared 0.33
+// Why each row (a thread holds O, MTiles * D / 2 floats, and S, MTiles * BlockN / 2, next to the
+// addresses, row statistics and the K/V fragments ptxas loads ahead; the alternatives measured):
+//   32:  BlockN 128 spilled (36 B on sm_80 with Q in registers, 60 B on sm_90 without); MUFU-bound
+//        either way (one exp2 per score for a 32-wide dot product).
+//   64:  BlockN 128 spilled 72 B (sm_80); Q in registers saves 16 ldmatrix per iteration
+//        (0.25 per HMMA, sm_90 shared-memory bound 0.71 -> 0.80) and fits.
+//   96:  BlockN 64 spilled 16 B on both.
+//   128: BlockN 64 (FlashAttention-2's 128 x 64) spilled 104 B on sm_80, 32 B on sm_90; Q in
+//        registers would add 64 registers. So 192 HMMA per iteration carry the per-row softmax
+//        work (O rescale, max, sum) that 256 carry in FlashAttention-2: 3.72 instructions per HMMA
+//        against its 3.68.
+//   160: 32-row warps with BlockN 32 spilled on sm_90 (8 B); 16-row warps keep Q in registers.
+//   192: Q in registers (250 / 255 registers) beats Q in shared memory (27.5%, shared 0.73).
+//   224, 256: BlockN 64 (224) or 48 (256) raise the share to 28.7% but need 83-87 KiB of shared
+//        memory: one block, 4 warps per A100 SM.
 template <int HeadDim>
 struct FwdTile;
 // clang-format off
 //                                        warps MTiles BlockN QInRegisters
-template <> struct FwdTile<32>  { static constexpr int w = 4, mt = 2, bn = 128; static constexpr bool qr = true;  };
-template <> struct FwdTile<64>  { static constexpr int w = 4, mt = 2, bn = 96;  static constexpr bool qr = false; };
+template <> struct FwdTile<32>  { static constexpr int w = 4, mt = 2, bn = 96;  static constexpr bool qr = true;  };
+template <> struct FwdTile<64>  { static constexpr int w = 4, mt = 2, bn = 96;  static constexpr bool qr = true;  };
 template <> struct FwdTile<96>  { static constexpr int w = 4, mt = 2, bn = 48;  static constexpr bool qr = false; };
 template <> struct FwdTile<128> { static constexpr int w = 4, mt = 2, bn = 48;  static constexpr bool qr = false; };
 template <> struct FwdTile<160> { static constexpr int w = 4, mt = 1, bn = 64;  static constexpr bool qr = true;  };
-template <> struct FwdTile<192> { static constexpr int w = 4, mt = 1, bn = 64;  static constexpr bool qr = false; };
+template <> struct FwdTile<192> { static constexpr int w = 4, mt = 1, bn = 64;  static constexpr bool qr = true;  };
 template <> struct FwdTile<224> { static constexpr int w = 4, mt = 1, bn = 48;  static constexpr bool qr = false; };
 template <> struct FwdTile<256> { static constexpr int w = 4, mt = 1, bn = 32;  static constexpr bool qr = false; };
 // clang-format on

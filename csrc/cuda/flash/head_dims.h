@@ -7,6 +7,6 @@
 namespace fae::cuda {
 
 constexpr int kHeadDims[] = {32, 64, 96, 128, 160, 192, 224, 256};  // forward
-constexpr int kBwdHeadDims[] = {32, 64, 96, 128};    // backward
+constexpr int kBwdHeadDims[] = {32, 64, 96, 128, 160, 192, 224, 256};  // backward
 
 }  // namespace fae::cuda

@@ -21,12 +21,20 @@ What a call gets, as transformers' ``sdpa`` attention would compute it:
   right-padded batches are (the mask's plan is worked out once per mask, which a model shares
   between its layers). Query rows that see no key (left padding) give 0 where sdpa gives the
   mean of the values; those rows are padding.
+- packed sequences: ``position_ids`` restarting at 0 inside a row, with no ``attention_mask``
+  and no cache, make transformers build a block-diagonal mask (causal, or a sliding window,
+  within each sequence). Such a mask, from transformers or passed by the caller, runs as one
+  :func:`~flashattn_ext.flash_attn_varlen_func` call over all the rows' sequences, with
+  ``cu_seqlens`` read from the mask's blocks and the band they share; the reading is checked
+  against the whole mask, so it is exact. The variable-length kernels run on the CPU only:
+  elsewhere (CUDA tensors) packed sequences fall back, as below.
 - ``output_attentions``: the weights are exp(scale·q·kᵀ - lse) from the kernels' logsumexp.
 - softcap (Gemma 2) and attention sinks (``s_aux``) raise NotImplementedError.
 - falls back to transformers' sdpa attention, with a warning naming the reason, for what the
   kernels do not take: dropout while training, ``position_bias`` (T5), the paged cache of
-  continuous batching, masks that are no such band (packed sequences, per-head masks, biases),
-  and dtypes, devices or head dims the build does not run.
+  continuous batching, masks that are neither a band nor packed sequences under one band
+  (per-head masks, biases, blocks with different bands), packed sequences off the CPU, and
+  dtypes, devices or head dims the build does not run.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward  # n
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask  # noqa: E402
 
 from .. import _masked  # noqa: E402
+from .._dispatch import backend_for  # noqa: E402
 from .._sdpa import unsupported  # noqa: E402
 from ..functional import scaled_dot_product_attention  # noqa: E402
 
@@ -106,8 +115,12 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     reason = _fallback_reason(query, key, value, attention_mask, dropout, kwargs)
     if reason is None and attention_mask is not None:
         plans = _masked.cached_plan(attention_mask)
-        reason = None if plans is not None else "an attention mask that is not a causal or " \
-                                                "sliding-window band over the unpadded keys"
+        if plans is None:
+            reason = ("an attention mask that is not a causal or sliding-window band over the "
+                      "unpadded keys, nor sequences packed under one such band")
+        elif isinstance(plans, _masked.Packed) and backend_for(query) != "cpu":
+            reason = (f"packed sequences on the {backend_for(query)} backend (the "
+                      f"variable-length kernels run on the CPU only)")
     if reason is not None:
         warnings.warn(f"flashattn_ext: {reason}: computed by transformers' sdpa attention",
                       stacklevel=2)
@@ -129,6 +142,9 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
                              else torch.ones(1, sq, sk, dtype=torch.bool, device=q.device))
     else:
         allowed = _masked.to_bool(attention_mask[:, 0])
-    out, lse = _masked.run(q, k, v, plans, scale)
+    if isinstance(plans, _masked.Packed):
+        out, lse = _masked.run_packed(q, k, v, plans, scale)
+    else:
+        out, lse = _masked.run(q, k, v, plans, scale)
     weights = _masked.weights(q, k, lse, scale, allowed) if want_weights else None
     return out.contiguous(), weights

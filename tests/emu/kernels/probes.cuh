@@ -11,26 +11,33 @@
 namespace fae::emu_test {
 
 // mma: a[32][4], b[32][2], c[32][4] per-lane registers -> d[32][4] (K = 8 uses a[.][0..1], b[.][0]).
+// Every warp of every block issues the same mma `repeats` times; d holds one [32][4] result per
+// (block, warp, repeat), in that order.
 template <class T, int K>
-__global__ void probe_mma_kernel(gptr<const uint32_t> a, gptr<const uint32_t> b, gptr<const float> c, gptr<float> d) {
-  const int l = threadIdx.x;
+__global__ void probe_mma_kernel(gptr<const uint32_t> a, gptr<const uint32_t> b, gptr<const float> c, gptr<float> d,
+                                 int repeats) {
+  const int l = threadIdx.x % 32;
+  const int warp = int(blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32);
   float cc[4], dd[4];
   for (int i = 0; i < 4; ++i) cc[i] = c[l * 4 + i];
-  if constexpr (K == 16) {
-    uint32_t ra[4] = {a[l * 4], a[l * 4 + 1], a[l * 4 + 2], a[l * 4 + 3]};
-    uint32_t rb[2] = {b[l * 2], b[l * 2 + 1]};
-    mma_m16n8k16<T>(dd, ra, rb, cc);
-  } else {
-    uint32_t ra[2] = {a[l * 4], a[l * 4 + 1]};
-    mma_m16n8k8<T>(dd, ra, b[l * 2], cc);
+  for (int r = 0; r < repeats; ++r) {
+    if constexpr (K == 16) {
+      uint32_t ra[4] = {a[l * 4], a[l * 4 + 1], a[l * 4 + 2], a[l * 4 + 3]};
+      uint32_t rb[2] = {b[l * 2], b[l * 2 + 1]};
+      mma_m16n8k16<T>(dd, ra, rb, cc);
+    } else {
+      uint32_t ra[2] = {a[l * 4], a[l * 4 + 1]};
+      mma_m16n8k8<T>(dd, ra, b[l * 2], cc);
+    }
+    for (int i = 0; i < 4; ++i) d[((warp * repeats + r) * 32 + l) * 4 + i] = dd[i];
   }
-  for (int i = 0; i < 4; ++i) d[l * 4 + i] = dd[i];
 }
 
 template <class T, int K>
-void probe_mma(const uint32_t* a, const uint32_t* b, const float* c, float* d) {
-  launch("probe_mma", probe_mma_kernel<T, K>, LaunchConfig{dim3(1), dim3(32), 0, nullptr}, gbuf(a, 128), gbuf(b, 64),
-         gbuf(c, 128), gbuf(d, 128));
+void probe_mma(const uint32_t* a, const uint32_t* b, const float* c, float* d, int blocks = 1, int warps = 1,
+               int repeats = 1) {
+  launch("probe_mma", probe_mma_kernel<T, K>, LaunchConfig{dim3(blocks), dim3(32 * warps), 0, nullptr}, gbuf(a, 128),
+         gbuf(b, 64), gbuf(c, 128), gbuf(d, std::size_t(blocks) * warps * repeats * 128), repeats);
 }
 
 // ldmatrix / stmatrix: shared memory holds `n` 16-bit words copied from/to `image`; lane l supplies
