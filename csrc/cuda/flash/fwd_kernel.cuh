@@ -92,13 +92,18 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
     return visible_keys(row, seq.seqlen_k, seq.align_offset, p.window_left, p.window_right);
   };
   const KeyRange first = keys_of(m0), last = keys_of(m0 + rows_valid - 1);
-  const int all_lo = int(first.lo / BN), all_hi = int(last.hi / BN);
-  const int share = (all_hi - all_lo + nsplit) / nsplit;
-  const int j_lo = all_lo + split * share, j_hi = all_hi < j_lo + share - 1 ? all_hi : j_lo + share - 1;
-  if (first.lo <= last.hi && j_lo <= j_hi) {
+  int j_lo = int(first.lo / BN), j_hi = int(last.hi / BN);
+  int f_lo = int((last.lo + BN - 1) / BN);
+  int f_hi = f_lo > j_hi ? f_lo : (first.hi + 1) / BN < f_lo ? f_lo : int((first.hi + 1) / BN);
+  if constexpr (kSeqs) {  // this split's share of the tiles (the dense kernel has one split)
+    const int share = (j_hi - j_lo + nsplit) / nsplit, all_hi = j_hi;
+    j_lo += split * share;
+    j_hi = all_hi < j_lo + share - 1 ? all_hi : j_lo + share - 1;
     auto clip = [&](int x) { return x < j_lo ? j_lo : x > j_hi + 1 ? j_hi + 1 : x; };
-    const int f_lo = clip(int((last.lo + BN - 1) / BN));
-    const int f_hi = f_lo > j_hi ? f_lo : (first.hi + 1) / BN < f_lo ? f_lo : clip(int((first.hi + 1) / BN));
+    f_lo = clip(f_lo);
+    f_hi = f_lo > j_hi ? f_lo : clip(f_hi < f_lo ? f_lo : f_hi);
+  }
+  if (first.lo <= last.hi && j_lo <= j_hi) {
     const int n_above = j_hi + 1 - f_hi, n_masked = n_above + f_lo - j_lo;
     // Masked tiles: those above the whole ones (the causal diagonal, the end of the keys) from the
     // top down, then those below them (a left window edge).
@@ -159,7 +164,12 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
       constexpr bool kMasked = decltype(masked_tag)::value;
       cp_async_wait<0>();  // K_j has landed ...
       __syncthreads();     // ... for every thread, and every warp is done with V_{j-1}
-      copy_kv(masked_tag, sV, vt, vh, p.v_batch_stride, p.v_row_stride, j);
+      // (The dense kernel calls copy_tile_async here itself: through copy_kv, ptxas spilled 28
+      // bytes at D = 64 on sm_80, at 255 registers either way.)
+      if constexpr (kSeqs)
+        copy_kv(masked_tag, sV, vt, vh, p.v_batch_stride, p.v_row_stride, j);
+      else
+        copy_tile_async<KVMap, LD, kMasked>(sV, vt, p.v_row_stride, keys_in(j));
       cp_async_commit();
 
       float s[MT][NS][4];
