@@ -58,6 +58,9 @@ void fae_bind_emulated_attention(py::module_& m) {
                "of attention_bwd_workspace elements (head dims: attention_bwd_head_dims; the tile is the largest "
                "that the configured shared-memory limit holds).");
   def_backward_workspace(m, "attention_bwd_workspace", fae::cuda::backward_workspace);
+  def_append(m, "kvcache_append",
+             [](const fae::AppendParams& p, uintptr_t, int) { fae::cuda::kvcache_append(p, nullptr); },
+             "KV-cache append with rotary embedding through the CUDA kernel source on the emulator (float16/bfloat16).");
   m.attr("attention_head_dims") = head_dim_list(fae::cuda::kHeadDims);
   m.attr("attention_bwd_head_dims") = head_dim_list(fae::cuda::kBwdHeadDims);
   m.attr("attention_tiles") = tile_table(std::make_index_sequence<std::size(fae::cuda::kHeadDims)>(),
