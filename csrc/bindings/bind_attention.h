@@ -30,7 +30,8 @@ inline auto seq_args() {
   return std::make_tuple(py::arg("cu_seqlens_q") = 0, py::arg("cu_seqlens_k") = 0, py::arg("seqused_k") = 0,
                          py::arg("leftpad_k") = 0, py::arg("kv_batch_idx") = 0, py::arg("block_table") = 0,
                          py::arg("block_table_stride") = 0, py::arg("page_size") = 0,
-                         py::arg("align_bottom_right") = false, py::arg("num_splits") = 0);
+                         py::arg("align_bottom_right") = false, py::arg("num_splits") = 0,
+                         py::arg("split_workspace") = 0, py::arg("array_sizes") = std::array<int64_t, 4>{});
 }
 
 // Backward only: the gradients in (dout, dlse: 0 when lse gets none) and out, the workspace, and
@@ -63,12 +64,13 @@ void def_forward(py::module_& m, const char* name, Run run, const char* doc) {
             Strides3 qs, Strides3 ks, Strides3 vs, Strides3 os, Strides2 lses, int64_t align_offset,
             int64_t window_left, int64_t window_right, double scale, uintptr_t cu_seqlens_q, uintptr_t cu_seqlens_k,
             uintptr_t seqused_k, uintptr_t leftpad_k, uintptr_t kv_batch_idx, uintptr_t block_table,
-            int64_t block_table_stride, int64_t page_size, bool align_bottom_right, int num_splits, uintptr_t stream, int device,
+            int64_t block_table_stride, int64_t page_size, bool align_bottom_right, int num_splits,
+            uintptr_t split_workspace, std::array<int64_t, 4> array_sizes, uintptr_t stream, int device,
             int num_threads) {
         FwdParams p = make_fwd(dtype, q, k, v, out, lse, qs, ks, vs, os, lses, sizes, align_offset, window_left,
                                window_right, scale, num_threads);
         set_seqs(p, {cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k, kv_batch_idx, block_table,
-                     block_table_stride, page_size, align_bottom_right, num_splits});
+                     block_table_stride, page_size, align_bottom_right, num_splits, split_workspace, array_sizes});
         py::gil_scoped_release release;
         run(p, stream, device);
       },
@@ -86,18 +88,21 @@ void def_backward(py::module_& m, const char* name, Run run, const char* doc) {
             uintptr_t dk, uintptr_t dv, Strides3 dos, Strides3 dqs, Strides3 dks, Strides3 dvs, uintptr_t stats,
             uintptr_t dq_accum, bool deterministic, uintptr_t cu_seqlens_q, uintptr_t cu_seqlens_k, uintptr_t seqused_k,
             uintptr_t leftpad_k, uintptr_t kv_batch_idx, uintptr_t block_table, int64_t block_table_stride,
-            int64_t page_size, bool align_bottom_right, int num_splits, uintptr_t stream, int device, int num_threads) {
+            int64_t page_size, bool align_bottom_right, int num_splits, uintptr_t split_workspace,
+            std::array<int64_t, 4> array_sizes, uintptr_t stream, int device, int num_threads) {
         BwdParams p = make_bwd(dtype, q, k, v, out, lse, dout, dlse, dq, dk, dv, qs, ks, vs, os, lses, dos, dqs, dks,
                                dvs, sizes, align_offset, window_left, window_right, scale, deterministic, num_threads);
         set_seqs(p.fwd, {cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k, kv_batch_idx, block_table,
-                         block_table_stride, page_size, align_bottom_right, num_splits});
+                         block_table_stride, page_size, align_bottom_right, num_splits, split_workspace,
+                         array_sizes});
         py::gil_scoped_release release;
         run(p, static_cast<float*>(as_ptr(stats)), static_cast<float*>(as_ptr(dq_accum)), stream, device);
       },
       doc, std::tuple_cat(common_args(), backward_args(), seq_args(), launch_args()));
 }
 
-// run(const AppendParams&, uintptr_t stream), GIL released: the KV-cache append with rotary.
+// run(const AppendParams&, uintptr_t stream, int device), GIL released: the KV-cache append with rotary;
+// bounds: the caches' (batch or pages, rows) and the rotary tables' rows.
 template <class Run>
 void def_append(py::module_& m, const char* name, Run run, const char* doc) {
   m.def(
@@ -106,20 +111,22 @@ void def_append(py::module_& m, const char* name, Run run, const char* doc) {
             uintptr_t v_cache, Strides3 qs, Strides3 qrs, Strides3 kns, Strides3 vns, Strides3 kcs, Strides3 vcs,
             uintptr_t rotary_cos, uintptr_t rotary_sin, int64_t rotary_stride, int64_t rotary_dim,
             bool rotary_interleaved, bool q_rows_consecutive, uintptr_t cache_seqlens, uintptr_t kv_batch_idx,
-            uintptr_t block_table, int64_t block_table_stride, int64_t page_size, uintptr_t stream, int num_threads) {
+            uintptr_t block_table, int64_t block_table_stride, int64_t page_size, std::array<int64_t, 3> bounds,
+            uintptr_t stream, int device, int num_threads) {
         const AppendParams p = make_append(dtype, sizes, q, q_rot, k_new, v_new, k_cache, v_cache, qs, qrs, kns, vns,
                                            kcs, vcs, rotary_cos, rotary_sin, rotary_stride, rotary_dim,
                                            rotary_interleaved, q_rows_consecutive, cache_seqlens, kv_batch_idx,
-                                           block_table, block_table_stride, page_size, num_threads);
+                                           block_table, block_table_stride, page_size, bounds, num_threads);
         py::gil_scoped_release release;
-        run(p, stream);
+        run(p, stream, device);
       },
       py::kw_only(), py::arg("dtype"), py::arg("sizes"), py::arg("q"), py::arg("q_rot"), py::arg("k_new"),
       py::arg("v_new"), py::arg("k_cache"), py::arg("v_cache"), py::arg("q_strides"), py::arg("q_rot_strides"),
       py::arg("k_new_strides"), py::arg("v_new_strides"), py::arg("k_cache_strides"), py::arg("v_cache_strides"),
       py::arg("rotary_cos"), py::arg("rotary_sin"), py::arg("rotary_stride"), py::arg("rotary_dim"),
       py::arg("rotary_interleaved"), py::arg("q_rows_consecutive"), py::arg("cache_seqlens"), py::arg("kv_batch_idx"),
-      py::arg("block_table"), py::arg("block_table_stride"), py::arg("page_size"), py::arg("stream"),
+      py::arg("block_table"), py::arg("block_table_stride"), py::arg("page_size"),
+      py::arg("bounds") = std::array<int64_t, 3>{}, py::arg("stream"), py::arg("device") = -1,
       py::arg("num_threads") = 0, doc);
 }
 

@@ -60,6 +60,9 @@ void fae_bind_emulated_attention(py::module_& m) {
                "of attention_bwd_workspace elements (head dims: attention_bwd_head_dims; the tile is the largest "
                "that the configured shared-memory limit holds).");
   def_backward_workspace(m, "attention_bwd_workspace", fae::cuda::backward_workspace);
+  def_append(m, "kvcache_append",
+             [](const fae::AppendParams& p, uintptr_t, int) { fae::cuda::kvcache_append(p, nullptr); },
+             "KV-cache append with rotary embedding through the CUDA kernel source on the emulator (float16/bfloat16).");
   def_weights(m, "attention_weights", [](const fae::WeightsParams& p, uintptr_t) { fae::cuda::attention_weights(p, nullptr); },
               "Attention probabilities through the CUDA kernel source on the emulator.");
   def_topk_forward(m, "topk_forward", [](const fae::TopkParams& p, uintptr_t) { fae::cuda::topk_forward(p, nullptr); },

@@ -23,7 +23,7 @@ PYBIND11_MODULE(_C, m) {
   def_backward(m, "backward",
                [](const fae::BwdParams& p, float*, float*, uintptr_t, int) { fae::cpu::attention_backward(p); },
                "Backward attention on the CPU kernels (no workspace, no stream).");
-  def_append(m, "kvcache_append", [](const fae::AppendParams& p, uintptr_t) { fae::cpu::kvcache_append(p); },
+  def_append(m, "kvcache_append", [](const fae::AppendParams& p, uintptr_t, int) { fae::cpu::kvcache_append(p); },
              "KV-cache append with rotary embedding on the CPU (in place into k_cache, v_cache; q_rot).");
   def_weights(m, "attention_weights", [](const fae::WeightsParams& p, uintptr_t) { fae::cpu::attention_weights(p); },
               "Attention probabilities of selected heads and rows on the CPU kernels.");
@@ -54,6 +54,11 @@ PYBIND11_MODULE(_C, m) {
                "Backward on GPU `device`, launched on `stream`; stats and dq_accum are float32 device workspace "
                "of cuda_bwd_workspace elements.");
   def_backward_workspace(m, "cuda_bwd_workspace", fae::cuda::backward_workspace);
+  def_append(m, "cuda_kvcache_append",
+             [](const fae::AppendParams& p, uintptr_t stream, int device) {
+               fae::cuda::kvcache_append(p, reinterpret_cast<fae::cuda::Stream>(stream), device);
+             },
+             "KV-cache append with rotary embedding on GPU `device`, launched on `stream` (float16/bfloat16).");
   m.attr("cuda_head_dims") = head_dim_list(fae::cuda::kHeadDims);
   m.attr("cuda_bwd_head_dims") = head_dim_list(fae::cuda::kBwdHeadDims);
 #endif

@@ -23,6 +23,8 @@ struct SeqArgs {
   int64_t block_table_stride = 0, page_size = 0;
   bool align_bottom_right = false;
   int num_splits = 0;
+  uintptr_t split_workspace = 0;
+  std::array<int64_t, 4> array_sizes{};  // q batch, q rows, k/v batch, k/v rows (0: not set)
 };
 
 inline void set_seqs(FwdParams& p, const SeqArgs& a) {
@@ -31,6 +33,9 @@ inline void set_seqs(FwdParams& p, const SeqArgs& a) {
   p.block_table = as_i32(a.block_table); p.block_table_stride = a.block_table_stride; p.page_size = a.page_size;
   p.align_bottom_right = a.align_bottom_right;
   p.num_splits = a.num_splits;
+  p.split_workspace = static_cast<float*>(as_ptr(a.split_workspace));
+  p.q_array_batch = a.array_sizes[0]; p.q_array_rows = a.array_sizes[1];
+  p.kv_array_batch = a.array_sizes[2]; p.kv_array_rows = a.array_sizes[3];
 }
 
 inline FwdParams make_fwd(int dtype, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse,
@@ -82,7 +87,8 @@ inline AppendParams make_append(int dtype, const Sizes6& sz, uintptr_t q, uintpt
                                 const Strides3& vcs, uintptr_t rotary_cos, uintptr_t rotary_sin, int64_t rotary_stride,
                                 int64_t rotary_dim, bool rotary_interleaved, bool q_rows_consecutive,
                                 uintptr_t cache_seqlens, uintptr_t kv_batch_idx, uintptr_t block_table,
-                                int64_t block_table_stride, int64_t page_size, int num_threads) {
+                                int64_t block_table_stride, int64_t page_size,
+                                const std::array<int64_t, 3>& bounds, int num_threads) {
   AppendParams p{};
   p.q = as_ptr(q); p.q_rot = as_ptr(q_rot); p.k_new = as_ptr(k_new); p.v_new = as_ptr(v_new);
   p.k_cache = as_ptr(k_cache); p.v_cache = as_ptr(v_cache);
@@ -99,6 +105,7 @@ inline AppendParams make_append(int dtype, const Sizes6& sz, uintptr_t q, uintpt
   p.block_table = as_i32(block_table); p.block_table_stride = block_table_stride; p.page_size = page_size;
   p.batch = sz[0]; p.seqlen_q = sz[1]; p.seqlen_new = sz[2];
   p.heads_q = sz[3]; p.heads_kv = sz[4]; p.head_dim = sz[5];
+  p.cache_batch = bounds[0]; p.cache_rows = bounds[1]; p.rotary_rows = bounds[2];
   p.dtype = static_cast<DType>(dtype);
   p.num_threads = num_threads;
   return p;

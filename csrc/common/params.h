@@ -65,6 +65,14 @@ struct FwdParams {
   // Forward key splits per (sequence, head) tile, merged by their logsumexp: 0 = chosen from the
   // work and the thread (or SM) count, 1 = none.
   int32_t num_splits;
+  // CUDA split-KV (num_splits > 1): num_splits x batch x heads_q x seqlen_q partial rows of D + 1
+  // floats (normalised O, then the log2-domain lse), written by the forward, merged by the
+  // combine kernel.
+  float* split_workspace;
+  // The (batch, rows) of the q / out and k / v arrays themselves where they differ from (batch,
+  // seqlen_q / seqlen_k): packed rows, cache slots and rows, pages and page rows; 0 = not set.
+  // Only bounds checks (the emulator's checked pointers) read them.
+  int64_t q_array_batch, q_array_rows, kv_array_batch, kv_array_rows;
 };
 
 // Backward pass: the forward's tensors plus dout, and the gradients it writes.
@@ -114,6 +122,8 @@ struct AppendParams {
   const int32_t* block_table;
   int64_t block_table_stride, page_size;
   int64_t batch, seqlen_q, seqlen_new, heads_q, heads_kv, head_dim;
+  // The caches' own (batch or pages, rows) and the rotary tables' rows: bounds checks only.
+  int64_t cache_batch, cache_rows, rotary_rows;
   DType dtype;
   int32_t num_threads;
 };

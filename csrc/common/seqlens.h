@@ -17,20 +17,36 @@ struct Seq {
   int64_t align_offset;
 };
 
-FAE_HD Seq sequence(const FwdParams& p, int64_t b) {
+// FwdParams' int32 arrays behind pointers of type P: the raw pointers (CPU), or checked global
+// pointers (the CUDA kernels, so that the emulator bounds-checks every read). Which arrays are
+// used is read from the params' own pointers (null: unused).
+template <class P>
+struct SeqArrays {
+  P cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k, kv_batch_idx, block_table;
+};
+
+FAE_HD SeqArrays<const int32_t*> seq_arrays(const FwdParams& p) {
+  return {p.cu_seqlens_q, p.cu_seqlens_k, p.seqused_k, p.leftpad_k, p.kv_batch_idx, p.block_table};
+}
+
+template <class P>
+FAE_HD Seq sequence(const FwdParams& p, const SeqArrays<P>& a, int64_t b) {
   Seq s;
   const bool packed_q = p.cu_seqlens_q != nullptr, packed_k = p.cu_seqlens_k != nullptr;
   s.q_batch = packed_q ? 0 : b;
-  s.q_row0 = packed_q ? p.cu_seqlens_q[b] : 0;
-  s.seqlen_q = packed_q ? p.cu_seqlens_q[b + 1] - s.q_row0 : p.seqlen_q;
-  s.kv_batch = packed_k ? 0 : p.kv_batch_idx ? p.kv_batch_idx[b] : b;
-  const int64_t base = packed_k ? p.cu_seqlens_k[b] : 0;
-  const int64_t end = p.seqused_k ? base + p.seqused_k[b] : packed_k ? p.cu_seqlens_k[b + 1] : p.seqlen_k;
-  s.k_row0 = base + (p.leftpad_k ? p.leftpad_k[b] : 0);
+  s.q_row0 = packed_q ? int64_t(a.cu_seqlens_q[b]) : 0;
+  s.seqlen_q = packed_q ? int64_t(a.cu_seqlens_q[b + 1]) - s.q_row0 : p.seqlen_q;
+  s.kv_batch = packed_k ? 0 : p.kv_batch_idx ? int64_t(a.kv_batch_idx[b]) : b;
+  const int64_t base = packed_k ? int64_t(a.cu_seqlens_k[b]) : 0;
+  const int64_t end = p.seqused_k ? base + int64_t(a.seqused_k[b])
+                                  : packed_k ? int64_t(a.cu_seqlens_k[b + 1]) : p.seqlen_k;
+  s.k_row0 = base + (p.leftpad_k ? int64_t(a.leftpad_k[b]) : 0);
   s.seqlen_k = end - s.k_row0;
   s.align_offset = p.align_offset + (p.align_bottom_right ? s.seqlen_k - s.seqlen_q : 0);
   return s;
 }
+
+FAE_HD Seq sequence(const FwdParams& p, int64_t b) { return sequence(p, seq_arrays(p), b); }
 
 // p with sequence s's lengths and align offset: what the mask functions (common/mask.h) read.
 FAE_HD FwdParams with_lengths(const FwdParams& p, const Seq& s) {
@@ -43,12 +59,17 @@ FAE_HD FwdParams with_lengths(const FwdParams& p, const Seq& s) {
 
 // Element offset of the start of key row j (0 <= j < seqlen_k) of sequence b (s = sequence(p, b))
 // in k (k strides) or v (v strides), head 0.
-FAE_HD int64_t key_offset(const FwdParams& p, int64_t b, const Seq& s, int64_t j, int64_t batch_stride,
-                          int64_t row_stride) {
+template <class P>
+FAE_HD int64_t key_offset(const FwdParams& p, const SeqArrays<P>& a, int64_t b, const Seq& s, int64_t j,
+                          int64_t batch_stride, int64_t row_stride) {
   const int64_t r = s.k_row0 + j;
   if (p.block_table == nullptr) return s.kv_batch * batch_stride + r * row_stride;
-  const int64_t page = p.block_table[b * p.block_table_stride + r / p.page_size];
+  const int64_t page = a.block_table[b * p.block_table_stride + r / p.page_size];
   return page * batch_stride + (r % p.page_size) * row_stride;
+}
+FAE_HD int64_t key_offset(const FwdParams& p, int64_t b, const Seq& s, int64_t j, int64_t batch_stride,
+                          int64_t row_stride) {
+  return key_offset(p, seq_arrays(p), b, s, j, batch_stride, row_stride);
 }
 
 // How many key rows from row j on are stored one row stride apart (the rest of j's page).

@@ -11,8 +11,8 @@
 // all of them, sequences.h) and reads its rows through the offsets of common/seqlens.h; a key
 // tile never crosses a page of a paged cache, so pages are read in place.
 // With too few tiles for the threads (decoding), or num_splits > 1, the key range of each tile is
-// split and the partial results are merged by their logsumexp (split-KV). Narrow tiles (decoding) keep Q and O as rows
-// (column-major products along D, see kNarrowCols).
+// split and the partial results are merged by their logsumexp (split-KV). Narrow tiles
+// (decoding) keep Q and O as rows (column-major products along D, see kNarrowCols).
 // bfloat16 with a dot-product instruction (V::kBf16Dot): both products run on bfloat16 pairs
 // (gemm<V, true>): K rows and Q^T hold pairs along D, V and P^T pairs along the keys, and P is
 // rounded to bfloat16 for P.V as on GPUs (its row sums stay float32). Scores are scaled after.

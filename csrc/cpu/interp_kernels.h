@@ -42,7 +42,7 @@ struct ScoreTile {
     const float* kr = float_rows<V>(k + k0 * ks, ks, nk, D, kbuf, ldk);
     for (int64_t d = 0; d < D; ++d)
       for (int64_t j = 0; j < ldp; ++j) kt[d * ldp + j] = j < nk ? kr[j * ldk + d] : 0.f;
-    gemm<V>(nq, ldp, Gemm{qr, D, 1, kt, ldp, s, ldp, D, false});
+    gemm<V>(nq, ldp, score_sum(Gemm{qr, D, 1, kt, ldp, s, ldp, D, false}));
     const typename V::R sv = V::set1(sl2);
     for (int64_t i = 0; i < nq * ldp; i += V::W) V::store(s + i, V::mul(V::load(s + i), sv));
   }

@@ -81,7 +81,7 @@ def _common_kwargs(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mas
               window_right=mask.window_right, scale=float(scale))
     if seqs is None:
         return dict(kw, sizes=(b, sq, sk, hq, hk, head_dim), align_offset=mask.offset(sq, sk))
-    kw.update(seqs.kwargs(page_size=sk))
+    kw.update(seqs.kwargs(page_size=sk), array_sizes=seqs.array_sizes(q, k))
     return dict(kw, sizes=(seqs.batch, seqs.max_q(), seqs.max_k(), hq, hk, head_dim),
                 align_offset=0, align_bottom_right=mask.bottom_right)
 
@@ -99,12 +99,36 @@ def _entry_points(q: Any) -> Tuple[Any, Any, Sequence[int], Sequence[int], Dict[
     return _C.cuda_forward, _C.cuda_backward, _C.cuda_head_dims, _C.cuda_bwd_head_dims, launch
 
 
-def _cpu_only(q: Any, seqs: Optional[Seqs]) -> None:
-    """Variable-length and KV-cache calls run on the CPU kernels only, for now."""
+# Split-KV on the CUDA kernels (num_splits=0): split when the blocks of a call fill less than
+# this share of the SMs, into at most kMaxSplits splits of at least 4 key tiles of 64.
+SPLIT_FILL, MAX_SPLITS, SPLIT_KEYS = 0.8, 128, 4 * 64
+EMU_SMS = 108  # the emulator models an A100's SM count for the choice
+
+
+def _sm_count(q: Any) -> int:
+    if is_tensor(q) and q.device.type == "cuda":
+        return torch.cuda.get_device_properties(q.device).multi_processor_count
+    return EMU_SMS
+
+
+def cuda_splits(q: Any, seqs: Seqs, block_m: int = 64) -> int:
+    """The split count of a variable-length or KV-cache forward on the CUDA kernels (query tiles
+    of ``block_m`` rows): the caller's num_splits, or (0) enough splits to fill the SMs when the
+    query tiles do not."""
+    if seqs.num_splits:
+        return seqs.num_splits
+    blocks = -(-seqs.max_q() // block_m) * q.shape[2] * seqs.batch
+    if blocks >= SPLIT_FILL * _sm_count(q):
+        return 1
+    return max(1, min(-(-_sm_count(q) // max(blocks, 1)), seqs.max_k() // SPLIT_KEYS, MAX_SPLITS))
+
+
+def _no_cuda_varlen_backward(q: Any, seqs: Optional[Seqs]) -> None:
+    """Variable-length backward passes run on the CPU kernels only, for now."""
     if seqs is not None and backend_for(q) != "cpu":
-        raise NotImplementedError(f"q: variable-length batches and KV caches have no CUDA kernels "
-                                  f"yet (backend {backend_for(q)}, dtype {dtype_name(q)}); they "
-                                  f"run on the CPU kernels")
+        raise NotImplementedError(f"q: the backward of variable-length batches has no CUDA kernel "
+                                  f"yet (backend {backend_for(q)}, dtype {dtype_name(q)}); it "
+                                  f"runs on the CPU kernels")
 
 
 def forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mask: MaskSpec,
@@ -113,7 +137,6 @@ def forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mask: Mask
     or (H, total_q) with packed sequences. Raises ValueError when finite q and k overflow the
     scores (see check_overflow)."""
     backend = backend_for(q)
-    _cpu_only(q, seqs)
     if backend == "cpu":
         _C.forward(**_common_kwargs(q, k, v, out, lse, scale, mask, q.shape[3], seqs), stream=0)
     else:
@@ -121,7 +144,13 @@ def forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mask: Mask
         dp = _padded_head_dim(q, head_dims, "forward")
         qf, kf, vf = (_fit(x, dp) for x in (q, k, v))
         of = _fit(out, dp, copy=False)
-        run(**_common_kwargs(qf, kf, vf, of, lse, scale, mask, dp, seqs), **launch)
+        kw = _common_kwargs(qf, kf, vf, of, lse, scale, mask, dp, seqs)
+        splits = 1 if seqs is None else cuda_splits(q, seqs)
+        if splits > 1:  # partial rows of dp + 1 floats per split (csrc/cuda/flash/split_kv.cuh)
+            work = _new(q, (splits * seqs.batch * q.shape[2] * seqs.max_q() * (dp + 1),),
+                        zero=False, float32=True)
+            kw.update(num_splits=splits, split_workspace=_ptr(work))
+        run(**kw, **launch)
         _copy_back(of, out)
     if backend != "cuda":  # on a GPU the check would synchronise the device at every call
         check_overflow(q, k, lse, scale, mask, seqs)
@@ -157,7 +186,7 @@ def backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dq: Any, dk:
     gradient of lse, laid out exactly like lse. ``deterministic_mode``: the CUDA kernels sum dq
     in a fixed order (bitwise reproducible; the CPU backward always is)."""
     dlse_ptr = 0 if dlse is None else _ptr(dlse)
-    _cpu_only(q, seqs)
+    _no_cuda_varlen_backward(q, seqs)
     if backend_for(q) == "cpu":
         _C.backward(**_common_kwargs(q, k, v, out, lse, scale, mask, q.shape[3], seqs),
                     **_arrays(dout=dout, dq=dq, dk=dk, dv=dv), dlse=dlse_ptr, stats=0, dq_accum=0,
@@ -185,13 +214,16 @@ def append_kv(q: Any, q_rot: Optional[Any], k: Any, v: Any, k_cache: Any, v_cach
     """KV-cache append (csrc/common/params.h: AppendParams): k, v (B, Sn, Hkv, D) into the caches
     in place at cache_seqlens; with ``rotary`` = (cos, sin, interleaved, q_rows_consecutive) the
     new keys are rotated on the way and q is rotated into q_rot."""
-    if backend_for(q) != "cpu":
-        raise NotImplementedError(f"k: the KV-cache append has no CUDA kernel yet (backend "
-                                  f"{backend_for(q)}, dtype {dtype_name(q)})")
+    backend = backend_for(q)
+    run, launch = _C.kvcache_append, dict(stream=0, device=-1)
+    if backend == "emu":
+        run = _emu_module().kvcache_append
+    elif backend == "cuda":
+        run, launch = _C.cuda_kvcache_append, _entry_points(q)[4]
     b, sq, hq, d = q.shape
     cos, sin, interleaved, consecutive = rotary or (None, None, False, False)
     none3 = (0, 0, 0)
-    _C.kvcache_append(
+    run(
         dtype=DTYPES.index(dtype_name(q)), sizes=(b, sq, k.shape[1], hq, k.shape[2], d),
         q=_ptr(q), q_rot=address(q_rot), k_new=_ptr(k), v_new=_ptr(v), k_cache=_ptr(k_cache),
         v_cache=_ptr(v_cache), q_strides=strides(q)[:3],
@@ -204,7 +236,9 @@ def append_kv(q: Any, q_rot: Optional[Any], k: Any, v: Any, k_cache: Any, v_cach
         q_rows_consecutive=consecutive, cache_seqlens=_ptr(cache_seqlens),
         kv_batch_idx=address(kv_batch_idx), block_table=address(block_table),
         block_table_stride=0 if block_table is None else strides(block_table)[0],
-        page_size=k_cache.shape[1] if block_table is not None else 0, stream=0)
+        page_size=k_cache.shape[1] if block_table is not None else 0,
+        bounds=(k_cache.shape[0], k_cache.shape[1], 0 if cos is None else cos.shape[0]),
+        **launch)
 
 
 def new_lse(q: Any, packed: bool) -> Any:

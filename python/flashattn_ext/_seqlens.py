@@ -64,6 +64,10 @@ class Seqs:
                     page_size=page_size if bt is not None else 0, align_bottom_right=True,
                     num_splits=self.num_splits)
 
+    def array_sizes(self, q: Any, k: Any) -> Tuple[int, int, int, int]:
+        """The (batch, rows) of the (B, S, H, D) views of q and k: bounds for checked pointers."""
+        return (int(q.shape[0]), int(q.shape[1]), int(k.shape[0]), int(k.shape[1]))
+
 
 def varlen_seqs(cu_seqlens_q: Any, cu_seqlens_k: Any, block_table: Any) -> Seqs:
     """Seqs of a checked variable-length call; with a block_table the keys of sequence b are the

@@ -40,6 +40,10 @@ BwdWorkspace backward_workspace(const BwdParams& p);
 // block cannot hold the head dim's smallest tile. `device` as for the forward.
 void attention_backward(const BwdParams& p, float* stats, float* dq_accum, Stream stream, int device = -1);
 
+// Launches the KV-cache append with rotary embedding (AppendParams) on `stream`: float16 or
+// bfloat16; throws std::invalid_argument for other dtypes. `device` as for the forward.
+void kvcache_append(const AppendParams& p, Stream stream, int device = -1);
+
 template <class T, int HeadDim>
 void run_forward(const FwdParams& p, Stream stream);
 template <class T, int HeadDim>

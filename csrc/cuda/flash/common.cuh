@@ -81,6 +81,23 @@ __device__ __forceinline__ void copy_tile_async(sptr<T> dst, gptr<const T> tile,
   }
 }
 
+// copy_tile_async for rows at no common stride (paged K/V): row r of the tile (counted from its
+// first row) is at row_ptr(r); rows at or past `valid` are zero-filled from `any` (never read).
+template <class Map, int LD, class T, class RowPtr>
+__device__ __forceinline__ void copy_rows_async(sptr<T> dst, RowPtr row_ptr, gptr<const T> any, int valid) {
+#pragma unroll
+  for (int part = 0; part < Map::kParts; ++part) {
+    const sptr<T> d = dst + (Map::row(part) * LD + Map::col(part));
+#pragma unroll
+    for (int i = 0; i < Map::passes(part); ++i) {
+      const int r = Map::row(part) + i * Map::rows_per_pass(part);
+      if (Map::kRows % Map::rows_per_pass(part) != 0 && i == Map::passes(part) - 1 && r >= Map::kRows) break;
+      const bool live = r < valid;
+      cp_async<16>(d + i * Map::rows_per_pass(part) * LD, (live ? row_ptr(r) : any) + Map::col(part), live ? 16 : 0);
+    }
+  }
+}
+
 // 16-byte stores of rows [0, valid) of a Map::kRows x Dim shared tile (rows LD elements apart) to
 // the global tile whose row 0 is at `tile` (rows `row_stride` apart).
 template <class Map, int LD, class T>

@@ -7,14 +7,23 @@
 // P.V of tile j run. The tiles that cross a mask edge (or the end of the keys) run first, in their
 // own loop; the loop over the tiles every row sees whole has no compares and no bounds checks.
 // O leaves through shared memory in 16-byte stores.
+// Variable-length batches and KV caches run the same body as flash_fwd_seqs_kernel (kSeqs): a
+// block reads where its sequence lives from the params (common/seqlens.h: packed rows, cache
+// slots and lengths, pages through the block table, row by row) and returns at once when the
+// grid, sized for the longest sequence, overshoots its rows. Split-KV (num_splits > 1): block x
+// of a row tile takes split x % num_splits of the key tiles and writes a normalised partial O and
+// its log2-domain lse to split_workspace for the combine kernel (split_kv.cuh). The dense kernel
+// compiles none of this.
 #pragma once
 
 #include <type_traits>
 
 #include "common/mask.h"
 #include "common/online_softmax.h"
+#include "common/seqlens.h"
 #include "cuda/flash/common.cuh"
 #include "cuda/flash/fwd_traits.h"
+#include "cuda/flash/split_kv.cuh"
 #include "cuda/primitives.cuh"
 
 namespace fae::cuda {
@@ -46,10 +55,11 @@ struct ScoreScale {
   }
 };
 
-template <class Tr>
-__global__ void __launch_bounds__(Tr::kThreads)
-    flash_fwd_kernel(FwdParams p, ScoreScale sc, gptr<const typename Tr::Element> q, gptr<const typename Tr::Element> k,
-                     gptr<const typename Tr::Element> v, gptr<typename Tr::Element> o, gptr<float> lse) {
+template <class Tr, bool kSeqs>
+__device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gptr<const typename Tr::Element> q,
+                                          gptr<const typename Tr::Element> k, gptr<const typename Tr::Element> v,
+                                          gptr<typename Tr::Element> o, gptr<float> lse,
+                                          const SeqArrays<gptr<const int32_t>>& sa, gptr<float> split_out) {
   using T = typename Tr::Element;
   constexpr int MT = Tr::kMTiles, BM = Tr::kBlockM, BN = Tr::kBlockN, LD = Tr::kRowStride;
   constexpr int NS = Tr::kNTilesS, NO = Tr::kNTilesO;
@@ -57,8 +67,14 @@ __global__ void __launch_bounds__(Tr::kThreads)
   using KVMap = ChunkMap<BN, Tr::kHeadDim, Tr::kThreads>;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane >> 2, t = lane & 3;
   const int h = blockIdx.y, b = blockIdx.z, hk = h / int(p.heads_q / p.heads_kv);
-  const int64_t m0 = int64_t(blockIdx.x) * BM;
-  const int rows_valid = int(min64(BM, p.seqlen_q - m0));
+  const int nsplit = kSeqs && p.num_splits > 1 ? p.num_splits : 1, split = kSeqs ? int(blockIdx.x) % nsplit : 0;
+  const int64_t m0 = int64_t(blockIdx.x / nsplit) * BM;
+  Seq seq{b, 0, p.seqlen_q, b, 0, p.seqlen_k, p.align_offset};
+  if constexpr (kSeqs) {
+    seq = sequence(p, sa, b);
+    if (m0 >= seq.seqlen_q) return;  // past this sequence's rows: the whole block leaves
+  }
+  const int rows_valid = int(min64(BM, seq.seqlen_q - m0));
   const sptr<T> sQ = dynamic_smem<T>(), sK = sQ + Tr::kSmemQ, sV = sK + Tr::kSmemKV;
   const int wrow = warp * Tr::kWarpRows;  // this warp's first row in the block
 
@@ -70,25 +86,52 @@ __global__ void __launch_bounds__(Tr::kThreads)
 
   // Key tiles [j_lo, j_hi] hold every key some row of the block sees; the rows' key ranges are
   // monotone in the row (mask.h), so [f_lo, f_hi) are the tiles every row sees whole.
-  const KeyRange first = visible_keys(m0, p), last = visible_keys(m0 + rows_valid - 1, p);
-  if (first.lo <= last.hi) {
-    const int j_lo = int(first.lo / BN), j_hi = int(last.hi / BN);
-    const int f_lo = int((last.lo + BN - 1) / BN);
-    const int f_hi = f_lo > j_hi ? f_lo : (first.hi + 1) / BN < f_lo ? f_lo : int((first.hi + 1) / BN);
+  // With splits, this block takes the split-th share [s_lo, s_hi] of [j_lo, j_hi] (and the whole
+  // tiles among them).
+  auto keys_of = [&](int64_t row) {  // the mask of this sequence (its lengths, its align offset)
+    return visible_keys(row, seq.seqlen_k, seq.align_offset, p.window_left, p.window_right);
+  };
+  const KeyRange first = keys_of(m0), last = keys_of(m0 + rows_valid - 1);
+  int j_lo = int(first.lo / BN), j_hi = int(last.hi / BN);
+  int f_lo = int((last.lo + BN - 1) / BN);
+  int f_hi = f_lo > j_hi ? f_lo : (first.hi + 1) / BN < f_lo ? f_lo : int((first.hi + 1) / BN);
+  if constexpr (kSeqs) {  // this split's share of the tiles (the dense kernel has one split)
+    const int share = (j_hi - j_lo + nsplit) / nsplit, all_hi = j_hi;
+    j_lo += split * share;
+    j_hi = all_hi < j_lo + share - 1 ? all_hi : j_lo + share - 1;
+    auto clip = [&](int x) { return x < j_lo ? j_lo : x > j_hi + 1 ? j_hi + 1 : x; };
+    f_lo = clip(f_lo);
+    f_hi = f_lo > j_hi ? f_lo : clip(f_hi < f_lo ? f_lo : f_hi);
+  }
+  if (first.lo <= last.hi && j_lo <= j_hi) {
     const int n_above = j_hi + 1 - f_hi, n_masked = n_above + f_lo - j_lo;
     // Masked tiles: those above the whole ones (the causal diagonal, the end of the keys) from the
     // top down, then those below them (a left window edge).
     auto masked_tile = [&](int i) { return i < n_above ? j_hi - i : j_lo + (i - n_above); };
 
-    const gptr<const T> kb = k + (b * p.k_batch_stride + hk * p.k_head_stride);
-    const gptr<const T> vb = v + (b * p.v_batch_stride + hk * p.v_head_stride);
+    const gptr<const T> kh = k + hk * p.k_head_stride, vh = v + hk * p.v_head_stride;
+    const gptr<const T> kb = kh + (seq.kv_batch * p.k_batch_stride + seq.k_row0 * p.k_row_stride);
+    const gptr<const T> vb = vh + (seq.kv_batch * p.v_batch_stride + seq.k_row0 * p.v_row_stride);
     const int64_t k_step = int64_t(BN) * p.k_row_stride, v_step = int64_t(BN) * p.v_row_stride;  // one tile
-    auto keys_in = [&](int j) { return int(min64(BN, p.seqlen_k - int64_t(j) * BN)); };
+    auto keys_in = [&](int j) { return int(min64(BN, seq.seqlen_k - int64_t(j) * BN)); };
+    // Key tile j of K or V (its rows from `tile`) into shared memory; paged caches row by row
+    // through the block table.
+    auto copy_kv = [&](auto masked_tag, sptr<T> dst, gptr<const T> tile, gptr<const T> head, int64_t batch_stride,
+                       int64_t row_stride, int j) {
+      if constexpr (kSeqs)
+        if (p.block_table != nullptr) {
+          auto row = [&](int r) { return head + key_offset(p, sa, b, seq, int64_t(j) * BN + r, batch_stride, row_stride); };
+          copy_rows_async<KVMap, LD>(dst, row, head, keys_in(j));
+          return;
+        }
+      copy_tile_async<KVMap, LD, decltype(masked_tag)::value>(dst, tile, row_stride, keys_in(j));
+    };
 
     const int j0 = n_masked > 0 ? masked_tile(0) : f_lo;
-    copy_tile_async<QMap, LD, true>(sQ, q + (b * p.q_batch_stride + h * p.q_head_stride + m0 * p.q_row_stride),
-                                    p.q_row_stride, rows_valid);
-    copy_tile_async<KVMap, LD, true>(sK, kb + j0 * k_step, p.k_row_stride, keys_in(j0));
+    copy_tile_async<QMap, LD, true>(
+        sQ, q + (seq.q_batch * p.q_batch_stride + (seq.q_row0 + m0) * p.q_row_stride + h * p.q_head_stride),
+        p.q_row_stride, rows_valid);
+    copy_kv(std::true_type{}, sK, kb + j0 * k_step, kh, p.k_batch_stride, p.k_row_stride, j0);
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
@@ -121,7 +164,12 @@ __global__ void __launch_bounds__(Tr::kThreads)
       constexpr bool kMasked = decltype(masked_tag)::value;
       cp_async_wait<0>();  // K_j has landed ...
       __syncthreads();     // ... for every thread, and every warp is done with V_{j-1}
-      copy_tile_async<KVMap, LD, kMasked>(sV, vt, p.v_row_stride, keys_in(j));
+      // (The dense kernel calls copy_tile_async here itself: through copy_kv, ptxas spilled 28
+      // bytes at D = 64 on sm_80, at 255 registers either way.)
+      if constexpr (kSeqs)
+        copy_kv(masked_tag, sV, vt, vh, p.v_batch_stride, p.v_row_stride, j);
+      else
+        copy_tile_async<KVMap, LD, kMasked>(sV, vt, p.v_row_stride, keys_in(j));
       cp_async_commit();
 
       float s[MT][NS][4];
@@ -162,8 +210,8 @@ __global__ void __launch_bounds__(Tr::kThreads)
         const int64_t d = int64_t(j) * BN - m0;
         auto clamp_far = [](int64_t x) { return int(x < -(1 << 30) ? -(1 << 30) : x > (1 << 30) ? 1 << 30 : x); };
         const int lane_diag = 2 * t - g - wrow;
-        const int lo = (p.window_left >= kNoWindow ? -(1 << 30) : clamp_far(p.align_offset - p.window_left - d)) - lane_diag;
-        const int hi = (p.window_right >= kNoWindow ? 1 << 30 : clamp_far(p.align_offset + p.window_right - d)) - lane_diag;
+        const int lo = (p.window_left >= kNoWindow ? -(1 << 30) : clamp_far(seq.align_offset - p.window_left - d)) - lane_diag;
+        const int hi = (p.window_right >= kNoWindow ? 1 << 30 : clamp_far(seq.align_offset + p.window_right - d)) - lane_diag;
         const int end = keys_in(j) - 2 * t;
 #pragma unroll
         for (int mi = 0; mi < MT; ++mi)
@@ -199,7 +247,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
 
       cp_async_wait<0>();  // V_j has landed ...
       __syncthreads();     // ... for every thread, and every warp is done with K_j
-      if (prefetch) copy_tile_async<KVMap, LD, kMasked>(sK, kt, p.k_row_stride, keys_in(next));
+      if (prefetch) copy_kv(masked_tag, sK, kt, kh, p.k_batch_stride, p.k_row_stride, next);
       cp_async_commit();
 
 #pragma unroll
@@ -247,6 +295,24 @@ __global__ void __launch_bounds__(Tr::kThreads)
     }
   }
 
+  if (kSeqs && nsplit > 1) {  // a partial row: normalised O and its log2-domain lse, for the combine kernel
+#pragma unroll
+    for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+      for (int hh = 0; hh < 2; ++hh) {
+        const float sum = quad_sum(row_sum[mi][hh]), inv = inv_sum(sum);
+        const int r = wrow + mi * 16 + g + 8 * hh;
+        if (r >= rows_valid) continue;
+        const gptr<float> part = split_out + split_row(p, split, b, h, m0 + r);
+#pragma unroll
+        for (int nt = 0; nt < NO; ++nt) {
+          part[nt * 8 + 2 * t] = acc_o[mi][nt][2 * hh] * inv;
+          part[nt * 8 + 2 * t + 1] = acc_o[mi][nt][2 * hh + 1] * inv;
+        }
+        if (t == 0) part[p.head_dim] = lse2_of(m2[mi][hh], sum);
+      }
+    return;
+  }
   // Epilogue: finish each row (quad-reduced sum), stage O in the Q tile, write lse; then 16-byte
   // stores of the valid rows.
   __syncthreads();  // every warp is done with sQ
@@ -262,11 +328,27 @@ __global__ void __launch_bounds__(Tr::kThreads)
         ptr_cast<uint32_t>(sQ + r * LD + nt * 8 + 2 * t)[0] =
             pack2<T>(acc_o[mi][nt][2 * hh] * inv, acc_o[mi][nt][2 * hh + 1] * inv);
       if (t == 0 && r < rows_valid)
-        lse[b * p.lse_batch_stride + h * p.lse_head_stride + m0 + r] = finish_lse(m2[mi][hh], sum);
+        lse[seq.q_batch * p.lse_batch_stride + h * p.lse_head_stride + seq.q_row0 + m0 + r] = finish_lse(m2[mi][hh], sum);
     }
   __syncthreads();
-  store_tile<QMap, LD>(o + (b * p.o_batch_stride + m0 * p.o_row_stride + h * p.o_head_stride), sQ, p.o_row_stride,
-                       rows_valid);
+  store_tile<QMap, LD>(o + (seq.q_batch * p.o_batch_stride + (seq.q_row0 + m0) * p.o_row_stride + h * p.o_head_stride),
+                       sQ, p.o_row_stride, rows_valid);
+}
+
+template <class Tr>
+__global__ void __launch_bounds__(Tr::kThreads)
+    flash_fwd_kernel(FwdParams p, ScoreScale sc, gptr<const typename Tr::Element> q, gptr<const typename Tr::Element> k,
+                     gptr<const typename Tr::Element> v, gptr<typename Tr::Element> o, gptr<float> lse) {
+  fwd_block<Tr, false>(p, sc, q, k, v, o, lse, SeqArrays<gptr<const int32_t>>{}, gptr<float>{});
+}
+
+template <class Tr>
+__global__ void __launch_bounds__(Tr::kThreads)
+    flash_fwd_seqs_kernel(FwdParams p, ScoreScale sc, gptr<const typename Tr::Element> q,
+                          gptr<const typename Tr::Element> k, gptr<const typename Tr::Element> v,
+                          gptr<typename Tr::Element> o, gptr<float> lse, SeqArrays<gptr<const int32_t>> sa,
+                          gptr<float> split_out) {
+  fwd_block<Tr, true>(p, sc, q, k, v, o, lse, sa, split_out);
 }
 
 }  // namespace fae::cuda

@@ -9,24 +9,66 @@
 
 namespace fae::cuda {
 
-// The forward with the tile configuration Tr (a FwdConfig).
+// The int32 sequence arrays of p as checked global pointers (empty where unused).
+inline SeqArrays<gptr<const int32_t>> seq_buffers(const FwdParams& p) {
+  const std::size_t n = std::size_t(p.batch);
+  auto buf = [](const int32_t* a, std::size_t count) { return gbuf(a, a ? count : 0); };
+  return {buf(p.cu_seqlens_q, n + 1), buf(p.cu_seqlens_k, n + 1), buf(p.seqused_k, n),
+          buf(p.leftpad_k, n), buf(p.kv_batch_idx, n), buf(p.block_table, n * std::size_t(p.block_table_stride))};
+}
+
+// True when p uses any sequence array or splits (flash_fwd_seqs_kernel).
+inline bool uses_seqs(const FwdParams& p) {
+  return p.cu_seqlens_q || p.cu_seqlens_k || p.seqused_k || p.leftpad_k || p.kv_batch_idx || p.block_table ||
+         p.num_splits > 1;
+}
+
+// The tiles of flash_fwd_seqs_kernel: warps of 16 rows (MTiles = 1), Q in shared memory and, past
+// D = 128, narrower key tiles, so that the sequence offsets and paged addressing fit in registers
+// without a spill at every head dim (ptxas -v, sm_80 and sm_90: D = 256 with 32 keys spilled 8
+// bytes); a short (decoding) query tile wastes half as many rows.
+template <class Tr>
+using SeqsConfig = FwdConfig<typename Tr::Element, Tr::kHeadDim, Tr::kWarps, 1,
+                             (Tr::kHeadDim >= 256 ? 16 : Tr::kHeadDim > 128 ? 32 : Tr::kBlockN), false>;
+
+// The forward with the tile configuration Tr (a FwdConfig), or with SeqsConfig<Tr> for variable
+// lengths, KV caches and splits; with num_splits > 1 the split blocks write the workspace and the
+// combine kernel finishes out and lse.
 template <class Tr>
 void launch_forward(const FwdParams& p, Stream stream) {
   using T = typename Tr::Element;
-  const dim3 grid(unsigned((p.seqlen_q + Tr::kBlockM - 1) / Tr::kBlockM), unsigned(p.heads_q), unsigned(p.batch));
+  using Ts = SeqsConfig<Tr>;
+  const bool seqs = uses_seqs(p);
+  const int nsplit = p.num_splits > 1 ? p.num_splits : 1, bm = seqs ? Ts::kBlockM : Tr::kBlockM;
+  const int64_t m_blocks = (p.seqlen_q + bm - 1) / bm;
+  const dim3 grid(unsigned(m_blocks * nsplit), unsigned(p.heads_q), unsigned(p.batch));
   const int64_t d = p.head_dim;
-  launch("flash_fwd", flash_fwd_kernel<Tr>, LaunchConfig{grid, dim3(Tr::kThreads), Tr::kSmemBytes, stream}, p,
-         ScoreScale::of(p.scale_log2),
-         gbuf(static_cast<const T*>(p.q),
-              extent(p.q_batch_stride, p.q_row_stride, p.q_head_stride, p.batch, p.seqlen_q, p.heads_q, d)),
-         gbuf(static_cast<const T*>(p.k),
-              extent(p.k_batch_stride, p.k_row_stride, p.k_head_stride, p.batch, p.seqlen_k, p.heads_kv, d)),
-         gbuf(static_cast<const T*>(p.v),
-              extent(p.v_batch_stride, p.v_row_stride, p.v_head_stride, p.batch, p.seqlen_k, p.heads_kv, d)),
-         gbuf(static_cast<T*>(p.out),
-              extent(p.o_batch_stride, p.o_row_stride, p.o_head_stride, p.batch, p.seqlen_q, p.heads_q, d)),
-         gbuf(static_cast<float*>(p.lse),
-              std::size_t((p.batch - 1) * p.lse_batch_stride + (p.heads_q - 1) * p.lse_head_stride + p.seqlen_q)));
+  // The arrays' own (batch, rows): packed rows, cache slots, pages (FwdParams::q_array_batch ...).
+  const int64_t qb = p.q_array_batch ? p.q_array_batch : p.batch, qr = p.q_array_rows ? p.q_array_rows : p.seqlen_q;
+  const int64_t kb = p.kv_array_batch ? p.kv_array_batch : p.batch, kr = p.kv_array_rows ? p.kv_array_rows : p.seqlen_k;
+  const auto q = gbuf(static_cast<const T*>(p.q), extent(p.q_batch_stride, p.q_row_stride, p.q_head_stride, qb, qr,
+                                                         p.heads_q, d));
+  const auto k = gbuf(static_cast<const T*>(p.k), extent(p.k_batch_stride, p.k_row_stride, p.k_head_stride, kb, kr,
+                                                         p.heads_kv, d));
+  const auto v = gbuf(static_cast<const T*>(p.v), extent(p.v_batch_stride, p.v_row_stride, p.v_head_stride, kb, kr,
+                                                         p.heads_kv, d));
+  const gptr<T> o = gbuf(static_cast<T*>(p.out), extent(p.o_batch_stride, p.o_row_stride, p.o_head_stride, qb, qr,
+                                                        p.heads_q, d));
+  const gptr<float> lse = gbuf(static_cast<float*>(p.lse), std::size_t((qb - 1) * p.lse_batch_stride +
+                                                                       (p.heads_q - 1) * p.lse_head_stride + qr));
+  const ScoreScale sc = ScoreScale::of(p.scale_log2);
+  if (!seqs) {
+    launch("flash_fwd", flash_fwd_kernel<Tr>, LaunchConfig{grid, dim3(Tr::kThreads), Tr::kSmemBytes, stream}, p, sc,
+           q, k, v, o, lse);
+    return;
+  }
+  const std::size_t parts = nsplit > 1 ? std::size_t(split_row(p, nsplit, 0, 0, 0)) : 0;
+  launch("flash_fwd_seqs", flash_fwd_seqs_kernel<Ts>, LaunchConfig{grid, dim3(Ts::kThreads), Ts::kSmemBytes, stream},
+         p, sc, q, k, v, o, lse, seq_buffers(p), gbuf(p.split_workspace, parts));
+  if (nsplit == 1) return;
+  const dim3 cgrid(unsigned((p.seqlen_q + kCombineRows - 1) / kCombineRows), unsigned(p.heads_q), unsigned(p.batch));
+  launch("flash_fwd_combine", flash_fwd_combine_kernel<T>, LaunchConfig{cgrid, dim3(kCombineThreads), 0, stream}, p,
+         gbuf(static_cast<const float*>(p.split_workspace), parts), o, lse, seq_buffers(p));
 }
 
 template <class T, int HeadDim>
