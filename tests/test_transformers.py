@@ -327,7 +327,7 @@ def test_masks_neither_band_nor_packing_fall_back_with_a_warning(gen):
 
 @pytest.mark.skipif(_dispatch._emu_module() is None, reason="this build has no emulator")
 def test_packed_sequences_off_the_cpu_fall_back_with_a_warning(gen, monkeypatch):
-    """The variable-length kernels run on the CPU only: on another backend (the emulated CUDA
+    """The variable-length backward runs on the CPU only: on another backend (the emulated CUDA
     kernels here, for float16; CUDA tensors alike) packed sequences go to transformers' sdpa,
     after a warning naming the reason."""
     eager, ours = pair("llama", gen)
