@@ -54,14 +54,6 @@ struct Traits {
   static_assert(sizeof(T) == 2 && HeadDim % 32 == 0 && HeadDim <= 256, "16-bit elements, head dim 32..256");
 };
 
-__device__ __forceinline__ float quad_max(float x) {
-  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-}
-__device__ __forceinline__ float quad_sum(float x) {
-  x += __shfl_xor_sync(0xffffffffu, x, 1);
-  return x + __shfl_xor_sync(0xffffffffu, x, 2);
-}
 __device__ __forceinline__ float warp_sum(float x) {
   for (int m = 16; m > 0; m /= 2) x += __shfl_xor_sync(0xffffffffu, x, m);
   return x;
