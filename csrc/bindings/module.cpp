@@ -68,10 +68,23 @@ PYBIND11_MODULE(_C, m) {
   m.def("get_num_threads", &fae::cpu::default_num_threads);
   m.def("available_isas", &fae::cpu::available_isas,
         "CPU instruction sets compiled in and supported here (values of FLASHATTN_EXT_CPU_ISA).");
-  m.def("fma_peak_gflops", [](int threads) {
-          py::gil_scoped_release release;
-          return fae::cpu::fma_peak_gflops(threads);
-        }, py::arg("threads") = 0, "Float32 FMA peak of the active CPU kernels (register loop).");
+  m.def("peak_probes", [](int threads) {
+          fae::cpu::PeakProbes r;
+          {
+            py::gil_scoped_release release;
+            r = fae::cpu::peak_probes(threads);
+          }
+          py::dict d;
+          d["threads"] = r.threads;
+          d["fma_gflops"] = r.fma_gflops;
+          d["bf16_dot_gflops"] = r.bf16_dot_gflops > 0 ? py::cast(r.bf16_dot_gflops) : py::none();
+          d["bf16_dot_native"] = r.bf16_dot_native;
+          d["bandwidth_gbs"] = r.bandwidth_gbs;
+          d["bandwidth_bytes"] = r.bandwidth_bytes;
+          return d;
+        }, py::arg("threads") = 0,
+        "Peaks of the active CPU kernels on `threads` threads (0 = default): float32 FMA and bfloat16 "
+        "dot-product GFLOP/s of register loops, streaming-read GB/s of a 256 MiB buffer.");
 
   m.def("build_info", [] {
     py::dict info;

@@ -1,5 +1,6 @@
 // CPU backend entry points. Arguments are validated by the Python API before they get here.
 #pragma once
+#include <cstdint>
 #include <string>
 #include <vector>
 #include "common/params.h"
@@ -22,8 +23,17 @@ std::string active_isa();
 // Instruction sets compiled in and supported by this CPU, worst first.
 std::vector<std::string> available_isas();
 
-// Float32 FMA throughput (GFLOP/s) of the active instruction set on `threads` threads (0 = the
-// default count), from a register loop: the peak the benchmark reports fractions of.
-double fma_peak_gflops(int threads);
+// Measured peaks of the active instruction set on `threads` threads at once (cpu/peaks.h): the
+// references the benchmarks report fractions of.
+struct PeakProbes {
+  int threads = 0;
+  double fma_gflops = 0;        // float32 FMA, register loop
+  double bf16_dot_gflops = 0;   // bfloat16 dot product (dot2), register loop; 0: the ISA has none
+  bool bf16_dot_native = false; // false with a dot product: the AVX2 emulation (avx512bf16-emu)
+  double bandwidth_gbs = 0;     // streaming read of bandwidth_bytes, vector loads summed
+  int64_t bandwidth_bytes = 0;
+  float checksum = 0;           // depends on every loop, so that none is optimised away
+};
+PeakProbes peak_probes(int threads);  // threads <= 0: the default count
 
 }  // namespace fae::cpu
