@@ -1,7 +1,8 @@
 """python -m flashattn_ext: the library's main job, in three parts:
 
   report      what this build contains (version, compiler, CPU instruction sets, CUDA backend
-              and architectures, emulator, threads);
+              and architectures, emulator, threads, CPU tiles) and the CPU's measured peaks
+              (flashattn_ext.cpu_peaks, about a second);
   self-check  a few attention calls against a naive float64 reference (exit status 1 if one
               exceeds its tolerance);
   benchmark   forward and forward+backward against torch's own scaled_dot_product_attention
@@ -226,6 +227,12 @@ def main(argv: List[str] | None = None) -> int:
     for key, value in info.items():
         if key != "version":
             print(f"  {key}: {value}")
+    peaks = fa.cpu_peaks()
+    dot = peaks["bf16_dot_gflops"]
+    dot_text = ("not available" if dot is None else
+                f"{dot:.0f} GFLOP/s{'' if peaks['bf16_dot_native'] else ' (emulated on AVX2)'}")
+    print(f"  CPU peaks on {peaks['threads']} threads: float32 FMA {peaks['fma_gflops']:.0f} GFLOP/s, "
+          f"bfloat16 dot product {dot_text}, memory read {peaks['bandwidth_gbs']:.1f} GB/s")
     ok = self_check()
     reason = gpu_reason()
     if reason is None:
