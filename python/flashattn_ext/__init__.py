@@ -21,6 +21,7 @@ from ._C import build_info as _build_info
 from ._C import get_num_threads, set_num_threads
 from ._dispatch import set_deterministic
 from .cpu import cpu_peaks
+from ._tiles import load_tuned_tiles as _load_tuned_tiles
 from .functional import attention, flash_attn_func, scaled_dot_product_attention
 from .interpret import attention_weights, hard_attention, topk_attention
 from .kvcache import flash_attn_with_kvcache
@@ -32,7 +33,8 @@ from .varlen import (flash_attn_kvpacked_func, flash_attn_qkvpacked_func,
 def build_info() -> dict:
     """What this build contains: version, compiler, CPU instruction set in use and the ones this
     machine can run (values of FLASHATTN_EXT_CPU_ISA), CUDA backend and architectures, whether the
-    emulator module is present, default thread count."""
+    emulator module is present, default thread count, and the CPU tiles in use (``cpu_tiles``:
+    ``built-in`` or the tuned table's file, see ``python -m flashattn_ext tune``)."""
     info = dict(_build_info())
     info["cpu_isas"] = list(_available_isas())
     try:
@@ -42,6 +44,8 @@ def build_info() -> dict:
         info["emulator"] = False
     return info
 
+
+_load_tuned_tiles()
 
 _LAZY_SUBMODULES = ("distributed", "inspect", "integrations", "nn")
 

@@ -9,6 +9,10 @@
               (needs torch), one progress line per case; --csv writes the rows, --png plots
               them (the plot needs matplotlib, which is optional).
 
+python -m flashattn_ext tune: times the CPU kernels' tile candidates on this machine (about a
+minute) and stores the fastest in the user's cache directory, where the kernels find them (see
+flashattn_ext._tiles for the file and the environment variables).
+
 With a CUDA GPU and a build with the CUDA kernels, the self-check also compares the GPU kernels
 with torch's SDPA on the GPU (forward and gradients, against SDPA in float64), and the benchmark
 runs there as well; without one, the output says why those parts are skipped.
@@ -212,6 +216,7 @@ def write_png(rows: List[Dict[str, object]], path: str) -> None:
 def main(argv: List[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flashattn_ext", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", nargs="?", choices=["tune"], help="tune: time the CPU tile candidates")
     parser.add_argument("--no-bench", action="store_true", help="report and self-check only")
     parser.add_argument("--reps", type=int, default=5, help="benchmark repetitions (median)")
     parser.add_argument("--seqlen", type=int, default=1024, help="benchmark sequence length")
@@ -222,6 +227,12 @@ def main(argv: List[str] | None = None) -> int:
     for name in ("reps", "seqlen"):
         if getattr(args, name) < 1:
             parser.error(f"--{name}: expected a positive int, got {getattr(args, name)}")
+    if args.command == "tune":
+        from ._tiles import tune
+        print(f"tuning CPU tiles ({fa.build_info()['cpu_isa']}, {fa.get_num_threads()} threads), GFLOP/s "
+              "per candidate bq x bk, * = fastest:")
+        print(f"tuned tiles written to {tune()} and in use")
+        return 0
     info = fa.build_info()
     print(f"flashattn_ext {info['version']}")
     for key, value in info.items():
