@@ -7,7 +7,8 @@ decode: a batch of requests with mixed cache lengths, one new query each (Sq = 1
     torch: SDPA (default CPU dispatch) on the cache padded to the longest request, with a
            boolean key mask.
     GB/s of KV actually needed (sum of the cache lengths x Hkv x D x 2 x itemsize) per second,
-    also against a memory-bandwidth probe (torch sum over a 512 MiB buffer, same threads).
+    also against the memory-bandwidth probe (flashattn_ext.cpu_peaks: a streaming read of a
+    256 MiB buffer, same threads).
 varlen: a training step (forward + backward) on sequences of mixed lengths, causal.
     ours:  flash_attn_varlen_func on the packed batch;
     ours padded, torch padded: flash_attn_func / SDPA (flash kernel forced) on the batch padded
@@ -49,13 +50,6 @@ def medians(fns: dict, min_time: float) -> dict:
         for name, fn in fns.items():
             times[name].append(timed(fn))
     return {name: statistics.median(t) for name, t in times.items()}
-
-
-def bandwidth_probe(min_time: float) -> float:
-    """GB/s of a full read of a 512 MiB float32 buffer (torch sum)."""
-    x = torch.ones(128 << 20)
-    t = medians({"sum": lambda: x.sum()}, min_time)["sum"]
-    return x.numel() * 4 / t / 1e9
 
 
 def decode(args, dtype: torch.dtype, gen: torch.Generator) -> list:
@@ -137,7 +131,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     fa.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
-    probe = bandwidth_probe(args.min_time)
+    probe = fa.cpu_peaks(args.threads)["bandwidth_gbs"]
     print(f"flashattn_ext {fa.__version__}, ISA {fa.build_info()['cpu_isa']}, torch {torch.__version__}, "
           f"{args.threads} threads, memory-bandwidth probe {probe:.1f} GB/s")
     header = f"{'case':<40}{'impl':<14}{'ms':>9}{'rate':>9}{'unit':>9}{'vs first':>10}{'%probe':>8}"

@@ -68,10 +68,52 @@ PYBIND11_MODULE(_C, m) {
   m.def("get_num_threads", &fae::cpu::default_num_threads);
   m.def("available_isas", &fae::cpu::available_isas,
         "CPU instruction sets compiled in and supported here (values of FLASHATTN_EXT_CPU_ISA).");
-  m.def("fma_peak_gflops", [](int threads) {
-          py::gil_scoped_release release;
-          return fae::cpu::fma_peak_gflops(threads);
-        }, py::arg("threads") = 0, "Float32 FMA peak of the active CPU kernels (register loop).");
+  m.def("peak_probes", [](int threads) {
+          fae::cpu::PeakProbes r;
+          {
+            py::gil_scoped_release release;
+            r = fae::cpu::peak_probes(threads);
+          }
+          py::dict d;
+          d["threads"] = r.threads;
+          d["fma_gflops"] = r.fma_gflops;
+          d["bf16_dot_gflops"] = r.bf16_dot_gflops > 0 ? py::cast(r.bf16_dot_gflops) : py::none();
+          d["bf16_dot_native"] = r.bf16_dot_native;
+          d["bandwidth_gbs"] = r.bandwidth_gbs;
+          d["bandwidth_bytes"] = r.bandwidth_bytes;
+          return d;
+        }, py::arg("threads") = 0,
+        "Peaks of the active CPU kernels on `threads` threads (0 = default): float32 FMA and bfloat16 "
+        "dot-product GFLOP/s of register loops, streaming-read GB/s of a 256 MiB buffer.");
+
+  m.def("cpu_tile_candidates", [] {
+          py::dict d;
+          for (const bool bwd : {false, true}) {
+            py::list l;
+            for (const auto& c : bwd ? fae::cpu::kBwdTileCandidates : fae::cpu::kFwdTileCandidates)
+              l.append(py::make_tuple(c.bq, c.bk));
+            d[bwd ? "bwd" : "fwd"] = l;
+          }
+          return d;
+        }, "Tile shapes (bq, bk) the CPU kernels can run with, per direction; the first is built in.");
+  m.def("set_cpu_tiles", [](const std::string& isa, const py::list& entries, const std::string& source) {
+          std::vector<fae::cpu::TunedTile> tiles;
+          for (const auto& e : entries) {
+            const auto d = e.cast<py::dict>();
+            const auto dtype = d["dtype"].cast<std::string>(), dir = d["direction"].cast<std::string>();
+            if (dir != "fwd" && dir != "bwd") throw std::invalid_argument("direction must be 'fwd' or 'bwd', got '" + dir + "'");
+            fae::DType dt;
+            if (dtype == "float32") dt = fae::DType::f32;
+            else if (dtype == "float16") dt = fae::DType::f16;
+            else if (dtype == "bfloat16") dt = fae::DType::bf16;
+            else throw std::invalid_argument("dtype must be float32, float16 or bfloat16, got '" + dtype + "'");
+            tiles.push_back({dt, d["head_dim"].cast<int64_t>(), dir == "bwd",
+                             {d["bq"].cast<int64_t>(), d["bk"].cast<int64_t>()}});
+          }
+          fae::cpu::set_tuned_tiles(isa, tiles, source);
+        }, py::arg("isa"), py::arg("entries"), py::arg("source"),
+        "Tuned CPU tiles of instruction set `isa`: dicts of dtype, head_dim, direction ('fwd' / 'bwd'), bq, "
+        "bk (a candidate); an empty list restores the built-in tiles. `source` is what build_info reports.");
 
   m.def("build_info", [] {
     py::dict info;
@@ -84,6 +126,7 @@ PYBIND11_MODULE(_C, m) {
     info["compiler"] = "unknown";
 #endif
     info["cpu_isa"] = fae::cpu::active_isa();
+    info["cpu_tiles"] = fae::cpu::tuned_tiles_source(fae::cpu::active_isa());
     info["cuda_built"] = bool(FAE_WITH_CUDA);
     info["cuda_archs"] = std::string(FAE_CUDA_ARCHS);
     info["num_threads"] = fae::cpu::default_num_threads();

@@ -47,8 +47,8 @@ struct Backward {
   float* lse2 = nullptr;    // (b, hq, row): lse2_for_backward(lse)
 
   explicit Backward(const BwdParams& prm)
-      : bp(prm), p(prm.fwd), D(p.head_dim), group(p.heads_q / p.heads_kv), bq(tile_sizes(p.head_dim).bwd_bq),
-        bk(tile_sizes(p.head_dim).bwd_bk), ldp(round_up(bk, W)), Sq(p.seqlen_q),
+      : bp(prm), p(prm.fwd), D(p.head_dim), group(p.heads_q / p.heads_kv), bq(tile_sizes(p.dtype, p.head_dim).bwd_bq),
+        bk(tile_sizes(p.dtype, p.head_dim).bwd_bk), ldp(round_up(bk, W)), Sq(p.seqlen_q),
         qtiles(p.batch, [&](int64_t b) { return p.heads_q * ceil_div(sequence(p, b).seqlen_q, bq); }) {
     const int64_t heads = p.batch * p.heads_kv, key_tiles = ceil_div(p.seqlen_k, bk);
     nchunks = heads >= kMinTasks ? 1 : std::max<int64_t>(1, std::min(ceil_div(kMinTasks, heads), key_tiles));

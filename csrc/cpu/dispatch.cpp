@@ -17,7 +17,7 @@ struct Isa {
   bool (*supported)();
   void (*forward)(const FwdParams&);
   void (*backward)(const BwdParams&);
-  double (*fma_peak_gflops)(int);
+  PeakProbes (*peak_probes)(int);
   bool automatic = true;  // false: only when named by FLASHATTN_EXT_CPU_ISA (test paths)
 };
 
@@ -35,16 +35,16 @@ bool always() { return true; }
 
 // In order of preference, worst first.
 const Isa kIsas[] = {
-    {"scalar", always, scalar::forward, scalar::backward, scalar::fma_peak_gflops},
+    {"scalar", always, scalar::forward, scalar::backward, scalar::peak_probes},
 #if defined(__x86_64__) || defined(__i386__)
-    {"avx2", has_avx2, avx2::forward, avx2::backward, avx2::fma_peak_gflops},
-    {"avx512", has_avx512, avx512::forward, avx512::backward, avx512::fma_peak_gflops},
-    {"avx512bf16", has_avx512bf16, avx512bf16::forward, avx512bf16::backward, avx512bf16::fma_peak_gflops},
+    {"avx2", has_avx2, avx2::forward, avx2::backward, avx2::peak_probes},
+    {"avx512", has_avx512, avx512::forward, avx512::backward, avx512::peak_probes},
+    {"avx512bf16", has_avx512bf16, avx512bf16::forward, avx512bf16::backward, avx512bf16::peak_probes},
     // The bfloat16 dot-product kernels of avx512bf16 with the dot product emulated on AVX2.
     {"avx512bf16-emu", has_avx2, avx512bf16_emu::forward, avx512bf16_emu::backward,
-     avx512bf16_emu::fma_peak_gflops, false},
+     avx512bf16_emu::peak_probes, false},
 #elif defined(__aarch64__)
-    {"neon", always, neon::forward, neon::backward, neon::fma_peak_gflops},
+    {"neon", always, neon::forward, neon::backward, neon::peak_probes},
 #endif
 };
 
@@ -92,8 +92,8 @@ std::vector<std::string> available_isas() {
 
 std::string active_isa() { return select().name; }
 
-double fma_peak_gflops(int threads) {
-  return select().fma_peak_gflops(threads > 0 ? threads : default_num_threads());
+PeakProbes peak_probes(int threads) {
+  return select().peak_probes(threads > 0 ? threads : default_num_threads());
 }
 
 void attention_forward(const FwdParams& p) {

@@ -58,7 +58,7 @@ struct Weights {
 
   explicit Weights(const WeightsParams& prm) : w(prm), p(prm.fwd) {
     D = p.head_dim;
-    bk = tile_sizes(D).fwd_bk;
+    bk = tile_sizes(p.dtype, D).fwd_bk;
     rtiles = ceil_div(w.num_rows, kInterpRows);
   }
 
@@ -161,7 +161,7 @@ struct TopK {
 
   explicit TopK(const TopkParams& prm) : tp(prm), p(prm.fwd) {
     D = p.head_dim;
-    bk = tile_sizes(D).fwd_bk;
+    bk = tile_sizes(p.dtype, D).fwd_bk;
     ktop = tp.k_top;
     rtiles = ceil_div(p.seqlen_q, kInterpRows);
   }

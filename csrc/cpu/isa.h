@@ -2,6 +2,7 @@
 // float64 path (float64.cpp). dispatch.cpp picks one per call.
 #pragma once
 #include "common/params.h"
+#include "cpu/backend.h"
 
 namespace fae::cpu {
 
@@ -9,7 +10,7 @@ namespace fae::cpu {
   namespace ns {                          \
   void forward(const FwdParams& p);       \
   void backward(const BwdParams& p);      \
-  double fma_peak_gflops(int threads);    \
+  PeakProbes peak_probes(int threads);    \
   }
 FAE_CPU_DECLARE_ENTRY_POINTS(scalar)
 FAE_CPU_DECLARE_ENTRY_POINTS(avx2)

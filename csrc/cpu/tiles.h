@@ -6,6 +6,7 @@
 #include <type_traits>
 
 #include "common/online_softmax.h"
+#include "cpu/backend.h"
 #include "cpu/buffer.h"
 #include "cpu/vec.h"
 
@@ -28,10 +29,19 @@ constexpr int64_t ceil_div(int64_t x, int64_t m) { return (x + m - 1) / m; }
 //                           best / median of 9): D=64 75.4 / 69.8 GFLOP/s vs 71.7 / 68.2 (bq 32),
 //                           73.9 / 67.2 (48 x 48); D=128 74.8 / 66.8 vs 70.8 / 61.9 (bq 32).
 //                           bq = 8 x MR(6): the S, dP and dQ products have no narrow row block.
+// These are the first candidates of backend.h; a tuned table (python -m flashattn_ext tune) may
+// name another candidate per (instruction set, dtype, head-dim class, direction).
 struct TileSizes {
   int64_t fwd_bq, fwd_bk, bwd_bq, bwd_bk;
 };
-inline TileSizes tile_sizes(int64_t /*head_dim*/) { return {64, 128, 48, 64}; }
+#define FAE_CPU_STRING(x) FAE_CPU_STRING2(x)
+#define FAE_CPU_STRING2(x) #x
+inline TileSizes tile_sizes(DType dtype, int64_t head_dim) {
+  TileShape f = kFwdTileCandidates[0], b = kBwdTileCandidates[0];
+  tuned_tile(FAE_CPU_STRING(FAE_CPU_ISA), dtype, head_dim, false, f);
+  tuned_tile(FAE_CPU_STRING(FAE_CPU_ISA), dtype, head_dim, true, b);
+  return {f.bq, f.bk, b.bq, b.bk};
+}
 
 // Rows [0, n) x cols [0, d) of a strided storage-dtype matrix, as dense float rows of stride ld.
 template <class V, typename T>

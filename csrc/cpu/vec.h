@@ -18,7 +18,8 @@
 //   dot2(acc, a, b) = fma(a.even, b.even, fma(a.odd, b.odd, acc)), the order of the x86
 //   vdpbf16ps (which also treats subnormal inputs and results as zero; the emulation keeps them).
 //   Only vector types with kBf16Dot = true define these: VecAvx512 built with AVX512_BF16, and
-//   VecAvx2Bf16Emu, which runs the same kernels on AVX2 so that tests can execute them.
+//   VecAvx2Bf16Emu, which runs the same kernels on AVX2 so that tests can execute them
+//   (kBf16DotNative tells the two apart).
 // Micro-kernel shape: MR rows x NV vectors of accumulators (see the tile table in kernels.h).
 #pragma once
 #include <cmath>
@@ -142,7 +143,7 @@ struct VecAvx2 {
 // never chosen automatically (it is slower than avx2).
 struct VecAvx2Bf16Emu : VecAvx2 {
   static constexpr const char* name = "avx512bf16-emu";
-  static constexpr bool kBf16Dot = true;
+  static constexpr bool kBf16Dot = true, kBf16DotNative = false;
   static R pairs(R e, R o) {
     return _mm256_castsi256_ps(_mm256_or_si256(_mm256_srli_epi32(round_bf16(e), 16), round_bf16(o)));
   }
@@ -216,7 +217,7 @@ struct VecAvx512 {
     _mm256_mask_storeu_epi16(p, mask(n), pack(x, p));
   }
 #if defined(__AVX512BF16__)
-  static constexpr bool kBf16Dot = true;
+  static constexpr bool kBf16Dot = true, kBf16DotNative = true;
   static R dot2(R acc, R a, R b) { return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b); }
   static R pairs(R e, R o) {
     return _mm512_castsi512_ps(_mm512_or_si512(_mm512_srli_epi32(round_bf16(e), 16), round_bf16(o)));

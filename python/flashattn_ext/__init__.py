@@ -9,7 +9,8 @@ signature) with its variable-length, packed and KV-cache forms (:func:`flash_att
 the numpy-only install imports without torch: ``flashattn_ext.nn`` (``MultiHeadAttention``,
 ``replace_sdpa``; needs torch), ``flashattn_ext.integrations`` (Hugging Face transformers),
 ``flashattn_ext.distributed`` (ring and Ulysses attention on torch.distributed; needs torch) and
-``flashattn_ext.inspect`` (capture, plot, rollout)."""
+``flashattn_ext.inspect`` (capture, plot, rollout). :func:`cpu_peaks` measures the CPU's
+float32 FMA, bfloat16 dot-product and memory-bandwidth peaks."""
 
 import importlib as _importlib
 from types import ModuleType as _ModuleType
@@ -19,6 +20,8 @@ from ._C import available_isas as _available_isas
 from ._C import build_info as _build_info
 from ._C import get_num_threads, set_num_threads
 from ._dispatch import set_deterministic
+from .cpu import cpu_peaks
+from ._tiles import load_tuned_tiles as _load_tuned_tiles
 from .functional import attention, flash_attn_func, scaled_dot_product_attention
 from .interpret import attention_weights, hard_attention, topk_attention
 from .kvcache import flash_attn_with_kvcache
@@ -30,7 +33,8 @@ from .varlen import (flash_attn_kvpacked_func, flash_attn_qkvpacked_func,
 def build_info() -> dict:
     """What this build contains: version, compiler, CPU instruction set in use and the ones this
     machine can run (values of FLASHATTN_EXT_CPU_ISA), CUDA backend and architectures, whether the
-    emulator module is present, default thread count."""
+    emulator module is present, default thread count, and the CPU tiles in use (``cpu_tiles``:
+    ``built-in`` or the tuned table's file, see ``python -m flashattn_ext tune``)."""
     info = dict(_build_info())
     info["cpu_isas"] = list(_available_isas())
     try:
@@ -40,6 +44,8 @@ def build_info() -> dict:
         info["emulator"] = False
     return info
 
+
+_load_tuned_tiles()
 
 _LAZY_SUBMODULES = ("distributed", "inspect", "integrations", "nn")
 
@@ -61,6 +67,7 @@ __all__ = [
     "attention",
     "attention_weights",
     "build_info",
+    "cpu_peaks",
     "flash_attn_func",
     "flash_attn_kvpacked_func",
     "flash_attn_qkvpacked_func",

@@ -1,12 +1,17 @@
 """python -m flashattn_ext: the library's main job, in three parts:
 
   report      what this build contains (version, compiler, CPU instruction sets, CUDA backend
-              and architectures, emulator, threads);
+              and architectures, emulator, threads, CPU tiles) and the CPU's measured peaks
+              (flashattn_ext.cpu_peaks, about a second);
   self-check  a few attention calls against a naive float64 reference (exit status 1 if one
               exceeds its tolerance);
   benchmark   forward and forward+backward against torch's own scaled_dot_product_attention
               (needs torch), one progress line per case; --csv writes the rows, --png plots
               them (the plot needs matplotlib, which is optional).
+
+python -m flashattn_ext tune: times the CPU kernels' tile candidates on this machine (about a
+minute) and stores the fastest in the user's cache directory, where the kernels find them (see
+flashattn_ext._tiles for the file and the environment variables).
 
 With a CUDA GPU and a build with the CUDA kernels, the self-check also compares the GPU kernels
 with torch's SDPA on the GPU (forward and gradients, against SDPA in float64), and the benchmark
@@ -211,6 +216,7 @@ def write_png(rows: List[Dict[str, object]], path: str) -> None:
 def main(argv: List[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flashattn_ext", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", nargs="?", choices=["tune"], help="tune: time the CPU tile candidates")
     parser.add_argument("--no-bench", action="store_true", help="report and self-check only")
     parser.add_argument("--reps", type=int, default=5, help="benchmark repetitions (median)")
     parser.add_argument("--seqlen", type=int, default=1024, help="benchmark sequence length")
@@ -221,11 +227,23 @@ def main(argv: List[str] | None = None) -> int:
     for name in ("reps", "seqlen"):
         if getattr(args, name) < 1:
             parser.error(f"--{name}: expected a positive int, got {getattr(args, name)}")
+    if args.command == "tune":
+        from ._tiles import tune
+        print(f"tuning CPU tiles ({fa.build_info()['cpu_isa']}, {fa.get_num_threads()} threads), GFLOP/s "
+              "per candidate bq x bk, * = fastest:")
+        print(f"tuned tiles written to {tune()} and in use")
+        return 0
     info = fa.build_info()
     print(f"flashattn_ext {info['version']}")
     for key, value in info.items():
         if key != "version":
             print(f"  {key}: {value}")
+    peaks = fa.cpu_peaks()
+    dot = peaks["bf16_dot_gflops"]
+    dot_text = ("not available" if dot is None else
+                f"{dot:.0f} GFLOP/s{'' if peaks['bf16_dot_native'] else ' (emulated on AVX2)'}")
+    print(f"  CPU peaks on {peaks['threads']} threads: float32 FMA {peaks['fma_gflops']:.0f} GFLOP/s, "
+          f"bfloat16 dot product {dot_text}, memory read {peaks['bandwidth_gbs']:.1f} GB/s")
     ok = self_check()
     reason = gpu_reason()
     if reason is None:
