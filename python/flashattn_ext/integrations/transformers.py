@@ -26,8 +26,7 @@ What a call gets, as transformers' ``sdpa`` attention would compute it:
   within each sequence). Such a mask, from transformers or passed by the caller, runs as one
   :func:`~flashattn_ext.flash_attn_varlen_func` call over all the rows' sequences, with
   ``cu_seqlens`` read from the mask's blocks and the band they share; the reading is checked
-  against the whole mask, so it is exact. The variable-length kernels run on the CPU only:
-  elsewhere (CUDA tensors) packed sequences fall back, as below.
+  against the whole mask, so it is exact.
 - ``output_attentions``: the weights are exp(scale·q·kᵀ - lse) from the kernels' logsumexp.
 - softcap (Gemma 2) and attention sinks (``s_aux``) raise NotImplementedError.
 - falls back to transformers' sdpa attention, with a warning naming the reason, for what the
@@ -118,9 +117,6 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
         if plans is None:
             reason = ("an attention mask that is not a causal or sliding-window band over the "
                       "unpadded keys, nor sequences packed under one such band")
-        elif isinstance(plans, _masked.Packed) and backend_for(query) != "cpu":
-            reason = (f"packed sequences on the {backend_for(query)} backend (the "
-                      f"variable-length kernels run on the CPU only)")
     if reason is not None:
         warnings.warn(f"flashattn_ext: {reason}: computed by transformers' sdpa attention",
                       stacklevel=2)
