@@ -51,8 +51,8 @@ MUTANTS = [
     # --- forward kernel ---
     Mutant("fwd-whole-tile-hi", FWD, "int((first.hi + 1) / BN)", "int((first.hi + 2) / BN)",
            "'whole tile, skip the mask' range ends one key late: a tile the first row sees only in part runs unmasked"),
-    Mutant("fwd-whole-tile-lo", FWD, "const int f_lo = clip(int((last.lo + BN - 1) / BN));",
-           "const int f_lo = clip(int((first.lo + BN - 1) / BN));",
+    Mutant("fwd-whole-tile-lo", FWD, "int f_lo = int((last.lo + BN - 1) / BN);",
+           "int f_lo = int((first.lo + BN - 1) / BN);",
            "'whole tile' range starts at the left window edge of the block's first row, not its last"),
     Mutant("fwd-no-sync-k", FWD, "      __syncthreads();     // ... for every thread, and every warp is done with V_{j-1}\n",
            "", "missing __syncthreads: warps read K_j copied by other threads, and V_j overwrites V_{j-1} in use"),
@@ -103,8 +103,8 @@ MUTANTS = [
            "(kSmemQ + kSmemKV) * sizeof(T)", "dynamic shared memory sized without the V tile"),
     # --- backward kernels ---
     Mutant("bwd-dq-plain-add", BWD,
-           "atomicAdd(dq_tile + (mt * 16 * D + nt * 128 + i * 32), acc_dq[mt][nt][i]);",
-           "dq_tile[mt * 16 * D + nt * 128 + i * 32] += acc_dq[mt][nt][i];",
+           "atomicAdd(dq_tile + (mt * 16 * D + (pass * DQ / 8 + nt) * 128 + i * 32), acc_dq[mt][nt][i]);",
+           "dq_tile[mt * 16 * D + (pass * DQ / 8 + nt) * 128 + i * 32] += acc_dq[mt][nt][i];",
            "dQ accumulated with a plain += instead of atomicAdd: a race between key blocks"),
     Mutant("bwd-gqa", BWD, "const int h0 = hk * group, t_last", "const int h0 = hk, t_last",
            "backward GQA: kv head hk takes query heads hk, hk + 1, ... instead of its group"),
