@@ -174,7 +174,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
   FwdParams local;
   Seq seq;
   const FwdParams& p = block_params<kSeqs>(bp.fwd, local, sa, b, seq);
-  int bq = b, bk = b;  // batch index of the q-like and the k-like arrays
+  int b_q = b, b_kv = b;  // batch index of the q-like and the k-like arrays
   if constexpr (kSeqs) {
     q += seq.q_batch * p.q_batch_stride + seq.q_row0 * p.q_row_stride;
     dout += seq.q_batch * bp.do_batch_stride + seq.q_row0 * bp.do_row_stride;
@@ -182,7 +182,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
     if (bp.dlse != nullptr) dlse += seq.q_batch * p.lse_batch_stride + seq.q_row0;
     k += seq.kv_batch * p.k_batch_stride + seq.k_row0 * p.k_row_stride;
     v += seq.kv_batch * p.v_batch_stride + seq.k_row0 * p.v_row_stride;
-    bq = bk = 0;
+    b_q = b_kv = 0;
   }
   const int64_t m0 = int64_t(blockIdx.x) * BM;
   const int rows_valid = int(min64(BM, p.seqlen_q - m0));  // <= 0 for tiles of padding only
@@ -198,7 +198,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
   if (threadIdx.x < BM) {
     const int64_t row = m0 + threadIdx.x;
     sLse2[threadIdx.x] = lse2_for_backward<float>(
-        row < p.seqlen_q ? lse[bq * p.lse_batch_stride + h * p.lse_head_stride + row] : neg_inf<float>());
+        row < p.seqlen_q ? lse[b_q * p.lse_batch_stride + h * p.lse_head_stride + row] : neg_inf<float>());
   }
   __syncthreads();
   // This thread's rows (fragment rows g, g + 8 of each m16 tile) and their lse2.
@@ -214,15 +214,15 @@ __global__ void __launch_bounds__(Tr::kThreads)
       psum[mt][r] = pdot[mt][r] = 0.0f;
     }
   if (rows_valid > 0) {
-    copy_tile_async<MapQ, LD, true>(sQ, q + (bq * p.q_batch_stride + m0 * p.q_row_stride + h * p.q_head_stride),
+    copy_tile_async<MapQ, LD, true>(sQ, q + (b_q * p.q_batch_stride + m0 * p.q_row_stride + h * p.q_head_stride),
                                     p.q_row_stride, rows_valid);
     copy_tile_async<MapQ, LD, true>(
-        sdO, dout + (bq * bp.do_batch_stride + m0 * bp.do_row_stride + h * bp.do_head_stride), bp.do_row_stride,
+        sdO, dout + (b_q * bp.do_batch_stride + m0 * bp.do_row_stride + h * bp.do_head_stride), bp.do_row_stride,
         rows_valid);
     const KeyRange span = visible_keys_of_rows(m0, m0 + rows_valid, p);
     const KeyRange first = visible_keys(m0, p), last = visible_keys(m0 + rows_valid - 1, p);
-    const gptr<const T> kb = k + (bk * p.k_batch_stride + hk * p.k_head_stride);
-    const gptr<const T> vb = v + (bk * p.v_batch_stride + hk * p.v_head_stride);
+    const gptr<const T> kb = k + (b_kv * p.k_batch_stride + hk * p.k_head_stride);
+    const gptr<const T> vb = v + (b_kv * p.v_batch_stride + hk * p.v_head_stride);
     for (int64_t n0 = span.lo / BN * BN; n0 <= span.hi; n0 += BN) {
       const int keys_valid = int(min64(BN, p.seqlen_k - n0));
       copy_tile_async<MapK, LD, true>(sK, kb + n0 * p.k_row_stride, p.k_row_stride, keys_valid);
@@ -278,7 +278,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
       st.x = sLse2[threadIdx.x];
       st.y = 1.0f / sum;
       st.z = dot / sum;
-      if (bp.dlse != nullptr) st.z -= dlse[bq * p.lse_batch_stride + h * p.lse_head_stride + row];
+      if (bp.dlse != nullptr) st.z -= dlse[b_q * p.lse_batch_stride + h * p.lse_head_stride + row];
     }
     ptr_cast<float4>(stats + stat_row(p, w, b, h, row) * 4)[0] = st;
   }
@@ -308,7 +308,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
   FwdParams local;
   Seq seq;
   const FwdParams& p = block_params<kSeqs>(bp.fwd, local, sa, b, seq);
-  int bq = b, bk = b;  // batch index of the q-like and the k-like arrays
+  int b_q = b, b_kv = b;  // batch index of the q-like and the k-like arrays
   if constexpr (kSeqs) {
     q += seq.q_batch * p.q_batch_stride + seq.q_row0 * p.q_row_stride;
     dout += seq.q_batch * bp.do_batch_stride + seq.q_row0 * bp.do_row_stride;
@@ -316,7 +316,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
     v += seq.kv_batch * p.v_batch_stride + seq.k_row0 * p.v_row_stride;
     dk += seq.kv_batch * bp.dk_batch_stride + seq.k_row0 * bp.dk_row_stride;
     dv += seq.kv_batch * bp.dv_batch_stride + seq.k_row0 * bp.dv_row_stride;
-    bq = bk = 0;
+    b_q = b_kv = 0;
   }
 
   sptr<T> sK = dynamic_smem<T>();
@@ -332,9 +332,9 @@ __global__ void __launch_bounds__(Tr::kThreads)
   const int n_blocks = int((p.seqlen_k + BN - 1) / BN);
   for (int nb = blockIdx.x; nb < n_blocks; nb += gridDim.x) {
     const int n0 = nb * BN, keys_valid = int(min64(BN, p.seqlen_k - n0));
-    copy_tile_async<MapK, LD, true>(sK, k + (bk * p.k_batch_stride + n0 * p.k_row_stride + hk * p.k_head_stride),
+    copy_tile_async<MapK, LD, true>(sK, k + (b_kv * p.k_batch_stride + n0 * p.k_row_stride + hk * p.k_head_stride),
                                     p.k_row_stride, keys_valid);
-    copy_tile_async<MapK, LD, true>(sV, v + (bk * p.v_batch_stride + n0 * p.v_row_stride + hk * p.v_head_stride),
+    copy_tile_async<MapK, LD, true>(sV, v + (b_kv * p.v_batch_stride + n0 * p.v_row_stride + hk * p.v_head_stride),
                                     p.v_row_stride, keys_valid);
     cp_async_commit();
 
@@ -351,9 +351,9 @@ __global__ void __launch_bounds__(Tr::kThreads)
     const int h0 = hk * group, t_last = n_tiles > 0 ? t_first + n_tiles - 1 : -1;
     const auto load = [&](int head, int tile, int buf) {
       const int64_t m = int64_t(tile) * BM, valid = p.seqlen_q - m;
-      const gptr<const T> gq = q + (bq * p.q_batch_stride + (h0 + head) * p.q_head_stride + m * p.q_row_stride);
+      const gptr<const T> gq = q + (b_q * p.q_batch_stride + (h0 + head) * p.q_head_stride + m * p.q_row_stride);
       const gptr<const T> gdo =
-          dout + (bq * bp.do_batch_stride + (h0 + head) * bp.do_head_stride + m * bp.do_row_stride);
+          dout + (b_q * bp.do_batch_stride + (h0 + head) * bp.do_head_stride + m * bp.do_row_stride);
       const sptr<T> bq = sQ + buf * Tr::kSmemQ, bdo = sdO + buf * Tr::kSmemQ;
       if (valid >= BM) {
         copy_tile_async<MapQ, LD, false>(bq, gq, p.q_row_stride, BM);
@@ -471,9 +471,9 @@ __global__ void __launch_bounds__(Tr::kThreads)
           ptr_cast<uint32_t>(sV + off)[0] = pack2<T>(acc_dv[mt][nt][2 * r], acc_dv[mt][nt][2 * r + 1]);
         }
     __syncthreads();
-    store_tile<MapK, LD>(dk + (bk * bp.dk_batch_stride + n0 * bp.dk_row_stride + hk * bp.dk_head_stride), sK,
+    store_tile<MapK, LD>(dk + (b_kv * bp.dk_batch_stride + n0 * bp.dk_row_stride + hk * bp.dk_head_stride), sK,
                          bp.dk_row_stride, keys_valid);
-    store_tile<MapK, LD>(dv + (bk * bp.dv_batch_stride + n0 * bp.dv_row_stride + hk * bp.dv_head_stride), sV,
+    store_tile<MapK, LD>(dv + (b_kv * bp.dv_batch_stride + n0 * bp.dv_row_stride + hk * bp.dv_head_stride), sV,
                          bp.dv_row_stride, keys_valid);
     __syncthreads();  // the next key block refills sK, sV
   }
@@ -491,10 +491,10 @@ __global__ void __launch_bounds__(2 * D) bwd_convert_dq(BwdParams bp, BwdWork w,
   FwdParams local;
   Seq seq;
   const FwdParams& p = block_params<kSeqs>(bp.fwd, local, sa, b, seq);
-  int bq = b;
+  int b_q = b;
   if constexpr (kSeqs) {
     dq += seq.q_batch * bp.dq_batch_stride + seq.q_row0 * bp.dq_row_stride;
-    bq = 0;
+    b_q = 0;
   }
   const int64_t row = int64_t(blockIdx.x) * 16 + half * 8 + g;
   const gptr<const float> tile =
@@ -510,7 +510,7 @@ __global__ void __launch_bounds__(2 * D) bwd_convert_dq(BwdParams bp, BwdWork w,
   const float c = p.scale;
   const uint4 out{pack2<T>(even.x * c, odd.x * c), pack2<T>(even.y * c, odd.y * c), pack2<T>(even.z * c, odd.z * c),
                   pack2<T>(even.w * c, odd.w * c)};
-  ptr_cast<uint4>(dq + (bq * bp.dq_batch_stride + row * bp.dq_row_stride + h * bp.dq_head_stride + col8 * 8))[0] = out;
+  ptr_cast<uint4>(dq + (b_q * bp.dq_batch_stride + row * bp.dq_row_stride + h * bp.dq_head_stride + col8 * 8))[0] = out;
 }
 
 }  // namespace fae::cuda

@@ -30,7 +30,6 @@ void run_backward_tiles(const BwdParams& bp, float* stats, float* dq_accum, Stre
   const auto kv_like = [&](const void* ptr, int64_t bs, int64_t rs, int64_t hs) {
     return gbuf(static_cast<const T*>(ptr), extent(bs, rs, hs, kb, kr, p.heads_kv, d));
   };
-  const SeqArrays<gptr<const int32_t>> sa = seq_buffers(p);
   const dim3 stats_grid(unsigned(w.padded_rows / Tr::kBlockM), unsigned(p.heads_q), unsigned(p.batch));
   launch("flash_bwd_row_stats", bwd_row_stats<Tr, kSeqs>,
          LaunchConfig{stats_grid, dim3(Tr::kThreads), Tr::kSmemStatsBytes, stream}, bp, w,
@@ -40,7 +39,7 @@ void run_backward_tiles(const BwdParams& bp, float* stats, float* dq_accum, Stre
          q_like(bp.dout, bp.do_batch_stride, bp.do_row_stride, bp.do_head_stride),
          gbuf(static_cast<const float*>(p.lse), lse_extent),
          gbuf(static_cast<const float*>(bp.dlse), bp.dlse ? lse_extent : 0), gbuf(stats, 4 * rows), gbuf(dq_accum, accum),
-         sa);
+         seq_buffers(p));
 
   const int64_t key_blocks = (p.seqlen_k + Tr::kBlockN - 1) / Tr::kBlockN;
   const dim3 grid(unsigned(bp.deterministic ? w.splits : key_blocks), unsigned(p.heads_kv), unsigned(p.batch));
@@ -52,13 +51,13 @@ void run_backward_tiles(const BwdParams& bp, float* stats, float* dq_accum, Stre
          gbuf(static_cast<const float*>(stats), 4 * rows), gbuf(dq_accum, accum),
          gbuf(static_cast<T*>(bp.dk), extent(bp.dk_batch_stride, bp.dk_row_stride, bp.dk_head_stride, kb, kr, p.heads_kv, d)),
          gbuf(static_cast<T*>(bp.dv), extent(bp.dv_batch_stride, bp.dv_row_stride, bp.dv_head_stride, kb, kr, p.heads_kv, d)),
-         sa);
+         seq_buffers(p));
 
   const dim3 row_grid(unsigned((p.seqlen_q + 15) / 16), unsigned(p.heads_q), unsigned(p.batch));
   launch("flash_bwd_convert_dq", bwd_convert_dq<T, Tr::kHeadDim, kSeqs>,
          LaunchConfig{row_grid, dim3(2 * Tr::kHeadDim), 0, stream}, bp, w, gbuf(static_cast<const float*>(dq_accum), accum),
          gbuf(static_cast<T*>(bp.dq), extent(bp.dq_batch_stride, bp.dq_row_stride, bp.dq_head_stride, qb, qr, p.heads_q, d)),
-         sa);
+         seq_buffers(p));
 }
 
 // The dense kernels, or with packed sequences (cu_seqlens) the variable-length ones.
