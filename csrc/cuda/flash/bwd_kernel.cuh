@@ -308,16 +308,10 @@ __global__ void __launch_bounds__(Tr::kThreads)
   FwdParams local;
   Seq seq;
   const FwdParams& p = block_params<kSeqs>(bp.fwd, local, sa, b, seq);
-  int b_q = b, b_kv = b;  // batch index of the q-like and the k-like arrays
-  if constexpr (kSeqs) {
-    q += seq.q_batch * p.q_batch_stride + seq.q_row0 * p.q_row_stride;
-    dout += seq.q_batch * bp.do_batch_stride + seq.q_row0 * bp.do_row_stride;
-    k += seq.kv_batch * p.k_batch_stride + seq.k_row0 * p.k_row_stride;
-    v += seq.kv_batch * p.v_batch_stride + seq.k_row0 * p.v_row_stride;
-    dk += seq.kv_batch * bp.dk_batch_stride + seq.k_row0 * bp.dk_row_stride;
-    dv += seq.kv_batch * bp.dv_batch_stride + seq.k_row0 * bp.dv_row_stride;
-    b_q = b_kv = 0;
-  }
+  // Batch index and first row of the q-like and the k-like arrays: b and 0 in the dense kernel,
+  // 0 and the sequence's first row (int32 prefix sums) with packed sequences.
+  const int b_q = kSeqs ? 0 : b, b_kv = kSeqs ? 0 : b;
+  const int r_q = kSeqs ? int(seq.q_row0) : 0, r_kv = kSeqs ? int(seq.k_row0) : 0;
 
   sptr<T> sK = dynamic_smem<T>();
   sptr<T> sV = sK + Tr::kSmemKV;
@@ -332,9 +326,9 @@ __global__ void __launch_bounds__(Tr::kThreads)
   const int n_blocks = int((p.seqlen_k + BN - 1) / BN);
   for (int nb = blockIdx.x; nb < n_blocks; nb += gridDim.x) {
     const int n0 = nb * BN, keys_valid = int(min64(BN, p.seqlen_k - n0));
-    copy_tile_async<MapK, LD, true>(sK, k + (b_kv * p.k_batch_stride + n0 * p.k_row_stride + hk * p.k_head_stride),
+    copy_tile_async<MapK, LD, true>(sK, k + (b_kv * p.k_batch_stride + (int64_t(r_kv) + n0) * p.k_row_stride + hk * p.k_head_stride),
                                     p.k_row_stride, keys_valid);
-    copy_tile_async<MapK, LD, true>(sV, v + (b_kv * p.v_batch_stride + n0 * p.v_row_stride + hk * p.v_head_stride),
+    copy_tile_async<MapK, LD, true>(sV, v + (b_kv * p.v_batch_stride + (int64_t(r_kv) + n0) * p.v_row_stride + hk * p.v_head_stride),
                                     p.v_row_stride, keys_valid);
     cp_async_commit();
 
@@ -351,9 +345,9 @@ __global__ void __launch_bounds__(Tr::kThreads)
     const int h0 = hk * group, t_last = n_tiles > 0 ? t_first + n_tiles - 1 : -1;
     const auto load = [&](int head, int tile, int buf) {
       const int64_t m = int64_t(tile) * BM, valid = p.seqlen_q - m;
-      const gptr<const T> gq = q + (b_q * p.q_batch_stride + (h0 + head) * p.q_head_stride + m * p.q_row_stride);
+      const gptr<const T> gq = q + (b_q * p.q_batch_stride + (h0 + head) * p.q_head_stride + (r_q + m) * p.q_row_stride);
       const gptr<const T> gdo =
-          dout + (b_q * bp.do_batch_stride + (h0 + head) * bp.do_head_stride + m * bp.do_row_stride);
+          dout + (b_q * bp.do_batch_stride + (h0 + head) * bp.do_head_stride + (r_q + m) * bp.do_row_stride);
       const sptr<T> bq = sQ + buf * Tr::kSmemQ, bdo = sdO + buf * Tr::kSmemQ;
       if (valid >= BM) {
         copy_tile_async<MapQ, LD, false>(bq, gq, p.q_row_stride, BM);
@@ -471,9 +465,9 @@ __global__ void __launch_bounds__(Tr::kThreads)
           ptr_cast<uint32_t>(sV + off)[0] = pack2<T>(acc_dv[mt][nt][2 * r], acc_dv[mt][nt][2 * r + 1]);
         }
     __syncthreads();
-    store_tile<MapK, LD>(dk + (b_kv * bp.dk_batch_stride + n0 * bp.dk_row_stride + hk * bp.dk_head_stride), sK,
+    store_tile<MapK, LD>(dk + (b_kv * bp.dk_batch_stride + (int64_t(r_kv) + n0) * bp.dk_row_stride + hk * bp.dk_head_stride), sK,
                          bp.dk_row_stride, keys_valid);
-    store_tile<MapK, LD>(dv + (b_kv * bp.dv_batch_stride + n0 * bp.dv_row_stride + hk * bp.dv_head_stride), sV,
+    store_tile<MapK, LD>(dv + (b_kv * bp.dv_batch_stride + (int64_t(r_kv) + n0) * bp.dv_row_stride + hk * bp.dv_head_stride), sV,
                          bp.dv_row_stride, keys_valid);
     __syncthreads();  // the next key block refills sK, sV
   }
