@@ -305,13 +305,27 @@ __global__ void __launch_bounds__(Tr::kThreads)
   const int kn = warp / Tr::kKvWarpsD, kd = warp % Tr::kKvWarpsD;    // dK, dV warp tile
   const int qm = warp / Tr::kDqWarpsD, qd = warp % Tr::kDqWarpsD;    // dQ warp tile
   const int hk = blockIdx.y, b = blockIdx.z, group = int(bp.fwd.heads_q) / int(bp.fwd.heads_kv);
-  FwdParams local;
-  Seq seq;
-  const FwdParams& p = block_params<kSeqs>(bp.fwd, local, sa, b, seq);
+  const FwdParams& p = bp.fwd;
+  Seq seq{};
+  if constexpr (kSeqs) seq = sequence(p, sa, b);
   // Batch index and first row of the q-like and the k-like arrays: b and 0 in the dense kernel,
-  // 0 and the sequence's first row (int32 prefix sums) with packed sequences.
+  // 0 and the sequence's first row with packed sequences; the sequence's lengths and align offset.
+  // Held as int32 (the prefix sums are int32) and put into params only where the mask functions
+  // read them: the registers the dense kernel spends on none of this are few (ptxas).
   const int b_q = kSeqs ? 0 : b, b_kv = kSeqs ? 0 : b;
   const int r_q = kSeqs ? int(seq.q_row0) : 0, r_kv = kSeqs ? int(seq.k_row0) : 0;
+  const int len_q = int(seq.seqlen_q), len_k = int(seq.seqlen_k), align = int(seq.align_offset);
+  auto seqlen_q = [&]() -> int64_t { if constexpr (kSeqs) return len_q; else return p.seqlen_q; };
+  auto seqlen_k = [&]() -> int64_t { if constexpr (kSeqs) return len_k; else return p.seqlen_k; };
+  auto on_mask = [&](auto f) {  // f(params of this sequence's mask)
+    if constexpr (kSeqs) {
+      FwdParams m = p;
+      m.seqlen_q = len_q, m.seqlen_k = len_k, m.align_offset = align;
+      return f(m);
+    } else {
+      return f(p);
+    }
+  };
 
   sptr<T> sK = dynamic_smem<T>();
   sptr<T> sV = sK + Tr::kSmemKV;
@@ -323,9 +337,9 @@ __global__ void __launch_bounds__(Tr::kThreads)
   const gptr<float> dq_split = dq_accum + blockIdx.x * w.split_floats;
   const int dq_lane = qm * Tr::kDqM * D + qd * Tr::kDqD / 8 * 128 + lane;  // in a tile's accumulator
 
-  const int n_blocks = int((p.seqlen_k + BN - 1) / BN);
+  const int n_blocks = int((seqlen_k() + BN - 1) / BN);
   for (int nb = blockIdx.x; nb < n_blocks; nb += gridDim.x) {
-    const int n0 = nb * BN, keys_valid = int(min64(BN, p.seqlen_k - n0));
+    const int n0 = nb * BN, keys_valid = int(min64(BN, seqlen_k() - n0));
     copy_tile_async<MapK, LD, true>(sK, k + (b_kv * p.k_batch_stride + (int64_t(r_kv) + n0) * p.k_row_stride + hk * p.k_head_stride),
                                     p.k_row_stride, keys_valid);
     copy_tile_async<MapK, LD, true>(sV, v + (b_kv * p.v_batch_stride + (int64_t(r_kv) + n0) * p.v_row_stride + hk * p.v_head_stride),
@@ -337,14 +351,16 @@ __global__ void __launch_bounds__(Tr::kThreads)
     zero(acc_dv);
 
     // Query tiles of rows that see at least one of these keys, for every query head of the group.
-    const KeyRange rows{visible_rows(n0, p).lo, visible_rows(n0 + keys_valid - 1, p).hi};
+    const KeyRange rows = on_mask([&](const FwdParams& m) {
+      return KeyRange{visible_rows(n0, m).lo, visible_rows(n0 + keys_valid - 1, m).hi};
+    });
     const int t_first = int(rows.lo / BM), n_tiles = rows.empty() ? 0 : int(rows.hi / BM) - t_first + 1;
     int whole_lo, whole_hi;  // tiles that need no mask
-    whole_tiles<BM, BN>(p, n0, whole_lo, whole_hi);
+    on_mask([&](const FwdParams& m) { whole_tiles<BM, BN>(m, n0, whole_lo, whole_hi); });
     // Q, dO and the statistics of query tile `tile` of head h0 + head go to buffer `buf`.
     const int h0 = hk * group, t_last = n_tiles > 0 ? t_first + n_tiles - 1 : -1;
     const auto load = [&](int head, int tile, int buf) {
-      const int64_t m = int64_t(tile) * BM, valid = p.seqlen_q - m;
+      const int64_t m = int64_t(tile) * BM, valid = seqlen_q() - m;
       const gptr<const T> gq = q + (b_q * p.q_batch_stride + (h0 + head) * p.q_head_stride + (r_q + m) * p.q_row_stride);
       const gptr<const T> gdo =
           dout + (b_q * bp.do_batch_stride + (h0 + head) * bp.do_head_stride + (r_q + m) * bp.do_row_stride);
@@ -399,7 +415,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
                 tile.s[mt][nt][2 * r + c] = pt;
               }
             if (masked) {  // a masked pair gets P = dS = 0, also in a row whose statistics are NaN
-              const KeyRange kr = visible_keys(m0 + row, p);
+              const KeyRange kr = on_mask([&](const FwdParams& mp) { return visible_keys(m0 + row, mp); });
 #pragma unroll
               for (int nt = 0; nt < Sdp::NT; ++nt)
 #pragma unroll

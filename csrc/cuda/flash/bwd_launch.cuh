@@ -60,22 +60,21 @@ void run_backward_tiles(const BwdParams& bp, float* stats, float* dq_accum, Stre
          seq_buffers(p));
 }
 
-// The dense kernels, or with packed sequences (cu_seqlens) the variable-length ones.
-template <class Tr>
-void run_backward_tiles(const BwdParams& bp, float* stats, float* dq_accum, Stream stream) {
-  if (uses_seqs(bp.fwd)) return run_backward_tiles<Tr, true>(bp, stats, dq_accum, stream);
-  run_backward_tiles<Tr, false>(bp, stats, dq_accum, stream);
-}
-
-// The large tier when the device's per-block shared memory takes it, else the small one.
+// The large tier when the device's per-block shared memory takes it, else the small one. Packed
+// sequences (uses_seqs) run the small tier's tiles on every device: the variable-length
+// instances hold the sequence's offsets and lengths in registers, and with the large tiles ptxas
+// spilled 4 to 16 bytes (D = 32, 96, 256 on sm_90).
 template <class T, int HeadDim>
 void run_backward(const BwdParams& bp, float* stats, float* dq_accum, Stream stream) {
   using Large = BwdTraits<T, HeadDim, false>;
   using Small = BwdTraits<T, HeadDim, bwd_has_small_tier(HeadDim)>;
   const std::size_t limit = max_dynamic_smem();
-  if (Large::kSmemBytes <= limit) return run_backward_tiles<Large>(bp, stats, dq_accum, stream);
-  if constexpr (bwd_has_small_tier(HeadDim))
-    if (Small::kSmemBytes <= limit) return run_backward_tiles<Small>(bp, stats, dq_accum, stream);
+  const bool seqs = uses_seqs(bp.fwd);
+  if (!seqs && Large::kSmemBytes <= limit) return run_backward_tiles<Large, false>(bp, stats, dq_accum, stream);
+  if (Small::kSmemBytes <= limit) {
+    if (seqs) return run_backward_tiles<Small, true>(bp, stats, dq_accum, stream);
+    if constexpr (bwd_has_small_tier(HeadDim)) return run_backward_tiles<Small, false>(bp, stats, dq_accum, stream);
+  }
   throw std::invalid_argument("head_dim " + std::to_string(HeadDim) + ": the CUDA backward needs " +
                               std::to_string(Small::kSmemBytes) + " bytes of shared memory per block; this GPU allows " +
                               std::to_string(limit));
