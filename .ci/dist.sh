@@ -69,13 +69,23 @@ tools=$work/tools/bin
 echo "== path 1: compiled wheel -> auditwheel repair -> fresh venv"
 t1=$(date +%s)
 export FLASHATTN_EXT_EMULATOR=OFF FLASHATTN_EXT_TESTS=OFF  # the pip defaults, stated: no test code
+# manylinux_2_28: libstdc++ linked in, glibc symbols bound to versions glibc 2.28 has.
+export FLASHATTN_EXT_STATIC_CXX_RUNTIME=ON FLASHATTN_EXT_GLIBC=2.28
 step wheel-build "$tools/pip" wheel "$src" --no-deps -w "$work/dist" -C build-dir="$work/build-wheel"
-unset FLASHATTN_EXT_EMULATOR FLASHATTN_EXT_TESTS
+unset FLASHATTN_EXT_EMULATOR FLASHATTN_EXT_TESTS FLASHATTN_EXT_STATIC_CXX_RUNTIME FLASHATTN_EXT_GLIBC
 raw=$(ls "$work"/dist/flashattn_ext-*.whl)
-step wheel-repair env PATH="$tools:$PATH" "$tools/auditwheel" repair -w "$work/wheelhouse" "$raw"
+plat=manylinux_2_28_$(uname -m)  # auditwheel repair fails if the wheel needs anything newer
+step wheel-repair env PATH="$tools:$PATH" "$tools/auditwheel" repair --plat "$plat" -w "$work/wheelhouse" "$raw"
 whl=$(ls "$work"/wheelhouse/flashattn_ext-*.whl)
 "$tools/auditwheel" show "$whl" >"$work/logs/auditwheel-show.log" 2>&1
-case $(basename "$whl") in *manylinux*) ;; *) fail "repaired wheel has no manylinux tag: $whl" ;; esac
+shown=$(tr -s '\n ' '  ' <"$work/logs/auditwheel-show.log" |
+  sed -n 's/.*consistent with the following platform tag: "\([^"]*\)".*/\1/p')  # (text is wrapped)
+echo "  auditwheel show: $shown"
+[[ $shown =~ ^manylinux_2_([0-9]+)_ ]] && (( BASH_REMATCH[1] <= 28 )) || fail "auditwheel show: '$shown', not manylinux_2_28 or older"
+case $(basename "$whl") in *"$plat"*) ;; *) fail "repaired wheel is not tagged $plat: $whl" ;; esac
+# Every versioned symbol the shipped .so files need, against the manylinux_2_28 limits.
+step wheel-symbols "$tools/python" "$src/tools/check_symbols.py" --static-cxx "$whl"
+sed 's/^/    /' "$work/logs/wheel-symbols.log"
 
 # Contents: the package and _C; no emulator, no test executable, no vendored CUDA runtime.
 "$tools/python" - "$whl" "$work/build-wheel" <<'EOF' || fail "wheel contents"

@@ -36,7 +36,8 @@ CACHE = ROOT / "build" / "cuda_static"
 ARCHS = ("sm_80", "sm_90")
 DEFAULT_HEAD_DIMS = (64, 128)
 NVCC_FLAGS = ("-std=c++17", "--expt-relaxed-constexpr", "-Xptxas", "-v", "-cubin")
-ATTENTION_KERNELS = ("flash_fwd_kernel", "flash_bwd_kernel", "bwd_row_stats", "bwd_convert_dq")
+ATTENTION_KERNELS = ("flash_fwd_kernel", "flash_bwd_kernel", "bwd_row_stats", "bwd_convert_dq",
+                     "interp_weights", "interp_topk_bwd", "interp_topk")
 SMALL_TIER = " (99 KiB tier)"
 
 # --------------------------------------------------------------------------------------------
@@ -45,13 +46,13 @@ SMALL_TIER = " (99 KiB tier)"
 
 @dataclass(frozen=True)
 class Instance:
-    direction: str  # "forward" | "backward"
+    direction: str  # "forward" | "backward" | "interp" (attention weights and top-k, interp_launch.cuh)
     head_dim: int
     dtype: str = "bf16_t"
 
     @property
     def main_kernel(self) -> str:
-        return "flash_fwd_kernel" if self.direction == "forward" else "flash_bwd_kernel"
+        return {"forward": "flash_fwd_kernel", "backward": "flash_bwd_kernel"}.get(self.direction, "interp_weights")
 
     @property
     def traits_type(self) -> str:
@@ -59,6 +60,12 @@ class Instance:
         return f"fae::cuda::{kind}<fae::{self.dtype}, {self.head_dim}>"
 
     def source(self) -> str:
+        if self.direction == "interp":
+            return ('#include "cuda/flash/interp_launch.cuh"\n' + "".join(
+                f"template void fae::cuda::{fn}<fae::{self.dtype}, {self.head_dim}>(const fae::{params}&, "
+                "fae::cuda::Stream);\n"
+                for fn, params in (("run_weights", "WeightsParams"), ("run_topk_forward", "TopkParams"),
+                                   ("run_topk_backward", "TopkBwdParams"))))
         if self.direction == "forward":
             return ('#include "cuda/flash/fwd_launch.cuh"\n'
                     f"template void fae::cuda::run_forward<fae::{self.dtype}, {self.head_dim}>"
@@ -68,7 +75,8 @@ class Instance:
                 "(const fae::BwdParams&, float*, float*, fae::cuda::Stream);\n")
 
     def name(self, arch: str) -> str:
-        return f"{'fwd' if self.direction == 'forward' else 'bwd'}_{self.dtype}_d{self.head_dim}_{arch}"
+        prefix = {"forward": "fwd", "backward": "bwd"}.get(self.direction, self.direction)
+        return f"{prefix}_{self.dtype}_d{self.head_dim}_{arch}"
 
 
 def instantiated_head_dims() -> dict[str, tuple[int, ...]]:
@@ -87,6 +95,12 @@ def instances(all_dims: bool) -> list[Instance]:
     dims = instantiated_head_dims()
     return [Instance(d, hd) for d in ("forward", "backward") for hd in dims[d]
             if all_dims or hd in DEFAULT_HEAD_DIMS]
+
+
+def interp_instances(all_dims: bool) -> list[Instance]:
+    """The attention-weights and top-k kernels, one instance per forward head dim (checked for
+    spills and local memory only; not part of the report)."""
+    return [Instance("interp", hd) for hd in instantiated_head_dims()["forward"] if all_dims or hd in DEFAULT_HEAD_DIMS]
 
 
 def nvcc() -> Optional[str]:

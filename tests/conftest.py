@@ -15,7 +15,8 @@ import flashattn_ext as fa
 
 BACKENDS = ("cpu", "emu", "cuda")
 # The entry points the numerical tests call; the cuda backend runs them on the GPU.
-GPU_ENTRY_POINTS = ("attention", "flash_attn_func", "scaled_dot_product_attention")
+GPU_ENTRY_POINTS = ("attention", "flash_attn_func", "scaled_dot_product_attention",
+                    "attention_weights", "hard_attention", "topk_attention")
 
 
 def _skip_reason(name: str) -> Optional[str]:

@@ -2,9 +2,10 @@
 
 No GPU exists where these tests run: the compiler's resource report and the machine code are the
 evidence (the emulator tests check what the kernels compute). For every bfloat16 instance (float16
-ones differ only in conversion instructions): no attention kernel spills registers, has a stack
-frame or issues local-memory instructions (LDL/STL in its SASS), and the main-loop census of
-bench/cuda_static.py carries exactly the HMMA and cp.async counts the tile sizes imply.
+ones differ only in conversion instructions): no attention kernel (forward, backward, attention
+weights and top-k) spills registers, has a stack frame or issues local-memory instructions (LDL/STL
+in its SASS), and the main-loop census of bench/cuda_static.py carries exactly the HMMA and
+cp.async counts the forward's and backward's tile sizes imply.
 
 The cubins come from bench/cuda_static.py's compile cache (build/cuda_static): device code only
 (nvcc -cubin); the wheel build in .ci/dist.sh compiles the host side of the launchers with nvcc."""
@@ -47,8 +48,9 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def builds():
-    """Every instantiated head dim, forward and backward, both architectures (at most 2 nvcc jobs)."""
-    return cs.compile_all(cs.instances(all_dims=True), ARCHS, jobs=2)
+    """Every instantiated head dim, forward, backward and the attention-weights / top-k kernels,
+    both architectures (at most 2 nvcc jobs)."""
+    return cs.compile_all(cs.instances(all_dims=True) + cs.interp_instances(all_dims=True), ARCHS, jobs=2)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +90,7 @@ def test_main_loop_census_matches_tile_sizes(sass_tool, builds, arch):
     (forward) or Q and dO (backward) tile of cp.async (the busiest thread's share when the tile's
     16-byte chunks do not split evenly over the threads), plus the backward's row statistics. The
     backward is counted in its sm_80 / sm_90 shared-memory tier."""
-    insts = [inst for inst, _ in of_arch(builds, arch)]
+    insts = [inst for inst, _ in of_arch(builds, arch) if inst.direction != "interp"]
     tiles = cs.traits(insts)
     for inst in insts:
         a = cs.analyse(inst, arch, builds[(inst, arch)], tiles[inst])

@@ -3,8 +3,10 @@
 #include <utility>
 
 #include "bindings/bind_attention.h"
+#include "bindings/bind_interp.h"
 #include "common/fp16.h"
 #include "cuda/flash/api.h"
+#include "cuda/flash/interp_api.h"
 #include "cuda/flash/bwd_traits.h"
 #include "cuda/flash/fwd_traits.h"
 
@@ -61,6 +63,14 @@ void fae_bind_emulated_attention(py::module_& m) {
   def_append(m, "kvcache_append",
              [](const fae::AppendParams& p, uintptr_t, int) { fae::cuda::kvcache_append(p, nullptr); },
              "KV-cache append with rotary embedding through the CUDA kernel source on the emulator (float16/bfloat16).");
+  def_weights(m, "attention_weights", [](const fae::WeightsParams& p, uintptr_t) { fae::cuda::attention_weights(p, nullptr); },
+              "Attention probabilities through the CUDA kernel source on the emulator.");
+  def_topk_forward(m, "topk_forward", [](const fae::TopkParams& p, uintptr_t) { fae::cuda::topk_forward(p, nullptr); },
+                   "Top-k attention forward through the CUDA kernel source on the emulator (k_top <= max_top_k).");
+  def_topk_backward(m, "topk_backward", [](const fae::TopkBwdParams& p, uintptr_t) { fae::cuda::topk_backward(p, nullptr); },
+                    "Top-k attention backward through the CUDA kernel source on the emulator; dk, dv: zeroed "
+                    "float32 accumulators.");
+  m.attr("max_top_k") = fae::cuda::kMaxTopK;
   m.attr("attention_head_dims") = head_dim_list(fae::cuda::kHeadDims);
   m.attr("attention_bwd_head_dims") = head_dim_list(fae::cuda::kBwdHeadDims);
   m.attr("attention_tiles") = tile_table(std::make_index_sequence<std::size(fae::cuda::kHeadDims)>(),

@@ -2,11 +2,14 @@
 // into the params structs and runs the backend with the GIL released. No torch or numpy types
 // cross this boundary; arguments were validated in Python.
 #include "bindings/bind_attention.h"
+#include "bindings/bind_interp.h"
 #include "cpu/backend.h"
+#include "cpu/interp_backend.h"
 #include "cpu/thread_pool.h"
 #if FAE_WITH_CUDA
 #include "bindings/cuda_runtime_info.h"
 #include "cuda/flash/api.h"
+#include "cuda/flash/interp_api.h"
 #endif
 
 namespace py = pybind11;
@@ -22,7 +25,23 @@ PYBIND11_MODULE(_C, m) {
                "Backward attention on the CPU kernels (no workspace, no stream).");
   def_append(m, "kvcache_append", [](const fae::AppendParams& p, uintptr_t, int) { fae::cpu::kvcache_append(p); },
              "KV-cache append with rotary embedding on the CPU (in place into k_cache, v_cache; q_rot).");
+  def_weights(m, "attention_weights", [](const fae::WeightsParams& p, uintptr_t) { fae::cpu::attention_weights(p); },
+              "Attention probabilities of selected heads and rows on the CPU kernels.");
+  def_topk_forward(m, "topk_forward", [](const fae::TopkParams& p, uintptr_t) { fae::cpu::topk_forward(p); },
+                   "Top-k attention forward on the CPU kernels (k_top = 1: hard attention).");
+  def_topk_backward(m, "topk_backward", [](const fae::TopkBwdParams& p, uintptr_t) { fae::cpu::topk_backward(p); },
+                    "Top-k attention backward on the CPU kernels; dk, dv: zeroed accumulators.");
 #if FAE_WITH_CUDA
+  def_weights(m, "cuda_attention_weights",
+              [](const fae::WeightsParams& p, uintptr_t s) { fae::cuda::attention_weights(p, reinterpret_cast<fae::cuda::Stream>(s)); },
+              "Attention probabilities on the GPU (heads, rows: device int64 arrays).");
+  def_topk_forward(m, "cuda_topk_forward",
+                   [](const fae::TopkParams& p, uintptr_t s) { fae::cuda::topk_forward(p, reinterpret_cast<fae::cuda::Stream>(s)); },
+                   "Top-k attention forward on the GPU.");
+  def_topk_backward(m, "cuda_topk_backward",
+                    [](const fae::TopkBwdParams& p, uintptr_t s) { fae::cuda::topk_backward(p, reinterpret_cast<fae::cuda::Stream>(s)); },
+                    "Top-k attention backward on the GPU; dk, dv: zeroed float32 accumulators.");
+  m.attr("cuda_max_top_k") = fae::cuda::kMaxTopK;
   def_forward(m, "cuda_forward",
               [](const fae::FwdParams& p, uintptr_t stream, int device) {
                 fae::cuda::attention_forward(p, reinterpret_cast<fae::cuda::Stream>(stream), device);

@@ -2,3 +2,4 @@
 #define FAE_CPU_ISA avx2
 #define FAE_CPU_VEC VecAvx2
 #include "cpu/kernels.h"
+#include "cpu/interp_kernels.h"

@@ -2,3 +2,4 @@
 #define FAE_CPU_ISA avx512
 #define FAE_CPU_VEC VecAvx512
 #include "cpu/kernels.h"
+#include "cpu/interp_kernels.h"

@@ -3,3 +3,4 @@
 #define FAE_CPU_ISA avx512bf16_emu
 #define FAE_CPU_VEC VecAvx2Bf16Emu
 #include "cpu/kernels.h"
+#include "cpu/interp_kernels.h"

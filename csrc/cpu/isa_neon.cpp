@@ -2,3 +2,4 @@
 #define FAE_CPU_ISA neon
 #define FAE_CPU_VEC VecNeon
 #include "cpu/kernels.h"
+#include "cpu/interp_kernels.h"

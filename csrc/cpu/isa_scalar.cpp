@@ -2,3 +2,4 @@
 #define FAE_CPU_ISA scalar
 #define FAE_CPU_VEC VecScalar
 #include "cpu/kernels.h"
+#include "cpu/interp_kernels.h"

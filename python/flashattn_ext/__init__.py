@@ -3,10 +3,13 @@
 Entry points: :func:`attention` (canonical), :func:`flash_attn_func` (FlashAttention 2.x
 signature) with its variable-length, packed and KV-cache forms (:func:`flash_attn_varlen_func`,
 :func:`flash_attn_qkvpacked_func`, :func:`flash_attn_with_kvcache`, ...),
-:func:`scaled_dot_product_attention` (torch signature). Loaded on first use, so that
+:func:`scaled_dot_product_attention` (torch signature). For looking inside models:
+:func:`attention_weights`, :func:`hard_attention`, :func:`topk_attention` and
+``flashattn_ext.inspect``. Loaded on first use, so that
 the numpy-only install imports without torch: ``flashattn_ext.nn`` (``MultiHeadAttention``,
-``replace_sdpa``; needs torch), ``flashattn_ext.integrations`` (Hugging Face transformers) and
-``flashattn_ext.distributed`` (ring and Ulysses attention on torch.distributed; needs torch)."""
+``replace_sdpa``; needs torch), ``flashattn_ext.integrations`` (Hugging Face transformers),
+``flashattn_ext.distributed`` (ring and Ulysses attention on torch.distributed; needs torch) and
+``flashattn_ext.inspect`` (capture, plot, rollout)."""
 
 import importlib as _importlib
 from types import ModuleType as _ModuleType
@@ -17,6 +20,7 @@ from ._C import build_info as _build_info
 from ._C import get_num_threads, set_num_threads
 from ._dispatch import set_deterministic
 from .functional import attention, flash_attn_func, scaled_dot_product_attention
+from .interpret import attention_weights, hard_attention, topk_attention
 from .kvcache import flash_attn_with_kvcache
 from .varlen import (flash_attn_kvpacked_func, flash_attn_qkvpacked_func,
                      flash_attn_varlen_func, flash_attn_varlen_kvpacked_func,
@@ -37,11 +41,11 @@ def build_info() -> dict:
     return info
 
 
-_LAZY_SUBMODULES = ("distributed", "integrations", "nn")
+_LAZY_SUBMODULES = ("distributed", "inspect", "integrations", "nn")
 
 
 def __getattr__(name: str) -> _ModuleType:
-    """``flashattn_ext.nn``, ``.integrations`` and ``.distributed`` as attributes, imported on first
+    """``flashattn_ext.nn``, ``.integrations``, ``.distributed`` and ``.inspect`` as attributes, imported on first
     access (a module whose dependency is missing raises ImportError naming the extra)."""
     if name in _LAZY_SUBMODULES:
         return _importlib.import_module(f".{name}", __name__)
@@ -55,6 +59,7 @@ def __dir__() -> list:
 __all__ = [
     "__version__",
     "attention",
+    "attention_weights",
     "build_info",
     "flash_attn_func",
     "flash_attn_kvpacked_func",
@@ -64,7 +69,9 @@ __all__ = [
     "flash_attn_varlen_qkvpacked_func",
     "flash_attn_with_kvcache",
     "get_num_threads",
+    "hard_attention",
     "scaled_dot_product_attention",
     "set_deterministic",
     "set_num_threads",
+    "topk_attention",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Tuple, Union
 
-from . import _dispatch
+from . import _capture, _dispatch
 from ._validate import BHSD, BSHD, SD, Call, MaskSpec, flag, prepare
 
 ArrayLike = Any  # torch.Tensor or numpy.ndarray
@@ -21,10 +21,14 @@ def _run(call: Call, deterministic: bool = False) -> Tuple[ArrayLike, ArrayLike]
     """out (B, S, H, D) and lse (B, H, S) of a validated call; ``deterministic``: the mode of
     its backward."""
     if call.kind == "numpy":
-        return _dispatch.numpy_forward(call.q, call.k, call.v, call.scale, call.mask)
-    from . import _torch_ops
+        out, lse = _dispatch.numpy_forward(call.q, call.k, call.v, call.scale, call.mask)
+    else:
+        from . import _torch_ops
 
-    return _torch_ops.apply(call.q, call.k, call.v, call.scale, call.mask, deterministic)
+        out, lse = _torch_ops.apply(call.q, call.k, call.v, call.scale, call.mask, deterministic)
+    if _capture.recorders:  # flashattn_ext.inspect.capture is active
+        _capture.record(call, lse)
+    return out, lse
 
 
 def not_implemented(dropout_p: float = 0.0, softcap: float = 0.0,
@@ -84,19 +88,26 @@ def flash_attn_func(q: ArrayLike, k: ArrayLike, v: ArrayLike, dropout_p: float =
 
     q: (B, Sq, Hq, D); k, v: (B, Sk, Hkv, D). The causal mask is aligned bottom-right and
     ``window_size=(left, right)`` is a sliding window (-1 = unbounded), as in FlashAttention.
-    Returns out (B, Sq, Hq, D); with ``return_attn_probs`` returns (out, softmax_lse, None):
-    softmax_lse is (B, Hq, Sq) and the third item, FlashAttention's debug-only dropout mask, is
-    None because dropout is not applied. ``deterministic=True`` makes the CUDA backward sum dq
-    in a fixed order, so gradients are bitwise reproducible (docs/semantics.md section 8; the
-    CPU backward always is; :func:`set_deterministic` switches it on for every call). Not
-    implemented (raising NotImplementedError): dropout_p > 0, softcap != 0, alibi_slopes.
+    Returns out (B, Sq, Hq, D); with ``return_attn_probs`` returns (out, softmax_lse, probs):
+    softmax_lse is (B, Hq, Sq) and probs (B, Hq, Sq, Sk) the exact attention probabilities
+    (float32, float64 for float64 inputs; no gradient), recomputed from softmax_lse by
+    :func:`flashattn_ext.attention_weights`: O(Sq·Sk) memory, for inspection and tests (the
+    position of FlashAttention's debug-only S_dmask). ``deterministic=True`` makes the CUDA
+    backward sum dq in a fixed order, so gradients are bitwise reproducible (docs/semantics.md
+    section 8; the CPU backward always is; :func:`set_deterministic` switches it on for every
+    call). Not implemented (raising NotImplementedError): dropout_p > 0, softcap != 0,
+    alibi_slopes.
     """
     not_implemented(dropout_p, softcap, alibi_slopes)
     mask = MaskSpec.make(causal, window_size, bottom_right=True)
     det = flag("deterministic", deterministic)
-    out, lse = _run(prepare(q, k, v, layout=BSHD, scale=softmax_scale, mask=mask,
-                            scale_name="softmax_scale"), det)
-    return (out, lse, None) if flag("return_attn_probs", return_attn_probs) else out
+    call = prepare(q, k, v, layout=BSHD, scale=softmax_scale, mask=mask, scale_name="softmax_scale")
+    out, lse = _run(call, det)
+    if not flag("return_attn_probs", return_attn_probs):
+        return out
+    from .interpret import weights_of
+
+    return out, lse, weights_of(call, lse)
 
 
 def scaled_dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,

@@ -13,6 +13,17 @@ namespace fae::cuda {
 
 __device__ __forceinline__ int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
+// Reduces a per-thread row value over the 4 lanes of a quad (the lanes holding one row of an
+// mma fragment).
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
 // Rows [0, rows) of a tile whose first row is `src` (rows `row_stride` apart) into a padded
 // shared tile; rows at or past `valid` are zero-filled (their source is never read).
 template <class Tr>

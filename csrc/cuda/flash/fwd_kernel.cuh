@@ -32,16 +32,6 @@ struct FastExp2 {
   __device__ __forceinline__ float operator()(float x) const { return fast_exp2(x); }
 };
 
-// Reduces a per-thread row value over the 4 lanes of a quad (the lanes holding one row).
-__device__ __forceinline__ float quad_max(float x) {
-  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-}
-__device__ __forceinline__ float quad_sum(float x) {
-  x += __shfl_xor_sync(0xffffffffu, x, 1);
-  return x + __shfl_xor_sync(0xffffffffu, x, 2);
-}
-
 // The softmax takes the row max of the raw scores q.k, which is the max of the scaled ones only
 // for a positive factor: the kernel multiplies Q by q_sign = sign(scale_log2) (exact: a sign flip,
 // or 0, which keeps NaN and turns inf into NaN as 0 * q.k would) and the scores by

@@ -37,7 +37,19 @@ template void fae::cuda::run_backward<fae::${dt}, ${d}>(const fae::BwdParams&, f
       list(APPEND files ${f})
     endforeach()
   endforeach()
+  foreach(dt IN LISTS FAE_FLASH_DTYPES)  # attention weights and top-k (interp_launch.cuh)
+    foreach(d IN LISTS FAE_FLASH_HEAD_DIMS)
+      set(f ${dir}/interp_${dt}_d${d}.${ext})
+      file(CONFIGURE OUTPUT ${f} CONTENT "#include \"cuda/flash/interp_launch.cuh\"
+template void fae::cuda::run_weights<fae::${dt}, ${d}>(const fae::WeightsParams&, fae::cuda::Stream);
+template void fae::cuda::run_topk_forward<fae::${dt}, ${d}>(const fae::TopkParams&, fae::cuda::Stream);
+template void fae::cuda::run_topk_backward<fae::${dt}, ${d}>(const fae::TopkBwdParams&, fae::cuda::Stream);
+")
+      list(APPEND files ${f})
+    endforeach()
+  endforeach()
   file(CONFIGURE OUTPUT ${dir}/dispatch.${ext} CONTENT "#include \"cuda/flash/dispatch.cu\"\n")
-  list(APPEND files ${dir}/dispatch.${ext})
+  file(CONFIGURE OUTPUT ${dir}/interp_dispatch.${ext} CONTENT "#include \"cuda/flash/interp_dispatch.cu\"\n")
+  list(APPEND files ${dir}/dispatch.${ext} ${dir}/interp_dispatch.${ext})
   set(${out} ${files} PARENT_SCOPE)
 endfunction()
