@@ -51,7 +51,6 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward  # n
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask  # noqa: E402
 
 from .. import _masked  # noqa: E402
-from .._dispatch import backend_for  # noqa: E402
 from .._sdpa import unsupported  # noqa: E402
 from ..functional import scaled_dot_product_attention  # noqa: E402
 
