@@ -313,14 +313,18 @@ __global__ void __launch_bounds__(Tr::kThreads)
   // Held as int32 (the prefix sums are int32) and put into params only where the mask functions
   // read them: the registers the dense kernel spends on none of this are few (ptxas).
   const int b_q = kSeqs ? 0 : b, b_kv = kSeqs ? 0 : b;
-  const int r_q = kSeqs ? int(seq.q_row0) : 0, r_kv = kSeqs ? int(seq.k_row0) : 0;
-  const int len_q = int(seq.seqlen_q), len_k = int(seq.seqlen_k), align = int(seq.align_offset);
+  const int r_q = kSeqs ? int(seq.q_row0) : 0;
+  // The k-like arrays' first row, read again where K/V are loaded and dK/dV stored (held across
+  // the main loop, it cost ptxas a spill at D = 224).
+  auto r_kv = [&]() -> int64_t { if constexpr (kSeqs) return sequence(p, sa, b).k_row0; else return 0; };
+  const int len_q = int(seq.seqlen_q), len_k = int(seq.seqlen_k);
   auto seqlen_q = [&]() -> int64_t { if constexpr (kSeqs) return len_q; else return p.seqlen_q; };
   auto seqlen_k = [&]() -> int64_t { if constexpr (kSeqs) return len_k; else return p.seqlen_k; };
   auto on_mask = [&](auto f) {  // f(params of this sequence's mask)
     if constexpr (kSeqs) {
       FwdParams m = p;
-      m.seqlen_q = len_q, m.seqlen_k = len_k, m.align_offset = align;
+      m.seqlen_q = len_q, m.seqlen_k = len_k;  // the align offset derived here, as in sequence()
+      m.align_offset = p.align_offset + (p.align_bottom_right ? len_k - len_q : 0);
       return f(m);
     } else {
       return f(p);
@@ -340,9 +344,9 @@ __global__ void __launch_bounds__(Tr::kThreads)
   const int n_blocks = int((seqlen_k() + BN - 1) / BN);
   for (int nb = blockIdx.x; nb < n_blocks; nb += gridDim.x) {
     const int n0 = nb * BN, keys_valid = int(min64(BN, seqlen_k() - n0));
-    copy_tile_async<MapK, LD, true>(sK, k + (b_kv * p.k_batch_stride + (int64_t(r_kv) + n0) * p.k_row_stride + hk * p.k_head_stride),
+    copy_tile_async<MapK, LD, true>(sK, k + (b_kv * p.k_batch_stride + (r_kv() + n0) * p.k_row_stride + hk * p.k_head_stride),
                                     p.k_row_stride, keys_valid);
-    copy_tile_async<MapK, LD, true>(sV, v + (b_kv * p.v_batch_stride + (int64_t(r_kv) + n0) * p.v_row_stride + hk * p.v_head_stride),
+    copy_tile_async<MapK, LD, true>(sV, v + (b_kv * p.v_batch_stride + (r_kv() + n0) * p.v_row_stride + hk * p.v_head_stride),
                                     p.v_row_stride, keys_valid);
     cp_async_commit();
 
@@ -481,9 +485,9 @@ __global__ void __launch_bounds__(Tr::kThreads)
           ptr_cast<uint32_t>(sV + off)[0] = pack2<T>(acc_dv[mt][nt][2 * r], acc_dv[mt][nt][2 * r + 1]);
         }
     __syncthreads();
-    store_tile<MapK, LD>(dk + (b_kv * bp.dk_batch_stride + (int64_t(r_kv) + n0) * bp.dk_row_stride + hk * bp.dk_head_stride), sK,
+    store_tile<MapK, LD>(dk + (b_kv * bp.dk_batch_stride + (r_kv() + n0) * bp.dk_row_stride + hk * bp.dk_head_stride), sK,
                          bp.dk_row_stride, keys_valid);
-    store_tile<MapK, LD>(dv + (b_kv * bp.dv_batch_stride + (int64_t(r_kv) + n0) * bp.dv_row_stride + hk * bp.dv_head_stride), sV,
+    store_tile<MapK, LD>(dv + (b_kv * bp.dv_batch_stride + (r_kv() + n0) * bp.dv_row_stride + hk * bp.dv_head_stride), sV,
                          bp.dv_row_stride, keys_valid);
     __syncthreads();  // the next key block refills sK, sV
   }
