@@ -313,9 +313,10 @@ __global__ void __launch_bounds__(Tr::kThreads)
   // Held as int32 (the prefix sums are int32) and put into params only where the mask functions
   // read them: the registers the dense kernel spends on none of this are few (ptxas).
   const int b_q = kSeqs ? 0 : b, b_kv = kSeqs ? 0 : b;
-  const int r_q = kSeqs ? int(seq.q_row0) : 0;
-  // The k-like arrays' first row, read again where K/V are loaded and dK/dV stored (held across
-  // the main loop, it cost ptxas a spill at D = 224).
+  // The first rows of the sequence in the q-like and k-like arrays, read from cu_seqlens where Q/dO
+  // and K/V are loaded and dK/dV stored (held in registers across the main loop, they cost ptxas
+  // 4-byte spills at D = 224 and 256).
+  auto r_q = [&]() -> int64_t { if constexpr (kSeqs) return sequence(p, sa, b).q_row0; else return 0; };
   auto r_kv = [&]() -> int64_t { if constexpr (kSeqs) return sequence(p, sa, b).k_row0; else return 0; };
   const int len_q = int(seq.seqlen_q), len_k = int(seq.seqlen_k);
   auto seqlen_q = [&]() -> int64_t { if constexpr (kSeqs) return len_q; else return p.seqlen_q; };
@@ -365,9 +366,9 @@ __global__ void __launch_bounds__(Tr::kThreads)
     const int h0 = hk * group, t_last = n_tiles > 0 ? t_first + n_tiles - 1 : -1;
     const auto load = [&](int head, int tile, int buf) {
       const int64_t m = int64_t(tile) * BM, valid = seqlen_q() - m;
-      const gptr<const T> gq = q + (b_q * p.q_batch_stride + (h0 + head) * p.q_head_stride + (r_q + m) * p.q_row_stride);
+      const gptr<const T> gq = q + (b_q * p.q_batch_stride + (h0 + head) * p.q_head_stride + (r_q() + m) * p.q_row_stride);
       const gptr<const T> gdo =
-          dout + (b_q * bp.do_batch_stride + (h0 + head) * bp.do_head_stride + (r_q + m) * bp.do_row_stride);
+          dout + (b_q * bp.do_batch_stride + (h0 + head) * bp.do_head_stride + (r_q() + m) * bp.do_row_stride);
       const sptr<T> bq = sQ + buf * Tr::kSmemQ, bdo = sdO + buf * Tr::kSmemQ;
       if (valid >= BM) {
         copy_tile_async<MapQ, LD, false>(bq, gq, p.q_row_stride, BM);
