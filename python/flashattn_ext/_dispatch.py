@@ -123,14 +123,6 @@ def cuda_splits(q: Any, seqs: Seqs, block_m: int = 64) -> int:
     return max(1, min(-(-_sm_count(q) // max(blocks, 1)), seqs.max_k() // SPLIT_KEYS, MAX_SPLITS))
 
 
-def _no_cuda_varlen_backward(q: Any, seqs: Optional[Seqs]) -> None:
-    """Variable-length backward passes run on the CPU kernels only, for now."""
-    if seqs is not None and backend_for(q) != "cpu":
-        raise NotImplementedError(f"q: the backward of variable-length batches has no CUDA kernel "
-                                  f"yet (backend {backend_for(q)}, dtype {dtype_name(q)}); it "
-                                  f"runs on the CPU kernels")
-
-
 def forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mask: MaskSpec,
             seqs: Optional[Seqs] = None) -> None:
     """Runs the forward kernel on BSHD views, writing ``out`` (like q) and ``lse`` (B, H, Sq),
@@ -186,7 +178,6 @@ def backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dq: Any, dk:
     gradient of lse, laid out exactly like lse. ``deterministic_mode``: the CUDA kernels sum dq
     in a fixed order (bitwise reproducible; the CPU backward always is)."""
     dlse_ptr = 0 if dlse is None else _ptr(dlse)
-    _no_cuda_varlen_backward(q, seqs)
     if backend_for(q) == "cpu":
         _C.backward(**_common_kwargs(q, k, v, out, lse, scale, mask, q.shape[3], seqs),
                     **_arrays(dout=dout, dq=dq, dk=dk, dv=dv), dlse=dlse_ptr, stats=0, dq_accum=0,
@@ -196,13 +187,13 @@ def backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dq: Any, dk:
     dp = _padded_head_dim(q, head_dims, "backward")
     qf, kf, vf, of, dof = (_fit(x, dp) for x in (q, k, v, out, dout))
     dqf, dkf, dvf = (_fit(x, dp, copy=False) for x in (dq, dk, dv))
-    b, sq, hq, _ = q.shape
+    kw = _common_kwargs(qf, kf, vf, of, lse, scale, mask, dp, seqs)
     workspace = _emu_module().attention_bwd_workspace if backend_for(q) == "emu" else _C.cuda_bwd_workspace
-    n_stats, n_accum = workspace(sizes=(b, sq, k.shape[1], hq, k.shape[2], dp), deterministic=deterministic_mode)
+    # sizes: (batch, Sq, Sk, ...), with packed sequences (sequences, longest Sq, longest Sk, ...)
+    n_stats, n_accum = workspace(sizes=kw["sizes"], deterministic=deterministic_mode)
     stats = _new(q, (n_stats,), zero=False, float32=True)  # lse2, 1 / softmax sum, delta per row
     dq_accum = _new(q, (n_accum,), zero=False, float32=True)
-    run(**_common_kwargs(qf, kf, vf, of, lse, scale, mask, dp, seqs),
-        **_arrays(dout=dof, dq=dqf, dk=dkf, dv=dvf), dlse=dlse_ptr, stats=_ptr(stats),
+    run(**kw, **_arrays(dout=dof, dq=dqf, dk=dkf, dv=dvf), dlse=dlse_ptr, stats=_ptr(stats),
         dq_accum=_ptr(dq_accum), deterministic=deterministic_mode, **launch)
     for padded, real in ((dqf, dq), (dkf, dk), (dvf, dv)):
         _copy_back(padded, real)

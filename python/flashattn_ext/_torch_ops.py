@@ -104,8 +104,10 @@ def _kv(x: torch.Tensor) -> torch.Tensor:
                          device_types=("cpu", "cuda"))
 def varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
                cu_seqlens_k: torch.Tensor, block_table: Optional[torch.Tensor], scale: float,
-               window_left: int, window_right: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Forward of packed sequences, each aligned bottom-right on its own lengths."""
+               window_left: int, window_right: int, deterministic: bool = False
+               ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Forward of packed sequences, each aligned bottom-right on its own lengths;
+    ``deterministic`` asks the backward for its deterministic mode."""
     mask = MaskSpec(window_left, window_right, True)
     out = _like(q)
     lse = _dispatch.new_lse(q[None], packed=True)
@@ -115,7 +117,8 @@ def varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: 
 
 
 @varlen_fwd.register_fake
-def _(q, k, v, cu_seqlens_q, cu_seqlens_k, block_table, scale, window_left, window_right):
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, block_table, scale, window_left, window_right,
+      deterministic=False):
     return _like(q), q.new_empty((q.shape[1], q.shape[0]), dtype=_lse_dtype(q))
 
 
@@ -124,9 +127,10 @@ def _(q, k, v, cu_seqlens_q, cu_seqlens_k, block_table, scale, window_left, wind
 def varlen_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Tensor,
                k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, scale: float,
-               window_left: int, window_right: int
+               window_left: int, window_right: int, deterministic: bool = False
                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Backward of packed sequences; dq, dk, dv laid out like q, k, v."""
+    """Backward of packed sequences; dq, dk, dv laid out like q, k, v. The CUDA kernels run in
+    deterministic mode when ``deterministic`` or a global switch asks for it."""
     mask = MaskSpec(window_left, window_right, True)
     if dout.stride(-1) != 1:
         dout = dout.contiguous()
@@ -134,21 +138,22 @@ def varlen_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Tensor
         dlse = dlse.contiguous()
     dq, dk, dv = _like(q), _like(k), _like(v)
     _dispatch.backward(dout[None], q[None], k[None], v[None], out[None], lse, dq[None], dk[None],
-                       dv[None], scale, mask, dlse, varlen_seqs(cu_seqlens_q, cu_seqlens_k, None))
+                       dv[None], scale, mask, dlse, varlen_seqs(cu_seqlens_q, cu_seqlens_k, None),
+                       deterministic_mode=_dispatch.deterministic(deterministic))
     return dq, dk, dv
 
 
 @varlen_bwd.register_fake
 def _(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, scale, window_left,
-      window_right):
+      window_right, deterministic=False):
     return _like(q), _like(k), _like(v)
 
 
 def _varlen_setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[Any, ...]) -> None:
-    q, k, v, cu_seqlens_q, cu_seqlens_k, _, scale, window_left, window_right = inputs
+    q, k, v, cu_seqlens_q, cu_seqlens_k, _, scale, window_left, window_right, *deterministic = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k)
-    ctx.args = (scale, window_left, window_right)
+    ctx.args = (scale, window_left, window_right, bool(deterministic and deterministic[0]))
     ctx.set_materialize_grads(False)
 
 
@@ -158,7 +163,7 @@ def _varlen_backward(ctx: Any, dout: Optional[torch.Tensor], dlse: Optional[torc
         dout = torch.zeros_like(out)
     dq, dk, dv = torch.ops.flashattn_ext.varlen_bwd(dout, dlse, q, k, v, out, lse, cu_seqlens_q,
                                                     cu_seqlens_k, *ctx.args)
-    return dq, dk, dv, None, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None, None
 
 
 varlen_fwd.register_autograd(_varlen_backward, setup_context=_varlen_setup_context)
@@ -166,7 +171,9 @@ varlen_fwd.register_autograd(_varlen_backward, setup_context=_varlen_setup_conte
 
 def apply_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
                  cu_seqlens_k: torch.Tensor, block_table: Optional[torch.Tensor], scale: float,
-                 mask: MaskSpec) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Differentiable attention on packed sequences (no gradient through a block_table)."""
+                 mask: MaskSpec, deterministic: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Differentiable attention on packed sequences (no gradient through a block_table);
+    ``deterministic``: the backward's mode."""
     return torch.ops.flashattn_ext.varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, block_table,
-                                              scale, mask.window_left, mask.window_right)
+                                              scale, mask.window_left, mask.window_right,
+                                              deterministic)

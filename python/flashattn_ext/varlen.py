@@ -53,7 +53,8 @@ def flash_attn_varlen_func(q: ArrayLike, k: ArrayLike, v: ArrayLike, cu_seqlens_
                                       "only); call under torch.no_grad() or detach q, k, v")
         from . import _torch_ops
 
-        out, lse = _torch_ops.apply_varlen(q, k, v, cq, ck, bt, call.scale, mask)
+        out, lse = _torch_ops.apply_varlen(q, k, v, cq, ck, bt, call.scale, mask,
+                                           flag("deterministic", deterministic))
         return (out, lse, None) if with_probs else out
     out = call.output(out)
     return (out, lse, None) if with_probs else out

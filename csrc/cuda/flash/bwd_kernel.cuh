@@ -15,6 +15,10 @@
 //                   fragment order); dK, dV leave through shared memory in 16-byte stores;
 //   bwd_convert_dq: dQ = accumulator * scale in the input dtype (16-byte stores), summing the
 //                   accumulator's splits in order in deterministic mode.
+// Variable-length batches (kSeqs, packed q and k through cu_seqlens): the workspace keeps a
+// padded region of the longest sequence's rows per (sequence, query head); each block reads its
+// sequence's lengths and first rows (common/seqlens.h) and leaves the rows past its length to
+// the padding rules above.
 // Deterministic mode gives every block a split of its own of the accumulator: a block walks
 // key blocks blockIdx.x, blockIdx.x + gridDim.x, ..., and each accumulator element of a split is
 // updated by one thread of one block in a fixed order. The first two kernels compute S and dP
@@ -23,6 +27,7 @@
 
 #include "common/mask.h"
 #include "common/online_softmax.h"
+#include "common/seqlens.h"
 #include "cuda/flash/bwd_traits.h"
 #include "cuda/flash/common.cuh"
 #include "cuda/primitives.cuh"
@@ -39,6 +44,19 @@ namespace fae::cuda {
 // (BwdWork and bwd_work in bwd_traits.h give the sizes).
 __device__ __forceinline__ int64_t stat_row(const FwdParams& p, const BwdWork& w, int b, int h, int64_t row) {
   return (int64_t(b) * p.heads_q + h) * w.padded_rows + row;
+}
+
+// The params a block of the variable-length kernels (kSeqs) works with: those of its sequence b
+// (its lengths and align offset, with_lengths), held in `local`; the dense kernels read the
+// params themselves. The callers move their q-like and k-like pointers to the sequence's first
+// rows and index them as batch 0.
+template <bool kSeqs>
+__device__ __forceinline__ const FwdParams& block_params(const FwdParams& p, FwdParams& local,
+                                                         const SeqArrays<gptr<const int32_t>>& sa, int b, Seq& seq) {
+  if constexpr (!kSeqs) return p;
+  seq = sequence(p, sa, b);
+  local = with_lengths(p, seq);
+  return local;
 }
 
 // P' = exp2(S * scale_log2 - lse2) of a visible pair, written once for both kernels that use it.
@@ -140,20 +158,32 @@ __device__ __forceinline__ void whole_tiles(const FwdParams& p, int64_t n0, int&
   hi = last == p.seqlen_q - 1 ? int((p.seqlen_q - 1) / BM) : int((last + 1) / BM) - 1;
 }
 
-template <class Tr>
+template <class Tr, bool kSeqs>
 __global__ void __launch_bounds__(Tr::kThreads)
     bwd_row_stats(BwdParams bp, BwdWork w, gptr<const typename Tr::Element> q, gptr<const typename Tr::Element> k,
                   gptr<const typename Tr::Element> v, gptr<const typename Tr::Element> dout, gptr<const float> lse,
-                  gptr<const float> dlse, gptr<float> stats, gptr<float> dq_accum) {
+                  gptr<const float> dlse, gptr<float> stats, gptr<float> dq_accum, SeqArrays<gptr<const int32_t>> sa) {
   using T = typename Tr::Element;
   using Sdp = SdpTile<Tr>;
-  const FwdParams& p = bp.fwd;
   constexpr int BN = Tr::kBlockN, BM = Tr::kBlockM, LD = Tr::kRowStride;
   using MapQ = ChunkMap<BM, Tr::kHeadDim, Tr::kThreads>;
   using MapK = ChunkMap<BN, Tr::kHeadDim, Tr::kThreads>;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, g = lane >> 2, t = lane & 3;
   const int wm = warp / Tr::kSdpWarpsN, wn = warp % Tr::kSdpWarpsN;
-  const int h = blockIdx.y, b = blockIdx.z, hk = h / (int(p.heads_q) / int(p.heads_kv));
+  const int h = blockIdx.y, b = blockIdx.z, hk = h / (int(bp.fwd.heads_q) / int(bp.fwd.heads_kv));
+  FwdParams local;
+  Seq seq;
+  const FwdParams& p = block_params<kSeqs>(bp.fwd, local, sa, b, seq);
+  int b_q = b, b_kv = b;  // batch index of the q-like and the k-like arrays
+  if constexpr (kSeqs) {
+    q += seq.q_batch * p.q_batch_stride + seq.q_row0 * p.q_row_stride;
+    dout += seq.q_batch * bp.do_batch_stride + seq.q_row0 * bp.do_row_stride;
+    lse += seq.q_batch * p.lse_batch_stride + seq.q_row0;
+    if (bp.dlse != nullptr) dlse += seq.q_batch * p.lse_batch_stride + seq.q_row0;
+    k += seq.kv_batch * p.k_batch_stride + seq.k_row0 * p.k_row_stride;
+    v += seq.kv_batch * p.v_batch_stride + seq.k_row0 * p.v_row_stride;
+    b_q = b_kv = 0;
+  }
   const int64_t m0 = int64_t(blockIdx.x) * BM;
   const int rows_valid = int(min64(BM, p.seqlen_q - m0));  // <= 0 for tiles of padding only
 
@@ -168,7 +198,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
   if (threadIdx.x < BM) {
     const int64_t row = m0 + threadIdx.x;
     sLse2[threadIdx.x] = lse2_for_backward<float>(
-        row < p.seqlen_q ? lse[b * p.lse_batch_stride + h * p.lse_head_stride + row] : neg_inf<float>());
+        row < p.seqlen_q ? lse[b_q * p.lse_batch_stride + h * p.lse_head_stride + row] : neg_inf<float>());
   }
   __syncthreads();
   // This thread's rows (fragment rows g, g + 8 of each m16 tile) and their lse2.
@@ -184,15 +214,15 @@ __global__ void __launch_bounds__(Tr::kThreads)
       psum[mt][r] = pdot[mt][r] = 0.0f;
     }
   if (rows_valid > 0) {
-    copy_tile_async<MapQ, LD, true>(sQ, q + (b * p.q_batch_stride + m0 * p.q_row_stride + h * p.q_head_stride),
+    copy_tile_async<MapQ, LD, true>(sQ, q + (b_q * p.q_batch_stride + m0 * p.q_row_stride + h * p.q_head_stride),
                                     p.q_row_stride, rows_valid);
     copy_tile_async<MapQ, LD, true>(
-        sdO, dout + (b * bp.do_batch_stride + m0 * bp.do_row_stride + h * bp.do_head_stride), bp.do_row_stride,
+        sdO, dout + (b_q * bp.do_batch_stride + m0 * bp.do_row_stride + h * bp.do_head_stride), bp.do_row_stride,
         rows_valid);
     const KeyRange span = visible_keys_of_rows(m0, m0 + rows_valid, p);
     const KeyRange first = visible_keys(m0, p), last = visible_keys(m0 + rows_valid - 1, p);
-    const gptr<const T> kb = k + (b * p.k_batch_stride + hk * p.k_head_stride);
-    const gptr<const T> vb = v + (b * p.v_batch_stride + hk * p.v_head_stride);
+    const gptr<const T> kb = k + (b_kv * p.k_batch_stride + hk * p.k_head_stride);
+    const gptr<const T> vb = v + (b_kv * p.v_batch_stride + hk * p.v_head_stride);
     for (int64_t n0 = span.lo / BN * BN; n0 <= span.hi; n0 += BN) {
       const int keys_valid = int(min64(BN, p.seqlen_k - n0));
       copy_tile_async<MapK, LD, true>(sK, kb + n0 * p.k_row_stride, p.k_row_stride, keys_valid);
@@ -248,7 +278,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
       st.x = sLse2[threadIdx.x];
       st.y = 1.0f / sum;
       st.z = dot / sum;
-      if (bp.dlse != nullptr) st.z -= dlse[b * p.lse_batch_stride + h * p.lse_head_stride + row];
+      if (bp.dlse != nullptr) st.z -= dlse[b_q * p.lse_batch_stride + h * p.lse_head_stride + row];
     }
     ptr_cast<float4>(stats + stat_row(p, w, b, h, row) * 4)[0] = st;
   }
@@ -259,15 +289,14 @@ __global__ void __launch_bounds__(Tr::kThreads)
       ptr_cast<float4>(acc + s * w.split_floats)[i] = float4{0.0f, 0.0f, 0.0f, 0.0f};
 }
 
-template <class Tr>
+template <class Tr, bool kSeqs>
 __global__ void __launch_bounds__(Tr::kThreads)
     flash_bwd_kernel(BwdParams bp, BwdWork w, gptr<const typename Tr::Element> q, gptr<const typename Tr::Element> k,
                      gptr<const typename Tr::Element> v, gptr<const typename Tr::Element> dout,
                      gptr<const float> stats, gptr<float> dq_accum, gptr<typename Tr::Element> dk,
-                     gptr<typename Tr::Element> dv) {
+                     gptr<typename Tr::Element> dv, SeqArrays<gptr<const int32_t>> sa) {
   using T = typename Tr::Element;
   using Sdp = SdpTile<Tr>;
-  const FwdParams& p = bp.fwd;
   constexpr int BN = Tr::kBlockN, BM = Tr::kBlockM, D = Tr::kHeadDim, LD = Tr::kRowStride, LP = Tr::kPStride;
   using MapQ = ChunkMap<BM, D, Tr::kThreads>;
   using MapK = ChunkMap<BN, D, Tr::kThreads>;
@@ -275,7 +304,33 @@ __global__ void __launch_bounds__(Tr::kThreads)
   const int wm = warp / Tr::kSdpWarpsN, wn = warp % Tr::kSdpWarpsN;  // S, dP warp tile
   const int kn = warp / Tr::kKvWarpsD, kd = warp % Tr::kKvWarpsD;    // dK, dV warp tile
   const int qm = warp / Tr::kDqWarpsD, qd = warp % Tr::kDqWarpsD;    // dQ warp tile
-  const int hk = blockIdx.y, b = blockIdx.z, group = int(p.heads_q) / int(p.heads_kv);
+  const int hk = blockIdx.y, b = blockIdx.z, group = int(bp.fwd.heads_q) / int(bp.fwd.heads_kv);
+  const FwdParams& p = bp.fwd;
+  Seq seq{};
+  if constexpr (kSeqs) seq = sequence(p, sa, b);
+  // Batch index and first row of the q-like and the k-like arrays: b and 0 in the dense kernel,
+  // 0 and the sequence's first row with packed sequences; the sequence's lengths and align offset.
+  // Held as int32 (the prefix sums are int32) and put into params only where the mask functions
+  // read them: the registers the dense kernel spends on none of this are few (ptxas).
+  const int b_q = kSeqs ? 0 : b, b_kv = kSeqs ? 0 : b;
+  // The first rows of the sequence in the q-like and k-like arrays, read from cu_seqlens where Q/dO
+  // and K/V are loaded and dK/dV stored (held in registers across the main loop, they cost ptxas
+  // 4-byte spills at D = 224 and 256).
+  auto r_q = [&]() -> int64_t { if constexpr (kSeqs) return sequence(p, sa, b).q_row0; else return 0; };
+  auto r_kv = [&]() -> int64_t { if constexpr (kSeqs) return sequence(p, sa, b).k_row0; else return 0; };
+  const int len_q = int(seq.seqlen_q), len_k = int(seq.seqlen_k);
+  auto seqlen_q = [&]() -> int64_t { if constexpr (kSeqs) return len_q; else return p.seqlen_q; };
+  auto seqlen_k = [&]() -> int64_t { if constexpr (kSeqs) return len_k; else return p.seqlen_k; };
+  auto on_mask = [&](auto f) {  // f(params of this sequence's mask)
+    if constexpr (kSeqs) {
+      FwdParams m = p;
+      m.seqlen_q = len_q, m.seqlen_k = len_k;  // the align offset derived here, as in sequence()
+      m.align_offset = p.align_offset + (p.align_bottom_right ? len_k - len_q : 0);
+      return f(m);
+    } else {
+      return f(p);
+    }
+  };
 
   sptr<T> sK = dynamic_smem<T>();
   sptr<T> sV = sK + Tr::kSmemKV;
@@ -287,12 +342,12 @@ __global__ void __launch_bounds__(Tr::kThreads)
   const gptr<float> dq_split = dq_accum + blockIdx.x * w.split_floats;
   const int dq_lane = qm * Tr::kDqM * D + qd * Tr::kDqD / 8 * 128 + lane;  // in a tile's accumulator
 
-  const int n_blocks = int((p.seqlen_k + BN - 1) / BN);
+  const int n_blocks = int((seqlen_k() + BN - 1) / BN);
   for (int nb = blockIdx.x; nb < n_blocks; nb += gridDim.x) {
-    const int n0 = nb * BN, keys_valid = int(min64(BN, p.seqlen_k - n0));
-    copy_tile_async<MapK, LD, true>(sK, k + (b * p.k_batch_stride + n0 * p.k_row_stride + hk * p.k_head_stride),
+    const int n0 = nb * BN, keys_valid = int(min64(BN, seqlen_k() - n0));
+    copy_tile_async<MapK, LD, true>(sK, k + (b_kv * p.k_batch_stride + (r_kv() + n0) * p.k_row_stride + hk * p.k_head_stride),
                                     p.k_row_stride, keys_valid);
-    copy_tile_async<MapK, LD, true>(sV, v + (b * p.v_batch_stride + n0 * p.v_row_stride + hk * p.v_head_stride),
+    copy_tile_async<MapK, LD, true>(sV, v + (b_kv * p.v_batch_stride + (r_kv() + n0) * p.v_row_stride + hk * p.v_head_stride),
                                     p.v_row_stride, keys_valid);
     cp_async_commit();
 
@@ -301,17 +356,19 @@ __global__ void __launch_bounds__(Tr::kThreads)
     zero(acc_dv);
 
     // Query tiles of rows that see at least one of these keys, for every query head of the group.
-    const KeyRange rows{visible_rows(n0, p).lo, visible_rows(n0 + keys_valid - 1, p).hi};
+    const KeyRange rows = on_mask([&](const FwdParams& m) {
+      return KeyRange{visible_rows(n0, m).lo, visible_rows(n0 + keys_valid - 1, m).hi};
+    });
     const int t_first = int(rows.lo / BM), n_tiles = rows.empty() ? 0 : int(rows.hi / BM) - t_first + 1;
     int whole_lo, whole_hi;  // tiles that need no mask
-    whole_tiles<BM, BN>(p, n0, whole_lo, whole_hi);
+    on_mask([&](const FwdParams& m) { whole_tiles<BM, BN>(m, n0, whole_lo, whole_hi); });
     // Q, dO and the statistics of query tile `tile` of head h0 + head go to buffer `buf`.
     const int h0 = hk * group, t_last = n_tiles > 0 ? t_first + n_tiles - 1 : -1;
     const auto load = [&](int head, int tile, int buf) {
-      const int64_t m = int64_t(tile) * BM, valid = p.seqlen_q - m;
-      const gptr<const T> gq = q + (b * p.q_batch_stride + (h0 + head) * p.q_head_stride + m * p.q_row_stride);
+      const int64_t m = int64_t(tile) * BM, valid = seqlen_q() - m;
+      const gptr<const T> gq = q + (b_q * p.q_batch_stride + (h0 + head) * p.q_head_stride + (r_q() + m) * p.q_row_stride);
       const gptr<const T> gdo =
-          dout + (b * bp.do_batch_stride + (h0 + head) * bp.do_head_stride + m * bp.do_row_stride);
+          dout + (b_q * bp.do_batch_stride + (h0 + head) * bp.do_head_stride + (r_q() + m) * bp.do_row_stride);
       const sptr<T> bq = sQ + buf * Tr::kSmemQ, bdo = sdO + buf * Tr::kSmemQ;
       if (valid >= BM) {
         copy_tile_async<MapQ, LD, false>(bq, gq, p.q_row_stride, BM);
@@ -363,7 +420,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
                 tile.s[mt][nt][2 * r + c] = pt;
               }
             if (masked) {  // a masked pair gets P = dS = 0, also in a row whose statistics are NaN
-              const KeyRange kr = visible_keys(m0 + row, p);
+              const KeyRange kr = on_mask([&](const FwdParams& mp) { return visible_keys(m0 + row, mp); });
 #pragma unroll
               for (int nt = 0; nt < Sdp::NT; ++nt)
 #pragma unroll
@@ -429,9 +486,9 @@ __global__ void __launch_bounds__(Tr::kThreads)
           ptr_cast<uint32_t>(sV + off)[0] = pack2<T>(acc_dv[mt][nt][2 * r], acc_dv[mt][nt][2 * r + 1]);
         }
     __syncthreads();
-    store_tile<MapK, LD>(dk + (b * bp.dk_batch_stride + n0 * bp.dk_row_stride + hk * bp.dk_head_stride), sK,
+    store_tile<MapK, LD>(dk + (b_kv * bp.dk_batch_stride + (r_kv() + n0) * bp.dk_row_stride + hk * bp.dk_head_stride), sK,
                          bp.dk_row_stride, keys_valid);
-    store_tile<MapK, LD>(dv + (b * bp.dv_batch_stride + n0 * bp.dv_row_stride + hk * bp.dv_head_stride), sV,
+    store_tile<MapK, LD>(dv + (b_kv * bp.dv_batch_stride + (r_kv() + n0) * bp.dv_row_stride + hk * bp.dv_head_stride), sV,
                          bp.dv_row_stride, keys_valid);
     __syncthreads();  // the next key block refills sK, sV
   }
@@ -440,12 +497,20 @@ __global__ void __launch_bounds__(Tr::kThreads)
 // dQ = scale * (sum of the accumulator's splits, in order) in the input dtype. A block converts
 // 16 rows; a warp 8 of them x 4 column tiles: each of its loads reads 128 contiguous bytes of a
 // tile, each store writes 16 bytes (8 columns) of a row.
-template <class T, int D>
-__global__ void __launch_bounds__(2 * D) bwd_convert_dq(BwdParams bp, BwdWork w, gptr<const float> dq_accum, gptr<T> dq) {
-  const FwdParams& p = bp.fwd;
+template <class T, int D, bool kSeqs>
+__global__ void __launch_bounds__(2 * D) bwd_convert_dq(BwdParams bp, BwdWork w, gptr<const float> dq_accum, gptr<T> dq,
+                                                        SeqArrays<gptr<const int32_t>> sa) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int half = warp % 2, col8 = warp / 2 * 4 + lane / 8, g = lane % 8;
   const int h = blockIdx.y, b = blockIdx.z;
+  FwdParams local;
+  Seq seq;
+  const FwdParams& p = block_params<kSeqs>(bp.fwd, local, sa, b, seq);
+  int b_q = b;
+  if constexpr (kSeqs) {
+    dq += seq.q_batch * bp.dq_batch_stride + seq.q_row0 * bp.dq_row_stride;
+    b_q = 0;
+  }
   const int64_t row = int64_t(blockIdx.x) * 16 + half * 8 + g;
   const gptr<const float> tile =
       dq_accum + (stat_row(p, w, b, h, int64_t(blockIdx.x) * 16) * D + col8 * 128 + 2 * half * 32 + 4 * g);
@@ -460,7 +525,7 @@ __global__ void __launch_bounds__(2 * D) bwd_convert_dq(BwdParams bp, BwdWork w,
   const float c = p.scale;
   const uint4 out{pack2<T>(even.x * c, odd.x * c), pack2<T>(even.y * c, odd.y * c), pack2<T>(even.z * c, odd.z * c),
                   pack2<T>(even.w * c, odd.w * c)};
-  ptr_cast<uint4>(dq + (b * bp.dq_batch_stride + row * bp.dq_row_stride + h * bp.dq_head_stride + col8 * 8))[0] = out;
+  ptr_cast<uint4>(dq + (b_q * bp.dq_batch_stride + row * bp.dq_row_stride + h * bp.dq_head_stride + col8 * 8))[0] = out;
 }
 
 }  // namespace fae::cuda

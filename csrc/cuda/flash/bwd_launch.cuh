@@ -12,7 +12,7 @@
 
 namespace fae::cuda {
 
-template <class Tr>
+template <class Tr, bool kSeqs>
 void run_backward_tiles(const BwdParams& bp, float* stats, float* dq_accum, Stream stream) {
   using T = typename Tr::Element;
   const FwdParams& p = bp.fwd;
@@ -20,48 +20,61 @@ void run_backward_tiles(const BwdParams& bp, float* stats, float* dq_accum, Stre
   const BwdWork w = bwd_work(bp);
   const std::size_t rows = std::size_t(p.batch * p.heads_q * w.padded_rows);
   const std::size_t accum = std::size_t(w.splits) * rows * std::size_t(d);
-  const std::size_t lse_extent = std::size_t((p.batch - 1) * p.lse_batch_stride + (p.heads_q - 1) * p.lse_head_stride + p.seqlen_q);
+  // The arrays' own (batch, rows): packed rows with variable lengths (FwdParams::q_array_batch ...).
+  const int64_t qb = p.q_array_batch ? p.q_array_batch : p.batch, qr = p.q_array_rows ? p.q_array_rows : p.seqlen_q;
+  const int64_t kb = p.kv_array_batch ? p.kv_array_batch : p.batch, kr = p.kv_array_rows ? p.kv_array_rows : p.seqlen_k;
+  const std::size_t lse_extent = std::size_t((qb - 1) * p.lse_batch_stride + (p.heads_q - 1) * p.lse_head_stride + qr);
   const auto q_like = [&](const void* ptr, int64_t bs, int64_t rs, int64_t hs) {
-    return gbuf(static_cast<const T*>(ptr), extent(bs, rs, hs, p.batch, p.seqlen_q, p.heads_q, d));
+    return gbuf(static_cast<const T*>(ptr), extent(bs, rs, hs, qb, qr, p.heads_q, d));
   };
   const auto kv_like = [&](const void* ptr, int64_t bs, int64_t rs, int64_t hs) {
-    return gbuf(static_cast<const T*>(ptr), extent(bs, rs, hs, p.batch, p.seqlen_k, p.heads_kv, d));
+    return gbuf(static_cast<const T*>(ptr), extent(bs, rs, hs, kb, kr, p.heads_kv, d));
   };
   const dim3 stats_grid(unsigned(w.padded_rows / Tr::kBlockM), unsigned(p.heads_q), unsigned(p.batch));
-  launch("flash_bwd_row_stats", bwd_row_stats<Tr>, LaunchConfig{stats_grid, dim3(Tr::kThreads), Tr::kSmemStatsBytes, stream},
-         bp, w, q_like(p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride),
-         kv_like(p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride),
-         kv_like(p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride),
-         q_like(bp.dout, bp.do_batch_stride, bp.do_row_stride, bp.do_head_stride),
-         gbuf(static_cast<const float*>(p.lse), lse_extent),
-         gbuf(static_cast<const float*>(bp.dlse), bp.dlse ? lse_extent : 0), gbuf(stats, 4 * rows), gbuf(dq_accum, accum));
-
-  const int64_t key_blocks = (p.seqlen_k + Tr::kBlockN - 1) / Tr::kBlockN;
-  const dim3 grid(unsigned(bp.deterministic ? w.splits : key_blocks), unsigned(p.heads_kv), unsigned(p.batch));
-  launch("flash_bwd", flash_bwd_kernel<Tr>, LaunchConfig{grid, dim3(Tr::kThreads), Tr::kSmemBytes, stream}, bp, w,
+  launch("flash_bwd_row_stats", bwd_row_stats<Tr, kSeqs>,
+         LaunchConfig{stats_grid, dim3(Tr::kThreads), Tr::kSmemStatsBytes, stream}, bp, w,
          q_like(p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride),
          kv_like(p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride),
          kv_like(p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride),
          q_like(bp.dout, bp.do_batch_stride, bp.do_row_stride, bp.do_head_stride),
+         gbuf(static_cast<const float*>(p.lse), lse_extent),
+         gbuf(static_cast<const float*>(bp.dlse), bp.dlse ? lse_extent : 0), gbuf(stats, 4 * rows), gbuf(dq_accum, accum),
+         seq_buffers(p));
+
+  const int64_t key_blocks = (p.seqlen_k + Tr::kBlockN - 1) / Tr::kBlockN;
+  const dim3 grid(unsigned(bp.deterministic ? w.splits : key_blocks), unsigned(p.heads_kv), unsigned(p.batch));
+  launch("flash_bwd", flash_bwd_kernel<Tr, kSeqs>, LaunchConfig{grid, dim3(Tr::kThreads), Tr::kSmemBytes, stream}, bp,
+         w, q_like(p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride),
+         kv_like(p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride),
+         kv_like(p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride),
+         q_like(bp.dout, bp.do_batch_stride, bp.do_row_stride, bp.do_head_stride),
          gbuf(static_cast<const float*>(stats), 4 * rows), gbuf(dq_accum, accum),
-         gbuf(static_cast<T*>(bp.dk), extent(bp.dk_batch_stride, bp.dk_row_stride, bp.dk_head_stride, p.batch, p.seqlen_k, p.heads_kv, d)),
-         gbuf(static_cast<T*>(bp.dv), extent(bp.dv_batch_stride, bp.dv_row_stride, bp.dv_head_stride, p.batch, p.seqlen_k, p.heads_kv, d)));
+         gbuf(static_cast<T*>(bp.dk), extent(bp.dk_batch_stride, bp.dk_row_stride, bp.dk_head_stride, kb, kr, p.heads_kv, d)),
+         gbuf(static_cast<T*>(bp.dv), extent(bp.dv_batch_stride, bp.dv_row_stride, bp.dv_head_stride, kb, kr, p.heads_kv, d)),
+         seq_buffers(p));
 
   const dim3 row_grid(unsigned((p.seqlen_q + 15) / 16), unsigned(p.heads_q), unsigned(p.batch));
-  launch("flash_bwd_convert_dq", bwd_convert_dq<T, Tr::kHeadDim>, LaunchConfig{row_grid, dim3(2 * Tr::kHeadDim), 0, stream},
-         bp, w, gbuf(static_cast<const float*>(dq_accum), accum),
-         gbuf(static_cast<T*>(bp.dq), extent(bp.dq_batch_stride, bp.dq_row_stride, bp.dq_head_stride, p.batch, p.seqlen_q, p.heads_q, d)));
+  launch("flash_bwd_convert_dq", bwd_convert_dq<T, Tr::kHeadDim, kSeqs>,
+         LaunchConfig{row_grid, dim3(2 * Tr::kHeadDim), 0, stream}, bp, w, gbuf(static_cast<const float*>(dq_accum), accum),
+         gbuf(static_cast<T*>(bp.dq), extent(bp.dq_batch_stride, bp.dq_row_stride, bp.dq_head_stride, qb, qr, p.heads_q, d)),
+         seq_buffers(p));
 }
 
-// The large tier when the device's per-block shared memory takes it, else the small one.
+// The large tier when the device's per-block shared memory takes it, else the small one. Packed
+// sequences (uses_seqs) run the small tier's tiles on every device: the variable-length
+// instances hold the sequence's offsets and lengths in registers, and with the large tiles ptxas
+// spilled 4 to 16 bytes (D = 32, 96, 256 on sm_90).
 template <class T, int HeadDim>
 void run_backward(const BwdParams& bp, float* stats, float* dq_accum, Stream stream) {
   using Large = BwdTraits<T, HeadDim, false>;
   using Small = BwdTraits<T, HeadDim, bwd_has_small_tier(HeadDim)>;
   const std::size_t limit = max_dynamic_smem();
-  if (Large::kSmemBytes <= limit) return run_backward_tiles<Large>(bp, stats, dq_accum, stream);
-  if constexpr (bwd_has_small_tier(HeadDim))
-    if (Small::kSmemBytes <= limit) return run_backward_tiles<Small>(bp, stats, dq_accum, stream);
+  const bool seqs = uses_seqs(bp.fwd);
+  if (!seqs && Large::kSmemBytes <= limit) return run_backward_tiles<Large, false>(bp, stats, dq_accum, stream);
+  if (Small::kSmemBytes <= limit) {
+    if (seqs) return run_backward_tiles<Small, true>(bp, stats, dq_accum, stream);
+    if constexpr (bwd_has_small_tier(HeadDim)) return run_backward_tiles<Small, false>(bp, stats, dq_accum, stream);
+  }
   throw std::invalid_argument("head_dim " + std::to_string(HeadDim) + ": the CUDA backward needs " +
                               std::to_string(Small::kSmemBytes) + " bytes of shared memory per block; this GPU allows " +
                               std::to_string(limit));

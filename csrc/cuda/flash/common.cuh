@@ -1,10 +1,12 @@
 // Helpers shared by the forward and backward kernels (tile loads and stores) and their launchers
-// (buffer extents).
+// (buffer extents, the sequence arrays of variable-length calls).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 
+#include "common/seqlens.h"
+#include "cuda/launch.cuh"
 #include "cuda/primitives.cuh"
 
 namespace fae::cuda {
@@ -131,6 +133,20 @@ __device__ __forceinline__ void store_tile(gptr<T> tile, sptr<T> src, int64_t ro
 inline std::size_t extent(int64_t batch_stride, int64_t row_stride, int64_t head_stride, int64_t b, int64_t s,
                           int64_t h, int64_t d) {
   return std::size_t((b - 1) * batch_stride + (s - 1) * row_stride + (h - 1) * head_stride + d);
+}
+
+// The int32 sequence arrays of p as checked global pointers (empty where unused).
+inline SeqArrays<gptr<const int32_t>> seq_buffers(const FwdParams& p) {
+  const std::size_t n = std::size_t(p.batch);
+  auto buf = [](const int32_t* a, std::size_t count) { return gbuf(a, a ? count : 0); };
+  return {buf(p.cu_seqlens_q, n + 1), buf(p.cu_seqlens_k, n + 1), buf(p.seqused_k, n),
+          buf(p.leftpad_k, n), buf(p.kv_batch_idx, n), buf(p.block_table, n * std::size_t(p.block_table_stride))};
+}
+
+// True when p uses any sequence array or splits (the variable-length kernels).
+inline bool uses_seqs(const FwdParams& p) {
+  return p.cu_seqlens_q || p.cu_seqlens_k || p.seqused_k || p.leftpad_k || p.kv_batch_idx || p.block_table ||
+         p.num_splits > 1;
 }
 
 }  // namespace fae::cuda

@@ -9,20 +9,6 @@
 
 namespace fae::cuda {
 
-// The int32 sequence arrays of p as checked global pointers (empty where unused).
-inline SeqArrays<gptr<const int32_t>> seq_buffers(const FwdParams& p) {
-  const std::size_t n = std::size_t(p.batch);
-  auto buf = [](const int32_t* a, std::size_t count) { return gbuf(a, a ? count : 0); };
-  return {buf(p.cu_seqlens_q, n + 1), buf(p.cu_seqlens_k, n + 1), buf(p.seqused_k, n),
-          buf(p.leftpad_k, n), buf(p.kv_batch_idx, n), buf(p.block_table, n * std::size_t(p.block_table_stride))};
-}
-
-// True when p uses any sequence array or splits (flash_fwd_seqs_kernel).
-inline bool uses_seqs(const FwdParams& p) {
-  return p.cu_seqlens_q || p.cu_seqlens_k || p.seqused_k || p.leftpad_k || p.kv_batch_idx || p.block_table ||
-         p.num_splits > 1;
-}
-
 // The tiles of flash_fwd_seqs_kernel: warps of 16 rows (MTiles = 1), Q in shared memory and, past
 // D = 128, narrower key tiles, so that the sequence offsets and paged addressing fit in registers
 // without a spill at every head dim (ptxas -v, sm_80 and sm_90: D = 256 with 32 keys spilled 8

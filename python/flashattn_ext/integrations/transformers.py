@@ -26,8 +26,7 @@ What a call gets, as transformers' ``sdpa`` attention would compute it:
   within each sequence). Such a mask, from transformers or passed by the caller, runs as one
   :func:`~flashattn_ext.flash_attn_varlen_func` call over all the rows' sequences, with
   ``cu_seqlens`` read from the mask's blocks and the band they share; the reading is checked
-  against the whole mask, so it is exact. The variable-length backward runs on the CPU only:
-  elsewhere (CUDA tensors) packed sequences fall back, as below.
+  against the whole mask, so it is exact.
 - ``output_attentions``: the weights are exp(scale·q·kᵀ - lse) from the kernels' logsumexp.
 - softcap (Gemma 2) and attention sinks (``s_aux``) raise NotImplementedError.
 - falls back to transformers' sdpa attention, with a warning naming the reason, for what the
@@ -52,7 +51,6 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward  # n
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask  # noqa: E402
 
 from .. import _masked  # noqa: E402
-from .._dispatch import backend_for  # noqa: E402
 from .._sdpa import unsupported  # noqa: E402
 from ..functional import scaled_dot_product_attention  # noqa: E402
 
@@ -118,9 +116,6 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
         if plans is None:
             reason = ("an attention mask that is not a causal or sliding-window band over the "
                       "unpadded keys, nor sequences packed under one such band")
-        elif isinstance(plans, _masked.Packed) and backend_for(query) != "cpu":
-            reason = (f"packed sequences on the {backend_for(query)} backend (the "
-                      f"variable-length backward runs on the CPU only)")
     if reason is not None:
         warnings.warn(f"flashattn_ext: {reason}: computed by transformers' sdpa attention",
                       stacklevel=2)
