@@ -452,7 +452,7 @@ CLASSES = {
     "MUFU": ("MUFU",),
     "int": ("IADD3", "IMAD", "IADD", "LEA", "SHF", "LOP3", "ISETP", "SEL", "PRMT", "IMNMX", "IABS", "MOV",
             "CS2R", "VIADD", "VIADDMNMX", "VIMNMX", "PLOP3", "P2R", "R2P", "S2R", "S2UR", "LDC", "POPC",
-            "FLO", "BMSK", "SGXT", "IDP", "LOP", "SHL", "SHR", "BREV"),
+            "FLO", "BMSK", "SGXT", "IDP", "LOP", "SHL", "SHR", "BREV", "VOTE"),
     "SHFL": ("SHFL",),
     "barrier": ("BAR", "DEPBAR", "LDGDEPBAR", "MEMBAR", "WARPSYNC", "ERRBAR"),
     "branch": ("BRA", "BRX", "JMP", "BSSY", "BSYNC", "EXIT", "CALL", "RET", "BREAK", "BMOV", "YIELD"),
@@ -805,8 +805,10 @@ METHOD = """## Method
   busiest thread's share when a tile's chunks do not split evenly over the threads; the backward's
   cp.async of the next tile's row statistics, issued by threads below kBlockM: the busiest warp);
   among those paths, (2) the most HMMA, (3) the most global-memory instructions (the dQ atomics),
-  (4) the fewest instructions: the variant of masking code for tiles no mask edge crosses. So the
-  counts describe a problem with full, unmasked tiles. The HMMA count of the path is checked against
+  (4) the fewest instructions: the variant of masking code for tiles no mask edge crosses, and the
+  forward's path past its lazy-rescale block (taken only when a row's max outgrows its reference by
+  2^8; its size is the "not on the path" count). So the counts describe a problem with full,
+  unmasked tiles in the steady state. The HMMA count of the path is checked against
   the tile FLOPs (forward 2, backward 5 matrix products of kBlockM x kBlockN x D per block
   iteration, split over the block's warps, 2048 FMA per HMMA).
 - **Backward tiers.** A backward cubin holds both shared-memory tiers (`BwdTraits<T, D, false>` for

@@ -114,6 +114,25 @@ def test_forward_with_negative_or_zero_scale(backend, gen, scale):
     assert_close(lse, ref_lse.float(), None, "lse")
 
 
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("order", ["ascending", "descending"])
+def test_row_max_that_keeps_growing(backend, gen, d, order):
+    """Scores whose row max grows along the keys by hundreds (log2 units): the kernels that take
+    a row's exponentials against a stale max (CUDA) must move it and rescale their sums and output
+    whenever the max outgrows it by their slack, many times per row and at different tiles for
+    different rows; descending, the first keys hold the max and no later tile rescales."""
+    dtype = _dtype_for(backend)
+    q, k, v = _inputs(gen, 1, 130, 400, 2, 1, d, dtype)
+    ramp = 1.0 + torch.arange(400, dtype=torch.float64) / 16
+    k = (k.double() * (ramp if order == "ascending" else ramp.flip(0))[None, :, None, None] * 3).to(dtype)
+    for causal in (False, True):
+        out, lse = fa.attention(q, k, v, causal=causal, return_lse=True)
+        ref, ref_lse = oracle.attention(q, k, v, causal=causal)
+        naive = naive_in(dtype, q, k, v, causal=causal)[0] if dtype == BF16 else None
+        assert_close(out, ref, naive, "out")
+        assert_close(lse, ref_lse.float(), None, "lse")
+
+
 def test_rows_that_see_no_key(backend, gen):
     """Bottom-right causal with Sq > Sk: the first Sq - Sk rows see nothing."""
     q, k, v = (x.requires_grad_() for x in _inputs(gen, 1, 20, 5, 2, 2, 16, _dtype_for(backend)))

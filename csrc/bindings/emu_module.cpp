@@ -99,6 +99,17 @@ py::array_t<int> shfl(carray<int> cases, carray<int> vals) {
   return out;
 }
 
+py::array_t<int> vote(carray<int> cases, carray<int> preds) {
+  const int ncases = int(cases.size() / 2);
+  py::array_t<int> out({ncases, 32});
+  const int* pc = data(cases, ncases * 2, "cases");
+  const int* pp = data(preds, ncases * 32, "preds");
+  int* po = out.mutable_data();
+  py::gil_scoped_release nogil;
+  ex::probe_vote(pc, pp, po, ncases);
+  return out;
+}
+
 py::array_t<double> shfl64(carray<double> vals, int lane_mask) {
   py::array_t<double> out(32);
   const double* pv = data(vals, 32, "vals");
@@ -344,6 +355,8 @@ PYBIND11_MODULE(_emu, m) {
   m.def("ldmatrix", &ldmatrix, py::arg("image"), py::arg("offsets"), py::arg("num"), py::arg("trans"));
   m.def("stmatrix", &stmatrix, py::arg("regs"), py::arg("offsets"), py::arg("num"), py::arg("trans"), py::arg("n"));
   m.def("shfl", &shfl, py::arg("cases"), py::arg("vals"));
+  m.def("vote", &vote, py::arg("cases"), py::arg("preds"),
+        "Warp votes: case k = (mode 0 all / 1 any / 2 ballot, membermask) over preds[k][32]; -1 outside the mask.");
   m.def("shfl64", &shfl64, py::arg("vals"), py::arg("lane_mask"));
   m.def("convert", &convert, py::arg("x"));
   m.def("zfill", &zfill, py::arg("src"));

@@ -39,6 +39,17 @@ FAE_HD T rescale_factor(T m_old, T m_new) {
   return rescale_factor(m_old, m_new, [](T x) { return T(std::exp2(x)); });
 }
 
+// Lazy rescaling (kernels that hold a row's output in registers): the exponentials of a row may
+// be taken against a stale reference max m_ref, skipping the rescale of the sum and output, as
+// long as the row's true max exceeds it by at most kRescaleSlack (log2 units). Every term
+// exp2(s2 - m_ref) is then at most 2^kRescaleSlack: far from overflow in float and in 16-bit P,
+// and the finished row is the same (lse2_of(m_ref, sum), sum / out in the same reference). A row
+// whose reference is still -inf (no finite score yet) rescales at its first finite score; a NaN
+// max never asks for a rescale (its NaN terms make the row NaN anyway).
+constexpr float kRescaleSlack = 8.0f;
+template <typename T>
+FAE_HD bool needs_rescale(T m_ref, T m_new) { return m_new > m_ref + T(kRescaleSlack); }
+
 // Log2-domain logsumexp of a finished row (or of one key split of it) from its log2-domain max m2
 // and its sum of exp2 terms: -inf for an empty row (sum 0), NaN for a NaN sum.
 template <typename T>

@@ -3,6 +3,7 @@
 // Kernels in csrc/cuda touch the GPU only through what this header provides:
 //   block barrier          __syncthreads()
 //   warp shuffles          __shfl_sync / __shfl_xor_sync / __shfl_up_sync / __shfl_down_sync
+//   warp votes             __all_sync / __any_sync / __ballot_sync
 //   tensor cores           fae::mma_m16n8k16<T>, fae::mma_m16n8k8<T>     (T = fae::half_t | fae::bf16_t)
 //   matrix loads/stores    fae::ldmatrix_x{1,2,4}[_trans], fae::stmatrix_x{1,2,4}[_trans] (sm_90)
 //   async copies           fae::cp_async<4|8|16>(dst, src[, src_bytes]), fae::cp_async_commit(),

@@ -178,6 +178,22 @@ inline T shfl(int mode, unsigned mask, T v, int b, int width) {
 }
 }  // namespace fae::emu
 
+namespace fae::emu {
+// vote.sync over the lanes of `mask`; qual = mode.
+inline uint32_t vote(int mode, unsigned mask, int pred) {
+  Arrival r{};
+  r.op = Op::vote;
+  r.qual = mode;
+  r.mask = mask;
+  r.v[0] = pred != 0;
+  warp_collective(r);
+  return r.v[0];
+}
+}  // namespace fae::emu
+inline int __all_sync(unsigned mask, int pred) { return int(::fae::emu::vote(::fae::emu::vote_all, mask, pred)); }
+inline int __any_sync(unsigned mask, int pred) { return int(::fae::emu::vote(::fae::emu::vote_any, mask, pred)); }
+inline unsigned __ballot_sync(unsigned mask, int pred) { return ::fae::emu::vote(::fae::emu::vote_ballot, mask, pred); }
+
 // The CUDA overload set (one per value type), so that proxies such as p[i] convert as on nvcc.
 #define FAE_EMU_SHFL(T)                                                                  \
   inline T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32) {               \

@@ -85,13 +85,14 @@ void cp_async_commit();
 void cp_async_wait(int n);
 void cp_async_wait_all();
 
-enum class Op : uint8_t { mma, ldmatrix, stmatrix, shfl };
+enum class Op : uint8_t { mma, ldmatrix, stmatrix, shfl, vote };
 enum ShflMode { shfl_idx = 0, shfl_up = 1, shfl_down = 2, shfl_bfly = 3 };  // Arrival::qual of a shfl
+enum VoteMode { vote_all = 0, vote_any = 1, vote_ballot = 2 };                    // Arrival::qual of a vote
 // One lane's part of a warp-collective operation; it lives on the lane's own stack until the warp
 // has executed it (the last lane to arrive executes it for all).
 struct Arrival {
   Op op;
-  int qual;       // mma: shape/type code; ldmatrix/stmatrix: num | trans << 3; shfl: mode
+  int qual;       // mma: shape/type code; ldmatrix/stmatrix: num | trans << 3; shfl, vote: mode
   unsigned mask;  // participating lanes
   const void* addr;
   uint32_t* out[4];

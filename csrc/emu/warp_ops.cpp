@@ -4,6 +4,7 @@
 //   (hardware numerics mode: hw_numerics.cpp)
 //   ldmatrix / stmatrix .x1/.x2/.x4 [.trans]: docs/emulator.md section 3.2 (and their bank wavefronts when counting)
 //   shfl.sync idx/up/down/bfly: docs/emulator.md section 3.4 formula with the CUDA-header c operand
+//   vote.sync all/any/ballot: docs/emulator.md section 3.4 (over the lanes of the membermask)
 #include <cstring>
 
 #include "common/fp16.h"
@@ -36,6 +37,10 @@ const char* collective_name(Op op, int qual) {
     case Op::shfl: {
       static const char* names[4] = {"shfl.sync.idx", "shfl.sync.up", "shfl.sync.down", "shfl.sync.bfly"};
       return names[qual & 3];
+    }
+    case Op::vote: {
+      static const char* names[3] = {"vote.sync.all.pred", "vote.sync.any.pred", "vote.sync.ballot.b32"};
+      return names[qual % 3];
     }
   }
   return "?";
@@ -200,6 +205,20 @@ void exec_shfl(Runner& r, Thread* const lanes[32], unsigned mask, int mode) {
     if (lanes[l]) lanes[l]->arrival->v[0] = out[l];
 }
 
+// Every lane of the membermask has arrived (warp_collective checks it): all / any of their
+// predicates, or the ballot of them (bit l for lane l), to each of them.
+void exec_vote(Thread* const lanes[32], int mode) {
+  uint32_t ballot = 0;
+  for (int l = 0; l < 32; ++l)
+    if (lanes[l] && lanes[l]->arrival->v[0] != 0) ballot |= 1u << l;
+  uint32_t members = 0;
+  for (int l = 0; l < 32; ++l)
+    if (lanes[l]) members |= 1u << l;
+  const uint32_t out = mode == vote_ballot ? ballot : mode == vote_any ? uint32_t(ballot != 0) : uint32_t(ballot == members);
+  for (int l = 0; l < 32; ++l)
+    if (lanes[l]) lanes[l]->arrival->v[0] = out;
+}
+
 }  // namespace
 
 void execute_collective(Runner& r, Thread* const lanes[32], const PendingCollective& pc) {
@@ -215,6 +234,9 @@ void execute_collective(Runner& r, Thread* const lanes[32], const PendingCollect
       break;
     case Op::shfl:
       exec_shfl(r, lanes, pc.mask, pc.qual);
+      break;
+    case Op::vote:
+      exec_vote(lanes, pc.qual);
       break;
   }
 }

@@ -1,5 +1,6 @@
 """Warp shuffles of the emulator against the CUDA Programming Guide description and the PTX
-formula (docs/emulator.md section 3.4), for every width, every delta / lane mask 0..31 and srcLane -40..69."""
+formula (docs/emulator.md section 3.4), for every width, every delta / lane mask 0..31 and srcLane -40..69;
+warp votes over full and partial membermasks."""
 
 from __future__ import annotations
 
@@ -76,3 +77,21 @@ def test_64_bit_values_shuffle_both_halves(emu, rng):
     vals = rng.standard_normal(32) * 1e300
     for lane_mask in (1, 5, 16, 31):
         np.testing.assert_array_equal(emu.shfl64(vals, lane_mask), vals[np.arange(32) ^ lane_mask])
+
+
+def test_votes_over_full_and_partial_masks(emu, rng):
+    """__all_sync / __any_sync / __ballot_sync (docs/emulator.md section 3.4) on random predicates
+    (sparse and dense, so all and any take both values), over the full warp and partial masks;
+    lanes outside the mask take no part."""
+    masks = [FULL, 0xFFFF, 0x0F0F0F0F, 0x80000001, 1]
+    densities = [0.0, 0.03, 0.5, 0.97, 1.0]
+    cs = [(mode, m, d) for mode in range(3) for m in masks for d in densities]
+    preds = np.stack([(rng.random(32) < d) * rng.integers(1, 1 << 30, 32) for _, _, d in cs]).astype(np.int32)
+    out = emu.vote(np.array([[mode, m] for mode, m, _ in cs], np.int64).astype(np.int32), preds)
+    for k, (mode, m, _) in enumerate(cs):
+        members = [l for l in range(32) if (m & 0xFFFFFFFF) >> l & 1]
+        ballot = sum(1 << l for l in members if preds[k][l] != 0)
+        want = [int(all(preds[k][l] != 0 for l in members)), int(ballot != 0), int(np.array(ballot, np.uint32).view(np.int32))][mode]
+        for l in range(32):
+            assert out[k][l] == (want if l in members else -1), (mode, hex(m & 0xFFFFFFFF), l)
+

@@ -68,7 +68,8 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
   const sptr<T> sQ = dynamic_smem<T>(), sK = sQ + Tr::kSmemQ, sV = sK + Tr::kSmemKV;
   const int wrow = warp * Tr::kWarpRows;  // this warp's first row in the block
 
-  // Accumulators: fragment rows g and g + 8 of each m16 tile; m2 = running log2-domain row max.
+  // Accumulators: fragment rows g and g + 8 of each m16 tile; m2 = the log2-domain reference max
+  // the row's exponentials are taken against (lazily rescaled: online_softmax.h).
   float acc_o[MT][NO][4] = {};
   float m2[MT][2], row_sum[MT][2];
   for (int mi = 0; mi < MT; ++mi)
@@ -213,9 +214,12 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
               if (!(diag >= lo && diag <= hi && col < end)) s[mi][nt][i] = neg_inf<float>();
             }
       }
-      // Online softmax: per row the new max (of the raw scores; c > 0), and the factor that
-      // rescales the old sum and O.
-      float base[MT][2];
+      // Online softmax, rescaled lazily: per row the tile's max (of the raw scores; c > 0). Only
+      // when a row of the warp outgrows its reference max by more than kRescaleSlack does the warp
+      // move its rows' references to the new max and rescale their sums and O (a warp-uniform
+      // branch that the steady state skips: a row's max rarely grows 256-fold after its first keys).
+      float m_new[MT][2];
+      bool grow = false;
 #pragma unroll
       for (int mi = 0; mi < MT; ++mi)
 #pragma unroll
@@ -223,17 +227,30 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
           float mx = neg_inf<float>();
 #pragma unroll
           for (int nt = 0; nt < NS; ++nt) mx = fmaxf(mx, fmaxf(s[mi][nt][2 * hh], s[mi][nt][2 * hh + 1]));
-          const float m_new = fmaxf(m2[mi][hh], quad_max(mx) * c);
-          const float alpha = rescale_factor(m2[mi][hh], m_new, FastExp2{});
-          base[mi][hh] = exp_base(m_new);
-          m2[mi][hh] = m_new;
-          row_sum[mi][hh] *= alpha;
-#pragma unroll
-          for (int nt = 0; nt < NO; ++nt) {
-            acc_o[mi][nt][2 * hh] *= alpha;
-            acc_o[mi][nt][2 * hh + 1] *= alpha;
-          }
+          m_new[mi][hh] = fmaxf(m2[mi][hh], quad_max(mx) * c);
+          grow |= needs_rescale(m2[mi][hh], m_new[mi][hh]);
         }
+      if (__any_sync(0xffffffffu, grow)) {
+#pragma unroll
+        for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+          for (int hh = 0; hh < 2; ++hh) {
+            const float alpha = rescale_factor(m2[mi][hh], m_new[mi][hh], FastExp2{});
+            m2[mi][hh] = m_new[mi][hh];
+            row_sum[mi][hh] *= alpha;
+#pragma unroll
+            for (int nt = 0; nt < NO; ++nt) {
+              acc_o[mi][nt][2 * hh] *= alpha;
+              acc_o[mi][nt][2 * hh + 1] *= alpha;
+            }
+          }
+      }
+
+      float base[MT][2];
+#pragma unroll
+      for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+        for (int hh = 0; hh < 2; ++hh) base[mi][hh] = exp_base(m2[mi][hh]);
 
       cp_async_wait<0>();  // V_j has landed ...
       __syncthreads();     // ... for every thread, and every warp is done with K_j
@@ -242,7 +259,7 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
 
 #pragma unroll
       for (int kk = 0; kk < Tr::kKStepsPV; ++kk) {
-        // P = exp2(s * c - m2) (one FFMA and one MUFU per score) for keys kk*16 .. kk*16+15: the S
+        // P = exp2(s * c - base) (one FFMA and one MUFU per score) for keys kk*16 .. kk*16+15: the S
         // accumulators of n8 tiles 2kk and 2kk+1 are exactly the A fragment of P for them,
         // rounded to the input type.
         uint32_t a[MT][4];

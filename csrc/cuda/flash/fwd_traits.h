@@ -43,40 +43,39 @@ struct FwdConfig {
 
 // Tile table, chosen with bench/cuda_static.py (nvcc 13, ptxas -v and the SASS of one steady-state
 // main-loop iteration per warp, bfloat16; float16 has the same registers): no spill or stack on
-// sm_80 and sm_90 in either type, 8 warps per A100 SM (2 blocks), then the bound model's fraction
-// of tensor peak (A100) and the HMMA share of the loop's instructions. Measured (registers, HMMA
-// share, bound: tensor / shared / MUFU and the fraction of tensor peak):
-//   D    rows x warps BlockN Q     smem    sm_80                     sm_90
-//   32   32 x 4       96     regs  25600   248  14.2%  MUFU 0.96     239  14.3%  MUFU 0.48
-//   64   32 x 4       96     regs  46080   255  22.6%  tensor 1.00   255  22.7%  shared 0.80
-//   96   32 x 4       48     smem  46592   244  23.0%  tensor 1.00   246  23.1%  shared 0.62
-//   128  32 x 4       48     smem  60928   255  26.9%  tensor 1.00   255  26.6%  shared 0.63
-//   160  16 x 4       64     regs  64512   249  26.8%  shared 0.80   246  27.1%  shared 0.40
-//   192  16 x 4       64     regs  76800   250  28.4%  shared 0.80   255  28.6%  shared 0.40
-//   224  16 x 4       48     smem  74240   242  26.5%  shared 0.70   249  26.8%  shared 0.35
-//   256  16 x 4       32     smem  67584   244  25.5%  shared 0.67   241  25.5%  shared 0.33
+// sm_80 and sm_90 in either type, for the dense and the variable-length kernel (flash_fwd_seqs_kernel,
+// which holds its sequence's offsets besides), 8 warps per A100 SM (2 blocks), then the HMMA share
+// of the loop's instructions on its common path (the lazy rescale's block skipped, fwd_kernel.cuh).
+//   D    rows x warps BlockN Q     smem    HMMA share sm_80 / sm_90 (rescale block, instructions)
+//   32   32 x 4       64     regs  20480   14.4% / 14.6%   (56)
+//   64   32 x 4       64     regs  36864   23.8% / 23.9%   (88)
+//   96   32 x 4       32     smem  39936   26.6% / 26.7%   (120)
+//   128  32 x 4       48     smem  60928   33.0% / 33.2%   (152)
+//   160  16 x 4       64     regs  64512   30.8% / 31.2%   (92)
+//   192  16 x 4       64     regs  76800   33.0% / 33.4%   (108)
+//   224  16 x 4       48     smem  74240   32.1% / 33.0%   (124)
+//   256  16 x 4       32     smem  67584   34.2% / 34.4%   (140)
 // Why each row (a thread holds O, MTiles * D / 2 floats, and S, MTiles * BlockN / 2, next to the
 // addresses, row statistics and the K/V fragments ptxas loads ahead; the alternatives measured):
-//   32:  BlockN 128 spilled (36 B on sm_80 with Q in registers, 60 B on sm_90 without); MUFU-bound
-//        either way (one exp2 per score for a 32-wide dot product).
-//   64:  BlockN 128 spilled 72 B (sm_80); Q in registers saves 16 ldmatrix per iteration
-//        (0.25 per HMMA, sm_90 shared-memory bound 0.71 -> 0.80) and fits.
-//   96:  BlockN 64 spilled 16 B on both.
-//   128: BlockN 64 (FlashAttention-2's 128 x 64) spilled 104 B on sm_80, 32 B on sm_90; Q in
-//        registers would add 64 registers. So 192 HMMA per iteration carry the per-row softmax
-//        work (O rescale, max, sum) that 256 carry in FlashAttention-2: 3.72 instructions per HMMA
-//        against its 3.68.
+//   32:  BlockN 96 spilled 12 B in the variable-length kernel on sm_90; MUFU-bound either way (one
+//        exp2 per score for a 32-wide dot product).
+//   64:  BlockN 96 with Q in registers spilled 24 B on sm_80 (24.0%); BlockN 96 with Q in shared
+//        memory fits (24.2%) but re-reads Q (0.29 ldmatrix per HMMA against 0.25); BlockN 128
+//        spilled 72 B (sm_80).
+//   96:  BlockN 48 (27.0%) spilled 16 B in the variable-length kernel on sm_90.
+//   128: BlockN 64 (FlashAttention-2's 128 x 64, 34.5%) spilled 12 B on sm_80, 20 B on sm_90; Q in
+//        registers would add 64 registers.
 //   160: 32-row warps with BlockN 32 spilled on sm_90 (8 B); 16-row warps keep Q in registers.
-//   192: Q in registers (250 / 255 registers) beats Q in shared memory (27.5%, shared 0.73).
-//   224, 256: BlockN 64 (224) or 48 (256) raise the share to 28.7% but need 83-87 KiB of shared
-//        memory: one block, 4 warps per A100 SM.
+//   192: Q in registers beats Q in shared memory (shared-memory bound).
+//   224, 256: BlockN 64 (224) or 48 (256) need 83-87 KiB of shared memory: one block, 4 warps per
+//        A100 SM.
 template <int HeadDim>
 struct FwdTile;
 // clang-format off
 //                                        warps MTiles BlockN QInRegisters
-template <> struct FwdTile<32>  { static constexpr int w = 4, mt = 2, bn = 96;  static constexpr bool qr = true;  };
-template <> struct FwdTile<64>  { static constexpr int w = 4, mt = 2, bn = 96;  static constexpr bool qr = true;  };
-template <> struct FwdTile<96>  { static constexpr int w = 4, mt = 2, bn = 48;  static constexpr bool qr = false; };
+template <> struct FwdTile<32>  { static constexpr int w = 4, mt = 2, bn = 64;  static constexpr bool qr = true;  };
+template <> struct FwdTile<64>  { static constexpr int w = 4, mt = 2, bn = 64;  static constexpr bool qr = true;  };
+template <> struct FwdTile<96>  { static constexpr int w = 4, mt = 2, bn = 32;  static constexpr bool qr = false; };
 template <> struct FwdTile<128> { static constexpr int w = 4, mt = 2, bn = 48;  static constexpr bool qr = false; };
 template <> struct FwdTile<160> { static constexpr int w = 4, mt = 1, bn = 64;  static constexpr bool qr = true;  };
 template <> struct FwdTile<192> { static constexpr int w = 4, mt = 1, bn = 64;  static constexpr bool qr = true;  };

@@ -24,6 +24,7 @@ void fae_emu_test_kernels_instantiate() {
   probe_matrix<4, true>(false, nullptr, 0, nullptr, nullptr);
   probe_shfl(nullptr, nullptr, nullptr, 1);
   probe_shfl64(nullptr, nullptr, 1);
+  probe_vote(nullptr, nullptr, nullptr, 1);
   probe_convert(nullptr, 0, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr);
   probe_zfill(nullptr, nullptr);
   probe_atomic(nullptr, 1, 1);

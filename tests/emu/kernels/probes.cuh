@@ -117,6 +117,26 @@ inline void probe_shfl(const int* cases, const int* vals, int* out, int ncases) 
          gbuf(vals, ncases * 32), gbuf(out, ncases * 32));
 }
 
+// Votes: block k runs case k (mode 0 all, 1 any, 2 ballot; membermask) over the predicates
+// preds[k][32]; lanes outside the mask write -1.
+__global__ void probe_vote_kernel(gptr<const int> cases, gptr<const int> preds, gptr<int> out) {
+  const int k = blockIdx.x, l = threadIdx.x, mode = cases[k * 2];
+  const unsigned mask = static_cast<unsigned>(cases[k * 2 + 1]);
+  int v = -1;
+  if (mask & (1u << l)) {
+    const int pred = preds[k * 32 + l];
+    if (mode == 0) v = __all_sync(mask, pred);
+    else if (mode == 1) v = __any_sync(mask, pred);
+    else v = static_cast<int>(__ballot_sync(mask, pred));
+  }
+  out[k * 32 + l] = v;
+}
+
+inline void probe_vote(const int* cases, const int* preds, int* out, int ncases) {
+  launch("probe_vote", probe_vote_kernel, LaunchConfig{dim3(ncases), dim3(32), 0, nullptr}, gbuf(cases, ncases * 2),
+         gbuf(preds, ncases * 32), gbuf(out, ncases * 32));
+}
+
 // 64-bit shuffles move both 32-bit halves with the same lane selection: out = xor-shuffled vals.
 __global__ void probe_shfl64_kernel(gptr<const double> vals, gptr<double> out, int lane_mask) {
   const int l = threadIdx.x;
