@@ -48,10 +48,13 @@ def finish_lse(m: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optional[float] = None,
               causal: bool = False, window: Tuple[int, int] = (-1, -1), bottom_right: bool = True,
               dtype: torch.dtype = torch.float64,
-              visible: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+              visible: Optional[torch.Tensor] = None, softcap: float = 0.0,
+              alibi_slopes: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """q (B, Sq, Hq, D), k/v (B, Sk, Hkv, D) -> out (B, Sq, Hq, D), lse (B, Hq, Sq), in ``dtype``.
     ``visible`` (B or 1, Sq, Sk), when given, is an explicit boolean mask (True: the query sees
-    the key) applied on top of the causal/window rule.
+    the key) applied on top of the causal/window rule. ``softcap`` > 0 replaces the scaled score
+    s by softcap * tanh(s / softcap); ``alibi_slopes`` (Hq,) or (B, Hq) then adds
+    -slope * |i + Sk - Sq - j| (before the mask).
 
     Differentiable (torch autograd) so it is also the gradient oracle. Rows that see no key give
     out 0 and lse -inf."""
@@ -68,6 +71,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optio
     if visible is not None:
         ok = ok & visible[:, None]
     s = (q @ k.transpose(-1, -2)) * scale
+    if softcap > 0:
+        s = softcap * torch.tanh(s / softcap)
+    if alibi_slopes is not None:
+        dist = (torch.arange(sq)[:, None] + sk - sq - torch.arange(sk)[None, :]).abs()
+        slopes = alibi_slopes.to(dtype).reshape(-1, hq, 1, 1)
+        s = s - slopes * dist.to(dtype)
     s = s.masked_fill(~ok, -INF)
     m = exp_base(s.amax(dim=-1, keepdim=True).detach())
     p = torch.exp(s - m)

@@ -105,8 +105,10 @@ BAD_INPUTS = [
     ("attention(q, k, v, return_lse=1)", TypeError, "return_lse: expected a bool"),
     # not implemented
     ("flash_attn_func(q, k, v, dropout_p=0.1)", NotImplementedError, "dropout_p=0.1"),
-    ("flash_attn_func(q, k, v, softcap=30.0)", NotImplementedError, "softcap=30.0"),
-    ("flash_attn_func(q, k, v, alibi_slopes=torch.ones(4))", NotImplementedError, "alibi_slopes"),
+    ("flash_attn_func(q, k, v, softcap=-1.0)", ValueError,
+     "softcap: expected a finite number >= 0 (0 = no softcapping), got -1.0"),
+    ("flash_attn_func(q, k, v, alibi_slopes=torch.ones(3))", ValueError,
+     "alibi_slopes: expected a float32 torch array of shape (4,) or (2, 4), got shape (3,) float32"),
     ("scaled_dot_product_attention(qt, kt, vt, attn_mask=torch.ones(11, 13, dtype=torch.bool))",
      NotImplementedError, "attn_mask"),
     ("scaled_dot_product_attention(qt, kt, vt, dropout_p=0.5, enable_gqa=True)",
@@ -191,8 +193,8 @@ BAD_INPUTS = [
      "q: requires grad, but flash_attn_with_kvcache is inference only"),
     ("flash_attn_with_kvcache(q, kc, vc, cache_seqlens=3, num_splits=-1)", ValueError,
      "num_splits: expected an int >= 0, got -1"),
-    ("flash_attn_with_kvcache(q, kc, vc, cache_seqlens=3, softcap=5.0)", NotImplementedError,
-     "softcap=5.0"),
+    ("flash_attn_with_kvcache(q, kc, vc, cache_seqlens=3, alibi_slopes=torch.ones(4).double())",
+     ValueError, "alibi_slopes: expected a float32 torch array"),
     # nn.MultiHeadAttention
     ("MultiHeadAttention(64, 8, num_kv_heads=3)", ValueError, "num_kv_heads: 3 must divide num_heads"),
     ("MultiHeadAttention(60, 8)", ValueError, "embed_dim: 60 must be a multiple of num_heads (8)"),

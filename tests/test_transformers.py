@@ -342,10 +342,32 @@ def test_packed_sequences_run_on_the_emulated_cuda_kernels(gen, monkeypatch):
     assert_close(got, ref, naive, "logits")
 
 
-def test_softcap_is_refused(gen):
+def test_gemma2_softcap_matches_eager(gen, monkeypatch):
+    """Gemma 2's attention softcap runs in the kernels: logits and parameter gradients against
+    the model in float64 on eager attention (the float32 eager model is the naive computation).
+    The softcap is small enough to bend the scores: ignoring it fails the comparison."""
     torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
-    cfg = transformers.Gemma2Config(num_key_value_heads=2, head_dim=16,
-                                    attn_logit_softcapping=50.0, **COMMON)
-    model = transformers.Gemma2ForCausalLM._from_config(cfg, attn_implementation=ATTENTION_NAME)
-    with pytest.raises(NotImplementedError, match="softcap=50.0: flashattn_ext has no logit"):
-        model(input_ids=token_ids(gen, 1, 5))
+    cfg = transformers.Gemma2Config(num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=1,
+                                    attn_logit_softcapping=0.7, sliding_window=4, **COMMON)
+    eager = transformers.Gemma2ForCausalLM._from_config(cfg, attn_implementation="eager",
+                                                        dtype=torch.float32).eval()
+    ours = copy.deepcopy(eager)
+    ours.set_attn_implementation(ATTENTION_NAME)
+    eager64 = copy.deepcopy(eager).double()
+    ids = token_ids(gen, 2, 9)
+
+    def run(model):
+        logits = model(input_ids=ids).logits
+        loss = (logits * torch.linspace(-1, 1, logits.shape[-1], dtype=logits.dtype)).sum()
+        grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad],
+                                    allow_unused=True)
+        return logits, grads
+    with KernelCalls(monkeypatch) as calls:
+        got, got_grads = run(ours)
+    assert calls.count > 0
+    naive, naive_grads = run(eager)
+    ref, ref_grads = run(eager64)
+    assert_close(got, ref, naive, "logits", float32_naive=True)
+    for i, (g, r, n) in enumerate(zip(got_grads, ref_grads, naive_grads)):
+        if r is not None:
+            assert_close(g, r, n, f"grad {i}", float32_naive=True)

@@ -34,6 +34,12 @@ inline auto seq_args() {
                          py::arg("split_workspace") = 0, py::arg("array_sizes") = std::array<int64_t, 4>{});
 }
 
+// Score transforms (params_from_python.h: set_score_mods), optional: softcap (0 = off), the
+// address of the float32 ALiBi slopes (0 = none) and their batch stride (0: one slope per head).
+inline auto score_args() {
+  return std::make_tuple(py::arg("softcap") = 0.0, py::arg("alibi_slopes") = 0, py::arg("alibi_batch_stride") = 0);
+}
+
 // Backward only: the gradients in (dout, dlse: 0 when lse gets none) and out, the workspace, and
 // the deterministic switch (CUDA kernels: fixed-order dQ; the CPU backward always is).
 inline auto backward_args() {
@@ -65,16 +71,17 @@ void def_forward(py::module_& m, const char* name, Run run, const char* doc) {
             int64_t window_left, int64_t window_right, double scale, uintptr_t cu_seqlens_q, uintptr_t cu_seqlens_k,
             uintptr_t seqused_k, uintptr_t leftpad_k, uintptr_t kv_batch_idx, uintptr_t block_table,
             int64_t block_table_stride, int64_t page_size, bool align_bottom_right, int num_splits,
-            uintptr_t split_workspace, std::array<int64_t, 4> array_sizes, uintptr_t stream, int device,
-            int num_threads) {
+            uintptr_t split_workspace, std::array<int64_t, 4> array_sizes, double softcap, uintptr_t alibi_slopes,
+            int64_t alibi_batch_stride, uintptr_t stream, int device, int num_threads) {
         FwdParams p = make_fwd(dtype, q, k, v, out, lse, qs, ks, vs, os, lses, sizes, align_offset, window_left,
                                window_right, scale, num_threads);
         set_seqs(p, {cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k, kv_batch_idx, block_table,
                      block_table_stride, page_size, align_bottom_right, num_splits, split_workspace, array_sizes});
+        set_score_mods(p, softcap, alibi_slopes, alibi_batch_stride);
         py::gil_scoped_release release;
         run(p, stream, device);
       },
-      doc, std::tuple_cat(common_args(), seq_args(), launch_args()));
+      doc, std::tuple_cat(common_args(), seq_args(), score_args(), launch_args()));
 }
 
 // run(const BwdParams&, float* stats, float* dq_accum, uintptr_t stream, int device), GIL released.
@@ -89,16 +96,18 @@ void def_backward(py::module_& m, const char* name, Run run, const char* doc) {
             uintptr_t dq_accum, bool deterministic, uintptr_t cu_seqlens_q, uintptr_t cu_seqlens_k, uintptr_t seqused_k,
             uintptr_t leftpad_k, uintptr_t kv_batch_idx, uintptr_t block_table, int64_t block_table_stride,
             int64_t page_size, bool align_bottom_right, int num_splits, uintptr_t split_workspace,
-            std::array<int64_t, 4> array_sizes, uintptr_t stream, int device, int num_threads) {
+            std::array<int64_t, 4> array_sizes, double softcap, uintptr_t alibi_slopes, int64_t alibi_batch_stride,
+            uintptr_t stream, int device, int num_threads) {
         BwdParams p = make_bwd(dtype, q, k, v, out, lse, dout, dlse, dq, dk, dv, qs, ks, vs, os, lses, dos, dqs, dks,
                                dvs, sizes, align_offset, window_left, window_right, scale, deterministic, num_threads);
         set_seqs(p.fwd, {cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k, kv_batch_idx, block_table,
                          block_table_stride, page_size, align_bottom_right, num_splits, split_workspace,
                          array_sizes});
+        set_score_mods(p.fwd, softcap, alibi_slopes, alibi_batch_stride);
         py::gil_scoped_release release;
         run(p, static_cast<float*>(as_ptr(stats)), static_cast<float*>(as_ptr(dq_accum)), stream, device);
       },
-      doc, std::tuple_cat(common_args(), backward_args(), seq_args(), launch_args()));
+      doc, std::tuple_cat(common_args(), backward_args(), seq_args(), score_args(), launch_args()));
 }
 
 // run(const AppendParams&, uintptr_t stream, int device), GIL released: the KV-cache append with rotary;

@@ -38,6 +38,14 @@ inline void set_seqs(FwdParams& p, const SeqArgs& a) {
   p.kv_array_batch = a.array_sizes[2]; p.kv_array_rows = a.array_sizes[3];
 }
 
+// Score transforms (FwdParams: softcap, ALiBi slopes by address, 0: none).
+inline void set_score_mods(FwdParams& p, double softcap, uintptr_t alibi_slopes, int64_t alibi_batch_stride) {
+  p.softcap = float(softcap);
+  p.softcap_f64 = softcap;
+  p.alibi_slopes = static_cast<const float*>(as_ptr(alibi_slopes));
+  p.alibi_batch_stride = alibi_batch_stride;
+}
+
 inline FwdParams make_fwd(int dtype, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse,
                           const Strides3& qs, const Strides3& ks, const Strides3& vs, const Strides3& os,
                           const Strides2& lses, const Sizes6& sz, int64_t align_offset, int64_t window_left,

@@ -41,6 +41,14 @@ struct FwdParams {
   DType dtype;
   int32_t num_threads;  // CPU: 0 means the library default
 
+  // Score transforms (common/score_mod.h), on the scaled score before the mask: softcap > 0
+  // caps it (0 = off); alibi_slopes (float32, null = none) adds the ALiBi bias with the slope
+  // alibi_slopes[b * alibi_batch_stride + h] of sequence b, query head h (stride 0: one per head).
+  float softcap;
+  double softcap_f64;  // the same softcap for float64 inputs, unrounded
+  const float* alibi_slopes;
+  int64_t alibi_batch_stride;
+
   // Variable-length batches and KV caches (docs/semantics.md section 10). Every pointer is null
   // when unused; with any of them set, seqlen_q and seqlen_k above are maxima over the batch.
   // Sequence b's queries are rows cu_seqlens_q[b] .. cu_seqlens_q[b + 1] - 1 of q and out (and

@@ -18,6 +18,8 @@
 // dV only, and dQ follows in a second pass over query tiles (dq_task: each owns its rows and
 // recomputes dS for them, transposed like the forward), so no chunk keeps a copy of dQ. The work
 // split depends only on the shapes, never on the thread count: results are bitwise reproducible.
+// Softcap and ALiBi (common/score_mod.h): S is transformed as in the forward before P is taken
+// (modify_scores), and dS picks up the softcap's 1 - tanh^2.
 // Variable-length batches: each pass is one parallel_for over the tasks of every sequence
 // (sequences.h); a sequence reads its rows through the offsets of common/seqlens.h.
 #pragma once
@@ -25,6 +27,7 @@
 
 #include "common/mask.h"
 #include "cpu/gemm.h"
+#include "cpu/score_mod.h"
 #include "cpu/sequences.h"
 #include "cpu/thread_pool.h"
 #include "cpu/tiles.h"
@@ -40,6 +43,8 @@ struct Backward {
   const BwdParams& bp;
   const FwdParams& p;
   int64_t D, group, bq, bk, ldp, nchunks;
+  ScoreMod<V> sm;
+  bool mods;  // softcap or ALiBi
   int64_t Sq;  // the longest sequence's queries: the row stride of the per-row arrays below
   SeqTiles qtiles;  // per sequence: heads_q x its query tiles
   float* delta = nullptr;   // (b, hq, row): sum_j P_ij dP_ij - dlse
@@ -48,7 +53,7 @@ struct Backward {
 
   explicit Backward(const BwdParams& prm)
       : bp(prm), p(prm.fwd), D(p.head_dim), group(p.heads_q / p.heads_kv), bq(tile_sizes(p.dtype, p.head_dim).bwd_bq),
-        bk(tile_sizes(p.dtype, p.head_dim).bwd_bk), ldp(round_up(bk, W)), Sq(p.seqlen_q),
+        bk(tile_sizes(p.dtype, p.head_dim).bwd_bk), ldp(round_up(bk, W)), sm(p), mods(has_score_mod(p)), Sq(p.seqlen_q),
         qtiles(p.batch, [&](int64_t b) { return p.heads_q * ceil_div(sequence(p, b).seqlen_q, bq); }) {
     const int64_t heads = p.batch * p.heads_kv, key_tiles = ceil_div(p.seqlen_k, bk);
     nchunks = heads >= kMinTasks ? 1 : std::max<int64_t>(1, std::min(ceil_div(kMinTasks, heads), key_tiles));
@@ -97,7 +102,8 @@ struct Backward {
     float* ps = sums.get();  // per row: sum of P (not yet normalised), sum of P * dP
     float* pd = ps + nqp;
     for (int64_t c = 0; c < 2 * nqp; ++c) ps[c] = 0.f;
-    sweep_keys(b, h, i0, nq, false, [&](int64_t, int64_t nk, const float*, int64_t, const float* pt, const float* dpt) {
+    sweep_keys(b, h, i0, nq, false, [&](int64_t, int64_t nk, const float*, int64_t, const float* pt, const float* dpt,
+                                        const float*) {
       for (int64_t c = 0; c < nqp; c += W) {
         R sp = V::load(ps + c), sd = V::load(pd + c);
         for (int64_t j = 0; j < nk; ++j) {
@@ -129,7 +135,7 @@ struct Backward {
     const bool with_dq = nchunks == 1;  // else dq_task computes dQ
     const bool direct = std::is_same_v<T, float> && with_dq;
 
-    Scratch scratch(2 * D * ldp + 4 * bk * D + 2 * bq * ldp + 2 * bq * D);
+    Scratch scratch(2 * D * ldp + 4 * bk * D + 3 * bq * ldp + 2 * bq * D + ldp);
     float* kt = scratch.get();      // D x ldp: K^T of the tile, padding zero
     float* vt = kt + D * ldp;       // D x ldp: V^T
     float* kbuf = vt + D * ldp;     // bk x D: K tile as float (16-bit inputs)
@@ -140,6 +146,8 @@ struct Backward {
     float* dp = s + bq * ldp;       // bq x ldp: dP, then dS
     float* qbuf = dp + bq * ldp;    // bq x D: Q rows as float
     float* dobuf = qbuf + bq * D;   // bq x D: dO rows as float
+    float* grad = dobuf + bq * D;   // bq x ldp: softcap: 1 - tanh^2 of each score
+    float* keys = grad + bq * ldp;  // ldp: ALiBi: key indices as float
 
     // dQ destination of the group: the output itself, or a float32 accumulator.
     auto dq_head = [&](int64_t h) {
@@ -171,6 +179,7 @@ struct Backward {
           vt[d * ldp + j] = j < nk ? vr[j * ldv + d] : 0.f;
         }
       for (int64_t i = 0; i < bk * D; ++i) dka[i] = dva[i] = 0.f;
+      for (int64_t j = 0; j < ldp; ++j) keys[j] = float(k0 + j);
       const int64_t rlo = visible_rows(k0, sp).lo, rhi = visible_rows(k0 + nk - 1, sp).hi;
       for (int64_t g = 0; g < group; ++g) {
         const int64_t h = hk * group + g;
@@ -192,7 +201,8 @@ struct Backward {
           const float* dor = float_rows<V>(dout + i0 * bp.do_row_stride, bp.do_row_stride, nq, D, dobuf, lddo);
           gemm<V>(nq, ldp, score_sum(Gemm{qr, ldq, 1, kt, ldp, s, ldp, D, false}));
           gemm<V>(nq, ldp, score_sum(Gemm{dor, lddo, 1, vt, ldp, dp, ldp, D, false}));
-          probabilities(sp, row_index(b, h, 0), i0, nq, k0, nk, s, dp);
+          if (mods) modify_scores(b, h, seq, i0, nq, keys, s, grad);
+          probabilities(sp, row_index(b, h, 0), i0, nq, k0, nk, s, dp, grad);
           gemm<V>(nk, D, Gemm{s, 1, ldp, dor, lddo, dva, D, nq, true});
           gemm<V>(nk, D, Gemm{dp, 1, ldp, qr, ldq, dka, D, nq, true});
           if (with_dq) gemm<V>(nq, D, Gemm{dp, ldp, 1, kr, ldk, dqh + i0 * lddq, lddq, nk, true});
@@ -208,11 +218,31 @@ struct Backward {
         store_rows<V>(dqacc + g * Sqb * D, D, Sqb, D, dq_head(hk * group + g), bp.dq_row_stride);
   }
 
+  // Softcap and ALiBi of the scores of rows i0 .. i0 + nq - 1 of head h (sequence b, seq) with the
+  // keys `keys` (lanes are keys): s becomes the log2-domain transformed score, grad 1 - tanh^2.
+  void modify_scores(int64_t b, int64_t h, const Seq& seq, int64_t i0, int64_t nq, const float* keys, float* s,
+                     float* grad) const {
+    const R sl2 = V::set1(p.scale_log2), sv = V::set1(-alibi_slope(p, b, h) * float(kLog2e));
+    for (int64_t r = 0; r < nq; ++r) {
+      const R pv = V::set1(float(alibi_position(i0 + r, seq.seqlen_q, seq.seqlen_k)));
+      for (int64_t j = 0; j < ldp; j += W) {
+        R x = V::mul(V::load(s + r * ldp + j), sl2), g;
+        if (sm.cap2 > 0.f) {
+          x = sm.softcap(x, &g);
+          V::store(grad + r * ldp + j, g);
+        }
+        if (sm.alibi) x = sm.bias(x, sv, pv, V::load(keys + j));
+        V::store(s + r * ldp + j, x);
+      }
+    }
+  }
+
   // In place: s becomes P, dp becomes dS * scale; entries a row may not see become 0. Row i of
-  // the head has its statistics at index r0 + i (row_index).
+  // the head has its statistics at index r0 + i (row_index). With softcap or ALiBi, s holds the
+  // transformed log2-domain scores (modify_scores) and dS is multiplied by grad (softcap).
   void probabilities(const FwdParams& sp, int64_t r0, int64_t i0, int64_t nq, int64_t k0, int64_t nk, float* s,
-                     float* dp) const {
-    const R sc = V::set1(p.scale), sl2 = V::set1(p.scale_log2);
+                     float* dp, const float* grad) const {
+    const R sc = V::set1(p.scale), sl2 = V::set1(mods ? 1.f : p.scale_log2);
     for (int64_t r = 0; r < nq; ++r) {
       const int64_t row = i0 + r;
       float* sr = s + r * ldp;
@@ -229,6 +259,8 @@ struct Backward {
         V::store(sr + j, pv);
         V::store(dr + j, V::mul(V::mul(pv, V::sub(V::load(dr + j), dv)), sc));
       }
+      if (sm.cap2 > 0.f)
+        for (int64_t j = 0; j < ldp; j += W) V::store(dr + j, V::mul(V::load(dr + j), V::load(grad + r * ldp + j)));
       for (int64_t j = 0; j < kr.lo - k0; ++j) sr[j] = dr[j] = 0.f;
       for (int64_t j = std::max<int64_t>(0, kr.hi + 1 - k0); j < nk; ++j) sr[j] = dr[j] = 0.f;
     }
@@ -237,14 +269,15 @@ struct Backward {
   // Walks the keys that query rows [i0, i0 + nq) of head h of sequence b see, transposed like
   // the forward (lanes are query rows): per key tile S^T = K.Q^T, dP^T = V.dO^T and P^T =
   // exp2(S^T * scale_log2 - lse2), divided by psum when `normalised`; entries a row may not see
-  // are 0 in both (every entry of a row that sees no key). Calls tile(k0, nk, kr, ldk, pt, dpt):
-  // K rows as float, P^T and dP^T as nk x nqp (lane c < nq is row i0 + c).
+  // are 0 in both (every entry of a row that sees no key). Calls tile(k0, nk, kr, ldk, pt, dpt, gt):
+  // K rows as float, P^T and dP^T as nk x nqp (lane c < nq is row i0 + c), and with softcap its
+  // 1 - tanh^2 gt (else null). Softcap and ALiBi transform S^T first, as modify_scores does S.
   template <class Tile>
   void sweep_keys(int64_t b, int64_t h, int64_t i0, int64_t nq, bool normalised, Tile&& tile) const {
     const Seq seq = sequence(p, b);
     const FwdParams sp = with_lengths(p, seq);
     const int64_t hk = h / group, nqp = round_up(nq, W), r0 = row_index(b, h, i0);
-    Scratch scratch(2 * D * nqp + 2 * bk * nqp + 2 * bk * D + 2 * nqp);
+    Scratch scratch(2 * D * nqp + 3 * bk * nqp + 2 * bk * D + 3 * nqp);
     float* qt = scratch.get();      // D x nqp: Q^T, padding zero
     float* dot = qt + D * nqp;      // D x nqp: dO^T
     float* st = dot + D * nqp;      // bk x nqp: S^T, then P^T
@@ -253,6 +286,8 @@ struct Backward {
     float* vbuf = kbuf + bk * D;    // bk x D
     float* nl2 = vbuf + bk * D;     // nqp: -lse2 per row, padding 0
     float* ps = nl2 + nqp;          // nqp: psum per row (normalised) or 1
+    float* pos = ps + nqp;          // nqp: ALiBi position per row
+    float* gt = pos + nqp;          // bk x nqp: softcap: 1 - tanh^2
     int64_t lo[kMaxRows], hi[kMaxRows];
 
     const T* q = q_rows<const T>(p.q, seq, p.q_batch_stride, p.q_row_stride, p.q_head_stride, h, i0);
@@ -261,7 +296,9 @@ struct Backward {
     for (int64_t c = 0; c < nqp; ++c) {
       nl2[c] = c < nq ? -lse2[r0 + c] : 0.f;
       ps[c] = c < nq && normalised ? psum[r0 + c] : 1.f;
+      pos[c] = float(alibi_position(i0 + c, seq.seqlen_q, seq.seqlen_k));
     }
+    const R nslope = V::set1(-alibi_slope(p, b, h) * float(kLog2e));
     for (int64_t c = 0; c < nq; ++c) {
       for (int64_t d = 0; d < D; ++d) {
         qt[d * nqp + c] = load_as<float>(q + c * p.q_row_stride + d);
@@ -275,7 +312,7 @@ struct Backward {
     const KeyRange span = visible_keys_of_rows(i0, i0 + nq, sp);
     const T* k = k_rows<const T>(p.k, seq, p.k_batch_stride, p.k_row_stride, p.k_head_stride, hk);
     const T* v = k_rows<const T>(p.v, seq, p.v_batch_stride, p.v_row_stride, p.v_head_stride, hk);
-    const R sl2 = V::set1(p.scale_log2);
+    const R sl2 = V::set1(mods ? 1.f : p.scale_log2);
     for (int64_t k0 = span.lo; k0 <= span.hi; k0 += bk) {
       const int64_t nk = std::min(bk, span.hi + 1 - k0);
       int64_t ldk, ldv;
@@ -283,6 +320,17 @@ struct Backward {
       const float* vr = float_rows<V>(v + k0 * p.v_row_stride, p.v_row_stride, nk, D, vbuf, ldv);
       gemm<V>(nk, nqp, score_sum(Gemm{kr, ldk, 1, qt, nqp, st, nqp, D, false}));
       gemm<V>(nk, nqp, score_sum(Gemm{vr, ldv, 1, dot, nqp, dst, nqp, D, false}));
+      if (mods)
+        for (int64_t j = 0; j < nk; ++j)
+          for (int64_t c = 0; c < nqp; c += W) {
+            R x = V::mul(V::load(st + j * nqp + c), V::set1(p.scale_log2)), g;
+            if (sm.cap2 > 0.f) {
+              x = sm.softcap(x, &g);
+              V::store(gt + j * nqp + c, g);
+            }
+            if (sm.alibi) x = sm.bias(x, nslope, V::load(pos + c), V::set1(float(k0 + j)));
+            V::store(st + j * nqp + c, x);
+          }
       for (int64_t j = 0; j < nk; ++j)
         for (int64_t c = 0; c < nqp; c += W) {
           const R pv = V::exp2(V::fma(V::load(st + j * nqp + c), sl2, V::load(nl2 + c)));
@@ -292,7 +340,7 @@ struct Backward {
         if (c >= nq || lo[c] > k0 || hi[c] < k0 + nk - 1)
           for (int64_t j = 0; j < nk; ++j)
             if (c >= nq || k0 + j < lo[c] || k0 + j > hi[c]) st[j * nqp + c] = dst[j * nqp + c] = 0.f;
-      tile(k0, nk, kr, ldk, st, dst);
+      tile(k0, nk, kr, ldk, st, dst, sm.cap2 > 0.f ? gt : nullptr);
     }
   }
 
@@ -308,12 +356,15 @@ struct Backward {
     for (int64_t i = 0; i < nq * D; ++i) dqa[i] = 0.f;
     for (int64_t c = 0; c < nqp; ++c) dl[c] = c < nq ? delta[r0 + c] : 0.f;
     const R sc = V::set1(p.scale);
-    sweep_keys(qtl.b, qtl.h, i0, nq, true, [&](int64_t, int64_t nk, const float* kr, int64_t ldk, float* pt, float* dpt) {
+    sweep_keys(qtl.b, qtl.h, i0, nq, true, [&](int64_t, int64_t nk, const float* kr, int64_t ldk, float* pt, float* dpt,
+                                               const float* gt) {
       for (int64_t j = 0; j < nk; ++j)
         for (int64_t c = 0; c < nqp; c += W) {
           const R dv = V::sub(V::load(dpt + j * nqp + c), V::load(dl + c));
           V::store(dpt + j * nqp + c, V::mul(V::mul(V::load(pt + j * nqp + c), dv), sc));
         }
+      if (gt)
+        for (int64_t i = 0; i < nk * nqp; i += W) V::store(dpt + i, V::mul(V::load(dpt + i), V::load(gt + i)));
       gemm<V>(nq, D, Gemm{dpt, 1, nqp, kr, ldk, dqa, D, nk, true});
     });
     store_rows<V>(dqa, D, nq, D, q_rows<T>(bp.dq, seq, bp.dq_batch_stride, bp.dq_row_stride, bp.dq_head_stride, qtl.h, i0),

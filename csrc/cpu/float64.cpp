@@ -9,6 +9,7 @@
 
 #include "common/mask.h"
 #include "common/online_softmax.h"
+#include "common/score_mod.h"
 #include "common/seqlens.h"
 #include "cpu/convert.h"
 #include "cpu/isa.h"
@@ -24,7 +25,21 @@ constexpr int64_t kTileK = 64;
 template <typename Acc> Acc scale_of(const FwdParams& p) { return Acc(p.scale); }
 template <> double scale_of<double>(const FwdParams& p) { return p.scale_f64; }
 template <typename Acc> Acc scale_log2_of(const FwdParams& p) { return Acc(p.scale_log2); }
+template <typename Acc> Acc softcap_of(const FwdParams& p) { return Acc(p.softcap); }
+template <> double softcap_of<double>(const FwdParams& p) { return p.softcap_f64; }
 template <> double scale_log2_of<double>(const FwdParams& p) { return p.scale_f64 * kLog2e; }
+
+// The log2-domain score of a query at ALiBi position pos and key `key` from the scaled score s,
+// with softcap and ALiBi (common/score_mod.h); *grad = d(transformed) / ds.
+template <typename Acc>
+Acc modified_score2(const FwdParams& p, Acc s, Acc slope, int64_t pos, int64_t key, Acc* grad) {
+  *grad = Acc(1);
+  if (p.softcap > 0.f) {
+    s = softcap_score(s, softcap_of<Acc>(p));
+    *grad = softcap_grad(s, softcap_of<Acc>(p));
+  }
+  return (s + alibi_bias(slope, pos, key)) * Acc(kLog2e);
+}
 
 template <typename Acc>
 Acc dot(const Acc* a, const Acc* b, int64_t n) {
@@ -66,7 +81,8 @@ void load_keys(const FwdParams& p, int64_t b, const Seq& s, const T* base, int64
 template <typename T, typename Acc>
 void run_forward(const FwdParams& p) {
   const int64_t d = p.head_dim, group = p.heads_q / p.heads_kv;
-  const Acc sl2 = scale_log2_of<Acc>(p);
+  const Acc scale = scale_of<Acc>(p), sl2 = scale_log2_of<Acc>(p);
+  const bool mods = has_score_mod(p);
   const SeqTiles tiles(p.batch, [&](int64_t b) {
     return p.heads_q * ((sequence(p, b).seqlen_q + kTileQ - 1) / kTileQ);
   });
@@ -76,6 +92,7 @@ void run_forward(const FwdParams& p) {
     const FwdParams sp = with_lengths(p, seq);  // the mask of this sequence
     const int64_t q_tiles = (seq.seqlen_q + kTileQ - 1) / kTileQ;
     const int64_t qt = local % q_tiles, h = local / q_tiles, hk = h / group;
+    const Acc slope = Acc(alibi_slope(p, b, h));
     const T* q = static_cast<const T*>(p.q) + seq.q_batch * p.q_batch_stride + seq.q_row0 * p.q_row_stride +
                  h * p.q_head_stride;
     const T* k = static_cast<const T*>(p.k) + hk * p.k_head_stride;
@@ -94,11 +111,13 @@ void run_forward(const FwdParams& p) {
       load_keys(p, b, seq, v, p.v_batch_stride, p.v_row_stride, k0, nk, d, vs.data());
       for (int64_t i = 0; i < nr; ++i) {
         const KeyRange kr = visible_keys(r0 + i, sp);
-        Acc mx = m[i];
+        const int64_t pos = alibi_position(r0 + i, seq.seqlen_q, seq.seqlen_k);
+        Acc mx = m[i], g;
         for (int64_t j = 0; j < nk; ++j) {
           const int64_t key = k0 + j;
+          const Acc qk = dot(&qs[i * d], &ks[j * d], d);
           s[j] = (key < kr.lo || key > kr.hi) ? neg_inf<Acc>()
-                                              : dot(&qs[i * d], &ks[j * d], d) * sl2;
+                 : mods ? modified_score2(p, qk * scale, slope, pos, key, &g) : qk * sl2;
           if (s[j] > mx) mx = s[j];
         }
         const Acc alpha = rescale_factor(m[i], mx), base = exp_base(mx);
@@ -131,6 +150,7 @@ void run_backward(const BwdParams& bp) {
   const FwdParams& p = bp.fwd;
   const int64_t d = p.head_dim, group = p.heads_q / p.heads_kv;
   const Acc scale = scale_of<Acc>(p), sl2 = scale_log2_of<Acc>(p);
+  const bool mods = has_score_mod(p);
   auto task = [&](int64_t t) {
     const int64_t hk = t % p.heads_kv, b = t / p.heads_kv;
     const Seq seq = sequence(p, b);
@@ -175,16 +195,21 @@ void run_backward(const BwdParams& bp) {
       std::fill(dvs.begin(), dvs.end(), Acc(0));
       const KeyRange qrows{visible_rows(k0, sp).lo, visible_rows(k0 + nk - 1, sp).hi};
       for (int64_t g = 0; g < group; ++g) {
+        const Acc slope = Acc(alibi_slope(p, b, hk * group + g));
         for (int64_t i = qrows.lo; i <= qrows.hi; ++i) {
           const int64_t gi = g * sq + i;
           if (sees_no_key(lse2[gi])) continue;  // the row sees no key: no gradient
           const KeyRange kr = visible_keys(i, sp);
+          const int64_t pos = alibi_position(i, sq, seq.seqlen_k);
           const Acc* qi = &qs[gi * d];
           const Acc* doi = &dos[gi * d];
           Acc* dqi = &dq[gi * d];
           for (int64_t j = std::max<int64_t>(0, kr.lo - k0); j < nk && k0 + j <= kr.hi; ++j) {
-            const Acc pij = Acc(std::exp2(dot(qi, &ks[j * d], d) * sl2 - lse2[gi]));
-            const Acc dsij = pij * (dot(doi, &vs[j * d], d) - delta[gi]);
+            const Acc qk = dot(qi, &ks[j * d], d);
+            Acc grad = Acc(1);
+            const Acc s2 = mods ? modified_score2(p, qk * scale, slope, pos, k0 + j, &grad) : qk * sl2;
+            const Acc pij = Acc(std::exp2(s2 - lse2[gi]));
+            const Acc dsij = pij * (dot(doi, &vs[j * d], d) - delta[gi]) * grad;
             axpy(pij, doi, &dvs[j * d], d);
             axpy(dsij * scale, qi, &dks[j * d], d);
             axpy(dsij * scale, &ks[j * d], dqi, d);

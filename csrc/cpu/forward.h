@@ -16,6 +16,8 @@
 // bfloat16 with a dot-product instruction (V::kBf16Dot): both products run on bfloat16 pairs
 // (gemm<V, true>): K rows and Q^T hold pairs along D, V and P^T pairs along the keys, and P is
 // rounded to bfloat16 for P.V as on GPUs (its row sums stay float32). Scores are scaled after.
+// Softcap and ALiBi (common/score_mod.h) transform each score tile before the mask, only in
+// calls that use them (modify_scores).
 #pragma once
 #include <cmath>
 #include <cstring>
@@ -24,6 +26,7 @@
 
 #include "common/mask.h"
 #include "cpu/gemm.h"
+#include "cpu/score_mod.h"
 #include "cpu/sequences.h"
 #include "cpu/thread_pool.h"
 #include "cpu/tiles.h"
@@ -56,6 +59,7 @@ struct Forward {
   const FwdParams& p;
   int64_t D, group, bq, bk, rpt, hpt, head_tiles, tiles, nsplit;
   float sl2;
+  bool mods;  // softcap or ALiBi
   SeqTiles seq_tiles;
   float* part_o = nullptr;    // nsplit > 1: [tile][split][col][D], normalised partial outputs
   float* part_lse = nullptr;  // [tile][split][col], log2-domain partial logsumexp
@@ -66,7 +70,7 @@ struct Forward {
       : p(prm), D(prm.head_dim), group(prm.heads_q / prm.heads_kv), bq(tile_sizes(prm.dtype, prm.head_dim).fwd_bq),
         bk(tile_sizes(prm.dtype, prm.head_dim).fwd_bk), rpt(prm.seqlen_q * 2 <= bq ? std::max<int64_t>(prm.seqlen_q, 1) : bq),
         hpt(rpt < bq ? std::min(group, bq / rpt) : 1), head_tiles(ceil_div(group, hpt)), sl2(prm.scale_log2),
-        seq_tiles(prm.batch, [&](int64_t b) {
+        mods(has_score_mod(prm)), seq_tiles(prm.batch, [&](int64_t b) {
           return prm.heads_kv * head_tiles * ceil_div(sequence(prm, b).seqlen_q, rpt);
         }) {
     tiles = seq_tiles.total();
@@ -118,6 +122,7 @@ struct Forward {
     float* alpha = mx + ncolp;        // rescale factor of this tile
     float* base = alpha + ncolp;      // value subtracted before exp2
     int64_t lo[kMaxCols], hi[kMaxCols];
+    float pos[kMaxCols], nslope[kMaxCols];  // ALiBi: each column's query position and -slope * log2(e)
 
     const FwdParams sp = with_lengths(p, id.s);  // the mask of this sequence
     const T* q = static_cast<const T*>(p.q) + id.s.q_batch * p.q_batch_stride + id.s.q_row0 * p.q_row_stride;
@@ -136,6 +141,12 @@ struct Forward {
       const KeyRange kr = visible_keys(row, sp);
       lo[c] = kr.lo; hi[c] = kr.hi;
     }
+    if (mods)
+      for (int64_t c = 0; c < ncolp; ++c) {
+        const bool col = c < ncol;
+        pos[c] = col ? float(alibi_position(id.r0 + c % id.nr, id.s.seqlen_q, id.s.seqlen_k)) : 0.f;
+        nslope[c] = col ? -alibi_slope(p, id.b, id.h0 + c / id.nr) * float(kLog2e) : 0.f;
+      }
 
     // This split's share of the keys the tile's rows can see (in whole key groups of 16).
     const KeyRange span = visible_keys_of_rows(id.r0, id.r0 + id.nr, sp);
@@ -158,6 +169,7 @@ struct Forward {
         if (narrow) narrow_products(ncol, true, kr, ldk, nk, qt, st, ncolp);
         else gemm<V>(nk, ncolp, score_sum(Gemm{kr, ldk, 1, qt, pw, st, pw, D, false, pn.stride(D), pn.stride(bk)}));
       }
+      if (mods) modify_scores(st, pn, k0, nk, pos, nslope);
 
       bool partial = false;  // scores are already in the log2 domain: Q was packed times sl2
       for (int64_t c = 0; c < ncol; ++c) partial |= lo[c] > k0 || hi[c] < k0 + nk - 1;
@@ -207,6 +219,23 @@ struct Forward {
     if (narrow)  // back to the O^T layout finish() reads
       for (int64_t i = 0; i < ncol * D; ++i) qt[pn.at(D, i % D, i / D)] = ot[i];
     finish(tile, split, id, pn, narrow ? qt : ot, m, l);
+  }
+
+  // Softcap, then the ALiBi bias, on the log2-domain scores of keys k0 .. k0 + nk - 1 (lanes are
+  // columns: pos and nslope per column, padding columns 0).
+  void modify_scores(float* st, const Panels& pn, int64_t k0, int64_t nk, const float* pos,
+                     const float* nslope) const {
+    const ScoreMod<V> sm(p);
+    for (int64_t c = 0; c < pn.ncolp; c += W) {
+      float* sc = st + pn.col(bk, c);
+      const R pv = V::load(pos + c), sv = V::load(nslope + c);
+      for (int64_t j = 0; j < nk; ++j) {
+        R x = V::load(sc + j * pn.pw);
+        if (sm.cap2 > 0.f) x = sm.softcap(x, nullptr);
+        if (sm.alibi) x = sm.bias(x, sv, pv, V::set1(float(k0 + j)));
+        V::store(sc + j * pn.pw, x);
+      }
+    }
   }
 
   // Pair path: S^T = K . Q^T on pairs along D (K rows copied as they are: a row of bfloat16 is a

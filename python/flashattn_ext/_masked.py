@@ -141,7 +141,7 @@ def packed(mask: torch.Tensor) -> Optional[Packed]:
 
 
 def run_packed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: Packed,
-               scale: Optional[float]) -> Tuple[torch.Tensor, torch.Tensor]:
+               scale: Optional[float], softcap: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
     """out (B, S, H, D) and lse (B, H, S) of BSHD q, k, v under a packing (one packed row
     broadcast to every element when ``p.rows`` is 1): one variable-length call."""
     b, s, h, _ = q.shape
@@ -150,7 +150,8 @@ def run_packed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: Packed,
     longest = int(lengths.max())
     flat = (t.reshape(b * s, t.shape[2], t.shape[3]) for t in (q, k, v))
     out, lse, _ = flash_attn_varlen_func(*flat, cu, cu, longest, longest, softmax_scale=scale,
-                                         window_size=p.window, return_attn_probs=True)
+                                         window_size=p.window, softcap=softcap,
+                                         return_attn_probs=True)
     return out.view(b, s, h, -1), lse.reshape(h, b, s).transpose(0, 1)
 
 
@@ -174,7 +175,7 @@ def cached_plan(mask: torch.Tensor) -> Union[List[Plan], Packed, None]:
 
 
 def _run_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: Plan,
-             scale: Optional[float]) -> Tuple[torch.Tensor, torch.Tensor]:
+             scale: Optional[float], softcap: float) -> Tuple[torch.Tensor, torch.Tensor]:
     """out (b, Sq, H, D) and lse (b, H, Sq) of BSHD q, k, v under one plan."""
     b, sq, h, _ = q.shape
     if p.empty:  # zeros still connected to q, k, v (zero gradients), as torch's would be
@@ -187,31 +188,36 @@ def _run_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: Plan,
     else:
         k, v = k[:, p.gather], v[:, p.gather]
     out, lse = attention(q[:, p.rows[0]:p.rows[1]], k, v, scale=scale, window_size=p.window,
-                         return_lse=True)
+                         return_lse=True, softcap=softcap)
     pad = (p.rows[0], sq - p.rows[1])
     return F.pad(out, (0, 0, 0, 0) + pad), F.pad(lse, pad, value=float("-inf"))
 
 
 def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plans: List[Plan],
-        scale: Optional[float]) -> Tuple[torch.Tensor, torch.Tensor]:
+        scale: Optional[float], softcap: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
     """out (B, Sq, H, D) and lse (B, H, Sq) of BSHD q, k, v under per-element plans (one plan
     for a batch of one broadcast mask); a single call when every element has the same plan."""
     first = plans[0]
     if len(plans) == 1 or all(p.gather is None and p == first for p in plans):
-        return _run_one(q, k, v, first, scale)
-    parts = [_run_one(q[i:i + 1], k[i:i + 1], v[i:i + 1], p, scale) for i, p in enumerate(plans)]
+        return _run_one(q, k, v, first, scale, softcap)
+    parts = [_run_one(q[i:i + 1], k[i:i + 1], v[i:i + 1], p, scale, softcap)
+             for i, p in enumerate(plans)]
     return torch.cat([o for o, _ in parts]), torch.cat([l for _, l in parts])
 
 
 def weights(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: float,
-            allowed: Optional[torch.Tensor]) -> torch.Tensor:
+            allowed: Optional[torch.Tensor], softcap: float = 0.0) -> torch.Tensor:
     """The softmax weights (B, Hq, Sq, Sk) of BSHD q, k from the kernels' lse (B, Hq, Sq):
-    exp(scale·q·kᵀ - lse), 0 where ``allowed`` (broadcast to (B, Sq, Sk)) is False; rows that see
-    no key are 0. Differentiable (through lse as well)."""
+    exp(s - lse) with s = scale·q·kᵀ (softcap·tanh(s / softcap) when softcap > 0), 0 where
+    ``allowed`` (broadcast to (B, Sq, Sk)) is False; rows that see no key are 0.
+    Differentiable (through lse as well)."""
     group = q.shape[2] // k.shape[2]
     k = k.repeat_interleave(group, dim=2) if group > 1 else k
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    s = torch.einsum("bqhd,bkhd->bhqk", q.to(acc), k.to(acc)) * scale - lse[..., None].to(acc)
+    s = torch.einsum("bqhd,bkhd->bhqk", q.to(acc), k.to(acc)) * scale
+    if softcap > 0:
+        s = softcap * torch.tanh(s / softcap)
+    s = s - lse[..., None].to(acc)
     hidden = torch.isinf(lse)[..., None]  # rows that see no key
     if allowed is not None:
         hidden = hidden | ~allowed[:, None]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
@@ -79,11 +79,26 @@ def flag(name: str, value: Any) -> bool:
 class MaskSpec:
     """The mask of one call: query row ``i`` sees key ``j`` iff
     ``i + off - left <= j <= i + off + right`` where ``off = Sk - Sq`` when ``bottom_right`` else
-    ``0``; a bound of -1 means unbounded."""
+    ``0``; a bound of -1 means unbounded. The score transforms applied before it
+    (docs/semantics.md): ``softcap`` (0 = off) and ``alibi_slopes``, a float32 (Hq,) or (B, Hq)
+    array of q's kind and device, or None."""
 
     window_left: int = NO_WINDOW
     window_right: int = NO_WINDOW
     bottom_right: bool = True
+    softcap: float = 0.0
+    alibi_slopes: Any = field(default=None, compare=False)
+
+    @property
+    def score_mods(self) -> bool:
+        return self.softcap > 0.0 or self.alibi_slopes is not None
+
+    def with_score_mods(self, softcap: Any, alibi_slopes: Any, q: Any, kind: str,
+                        batch: Optional[int] = None) -> "MaskSpec":
+        """This mask with validated softcap and ALiBi slopes for BSHD q (batch q.shape[0] or, for
+        packed sequences, ``batch``)."""
+        return MaskSpec(self.window_left, self.window_right, self.bottom_right,
+                        softcap_value(softcap), alibi_value(alibi_slopes, q, kind, batch))
 
     @staticmethod
     def make(causal: Any, window_size: Any, bottom_right: bool,
@@ -117,6 +132,38 @@ class MaskSpec:
         first = np.maximum(i - self.window_left if self.window_left >= 0 else 0, 0)
         last = np.minimum(i + self.window_right if self.window_right >= 0 else sk - 1, sk - 1)
         return first > last
+
+
+def softcap_value(softcap: Any) -> float:
+    """softcap as a float >= 0 (0 = off): a real number, numpy scalar or 0-d CPU tensor."""
+    value = scale_value("softcap", softcap)
+    if value is None or value < 0.0:
+        raise ValueError(f"softcap: expected a finite number >= 0 (0 = no softcapping), got "
+                         f"{softcap!r}")
+    return value
+
+
+def alibi_value(slopes: Any, q: Any, kind: str, batch: Optional[int] = None) -> Any:
+    """ALiBi slopes for BSHD q: None, or float32 (Hq,) or (batch, Hq) of q's kind and device
+    whose head dimension is contiguous (batch: q's, or the number of packed sequences)."""
+    if slopes is None:
+        return None
+    hq, batch = q.shape[2], q.shape[0] if batch is None else batch
+    accepted = f"a float32 {kind} array of shape ({hq},) or ({batch}, {hq})"
+    if _kind("alibi_slopes", slopes) != kind:
+        raise TypeError(f"alibi_slopes: expected {accepted} (like q), got {_type(slopes)}")
+    if dtype_name(slopes) != "float32" or tuple(slopes.shape) not in ((hq,), (batch, hq)):
+        raise ValueError(f"alibi_slopes: expected {accepted}, got shape {tuple(slopes.shape)} "
+                         f"{dtype_name(slopes)}")
+    if kind == "torch" and slopes.device != q.device:
+        raise ValueError(f"alibi_slopes: on device {slopes.device}, but q is on {q.device}")
+    if kind == "torch" and slopes.requires_grad:
+        raise ValueError("alibi_slopes: gradients with respect to the slopes are not computed; "
+                         "pass alibi_slopes.detach()")
+    if strides(slopes)[-1] != 1 and hq > 1 or min(strides(slopes)) < 0:
+        raise ValueError(f"alibi_slopes: the head dimension must be contiguous, got strides "
+                         f"{strides(slopes)}; pass a contiguous copy")
+    return slopes
 
 
 def scale_value(name: str, scale: Any) -> Optional[float]:
@@ -223,6 +270,9 @@ class Call:
     mask: MaskSpec
     layout: Layout
     rank: int
+
+    def with_mask(self, mask: MaskSpec) -> "Call":
+        return replace(self, mask=mask)
 
     def output(self, out: Any) -> Any:
         """out (B, S, H, D) in the caller's layout."""

@@ -27,24 +27,24 @@ def _run(call: Call, deterministic: bool = False) -> Tuple[ArrayLike, ArrayLike]
 
         out, lse = _torch_ops.apply(call.q, call.k, call.v, call.scale, call.mask, deterministic)
     if _capture.recorders:  # flashattn_ext.inspect.capture is active
+        if call.mask.score_mods:
+            raise NotImplementedError("softcap, alibi_slopes: flashattn_ext.inspect.capture does "
+                                      "not record calls with score transforms")
         _capture.record(call, lse)
     return out, lse
 
 
-def not_implemented(dropout_p: float = 0.0, softcap: float = 0.0,
-                    alibi_slopes: Optional[ArrayLike] = None) -> None:
+def not_implemented(dropout_p: float = 0.0) -> None:
     """FlashAttention arguments the library does not implement: NotImplementedError naming them."""
     if dropout_p != 0.0:
         raise NotImplementedError(f"dropout_p={dropout_p}: dropout is not implemented; pass 0.0")
-    if softcap != 0.0:
-        raise NotImplementedError(f"softcap={softcap}: softcapping is not implemented; pass 0.0")
-    if alibi_slopes is not None:
-        raise NotImplementedError("alibi_slopes: ALiBi is not implemented; pass None")
 
 
 def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool = False,
               scale: Optional[float] = None, window_size: Tuple[int, int] = (-1, -1),
-              return_lse: bool = False) -> Union[ArrayLike, Tuple[ArrayLike, ArrayLike]]:
+              return_lse: bool = False, softcap: float = 0.0,
+              alibi_slopes: Optional[ArrayLike] = None
+              ) -> Union[ArrayLike, Tuple[ArrayLike, ArrayLike]]:
     """Exact softmax(q kᵀ · scale) v, computed tile by tile in O(S) memory.
 
     Args:
@@ -60,6 +60,11 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool = False,
         window_size: (left, right) ints >= -1, a sliding window around the aligned diagonal;
             -1 = unbounded.
         return_lse: also return the natural-log logsumexp of each row's scaled scores.
+        softcap: a number >= 0; > 0 replaces each scaled score s by softcap·tanh(s / softcap)
+            (Gemma 2), 0 = off.
+        alibi_slopes: None, or float32 slopes (Hq,) or (B, Hq) (same kind and device as q; Hq
+            = 1 for q without a head dimension): adds -slope·|i + Sk - Sq - j| to the score of
+            query i, key j (ALiBi, after the softcap). Softcap and ALiBi run on the CPU backend.
 
     Returns:
         out shaped like q (same kind: tensor or array), and with ``return_lse`` the pair
@@ -75,6 +80,7 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool = False,
     mask = MaskSpec.make(causal, window_size, bottom_right=True)
     with_lse = flag("return_lse", return_lse)
     call = prepare(q, k, v, layout=SD, scale=scale, mask=mask)
+    call = call.with_mask(call.mask.with_score_mods(softcap, alibi_slopes, call.q, call.kind))
     out, lse = _run(call)
     return (call.output(out), call.lse(lse)) if with_lse else call.output(out)
 
@@ -95,16 +101,22 @@ def flash_attn_func(q: ArrayLike, k: ArrayLike, v: ArrayLike, dropout_p: float =
     position of FlashAttention's debug-only S_dmask). ``deterministic=True`` makes the CUDA
     backward sum dq in a fixed order, so gradients are bitwise reproducible (docs/semantics.md
     section 8; the CPU backward always is; :func:`set_deterministic` switches it on for every
-    call). Not implemented (raising NotImplementedError): dropout_p > 0, softcap != 0,
-    alibi_slopes.
+    call). ``softcap > 0`` replaces each scaled score s by softcap·tanh(s / softcap);
+    ``alibi_slopes`` (Hq,) or (B, Hq) float32 adds -slope·|i + Sk - Sq - j| to the score of query
+    i, key j after it (FlashAttention's definitions, docs/semantics.md; CPU backend only). Not
+    implemented (raising NotImplementedError): dropout_p > 0.
     """
-    not_implemented(dropout_p, softcap, alibi_slopes)
+    not_implemented(dropout_p)
     mask = MaskSpec.make(causal, window_size, bottom_right=True)
     det = flag("deterministic", deterministic)
     call = prepare(q, k, v, layout=BSHD, scale=softmax_scale, mask=mask, scale_name="softmax_scale")
+    call = call.with_mask(call.mask.with_score_mods(softcap, alibi_slopes, call.q, call.kind))
     out, lse = _run(call, det)
     if not flag("return_attn_probs", return_attn_probs):
         return out
+    if call.mask.score_mods:
+        raise NotImplementedError("return_attn_probs: the probabilities of calls with softcap or "
+                                  "alibi_slopes are not returned yet; pass False")
     from .interpret import weights_of
 
     return out, lse, weights_of(call, lse)

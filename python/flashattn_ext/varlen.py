@@ -33,16 +33,18 @@ def flash_attn_varlen_func(q: ArrayLike, k: ArrayLike, v: ArrayLike, cu_seqlens_
     its pages (forward only). max_seqlen_q / max_seqlen_k: ints at least every sequence's length.
     Forward and backward (gradients into the packed q, k, v; torch tensors); numpy arrays give
     numpy results. Returns out (total_q, Hq, D); with ``return_attn_probs`` (out, softmax_lse,
-    None), softmax_lse (Hq, total_q) float32 (float64 for float64 inputs). Not implemented
-    (NotImplementedError): dropout_p > 0, softcap != 0, alibi_slopes.
+    None), softmax_lse (Hq, total_q) float32 (float64 for float64 inputs). softcap and
+    alibi_slopes ((Hq,) or (batch, Hq) float32) as in :func:`flash_attn_func`, on each sequence's
+    own lengths. Not implemented (NotImplementedError): dropout_p > 0.
     """
-    not_implemented(dropout_p, softcap, alibi_slopes)
+    not_implemented(dropout_p)
     mask = MaskSpec.make(causal, window_size, bottom_right=True)
     paged = block_table is not None
     call = prepare(q, k, v, layout=PACKED, kv_layout=PAGED if paged else None, scale=softmax_scale,
                    mask=mask, scale_name="softmax_scale")
     cq, ck, bt = check_varlen(call, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                               block_table)
+    mask = mask.with_score_mods(softcap, alibi_slopes, call.q, call.kind, batch=cq.shape[0] - 1)
     with_probs = flag("return_attn_probs", return_attn_probs)
     if call.kind == "numpy":
         out, lse = _dispatch.numpy_forward(call.q, call.k, call.v, call.scale, mask,

@@ -28,7 +28,9 @@ What a call gets, as transformers' ``sdpa`` attention would compute it:
   ``cu_seqlens`` read from the mask's blocks and the band they share; the reading is checked
   against the whole mask, so it is exact.
 - ``output_attentions``: the weights are exp(scale·q·kᵀ - lse) from the kernels' logsumexp.
-- softcap (Gemma 2) and attention sinks (``s_aux``) raise NotImplementedError.
+- ``softcap`` (Gemma 2) caps the scores at softcap·tanh(score / softcap) in the kernels (CPU
+  backend; elsewhere NotImplementedError). Attention sinks (``s_aux``) raise
+  NotImplementedError.
 - falls back to transformers' sdpa attention, with a warning naming the reason, for what the
   kernels do not take: dropout while training, ``position_bias`` (T5), the paged cache of
   continuous batching, masks that are neither a band nor packed sequences under one band
@@ -103,10 +105,7 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     (B, Hkv, Sk, D), ``attention_mask`` from the registered mask function (boolean
     (B, 1, Sq, Sk), True = attend) or None. Returns the output (B, Sq, Hq, D) and the attention
     weights (B, Hq, Sq, Sk) when ``output_attentions`` asks for them, else None."""
-    softcap = kwargs.get("softcap")
-    if softcap is not None:
-        raise NotImplementedError(f"softcap={softcap}: flashattn_ext has no logit softcapping "
-                                  f"yet; load this model with attn_implementation='eager'")
+    softcap = float(kwargs.get("softcap") or 0.0)
     if kwargs.get("s_aux") is not None:
         raise NotImplementedError("s_aux: flashattn_ext has no attention sinks yet; load this "
                                   "model with attn_implementation='eager'")
@@ -127,7 +126,7 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
                               getattr(getattr(module, "config", None), "output_attentions", False))
     sq, sk = query.shape[2], key.shape[2]
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))
-    if attention_mask is None and not want_weights:
+    if attention_mask is None and not want_weights and not softcap:
         out = scaled_dot_product_attention(query, key, value, is_causal=causal and sq > 1,
                                            scale=scale, enable_gqa=True)
         return out.transpose(1, 2).contiguous(), None
@@ -138,8 +137,8 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     else:
         allowed = _masked.to_bool(attention_mask[:, 0])
     if isinstance(plans, _masked.Packed):
-        out, lse = _masked.run_packed(q, k, v, plans, scale)
+        out, lse = _masked.run_packed(q, k, v, plans, scale, softcap)
     else:
-        out, lse = _masked.run(q, k, v, plans, scale)
-    weights = _masked.weights(q, k, lse, scale, allowed) if want_weights else None
+        out, lse = _masked.run(q, k, v, plans, scale, softcap)
+    weights = _masked.weights(q, k, lse, scale, allowed, softcap) if want_weights else None
     return out.contiguous(), weights

@@ -1,0 +1,68 @@
+"""Cost of the training features on the CPU kernels against the plain kernel.
+
+Each variant (plain, softcap, ALiBi, both) runs flash_attn_func on the same float32 inputs in the
+same process, alternating, forward and forward+backward; the table gives medians and the ratio to
+the plain kernel's time.
+
+    python bench/bench_features.py [--b 1 --h 8 --s 2048 --d 64 --causal --reps 9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
+import flashattn_ext  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--b", type=int, default=1)
+    ap.add_argument("--h", type=int, default=8)
+    ap.add_argument("--s", type=int, default=2048)
+    ap.add_argument("--d", type=int, default=64)
+    ap.add_argument("--causal", action="store_true")
+    ap.add_argument("--reps", type=int, default=9)
+    args = ap.parse_args()
+    g = torch.Generator().manual_seed(0)
+    q, k, v, do = (torch.randn(args.b, args.s, args.h, args.d, generator=g) for _ in range(4))
+    slopes = torch.rand(args.h, generator=g) * 0.1
+    variants = {"plain": {}, "softcap": dict(softcap=30.0), "alibi": dict(alibi_slopes=slopes),
+                "softcap+alibi": dict(softcap=30.0, alibi_slopes=slopes)}
+
+    def run(kw: dict, backward: bool) -> float:
+        for t in (q, k, v):
+            t.requires_grad_(backward)
+            t.grad = None
+        t0 = time.perf_counter()
+        if backward:
+            flashattn_ext.flash_attn_func(q, k, v, causal=args.causal, **kw).backward(do)
+        else:
+            with torch.no_grad():
+                flashattn_ext.flash_attn_func(q, k, v, causal=args.causal, **kw)
+        return time.perf_counter() - t0
+
+    shape = f"B={args.b} H={args.h} S={args.s} D={args.d} {'causal' if args.causal else 'non-causal'}"
+    print(f"{shape}, float32, {torch.get_num_threads()} threads, median of {args.reps}")
+    print(f"{'variant':15} {'dir':8} {'ms':>8} {'vs plain':>9}")
+    for backward in (False, True):
+        times = {name: [] for name in variants}
+        for kw in variants.values():
+            run(kw, backward)  # warm up
+        for _ in range(args.reps):
+            for name, kw in variants.items():
+                times[name].append(run(kw, backward))
+        plain = statistics.median(times["plain"])
+        for name, t in times.items():
+            med = statistics.median(t)
+            print(f"{name:15} {'fwd+bwd' if backward else 'fwd':8} {med * 1e3:8.1f} {med / plain:8.2f}x")
+
+
+if __name__ == "__main__":
+    main()

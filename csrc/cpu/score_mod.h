@@ -1,0 +1,42 @@
+// Vector forms of the score transforms of common/score_mod.h (include from an ISA unit, see
+// vec.h), on scores in the log2 domain (x = s * log2(e)).
+#pragma once
+#include "common/online_softmax.h"
+#include "common/score_mod.h"
+#include "cpu/vec.h"
+
+namespace fae::cpu::FAE_CPU_ISA {
+
+template <class V>
+struct ScoreMod {
+  using R = typename V::R;
+  float cap2;  // softcap * log2(e); 0 = no softcap
+  float k;     // -2 * log2(e) / cap2: exp2(k * |x|) = exp(-2 |s| / softcap)
+  bool alibi;
+
+  explicit ScoreMod(const FwdParams& p)
+      : cap2(float(p.softcap * kLog2e)), k(p.softcap > 0.f ? float(-2.0 / p.softcap) : 0.f),
+        alibi(p.alibi_slopes != nullptr) {}
+
+  // Vector form of fae::softcap_score: cap2 * tanh(x / cap2) with tanh(|y|) = (1 - e) / (1 + e),
+  // e = exp(-2 |y|) in (0, 1] (no overflow), and the sign of x (clamped x * 2^126: +-1 for
+  // |x| >= FLT_MIN, 0 for 0, NaN for NaN). Sets *grad to 1 - tanh^2 when grad is not null.
+  R softcap(R x, R* grad) const {
+    const R one = V::set1(1.f), m1 = V::set1(-1.f);
+    const R a = V::max(x, V::sub(V::zero(), x));
+    const R e = V::exp2(V::mul(a, V::set1(k)));
+    const R lo = V::max(m1, V::mul(x, V::set1(0x1p126f)));
+    const R sign = V::sub(V::zero(), V::max(m1, V::sub(V::zero(), lo)));
+    const R t = V::mul(V::div(V::sub(one, e), V::add(one, e)), sign);
+    if (grad) *grad = V::sub(one, V::mul(t, t));
+    return V::mul(t, V::set1(cap2));
+  }
+
+  // Vector form of fae::alibi_bias added to x: nslope * |pos - key| with nslope = -slope * log2(e).
+  static R bias(R x, R nslope, R pos, R key) {
+    const R d = V::sub(pos, key);
+    return V::fma(nslope, V::max(d, V::sub(V::zero(), d)), x);
+  }
+};
+
+}  // namespace fae::cpu::FAE_CPU_ISA
