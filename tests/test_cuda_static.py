@@ -102,10 +102,8 @@ def test_main_loop_census_matches_tile_sizes(sass_tool, builds, arch):
 
 
 # FlashAttention-2's main loop on sm_80 (bf16, one iteration per warp): HMMA share, integer instructions.
+# Ours, with the rescale off the steady-state path: D = 64 23.8%, D = 128 33.0% (sm_80).
 FA2_FORWARD = {64: (0.216, 66), 128: (0.272, 106)}
-# Where ours stays below: D = 128 issues 26.9% HMMA (sm_80; 26.6% on sm_90); FlashAttention-2's
-# 128 x 64 tiles spill here (csrc/cuda/flash/fwd_traits.h).
-HMMA_SHARE = {128: 0.26}
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -114,18 +112,19 @@ def test_forward_main_loop_at_design_point(sass_tool, builds, arch, head_dim):
     """One steady-state iteration of the forward's loop over whole key tiles, per warp: each K or V
     fragment feeds several mma (at most 0.35 ldmatrix per HMMA), tile loads without per-chunk
     index arithmetic (no more integer instructions than FlashAttention-2's loop), no branch but
-    the loop's own, 8 warps per SM, and on sm_80 tensor-core bound (>= 0.95 of peak by the bound
-    model). The HMMA share is at least FlashAttention-2's at D = 64; at D = 128 see HMMA_SHARE."""
+    the loop's own and the one past the lazy-rescale block, 8 warps per SM, and on sm_80
+    tensor-core bound (>= 0.95 of peak by the bound model). The HMMA share is at least
+    FlashAttention-2's."""
     inst = next(i for i, a in builds if a == arch and i.direction == "forward" and i.head_dim == head_dim)
     a = cs.analyse(inst, arch, builds[(inst, arch)], cs.traits([inst])[inst])
     share, integer = FA2_FORWARD[head_dim]
     print(f"{inst.name(arch)}: {a.total} instr, {a.hmma} HMMA ({a.share}), int {a.counts['int']}, "
           f"branch {a.counts['branch']}, LDSM {a.counts['LDSM']}, {a.occupancy.warps} warps/SM, "
           f"{a.bound.limiter} {a.bound.tensor_fraction:.2f}")
-    assert a.hmma >= HMMA_SHARE.get(head_dim, share) * a.total
+    assert a.hmma >= share * a.total
     assert a.counts["LDSM"] <= 0.35 * a.hmma
     assert a.counts["int"] <= integer
-    assert a.counts["branch"] <= 3
+    assert a.counts["branch"] <= 4
     assert a.occupancy.warps >= 8
     if arch == "sm_80":
         assert a.bound.tensor_fraction >= 0.95, a.bound.clocks
