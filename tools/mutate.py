@@ -111,7 +111,7 @@ MUTANTS = [
            "dQ accumulated with a plain += instead of atomicAdd: a race between key blocks"),
     Mutant("bwd-gqa", BWD, "const int h0 = hk * group, t_last", "const int h0 = hk, t_last",
            "backward GQA: kv head hk takes query heads hk, hk + 1, ... instead of its group"),
-    Mutant("bwd-first-row", BWD, "visible_rows(n0, p).lo", "visible_rows(n0 + 1, p).lo",
+    Mutant("bwd-first-row", BWD, "visible_rows(n0, m).lo", "visible_rows(n0 + 1, m).lo",
            "key block's first query row taken from its second key (off by one)"),
     Mutant("bwd-whole-tiles", BWD, "int((last + 1) / BM) - 1;", "int((last + 1) / BM);",
            "'whole tile, skip the mask' range ends one query tile late: a tile whose last rows miss keys runs unmasked"),
