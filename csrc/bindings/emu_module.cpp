@@ -88,26 +88,26 @@ py::array_t<uint16_t> stmatrix(carray<uint32_t> regs, carray<int> offsets, int n
   return image;
 }
 
-py::array_t<int> shfl(carray<int> cases, carray<int> vals) {
-  const int ncases = int(cases.size() / 4);
+// A warp probe over a table of cases (`width` ints each) and 32 lane values per case: one block
+// per case, [ncases][32] results.
+template <class Probe>
+py::array_t<int> lane_cases(carray<int> cases, int width, carray<int> vals, const char* vals_name, Probe probe) {
+  const int ncases = int(cases.size() / width);
   py::array_t<int> out({ncases, 32});
-  const int* pc = data(cases, ncases * 4, "cases");
-  const int* pv = data(vals, ncases * 32, "vals");
+  const int* pc = data(cases, ncases * width, "cases");
+  const int* pv = data(vals, ncases * 32, vals_name);
   int* po = out.mutable_data();
   py::gil_scoped_release nogil;
-  ex::probe_shfl(pc, pv, po, ncases);
+  probe(pc, pv, po, ncases);
   return out;
 }
 
+py::array_t<int> shfl(carray<int> cases, carray<int> vals) {
+  return lane_cases(cases, 4, vals, "vals", ex::probe_shfl);
+}
+
 py::array_t<int> vote(carray<int> cases, carray<int> preds) {
-  const int ncases = int(cases.size() / 2);
-  py::array_t<int> out({ncases, 32});
-  const int* pc = data(cases, ncases * 2, "cases");
-  const int* pp = data(preds, ncases * 32, "preds");
-  int* po = out.mutable_data();
-  py::gil_scoped_release nogil;
-  ex::probe_vote(pc, pp, po, ncases);
-  return out;
+  return lane_cases(cases, 2, preds, "preds", ex::probe_vote);
 }
 
 py::array_t<double> shfl64(carray<double> vals, int lane_mask) {

@@ -29,6 +29,11 @@ FAE_HD SeqArrays<const int32_t*> seq_arrays(const FwdParams& p) {
   return {p.cu_seqlens_q, p.cu_seqlens_k, p.seqused_k, p.leftpad_k, p.kv_batch_idx, p.block_table};
 }
 
+// The mask's align offset (common/mask.h) of a sequence with these lengths.
+FAE_HD int64_t sequence_align_offset(const FwdParams& p, int64_t seqlen_q, int64_t seqlen_k) {
+  return p.align_offset + (p.align_bottom_right ? seqlen_k - seqlen_q : 0);
+}
+
 template <class P>
 FAE_HD Seq sequence(const FwdParams& p, const SeqArrays<P>& a, int64_t b) {
   Seq s;
@@ -42,7 +47,7 @@ FAE_HD Seq sequence(const FwdParams& p, const SeqArrays<P>& a, int64_t b) {
                                   : packed_k ? int64_t(a.cu_seqlens_k[b + 1]) : p.seqlen_k;
   s.k_row0 = base + (p.leftpad_k ? int64_t(a.leftpad_k[b]) : 0);
   s.seqlen_k = end - s.k_row0;
-  s.align_offset = p.align_offset + (p.align_bottom_right ? s.seqlen_k - s.seqlen_q : 0);
+  s.align_offset = sequence_align_offset(p, s.seqlen_q, s.seqlen_k);
   return s;
 }
 

@@ -308,10 +308,9 @@ __global__ void __launch_bounds__(Tr::kThreads)
   const FwdParams& p = bp.fwd;
   Seq seq{};
   if constexpr (kSeqs) seq = sequence(p, sa, b);
-  // Batch index and first row of the q-like and the k-like arrays: b and 0 in the dense kernel,
-  // 0 and the sequence's first row with packed sequences; the sequence's lengths and align offset.
-  // Held as int32 (the prefix sums are int32) and put into params only where the mask functions
-  // read them: the registers the dense kernel spends on none of this are few (ptxas).
+  // Batch index of the q-like and the k-like arrays: b in the dense kernel, 0 with packed
+  // sequences. The sequence's lengths are held as int32 (the prefix sums are int32) and put into
+  // params only where the mask functions read them: the dense kernel spends no registers on them.
   const int b_q = kSeqs ? 0 : b, b_kv = kSeqs ? 0 : b;
   // The first rows of the sequence in the q-like and k-like arrays, read from cu_seqlens where Q/dO
   // and K/V are loaded and dK/dV stored (held in registers across the main loop, they cost ptxas
@@ -324,8 +323,8 @@ __global__ void __launch_bounds__(Tr::kThreads)
   auto on_mask = [&](auto f) {  // f(params of this sequence's mask)
     if constexpr (kSeqs) {
       FwdParams m = p;
-      m.seqlen_q = len_q, m.seqlen_k = len_k;  // the align offset derived here, as in sequence()
-      m.align_offset = p.align_offset + (p.align_bottom_right ? len_k - len_q : 0);
+      m.seqlen_q = len_q, m.seqlen_k = len_k;
+      m.align_offset = sequence_align_offset(p, len_q, len_k);
       return f(m);
     } else {
       return f(p);
