@@ -1,7 +1,9 @@
-"""Softcap and ALiBi (docs/semantics.md) against the float64 oracle on the CPU kernels: forward
-and gradients for every dtype, both senses of Sq != Sk, causal and windowed masks, GQA, per-head
-and per-batch slopes; the variable-length and KV-cache entry points; gradcheck in float64; bad
-arguments; the CUDA kernels (emulator) refuse them by name."""
+"""Softcap and ALiBi (docs/semantics.md) against the float64 oracle on every backend (the CPU
+kernels, the CUDA kernels on the emulator or a GPU): forward and gradients for every dtype the
+backend takes, both senses of Sq != Sk, causal and windowed masks, GQA, per-head and per-batch
+slopes, a head dim past 128; the variable-length and KV-cache entry points (contiguous and paged
+caches, split-KV); gradcheck in float64; bad arguments; on the emulator, results independent of
+the threads' order and the deterministic backward bitwise reproducible with score mods."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ import torch
 
 import flashattn_ext as fa
 import oracle
-from attn_testing import assert_close, naive_in, randn
+from attn_testing import assert_close, naive_in, needs_kernel, randn
+from test_kvcache import make_cache
 
 F32, F64, BF16, F16 = torch.float32, torch.float64, torch.bfloat16, torch.float16
 
@@ -43,7 +46,8 @@ def inputs(gen, shape, dtype):
 @pytest.mark.parametrize("mods", MODS, ids=MOD_IDS)
 @pytest.mark.parametrize("mask", MASKS, ids=MASK_IDS)
 @pytest.mark.parametrize("shape", SHAPES, ids=["sq<sk", "sq>sk"])
-def test_flash_attn_func_matches_oracle(gen, dtype, mods, mask, shape):
+def test_flash_attn_func_matches_oracle(backend, gen, dtype, mods, mask, shape):
+    needs_kernel(backend, dtype, backward=True, head_dim=shape[-1])
     softcap, kind = mods
     causal, window = mask
     q, k, v = inputs(gen, shape, dtype)
@@ -86,52 +90,88 @@ def test_gradcheck_float64(gen):
     assert torch.autograd.gradcheck(f, (q, k, v))
 
 
-def test_varlen_matches_oracle_per_sequence(gen):
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
+def test_varlen_matches_oracle_per_sequence(backend, gen, dtype):
+    needs_kernel(backend, dtype, backward=True)
     lens_q, lens_k = [5, 0, 70, 33], [40, 3, 70, 20]
     hq, hkv, d = 4, 2, 32
     cq = torch.tensor(np.cumsum([0] + lens_q), dtype=torch.int32)
     ck = torch.tensor(np.cumsum([0] + lens_k), dtype=torch.int32)
-    q = (randn(gen, sum(lens_q), hq, d) * 2).requires_grad_()
-    k = (randn(gen, sum(lens_k), hkv, d) * 2).requires_grad_()
-    v = randn(gen, sum(lens_k), hkv, d).requires_grad_()
+    q = (randn(gen, sum(lens_q), hq, d) * 2).to(dtype).requires_grad_()
+    k = (randn(gen, sum(lens_k), hkv, d) * 2).to(dtype).requires_grad_()
+    v = randn(gen, sum(lens_k), hkv, d, dtype=dtype).requires_grad_()
     slopes = torch.rand(len(lens_q), hq, generator=gen) * 0.4
     out = fa.flash_attn_varlen_func(q, k, v, cq, ck, max(lens_q), max(lens_k), causal=True,
                                     softcap=3.0, alibi_slopes=slopes)
-    refs = []
-    for b in range(len(lens_q)):
-        qs, ks = slice(int(cq[b]), int(cq[b + 1])), slice(int(ck[b]), int(ck[b + 1]))
-        if lens_q[b]:
-            refs.append(oracle.attention(q[None, qs], k[None, ks], v[None, ks], causal=True,
-                                         softcap=3.0, alibi_slopes=slopes[b:b + 1])[0][0])
-    ref = torch.cat(refs)
-    assert_close(out, ref, None, "out")
-    dout = randn(gen, *out.shape)
-    for name, g, r in zip(("dq", "dk", "dv"), torch.autograd.grad(out, (q, k, v), dout),
-                          torch.autograd.grad(ref, (q, k, v), dout.double())):
-        assert_close(g, r, None, name)
+
+    def per_sequence(**kw):
+        outs = []
+        for b in range(len(lens_q)):
+            qs, ks = slice(int(cq[b]), int(cq[b + 1])), slice(int(ck[b]), int(ck[b + 1]))
+            if lens_q[b]:
+                outs.append(oracle.attention(q[None, qs], k[None, ks], v[None, ks], causal=True,
+                                             softcap=3.0, alibi_slopes=slopes[b:b + 1], **kw)[0][0])
+        return torch.cat(outs)
+    ref = per_sequence()
+    naive = per_sequence(dtype=dtype) if dtype == BF16 else None
+    assert_close(out, ref, naive, "out")
+    dout = randn(gen, *out.shape, dtype=dtype)
+    naives = (None,) * 3 if naive is None else torch.autograd.grad(naive, (q, k, v), dout)
+    for name, g, r, n in zip(("dq", "dk", "dv"), torch.autograd.grad(out, (q, k, v), dout),
+                             torch.autograd.grad(ref, (q, k, v), dout.double()), naives):
+        assert_close(g, r, n, name)
 
 
-def test_kvcache_matches_oracle(gen):
+@pytest.mark.parametrize("layout, num_splits", [("contiguous", 1), ("paged16", 1), ("paged16", 3)])
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
+def test_kvcache_matches_oracle(backend, gen, dtype, layout, num_splits):
+    """Contiguous and paged caches, unsplit and split-KV (num_splits=3), per-batch slopes."""
+    needs_kernel(backend, dtype)
     b, hq, hkv, d, cap = 2, 4, 2, 32, 50
-    q = randn(gen, b, 3, hq, d) * 2
-    kc, vc = randn(gen, b, cap, hkv, d) * 2, randn(gen, b, cap, hkv, d)
+    q = (randn(gen, b, 3, hq, d) * 2).to(dtype)
+    cache = make_cache(gen, layout, b, cap, hkv, d, dtype)
+    cache.k.mul_(2)
     seqlens = torch.tensor([17, 41], dtype=torch.int32)
-    slopes = torch.rand(hq, generator=gen) * 0.4
-    out = fa.flash_attn_with_kvcache(q, kc, vc, cache_seqlens=seqlens, causal=True, softcap=5.0,
-                                     alibi_slopes=slopes)
+    slopes = torch.rand(b, hq, generator=gen) * 0.4
+    out = fa.flash_attn_with_kvcache(q, cache.k, cache.v, cache_seqlens=seqlens, block_table=cache.table,
+                                     causal=True, softcap=5.0, alibi_slopes=slopes, num_splits=num_splits)
     for i in range(b):
         n = int(seqlens[i])
-        ref = oracle.attention(q[i:i + 1], kc[i:i + 1, :n], vc[i:i + 1, :n], causal=True,
-                               softcap=5.0, alibi_slopes=slopes)[0]
-        assert_close(out[i:i + 1], ref, None, f"out[{i}]")
+        keys, vals = cache.rows(cache.k, i, 0, n)[None], cache.rows(cache.v, i, 0, n)[None]
+        kw = dict(causal=True, softcap=5.0, alibi_slopes=slopes[i:i + 1])
+        ref = oracle.attention(q[i:i + 1], keys, vals, **kw)[0]
+        naive = oracle.attention(q[i:i + 1], keys, vals, dtype=dtype, **kw)[0] if dtype == BF16 else None
+        assert_close(out[i:i + 1], ref, naive, f"out[{i}]")
 
 
-def test_decode_split_kv_matches_oracle(gen):
-    """One query row against many keys: the forward splits the keys (split-KV) and merges."""
-    q, k, v = randn(gen, 1, 1, 8, 64), randn(gen, 1, 3000, 2, 64), randn(gen, 1, 3000, 2, 64)
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
+def test_decode_split_kv_matches_oracle(backend, gen, dtype):
+    """One query row against many keys: the forward splits the keys (split-KV: the CPU's chunks,
+    the CUDA kernels' automatic num_splits of a KV-cache call) and merges."""
+    needs_kernel(backend, dtype)
+    q, k, v = (randn(gen, 1, s, h, 64, dtype=dtype) for s, h in ((1, 8), (3000, 2), (3000, 2)))
     slopes = torch.rand(8, generator=gen) * 0.01
-    out = fa.flash_attn_func(q, k, v, softcap=2.0, alibi_slopes=slopes)
-    assert_close(out, oracle.attention(q, k, v, softcap=2.0, alibi_slopes=slopes)[0], None, "out")
+    kw = dict(softcap=2.0, alibi_slopes=slopes)
+    out = fa.flash_attn_with_kvcache(q, k, v, **kw)
+    naive = naive_in(dtype, q, k, v, **kw)[0] if dtype == BF16 else None
+    assert_close(out, oracle.attention(q, k, v, **kw)[0], naive, "out")
+
+
+def test_head_dim_past_128(backend, gen):
+    """D = 192 (the CUDA kernels' narrower key tiles past 128), softcap and per-batch ALiBi, causal
+    with Sq > Sk: forward and gradients."""
+    needs_kernel(backend, BF16, backward=True, head_dim=192)
+    shape = (2, 45, 38, 2, 1, 192)
+    q, k, v = inputs(gen, shape, BF16)
+    kw = dict(causal=True, softcap=6.0, alibi_slopes=slopes_for(gen, "batch", 2, 2))
+    out = fa.flash_attn_func(q, k, v, **kw)
+    ref, naive = oracle.attention(q, k, v, **kw)[0], naive_in(BF16, q, k, v, **kw)[0]
+    assert_close(out, ref, naive, "out")
+    dout = randn(gen, *out.shape, dtype=BF16)
+    for name, g, r, n in zip(("dq", "dk", "dv"), torch.autograd.grad(out, (q, k, v), dout),
+                             torch.autograd.grad(ref, (q, k, v), dout.double()),
+                             torch.autograd.grad(naive, (q, k, v), dout)):
+        assert_close(g, r, n, name)
 
 
 @pytest.mark.parametrize("kw, error, text", [
@@ -151,11 +191,34 @@ def test_bad_arguments(gen, kw, error, text):
         fa.flash_attn_func(q, q, q, **kw)
 
 
-def test_emulated_cuda_kernels_refuse_by_name(gen, monkeypatch):
-    pytest.importorskip("flashattn_ext._emu", reason="built without the emulator")
+def test_emulated_kernels_do_not_depend_on_thread_order(gen, monkeypatch):
+    """Score mods on the emulator with the block's threads shuffled by seed and 1-3 worker threads:
+    out, dk, dv identical (dq within a bfloat16 step: atomics in block order); the deterministic
+    backward bitwise identical, dense and variable-length."""
+    emu = pytest.importorskip("flashattn_ext._emu", reason="built without the emulator")
     monkeypatch.setenv("FLASHATTN_EXT_BACKEND", "emu")
-    q = randn(gen, 1, 16, 2, 32, dtype=BF16)
-    with pytest.raises(NotImplementedError, match="softcap=2.0.*CPU backend"):
-        fa.flash_attn_func(q, q, q, softcap=2.0)
-    with pytest.raises(NotImplementedError, match="alibi_slopes.*CPU backend"):
-        fa.flash_attn_func(q, q, q, alibi_slopes=torch.ones(2))
+    q, k, v = inputs(gen, (2, 40, 70, 4, 2, 64), BF16)
+    dout = randn(gen, 2, 40, 4, 64, dtype=BF16)
+    lens = torch.tensor([0, 30, 80], dtype=torch.int32)
+    kp, vp = (x.detach().reshape(-1, 2, 64)[:80].requires_grad_() for x in (k, v))
+    qp = q.detach().reshape(-1, 4, 64)[:80].requires_grad_()
+    kw = dict(causal=True, softcap=3.0, alibi_slopes=slopes_for(gen, "batch", 2, 4))
+    runs = []
+    try:
+        for threads, seed in ((1, None), (3, 1), (2, 2)):
+            emu.configure(threads=threads)
+            emu.set_seed(seed)
+            out = fa.flash_attn_func(q, k, v, **kw)
+            det = fa.flash_attn_func(q, k, v, deterministic=True, **kw)
+            packed = fa.flash_attn_varlen_func(qp, kp, vp, lens, lens, 50, 50, deterministic=True, **kw)
+            runs.append((out, *torch.autograd.grad(out, (q, k, v), dout),
+                         *torch.autograd.grad(det, (q, k, v), dout),
+                         *torch.autograd.grad(packed, (qp, kp, vp), dout.reshape(-1, 4, 64)[:80])))
+    finally:
+        emu.set_seed(None)
+    for other in runs[1:]:
+        for i, (a, b) in enumerate(zip(runs[0], other)):
+            if i == 1:  # atomic dq
+                assert ((a.float() - b.float()).abs() <= b.float().abs() * 2**-7 + 1e-6).all()
+            else:
+                assert torch.equal(a, b), i

@@ -127,22 +127,11 @@ def cuda_splits(q: Any, seqs: Seqs, block_m: int = 64) -> int:
     return max(1, min(-(-_sm_count(q) // max(blocks, 1)), seqs.max_k() // SPLIT_KEYS, MAX_SPLITS))
 
 
-def cpu_only_score_mods(q: Any, mask: MaskSpec) -> None:
-    """Softcap and ALiBi run on the CPU kernels only, for now."""
-    backend = backend_for(q)
-    if mask.score_mods and backend != "cpu":
-        feature = f"softcap={mask.softcap}" if mask.softcap else "alibi_slopes"
-        raise NotImplementedError(f"{feature}: not implemented in the CUDA kernels yet (backend "
-                                  f"{backend}, dtype {dtype_name(q)}); it runs on the CPU backend "
-                                  f"(CPU tensors or arrays without FLASHATTN_EXT_BACKEND=emu)")
-
-
 def forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mask: MaskSpec,
             seqs: Optional[Seqs] = None) -> None:
     """Runs the forward kernel on BSHD views, writing ``out`` (like q) and ``lse`` (B, H, Sq),
     or (H, total_q) with packed sequences. Raises ValueError when finite q and k overflow the
     scores (see check_overflow)."""
-    cpu_only_score_mods(q, mask)
     backend = backend_for(q)
     if backend == "cpu":
         _C.forward(**_common_kwargs(q, k, v, out, lse, scale, mask, q.shape[3], seqs), stream=0)
@@ -193,7 +182,6 @@ def backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dq: Any, dk:
     gradient of lse, laid out exactly like lse. ``deterministic_mode``: the CUDA kernels sum dq
     in a fixed order (bitwise reproducible; the CPU backward always is)."""
     dlse_ptr = 0 if dlse is None else _ptr(dlse)
-    cpu_only_score_mods(q, mask)
     if backend_for(q) == "cpu":
         _C.backward(**_common_kwargs(q, k, v, out, lse, scale, mask, q.shape[3], seqs),
                     **_arrays(dout=dout, dq=dq, dk=dk, dv=dv), dlse=dlse_ptr, stats=0, dq_accum=0,

@@ -103,7 +103,7 @@ def flash_attn_func(q: ArrayLike, k: ArrayLike, v: ArrayLike, dropout_p: float =
     section 8; the CPU backward always is; :func:`set_deterministic` switches it on for every
     call). ``softcap > 0`` replaces each scaled score s by softcap·tanh(s / softcap);
     ``alibi_slopes`` (Hq,) or (B, Hq) float32 adds -slope·|i + Sk - Sq - j| to the score of query
-    i, key j after it (FlashAttention's definitions, docs/semantics.md; CPU backend only). Not
+    i, key j after it (FlashAttention's definitions, docs/semantics.md). Not
     implemented (raising NotImplementedError): dropout_p > 0.
     """
     not_implemented(dropout_p)

@@ -48,7 +48,7 @@ def flash_attn_with_kvcache(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike
     Returns out (B, Sq, Hq, D), and with ``return_softmax_lse`` (out, lse (B, Hq, Sq)). No
     gradients (NotImplementedError when any input requires one). softcap > 0 caps the scores at
     softcap·tanh(score / softcap); alibi_slopes (Hq,) or (B, Hq) float32 adds the ALiBi bias
-    -slope·|i + Sk - Sq - j| with Sk the entry's keys (docs/semantics.md; CPU backend only).
+    -slope·|i + Sk - Sq - j| with Sk the entry's keys (docs/semantics.md).
     """
     mask = MaskSpec.make(causal, window_size, bottom_right=True)
     paged = block_table is not None
@@ -56,7 +56,6 @@ def flash_attn_with_kvcache(q: ArrayLike, k_cache: ArrayLike, v_cache: ArrayLike
                    names=("q", "k_cache", "v_cache"), scale=softmax_scale, mask=mask,
                    scale_name="softmax_scale")
     mask = mask.with_score_mods(softcap, alibi_slopes, call.q, call.kind)
-    _dispatch.cpu_only_score_mods(call.q, mask)  # before the caches are written
     _inference_only(q=q, k_cache=k_cache, v_cache=v_cache, k=k, v=v)
     new = _new_kv(call, k, v)
     sn = 0 if new is None else new[0].shape[1]

@@ -23,6 +23,9 @@
 // key blocks blockIdx.x, blockIdx.x + gridDim.x, ..., and each accumulator element of a split is
 // updated by one thread of one block in a fixed order. The first two kernels compute S and dP
 // with the same mma sequence (k steps in order, from zero), so they agree bit for bit.
+// Softcap and ALiBi (kMod, score_mod.cuh; the variable-length instances only, a dense call being
+// one with no sequence arrays): both kernels turn S into the forward's log2-domain scores with
+// the same code, and dS is multiplied by the softcap's derivative 1 - tanh^2 before dK and dQ.
 #pragma once
 
 #include "common/mask.h"
@@ -30,6 +33,7 @@
 #include "common/seqlens.h"
 #include "cuda/flash/bwd_traits.h"
 #include "cuda/flash/common.cuh"
+#include "cuda/flash/score_mod.cuh"
 #include "cuda/primitives.cuh"
 
 namespace fae::cuda {
@@ -158,11 +162,13 @@ __device__ __forceinline__ void whole_tiles(const FwdParams& p, int64_t n0, int&
   hi = last == p.seqlen_q - 1 ? int((p.seqlen_q - 1) / BM) : int((last + 1) / BM) - 1;
 }
 
-template <class Tr, bool kSeqs>
+template <class Tr, bool kSeqs, bool kMod>
 __global__ void __launch_bounds__(Tr::kThreads)
     bwd_row_stats(BwdParams bp, BwdWork w, gptr<const typename Tr::Element> q, gptr<const typename Tr::Element> k,
                   gptr<const typename Tr::Element> v, gptr<const typename Tr::Element> dout, gptr<const float> lse,
-                  gptr<const float> dlse, gptr<float> stats, gptr<float> dq_accum, SeqArrays<gptr<const int32_t>> sa) {
+                  gptr<const float> dlse, gptr<float> stats, gptr<float> dq_accum, SeqArrays<gptr<const int32_t>> sa,
+                  gptr<const float> slopes) {
+  static_assert(kSeqs || !kMod, "score mods run in the variable-length kernels");
   using T = typename Tr::Element;
   using Sdp = SdpTile<Tr>;
   constexpr int BN = Tr::kBlockN, BM = Tr::kBlockM, LD = Tr::kRowStride;
@@ -231,6 +237,10 @@ __global__ void __launch_bounds__(Tr::kThreads)
       __syncthreads();
       Sdp tile;
       tile.compute(sQ, sdO, sK, sV, wm, wn, lane);
+      if constexpr (kMod)  // the forward's log2-domain scores, from this thread's row g and column 2t
+        ScoreMods::of(p, slopes, p.scale_log2, b, h)
+            .apply(tile.s, int(alibi_position(m0 + wm * Tr::kSdpM + g, p.seqlen_q, p.seqlen_k) - n0 - wn * Tr::kSdpN),
+                   2 * t);
       const bool whole = keys_valid == BN && n0 >= last.lo && n0 + BN - 1 <= first.hi;
 #pragma unroll
       for (int mt = 0; mt < Sdp::MT; ++mt)
@@ -241,7 +251,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
             const int r = i >> 1;
             const int64_t key = n0 + wn * Tr::kSdpN + nt * 8 + 2 * t + (i & 1);
             if (!whole && (key < keys[mt][r].lo || key > keys[mt][r].hi)) continue;  // no part, even NaN
-            const float pt = unnormalised_p(tile.s[mt][nt][i], p.scale_log2, lse2[mt][r]);
+            const float pt = unnormalised_p(tile.s[mt][nt][i], kMod ? 1.0f : p.scale_log2, lse2[mt][r]);
             psum[mt][r] += pt;
             pdot[mt][r] += pt * tile.dp[mt][nt][i];
           }
@@ -289,12 +299,13 @@ __global__ void __launch_bounds__(Tr::kThreads)
       ptr_cast<float4>(acc + s * w.split_floats)[i] = float4{0.0f, 0.0f, 0.0f, 0.0f};
 }
 
-template <class Tr, bool kSeqs>
+template <class Tr, bool kSeqs, bool kMod>
 __global__ void __launch_bounds__(Tr::kThreads)
     flash_bwd_kernel(BwdParams bp, BwdWork w, gptr<const typename Tr::Element> q, gptr<const typename Tr::Element> k,
                      gptr<const typename Tr::Element> v, gptr<const typename Tr::Element> dout,
                      gptr<const float> stats, gptr<float> dq_accum, gptr<typename Tr::Element> dk,
-                     gptr<typename Tr::Element> dv, SeqArrays<gptr<const int32_t>> sa) {
+                     gptr<typename Tr::Element> dv, SeqArrays<gptr<const int32_t>> sa, gptr<const float> slopes) {
+  static_assert(kSeqs || !kMod, "score mods run in the variable-length kernels");
   using T = typename Tr::Element;
   using Sdp = SdpTile<Tr>;
   constexpr int BN = Tr::kBlockN, BM = Tr::kBlockM, D = Tr::kHeadDim, LD = Tr::kRowStride, LP = Tr::kPStride;
@@ -309,9 +320,9 @@ __global__ void __launch_bounds__(Tr::kThreads)
   Seq seq{};
   if constexpr (kSeqs) seq = sequence(p, sa, b);
   // Batch index of the q-like and the k-like arrays: b in the dense kernel, 0 with packed
-  // sequences. The sequence's lengths are held as int32 (the prefix sums are int32) and put into
+  // sequences (the kMod instances also run dense calls: the sequence's own). The sequence's lengths are held as int32 (the prefix sums are int32) and put into
   // params only where the mask functions read them: the dense kernel spends no registers on them.
-  const int b_q = kSeqs ? 0 : b, b_kv = kSeqs ? 0 : b;
+  const int b_q = !kSeqs ? b : kMod ? int(seq.q_batch) : 0, b_kv = !kSeqs ? b : kMod ? int(seq.kv_batch) : 0;
   // The first rows of the sequence in the q-like and k-like arrays, read from cu_seqlens where Q/dO
   // and K/V are loaded and dK/dV stored (held in registers across the main loop, they cost ptxas
   // 4-byte spills at D = 224 and 256).
@@ -401,6 +412,15 @@ __global__ void __launch_bounds__(Tr::kThreads)
 
         Sdp tile;
         tile.compute(cQ, cdO, sK, sV, wm, wn, lane);
+        // Score mods: S scaled and capped here; the ALiBi bias and the softcap's derivative per
+        // element below (this thread's row g and column 2t give its ALiBi positions and keys).
+        [[maybe_unused]] ScoreMods mods{};
+        [[maybe_unused]] int pos0 = 0;
+        if constexpr (kMod) {
+          mods = ScoreMods::of(p, slopes, p.scale_log2, b, h0 + h);
+          mods.cap(tile.s);
+          pos0 = int(alibi_position(m0 + wm * Tr::kSdpM + g, seqlen_q(), seqlen_k()) - n0 - wn * Tr::kSdpN);
+        }
         // P = P' / psum and dS = P (dP - delta), packed to 16 bits as the A operands of what follows.
         uint32_t pk_p[Sdp::MT][Sdp::NT][2], pk_ds[Sdp::MT][Sdp::NT][2];
         const bool masked = qt < whole_lo || qt > whole_hi;
@@ -414,8 +434,13 @@ __global__ void __launch_bounds__(Tr::kThreads)
             for (int nt = 0; nt < Sdp::NT; ++nt)
 #pragma unroll
               for (int c = 0; c < 2; ++c) {
-                const float pt = unnormalised_p(tile.s[mt][nt][2 * r + c], p.scale_log2, st.x) * st.y;
-                tile.dp[mt][nt][2 * r + c] = pt * (tile.dp[mt][nt][2 * r + c] - st.z);
+                float x = tile.s[mt][nt][2 * r + c], ds_dx = 1.0f;
+                if constexpr (kMod) {
+                  ds_dx = mods.grad(x);
+                  x = mods.bias(x, pos0 + mt * 16 + 8 * r, 2 * t + nt * 8 + c);
+                }
+                const float pt = unnormalised_p(x, kMod ? 1.0f : p.scale_log2, st.x) * st.y;
+                tile.dp[mt][nt][2 * r + c] = pt * (tile.dp[mt][nt][2 * r + c] - st.z) * ds_dx;
                 tile.s[mt][nt][2 * r + c] = pt;
               }
             if (masked) {  // a masked pair gets P = dS = 0, also in a row whose statistics are NaN

@@ -12,7 +12,7 @@
 
 namespace fae::cuda {
 
-template <class Tr, bool kSeqs>
+template <class Tr, bool kSeqs, bool kMod = false>
 void run_backward_tiles(const BwdParams& bp, float* stats, float* dq_accum, Stream stream) {
   using T = typename Tr::Element;
   const FwdParams& p = bp.fwd;
@@ -31,7 +31,8 @@ void run_backward_tiles(const BwdParams& bp, float* stats, float* dq_accum, Stre
     return gbuf(static_cast<const T*>(ptr), extent(bs, rs, hs, kb, kr, p.heads_kv, d));
   };
   const dim3 stats_grid(unsigned(w.padded_rows / Tr::kBlockM), unsigned(p.heads_q), unsigned(p.batch));
-  launch("flash_bwd_row_stats", bwd_row_stats<Tr, kSeqs>,
+  const gptr<const float> slopes = kMod ? alibi_buffer(p) : gptr<const float>{};
+  launch("flash_bwd_row_stats", bwd_row_stats<Tr, kSeqs, kMod>,
          LaunchConfig{stats_grid, dim3(Tr::kThreads), Tr::kSmemStatsBytes, stream}, bp, w,
          q_like(p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride),
          kv_like(p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride),
@@ -39,11 +40,11 @@ void run_backward_tiles(const BwdParams& bp, float* stats, float* dq_accum, Stre
          q_like(bp.dout, bp.do_batch_stride, bp.do_row_stride, bp.do_head_stride),
          gbuf(static_cast<const float*>(p.lse), lse_extent),
          gbuf(static_cast<const float*>(bp.dlse), bp.dlse ? lse_extent : 0), gbuf(stats, 4 * rows), gbuf(dq_accum, accum),
-         seq_buffers(p));
+         seq_buffers(p), slopes);
 
   const int64_t key_blocks = (p.seqlen_k + Tr::kBlockN - 1) / Tr::kBlockN;
   const dim3 grid(unsigned(bp.deterministic ? w.splits : key_blocks), unsigned(p.heads_kv), unsigned(p.batch));
-  launch("flash_bwd", flash_bwd_kernel<Tr, kSeqs>, LaunchConfig{grid, dim3(Tr::kThreads), Tr::kSmemBytes, stream}, bp,
+  launch("flash_bwd", flash_bwd_kernel<Tr, kSeqs, kMod>, LaunchConfig{grid, dim3(Tr::kThreads), Tr::kSmemBytes, stream}, bp,
          w, q_like(p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride),
          kv_like(p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride),
          kv_like(p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride),
@@ -51,7 +52,7 @@ void run_backward_tiles(const BwdParams& bp, float* stats, float* dq_accum, Stre
          gbuf(static_cast<const float*>(stats), 4 * rows), gbuf(dq_accum, accum),
          gbuf(static_cast<T*>(bp.dk), extent(bp.dk_batch_stride, bp.dk_row_stride, bp.dk_head_stride, kb, kr, p.heads_kv, d)),
          gbuf(static_cast<T*>(bp.dv), extent(bp.dv_batch_stride, bp.dv_row_stride, bp.dv_head_stride, kb, kr, p.heads_kv, d)),
-         seq_buffers(p));
+         seq_buffers(p), slopes);
 
   const dim3 row_grid(unsigned((p.seqlen_q + 15) / 16), unsigned(p.heads_q), unsigned(p.batch));
   launch("flash_bwd_convert_dq", bwd_convert_dq<T, Tr::kHeadDim, kSeqs>,
@@ -63,15 +64,17 @@ void run_backward_tiles(const BwdParams& bp, float* stats, float* dq_accum, Stre
 // The large tier when the device's per-block shared memory takes it, else the small one. Packed
 // sequences (uses_seqs) run the small tier's tiles on every device: the variable-length
 // instances hold the sequence's offsets and lengths in registers, and with the large tiles ptxas
-// spilled 4 to 16 bytes (D = 32, 96, 256 on sm_90).
+// spilled 4 to 16 bytes (D = 32, 96, 256 on sm_90). Softcap and ALiBi run in the variable-length
+// instances only (their kMod variant), for dense calls too.
 template <class T, int HeadDim>
 void run_backward(const BwdParams& bp, float* stats, float* dq_accum, Stream stream) {
   using Large = BwdTraits<T, HeadDim, false>;
   using Small = BwdTraits<T, HeadDim, bwd_has_small_tier(HeadDim)>;
   const std::size_t limit = max_dynamic_smem();
-  const bool seqs = uses_seqs(bp.fwd);
+  const bool mods = has_score_mod(bp.fwd), seqs = mods || uses_seqs(bp.fwd);
   if (!seqs && Large::kSmemBytes <= limit) return run_backward_tiles<Large, false>(bp, stats, dq_accum, stream);
   if (Small::kSmemBytes <= limit) {
+    if (mods) return run_backward_tiles<Small, true, true>(bp, stats, dq_accum, stream);
     if (seqs) return run_backward_tiles<Small, true>(bp, stats, dq_accum, stream);
     if constexpr (bwd_has_small_tier(HeadDim)) return run_backward_tiles<Small, false>(bp, stats, dq_accum, stream);
   }

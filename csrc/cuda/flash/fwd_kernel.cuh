@@ -14,6 +14,9 @@
 // of a row tile takes split x % num_splits of the key tiles and writes a normalised partial O and
 // its log2-domain lse to split_workspace for the combine kernel (split_kv.cuh). The dense kernel
 // compiles none of this.
+// Softcap and ALiBi (kMod, score_mod.cuh) run in flash_fwd_seqs_kernel only (a dense call is one
+// with no sequence arrays): the S accumulators become log2-domain scores right after Q.K^T, before
+// the mask, and the softmax then takes them with factor 1.
 #pragma once
 
 #include <type_traits>
@@ -23,6 +26,7 @@
 #include "common/seqlens.h"
 #include "cuda/flash/common.cuh"
 #include "cuda/flash/fwd_traits.h"
+#include "cuda/flash/score_mod.cuh"
 #include "cuda/flash/split_kv.cuh"
 #include "cuda/primitives.cuh"
 
@@ -45,11 +49,13 @@ struct ScoreScale {
   }
 };
 
-template <class Tr, bool kSeqs>
+template <class Tr, bool kSeqs, bool kMod>
 __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gptr<const typename Tr::Element> q,
                                           gptr<const typename Tr::Element> k, gptr<const typename Tr::Element> v,
                                           gptr<typename Tr::Element> o, gptr<float> lse,
-                                          const SeqArrays<gptr<const int32_t>>& sa, gptr<float> split_out) {
+                                          const SeqArrays<gptr<const int32_t>>& sa, gptr<float> split_out,
+                                          gptr<const float> slopes) {
+  static_assert(kSeqs || !kMod, "score mods run in the variable-length kernel");
   using T = typename Tr::Element;
   constexpr int MT = Tr::kMTiles, BM = Tr::kBlockM, BN = Tr::kBlockN, LD = Tr::kRowStride;
   constexpr int NS = Tr::kNTilesS, NO = Tr::kNTilesO;
@@ -126,8 +132,10 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
-    // Q *= sign(scale) (ScoreScale), so that the scores' factor c is positive.
-    const float c = sc.factor;
+    // Q *= sign(scale) (ScoreScale), so that the scores' factor c is positive (1 with score mods:
+    // the scores are in the log2 domain then).
+    const float c = kMod ? 1.0f : sc.factor;
+    [[maybe_unused]] const ScoreMods mods = kMod ? ScoreMods::of(p, slopes, sc.factor, b, h) : ScoreMods{};
     if (sc.q_sign != 1.0f) {
 #pragma unroll
       for (int part = 0; part < QMap::kParts; ++part)
@@ -192,6 +200,8 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
         }
       }
 
+      if constexpr (kMod)  // this thread's row g and column 2t: ALiBi position and key from the tile's start
+        mods.apply(s, int(alibi_position(m0 + wrow + g, seq.seqlen_q, seq.seqlen_k) - int64_t(j) * BN), 2 * t);
       if constexpr (kMasked) {
         // The mask rule (mask.h) on the diagonals of the tile: row m0 + r sees key n0 + col iff
         //   align_offset - window_left <= (n0 - m0) + col - r <= align_offset + window_right
@@ -346,16 +356,16 @@ template <class Tr>
 __global__ void __launch_bounds__(Tr::kThreads)
     flash_fwd_kernel(FwdParams p, ScoreScale sc, gptr<const typename Tr::Element> q, gptr<const typename Tr::Element> k,
                      gptr<const typename Tr::Element> v, gptr<typename Tr::Element> o, gptr<float> lse) {
-  fwd_block<Tr, false>(p, sc, q, k, v, o, lse, SeqArrays<gptr<const int32_t>>{}, gptr<float>{});
+  fwd_block<Tr, false, false>(p, sc, q, k, v, o, lse, SeqArrays<gptr<const int32_t>>{}, gptr<float>{}, gptr<const float>{});
 }
 
-template <class Tr>
+template <class Tr, bool kMod>
 __global__ void __launch_bounds__(Tr::kThreads)
     flash_fwd_seqs_kernel(FwdParams p, ScoreScale sc, gptr<const typename Tr::Element> q,
                           gptr<const typename Tr::Element> k, gptr<const typename Tr::Element> v,
                           gptr<typename Tr::Element> o, gptr<float> lse, SeqArrays<gptr<const int32_t>> sa,
-                          gptr<float> split_out) {
-  fwd_block<Tr, true>(p, sc, q, k, v, o, lse, sa, split_out);
+                          gptr<float> split_out, gptr<const float> slopes) {
+  fwd_block<Tr, true, kMod>(p, sc, q, k, v, o, lse, sa, split_out, slopes);
 }
 
 }  // namespace fae::cuda

@@ -28,8 +28,8 @@ What a call gets, as transformers' ``sdpa`` attention would compute it:
   ``cu_seqlens`` read from the mask's blocks and the band they share; the reading is checked
   against the whole mask, so it is exact.
 - ``output_attentions``: the weights are exp(scale·q·kᵀ - lse) from the kernels' logsumexp.
-- ``softcap`` (Gemma 2) caps the scores at softcap·tanh(score / softcap) in the kernels (CPU
-  backend; elsewhere NotImplementedError). Attention sinks (``s_aux``) raise
+- ``softcap`` (Gemma 2) caps the scores at softcap·tanh(score / softcap) in the kernels (CPU and
+  CUDA). Attention sinks (``s_aux``) raise
   NotImplementedError.
 - falls back to transformers' sdpa attention, with a warning naming the reason, for what the
   kernels do not take: dropout while training, ``position_bias`` (T5), the paged cache of
