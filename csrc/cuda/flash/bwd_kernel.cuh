@@ -167,7 +167,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
     bwd_row_stats(BwdParams bp, BwdWork w, gptr<const typename Tr::Element> q, gptr<const typename Tr::Element> k,
                   gptr<const typename Tr::Element> v, gptr<const typename Tr::Element> dout, gptr<const float> lse,
                   gptr<const float> dlse, gptr<float> stats, gptr<float> dq_accum, SeqArrays<gptr<const int32_t>> sa,
-                  gptr<const float> slopes) {
+                  ScoreMods mods, gptr<const float> slopes) {
   static_assert(kSeqs || !kMod, "score mods run in the variable-length kernels");
   using T = typename Tr::Element;
   using Sdp = SdpTile<Tr>;
@@ -238,9 +238,8 @@ __global__ void __launch_bounds__(Tr::kThreads)
       Sdp tile;
       tile.compute(sQ, sdO, sK, sV, wm, wn, lane);
       if constexpr (kMod)  // the forward's log2-domain scores, from this thread's row g and column 2t
-        ScoreMods::of(p, slopes, p.scale_log2, b, h)
-            .apply(tile.s, int(alibi_position(m0 + wm * Tr::kSdpM + g, p.seqlen_q, p.seqlen_k) - n0 - wn * Tr::kSdpN),
-                   2 * t);
+        mods.apply(tile.s, mods.slope2(p, slopes, b, h),
+                   int(alibi_position(m0 + wm * Tr::kSdpM + g, p.seqlen_q, p.seqlen_k) - n0 - wn * Tr::kSdpN), 2 * t);
       const bool whole = keys_valid == BN && n0 >= last.lo && n0 + BN - 1 <= first.hi;
 #pragma unroll
       for (int mt = 0; mt < Sdp::MT; ++mt)
@@ -304,7 +303,8 @@ __global__ void __launch_bounds__(Tr::kThreads)
     flash_bwd_kernel(BwdParams bp, BwdWork w, gptr<const typename Tr::Element> q, gptr<const typename Tr::Element> k,
                      gptr<const typename Tr::Element> v, gptr<const typename Tr::Element> dout,
                      gptr<const float> stats, gptr<float> dq_accum, gptr<typename Tr::Element> dk,
-                     gptr<typename Tr::Element> dv, SeqArrays<gptr<const int32_t>> sa, gptr<const float> slopes) {
+                     gptr<typename Tr::Element> dv, SeqArrays<gptr<const int32_t>> sa, ScoreMods mods,
+                     gptr<const float> slopes) {
   static_assert(kSeqs || !kMod, "score mods run in the variable-length kernels");
   using T = typename Tr::Element;
   using Sdp = SdpTile<Tr>;
@@ -414,10 +414,10 @@ __global__ void __launch_bounds__(Tr::kThreads)
         tile.compute(cQ, cdO, sK, sV, wm, wn, lane);
         // Score mods: S scaled and capped here; the ALiBi bias and the softcap's derivative per
         // element below (this thread's row g and column 2t give its ALiBi positions and keys).
-        [[maybe_unused]] ScoreMods mods{};
+        [[maybe_unused]] float slope2 = 0.0f;
         [[maybe_unused]] int pos0 = 0;
         if constexpr (kMod) {
-          mods = ScoreMods::of(p, slopes, p.scale_log2, b, h0 + h);
+          slope2 = mods.slope2(p, slopes, b, h0 + h);
           mods.cap(tile.s);
           pos0 = int(alibi_position(m0 + wm * Tr::kSdpM + g, seqlen_q(), seqlen_k()) - n0 - wn * Tr::kSdpN);
         }
@@ -437,7 +437,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
                 float x = tile.s[mt][nt][2 * r + c], ds_dx = 1.0f;
                 if constexpr (kMod) {
                   ds_dx = mods.grad(x);
-                  x = mods.bias(x, pos0 + mt * 16 + 8 * r, 2 * t + nt * 8 + c);
+                  x = ScoreMods::bias(x, slope2, pos0 + mt * 16 + 8 * r, 2 * t + nt * 8 + c);
                 }
                 const float pt = unnormalised_p(x, kMod ? 1.0f : p.scale_log2, st.x) * st.y;
                 tile.dp[mt][nt][2 * r + c] = pt * (tile.dp[mt][nt][2 * r + c] - st.z) * ds_dx;

@@ -54,7 +54,7 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
                                           gptr<const typename Tr::Element> k, gptr<const typename Tr::Element> v,
                                           gptr<typename Tr::Element> o, gptr<float> lse,
                                           const SeqArrays<gptr<const int32_t>>& sa, gptr<float> split_out,
-                                          gptr<const float> slopes) {
+                                          const ScoreMods& mods, gptr<const float> slopes) {
   static_assert(kSeqs || !kMod, "score mods run in the variable-length kernel");
   using T = typename Tr::Element;
   constexpr int MT = Tr::kMTiles, BM = Tr::kBlockM, BN = Tr::kBlockN, LD = Tr::kRowStride;
@@ -135,7 +135,7 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
     // Q *= sign(scale) (ScoreScale), so that the scores' factor c is positive (1 with score mods:
     // the scores are in the log2 domain then).
     const float c = kMod ? 1.0f : sc.factor;
-    [[maybe_unused]] const ScoreMods mods = kMod ? ScoreMods::of(p, slopes, sc.factor, b, h) : ScoreMods{};
+    [[maybe_unused]] const float slope2 = kMod ? mods.slope2(p, slopes, b, h) : 0.0f;
     if (sc.q_sign != 1.0f) {
 #pragma unroll
       for (int part = 0; part < QMap::kParts; ++part)
@@ -201,7 +201,7 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
       }
 
       if constexpr (kMod)  // this thread's row g and column 2t: ALiBi position and key from the tile's start
-        mods.apply(s, int(alibi_position(m0 + wrow + g, seq.seqlen_q, seq.seqlen_k) - int64_t(j) * BN), 2 * t);
+        mods.apply(s, slope2, int(alibi_position(m0 + wrow + g, seq.seqlen_q, seq.seqlen_k) - int64_t(j) * BN), 2 * t);
       if constexpr (kMasked) {
         // The mask rule (mask.h) on the diagonals of the tile: row m0 + r sees key n0 + col iff
         //   align_offset - window_left <= (n0 - m0) + col - r <= align_offset + window_right
@@ -356,7 +356,8 @@ template <class Tr>
 __global__ void __launch_bounds__(Tr::kThreads)
     flash_fwd_kernel(FwdParams p, ScoreScale sc, gptr<const typename Tr::Element> q, gptr<const typename Tr::Element> k,
                      gptr<const typename Tr::Element> v, gptr<typename Tr::Element> o, gptr<float> lse) {
-  fwd_block<Tr, false, false>(p, sc, q, k, v, o, lse, SeqArrays<gptr<const int32_t>>{}, gptr<float>{}, gptr<const float>{});
+  fwd_block<Tr, false, false>(p, sc, q, k, v, o, lse, SeqArrays<gptr<const int32_t>>{}, gptr<float>{}, ScoreMods{},
+                              gptr<const float>{});
 }
 
 template <class Tr, bool kMod>
@@ -364,8 +365,8 @@ __global__ void __launch_bounds__(Tr::kThreads)
     flash_fwd_seqs_kernel(FwdParams p, ScoreScale sc, gptr<const typename Tr::Element> q,
                           gptr<const typename Tr::Element> k, gptr<const typename Tr::Element> v,
                           gptr<typename Tr::Element> o, gptr<float> lse, SeqArrays<gptr<const int32_t>> sa,
-                          gptr<float> split_out, gptr<const float> slopes) {
-  fwd_block<Tr, true, kMod>(p, sc, q, k, v, o, lse, sa, split_out, slopes);
+                          gptr<float> split_out, ScoreMods mods, gptr<const float> slopes) {
+  fwd_block<Tr, true, kMod>(p, sc, q, k, v, o, lse, sa, split_out, mods, slopes);
 }
 
 }  // namespace fae::cuda

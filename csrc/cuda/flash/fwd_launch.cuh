@@ -52,10 +52,10 @@ void launch_forward(const FwdParams& p, Stream stream) {
   const LaunchConfig cfg{grid, dim3(Ts::kThreads), Ts::kSmemBytes, stream};
   if (mods)
     launch("flash_fwd_seqs_mod", flash_fwd_seqs_kernel<Ts, true>, cfg, p, sc, q, k, v, o, lse, seq_buffers(p),
-           gbuf(p.split_workspace, parts), alibi_buffer(p));
+           gbuf(p.split_workspace, parts), ScoreMods::of(p, sc.factor), alibi_buffer(p));
   else
     launch("flash_fwd_seqs", flash_fwd_seqs_kernel<Ts, false>, cfg, p, sc, q, k, v, o, lse, seq_buffers(p),
-           gbuf(p.split_workspace, parts), gptr<const float>{});
+           gbuf(p.split_workspace, parts), ScoreMods{}, gptr<const float>{});
   if (nsplit == 1) return;
   const dim3 cgrid(unsigned((p.seqlen_q + kCombineRows - 1) / kCombineRows), unsigned(p.heads_q), unsigned(p.batch));
   launch("flash_fwd_combine", flash_fwd_combine_kernel<T>, LaunchConfig{cgrid, dim3(kCombineThreads), 0, stream}, p,
