@@ -36,12 +36,29 @@ CACHE = ROOT / "build" / "cuda_static"
 ARCHS = ("sm_80", "sm_90")
 DEFAULT_HEAD_DIMS = (64, 128)
 NVCC_FLAGS = ("-std=c++17", "--expt-relaxed-constexpr", "-Xptxas", "-v", "-cubin")
-ATTENTION_KERNELS = ("flash_fwd_kernel", "flash_bwd_kernel", "bwd_row_stats", "bwd_convert_dq",
-                     "interp_weights", "interp_topk_bwd", "interp_topk")
+ATTENTION_KERNELS = ("flash_fwd_kernel", "flash_fwd_seqs_kernel", "flash_bwd_kernel", "bwd_row_stats",
+                     "bwd_convert_dq", "interp_weights", "interp_topk_bwd", "interp_topk")
 SMALL_TIER = " (99 KiB tier)"
+VARLEN = " (variable-length)"  # the kSeqs instances of the backward (the forward's has its own name)
+SCORE_MODS = " + score mods"  # the kMod instances (softcap, ALiBi: cuda/flash/score_mod.cuh)
 
 # --------------------------------------------------------------------------------------------
 # Instances and compilation
+
+
+@dataclass(frozen=True)
+class SeqsTiles:
+    """The tiles of a forward's or backward's variable-length instances, where the score-mod
+    variants run (the forward's SeqsConfig, the backward's small tier)."""
+    direction: str
+    head_dim: int
+    dtype: str = "bf16_t"
+
+    @property
+    def traits_type(self) -> str:
+        if self.direction == "forward":
+            return f"fae::cuda::SeqsConfig<fae::cuda::FwdTraits<fae::{self.dtype}, {self.head_dim}>>"
+        return f"fae::cuda::BwdTraits<fae::{self.dtype}, {self.head_dim}, fae::cuda::bwd_has_small_tier({self.head_dim})>"
 
 
 @dataclass(frozen=True)
@@ -178,12 +195,18 @@ class Resources:
 
 
 def kernel_name(symbol: str) -> str:
-    """Short name of a kernel symbol; the backward's 99 KiB shared-memory tier (BwdTraits<T, D, true>,
-    compiled into the same cubin) gets SMALL_TIER appended."""
+    """Short name of a kernel symbol; the backward's variable-length instances (template bool kSeqs)
+    get VARLEN, the score-mod instances (the last template bool kMod) SCORE_MODS, and the 99 KiB
+    shared-memory tier (BwdTraits<T, D, true>, compiled into the same cubin) SMALL_TIER appended."""
     m = re.search("|".join(ATTENTION_KERNELS), symbol)
     if m is None:
         return symbol
-    return m.group(0) + (SMALL_TIER if re.search(r"BwdTraits\w*?Lb1E", symbol) else "")
+    base = name = m.group(0)
+    if base in ("flash_bwd_kernel", "bwd_row_stats") and re.search(r"Lb1ELb[01]EEEv", symbol):
+        name += VARLEN
+    if base in ("flash_fwd_seqs_kernel", "flash_bwd_kernel", "bwd_row_stats") and re.search(r"Lb1EEEv", symbol):
+        name += SCORE_MODS
+    return name + (SMALL_TIER if re.search(r"BwdTraits\w*?Lb1E", symbol) else "")
 
 
 def parse_ptxas(report: str) -> dict[str, Resources]:
@@ -204,13 +227,13 @@ def parse_ptxas(report: str) -> dict[str, Resources]:
 TRAIT_FIELDS = ("kSmemBytes", "kThreads", "kBlockM", "kBlockN", "kChunksPerRow")
 
 
-def traits(insts: list[Instance]) -> dict[Instance, dict[str, int]]:
+def traits(insts: list) -> dict:
     """Tile constants per instance, printed by a host program built from the traits headers."""
     key = hashlib.sha256((source_digest() + repr(insts) + repr(TRAIT_FIELDS)).encode()).hexdigest()[:16]
     cache = CACHE / f"traits-{key}.json"
     if not cache.exists():
         lines = ['#include <cstdio>', '#include "cuda/primitives.cuh"', '#include "cuda/flash/fwd_traits.h"',
-                 '#include "cuda/flash/bwd_traits.h"', "int main() {"]
+                 '#include "cuda/flash/bwd_traits.h"', '#include "cuda/flash/fwd_launch.cuh"', "int main() {"]
         for inst in insts:
             vals = ", ".join(f"(long long)({inst.traits_type}::{f})" for f in TRAIT_FIELDS)
             lines.append(f'  std::printf("{" ".join(["%lld"] * len(TRAIT_FIELDS))}\\n", {vals});')
@@ -379,7 +402,8 @@ class Iteration:
     copy: list[Instr]  # the path's instructions in blocks that issue cp.async (LDGSTS)
 
 
-def steady_iteration(fn: Function, cfg: Cfg, loop: Loop, copies_per_tile: int) -> Iteration:
+def steady_iteration(fn: Function, cfg: Cfg, loop: Loop, copies_per_tile: int,
+                     prefer: Callable[[Instr], bool] = lambda ins: False) -> Iteration:
     """The path of one steady-state iteration through the main loop.
 
     Conditional branches in the body are resolved by a search over all paths from the header
@@ -389,7 +413,9 @@ def steady_iteration(fn: Function, cfg: Cfg, loop: Loop, copies_per_tile: int) -
     compile-time trip counts are straight-line code, and the path with the most of them is taken
     (the next tile's prefetch, the busiest thread's share of an uneven split). Among those paths:
     (2) the most HMMA, (3) the most global-memory instructions (atomics, row-statistics loads: the
-    busiest warp), (4) the fewest instructions (the unmasked variant of masking code).
+    busiest warp), (4) the most instructions `prefer` picks (none by default; the score-mod
+    census takes the softcap's and ALiBi's warp-uniform blocks), (5) the fewest instructions (the
+    unmasked variant of masking code).
     """
     def block_instrs(b: int) -> list[Instr]:
         return fn.instrs[slice(*cfg.blocks[b])]
@@ -403,12 +429,12 @@ def steady_iteration(fn: Function, cfg: Cfg, loop: Loop, copies_per_tile: int) -
         got = [tile(i) for i in block_instrs(b) if i.base == "LDGSTS"]
         return tuple(got.count(t) for t in tiles)
 
-    def score(b: int) -> tuple[int, int, int, int]:
+    def score(b: int) -> tuple[int, int, int, int, int]:
         ins = block_instrs(b)
         return (sum(copies(b)), sum(i.base == "HMMA" for i in ins),
-                sum(CLASS_OF.get(i.base) == "global" for i in ins), -len(ins))
+                sum(CLASS_OF.get(i.base) == "global" for i in ins), sum(map(prefer, ins)), -len(ins))
 
-    Best = Optional[tuple[tuple[int, int, int, int], tuple[int, ...]]]
+    Best = Optional[tuple[tuple[int, int, int, int, int], tuple[int, ...]]]
     memo: dict[tuple[int, tuple[int, ...]], Best] = {}
 
     def best(b: int, done: tuple[int, ...]) -> Best:
@@ -417,11 +443,11 @@ def steady_iteration(fn: Function, cfg: Cfg, loop: Loop, copies_per_tile: int) -
             return memo[key]
         memo[key] = None  # a copy-free cycle revisits this state: no path
         now = tuple(x + y for x, y in zip(done, copies(b)))
-        options: list[tuple[tuple[int, int, int, int], tuple[int, ...]]] = []
+        options: list[tuple[tuple[int, int, int, int, int], tuple[int, ...]]] = []
         if not copy_loops or all(x <= copies_per_tile for x in now):
             for s in cfg.succ[b]:
                 if s == loop.header and (not copy_loops or all(x == copies_per_tile for x in now)):
-                    options.append(((0, 0, 0, 0), ()))
+                    options.append(((0, 0, 0, 0, 0), ()))
                 elif s in loop.body and s != loop.header and (tail := best(s, now)) is not None:
                     options.append(tail)
         if options:
@@ -753,6 +779,43 @@ def backward_findings(results: list[Analysis]) -> list[str]:
             "(the P, dS and dS^T operands come from shared memory) plus the P and dS stores."]
 
 
+def score_mod_census(fn: Function, tr: dict[str, int], direction: str) -> tuple[Iteration, dict[str, int]]:
+    """A steady-state iteration of a variable-length instance's main loop with softcap and ALiBi on
+    (their warp-uniform blocks on the path: those with the tanh's reciprocal or ALiBi's conversion)."""
+    cfg = control_flow(fn)
+    rows = tr["kBlockN"] if direction == "forward" else tr["kBlockM"]
+    it = steady_iteration(fn, cfg, main_loop(fn, cfg), rows * tr["kChunksPerRow"] // tr["kThreads"],
+                          prefer=lambda ins: ins.op.startswith(("MUFU.RCP", "I2F")))
+    return it, census(it.instrs)
+
+
+def score_mods(insts: list[Instance], builds: dict[tuple[Instance, str], Build]) -> list[str]:
+    """Softcap and ALiBi: the variable-length instance with them (kMod) against the one without,
+    per forward and backward instance and architecture."""
+    tiles = {i: SeqsTiles(i.direction, i.head_dim, i.dtype) for i in insts}
+    tr = traits(list(tiles.values()))
+    rows = []
+    for inst in insts:
+        for arch in ARCHS:
+            build = builds[(inst, arch)]
+            fns, res, t = disassemble(build.cubin), parse_ptxas(build.ptxas), tr[tiles[inst]]
+            tier = SMALL_TIER if inst.direction == "backward" and t["kSmemBytes"] <= 99 * 1024 and \
+                f"flash_bwd_kernel{VARLEN}{SMALL_TIER}" in fns else ""
+            base = "flash_fwd_seqs_kernel" if inst.direction == "forward" else "flash_bwd_kernel" + VARLEN
+            totals = []
+            for label, name in (("plain", base + tier), ("softcap + ALiBi", base + SCORE_MODS + tier)):
+                it, c = score_mod_census(fns[name], t, inst.direction)
+                r = res[name]
+                totals.append(len(it.instrs))
+                rows.append([inst.direction, arch, str(inst.head_dim), f"{t['kBlockM']} x {t['kBlockN']}", label,
+                             str(r.registers), str(r.spill_stores + r.spill_loads), str(len(it.instrs)), str(c["HMMA"]),
+                             _pct(c["HMMA"] / len(it.instrs)), str(c["MUFU"]), str(c["FP32"]), str(c["int"]),
+                             str(c["conv"]), str(c["branch"])])
+            rows[-1][7] += f" ({totals[1] - totals[0]:+d}, {100 * (totals[1] / totals[0] - 1):+.0f}%)"
+    return _table(["kernel", "arch", "D", "tile", "instance", "registers", "spill bytes", "instr / iteration / warp",
+                   "HMMA", "HMMA share", "MUFU", "FP32", "int", "conv", "branch"], rows)
+
+
 def findings(results: list[Analysis]) -> list[str]:
     """Observations on the current kernels; left out when the kernels no longer match them."""
     fwd = {(x.inst.head_dim, x.arch): x for x in results if x.inst.direction == "forward"}
@@ -827,7 +890,7 @@ METHOD = """## Method
 """
 
 
-def report(results: list[Analysis], command: str, tools: str) -> str:
+def report(results: list[Analysis], command: str, tools: str, mods: list[str]) -> str:
     groups: dict[tuple[str, str], list[Analysis]] = {}
     for a in results:
         groups.setdefault((a.inst.direction, a.arch), []).append(a)
@@ -857,6 +920,16 @@ def report(results: list[Analysis], command: str, tools: str) -> str:
               "fillers that this count files under other) and a backward higher by the lse/delta load block "
               "(`if (threadIdx.x < kBlockM)`), which the earlier count left out. The difference column is what the "
               "kernels have changed since.", "",
+              "## Softcap and ALiBi (score mods)", "",
+              "They run in the variable-length instances' kMod variant (a dense call as one without sequence "
+              "arrays), compiled beside the plain variable-length instance: the dense kernels (the tables above) "
+              "contain none of their code. One steady-state iteration per warp of each variant's main loop, with "
+              "softcap and ALiBi on (the tanh's and the bias's warp-uniform blocks on the path); the difference "
+              "is the transforms' cost per key tile. Adding them left the dense kernels' SASS instruction for "
+              "instruction the same (sm_80, D = 64 and 128), and the plain variable-length instances differ only "
+              "in an unused parameter. Per score the softcap costs tanhf (2 MUFU, about 14 FP32 instructions) and "
+              "ALiBi an integer distance, its conversion and one FFMA; the backward adds 1 - tanh^2 on dS.", "",
+              *mods, "",
               *findings(results), METHOD]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -878,7 +951,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     versions = [_run([t, "--version"]).stdout.strip().splitlines()[-2] for t in (nvcc() or "", nvdisasm() or "")]
     command = "python bench/cuda_static.py" + (" --all" if args.all else "")
     tools = f"nvcc {versions[0].split(', ', 1)[1]}, nvdisasm {versions[1].split(', ', 1)[1]}"
-    args.out.write_text(report(results, command, tools))
+    args.out.write_text(report(results, command, tools, score_mods(insts, builds)))
     print("\n".join(summary(results)))
     print(f"wrote {args.out}")
     return 0
