@@ -244,16 +244,18 @@ struct Backward {
   }
 
   // The explicit mask on the log2-domain scores x[0 .. nk) of keys k0 .. k0 + nk - 1 of the mask row
-  // at offset `row` (t: nk rounded up to W floats of scratch): -inf where a boolean mask is false,
-  // else + value * log2(e), as the forward's apply_mask (sweep_keys: the same, transposed).
+  // at offset `row` (t: nk rounded up to W floats of scratch): + value * log2(e), as the forward's
+  // apply_mask (mask_scores_t: the same, transposed). A float mask with contiguous keys is read as
+  // vectors; others are gathered into t first.
   void mask_scores(int64_t row, int64_t k0, int64_t nk, float* x, float* t) const {
-    if (p.mask_bool) {
-      for (int64_t j = 0; j < nk; ++j)
-        if (!mask_keeps(p, row, k0 + j)) x[j] = neg_inf<float>();
+    const R l2e = V::set1(float(kLog2e));
+    if (!p.mask_bool && p.mask_col_stride == 1) {
+      const float* m = static_cast<const float*>(p.attn_mask) + row + k0;
+      for (int64_t j = 0; j < nk; j += W)
+        V::store(x + j, V::fma(j + W <= nk ? V::load(m + j) : V::loadn(m + j, int(nk - j)), l2e, V::load(x + j)));
       return;
     }
     for (int64_t j = 0; j < round_up(nk, W); ++j) t[j] = j < nk ? mask_value<float>(p, row, k0 + j) : 0.f;
-    const R l2e = V::set1(float(kLog2e));
     for (int64_t j = 0; j < nk; j += W) V::store(x + j, V::fma(V::load(t + j), l2e, V::load(x + j)));
   }
 
@@ -382,12 +384,6 @@ struct Backward {
   // offset mrow[c]; t: nqp floats of scratch).
   void mask_scores_t(const int64_t* mrow, int64_t nq, int64_t k0, int64_t nk, float* st, float* t) const {
     const int64_t nqp = round_up(nq, W);
-    if (p.mask_bool) {
-      for (int64_t j = 0; j < nk; ++j)
-        for (int64_t c = 0; c < nq; ++c)
-          if (!mask_keeps(p, mrow[c], k0 + j)) st[j * nqp + c] = neg_inf<float>();
-      return;
-    }
     const R l2e = V::set1(float(kLog2e));
     for (int64_t j = 0; j < nk; ++j) {
       for (int64_t c = 0; c < nqp; ++c) t[c] = c < nq ? mask_value<float>(p, mrow[c], k0 + j) : 0.f;

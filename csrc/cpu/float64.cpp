@@ -42,10 +42,9 @@ Acc modified_score2(const FwdParams& p, Acc s, Acc slope, int64_t pos, int64_t k
 }
 
 // The explicit mask (common/score_mod.h) on the log2-domain score s2 of key `key` of the mask
-// row at offset `row`: -inf where a boolean mask is false, else s2 + value * log2(e).
+// row at offset `row`.
 template <typename Acc>
 Acc masked_score2(const FwdParams& p, Acc s2, int64_t row, int64_t key) {
-  if (p.mask_bool) return mask_keeps(p, row, key) ? s2 : neg_inf<Acc>();
   return s2 + mask_value<Acc>(p, row, key) * Acc(kLog2e);
 }
 

@@ -242,17 +242,9 @@ struct Forward {
   }
 
   // The explicit mask on the log2-domain scores of keys k0 .. k0 + nk - 1 of columns 0 .. ncol - 1
-  // (mask rows at offsets mrow): -inf where a boolean mask is false, else + value * log2(e).
-  // Columns that all read one mask row (a mask broadcast over rows and heads) add it as a vector.
+  // (mask rows at offsets mrow): + value * log2(e). Columns that all read one mask row (a mask
+  // broadcast over rows and heads, such as key padding) add it as a vector.
   void apply_mask(float* st, const Panels& pn, int64_t k0, int64_t nk, int64_t ncol, const int64_t* mrow) const {
-    if (p.mask_bool) {
-      for (int64_t c = 0; c < ncol; ++c) {
-        float* sc = st + pn.col(bk, c);
-        for (int64_t j = 0; j < nk; ++j)
-          if (!mask_keeps(p, mrow[c], k0 + j)) sc[j * pn.pw] = neg_inf<float>();
-      }
-      return;
-    }
     bool shared = true;
     for (int64_t c = 1; c < ncol; ++c) shared &= mrow[c] == mrow[0];
     const R l2e = V::set1(float(kLog2e));
