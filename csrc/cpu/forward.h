@@ -16,8 +16,8 @@
 // bfloat16 with a dot-product instruction (V::kBf16Dot): both products run on bfloat16 pairs
 // (gemm<V, true>): K rows and Q^T hold pairs along D, V and P^T pairs along the keys, and P is
 // rounded to bfloat16 for P.V as on GPUs (its row sums stay float32). Scores are scaled after.
-// Softcap and ALiBi (common/score_mod.h) transform each score tile before the mask, only in
-// calls that use them (modify_scores).
+// Softcap, ALiBi and an explicit attention mask (common/score_mod.h) transform each score tile
+// before the band mask, only in calls that use them (modify_scores, apply_mask).
 #pragma once
 #include <cmath>
 #include <cstring>
@@ -59,7 +59,7 @@ struct Forward {
   const FwdParams& p;
   int64_t D, group, bq, bk, rpt, hpt, head_tiles, tiles, nsplit;
   float sl2;
-  bool mods;  // softcap or ALiBi
+  bool mods;  // softcap, ALiBi or an explicit mask
   SeqTiles seq_tiles;
   float* part_o = nullptr;    // nsplit > 1: [tile][split][col][D], normalised partial outputs
   float* part_lse = nullptr;  // [tile][split][col], log2-domain partial logsumexp
@@ -70,7 +70,7 @@ struct Forward {
       : p(prm), D(prm.head_dim), group(prm.heads_q / prm.heads_kv), bq(tile_sizes(prm.dtype, prm.head_dim).fwd_bq),
         bk(tile_sizes(prm.dtype, prm.head_dim).fwd_bk), rpt(prm.seqlen_q * 2 <= bq ? std::max<int64_t>(prm.seqlen_q, 1) : bq),
         hpt(rpt < bq ? std::min(group, bq / rpt) : 1), head_tiles(ceil_div(group, hpt)), sl2(prm.scale_log2),
-        mods(has_score_mod(prm)), seq_tiles(prm.batch, [&](int64_t b) {
+        mods(has_score_mod(prm) || has_attn_mask(prm)), seq_tiles(prm.batch, [&](int64_t b) {
           return prm.heads_kv * head_tiles * ceil_div(sequence(prm, b).seqlen_q, rpt);
         }) {
     tiles = seq_tiles.total();
@@ -123,6 +123,7 @@ struct Forward {
     float* base = alpha + ncolp;      // value subtracted before exp2
     int64_t lo[kMaxCols], hi[kMaxCols];
     float pos[kMaxCols], nslope[kMaxCols];  // ALiBi: each column's query position and -slope * log2(e)
+    int64_t mrow[kMaxCols];                 // explicit mask: each column's mask row (offset)
 
     const FwdParams sp = with_lengths(p, id.s);  // the mask of this sequence
     const T* q = static_cast<const T*>(p.q) + id.s.q_batch * p.q_batch_stride + id.s.q_row0 * p.q_row_stride;
@@ -146,6 +147,7 @@ struct Forward {
         const bool col = c < ncol;
         pos[c] = col ? float(alibi_position(id.r0 + c % id.nr, id.s.seqlen_q, id.s.seqlen_k)) : 0.f;
         nslope[c] = col ? -alibi_slope(p, id.b, id.h0 + c / id.nr) * float(kLog2e) : 0.f;
+        mrow[c] = col && has_attn_mask(p) ? mask_row_offset(p, id.b, id.h0 + c / id.nr, id.r0 + c % id.nr) : 0;
       }
 
     // This split's share of the keys the tile's rows can see (in whole key groups of 16).
@@ -169,7 +171,8 @@ struct Forward {
         if (narrow) narrow_products(ncol, true, kr, ldk, nk, qt, st, ncolp);
         else gemm<V>(nk, ncolp, score_sum(Gemm{kr, ldk, 1, qt, pw, st, pw, D, false, pn.stride(D), pn.stride(bk)}));
       }
-      if (mods) modify_scores(st, pn, k0, nk, pos, nslope);
+      if (has_score_mod(p)) modify_scores(st, pn, k0, nk, pos, nslope);
+      if (has_attn_mask(p)) apply_mask(st, pn, k0, nk, ncol, mrow);
 
       bool partial = false;  // scores are already in the log2 domain: Q was packed times sl2
       for (int64_t c = 0; c < ncol; ++c) partial |= lo[c] > k0 || hi[c] < k0 + nk - 1;
@@ -234,6 +237,28 @@ struct Forward {
         if (sm.cap2 > 0.f) x = sm.softcap(x, nullptr);
         if (sm.alibi) x = sm.bias(x, sv, pv, V::set1(float(k0 + j)));
         V::store(sc + j * pn.pw, x);
+      }
+    }
+  }
+
+  // The explicit mask on the log2-domain scores of keys k0 .. k0 + nk - 1 of columns 0 .. ncol - 1
+  // (mask rows at offsets mrow): + value * log2(e). Columns that all read one mask row (a mask
+  // broadcast over rows and heads, such as key padding) add it as a vector.
+  void apply_mask(float* st, const Panels& pn, int64_t k0, int64_t nk, int64_t ncol, const int64_t* mrow) const {
+    bool shared = true;
+    for (int64_t c = 1; c < ncol; ++c) shared &= mrow[c] == mrow[0];
+    const R l2e = V::set1(float(kLog2e));
+    float t[W];
+    for (int64_t c = 0; c < pn.ncolp; c += W) {
+      float* sc = st + pn.col(bk, c);
+      for (int64_t j = 0; j < nk; ++j) {
+        if (shared) {
+          t[0] = mask_value<float>(p, mrow[0], k0 + j);
+        } else {
+          for (int w = 0; w < W; ++w) t[w] = c + w < ncol ? mask_value<float>(p, mrow[c + w], k0 + j) : 0.f;
+        }
+        const R mv = shared ? V::set1(t[0]) : V::load(t);
+        V::store(sc + j * pn.pw, V::fma(mv, l2e, V::load(sc + j * pn.pw)));
       }
     }
   }

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from . import _masked
+from . import _dispatch, _masked
 from ._validate import CUDA_BUILT, CUDA_KERNEL_DTYPES, DTYPES, MAX_HEAD_DIM, dtype_name
 from .functional import scaled_dot_product_attention
 
@@ -93,9 +93,10 @@ def sdpa(query: Any, key: Any, value: Any, attn_mask: Optional[torch.Tensor] = N
          dropout_p: float = 0.0, is_causal: bool = False, scale: Optional[float] = None,
          enable_gqa: bool = False, *, calls: Optional[RoutedCalls] = None) -> torch.Tensor:
     """torch's ``scaled_dot_product_attention`` signature and result, on the kernels when they
-    take the call: no dropout, no attention mask or one that is a causal/sliding band over the
-    keys not masked (per batch element, the same for every head), dense tensors of a dtype and
-    device the build runs. Anything else goes to torch's own function."""
+    take the call: no dropout, dense tensors of a dtype and device the build runs, and on the
+    CPU backend any attention mask; on the CUDA kernels no mask or one that is a causal/sliding
+    band over the keys not masked (per batch element, the same for every head). Anything else
+    goes to torch's own function."""
     reason = unsupported(query, key, value)
     if reason is None and dropout_p != 0.0:
         reason = "dropout"
@@ -104,7 +105,11 @@ def sdpa(query: Any, key: Any, value: Any, attn_mask: Optional[torch.Tensor] = N
     if reason is None and query.dim() == 4 and query.shape[1] != key.shape[1] and not enable_gqa:
         reason = "different head counts without enable_gqa"  # torch refuses it as well
     out = None
-    if reason is None and attn_mask is not None:
+    if reason is None and attn_mask is not None and query.device.type == "cpu" and \
+            _dispatch.backend_for(query) == "cpu":  # any mask, in the kernels
+        out = scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, scale=scale,
+                                           enable_gqa=enable_gqa)
+    elif reason is None and attn_mask is not None:
         out = _masked_sdpa(query, key, value, attn_mask, scale)
         reason = "an attention mask that is not a band" if out is None else None
     elif reason is None:
@@ -125,9 +130,9 @@ def sdpa(query: Any, key: Any, value: Any, attn_mask: Optional[torch.Tensor] = N
 def replace_sdpa(model: Optional[torch.nn.Module] = None) -> Iterator[RoutedCalls]:
     """Within the block, ``torch.nn.functional.scaled_dot_product_attention`` runs on
     flashattn_ext's kernels whenever they take the call, and is torch's own function otherwise
-    (dropout, additive biases, masks that are not a causal/sliding band over the unmasked keys,
-    per-head masks, dtypes or devices the build does not run). Yields a :class:`RoutedCalls`
-    counting both.
+    (dropout; on the CUDA kernels additive biases, masks that are not a causal/sliding band over
+    the unmasked keys and per-head masks; dtypes or devices the build does not run). Yields a
+    :class:`RoutedCalls` counting both.
 
     What is routed: calls made through the attribute (``F.scaled_dot_product_attention(...)``,
     including torch's ``F.multi_head_attention_forward`` with ``need_weights=False``), and, when
@@ -135,8 +140,9 @@ def replace_sdpa(model: Optional[torch.nn.Module] = None) -> Iterator[RoutedCall
     that define the model's submodules (``from torch.nn.functional import
     scaled_dot_product_attention``). Limits: the patch is process-wide for the duration of the
     block (other threads see it too); C++ paths that never call the Python function (e.g.
-    ``nn.TransformerEncoderLayer``'s inference fast path) are not routed; a masked call reads
-    the mask's values, so under ``torch.compile`` masked calls stay with torch. Results: a
+    ``nn.TransformerEncoderLayer``'s inference fast path) are not routed; for the CUDA kernels a
+    masked call reads the mask's values, so under ``torch.compile`` such calls stay with torch
+    (on the CPU backend the mask goes to the kernels as it is). Results: a
     query row that may see no key gives 0, as torch's own CPU kernels do."""
     calls = RoutedCalls()
 

@@ -28,12 +28,13 @@ def _like(x: torch.Tensor) -> torch.Tensor:
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
                   window_left: int, window_right: int, bottom_right: bool,
                   deterministic: bool = False, softcap: float = 0.0,
-                  alibi_slopes: Optional[torch.Tensor] = None
+                  alibi_slopes: Optional[torch.Tensor] = None,
+                  attn_mask: Optional[torch.Tensor] = None
                   ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Forward on (B, S, H, D) views; returns out (like q) and lse (B, H, Sq).
-    ``deterministic`` asks the backward for its deterministic mode; softcap and alibi_slopes
-    are validated score transforms (MaskSpec)."""
-    mask = MaskSpec(window_left, window_right, bottom_right, softcap, alibi_slopes)
+    ``deterministic`` asks the backward for its deterministic mode; softcap, alibi_slopes and
+    attn_mask ((B, Hq, Sq, Sk)) are validated score transforms (MaskSpec)."""
+    mask = MaskSpec(window_left, window_right, bottom_right, softcap, alibi_slopes, attn_mask)
     out = _like(q)
     lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]), dtype=_lse_dtype(q), device=q.device)
     _dispatch.forward(q, k, v, out, lse, scale, mask)
@@ -42,8 +43,22 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
 
 @attention_fwd.register_fake
 def _(q, k, v, scale, window_left, window_right, bottom_right, deterministic=False, softcap=0.0,
-      alibi_slopes=None):
+      alibi_slopes=None, attn_mask=None):
     return _like(q), q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=_lse_dtype(q))
+
+
+def _bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Tensor, k: torch.Tensor,
+         v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor, scale: float, mask: MaskSpec,
+         deterministic: bool, dmask: Optional[torch.Tensor] = None
+         ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    if dout.stride(-1) != 1:  # e.g. the expanded gradient of .sum()
+        dout = dout.contiguous()
+    if dlse is not None:
+        dlse = dlse.contiguous()  # lse itself is always allocated contiguous
+    dq, dk, dv = _like(q), _like(k), _like(v)
+    _dispatch.backward(dout, q, k, v, out, lse, dq, dk, dv, scale, mask, dlse,
+                       deterministic_mode=_dispatch.deterministic(deterministic), dmask=dmask)
+    return dq, dk, dv
 
 
 @torch.library.custom_op("flashattn_ext::bwd", mutates_args=(), device_types=("cpu", "cuda"))
@@ -51,43 +66,63 @@ def attention_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Ten
                   k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                   scale: float, window_left: int, window_right: int, bottom_right: bool,
                   deterministic: bool = False, softcap: float = 0.0,
-                  alibi_slopes: Optional[torch.Tensor] = None
+                  alibi_slopes: Optional[torch.Tensor] = None,
+                  attn_mask: Optional[torch.Tensor] = None
                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward on (B, S, H, D) views; returns dq, dk, dv (laid out like q, k, v).
     ``dlse``, when given, is the gradient flowing into lse. Deterministic mode when
     ``deterministic`` or a global switch asks for it (_dispatch.deterministic)."""
-    mask = MaskSpec(window_left, window_right, bottom_right, softcap, alibi_slopes)
-    if dout.stride(-1) != 1:  # e.g. the expanded gradient of .sum()
-        dout = dout.contiguous()
-    if dlse is not None:
-        dlse = dlse.contiguous()  # lse itself is always allocated contiguous
-    dq, dk, dv = _like(q), _like(k), _like(v)
-    _dispatch.backward(dout, q, k, v, out, lse, dq, dk, dv, scale, mask, dlse,
-                       deterministic_mode=_dispatch.deterministic(deterministic))
-    return dq, dk, dv
+    mask = MaskSpec(window_left, window_right, bottom_right, softcap, alibi_slopes, attn_mask)
+    return _bwd(dout, dlse, q, k, v, out, lse, scale, mask, deterministic)
 
 
 @attention_bwd.register_fake
 def _(dout, dlse, q, k, v, out, lse, scale, window_left, window_right, bottom_right, deterministic=False,
-      softcap=0.0, alibi_slopes=None):
+      softcap=0.0, alibi_slopes=None, attn_mask=None):
     return _like(q), _like(k), _like(v)
+
+
+@torch.library.custom_op("flashattn_ext::bwd_dmask", mutates_args=(), device_types=("cpu", "cuda"))
+def attention_bwd_dmask(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Tensor,
+                        k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                        scale: float, window_left: int, window_right: int, bottom_right: bool,
+                        deterministic: bool, softcap: float, alibi_slopes: Optional[torch.Tensor],
+                        attn_mask: torch.Tensor
+                        ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """attention_bwd that also returns the gradient of the additive attn_mask, (B, Hq, Sq, Sk)
+    dense (autograd sums it over the mask's broadcast dimensions)."""
+    mask = MaskSpec(window_left, window_right, bottom_right, softcap, alibi_slopes, attn_mask)
+    dmask = torch.zeros(attn_mask.shape, dtype=attn_mask.dtype, device=attn_mask.device)
+    return (*_bwd(dout, dlse, q, k, v, out, lse, scale, mask, deterministic, dmask), dmask)
+
+
+@attention_bwd_dmask.register_fake
+def _(dout, dlse, q, k, v, out, lse, scale, window_left, window_right, bottom_right, deterministic,
+      softcap, alibi_slopes, attn_mask):
+    return _like(q), _like(k), _like(v), attn_mask.new_empty(attn_mask.shape)
 
 
 def _setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[Any, ...]) -> None:
     q, k, v, scale, window_left, window_right, bottom_right, *rest = inputs
-    deterministic, softcap, slopes = tuple(rest) + (False, 0.0, None)[len(rest):]  # defaults
+    deterministic, softcap, slopes, attn_mask = tuple(rest) + (False, 0.0, None, None)[len(rest):]
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, slopes)
+    ctx.save_for_backward(q, k, v, out, lse, slopes, attn_mask)
     ctx.args = (scale, window_left, window_right, bottom_right, bool(deterministic), float(softcap))
     ctx.set_materialize_grads(False)  # an unused lse then sends no gradient at all
 
 
 def _backward(ctx: Any, dout: Optional[torch.Tensor], dlse: Optional[torch.Tensor]):
-    q, k, v, out, lse, slopes = ctx.saved_tensors
+    q, k, v, out, lse, slopes, attn_mask = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(out)
-    dq, dk, dv = torch.ops.flashattn_ext.bwd(dout, dlse, q, k, v, out, lse, *ctx.args, slopes)
-    return dq, dk, dv, None, None, None, None, None, None, None
+    dmask = None
+    if attn_mask is not None and ctx.needs_input_grad[10]:
+        dq, dk, dv, dmask = torch.ops.flashattn_ext.bwd_dmask(dout, dlse, q, k, v, out, lse, *ctx.args,
+                                                              slopes, attn_mask)
+    else:
+        dq, dk, dv = torch.ops.flashattn_ext.bwd(dout, dlse, q, k, v, out, lse, *ctx.args, slopes,
+                                                 attn_mask)
+    return dq, dk, dv, None, None, None, None, None, None, None, dmask
 
 
 attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -98,7 +133,7 @@ def apply(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
     """Differentiable attention on BSHD views; ``deterministic``: the backward's mode."""
     return torch.ops.flashattn_ext.fwd(q, k, v, scale, mask.window_left, mask.window_right,
                                        mask.bottom_right, deterministic, mask.softcap,
-                                       mask.alibi_slopes)
+                                       mask.alibi_slopes, mask.attn_mask)
 
 
 # ---- variable-length (packed) batches -------------------------------------------------------

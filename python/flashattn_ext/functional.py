@@ -11,8 +11,11 @@ from __future__ import annotations
 
 from typing import Any, Optional, Tuple, Union
 
+import numpy as np
+
 from . import _capture, _dispatch
-from ._validate import BHSD, BSHD, SD, Call, MaskSpec, flag, prepare
+from ._validate import (BHSD, BSHD, SD, Call, MaskSpec, _kind, attn_mask_value, dtype_name, flag,
+                        prepare)
 
 ArrayLike = Any  # torch.Tensor or numpy.ndarray
 
@@ -27,9 +30,9 @@ def _run(call: Call, deterministic: bool = False) -> Tuple[ArrayLike, ArrayLike]
 
         out, lse = _torch_ops.apply(call.q, call.k, call.v, call.scale, call.mask, deterministic)
     if _capture.recorders:  # flashattn_ext.inspect.capture is active
-        if call.mask.score_mods:
-            raise NotImplementedError("softcap, alibi_slopes: flashattn_ext.inspect.capture does "
-                                      "not record calls with score transforms")
+        if call.mask.score_mods or call.mask.attn_mask is not None:
+            raise NotImplementedError("softcap, alibi_slopes, attn_mask: flashattn_ext.inspect."
+                                      "capture does not record calls with score transforms")
         _capture.record(call, lse)
     return out, lse
 
@@ -43,7 +46,8 @@ def not_implemented(dropout_p: float = 0.0) -> None:
 def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool = False,
               scale: Optional[float] = None, window_size: Tuple[int, int] = (-1, -1),
               return_lse: bool = False, softcap: float = 0.0,
-              alibi_slopes: Optional[ArrayLike] = None
+              alibi_slopes: Optional[ArrayLike] = None, attn_mask: Optional[ArrayLike] = None,
+              key_padding_mask: Optional[ArrayLike] = None
               ) -> Union[ArrayLike, Tuple[ArrayLike, ArrayLike]]:
     """Exact softmax(q kᵀ · scale) v, computed tile by tile in O(S) memory.
 
@@ -65,6 +69,13 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool = False,
         alibi_slopes: None, or float32 slopes (Hq,) or (B, Hq) (same kind and device as q; Hq
             = 1 for q without a head dimension): adds -slope·|i + Sk - Sq - j| to the score of
             query i, key j (ALiBi, after the softcap). Softcap and ALiBi run on the CPU backend.
+        attn_mask: None, or a mask of q's kind and device broadcastable to the scores' shape,
+            (Sq, Sk), (B, Sq, Sk) or (B, Hq, Sq, Sk) following q's rank: booleans (True =
+            attend) or float values added to the scaled scores after softcap and ALiBi (a
+            tensor requiring grad gets its gradient). Read with its own strides, never
+            expanded. The causal and window bands still apply. CPU backend.
+        key_padding_mask: None, or (B, Sk) booleans for batched q, True = ignore that key
+            (``torch.nn.MultiheadAttention``'s convention); combined with attn_mask.
 
     Returns:
         out shaped like q (same kind: tensor or array), and with ``return_lse`` the pair
@@ -81,8 +92,37 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool = False,
     with_lse = flag("return_lse", return_lse)
     call = prepare(q, k, v, layout=SD, scale=scale, mask=mask)
     call = call.with_mask(call.mask.with_score_mods(softcap, alibi_slopes, call.q, call.kind))
+    call = _with_masks(call, attn_mask, key_padding_mask)
     out, lse = _run(call)
     return (call.output(out), call.lse(lse)) if with_lse else call.output(out)
+
+
+def _with_masks(call: Call, attn_mask: Any, key_padding_mask: Any) -> Call:
+    """The call with its explicit mask: attn_mask (attn_mask_value) and key_padding_mask, (B, Sk)
+    booleans with True = ignore, folded into one (B, Hq, Sq, Sk) view."""
+    mask = attn_mask_value(attn_mask, call)
+    if key_padding_mask is not None:
+        b, sk = call.q.shape[0], call.k.shape[1]
+        accepted = f"a ({b}, {sk}) bool {call.kind} array (batch, keys; True = ignore the key)"
+        kpm = key_padding_mask
+        if call.rank == 2:
+            raise ValueError("key_padding_mask: q has no batch dimension; pass an (Sq, Sk) "
+                             "attn_mask instead")
+        if _kind("key_padding_mask", kpm) != call.kind or dtype_name(kpm) != "bool" or \
+                tuple(kpm.shape) != (b, sk):
+            raise ValueError(f"key_padding_mask: expected {accepted}, got {type(kpm).__name__} "
+                             f"of shape {tuple(kpm.shape)} {dtype_name(kpm)}")
+        keep = attn_mask_value(~(kpm[:, None] if call.rank == 3 else kpm[:, None, None]), call,
+                               "key_padding_mask")
+        if mask is None:
+            mask = keep
+        elif dtype_name(mask) == "bool":
+            mask = mask & keep
+        elif call.kind == "torch":
+            mask = mask.masked_fill(~keep, float("-inf"))
+        else:
+            mask = np.where(keep, mask, -np.inf).astype(mask.dtype)
+    return call if mask is None else call.with_mask(call.mask.with_attn_mask(mask))
 
 
 def flash_attn_func(q: ArrayLike, k: ArrayLike, v: ArrayLike, dropout_p: float = 0.0,
@@ -130,14 +170,19 @@ def scaled_dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayL
 
     query: (B, Hq, Sq, D) or (B, Sq, D); key, value: (B, Hkv, Sk, D) or (B, Sk, D). The causal
     mask is aligned top-left (query i sees keys j <= i), as in torch. Hq != Hkv needs
-    ``enable_gqa=True``. Not implemented (raising NotImplementedError): attn_mask, dropout_p > 0.
+    ``enable_gqa=True``. ``attn_mask``, as in torch: booleans (True = attend) or float values added
+    to the scaled scores, broadcastable to (B, Hq, Sq, Sk) ((B, Sq, Sk) for 3-d inputs), read
+    with its own strides (never expanded); a float tensor requiring grad gets its gradient. A
+    query row whose keys are all masked out gives 0 (torch's math path gives NaN). Masks run on
+    the CPU backend. Not implemented (raising NotImplementedError): dropout_p > 0.
     """
-    if attn_mask is not None:
-        raise NotImplementedError("attn_mask: arbitrary masks are not implemented; use "
-                                  "is_causal=True or flash_attn_func's window_size")
+    if attn_mask is not None and flag("is_causal", is_causal):
+        raise ValueError("attn_mask, is_causal: pass one of them (as torch requires); fold the "
+                         "causal mask into attn_mask to combine them")
     if dropout_p != 0.0:
         raise NotImplementedError(f"dropout_p={dropout_p}: dropout is not implemented; pass 0.0")
     mask = MaskSpec.make(is_causal, (-1, -1), bottom_right=False, causal_name="is_causal")
     call = prepare(query, key, value, layout=BHSD, scale=scale, mask=mask,
                    names=("query", "key", "value"), enable_gqa=flag("enable_gqa", enable_gqa))
+    call = _with_masks(call, attn_mask, None)
     return call.output(_run(call)[0])
