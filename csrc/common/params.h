@@ -49,6 +49,12 @@ struct FwdParams {
   const float* alibi_slopes;
   int64_t alibi_batch_stride;
 
+  // Dropout (common/philox.h): dropout_p in [0, 1), 0 = off. Probabilities of the keys a query
+  // sees are dropped with probability dropout_p and the kept ones scaled by 1 / (1 - dropout_p),
+  // by a mask that is a pure function of (dropout_seed, dropout_offset, b, h, i, j).
+  float dropout_p;
+  uint64_t dropout_seed, dropout_offset;
+
   // Variable-length batches and KV caches (docs/semantics.md section 10). Every pointer is null
   // when unused; with any of them set, seqlen_q and seqlen_k above are maxima over the batch.
   // Sequence b's queries are rows cu_seqlens_q[b] .. cu_seqlens_q[b + 1] - 1 of q and out (and
