@@ -20,12 +20,19 @@
 // split depends only on the shapes, never on the thread count: results are bitwise reproducible.
 // Softcap and ALiBi (common/score_mod.h): S is transformed as in the forward before P is taken
 // (modify_scores), and dS picks up the softcap's 1 - tanh^2.
+// Dropout (common/philox.h): the forward computed O = (P * M) . V, M the keep mask times
+// 1 / (1 - p) and P the undropped softmax, so with dO the output's gradient
+//   dV = (P * M)^T . dO,  dP = M * (dO . V^T)   (the gradient with respect to the undropped P)
+//   dS = P * (dP - delta),  delta_i = sum_j P_ij dP_ij = sum_j (P * M)_ij (dO . V^T)_ij = dO_i . O_i
+// The mask is regenerated from (seed, offset, b, h, i, j): dP is multiplied by M where it is
+// taken (probabilities, sweep_keys), and P by M after dS for dV, only in calls that use it.
 // Variable-length batches: each pass is one parallel_for over the tasks of every sequence
 // (sequences.h); a sequence reads its rows through the offsets of common/seqlens.h.
 #pragma once
 #include <cmath>
 
 #include "common/mask.h"
+#include "cpu/dropout.h"
 #include "cpu/gemm.h"
 #include "cpu/score_mod.h"
 #include "cpu/sequences.h"
@@ -45,6 +52,7 @@ struct Backward {
   int64_t D, group, bq, bk, ldp, nchunks;
   ScoreMod<V> sm;
   bool mods;  // softcap or ALiBi
+  bool drop;  // dropout
   int64_t Sq;  // the longest sequence's queries: the row stride of the per-row arrays below
   SeqTiles qtiles;  // per sequence: heads_q x its query tiles
   float* delta = nullptr;   // (b, hq, row): sum_j P_ij dP_ij - dlse
@@ -53,7 +61,8 @@ struct Backward {
 
   explicit Backward(const BwdParams& prm)
       : bp(prm), p(prm.fwd), D(p.head_dim), group(p.heads_q / p.heads_kv), bq(tile_sizes(p.dtype, p.head_dim).bwd_bq),
-        bk(tile_sizes(p.dtype, p.head_dim).bwd_bk), ldp(round_up(bk, W)), sm(p), mods(has_score_mod(p)), Sq(p.seqlen_q),
+        bk(tile_sizes(p.dtype, p.head_dim).bwd_bk), ldp(round_up(bk, W)), sm(p), mods(has_score_mod(p)), drop(has_dropout(p)),
+        Sq(p.seqlen_q),
         qtiles(p.batch, [&](int64_t b) { return p.heads_q * ceil_div(sequence(p, b).seqlen_q, bq); }) {
     const int64_t heads = p.batch * p.heads_kv, key_tiles = ceil_div(p.seqlen_k, bk);
     nchunks = heads >= kMinTasks ? 1 : std::max<int64_t>(1, std::min(ceil_div(kMinTasks, heads), key_tiles));
@@ -135,7 +144,7 @@ struct Backward {
     const bool with_dq = nchunks == 1;  // else dq_task computes dQ
     const bool direct = std::is_same_v<T, float> && with_dq;
 
-    Scratch scratch(2 * D * ldp + 4 * bk * D + 3 * bq * ldp + 2 * bq * D + ldp);
+    Scratch scratch(2 * D * ldp + 4 * bk * D + 3 * bq * ldp + 2 * bq * D + 2 * ldp);
     float* kt = scratch.get();      // D x ldp: K^T of the tile, padding zero
     float* vt = kt + D * ldp;       // D x ldp: V^T
     float* kbuf = vt + D * ldp;     // bk x D: K tile as float (16-bit inputs)
@@ -148,6 +157,7 @@ struct Backward {
     float* dobuf = qbuf + bq * D;   // bq x D: dO rows as float
     float* grad = dobuf + bq * D;   // bq x ldp: softcap: 1 - tanh^2 of each score
     float* keys = grad + bq * ldp;  // ldp: ALiBi: key indices as float
+    float* mult = keys + ldp;       // ldp: dropout: one row's keep multipliers
 
     // dQ destination of the group: the output itself, or a float32 accumulator.
     auto dq_head = [&](int64_t h) {
@@ -202,7 +212,7 @@ struct Backward {
           gemm<V>(nq, ldp, score_sum(Gemm{qr, ldq, 1, kt, ldp, s, ldp, D, false}));
           gemm<V>(nq, ldp, score_sum(Gemm{dor, lddo, 1, vt, ldp, dp, ldp, D, false}));
           if (mods) modify_scores(b, h, seq, i0, nq, keys, s, grad);
-          probabilities(sp, row_index(b, h, 0), i0, nq, k0, nk, s, dp, grad);
+          probabilities(sp, b, h, i0, nq, k0, nk, s, dp, grad, mult);
           gemm<V>(nk, D, Gemm{s, 1, ldp, dor, lddo, dva, D, nq, true});
           gemm<V>(nk, D, Gemm{dp, 1, ldp, qr, ldq, dka, D, nq, true});
           if (with_dq) gemm<V>(nq, D, Gemm{dp, ldp, 1, kr, ldk, dqh + i0 * lddq, lddq, nk, true});
@@ -237,11 +247,13 @@ struct Backward {
     }
   }
 
-  // In place: s becomes P, dp becomes dS * scale; entries a row may not see become 0. Row i of
-  // the head has its statistics at index r0 + i (row_index). With softcap or ALiBi, s holds the
-  // transformed log2-domain scores (modify_scores) and dS is multiplied by grad (softcap).
-  void probabilities(const FwdParams& sp, int64_t r0, int64_t i0, int64_t nq, int64_t k0, int64_t nk, float* s,
-                     float* dp, const float* grad) const {
+  // In place: s becomes P, dp becomes dS * scale; entries a row may not see become 0 (rows of
+  // head h of sequence b). With softcap or ALiBi, s holds the transformed log2-domain scores
+  // (modify_scores) and dS is multiplied by grad (softcap). With dropout dp is multiplied by the
+  // row's keep multipliers (mult, ldp) before dS, and s (then P * M, for dV) after.
+  void probabilities(const FwdParams& sp, int64_t b, int64_t h, int64_t i0, int64_t nq, int64_t k0, int64_t nk,
+                     float* s, float* dp, const float* grad, float* mult) const {
+    const int64_t r0 = row_index(b, h, 0);
     const R sc = V::set1(p.scale), sl2 = V::set1(mods ? 1.f : p.scale_log2);
     for (int64_t r = 0; r < nq; ++r) {
       const int64_t row = i0 + r;
@@ -254,7 +266,15 @@ struct Backward {
         continue;
       }
       const R lv = V::set1(-l2), nv = V::set1(psum[r0 + row]), dv = V::set1(delta[r0 + row]);
-      for (int64_t j = 0; j < ldp; j += W) {
+      if (drop) {
+        Dropout<V>(p).row(b, h, row, k0, ldp, mult);
+        for (int64_t j = 0; j < ldp; j += W) {
+          const R pv = V::div(V::exp2(V::fma(V::load(sr + j), sl2, lv)), nv), mv = V::load(mult + j);
+          V::store(sr + j, V::mul(pv, mv));
+          V::store(dr + j, V::mul(V::mul(pv, V::sub(V::mul(V::load(dr + j), mv), dv)), sc));
+        }
+      }
+      for (int64_t j = 0; j < ldp && !drop; j += W) {
         const R pv = V::div(V::exp2(V::fma(V::load(sr + j), sl2, lv)), nv);
         V::store(sr + j, pv);
         V::store(dr + j, V::mul(V::mul(pv, V::sub(V::load(dr + j), dv)), sc));
@@ -289,6 +309,11 @@ struct Backward {
     float* pos = ps + nqp;          // nqp: ALiBi position per row
     float* gt = pos + nqp;          // bk x nqp: softcap: 1 - tanh^2
     int64_t lo[kMaxRows], hi[kMaxRows];
+    uint32_t rows[kMaxRows], heads[kMaxRows];  // dropout: each lane's row and head
+    for (int64_t c = 0; c < nqp && drop; ++c) {
+      rows[c] = uint32_t(i0 + c);
+      heads[c] = uint32_t(h);
+    }
 
     const T* q = q_rows<const T>(p.q, seq, p.q_batch_stride, p.q_row_stride, p.q_head_stride, h, i0);
     const T* dout = q_rows<const T>(bp.dout, seq, bp.do_batch_stride, bp.do_row_stride, bp.do_head_stride, h, i0);
@@ -340,6 +365,10 @@ struct Backward {
         if (c >= nq || lo[c] > k0 || hi[c] < k0 + nk - 1)
           for (int64_t j = 0; j < nk; ++j)
             if (c >= nq || k0 + j < lo[c] || k0 + j > hi[c]) st[j * nqp + c] = dst[j * nqp + c] = 0.f;
+      for (int64_t c = 0; c < nqp && drop; c += W)  // dP^T of the undropped P^T
+        Dropout<V>(p).columns(b, rows + c, heads + c, k0, nk, [&](int64_t j, R m) {
+          V::store(dst + j * nqp + c, V::mul(V::load(dst + j * nqp + c), m));
+        });
       tile(k0, nk, kr, ldk, st, dst, sm.cap2 > 0.f ? gt : nullptr);
     }
   }

@@ -17,7 +17,9 @@
 // (gemm<V, true>): K rows and Q^T hold pairs along D, V and P^T pairs along the keys, and P is
 // rounded to bfloat16 for P.V as on GPUs (its row sums stay float32). Scores are scaled after.
 // Softcap and ALiBi (common/score_mod.h) transform each score tile before the mask, only in
-// calls that use them (modify_scores).
+// calls that use them (modify_scores). Dropout (common/philox.h) multiplies P by the keep mask
+// (0 or 1 / (1 - p)) after the row sums are taken, so l and lse are those of the undropped
+// softmax and O = (P * mask) . V / l, only in calls that use it (apply_dropout).
 #pragma once
 #include <cmath>
 #include <cstring>
@@ -25,6 +27,7 @@
 #include <type_traits>
 
 #include "common/mask.h"
+#include "cpu/dropout.h"
 #include "cpu/gemm.h"
 #include "cpu/score_mod.h"
 #include "cpu/sequences.h"
@@ -60,6 +63,7 @@ struct Forward {
   int64_t D, group, bq, bk, rpt, hpt, head_tiles, tiles, nsplit;
   float sl2;
   bool mods;  // softcap or ALiBi
+  bool drop;  // dropout
   SeqTiles seq_tiles;
   float* part_o = nullptr;    // nsplit > 1: [tile][split][col][D], normalised partial outputs
   float* part_lse = nullptr;  // [tile][split][col], log2-domain partial logsumexp
@@ -70,7 +74,7 @@ struct Forward {
       : p(prm), D(prm.head_dim), group(prm.heads_q / prm.heads_kv), bq(tile_sizes(prm.dtype, prm.head_dim).fwd_bq),
         bk(tile_sizes(prm.dtype, prm.head_dim).fwd_bk), rpt(prm.seqlen_q * 2 <= bq ? std::max<int64_t>(prm.seqlen_q, 1) : bq),
         hpt(rpt < bq ? std::min(group, bq / rpt) : 1), head_tiles(ceil_div(group, hpt)), sl2(prm.scale_log2),
-        mods(has_score_mod(prm)), seq_tiles(prm.batch, [&](int64_t b) {
+        mods(has_score_mod(prm)), drop(has_dropout(prm)), seq_tiles(prm.batch, [&](int64_t b) {
           return prm.heads_kv * head_tiles * ceil_div(sequence(prm, b).seqlen_q, rpt);
         }) {
     tiles = seq_tiles.total();
@@ -110,7 +114,8 @@ struct Forward {
     const int64_t pw = narrow ? ncolp : std::min<int64_t>(V::NV * W, ncolp);
     const Panels pn{pw, ncolp, round_up(ncolp, pw)};
     const int64_t na = pn.ncola;
-    Scratch scratch(2 * D * na + bk * na + 2 * bk * D + 5 * ncolp);
+    const bool pairs = kPairs && !narrow;  // then qt holds pairs: (D + 1) / 2 rows
+    Scratch scratch(2 * D * na + bk * na + 2 * bk * D + 5 * ncolp + (drop && pairs ? bk * W : 0));
     float* qt = scratch.get();        // D x ncolp panels: Q^T, padding columns zero
     float* ot = qt + D * na;          // D x ncolp panels: unnormalised O^T
     float* st = ot + D * na;          // bk x ncolp panels: scores, then probabilities
@@ -121,12 +126,17 @@ struct Forward {
     float* mx = l + ncolp;            // this tile's max
     float* alpha = mx + ncolp;        // rescale factor of this tile
     float* base = alpha + ncolp;      // value subtracted before exp2
+    float* mt = base + ncolp;         // pair path with dropout: bk x W multipliers
     int64_t lo[kMaxCols], hi[kMaxCols];
     float pos[kMaxCols], nslope[kMaxCols];  // ALiBi: each column's query position and -slope * log2(e)
+    uint32_t rows[kMaxCols], heads[kMaxCols];  // dropout: each column's row and head (padding 0)
+    for (int64_t c = 0; c < ncolp && drop; ++c) {
+      rows[c] = c < ncol ? uint32_t(id.r0 + c % id.nr) : 0u;
+      heads[c] = c < ncol ? uint32_t(id.h0 + c / id.nr) : 0u;
+    }
 
     const FwdParams sp = with_lengths(p, id.s);  // the mask of this sequence
     const T* q = static_cast<const T*>(p.q) + id.s.q_batch * p.q_batch_stride + id.s.q_row0 * p.q_row_stride;
-    const bool pairs = kPairs && !narrow;       // then qt holds pairs: (D + 1) / 2 rows
     for (int64_t i = 0; i < D * na; ++i) qt[i] = ot[i] = 0.f;
     for (int64_t c = 0; c < ncolp; ++c) { m[c] = neg_inf<float>(); l[c] = 0.f; }
     for (int64_t c = 0; c < ncol; ++c) {
@@ -196,7 +206,7 @@ struct Forward {
       }
       bool rescale = false;
       for (int64_t c = 0; c < ncol; ++c) rescale |= alpha[c] != 1.f;
-      if (pairs) pair_probabilities(nk, st, pn, base, alpha, l);
+      if (pairs) pair_probabilities(id.b, k0, nk, st, pn, base, alpha, l, rows, heads, mt);
       for (int64_t c = 0; c < ncolp && !pairs; c += W) {
         float* sc = st + pn.col(bk, c);
         const R bv = V::load(base + c);
@@ -208,6 +218,7 @@ struct Forward {
           sum = V::add(sum, pv);
         }
         V::store(l + c, V::fma(V::load(l + c), V::load(alpha + c), sum));
+        if (drop) apply_dropout(id.b, rows + c, heads + c, k0, nk, sc, pn.pw);
       }
       if (rescale && narrow)
         for (int64_t i = 0; i < ncol * D; ++i) ot[i] *= alpha[i / D];
@@ -238,6 +249,13 @@ struct Forward {
     }
   }
 
+  // Dropout on the probabilities of keys k0 .. k0 + nk - 1 of the W columns at sc (rows pw apart)
+  // of sequence b, with those columns' rows and heads.
+  void apply_dropout(int64_t b, const uint32_t* rows, const uint32_t* heads, int64_t k0, int64_t nk, float* sc,
+                     int64_t pw) const {
+    Dropout<V>(p).columns(b, rows, heads, k0, nk, [&](int64_t j, R m) { V::store(sc + j * pw, V::mul(V::load(sc + j * pw), m)); });
+  }
+
   // Pair path: S^T = K . Q^T on pairs along D (K rows copied as they are: a row of bfloat16 is a
   // row of pairs), then scaled by scale * log2(e) so that the scores are in the log2 domain.
   void pair_scores(const T* kt, int64_t nk, float* kbuf, const float* qtp, float* st, const Panels& pn) const {
@@ -255,18 +273,24 @@ struct Forward {
   }
 
   // Pair path: P^T = exp2(S^T - base) as bfloat16 pairs of keys, written in place (row j / 2 <= j
-  // was read already); the row sums l are taken in float32 before rounding.
-  void pair_probabilities(int64_t nk, float* st, const Panels& pn, const float* base, const float* alpha,
-                          float* l) const {
+  // was read already); the row sums l are taken in float32 before rounding, and dropout (its
+  // multipliers of the nk keys in mt, nk x W) after them.
+  void pair_probabilities(int64_t b, int64_t k0, int64_t nk, float* st, const Panels& pn, const float* base,
+                          const float* alpha, float* l, const uint32_t* rows, const uint32_t* heads, float* mt) const {
     if constexpr (kPairs)
       for (int64_t c = 0; c < pn.ncolp; c += W) {
         float* sc = st + pn.col(bk, c);
         const R bv = V::load(base + c);
         R sum = V::zero();
+        if (drop) Dropout<V>(p).columns(b, rows + c, heads + c, k0, nk, [&](int64_t j, R m) { V::store(mt + j * W, m); });
         for (int64_t j = 0; j < nk; j += 2) {
-          const R pe = V::exp2(V::sub(V::load(sc + j * pn.pw), bv));
-          const R po = j + 1 < nk ? V::exp2(V::sub(V::load(sc + (j + 1) * pn.pw), bv)) : V::zero();
+          R pe = V::exp2(V::sub(V::load(sc + j * pn.pw), bv));
+          R po = j + 1 < nk ? V::exp2(V::sub(V::load(sc + (j + 1) * pn.pw), bv)) : V::zero();
           sum = V::add(sum, V::add(pe, po));
+          if (drop) {
+            pe = V::mul(pe, V::load(mt + j * W));
+            po = j + 1 < nk ? V::mul(po, V::load(mt + (j + 1) * W)) : po;
+          }
           V::store(sc + j / 2 * pn.pw, V::pairs(pe, po));
         }
         V::store(l + c, V::fma(V::load(l + c), V::load(alpha + c), sum));
