@@ -46,6 +46,13 @@ inline void set_score_mods(FwdParams& p, double softcap, uintptr_t alibi_slopes,
   p.alibi_batch_stride = alibi_batch_stride;
 }
 
+// Dropout (FwdParams: dropout_p, 0 = off, and the generator's seed and offset).
+inline void set_dropout(FwdParams& p, double dropout_p, uint64_t seed, uint64_t offset) {
+  p.dropout_p = float(dropout_p);
+  p.dropout_seed = seed;
+  p.dropout_offset = offset;
+}
+
 inline FwdParams make_fwd(int dtype, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse,
                           const Strides3& qs, const Strides3& ks, const Strides3& vs, const Strides3& os,
                           const Strides2& lses, const Sizes6& sz, int64_t align_offset, int64_t window_left,

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cpu/backward.h"
+#include "cpu/dropout.h"
 #include "cpu/forward.h"
 #include "cpu/isa.h"
 #include "cpu/peaks.h"

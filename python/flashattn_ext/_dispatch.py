@@ -78,7 +78,9 @@ def _common_kwargs(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mas
     lse_strides = strides(lse)[:2] if lse.ndim == 3 else (0, strides(lse)[0])
     kw = dict(dtype=DTYPES.index(dtype_name(q)), **_arrays(q=q, k=k, v=v, out=out), lse=_ptr(lse),
               lse_strides=lse_strides, window_left=mask.window_left,
-              window_right=mask.window_right, scale=float(scale), softcap=mask.softcap)
+              window_right=mask.window_right, scale=float(scale), softcap=mask.softcap,
+              dropout_p=mask.dropout_p, dropout_seed=mask.dropout_seed,
+              dropout_offset=mask.dropout_offset)
     slopes = mask.alibi_slopes
     if slopes is not None:  # (Hq,) or (B, Hq) float32, heads contiguous
         kw.update(alibi_slopes=_ptr(slopes),
@@ -128,10 +130,11 @@ def cuda_splits(q: Any, seqs: Seqs, block_m: int = 64) -> int:
 
 
 def cpu_only_score_mods(q: Any, mask: MaskSpec) -> None:
-    """Softcap and ALiBi run on the CPU kernels only, for now."""
+    """Softcap, ALiBi and dropout run on the CPU kernels only, for now."""
     backend = backend_for(q)
-    if mask.score_mods and backend != "cpu":
-        feature = f"softcap={mask.softcap}" if mask.softcap else "alibi_slopes"
+    if (mask.score_mods or mask.dropout_p) and backend != "cpu":
+        feature = (f"softcap={mask.softcap}" if mask.softcap else "alibi_slopes" if mask.score_mods
+                   else f"dropout_p={mask.dropout_p}: dropout")
         raise NotImplementedError(f"{feature}: not implemented in the CUDA kernels yet (backend "
                                   f"{backend}, dtype {dtype_name(q)}); it runs on the CPU backend "
                                   f"(CPU tensors or arrays without FLASHATTN_EXT_BACKEND=emu)")
@@ -255,6 +258,16 @@ def new_lse(q: Any, packed: bool) -> Any:
     if is_tensor(q):
         return torch.empty(shape, dtype=getattr(torch, name), device=q.device)
     return np.empty(shape, dtype=name)
+
+
+def dropout_keep(dropout_p: float, seed: int, offset: int,
+                 sizes: Tuple[int, int, int, int]) -> np.ndarray:
+    """Dropout's keep mask (B, Hq, Sq, Sk) of booleans for these generator arguments, from the
+    CPU kernels' generator (csrc/common/philox.h): what the kernels apply."""
+    kept = np.empty(sizes, dtype=np.uint8)
+    _C.dropout_mask(out=kept.ctypes.data, sizes=sizes, dropout_p=dropout_p, seed=seed,
+                    offset=offset)
+    return kept.view(np.bool_)
 
 
 def numpy_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, mask: MaskSpec,

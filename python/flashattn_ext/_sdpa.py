@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from . import _masked
+from . import _dispatch, _masked
 from ._validate import CUDA_BUILT, CUDA_KERNEL_DTYPES, DTYPES, MAX_HEAD_DIM, dtype_name
 from .functional import scaled_dot_product_attention
 
@@ -93,12 +93,13 @@ def sdpa(query: Any, key: Any, value: Any, attn_mask: Optional[torch.Tensor] = N
          dropout_p: float = 0.0, is_causal: bool = False, scale: Optional[float] = None,
          enable_gqa: bool = False, *, calls: Optional[RoutedCalls] = None) -> torch.Tensor:
     """torch's ``scaled_dot_product_attention`` signature and result, on the kernels when they
-    take the call: no dropout, no attention mask or one that is a causal/sliding band over the
-    keys not masked (per batch element, the same for every head), dense tensors of a dtype and
+    take the call: no attention mask or one that is a causal/sliding band over the keys not
+    masked (dropout only without a mask, on the CPU backend) (per batch element, the same for every head), dense tensors of a dtype and
     device the build runs. Anything else goes to torch's own function."""
     reason = unsupported(query, key, value)
-    if reason is None and dropout_p != 0.0:
-        reason = "dropout"
+    if reason is None and dropout_p != 0.0 and (attn_mask is not None
+                                                or _dispatch.backend_for(query) != "cpu"):
+        reason = "dropout with an attention mask or off the CPU backend"
     if reason is None and attn_mask is not None and is_causal:
         reason = "attn_mask with is_causal"  # torch refuses it: let torch say so
     if reason is None and query.dim() == 4 and query.shape[1] != key.shape[1] and not enable_gqa:
@@ -108,8 +109,8 @@ def sdpa(query: Any, key: Any, value: Any, attn_mask: Optional[torch.Tensor] = N
         out = _masked_sdpa(query, key, value, attn_mask, scale)
         reason = "an attention mask that is not a band" if out is None else None
     elif reason is None:
-        out = scaled_dot_product_attention(query, key, value, is_causal=is_causal, scale=scale,
-                                           enable_gqa=enable_gqa)
+        out = scaled_dot_product_attention(query, key, value, dropout_p=dropout_p,
+                                           is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
     if out is not None:
         if calls is not None:
             calls.library += 1

@@ -28,12 +28,13 @@ def _like(x: torch.Tensor) -> torch.Tensor:
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
                   window_left: int, window_right: int, bottom_right: bool,
                   deterministic: bool = False, softcap: float = 0.0,
-                  alibi_slopes: Optional[torch.Tensor] = None
+                  alibi_slopes: Optional[torch.Tensor] = None, dropout_p: float = 0.0, dropout_seed: int = 0, dropout_offset: int = 0
                   ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Forward on (B, S, H, D) views; returns out (like q) and lse (B, H, Sq).
     ``deterministic`` asks the backward for its deterministic mode; softcap and alibi_slopes
-    are validated score transforms (MaskSpec)."""
-    mask = MaskSpec(window_left, window_right, bottom_right, softcap, alibi_slopes)
+    are validated score transforms, dropout_p / seed / offset validated dropout (MaskSpec)."""
+    mask = MaskSpec(window_left, window_right, bottom_right, softcap, alibi_slopes, dropout_p,
+                    dropout_seed, dropout_offset)
     out = _like(q)
     lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]), dtype=_lse_dtype(q), device=q.device)
     _dispatch.forward(q, k, v, out, lse, scale, mask)
@@ -42,7 +43,7 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
 
 @attention_fwd.register_fake
 def _(q, k, v, scale, window_left, window_right, bottom_right, deterministic=False, softcap=0.0,
-      alibi_slopes=None):
+      alibi_slopes=None, dropout_p=0.0, dropout_seed=0, dropout_offset=0):
     return _like(q), q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=_lse_dtype(q))
 
 
@@ -51,12 +52,14 @@ def attention_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Ten
                   k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                   scale: float, window_left: int, window_right: int, bottom_right: bool,
                   deterministic: bool = False, softcap: float = 0.0,
-                  alibi_slopes: Optional[torch.Tensor] = None
+                  alibi_slopes: Optional[torch.Tensor] = None, dropout_p: float = 0.0, dropout_seed: int = 0, dropout_offset: int = 0
                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward on (B, S, H, D) views; returns dq, dk, dv (laid out like q, k, v).
     ``dlse``, when given, is the gradient flowing into lse. Deterministic mode when
-    ``deterministic`` or a global switch asks for it (_dispatch.deterministic)."""
-    mask = MaskSpec(window_left, window_right, bottom_right, softcap, alibi_slopes)
+    ``deterministic`` or a global switch asks for it (_dispatch.deterministic). Dropout
+    regenerates the forward's mask from the same seed and offset."""
+    mask = MaskSpec(window_left, window_right, bottom_right, softcap, alibi_slopes, dropout_p,
+                    dropout_seed, dropout_offset)
     if dout.stride(-1) != 1:  # e.g. the expanded gradient of .sum()
         dout = dout.contiguous()
     if dlse is not None:
@@ -69,16 +72,17 @@ def attention_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Ten
 
 @attention_bwd.register_fake
 def _(dout, dlse, q, k, v, out, lse, scale, window_left, window_right, bottom_right, deterministic=False,
-      softcap=0.0, alibi_slopes=None):
+      softcap=0.0, alibi_slopes=None, dropout_p=0.0, dropout_seed=0, dropout_offset=0):
     return _like(q), _like(k), _like(v)
 
 
 def _setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[Any, ...]) -> None:
     q, k, v, scale, window_left, window_right, bottom_right, *rest = inputs
-    deterministic, softcap, slopes = tuple(rest) + (False, 0.0, None)[len(rest):]  # defaults
+    deterministic, softcap, slopes, *drop = tuple(rest) + (False, 0.0, None, 0.0, 0, 0)[len(rest):]
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, slopes)
     ctx.args = (scale, window_left, window_right, bottom_right, bool(deterministic), float(softcap))
+    ctx.dropout = tuple(drop)  # p, seed, offset: the backward regenerates the mask
     ctx.set_materialize_grads(False)  # an unused lse then sends no gradient at all
 
 
@@ -86,8 +90,9 @@ def _backward(ctx: Any, dout: Optional[torch.Tensor], dlse: Optional[torch.Tenso
     q, k, v, out, lse, slopes = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(out)
-    dq, dk, dv = torch.ops.flashattn_ext.bwd(dout, dlse, q, k, v, out, lse, *ctx.args, slopes)
-    return dq, dk, dv, None, None, None, None, None, None, None
+    dq, dk, dv = torch.ops.flashattn_ext.bwd(dout, dlse, q, k, v, out, lse, *ctx.args, slopes,
+                                             *ctx.dropout)
+    return (dq, dk, dv) + (None,) * 10
 
 
 attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -98,7 +103,8 @@ def apply(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
     """Differentiable attention on BSHD views; ``deterministic``: the backward's mode."""
     return torch.ops.flashattn_ext.fwd(q, k, v, scale, mask.window_left, mask.window_right,
                                        mask.bottom_right, deterministic, mask.softcap,
-                                       mask.alibi_slopes)
+                                       mask.alibi_slopes, mask.dropout_p, mask.dropout_seed,
+                                       mask.dropout_offset)
 
 
 # ---- variable-length (packed) batches -------------------------------------------------------
@@ -114,11 +120,12 @@ def _kv(x: torch.Tensor) -> torch.Tensor:
 def varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
                cu_seqlens_k: torch.Tensor, block_table: Optional[torch.Tensor], scale: float,
                window_left: int, window_right: int, softcap: float = 0.0,
-               alibi_slopes: Optional[torch.Tensor] = None, deterministic: bool = False
-               ) -> Tuple[torch.Tensor, torch.Tensor]:
+               alibi_slopes: Optional[torch.Tensor] = None, deterministic: bool = False,
+               dropout_p: float = 0.0, dropout_seed: int = 0, dropout_offset: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
     """Forward of packed sequences, each aligned bottom-right on its own lengths;
     ``deterministic`` asks the backward for its deterministic mode."""
-    mask = MaskSpec(window_left, window_right, True, softcap, alibi_slopes)
+    mask = MaskSpec(window_left, window_right, True, softcap, alibi_slopes, dropout_p, dropout_seed,
+                    dropout_offset)
     out = _like(q)
     lse = _dispatch.new_lse(q[None], packed=True)
     _dispatch.forward(q[None], _kv(k), _kv(v), out[None], lse, scale, mask,
@@ -128,7 +135,8 @@ def varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: 
 
 @varlen_fwd.register_fake
 def _(q, k, v, cu_seqlens_q, cu_seqlens_k, block_table, scale, window_left, window_right,
-      softcap=0.0, alibi_slopes=None, deterministic=False):
+      softcap=0.0, alibi_slopes=None, deterministic=False, dropout_p=0.0, dropout_seed=0,
+      dropout_offset=0):
     return _like(q), q.new_empty((q.shape[1], q.shape[0]), dtype=_lse_dtype(q))
 
 
@@ -138,11 +146,13 @@ def varlen_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Tensor
                k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, scale: float,
                window_left: int, window_right: int, softcap: float = 0.0,
-               alibi_slopes: Optional[torch.Tensor] = None, deterministic: bool = False
+               alibi_slopes: Optional[torch.Tensor] = None, deterministic: bool = False,
+               dropout_p: float = 0.0, dropout_seed: int = 0, dropout_offset: int = 0
                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward of packed sequences; dq, dk, dv laid out like q, k, v. The CUDA kernels run in
     deterministic mode when ``deterministic`` or a global switch asks for it."""
-    mask = MaskSpec(window_left, window_right, True, softcap, alibi_slopes)
+    mask = MaskSpec(window_left, window_right, True, softcap, alibi_slopes, dropout_p, dropout_seed,
+                    dropout_offset)
     if dout.stride(-1) != 1:
         dout = dout.contiguous()
     if dlse is not None:
@@ -156,17 +166,19 @@ def varlen_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Tensor
 
 @varlen_bwd.register_fake
 def _(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, scale, window_left,
-      window_right, softcap=0.0, alibi_slopes=None, deterministic=False):
+      window_right, softcap=0.0, alibi_slopes=None, deterministic=False, dropout_p=0.0,
+      dropout_seed=0, dropout_offset=0):
     return _like(q), _like(k), _like(v)
 
 
 def _varlen_setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[Any, ...]) -> None:
     q, k, v, cu_seqlens_q, cu_seqlens_k, _, scale, window_left, window_right, *rest = inputs
-    softcap, slopes, deterministic = tuple(rest) + (0.0, None, False)[len(rest):]  # defaults
+    softcap, slopes, deterministic, *drop = tuple(rest) + (0.0, None, False, 0.0, 0, 0)[len(rest):]
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, slopes)
     ctx.args = (scale, window_left, window_right, float(softcap))
     ctx.deterministic = bool(deterministic)
+    ctx.dropout = tuple(drop)  # p, seed, offset: the backward regenerates the mask
     ctx.set_materialize_grads(False)
 
 
@@ -175,8 +187,9 @@ def _varlen_backward(ctx: Any, dout: Optional[torch.Tensor], dlse: Optional[torc
     if dout is None:
         dout = torch.zeros_like(out)
     dq, dk, dv = torch.ops.flashattn_ext.varlen_bwd(dout, dlse, q, k, v, out, lse, cu_seqlens_q,
-                                                    cu_seqlens_k, *ctx.args, slopes, ctx.deterministic)
-    return dq, dk, dv, None, None, None, None, None, None, None, None, None
+                                                    cu_seqlens_k, *ctx.args, slopes, ctx.deterministic,
+                                                    *ctx.dropout)
+    return (dq, dk, dv) + (None,) * 12
 
 
 varlen_fwd.register_autograd(_varlen_backward, setup_context=_varlen_setup_context)
@@ -189,4 +202,5 @@ def apply_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q
     ``deterministic``: the backward's mode."""
     return torch.ops.flashattn_ext.varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, block_table,
                                               scale, mask.window_left, mask.window_right,
-                                              mask.softcap, mask.alibi_slopes, deterministic)
+                                              mask.softcap, mask.alibi_slopes, deterministic,
+                                              mask.dropout_p, mask.dropout_seed, mask.dropout_offset)

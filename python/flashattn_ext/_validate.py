@@ -81,13 +81,17 @@ class MaskSpec:
     ``i + off - left <= j <= i + off + right`` where ``off = Sk - Sq`` when ``bottom_right`` else
     ``0``; a bound of -1 means unbounded. The score transforms applied before it
     (docs/semantics.md): ``softcap`` (0 = off) and ``alibi_slopes``, a float32 (Hq,) or (B, Hq)
-    array of q's kind and device, or None."""
+    array of q's kind and device, or None. Dropout of the probabilities (docs/semantics.md
+    section 12): ``dropout_p`` in [0, 1) (0 = off) with the generator's seed and offset."""
 
     window_left: int = NO_WINDOW
     window_right: int = NO_WINDOW
     bottom_right: bool = True
     softcap: float = 0.0
     alibi_slopes: Any = field(default=None, compare=False)
+    dropout_p: float = 0.0
+    dropout_seed: int = 0
+    dropout_offset: int = 0
 
     @property
     def score_mods(self) -> bool:
@@ -97,8 +101,32 @@ class MaskSpec:
                         batch: Optional[int] = None) -> "MaskSpec":
         """This mask with validated softcap and ALiBi slopes for BSHD q (batch q.shape[0] or, for
         packed sequences, ``batch``)."""
-        return MaskSpec(self.window_left, self.window_right, self.bottom_right,
-                        softcap_value(softcap), alibi_value(alibi_slopes, q, kind, batch))
+        return replace(self, softcap=softcap_value(softcap),
+                       alibi_slopes=alibi_value(alibi_slopes, q, kind, batch))
+
+    def with_dropout(self, dropout_p: Any, seed: Any, q: Any, kind: str,
+                     name: str = "dropout_p") -> "MaskSpec":
+        """This mask with validated dropout: the seed and offset of the keep mask are ``seed``
+        (offset 0) when given, else drawn from torch's default generator of q's device (numpy
+        calls with dropout need a seed)."""
+        p = dropout_value(name, dropout_p)
+        if p == 0.0:
+            return self
+        if seed is not None:
+            if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) \
+                    or not 0 <= seed < 2 ** 63:
+                raise TypeError(f"seed: expected an int in [0, 2**63) or None, got {seed!r} "
+                                f"({_type(seed)})")
+            return replace(self, dropout_p=p, dropout_seed=int(seed), dropout_offset=0)
+        if kind != "torch":
+            raise ValueError(f"seed: {name}={p} on numpy arrays needs seed=<int> (the keep mask "
+                             f"is a pure function of the seed), got None")
+        import torch
+
+        gen = torch.default_generator if q.device.type == "cpu" else None
+        draw = torch.randint(0, 2 ** 62, (2,), generator=gen, device="cpu" if gen else q.device)
+        seed, offset = (int(x) for x in draw.tolist())
+        return replace(self, dropout_p=p, dropout_seed=seed, dropout_offset=offset % 2 ** 32)
 
     @staticmethod
     def make(causal: Any, window_size: Any, bottom_right: bool,
@@ -132,6 +160,17 @@ class MaskSpec:
         first = np.maximum(i - self.window_left if self.window_left >= 0 else 0, 0)
         last = np.minimum(i + self.window_right if self.window_right >= 0 else sk - 1, sk - 1)
         return first > last
+
+
+def dropout_value(name: str, dropout_p: Any) -> float:
+    """The dropout probability as a float in [0, 1): a real number, numpy scalar or 0-d CPU
+    tensor."""
+    value = scale_value(name, dropout_p) if not isinstance(dropout_p, float) or \
+        math.isfinite(dropout_p) else dropout_p
+    if value is None or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name}: expected a probability in [0, 1) (0 = no dropout), got "
+                         f"{dropout_p!r}")
+    return value
 
 
 def softcap_value(softcap: Any) -> float:

@@ -15,7 +15,7 @@ from torch import nn  # noqa: E402
 
 from . import _masked  # noqa: E402
 from ._sdpa import replace_sdpa  # noqa: E402
-from ._validate import MAX_HEAD_DIM, scale_value  # noqa: E402
+from ._validate import MAX_HEAD_DIM, dropout_value, scale_value  # noqa: E402
 from .functional import attention  # noqa: E402
 
 __all__ = ["MultiHeadAttention", "replace_sdpa"]
@@ -64,8 +64,11 @@ class MultiHeadAttention(nn.Module):
     Projections: when kdim == vdim == embed_dim, one fused ``in_proj`` (weight
     ((Hq + 2*Hkv) * head_dim, embed_dim)); otherwise separate ``q_proj``, ``k_proj``,
     ``v_proj``. ``out_proj`` maps back to embed_dim. :meth:`from_torch` and :meth:`to_torch`
-    convert weights from and to ``torch.nn.MultiheadAttention``. Not implemented (raising
-    NotImplementedError): dropout > 0.
+    convert weights from and to ``torch.nn.MultiheadAttention``. ``dropout`` in [0, 1) drops
+    attention probabilities in training mode (``module.train()``; none in eval mode), with the
+    keep mask drawn from torch's default generator (CPU backend); with dropout the returned
+    weights are those before dropout, as torch's. Not implemented (NotImplementedError): dropout
+    in training mode together with key_padding_mask or attn_mask.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, *, num_kv_heads: Optional[int] = None,
@@ -85,8 +88,7 @@ class MultiHeadAttention(nn.Module):
                              f"({num_heads})")
         if num_heads % num_kv_heads:
             raise ValueError(f"num_kv_heads: {num_kv_heads} must divide num_heads ({num_heads})")
-        if dropout != 0.0:
-            raise NotImplementedError(f"dropout={dropout}: attention dropout is not implemented")
+        self.dropout = dropout_value("dropout", dropout)
         if not isinstance(batch_first, bool):
             raise TypeError(f"batch_first: expected a bool, got {batch_first!r}")
         self.embed_dim, self.num_heads, self.num_kv_heads = embed_dim, num_heads, num_kv_heads
@@ -233,8 +235,14 @@ class MultiHeadAttention(nn.Module):
         masked = key_padding_mask is not None or attn_mask is not None
         allowed = self._allowed(key_padding_mask, attn_mask, causal, b, sq, sk, q.device) \
             if masked or need_weights else None
+        dropout_p = self.dropout if self.training else 0.0
+        if masked and dropout_p:
+            raise NotImplementedError(f"{_mask_names(key_padding_mask, attn_mask)}: dropout "
+                                      f"({dropout_p}) in training mode with a mask is not "
+                                      f"implemented; call module.eval() or pass no mask")
         if not masked:  # one kernel call
-            out, lse = attention(q, k, v, causal=causal, scale=scale, return_lse=True)
+            out, lse = attention(q, k, v, causal=causal, scale=scale, return_lse=True,
+                                 dropout_p=dropout_p)
         else:  # one call per batch element whose mask plan differs
             plans = _masked.plan(allowed)
             if plans is None:
@@ -259,14 +267,13 @@ class MultiHeadAttention(nn.Module):
         if not isinstance(mha, nn.MultiheadAttention):
             raise TypeError(f"mha: expected a torch.nn.MultiheadAttention, got "
                             f"{type(mha).__name__}")
-        if mha.dropout != 0.0:
-            raise NotImplementedError(f"mha.dropout={mha.dropout}: dropout is not implemented")
         if mha.bias_k is not None:
             raise NotImplementedError("mha: add_bias_kv is not implemented")
         if mha.add_zero_attn:
             raise NotImplementedError("mha: add_zero_attn is not implemented")
         new = cls(mha.embed_dim, mha.num_heads, kdim=mha.kdim, vdim=mha.vdim,
-                  bias=mha.in_proj_bias is not None, causal=causal, batch_first=mha.batch_first,
+                  bias=mha.in_proj_bias is not None, causal=causal, dropout=mha.dropout,
+                  batch_first=mha.batch_first,
                   device=mha.out_proj.weight.device, dtype=mha.out_proj.weight.dtype)
         with torch.no_grad():
             if new.fused:
@@ -295,7 +302,7 @@ class MultiHeadAttention(nn.Module):
                 raise ValueError(f"{name}: torch.nn.MultiheadAttention needs {need}, this "
                                  f"module has {getattr(self, name)}")
         w = self.out_proj.weight
-        mha = nn.MultiheadAttention(self.embed_dim, self.num_heads,
+        mha = nn.MultiheadAttention(self.embed_dim, self.num_heads, dropout=self.dropout,
                                     bias=self.out_proj.bias is not None, kdim=self.kdim,
                                     vdim=self.vdim, batch_first=self.batch_first,
                                     device=w.device, dtype=w.dtype)
