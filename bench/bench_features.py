@@ -1,10 +1,11 @@
 """Cost of the training features on the CPU kernels against the plain kernel.
 
-Each variant (plain, softcap, ALiBi, both) runs flash_attn_func on the same float32 inputs in the
+Each variant (plain, softcap, ALiBi, both, dropout p = 0.1) runs flash_attn_func on the same float32 inputs in the
 same process, alternating, forward and forward+backward; the table gives medians and the ratio to
 the plain kernel's time.
 
-    python bench/bench_features.py [--b 1 --h 8 --s 2048 --d 64 --causal --reps 9]
+    python bench/bench_features.py [--b 1 --h 8 --s 2048 --d 64 --causal --reps 9 --threads 1
+                                    --variants plain dropout]
 """
 
 from __future__ import annotations
@@ -29,12 +30,16 @@ def main() -> None:
     ap.add_argument("--d", type=int, default=64)
     ap.add_argument("--causal", action="store_true")
     ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: the library default)")
+    ap.add_argument("--variants", nargs="*", default=None, help="variant names (default: all)")
     args = ap.parse_args()
+    flashattn_ext.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
     q, k, v, do = (torch.randn(args.b, args.s, args.h, args.d, generator=g) for _ in range(4))
     slopes = torch.rand(args.h, generator=g) * 0.1
     variants = {"plain": {}, "softcap": dict(softcap=30.0), "alibi": dict(alibi_slopes=slopes),
-                "softcap+alibi": dict(softcap=30.0, alibi_slopes=slopes)}
+                "softcap+alibi": dict(softcap=30.0, alibi_slopes=slopes), "dropout": dict(dropout_p=0.1)}
+    variants = {name: kw for name, kw in variants.items() if args.variants is None or name in args.variants}
 
     def run(kw: dict, backward: bool) -> float:
         for t in (q, k, v):
@@ -49,7 +54,7 @@ def main() -> None:
         return time.perf_counter() - t0
 
     shape = f"B={args.b} H={args.h} S={args.s} D={args.d} {'causal' if args.causal else 'non-causal'}"
-    print(f"{shape}, float32, {torch.get_num_threads()} threads, median of {args.reps}")
+    print(f"{shape}, float32, {flashattn_ext.get_num_threads()} threads, median of {args.reps}")
     print(f"{'variant':15} {'dir':8} {'ms':>8} {'vs plain':>9}")
     for backward in (False, True):
         times = {name: [] for name in variants}
@@ -58,7 +63,7 @@ def main() -> None:
         for _ in range(args.reps):
             for name, kw in variants.items():
                 times[name].append(run(kw, backward))
-        plain = statistics.median(times["plain"])
+        plain = statistics.median(times["plain"]) if "plain" in times else float("nan")
         for name, t in times.items():
             med = statistics.median(t)
             print(f"{name:15} {'fwd+bwd' if backward else 'fwd':8} {med * 1e3:8.1f} {med / plain:8.2f}x")
