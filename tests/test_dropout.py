@@ -243,3 +243,19 @@ def test_emulated_cuda_kernels_refuse_by_name(gen, monkeypatch):
     q = randn(gen, 1, 16, 2, 32, dtype=BF16)
     with pytest.raises(NotImplementedError, match="dropout_p=0.1.*CPU backend"):
         fa.flash_attn_func(q, q, q, 0.1)
+
+
+def test_torch_compile_fullgraph_draws_the_seed_in_the_graph(gen):
+    q, k, v = (randn(gen, 1, 24, 2, 16).requires_grad_() for _ in range(3))
+
+    def f(q, k, v):
+        return fa.flash_attn_func(q, k, v, 0.3)
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    torch.manual_seed(5)
+    out = compiled(q, k, v)
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    torch.manual_seed(5)
+    ref = f(q, k, v)
+    assert torch.equal(out, ref)
+    for g, r in zip(grads, torch.autograd.grad(ref.sum(), (q, k, v))):
+        assert torch.equal(g, r)

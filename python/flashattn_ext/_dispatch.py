@@ -75,6 +75,7 @@ def _common_kwargs(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mas
     lse is (B, H, Sq), or (H, total_q) for packed queries."""
     b, sq, hq, _ = q.shape
     sk, hk = int(k.shape[1]), int(k.shape[2])
+    mask = mask.resolved()  # a drawn dropout seed, read here
     lse_strides = strides(lse)[:2] if lse.ndim == 3 else (0, strides(lse)[0])
     kw = dict(dtype=DTYPES.index(dtype_name(q)), **_arrays(q=q, k=k, v=v, out=out), lse=_ptr(lse),
               lse_strides=lse_strides, window_left=mask.window_left,

@@ -28,13 +28,14 @@ def _like(x: torch.Tensor) -> torch.Tensor:
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
                   window_left: int, window_right: int, bottom_right: bool,
                   deterministic: bool = False, softcap: float = 0.0,
-                  alibi_slopes: Optional[torch.Tensor] = None, dropout_p: float = 0.0, dropout_seed: int = 0, dropout_offset: int = 0
+                  alibi_slopes: Optional[torch.Tensor] = None, dropout_p: float = 0.0, dropout_seed: int = 0, dropout_offset: int = 0,
+                  dropout_rng: Optional[torch.Tensor] = None
                   ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Forward on (B, S, H, D) views; returns out (like q) and lse (B, H, Sq).
     ``deterministic`` asks the backward for its deterministic mode; softcap and alibi_slopes
     are validated score transforms, dropout_p / seed / offset validated dropout (MaskSpec)."""
     mask = MaskSpec(window_left, window_right, bottom_right, softcap, alibi_slopes, dropout_p,
-                    dropout_seed, dropout_offset)
+                    dropout_seed, dropout_offset, dropout_rng).resolved()
     out = _like(q)
     lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]), dtype=_lse_dtype(q), device=q.device)
     _dispatch.forward(q, k, v, out, lse, scale, mask)
@@ -43,7 +44,7 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
 
 @attention_fwd.register_fake
 def _(q, k, v, scale, window_left, window_right, bottom_right, deterministic=False, softcap=0.0,
-      alibi_slopes=None, dropout_p=0.0, dropout_seed=0, dropout_offset=0):
+      alibi_slopes=None, dropout_p=0.0, dropout_seed=0, dropout_offset=0, dropout_rng=None):
     return _like(q), q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=_lse_dtype(q))
 
 
@@ -52,14 +53,15 @@ def attention_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Ten
                   k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                   scale: float, window_left: int, window_right: int, bottom_right: bool,
                   deterministic: bool = False, softcap: float = 0.0,
-                  alibi_slopes: Optional[torch.Tensor] = None, dropout_p: float = 0.0, dropout_seed: int = 0, dropout_offset: int = 0
+                  alibi_slopes: Optional[torch.Tensor] = None, dropout_p: float = 0.0, dropout_seed: int = 0, dropout_offset: int = 0,
+                  dropout_rng: Optional[torch.Tensor] = None
                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward on (B, S, H, D) views; returns dq, dk, dv (laid out like q, k, v).
     ``dlse``, when given, is the gradient flowing into lse. Deterministic mode when
     ``deterministic`` or a global switch asks for it (_dispatch.deterministic). Dropout
     regenerates the forward's mask from the same seed and offset."""
     mask = MaskSpec(window_left, window_right, bottom_right, softcap, alibi_slopes, dropout_p,
-                    dropout_seed, dropout_offset)
+                    dropout_seed, dropout_offset, dropout_rng).resolved()
     if dout.stride(-1) != 1:  # e.g. the expanded gradient of .sum()
         dout = dout.contiguous()
     if dlse is not None:
@@ -72,27 +74,29 @@ def attention_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Ten
 
 @attention_bwd.register_fake
 def _(dout, dlse, q, k, v, out, lse, scale, window_left, window_right, bottom_right, deterministic=False,
-      softcap=0.0, alibi_slopes=None, dropout_p=0.0, dropout_seed=0, dropout_offset=0):
+      softcap=0.0, alibi_slopes=None, dropout_p=0.0, dropout_seed=0, dropout_offset=0,
+      dropout_rng=None):
     return _like(q), _like(k), _like(v)
 
 
 def _setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[Any, ...]) -> None:
     q, k, v, scale, window_left, window_right, bottom_right, *rest = inputs
-    deterministic, softcap, slopes, *drop = tuple(rest) + (False, 0.0, None, 0.0, 0, 0)[len(rest):]
+    defaults = (False, 0.0, None, 0.0, 0, 0, None)
+    deterministic, softcap, slopes, *drop, rng = tuple(rest) + defaults[len(rest):]
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, slopes)
+    ctx.save_for_backward(q, k, v, out, lse, slopes, rng)
     ctx.args = (scale, window_left, window_right, bottom_right, bool(deterministic), float(softcap))
-    ctx.dropout = tuple(drop)  # p, seed, offset: the backward regenerates the mask
+    ctx.dropout = tuple(drop)  # p, seed, offset (and rng): the backward regenerates the mask
     ctx.set_materialize_grads(False)  # an unused lse then sends no gradient at all
 
 
 def _backward(ctx: Any, dout: Optional[torch.Tensor], dlse: Optional[torch.Tensor]):
-    q, k, v, out, lse, slopes = ctx.saved_tensors
+    q, k, v, out, lse, slopes, rng = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(out)
     dq, dk, dv = torch.ops.flashattn_ext.bwd(dout, dlse, q, k, v, out, lse, *ctx.args, slopes,
-                                             *ctx.dropout)
-    return (dq, dk, dv) + (None,) * 10
+                                             *ctx.dropout, rng)
+    return (dq, dk, dv) + (None,) * 11
 
 
 attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -104,7 +108,7 @@ def apply(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
     return torch.ops.flashattn_ext.fwd(q, k, v, scale, mask.window_left, mask.window_right,
                                        mask.bottom_right, deterministic, mask.softcap,
                                        mask.alibi_slopes, mask.dropout_p, mask.dropout_seed,
-                                       mask.dropout_offset)
+                                       mask.dropout_offset, mask.dropout_rng)
 
 
 # ---- variable-length (packed) batches -------------------------------------------------------
@@ -121,11 +125,12 @@ def varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: 
                cu_seqlens_k: torch.Tensor, block_table: Optional[torch.Tensor], scale: float,
                window_left: int, window_right: int, softcap: float = 0.0,
                alibi_slopes: Optional[torch.Tensor] = None, deterministic: bool = False,
-               dropout_p: float = 0.0, dropout_seed: int = 0, dropout_offset: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
+               dropout_p: float = 0.0, dropout_seed: int = 0, dropout_offset: int = 0,
+               dropout_rng: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Forward of packed sequences, each aligned bottom-right on its own lengths;
     ``deterministic`` asks the backward for its deterministic mode."""
     mask = MaskSpec(window_left, window_right, True, softcap, alibi_slopes, dropout_p, dropout_seed,
-                    dropout_offset)
+                    dropout_offset, dropout_rng).resolved()
     out = _like(q)
     lse = _dispatch.new_lse(q[None], packed=True)
     _dispatch.forward(q[None], _kv(k), _kv(v), out[None], lse, scale, mask,
@@ -136,7 +141,7 @@ def varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: 
 @varlen_fwd.register_fake
 def _(q, k, v, cu_seqlens_q, cu_seqlens_k, block_table, scale, window_left, window_right,
       softcap=0.0, alibi_slopes=None, deterministic=False, dropout_p=0.0, dropout_seed=0,
-      dropout_offset=0):
+      dropout_offset=0, dropout_rng=None):
     return _like(q), q.new_empty((q.shape[1], q.shape[0]), dtype=_lse_dtype(q))
 
 
@@ -147,12 +152,13 @@ def varlen_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Tensor
                cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, scale: float,
                window_left: int, window_right: int, softcap: float = 0.0,
                alibi_slopes: Optional[torch.Tensor] = None, deterministic: bool = False,
-               dropout_p: float = 0.0, dropout_seed: int = 0, dropout_offset: int = 0
+               dropout_p: float = 0.0, dropout_seed: int = 0, dropout_offset: int = 0,
+               dropout_rng: Optional[torch.Tensor] = None
                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward of packed sequences; dq, dk, dv laid out like q, k, v. The CUDA kernels run in
     deterministic mode when ``deterministic`` or a global switch asks for it."""
     mask = MaskSpec(window_left, window_right, True, softcap, alibi_slopes, dropout_p, dropout_seed,
-                    dropout_offset)
+                    dropout_offset, dropout_rng).resolved()
     if dout.stride(-1) != 1:
         dout = dout.contiguous()
     if dlse is not None:
@@ -167,29 +173,30 @@ def varlen_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Tensor
 @varlen_bwd.register_fake
 def _(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, scale, window_left,
       window_right, softcap=0.0, alibi_slopes=None, deterministic=False, dropout_p=0.0,
-      dropout_seed=0, dropout_offset=0):
+      dropout_seed=0, dropout_offset=0, dropout_rng=None):
     return _like(q), _like(k), _like(v)
 
 
 def _varlen_setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[Any, ...]) -> None:
     q, k, v, cu_seqlens_q, cu_seqlens_k, _, scale, window_left, window_right, *rest = inputs
-    softcap, slopes, deterministic, *drop = tuple(rest) + (0.0, None, False, 0.0, 0, 0)[len(rest):]
+    defaults = (0.0, None, False, 0.0, 0, 0, None)
+    softcap, slopes, deterministic, *drop, rng = tuple(rest) + defaults[len(rest):]
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, slopes)
+    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, slopes, rng)
     ctx.args = (scale, window_left, window_right, float(softcap))
     ctx.deterministic = bool(deterministic)
-    ctx.dropout = tuple(drop)  # p, seed, offset: the backward regenerates the mask
+    ctx.dropout = tuple(drop)  # p, seed, offset (and rng): the backward regenerates the mask
     ctx.set_materialize_grads(False)
 
 
 def _varlen_backward(ctx: Any, dout: Optional[torch.Tensor], dlse: Optional[torch.Tensor]):
-    q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, slopes = ctx.saved_tensors
+    q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, slopes, rng = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(out)
     dq, dk, dv = torch.ops.flashattn_ext.varlen_bwd(dout, dlse, q, k, v, out, lse, cu_seqlens_q,
                                                     cu_seqlens_k, *ctx.args, slopes, ctx.deterministic,
-                                                    *ctx.dropout)
-    return (dq, dk, dv) + (None,) * 12
+                                                    *ctx.dropout, rng)
+    return (dq, dk, dv) + (None,) * 13
 
 
 varlen_fwd.register_autograd(_varlen_backward, setup_context=_varlen_setup_context)
@@ -203,4 +210,5 @@ def apply_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q
     return torch.ops.flashattn_ext.varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, block_table,
                                               scale, mask.window_left, mask.window_right,
                                               mask.softcap, mask.alibi_slopes, deterministic,
-                                              mask.dropout_p, mask.dropout_seed, mask.dropout_offset)
+                                              mask.dropout_p, mask.dropout_seed, mask.dropout_offset,
+                                              mask.dropout_rng)

@@ -82,7 +82,9 @@ class MaskSpec:
     ``0``; a bound of -1 means unbounded. The score transforms applied before it
     (docs/semantics.md): ``softcap`` (0 = off) and ``alibi_slopes``, a float32 (Hq,) or (B, Hq)
     array of q's kind and device, or None. Dropout of the probabilities (docs/semantics.md
-    section 12): ``dropout_p`` in [0, 1) (0 = off) with the generator's seed and offset."""
+    section 12): ``dropout_p`` in [0, 1) (0 = off) with the generator's seed and offset, or
+    ``dropout_rng``, an int64 torch tensor (seed, offset) drawn from torch's generator and read
+    where the kernels run (so that torch.compile traces the draw)."""
 
     window_left: int = NO_WINDOW
     window_right: int = NO_WINDOW
@@ -92,6 +94,7 @@ class MaskSpec:
     dropout_p: float = 0.0
     dropout_seed: int = 0
     dropout_offset: int = 0
+    dropout_rng: Any = field(default=None, compare=False)
 
     @property
     def score_mods(self) -> bool:
@@ -123,10 +126,16 @@ class MaskSpec:
                              f"is a pure function of the seed), got None")
         import torch
 
-        gen = torch.default_generator if q.device.type == "cpu" else None
-        draw = torch.randint(0, 2 ** 62, (2,), generator=gen, device="cpu" if gen else q.device)
-        seed, offset = (int(x) for x in draw.tolist())
-        return replace(self, dropout_p=p, dropout_seed=seed, dropout_offset=offset % 2 ** 32)
+        # the default generator of q's device; the offset's low 32 bits are used (philox.h)
+        rng = torch.randint(0, 2 ** 62, (2,), dtype=torch.int64, device=q.device)
+        return replace(self, dropout_p=p, dropout_rng=rng)
+
+    def resolved(self) -> "MaskSpec":
+        """This mask with a drawn dropout_rng read into dropout_seed and dropout_offset."""
+        if self.dropout_rng is None:
+            return self
+        seed, offset = (int(x) for x in self.dropout_rng.tolist())
+        return replace(self, dropout_seed=seed, dropout_offset=offset % 2 ** 32, dropout_rng=None)
 
     @staticmethod
     def make(causal: Any, window_size: Any, bottom_right: bool,

@@ -43,7 +43,7 @@ def signed_probs(call: Call, lse: ArrayLike) -> ArrayLike:
     from .interpret import weights_of
 
     probs = weights_of(call, lse)
-    m = call.mask
+    m = call.mask.resolved()
     if not m.dropout_p:
         return probs
     b, sq, hq, _ = call.q.shape
