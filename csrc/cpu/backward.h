@@ -24,8 +24,9 @@
 // 1 / (1 - p) and P the undropped softmax, so with dO the output's gradient
 //   dV = (P * M)^T . dO,  dP = M * (dO . V^T)   (the gradient with respect to the undropped P)
 //   dS = P * (dP - delta),  delta_i = sum_j P_ij dP_ij = sum_j (P * M)_ij (dO . V^T)_ij = dO_i . O_i
-// The mask is regenerated from (seed, offset, b, h, i, j): dP is multiplied by M where it is
-// taken (probabilities, sweep_keys), and P by M after dS for dV, only in calls that use it.
+// The mask is regenerated from (seed, offset, b, h, i, j): dP is multiplied by M where dS is
+// taken (probabilities, dq_task's sweep), and P by M after dS for dV, only in calls that use it;
+// row_stats then takes delta as dO . O, so that its sweep needs no mask.
 // Variable-length batches: each pass is one parallel_for over the tasks of every sequence
 // (sequences.h); a sequence reads its rows through the offsets of common/seqlens.h.
 #pragma once
@@ -129,9 +130,20 @@ struct Backward {
       psum[i] = ps[c];
       if (ps[c] == 0.f)  // the row sees no key: dS = 0 whatever dout and dlse hold
         delta[i] = 0.f;
-      else  // d lse_i / d s_ij = P_ij folds into delta
-        delta[i] = dlse ? pd[c] / ps[c] - dlse[i0 + c] : pd[c] / ps[c];
+      else {  // d lse_i / d s_ij = P_ij folds into delta
+        const float d = drop ? out_dot(s, h, i0 + c) : pd[c] / ps[c];
+        delta[i] = dlse ? d - dlse[i0 + c] : d;
+      }
     }
+  }
+
+  // dO_i . O_i of row i of head h of sequence s: with dropout, sum_j P_ij dP_ij (see the top).
+  float out_dot(const Seq& s, int64_t h, int64_t i) const {
+    const T* o = q_rows<const T>(p.out, s, p.o_batch_stride, p.o_row_stride, p.o_head_stride, h, i);
+    const T* d = q_rows<const T>(bp.dout, s, bp.do_batch_stride, bp.do_row_stride, bp.do_head_stride, h, i);
+    float acc = 0.f;
+    for (int64_t e = 0; e < D; ++e) acc += load_as<float>(o + e) * load_as<float>(d + e);
+    return acc;
   }
 
   void task(int64_t t) {
@@ -292,6 +304,7 @@ struct Backward {
   // are 0 in both (every entry of a row that sees no key). Calls tile(k0, nk, kr, ldk, pt, dpt, gt):
   // K rows as float, P^T and dP^T as nk x nqp (lane c < nq is row i0 + c), and with softcap its
   // 1 - tanh^2 gt (else null). Softcap and ALiBi transform S^T first, as modify_scores does S.
+  // With dropout and `normalised`, dP^T is multiplied by the keep mask (dP of the undropped P).
   template <class Tile>
   void sweep_keys(int64_t b, int64_t h, int64_t i0, int64_t nq, bool normalised, Tile&& tile) const {
     const Seq seq = sequence(p, b);
@@ -365,7 +378,7 @@ struct Backward {
         if (c >= nq || lo[c] > k0 || hi[c] < k0 + nk - 1)
           for (int64_t j = 0; j < nk; ++j)
             if (c >= nq || k0 + j < lo[c] || k0 + j > hi[c]) st[j * nqp + c] = dst[j * nqp + c] = 0.f;
-      for (int64_t c = 0; c < nqp && drop; c += W)  // dP^T of the undropped P^T
+      for (int64_t c = 0; c < nqp && drop && normalised; c += W)  // dP^T of the undropped P^T (dq_task)
         Dropout<V>(p).columns(b, rows + c, heads + c, k0, nk, [&](int64_t j, R m) {
           V::store(dst + j * nqp + c, V::mul(V::load(dst + j * nqp + c), m));
         });
