@@ -255,9 +255,11 @@ struct Backward {
         V::store(x + j, V::fma(j + W <= nk ? V::load(m + j) : V::loadn(m + j, int(nk - j)), l2e, V::load(x + j)));
       return;
     }
-    for (int64_t j = 0; j < round_up(nk, W); ++j) t[j] = j < nk ? mask_value<float>(p, row, k0 + j) : 0.f;
+    mask_row(p, row, k0, nk, t);
+    for (int64_t j = nk; j < round_up(nk, W); ++j) t[j] = 0.f;
     for (int64_t j = 0; j < nk; j += W) V::store(x + j, V::fma(V::load(t + j), l2e, V::load(x + j)));
   }
+
 
   // In place: s becomes P, dp becomes dS * scale; entries a row may not see become 0. Row i of
   // head h of sequence b has its statistics at index row_index(b, h, i). With softcap, ALiBi or a
@@ -385,6 +387,15 @@ struct Backward {
   void mask_scores_t(const int64_t* mrow, int64_t nq, int64_t k0, int64_t nk, float* st, float* t) const {
     const int64_t nqp = round_up(nq, W);
     const R l2e = V::set1(float(kLog2e));
+    bool shared = true;  // every row reads one mask row (a mask broadcast over rows: key padding)
+    for (int64_t c = 1; c < nq; ++c) shared &= mrow[c] == mrow[0];
+    if (shared) {
+      for (int64_t j = 0; j < nk; ++j) {
+        const R mv = V::set1(mask_value<float>(p, mrow[0], k0 + j));
+        for (int64_t c = 0; c < nqp; c += W) V::store(st + j * nqp + c, V::fma(mv, l2e, V::load(st + j * nqp + c)));
+      }
+      return;
+    }
     for (int64_t j = 0; j < nk; ++j) {
       for (int64_t c = 0; c < nqp; ++c) t[c] = c < nq ? mask_value<float>(p, mrow[c], k0 + j) : 0.f;
       for (int64_t c = 0; c < nqp; c += W)

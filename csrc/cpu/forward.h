@@ -110,7 +110,7 @@ struct Forward {
     const int64_t pw = narrow ? ncolp : std::min<int64_t>(V::NV * W, ncolp);
     const Panels pn{pw, ncolp, round_up(ncolp, pw)};
     const int64_t na = pn.ncola;
-    Scratch scratch(2 * D * na + bk * na + 2 * bk * D + 5 * ncolp);
+    Scratch scratch(2 * D * na + bk * na + 2 * bk * D + 5 * ncolp + (has_attn_mask(p) ? W * bk : 0));
     float* qt = scratch.get();        // D x ncolp panels: Q^T, padding columns zero
     float* ot = qt + D * na;          // D x ncolp panels: unnormalised O^T
     float* st = ot + D * na;          // bk x ncolp panels: scores, then probabilities
@@ -121,6 +121,7 @@ struct Forward {
     float* mx = l + ncolp;            // this tile's max
     float* alpha = mx + ncolp;        // rescale factor of this tile
     float* base = alpha + ncolp;      // value subtracted before exp2
+    float* mtile = base + ncolp;      // explicit mask: W columns' mask rows of one key tile
     int64_t lo[kMaxCols], hi[kMaxCols];
     float pos[kMaxCols], nslope[kMaxCols];  // ALiBi: each column's query position and -slope * log2(e)
     int64_t mrow[kMaxCols];                 // explicit mask: each column's mask row (offset)
@@ -172,7 +173,7 @@ struct Forward {
         else gemm<V>(nk, ncolp, score_sum(Gemm{kr, ldk, 1, qt, pw, st, pw, D, false, pn.stride(D), pn.stride(bk)}));
       }
       if (has_score_mod(p)) modify_scores(st, pn, k0, nk, pos, nslope);
-      if (has_attn_mask(p)) apply_mask(st, pn, k0, nk, ncol, mrow);
+      if (has_attn_mask(p)) apply_mask(st, pn, k0, nk, ncol, mrow, mtile);
 
       bool partial = false;  // scores are already in the log2 domain: Q was packed times sl2
       for (int64_t c = 0; c < ncol; ++c) partial |= lo[c] > k0 || hi[c] < k0 + nk - 1;
@@ -243,19 +244,26 @@ struct Forward {
 
   // The explicit mask on the log2-domain scores of keys k0 .. k0 + nk - 1 of columns 0 .. ncol - 1
   // (mask rows at offsets mrow): + value * log2(e). Columns that all read one mask row (a mask
-  // broadcast over rows and heads, such as key padding) add it as a vector.
-  void apply_mask(float* st, const Panels& pn, int64_t k0, int64_t nk, int64_t ncol, const int64_t* mrow) const {
+  // broadcast over rows and heads, such as key padding) add it as a vector; others read W rows
+  // into mtile (W x bk floats) and gather each key's W values from there.
+  void apply_mask(float* st, const Panels& pn, int64_t k0, int64_t nk, int64_t ncol, const int64_t* mrow,
+                  float* mtile) const {
     bool shared = true;
     for (int64_t c = 1; c < ncol; ++c) shared &= mrow[c] == mrow[0];
     const R l2e = V::set1(float(kLog2e));
     float t[W];
     for (int64_t c = 0; c < pn.ncolp; c += W) {
       float* sc = st + pn.col(bk, c);
+      if (!shared)
+        for (int w = 0; w < W; ++w) {
+          if (c + w < ncol) mask_row(p, mrow[c + w], k0, nk, mtile + w * bk);
+          else std::fill(mtile + w * bk, mtile + w * bk + nk, 0.f);
+        }
       for (int64_t j = 0; j < nk; ++j) {
         if (shared) {
           t[0] = mask_value<float>(p, mrow[0], k0 + j);
         } else {
-          for (int w = 0; w < W; ++w) t[w] = c + w < ncol ? mask_value<float>(p, mrow[c + w], k0 + j) : 0.f;
+          for (int w = 0; w < W; ++w) t[w] = mtile[w * bk + j];
         }
         const R mv = shared ? V::set1(t[0]) : V::load(t);
         V::store(sc + j * pn.pw, V::fma(mv, l2e, V::load(sc + j * pn.pw)));
