@@ -12,7 +12,10 @@
 # FAE_DIST_CMAKE_ARCHS (default 80: path 3 shows the architecture cache variable and keeps the
 # CUDA compile short; path 1 builds all of 80;86;89;90), FAE_DIST_CMAKE_EMULATOR (default OFF:
 # the emulator module and its tests were built and run by CI's other steps),
-# FAE_DIST_ALL_TESTS=1 (the whole test suite against the installed wheel, not the lean subset).
+# FAE_DIST_ALL_TESTS=1 (the whole test suite against the installed wheel, not the lean subset),
+# FAE_DIST_WHEEL_ARCHS (default 80: path 1 packages, repairs and tests a wheel with sm_80 code
+# only, since tests/test_cuda_static.py compiles every kernel for every shipped architecture;
+# .ci/run with FAE_CI_FULL=1 builds the shipped 80;86;89;90).
 set -euo pipefail
 src=$(cd "$(dirname "$0")/.." && pwd)
 PY=${PYTHON:-python3}
@@ -73,8 +76,9 @@ t1=$(date +%s)
 export FLASHATTN_EXT_EMULATOR=OFF FLASHATTN_EXT_TESTS=OFF  # the pip defaults, stated: no test code
 # manylinux_2_28: libstdc++ linked in, glibc symbols bound to versions glibc 2.28 has.
 export FLASHATTN_EXT_STATIC_CXX_RUNTIME=ON FLASHATTN_EXT_GLIBC=2.28
+export FLASHATTN_EXT_CUDA_ARCHS=${FAE_DIST_WHEEL_ARCHS:-80}
 step wheel-build "$tools/pip" wheel "$src" --no-deps -w "$work/dist" -C build-dir="$work/build-wheel"
-unset FLASHATTN_EXT_EMULATOR FLASHATTN_EXT_TESTS FLASHATTN_EXT_STATIC_CXX_RUNTIME FLASHATTN_EXT_GLIBC
+unset FLASHATTN_EXT_EMULATOR FLASHATTN_EXT_TESTS FLASHATTN_EXT_STATIC_CXX_RUNTIME FLASHATTN_EXT_GLIBC FLASHATTN_EXT_CUDA_ARCHS
 raw=$(ls "$work"/dist/flashattn_ext-*.whl)
 plat=manylinux_2_28_$(uname -m)  # auditwheel repair fails if the wheel needs anything newer
 step wheel-repair env PATH="$tools:$PATH" "$tools/auditwheel" repair --plat "$plat" -w "$work/wheelhouse" "$raw"

@@ -50,10 +50,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optio
               dtype: torch.dtype = torch.float64,
               visible: Optional[torch.Tensor] = None, softcap: float = 0.0,
               alibi_slopes: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
-              keep: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+              keep: Optional[torch.Tensor] = None,
+              bias: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """q (B, Sq, Hq, D), k/v (B, Sk, Hkv, D) -> out (B, Sq, Hq, D), lse (B, Hq, Sq), in ``dtype``.
-    ``visible`` (B or 1, Sq, Sk), when given, is an explicit boolean mask (True: the query sees
-    the key) applied on top of the causal/window rule. ``softcap`` > 0 replaces the scaled score
+    ``visible`` (B or 1, Sq, Sk) or (B or 1, Hq or 1, Sq, Sk), when given, is an explicit
+    boolean mask (True: the query sees the key) applied on top of the causal/window rule;
+    ``bias``, broadcastable to (B, Hq, Sq, Sk), an additive mask added after ALiBi. ``softcap`` > 0 replaces the scaled score
     s by softcap * tanh(s / softcap); ``alibi_slopes`` (Hq,) or (B, Hq) then adds
     -slope * |i + Sk - Sq - j| (before the mask). ``keep`` (B, Hq, Sq, Sk) booleans, with
     ``dropout_p``: dropout of the normalised probabilities, kept ones times 1 / (1 - dropout_p)
@@ -72,7 +74,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optio
         right = 0
     ok = visible_keys(sq, sk, left, right, bottom_right)
     if visible is not None:
-        ok = ok & visible[:, None]
+        ok = ok & (visible[:, None] if visible.dim() == 3 else visible)
     s = (q @ k.transpose(-1, -2)) * scale
     if softcap > 0:
         s = softcap * torch.tanh(s / softcap)
@@ -80,6 +82,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optio
         dist = (torch.arange(sq)[:, None] + sk - sq - torch.arange(sk)[None, :]).abs()
         slopes = alibi_slopes.to(dtype).reshape(-1, hq, 1, 1)
         s = s - slopes * dist.to(dtype)
+    if bias is not None:
+        s = s + bias.to(dtype)
     s = s.masked_fill(~ok, -INF)
     m = exp_base(s.amax(dim=-1, keepdim=True).detach())
     p = torch.exp(s - m)

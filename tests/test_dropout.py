@@ -1,4 +1,4 @@
-"""Attention dropout (docs/semantics.md section 12) on the CPU kernels: the generator against
+"""Attention dropout (docs/semantics.md section 13) on the CPU kernels: the generator against
 Random123's Philox-4x32-10 known answers (an independent Python Philox here), the kept fraction
 within a binomial bound, forward and gradients against the float64 oracle given the same keep
 mask (from the generator's helper), in every dtype, causal in both alignments, GQA, Sq != Sk, odd

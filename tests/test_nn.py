@@ -150,6 +150,11 @@ PARITY_CASES = [  # batch_first, kdim, cross, bias, key padding, attn_mask, weig
     (True, None, True, True, "right", CAUSAL_BOOL, None),
     (True, None, False, True, None, "per-head causal", None),
     (False, 24, True, True, None, CAUSAL_FLOAT, "per head"),
+    # masks that are no band: run in the kernels on the CPU backend
+    (True, None, True, True, "scattered", "random bool", "average"),
+    (False, None, False, True, None, "per-head random bool", "per head"),
+    (True, None, True, True, "right", "bias", "per head"),
+    (False, 24, True, True, "scattered", "per-head bias", "average"),
 ]
 
 
@@ -169,11 +174,18 @@ def test_matches_torch_multihead_attention(gen, batch_first, kdim, cross, bias, 
     key = randn(gen, *shape(sk, kdim or 48), dtype=F64).requires_grad_() if cross else query
     value = randn(gen, *shape(sk, kdim or 48), dtype=F64).requires_grad_() if cross else query
     kw = dict(key_padding_mask=None if pad is None else padding(gen, b, sk, pad))
-    if attn is not None:
+    if attn is not None and "causal" in attn:
         causal = torch.ones(sq, sk, dtype=torch.bool).tril(sk - sq)
         mask = ~causal if attn == CAUSAL_BOOL else \
             torch.zeros(sq, sk, dtype=F64).masked_fill(~causal, float("-inf"))
         kw["attn_mask"] = mask.expand(b * 6, sq, sk) if attn == "per-head causal" else mask
+    elif attn is not None:  # torch's convention: True = not allowed; floats are added
+        shape = (b * 6, sq, sk) if attn.startswith("per-head") else (sq, sk)
+        if attn.endswith("bool"):
+            kw["attn_mask"] = torch.rand(*shape, generator=gen) > 0.7
+            kw["attn_mask"][..., 0] = False  # every query keeps a key
+        else:
+            kw["attn_mask"] = randn(gen, *shape, dtype=F64)
     if weights is not None:
         kw.update(need_weights=True, average_attn_weights=weights == "average")
     else:
@@ -235,3 +247,20 @@ def test_to_torch_round_trip(gen):
         back = MultiHeadAttention.from_torch(mha)
         assert all(torch.equal(a, b) for a, b in zip(back.state_dict().values(),
                                                      m.state_dict().values()))
+
+
+def test_additive_attn_mask_gradient_matches_torch(gen):
+    """A float attn_mask requiring grad (a learned bias) gets torch's module's gradient."""
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+    mha = torch.nn.MultiheadAttention(32, 4, batch_first=True, dtype=F64)
+    m = MultiHeadAttention.from_torch(mha)
+    x = randn(gen, 2, 9, 32, dtype=F64)
+    for shape in ((9, 9), (8, 9, 9)):
+        bias = randn(gen, *shape, dtype=F64).requires_grad_()
+        kpm = torch.arange(9)[None].expand(2, 9) >= torch.tensor([[9], [6]])
+        out = m(x, key_padding_mask=kpm, attn_mask=bias)
+        ref = mha(x, x, x, key_padding_mask=kpm, attn_mask=bias, need_weights=False)[0]
+        assert_close(out, ref, None, "out")
+        g = randn(gen, *out.shape, dtype=F64)
+        assert_close(torch.autograd.grad(out, bias, g)[0], torch.autograd.grad(ref, bias, g)[0],
+                     None, "dmask")

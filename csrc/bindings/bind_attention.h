@@ -42,6 +42,16 @@ inline auto score_args() {
                          py::arg("dropout_p") = 0.0, py::arg("dropout_seed") = 0, py::arg("dropout_offset") = 0);
 }
 
+// Explicit attention mask (params_from_python.h: set_attn_mask), optional: its address (0 =
+// none), whether it is boolean (uint8, 0 = masked out) or additive, and its element strides
+// (batch, head, row, key; 0 on broadcast dimensions). The backward adds the address and strides
+// (batch, head, row) of the additive mask's gradient (0 = not wanted).
+inline auto mask_args() {
+  return std::make_tuple(py::arg("attn_mask") = 0, py::arg("mask_bool") = false,
+                         py::arg("mask_strides") = Strides4{});
+}
+inline auto dmask_args() { return std::make_tuple(py::arg("dmask") = 0, py::arg("dmask_strides") = Strides3{}); }
+
 // Backward only: the gradients in (dout, dlse: 0 when lse gets none) and out, the workspace, and
 // the deterministic switch (CUDA kernels: fixed-order dQ; the CPU backward always is).
 inline auto backward_args() {
@@ -75,17 +85,19 @@ void def_forward(py::module_& m, const char* name, Run run, const char* doc) {
             int64_t block_table_stride, int64_t page_size, bool align_bottom_right, int num_splits,
             uintptr_t split_workspace, std::array<int64_t, 4> array_sizes, double softcap, uintptr_t alibi_slopes,
             int64_t alibi_batch_stride, double dropout_p, uint64_t dropout_seed, uint64_t dropout_offset,
-            uintptr_t stream, int device, int num_threads) {
+            uintptr_t attn_mask, bool mask_bool, Strides4 mask_strides, uintptr_t stream, int device,
+            int num_threads) {
         FwdParams p = make_fwd(dtype, q, k, v, out, lse, qs, ks, vs, os, lses, sizes, align_offset, window_left,
                                window_right, scale, num_threads);
         set_seqs(p, {cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k, kv_batch_idx, block_table,
                      block_table_stride, page_size, align_bottom_right, num_splits, split_workspace, array_sizes});
         set_score_mods(p, softcap, alibi_slopes, alibi_batch_stride);
         set_dropout(p, dropout_p, dropout_seed, dropout_offset);
+        set_attn_mask(p, attn_mask, mask_bool, mask_strides);
         py::gil_scoped_release release;
         run(p, stream, device);
       },
-      doc, std::tuple_cat(common_args(), seq_args(), score_args(), launch_args()));
+      doc, std::tuple_cat(common_args(), seq_args(), score_args(), mask_args(), launch_args()));
 }
 
 // run(const BwdParams&, float* stats, float* dq_accum, uintptr_t stream, int device), GIL released.
@@ -101,7 +113,8 @@ void def_backward(py::module_& m, const char* name, Run run, const char* doc) {
             uintptr_t leftpad_k, uintptr_t kv_batch_idx, uintptr_t block_table, int64_t block_table_stride,
             int64_t page_size, bool align_bottom_right, int num_splits, uintptr_t split_workspace,
             std::array<int64_t, 4> array_sizes, double softcap, uintptr_t alibi_slopes, int64_t alibi_batch_stride,
-            double dropout_p, uint64_t dropout_seed, uint64_t dropout_offset, uintptr_t stream, int device,
+            double dropout_p, uint64_t dropout_seed, uint64_t dropout_offset, uintptr_t attn_mask, bool mask_bool,
+            Strides4 mask_strides, uintptr_t dmask, Strides3 dmask_strides, uintptr_t stream, int device,
             int num_threads) {
         BwdParams p = make_bwd(dtype, q, k, v, out, lse, dout, dlse, dq, dk, dv, qs, ks, vs, os, lses, dos, dqs, dks,
                                dvs, sizes, align_offset, window_left, window_right, scale, deterministic, num_threads);
@@ -110,10 +123,13 @@ void def_backward(py::module_& m, const char* name, Run run, const char* doc) {
                          array_sizes});
         set_score_mods(p.fwd, softcap, alibi_slopes, alibi_batch_stride);
         set_dropout(p.fwd, dropout_p, dropout_seed, dropout_offset);
+        set_attn_mask(p.fwd, attn_mask, mask_bool, mask_strides);
+        set_dmask(p, dmask, dmask_strides);
         py::gil_scoped_release release;
         run(p, static_cast<float*>(as_ptr(stats)), static_cast<float*>(as_ptr(dq_accum)), stream, device);
       },
-      doc, std::tuple_cat(common_args(), backward_args(), seq_args(), score_args(), launch_args()));
+      doc, std::tuple_cat(common_args(), backward_args(), seq_args(), score_args(), mask_args(), dmask_args(),
+                          launch_args()));
 }
 
 // run(const AppendParams&, uintptr_t stream, int device), GIL released: the KV-cache append with rotary;

@@ -12,6 +12,7 @@ namespace fae::bindings {
 
 using Strides3 = std::array<int64_t, 3>;
 using Strides2 = std::array<int64_t, 2>;
+using Strides4 = std::array<int64_t, 4>;
 using Sizes6 = std::array<int64_t, 6>;  // batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim
 
 inline void* as_ptr(uintptr_t p) { return reinterpret_cast<void*>(p); }
@@ -51,6 +52,16 @@ inline void set_dropout(FwdParams& p, double dropout_p, uint64_t seed, uint64_t 
   p.dropout_p = float(dropout_p);
   p.dropout_seed = seed;
   p.dropout_offset = offset;
+// Explicit attention mask (FwdParams: attn_mask by address, 0: none; strides batch, head, row,
+// key) and, for the backward, where its gradient goes (0: not wanted; strides batch, head, row).
+inline void set_attn_mask(FwdParams& p, uintptr_t mask, bool mask_bool, const Strides4& ms) {
+  p.attn_mask = as_ptr(mask);
+  p.mask_bool = mask_bool;
+  p.mask_batch_stride = ms[0]; p.mask_head_stride = ms[1]; p.mask_row_stride = ms[2]; p.mask_col_stride = ms[3];
+}
+inline void set_dmask(BwdParams& p, uintptr_t dmask, const Strides3& ds) {
+  p.dmask = as_ptr(dmask);
+  p.dmask_batch_stride = ds[0]; p.dmask_head_stride = ds[1]; p.dmask_row_stride = ds[2];
 }
 
 inline FwdParams make_fwd(int dtype, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, uintptr_t lse,

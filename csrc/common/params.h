@@ -54,6 +54,15 @@ struct FwdParams {
   // by a mask that is a pure function of (dropout_seed, dropout_offset, b, h, i, j).
   float dropout_p;
   uint64_t dropout_seed, dropout_offset;
+  // Explicit attention mask (null = none), applied after softcap and ALiBi: the entry of batch b,
+  // query head h, query row i, key j sits at
+  //   attn_mask + b*mask_batch_stride + h*mask_head_stride + i*mask_row_stride + j*mask_col_stride
+  // (element strides, 0 on broadcast dimensions; dense batches only). mask_bool: uint8 entries,
+  // 0 = the key is masked out; else float32 values (float64 for float64 inputs) added to the
+  // scaled score. The band of window_left / window_right above still applies.
+  const void* attn_mask;
+  bool mask_bool;
+  int64_t mask_batch_stride, mask_head_stride, mask_row_stride, mask_col_stride;
 
   // Variable-length batches and KV caches (docs/semantics.md section 10). Every pointer is null
   // when unused; with any of them set, seqlen_q and seqlen_k above are maxima over the batch.
@@ -105,6 +114,11 @@ struct BwdParams {
   // CUDA: dQ summed in a fixed order (bitwise reproducible) instead of with float atomics from
   // every key block; the CPU backward is always reproducible and ignores it.
   bool deterministic;
+  // Gradient of an additive attn_mask (null = not wanted): d loss / d mask(b, h, i, j), float32
+  // (float64 for float64 inputs), at dmask + b*dmask_batch_stride + h*dmask_head_stride +
+  // i*dmask_row_stride + j. Written for the pairs the band lets through; the caller zeroes it.
+  void* dmask;
+  int64_t dmask_batch_stride, dmask_head_stride, dmask_row_stride;
 };
 
 // KV-cache append (flash_attn_with_kvcache): the new keys and values (B, Sn, Hkv, D) of batch b

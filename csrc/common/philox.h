@@ -1,4 +1,4 @@
-// Attention dropout's random bits (docs/semantics.md section 12), usable on host and device.
+// Attention dropout's random bits (docs/semantics.md section 13), usable on host and device.
 // Philox-4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011) maps a
 // 128-bit counter and a 64-bit key to 128 random bits. The keep decision of element (b, h, i, j)
 // (sequence b, query head h, query row i and key j of that sequence) is a pure function of

@@ -18,8 +18,10 @@
 // dV only, and dQ follows in a second pass over query tiles (dq_task: each owns its rows and
 // recomputes dS for them, transposed like the forward), so no chunk keeps a copy of dQ. The work
 // split depends only on the shapes, never on the thread count: results are bitwise reproducible.
-// Softcap and ALiBi (common/score_mod.h): S is transformed as in the forward before P is taken
-// (modify_scores), and dS picks up the softcap's 1 - tanh^2.
+// Softcap, ALiBi and an explicit mask (common/score_mod.h): S is transformed as in the forward
+// before P is taken (modify_scores, mask_scores), and dS picks up the softcap's 1 - tanh^2. The
+// gradient of an additive mask is P * (dP - delta), the gradient of the transformed score,
+// written by task() (each (head, row, key) once).
 // Dropout (common/philox.h): the forward computed O = (P * M) . V, M the keep mask times
 // 1 / (1 - p) and P the undropped softmax, so with dO the output's gradient
 //   dV = (P * M)^T . dO,  dP = M * (dO . V^T)   (the gradient with respect to the undropped P)
@@ -52,7 +54,7 @@ struct Backward {
   const FwdParams& p;
   int64_t D, group, bq, bk, ldp, nchunks;
   ScoreMod<V> sm;
-  bool mods;  // softcap or ALiBi
+  bool mods;  // softcap, ALiBi or an explicit mask
   bool drop;  // dropout
   int64_t Sq;  // the longest sequence's queries: the row stride of the per-row arrays below
   SeqTiles qtiles;  // per sequence: heads_q x its query tiles
@@ -62,8 +64,8 @@ struct Backward {
 
   explicit Backward(const BwdParams& prm)
       : bp(prm), p(prm.fwd), D(p.head_dim), group(p.heads_q / p.heads_kv), bq(tile_sizes(p.dtype, p.head_dim).bwd_bq),
-        bk(tile_sizes(p.dtype, p.head_dim).bwd_bk), ldp(round_up(bk, W)), sm(p), mods(has_score_mod(p)), drop(has_dropout(p)),
-        Sq(p.seqlen_q),
+        bk(tile_sizes(p.dtype, p.head_dim).bwd_bk), ldp(round_up(bk, W)), sm(p), mods(has_score_mod(p) || has_attn_mask(p)),
+        drop(has_dropout(p)), Sq(p.seqlen_q),
         qtiles(p.batch, [&](int64_t b) { return p.heads_q * ceil_div(sequence(p, b).seqlen_q, bq); }) {
     const int64_t heads = p.batch * p.heads_kv, key_tiles = ceil_div(p.seqlen_k, bk);
     nchunks = heads >= kMinTasks ? 1 : std::max<int64_t>(1, std::min(ceil_div(kMinTasks, heads), key_tiles));
@@ -156,7 +158,7 @@ struct Backward {
     const bool with_dq = nchunks == 1;  // else dq_task computes dQ
     const bool direct = std::is_same_v<T, float> && with_dq;
 
-    Scratch scratch(2 * D * ldp + 4 * bk * D + 3 * bq * ldp + 2 * bq * D + 2 * ldp);
+    Scratch scratch(2 * D * ldp + 4 * bk * D + 3 * bq * ldp + 2 * bq * D + 4 * ldp);
     float* kt = scratch.get();      // D x ldp: K^T of the tile, padding zero
     float* vt = kt + D * ldp;       // D x ldp: V^T
     float* kbuf = vt + D * ldp;     // bk x D: K tile as float (16-bit inputs)
@@ -170,6 +172,8 @@ struct Backward {
     float* grad = dobuf + bq * D;   // bq x ldp: softcap: 1 - tanh^2 of each score
     float* keys = grad + bq * ldp;  // ldp: ALiBi: key indices as float
     float* mult = keys + ldp;       // ldp: dropout: one row's keep multipliers
+    float* mtmp = mult + ldp;       // ldp: explicit mask: one row of mask values
+    float* dmrow = mtmp + ldp;      // ldp: the mask's gradient of one row
 
     // dQ destination of the group: the output itself, or a float32 accumulator.
     auto dq_head = [&](int64_t h) {
@@ -223,8 +227,10 @@ struct Backward {
           const float* dor = float_rows<V>(dout + i0 * bp.do_row_stride, bp.do_row_stride, nq, D, dobuf, lddo);
           gemm<V>(nq, ldp, score_sum(Gemm{qr, ldq, 1, kt, ldp, s, ldp, D, false}));
           gemm<V>(nq, ldp, score_sum(Gemm{dor, lddo, 1, vt, ldp, dp, ldp, D, false}));
-          if (mods) modify_scores(b, h, seq, i0, nq, keys, s, grad);
-          probabilities(sp, b, h, i0, nq, k0, nk, s, dp, grad, mult);
+          if (mods) modify_scores(b, h, seq, i0, nq, keys, s, grad);  // into the log2 domain
+          if (has_attn_mask(p))
+            for (int64_t r = 0; r < nq; ++r) mask_scores(mask_row_offset(p, b, h, i0 + r), k0, nk, s + r * ldp, mtmp);
+          probabilities(sp, b, h, i0, nq, k0, nk, s, dp, grad, mult, dmrow);
           gemm<V>(nk, D, Gemm{s, 1, ldp, dor, lddo, dva, D, nq, true});
           gemm<V>(nk, D, Gemm{dp, 1, ldp, qr, ldq, dka, D, nq, true});
           if (with_dq) gemm<V>(nq, D, Gemm{dp, ldp, 1, kr, ldk, dqh + i0 * lddq, lddq, nk, true});
@@ -259,14 +265,33 @@ struct Backward {
     }
   }
 
-  // In place: s becomes P, dp becomes dS * scale; entries a row may not see become 0 (rows of
-  // head h of sequence b). With softcap or ALiBi, s holds the transformed log2-domain scores
-  // (modify_scores) and dS is multiplied by grad (softcap). With dropout dp is multiplied by the
-  // row's keep multipliers (mult, ldp) before dS, and s (then P * M, for dV) after.
+  // The explicit mask on the log2-domain scores x[0 .. nk) of keys k0 .. k0 + nk - 1 of the mask row
+  // at offset `row` (t: nk rounded up to W floats of scratch): + value * log2(e), as the forward's
+  // apply_mask (mask_scores_t: the same, transposed). A float mask with contiguous keys is read as
+  // vectors; others are gathered into t first.
+  void mask_scores(int64_t row, int64_t k0, int64_t nk, float* x, float* t) const {
+    const R l2e = V::set1(float(kLog2e));
+    if (!p.mask_bool && p.mask_col_stride == 1) {
+      const float* m = static_cast<const float*>(p.attn_mask) + row + k0;
+      for (int64_t j = 0; j < nk; j += W)
+        V::store(x + j, V::fma(j + W <= nk ? V::load(m + j) : V::loadn(m + j, int(nk - j)), l2e, V::load(x + j)));
+      return;
+    }
+    mask_row(p, row, k0, nk, t);
+    for (int64_t j = nk; j < round_up(nk, W); ++j) t[j] = 0.f;
+    for (int64_t j = 0; j < nk; j += W) V::store(x + j, V::fma(V::load(t + j), l2e, V::load(x + j)));
+  }
+
+  // In place: s becomes P, dp becomes dS * scale; entries a row may not see become 0. Row i of
+  // head h of sequence b has its statistics at index row_index(b, h, i). With softcap, ALiBi or a
+  // mask, s holds the transformed log2-domain scores (modify_scores) and dS is multiplied by grad
+  // (softcap). With dropout dp is multiplied by the row's keep multipliers (mult, ldp) before dS,
+  // and s (then P * M, for dV) after. dmrow: scratch for the additive mask's gradient
+  // P * (dP - delta), written to bp.dmask for the keys the row sees.
   void probabilities(const FwdParams& sp, int64_t b, int64_t h, int64_t i0, int64_t nq, int64_t k0, int64_t nk,
-                     float* s, float* dp, const float* grad, float* mult) const {
-    const int64_t r0 = row_index(b, h, 0);
+                     float* s, float* dp, const float* grad, float* mult, float* dmrow) const {
     const R sc = V::set1(p.scale), sl2 = V::set1(mods ? 1.f : p.scale_log2);
+    const int64_t r0 = row_index(b, h, 0);
     for (int64_t r = 0; r < nq; ++r) {
       const int64_t row = i0 + r;
       float* sr = s + r * ldp;
@@ -282,19 +307,29 @@ struct Backward {
         Dropout<V>(p).row(b, h, row, k0, ldp, mult);
         for (int64_t j = 0; j < ldp; j += W) {
           const R pv = V::div(V::exp2(V::fma(V::load(sr + j), sl2, lv)), nv), mv = V::load(mult + j);
+          const R ds = V::mul(pv, V::sub(V::mul(V::load(dr + j), mv), dv));
           V::store(sr + j, V::mul(pv, mv));
-          V::store(dr + j, V::mul(V::mul(pv, V::sub(V::mul(V::load(dr + j), mv), dv)), sc));
+          V::store(dr + j, V::mul(ds, sc));
+          if (bp.dmask) V::store(dmrow + j, ds);
         }
       }
       for (int64_t j = 0; j < ldp && !drop; j += W) {
         const R pv = V::div(V::exp2(V::fma(V::load(sr + j), sl2, lv)), nv);
+        const R ds = V::mul(pv, V::sub(V::load(dr + j), dv));
         V::store(sr + j, pv);
-        V::store(dr + j, V::mul(V::mul(pv, V::sub(V::load(dr + j), dv)), sc));
+        V::store(dr + j, V::mul(ds, sc));
+        if (bp.dmask) V::store(dmrow + j, ds);
       }
       if (sm.cap2 > 0.f)
         for (int64_t j = 0; j < ldp; j += W) V::store(dr + j, V::mul(V::load(dr + j), V::load(grad + r * ldp + j)));
-      for (int64_t j = 0; j < kr.lo - k0; ++j) sr[j] = dr[j] = 0.f;
-      for (int64_t j = std::max<int64_t>(0, kr.hi + 1 - k0); j < nk; ++j) sr[j] = dr[j] = 0.f;
+      const int64_t j0 = std::max<int64_t>(0, kr.lo - k0), j1 = std::min(nk, kr.hi + 1 - k0);
+      for (int64_t j = 0; j < j0; ++j) sr[j] = dr[j] = 0.f;
+      for (int64_t j = std::max<int64_t>(0, j1); j < nk; ++j) sr[j] = dr[j] = 0.f;
+      if (bp.dmask) {
+        float* dm = static_cast<float*>(bp.dmask) + b * bp.dmask_batch_stride + h * bp.dmask_head_stride +
+                    row * bp.dmask_row_stride + k0;
+        for (int64_t j = j0; j < j1; ++j) dm[j] = dmrow[j];
+      }
     }
   }
 
@@ -310,7 +345,7 @@ struct Backward {
     const Seq seq = sequence(p, b);
     const FwdParams sp = with_lengths(p, seq);
     const int64_t hk = h / group, nqp = round_up(nq, W), r0 = row_index(b, h, i0);
-    Scratch scratch(2 * D * nqp + 3 * bk * nqp + 2 * bk * D + 3 * nqp);
+    Scratch scratch(2 * D * nqp + 3 * bk * nqp + 2 * bk * D + 4 * nqp);
     float* qt = scratch.get();      // D x nqp: Q^T, padding zero
     float* dot = qt + D * nqp;      // D x nqp: dO^T
     float* st = dot + D * nqp;      // bk x nqp: S^T, then P^T
@@ -320,8 +355,9 @@ struct Backward {
     float* nl2 = vbuf + bk * D;     // nqp: -lse2 per row, padding 0
     float* ps = nl2 + nqp;          // nqp: psum per row (normalised) or 1
     float* pos = ps + nqp;          // nqp: ALiBi position per row
-    float* gt = pos + nqp;          // bk x nqp: softcap: 1 - tanh^2
-    int64_t lo[kMaxRows], hi[kMaxRows];
+    float* mt = pos + nqp;          // nqp: explicit mask: one key's mask values per row
+    float* gt = mt + nqp;           // bk x nqp: softcap: 1 - tanh^2
+    int64_t lo[kMaxRows], hi[kMaxRows], mrow[kMaxRows];  // mrow: each row's mask row (offset)
     uint32_t rows[kMaxRows], heads[kMaxRows];  // dropout: each lane's row and head
     for (int64_t c = 0; c < nqp && drop; ++c) {
       rows[c] = uint32_t(i0 + c);
@@ -335,6 +371,7 @@ struct Backward {
       nl2[c] = c < nq ? -lse2[r0 + c] : 0.f;
       ps[c] = c < nq && normalised ? psum[r0 + c] : 1.f;
       pos[c] = float(alibi_position(i0 + c, seq.seqlen_q, seq.seqlen_k));
+      if (c < nq && has_attn_mask(p)) mrow[c] = mask_row_offset(p, b, h, i0 + c);
     }
     const R nslope = V::set1(-alibi_slope(p, b, h) * float(kLog2e));
     for (int64_t c = 0; c < nq; ++c) {
@@ -369,6 +406,7 @@ struct Backward {
             if (sm.alibi) x = sm.bias(x, nslope, V::load(pos + c), V::set1(float(k0 + j)));
             V::store(st + j * nqp + c, x);
           }
+      if (has_attn_mask(p)) mask_scores_t(mrow, nq, k0, nk, st, mt);
       for (int64_t j = 0; j < nk; ++j)
         for (int64_t c = 0; c < nqp; c += W) {
           const R pv = V::exp2(V::fma(V::load(st + j * nqp + c), sl2, V::load(nl2 + c)));
@@ -383,6 +421,27 @@ struct Backward {
           V::store(dst + j * nqp + c, V::mul(V::load(dst + j * nqp + c), m));
         });
       tile(k0, nk, kr, ldk, st, dst, sm.cap2 > 0.f ? gt : nullptr);
+    }
+  }
+
+  // mask_scores on S^T (lanes are rows, nqp = nq rounded up to W; row c reads the mask row at
+  // offset mrow[c]; t: nqp floats of scratch).
+  void mask_scores_t(const int64_t* mrow, int64_t nq, int64_t k0, int64_t nk, float* st, float* t) const {
+    const int64_t nqp = round_up(nq, W);
+    const R l2e = V::set1(float(kLog2e));
+    bool shared = true;  // every row reads one mask row (a mask broadcast over rows: key padding)
+    for (int64_t c = 1; c < nq; ++c) shared &= mrow[c] == mrow[0];
+    if (shared) {
+      for (int64_t j = 0; j < nk; ++j) {
+        const R mv = V::set1(mask_value<float>(p, mrow[0], k0 + j));
+        for (int64_t c = 0; c < nqp; c += W) V::store(st + j * nqp + c, V::fma(mv, l2e, V::load(st + j * nqp + c)));
+      }
+      return;
+    }
+    for (int64_t j = 0; j < nk; ++j) {
+      for (int64_t c = 0; c < nqp; ++c) t[c] = c < nq ? mask_value<float>(p, mrow[c], k0 + j) : 0.f;
+      for (int64_t c = 0; c < nqp; c += W)
+        V::store(st + j * nqp + c, V::fma(V::load(t + c), l2e, V::load(st + j * nqp + c)));
     }
   }
 

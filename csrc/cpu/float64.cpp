@@ -51,6 +51,13 @@ Acc drop_mult(const FwdParams& p, int64_t b, int64_t h, int64_t i, int64_t j) {
   return keep(p, b, h, i, j) ? Acc(1) / (Acc(1) - Acc(p.dropout_p)) : Acc(0);
 }
 
+// The explicit mask (common/score_mod.h) on the log2-domain score s2 of key `key` of the mask
+// row at offset `row`.
+template <typename Acc>
+Acc masked_score2(const FwdParams& p, Acc s2, int64_t row, int64_t key) {
+  return s2 + mask_value<Acc>(p, row, key) * Acc(kLog2e);
+}
+
 template <typename Acc>
 Acc dot(const Acc* a, const Acc* b, int64_t n) {
   Acc s = 0;
@@ -122,12 +129,14 @@ void run_forward(const FwdParams& p) {
       for (int64_t i = 0; i < nr; ++i) {
         const KeyRange kr = visible_keys(r0 + i, sp);
         const int64_t pos = alibi_position(r0 + i, seq.seqlen_q, seq.seqlen_k);
+        const int64_t mrow = has_attn_mask(p) ? mask_row_offset(p, b, h, r0 + i) : 0;
         Acc mx = m[i], g;
         for (int64_t j = 0; j < nk; ++j) {
           const int64_t key = k0 + j;
           const Acc qk = dot(&qs[i * d], &ks[j * d], d);
           s[j] = (key < kr.lo || key > kr.hi) ? neg_inf<Acc>()
                  : mods ? modified_score2(p, qk * scale, slope, pos, key, &g) : qk * sl2;
+          if (has_attn_mask(p) && !(key < kr.lo || key > kr.hi)) s[j] = masked_score2(p, s[j], mrow, key);
           if (s[j] > mx) mx = s[j];
         }
         const Acc alpha = rescale_factor(m[i], mx), base = exp_base(mx);
@@ -211,16 +220,23 @@ void run_backward(const BwdParams& bp) {
           if (sees_no_key(lse2[gi])) continue;  // the row sees no key: no gradient
           const KeyRange kr = visible_keys(i, sp);
           const int64_t pos = alibi_position(i, sq, seq.seqlen_k);
+          const int64_t h = hk * group + g, mrow = has_attn_mask(p) ? mask_row_offset(p, b, h, i) : 0;
+          Acc* dm = bp.dmask == nullptr ? nullptr
+                    : static_cast<Acc*>(bp.dmask) + b * bp.dmask_batch_stride + h * bp.dmask_head_stride +
+                          i * bp.dmask_row_stride;
           const Acc* qi = &qs[gi * d];
           const Acc* doi = &dos[gi * d];
           Acc* dqi = &dq[gi * d];
           for (int64_t j = std::max<int64_t>(0, kr.lo - k0); j < nk && k0 + j <= kr.hi; ++j) {
             const Acc qk = dot(qi, &ks[j * d], d);
             Acc grad = Acc(1);
-            const Acc s2 = mods ? modified_score2(p, qk * scale, slope, pos, k0 + j, &grad) : qk * sl2;
+            Acc s2 = mods ? modified_score2(p, qk * scale, slope, pos, k0 + j, &grad) : qk * sl2;
+            if (has_attn_mask(p)) s2 = masked_score2(p, s2, mrow, k0 + j);
             const Acc pij = Acc(std::exp2(s2 - lse2[gi]));
             const Acc mij = drop_mult<Acc>(p, b, hk * group + g, i, k0 + j);
-            const Acc dsij = pij * (mij * dot(doi, &vs[j * d], d) - delta[gi]) * grad;
+            const Acc ds = pij * (mij * dot(doi, &vs[j * d], d) - delta[gi]);  // d loss / d transformed score
+            if (dm) dm[k0 + j] = ds;
+            const Acc dsij = ds * grad;
             axpy(pij * mij, doi, &dvs[j * d], d);
             axpy(dsij * scale, qi, &dks[j * d], d);
             axpy(dsij * scale, &ks[j * d], dqi, d);

@@ -16,10 +16,11 @@
 // bfloat16 with a dot-product instruction (V::kBf16Dot): both products run on bfloat16 pairs
 // (gemm<V, true>): K rows and Q^T hold pairs along D, V and P^T pairs along the keys, and P is
 // rounded to bfloat16 for P.V as on GPUs (its row sums stay float32). Scores are scaled after.
-// Softcap and ALiBi (common/score_mod.h) transform each score tile before the mask, only in
-// calls that use them (modify_scores). Dropout (common/philox.h) multiplies P by the keep mask
-// (0 or 1 / (1 - p)) after the row sums are taken, so l and lse are those of the undropped
-// softmax and O = (P * mask) . V / l, only in calls that use it (apply_dropout).
+// Softcap, ALiBi and an explicit attention mask (common/score_mod.h) transform each score tile
+// before the band mask, only in calls that use them (modify_scores, apply_mask). Dropout
+// (common/philox.h) multiplies P by the keep mask (0 or 1 / (1 - p)) after the row sums are
+// taken, so l and lse are those of the undropped softmax and O = (P * mask) . V / l, only in
+// calls that use it (apply_dropout).
 #pragma once
 #include <cmath>
 #include <cstring>
@@ -62,7 +63,7 @@ struct Forward {
   const FwdParams& p;
   int64_t D, group, bq, bk, rpt, hpt, head_tiles, tiles, nsplit;
   float sl2;
-  bool mods;  // softcap or ALiBi
+  bool mods;  // softcap, ALiBi or an explicit mask
   bool drop;  // dropout
   SeqTiles seq_tiles;
   float* part_o = nullptr;    // nsplit > 1: [tile][split][col][D], normalised partial outputs
@@ -74,7 +75,7 @@ struct Forward {
       : p(prm), D(prm.head_dim), group(prm.heads_q / prm.heads_kv), bq(tile_sizes(prm.dtype, prm.head_dim).fwd_bq),
         bk(tile_sizes(prm.dtype, prm.head_dim).fwd_bk), rpt(prm.seqlen_q * 2 <= bq ? std::max<int64_t>(prm.seqlen_q, 1) : bq),
         hpt(rpt < bq ? std::min(group, bq / rpt) : 1), head_tiles(ceil_div(group, hpt)), sl2(prm.scale_log2),
-        mods(has_score_mod(prm)), drop(has_dropout(prm)), seq_tiles(prm.batch, [&](int64_t b) {
+        mods(has_score_mod(prm) || has_attn_mask(prm)), drop(has_dropout(prm)), seq_tiles(prm.batch, [&](int64_t b) {
           return prm.heads_kv * head_tiles * ceil_div(sequence(prm, b).seqlen_q, rpt);
         }) {
     tiles = seq_tiles.total();
@@ -115,7 +116,8 @@ struct Forward {
     const Panels pn{pw, ncolp, round_up(ncolp, pw)};
     const int64_t na = pn.ncola;
     const bool pairs = kPairs && !narrow;  // then qt holds pairs: (D + 1) / 2 rows
-    Scratch scratch(2 * D * na + bk * na + 2 * bk * D + 5 * ncolp + (drop && pairs ? bk * W : 0));
+    const int64_t nmt = drop && pairs ? bk * W : 0;
+    Scratch scratch(2 * D * na + bk * na + 2 * bk * D + 5 * ncolp + nmt + (has_attn_mask(p) ? W * bk : 0));
     float* qt = scratch.get();        // D x ncolp panels: Q^T, padding columns zero
     float* ot = qt + D * na;          // D x ncolp panels: unnormalised O^T
     float* st = ot + D * na;          // bk x ncolp panels: scores, then probabilities
@@ -127,8 +129,10 @@ struct Forward {
     float* alpha = mx + ncolp;        // rescale factor of this tile
     float* base = alpha + ncolp;      // value subtracted before exp2
     float* mt = base + ncolp;         // pair path with dropout: bk x W multipliers
+    float* mtile = mt + nmt;          // explicit mask: W columns' mask rows of one key tile
     int64_t lo[kMaxCols], hi[kMaxCols];
     float pos[kMaxCols], nslope[kMaxCols];  // ALiBi: each column's query position and -slope * log2(e)
+    int64_t mrow[kMaxCols];                 // explicit mask: each column's mask row (offset)
     uint32_t rows[kMaxCols], heads[kMaxCols];  // dropout: each column's row and head (padding 0)
     for (int64_t c = 0; c < ncolp && drop; ++c) {
       rows[c] = c < ncol ? uint32_t(id.r0 + c % id.nr) : 0u;
@@ -156,6 +160,7 @@ struct Forward {
         const bool col = c < ncol;
         pos[c] = col ? float(alibi_position(id.r0 + c % id.nr, id.s.seqlen_q, id.s.seqlen_k)) : 0.f;
         nslope[c] = col ? -alibi_slope(p, id.b, id.h0 + c / id.nr) * float(kLog2e) : 0.f;
+        mrow[c] = col && has_attn_mask(p) ? mask_row_offset(p, id.b, id.h0 + c / id.nr, id.r0 + c % id.nr) : 0;
       }
 
     // This split's share of the keys the tile's rows can see (in whole key groups of 16).
@@ -179,7 +184,8 @@ struct Forward {
         if (narrow) narrow_products(ncol, true, kr, ldk, nk, qt, st, ncolp);
         else gemm<V>(nk, ncolp, score_sum(Gemm{kr, ldk, 1, qt, pw, st, pw, D, false, pn.stride(D), pn.stride(bk)}));
       }
-      if (mods) modify_scores(st, pn, k0, nk, pos, nslope);
+      if (has_score_mod(p)) modify_scores(st, pn, k0, nk, pos, nslope);
+      if (has_attn_mask(p)) apply_mask(st, pn, k0, nk, ncol, mrow, mtile);
 
       bool partial = false;  // scores are already in the log2 domain: Q was packed times sl2
       for (int64_t c = 0; c < ncol; ++c) partial |= lo[c] > k0 || hi[c] < k0 + nk - 1;
@@ -254,6 +260,35 @@ struct Forward {
   void apply_dropout(int64_t b, const uint32_t* rows, const uint32_t* heads, int64_t k0, int64_t nk, float* sc,
                      int64_t pw) const {
     Dropout<V>(p).columns(b, rows, heads, k0, nk, [&](int64_t j, R m) { V::store(sc + j * pw, V::mul(V::load(sc + j * pw), m)); });
+  }
+
+  // The explicit mask on the log2-domain scores of keys k0 .. k0 + nk - 1 of columns 0 .. ncol - 1
+  // (mask rows at offsets mrow): + value * log2(e). Columns that all read one mask row (a mask
+  // broadcast over rows and heads, such as key padding) add it as a vector; others read W rows
+  // into mtile (W x bk floats) and gather each key's W values from there.
+  void apply_mask(float* st, const Panels& pn, int64_t k0, int64_t nk, int64_t ncol, const int64_t* mrow,
+                  float* mtile) const {
+    bool shared = true;
+    for (int64_t c = 1; c < ncol; ++c) shared &= mrow[c] == mrow[0];
+    const R l2e = V::set1(float(kLog2e));
+    float t[W];
+    for (int64_t c = 0; c < pn.ncolp; c += W) {
+      float* sc = st + pn.col(bk, c);
+      if (!shared)
+        for (int w = 0; w < W; ++w) {
+          if (c + w < ncol) mask_row(p, mrow[c + w], k0, nk, mtile + w * bk);
+          else std::fill(mtile + w * bk, mtile + w * bk + nk, 0.f);
+        }
+      for (int64_t j = 0; j < nk; ++j) {
+        if (shared) {
+          t[0] = mask_value<float>(p, mrow[0], k0 + j);
+        } else {
+          for (int w = 0; w < W; ++w) t[w] = mtile[w * bk + j];
+        }
+        const R mv = shared ? V::set1(t[0]) : V::load(t);
+        V::store(sc + j * pn.pw, V::fma(mv, l2e, V::load(sc + j * pn.pw)));
+      }
+    }
   }
 
   // Pair path: S^T = K . Q^T on pairs along D (K rows copied as they are: a row of bfloat16 is a

@@ -86,6 +86,9 @@ def _common_kwargs(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mas
     if slopes is not None:  # (Hq,) or (B, Hq) float32, heads contiguous
         kw.update(alibi_slopes=_ptr(slopes),
                   alibi_batch_stride=strides(slopes)[0] if slopes.ndim == 2 else 0)
+    am = mask.attn_mask
+    if am is not None:  # (B, Hq, Sq, Sk), dense calls only
+        kw.update(attn_mask=_ptr(am), mask_bool=dtype_name(am) == "bool", mask_strides=strides(am))
     if seqs is None:
         return dict(kw, sizes=(b, sq, sk, hq, hk, head_dim), align_offset=mask.offset(sq, sk))
     kw.update(seqs.kwargs(page_size=sk), array_sizes=seqs.array_sizes(q, k))
@@ -131,10 +134,11 @@ def cuda_splits(q: Any, seqs: Seqs, block_m: int = 64) -> int:
 
 
 def cpu_only_score_mods(q: Any, mask: MaskSpec) -> None:
-    """Softcap, ALiBi and dropout run on the CPU kernels only, for now."""
+    """Softcap, ALiBi, dropout and explicit masks run on the CPU kernels only, for now."""
     backend = backend_for(q)
-    if (mask.score_mods or mask.dropout_p) and backend != "cpu":
-        feature = (f"softcap={mask.softcap}" if mask.softcap else "alibi_slopes" if mask.score_mods
+    if (mask.score_mods or mask.dropout_p or mask.attn_mask is not None) and backend != "cpu":
+        feature = (f"softcap={mask.softcap}" if mask.softcap else "alibi_slopes"
+                   if mask.alibi_slopes is not None else "attn_mask" if mask.attn_mask is not None
                    else f"dropout_p={mask.dropout_p}: dropout")
         raise NotImplementedError(f"{feature}: not implemented in the CUDA kernels yet (backend "
                                   f"{backend}, dtype {dtype_name(q)}); it runs on the CPU backend "
@@ -192,16 +196,20 @@ def deterministic(requested: bool = False) -> bool:
 
 def backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dq: Any, dk: Any, dv: Any,
              scale: float, mask: MaskSpec, dlse: Optional[Any] = None,
-             seqs: Optional[Seqs] = None, deterministic_mode: bool = False) -> None:
+             seqs: Optional[Seqs] = None, deterministic_mode: bool = False,
+             dmask: Optional[Any] = None) -> None:
     """Runs the backward kernel on BSHD views, writing dq, dk, dv. ``dlse`` (optional) is the
     gradient of lse, laid out exactly like lse. ``deterministic_mode``: the CUDA kernels sum dq
-    in a fixed order (bitwise reproducible; the CPU backward always is)."""
+    in a fixed order (bitwise reproducible; the CPU backward always is). ``dmask``: a zeroed
+    (B, Hq, Sq, Sk) array (keys contiguous) that receives the gradient of the additive
+    mask.attn_mask."""
     dlse_ptr = 0 if dlse is None else _ptr(dlse)
     cpu_only_score_mods(q, mask)
     if backend_for(q) == "cpu":
+        extra = {} if dmask is None else dict(dmask=_ptr(dmask), dmask_strides=strides(dmask)[:3])
         _C.backward(**_common_kwargs(q, k, v, out, lse, scale, mask, q.shape[3], seqs),
                     **_arrays(dout=dout, dq=dq, dk=dk, dv=dv), dlse=dlse_ptr, stats=0, dq_accum=0,
-                    stream=0)
+                    stream=0, **extra)
         return
     _, run, _, head_dims, launch = _entry_points(q)
     dp = _padded_head_dim(q, head_dims, "backward")
@@ -292,6 +300,10 @@ def check_overflow(q: Any, k: Any, lse: Any, scale: float, mask: MaskSpec,
     values = lse.numpy() if is_tensor(lse) else lse
     if np.isfinite(values).all():
         return
+    if mask.attn_mask is not None:  # rows the explicit mask empties have lse -inf as well
+        values = np.where(values == -np.inf, 0.0, values)
+        if np.isfinite(values).all():
+            return
     if seqs is None:
         empty = mask.empty_rows(q.shape[1], k.shape[1])
     else:  # (total_q,) against lse (H, total_q); (B, 1, Sq) against lse (B, H, Sq)

@@ -206,19 +206,23 @@ def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plans: List[Plan],
 
 
 def weights(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: float,
-            allowed: Optional[torch.Tensor], softcap: float = 0.0) -> torch.Tensor:
+            allowed: Optional[torch.Tensor], softcap: float = 0.0,
+            bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The softmax weights (B, Hq, Sq, Sk) of BSHD q, k from the kernels' lse (B, Hq, Sq):
-    exp(s - lse) with s = scale·q·kᵀ (softcap·tanh(s / softcap) when softcap > 0), 0 where
-    ``allowed`` (broadcast to (B, Sq, Sk)) is False; rows that see no key are 0.
-    Differentiable (through lse as well)."""
+    exp(s - lse) with s = scale·q·kᵀ (softcap·tanh(s / softcap) when softcap > 0) plus ``bias``
+    (broadcast to (B, Hq, Sq, Sk)), 0 where ``allowed`` (broadcast to (B, Sq, Sk), or to
+    (B, Hq, Sq, Sk) when 4-d) is False; rows that see no key are 0. Differentiable (through lse
+    as well)."""
     group = q.shape[2] // k.shape[2]
     k = k.repeat_interleave(group, dim=2) if group > 1 else k
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     s = torch.einsum("bqhd,bkhd->bhqk", q.to(acc), k.to(acc)) * scale
     if softcap > 0:
         s = softcap * torch.tanh(s / softcap)
+    if bias is not None:
+        s = s + bias.to(acc)
     s = s - lse[..., None].to(acc)
     hidden = torch.isinf(lse)[..., None]  # rows that see no key
     if allowed is not None:
-        hidden = hidden | ~allowed[:, None]
+        hidden = hidden | ~(allowed if allowed.dim() == 4 else allowed[:, None])
     return s.masked_fill(hidden, float("-inf")).exp().to(q.dtype)

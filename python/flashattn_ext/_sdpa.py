@@ -93,19 +93,23 @@ def sdpa(query: Any, key: Any, value: Any, attn_mask: Optional[torch.Tensor] = N
          dropout_p: float = 0.0, is_causal: bool = False, scale: Optional[float] = None,
          enable_gqa: bool = False, *, calls: Optional[RoutedCalls] = None) -> torch.Tensor:
     """torch's ``scaled_dot_product_attention`` signature and result, on the kernels when they
-    take the call: no attention mask or one that is a causal/sliding band over the keys not
-    masked (dropout only without a mask, on the CPU backend) (per batch element, the same for every head), dense tensors of a dtype and
-    device the build runs. Anything else goes to torch's own function."""
+    take the call: dense tensors of a dtype and device the build runs, and on the CPU backend
+    any attention mask and dropout; on the CUDA kernels no dropout, and no mask or one that is a
+    causal/sliding band over the keys not masked (per batch element, the same for every head).
+    Anything else goes to torch's own function."""
     reason = unsupported(query, key, value)
-    if reason is None and dropout_p != 0.0 and (attn_mask is not None
-                                                or _dispatch.backend_for(query) != "cpu"):
-        reason = "dropout with an attention mask or off the CPU backend"
+    if reason is None and dropout_p != 0.0 and _dispatch.backend_for(query) != "cpu":
+        reason = "dropout off the CPU backend"
     if reason is None and attn_mask is not None and is_causal:
         reason = "attn_mask with is_causal"  # torch refuses it: let torch say so
     if reason is None and query.dim() == 4 and query.shape[1] != key.shape[1] and not enable_gqa:
         reason = "different head counts without enable_gqa"  # torch refuses it as well
     out = None
-    if reason is None and attn_mask is not None:
+    if reason is None and attn_mask is not None and query.device.type == "cpu" and \
+            _dispatch.backend_for(query) == "cpu":  # any mask, in the kernels
+        out = scaled_dot_product_attention(query, key, value, attn_mask=attn_mask,
+                                           dropout_p=dropout_p, scale=scale, enable_gqa=enable_gqa)
+    elif reason is None and attn_mask is not None:
         out = _masked_sdpa(query, key, value, attn_mask, scale)
         reason = "an attention mask that is not a band" if out is None else None
     elif reason is None:
@@ -126,9 +130,9 @@ def sdpa(query: Any, key: Any, value: Any, attn_mask: Optional[torch.Tensor] = N
 def replace_sdpa(model: Optional[torch.nn.Module] = None) -> Iterator[RoutedCalls]:
     """Within the block, ``torch.nn.functional.scaled_dot_product_attention`` runs on
     flashattn_ext's kernels whenever they take the call, and is torch's own function otherwise
-    (dropout, additive biases, masks that are not a causal/sliding band over the unmasked keys,
-    per-head masks, dtypes or devices the build does not run). Yields a :class:`RoutedCalls`
-    counting both.
+    (on the CUDA kernels dropout, additive biases, masks that are not a causal/sliding band over
+    the unmasked keys and per-head masks; dtypes or devices the build does not run). Yields a
+    :class:`RoutedCalls` counting both.
 
     What is routed: calls made through the attribute (``F.scaled_dot_product_attention(...)``,
     including torch's ``F.multi_head_attention_forward`` with ``need_weights=False``), and, when
@@ -136,8 +140,9 @@ def replace_sdpa(model: Optional[torch.nn.Module] = None) -> Iterator[RoutedCall
     that define the model's submodules (``from torch.nn.functional import
     scaled_dot_product_attention``). Limits: the patch is process-wide for the duration of the
     block (other threads see it too); C++ paths that never call the Python function (e.g.
-    ``nn.TransformerEncoderLayer``'s inference fast path) are not routed; a masked call reads
-    the mask's values, so under ``torch.compile`` masked calls stay with torch. Results: a
+    ``nn.TransformerEncoderLayer``'s inference fast path) are not routed; for the CUDA kernels a
+    masked call reads the mask's values, so under ``torch.compile`` such calls stay with torch
+    (on the CPU backend the mask goes to the kernels as it is). Results: a
     query row that may see no key gives 0, as torch's own CPU kernels do."""
     calls = RoutedCalls()
 

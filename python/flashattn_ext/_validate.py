@@ -81,16 +81,20 @@ class MaskSpec:
     ``i + off - left <= j <= i + off + right`` where ``off = Sk - Sq`` when ``bottom_right`` else
     ``0``; a bound of -1 means unbounded. The score transforms applied before it
     (docs/semantics.md): ``softcap`` (0 = off) and ``alibi_slopes``, a float32 (Hq,) or (B, Hq)
-    array of q's kind and device, or None. Dropout of the probabilities (docs/semantics.md
-    section 12): ``dropout_p`` in [0, 1) (0 = off) with the generator's seed and offset, or
-    ``dropout_rng``, an int64 torch tensor (seed, offset) drawn from torch's generator and read
-    where the kernels run (so that torch.compile traces the draw)."""
+    array of q's kind and device, or None; then ``attn_mask``, an explicit mask: None, or a
+    (B, Hq, Sq, Sk) view (broadcast dimensions with stride 0) of booleans (True = attend) or of
+    values added to the scaled scores (float32, float64 for float64 inputs; see
+    :func:`attn_mask_value`). Dropout of the probabilities (docs/semantics.md section 13):
+    ``dropout_p`` in [0, 1) (0 = off) with the generator's seed and offset, or ``dropout_rng``,
+    an int64 torch tensor (seed, offset) drawn from torch's generator and read where the kernels
+    run (so that torch.compile traces the draw)."""
 
     window_left: int = NO_WINDOW
     window_right: int = NO_WINDOW
     bottom_right: bool = True
     softcap: float = 0.0
     alibi_slopes: Any = field(default=None, compare=False)
+    attn_mask: Any = field(default=None, compare=False)
     dropout_p: float = 0.0
     dropout_seed: int = 0
     dropout_offset: int = 0
@@ -99,6 +103,9 @@ class MaskSpec:
     @property
     def score_mods(self) -> bool:
         return self.softcap > 0.0 or self.alibi_slopes is not None
+
+    def with_attn_mask(self, attn_mask: Any) -> "MaskSpec":
+        return replace(self, attn_mask=attn_mask)
 
     def with_score_mods(self, softcap: Any, alibi_slopes: Any, q: Any, kind: str,
                         batch: Optional[int] = None) -> "MaskSpec":
@@ -212,6 +219,43 @@ def alibi_value(slopes: Any, q: Any, kind: str, batch: Optional[int] = None) -> 
         raise ValueError(f"alibi_slopes: the head dimension must be contiguous, got strides "
                          f"{strides(slopes)}; pass a contiguous copy")
     return slopes
+
+
+MASK_DTYPES = ("bool", "float16", "bfloat16", "float32", "float64")
+
+
+def attn_mask_value(mask: Any, call: "Call", name: str = "attn_mask") -> Any:
+    """An explicit mask for a validated call as the kernels read it: a (B, Hq, Sq, Sk) view,
+    broadcast (stride 0) from ``mask``, which must broadcast to the call's score shape in the
+    caller's layout: (Sq, Sk) for (S, D) inputs, (B, Sq, Sk) for 3-d inputs, (B, H, Sq, Sk) for
+    4-d ones. Booleans (True = attend) stay booleans; float masks are added to the scaled
+    scores and become float32 (float64 for float64 inputs; a differentiable conversion for
+    tensors, so a mask requiring grad gets its gradient)."""
+    if mask is None:
+        return None
+    b, sq, hq, _ = call.q.shape
+    sk = call.k.shape[1]
+    shape = {2: (sq, sk), 3: (b, sq, sk), 4: (b, hq, sq, sk)}[call.rank]
+    accepted = f"a bool or float {call.kind} array broadcastable to {shape} (the scores' shape)"
+    if _kind(name, mask) != call.kind:
+        raise TypeError(f"{name}: expected {accepted}, like q; got {_type(mask)}")
+    if dtype_name(mask) not in MASK_DTYPES:
+        raise TypeError(f"{name}: dtype {dtype_name(mask)} is not supported; expected bool (True "
+                        f"= attend) or a float dtype (added to the scores)")
+    got = tuple(mask.shape)
+    if len(got) > len(shape) or any(g not in (1, w) for g, w in zip(got[::-1], shape[::-1])):
+        raise ValueError(f"{name}: shape {got} does not broadcast to {shape}; expected {accepted}")
+    if call.kind == "torch" and mask.device != call.q.device:
+        raise ValueError(f"{name}: on device {mask.device}, but q is on {call.q.device}")
+    if call.kind == "torch" and mask.layout != torch.strided:
+        raise TypeError(f"{name}: layout {mask.layout} is not supported; pass a dense tensor")
+    if dtype_name(mask) != "bool":
+        dt = "float64" if dtype_name(call.q) == "float64" else "float32"
+        mask = mask.to(getattr(torch, dt)) if call.kind == "torch" else mask.astype(dt, copy=False)
+    mask = mask.reshape((1,) * (len(shape) - len(got)) + got)
+    mask = mask[None, None] if len(shape) == 2 else mask[:, None] if len(shape) == 3 else mask
+    full = (b, hq, sq, sk)
+    return mask.expand(full) if call.kind == "torch" else np.broadcast_to(mask, full)
 
 
 def scale_value(name: str, scale: Any) -> Optional[float]:

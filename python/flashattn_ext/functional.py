@@ -14,7 +14,8 @@ from typing import Any, Optional, Tuple, Union
 import numpy as np
 
 from . import _capture, _dispatch
-from ._validate import BHSD, BSHD, SD, Call, MaskSpec, flag, prepare
+from ._validate import (BHSD, BSHD, SD, Call, MaskSpec, _kind, attn_mask_value, dtype_name, flag,
+                        prepare)
 
 ArrayLike = Any  # torch.Tensor or numpy.ndarray
 
@@ -29,10 +30,10 @@ def _run(call: Call, deterministic: bool = False) -> Tuple[ArrayLike, ArrayLike]
 
         out, lse = _torch_ops.apply(call.q, call.k, call.v, call.scale, call.mask, deterministic)
     if _capture.recorders:  # flashattn_ext.inspect.capture is active
-        if call.mask.score_mods or call.mask.dropout_p:
-            raise NotImplementedError("softcap, alibi_slopes, dropout_p: flashattn_ext.inspect."
-                                      "capture does not record calls with score transforms or "
-                                      "dropout")
+        if call.mask.score_mods or call.mask.dropout_p or call.mask.attn_mask is not None:
+            raise NotImplementedError("softcap, alibi_slopes, dropout_p, attn_mask: flashattn_ext."
+                                      "inspect.capture does not record calls with score "
+                                      "transforms, masks or dropout")
         _capture.record(call, lse)
     return out, lse
 
@@ -60,7 +61,9 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool = False,
               scale: Optional[float] = None, window_size: Tuple[int, int] = (-1, -1),
               return_lse: bool = False, softcap: float = 0.0,
               alibi_slopes: Optional[ArrayLike] = None, dropout_p: float = 0.0,
-              seed: Optional[int] = None) -> Union[ArrayLike, Tuple[ArrayLike, ArrayLike]]:
+              seed: Optional[int] = None, attn_mask: Optional[ArrayLike] = None,
+              key_padding_mask: Optional[ArrayLike] = None
+              ) -> Union[ArrayLike, Tuple[ArrayLike, ArrayLike]]:
     """Exact softmax(q kᵀ · scale) v, computed tile by tile in O(S) memory.
 
     Args:
@@ -82,12 +85,19 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool = False,
             = 1 for q without a head dimension): adds -slope·|i + Sk - Sq - j| to the score of
             query i, key j (ALiBi, after the softcap). Softcap and ALiBi run on the CPU backend.
         dropout_p: a probability in [0, 1): each attention probability is dropped with it and
-            the kept ones scaled by 1 / (1 - dropout_p) (docs/semantics.md section 12; lse stays
+            the kept ones scaled by 1 / (1 - dropout_p) (docs/semantics.md section 13; lse stays
             that of the undropped softmax). Applied whenever > 0 (pass 0.0 for evaluation); CPU
             backend.
         seed: the keep mask's seed (an int in [0, 2**63)); None draws seed and offset from
             torch's default generator (torch.manual_seed makes runs reproducible). numpy
             arrays with dropout need it.
+        attn_mask: None, or a mask of q's kind and device broadcastable to the scores' shape,
+            (Sq, Sk), (B, Sq, Sk) or (B, Hq, Sq, Sk) following q's rank: booleans (True =
+            attend) or float values added to the scaled scores after softcap and ALiBi (a
+            tensor requiring grad gets its gradient). Read with its own strides, never
+            expanded. The causal and window bands still apply. CPU backend.
+        key_padding_mask: None, or (B, Sk) booleans for batched q, True = ignore that key
+            (``torch.nn.MultiheadAttention``'s convention); combined with attn_mask.
 
     Returns:
         out shaped like q (same kind: tensor or array), and with ``return_lse`` the pair
@@ -105,8 +115,37 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool = False,
     call = prepare(q, k, v, layout=SD, scale=scale, mask=mask)
     call = call.with_mask(call.mask.with_score_mods(softcap, alibi_slopes, call.q, call.kind)
                           .with_dropout(dropout_p, seed, call.q, call.kind))
+    call = _with_masks(call, attn_mask, key_padding_mask)
     out, lse = _run(call)
     return (call.output(out), call.lse(lse)) if with_lse else call.output(out)
+
+
+def _with_masks(call: Call, attn_mask: Any, key_padding_mask: Any) -> Call:
+    """The call with its explicit mask: attn_mask (attn_mask_value) and key_padding_mask, (B, Sk)
+    booleans with True = ignore, folded into one (B, Hq, Sq, Sk) view."""
+    mask = attn_mask_value(attn_mask, call)
+    if key_padding_mask is not None:
+        b, sk = call.q.shape[0], call.k.shape[1]
+        accepted = f"a ({b}, {sk}) bool {call.kind} array (batch, keys; True = ignore the key)"
+        kpm = key_padding_mask
+        if call.rank == 2:
+            raise ValueError("key_padding_mask: q has no batch dimension; pass an (Sq, Sk) "
+                             "attn_mask instead")
+        if _kind("key_padding_mask", kpm) != call.kind or dtype_name(kpm) != "bool" or \
+                tuple(kpm.shape) != (b, sk):
+            raise ValueError(f"key_padding_mask: expected {accepted}, got {type(kpm).__name__} "
+                             f"of shape {tuple(kpm.shape)} {dtype_name(kpm)}")
+        keep = attn_mask_value(~(kpm[:, None] if call.rank == 3 else kpm[:, None, None]), call,
+                               "key_padding_mask")
+        if mask is None:
+            mask = keep
+        elif dtype_name(mask) == "bool":
+            mask = mask & keep
+        elif call.kind == "torch":
+            mask = mask.masked_fill(~keep, float("-inf"))
+        else:
+            mask = np.where(keep, mask, -np.inf).astype(mask.dtype)
+    return call if mask is None else call.with_mask(call.mask.with_attn_mask(mask))
 
 
 def flash_attn_func(q: ArrayLike, k: ArrayLike, v: ArrayLike, dropout_p: float = 0.0,
@@ -131,7 +170,7 @@ def flash_attn_func(q: ArrayLike, k: ArrayLike, v: ArrayLike, dropout_p: float =
     ``dropout_p`` in [0, 1) drops probabilities and scales the kept ones by 1 / (1 - dropout_p),
     with a keep mask drawn from torch's default generator, or from ``seed`` (required for numpy
     arrays); with it the probabilities of ``return_attn_probs`` are negated where dropped
-    (docs/semantics.md section 12; CPU backend only).
+    (docs/semantics.md section 13; CPU backend only).
     """
     mask = MaskSpec.make(causal, window_size, bottom_right=True)
     det = flag("deterministic", deterministic)
@@ -156,15 +195,19 @@ def scaled_dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayL
 
     query: (B, Hq, Sq, D) or (B, Sq, D); key, value: (B, Hkv, Sk, D) or (B, Sk, D). The causal
     mask is aligned top-left (query i sees keys j <= i), as in torch. Hq != Hkv needs
-    ``enable_gqa=True``. ``dropout_p`` > 0 drops attention probabilities whenever given, as
-    torch does (:func:`flash_attn_func`'s dropout; ``seed`` as there). Not implemented (raising
-    NotImplementedError): attn_mask.
+    ``enable_gqa=True``. ``attn_mask``, as in torch: booleans (True = attend) or float values added
+    to the scaled scores, broadcastable to (B, Hq, Sq, Sk) ((B, Sq, Sk) for 3-d inputs), read
+    with its own strides (never expanded); a float tensor requiring grad gets its gradient. A
+    query row whose keys are all masked out gives 0 (torch's math path gives NaN). Masks run on
+    the CPU backend. ``dropout_p`` > 0 drops attention probabilities whenever given, as torch
+    does (:func:`flash_attn_func`'s dropout; ``seed`` as there).
     """
-    if attn_mask is not None:
-        raise NotImplementedError("attn_mask: arbitrary masks are not implemented; use "
-                                  "is_causal=True or flash_attn_func's window_size")
+    if attn_mask is not None and flag("is_causal", is_causal):
+        raise ValueError("attn_mask, is_causal: pass one of them (as torch requires); fold the "
+                         "causal mask into attn_mask to combine them")
     mask = MaskSpec.make(is_causal, (-1, -1), bottom_right=False, causal_name="is_causal")
     call = prepare(query, key, value, layout=BHSD, scale=scale, mask=mask,
                    names=("query", "key", "value"), enable_gqa=flag("enable_gqa", enable_gqa))
     call = call.with_mask(call.mask.with_dropout(dropout_p, seed, call.q, call.kind))
+    call = _with_masks(call, attn_mask, None)
     return call.output(_run(call)[0])

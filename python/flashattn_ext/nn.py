@@ -13,7 +13,7 @@ torch = optional("torch", "torch", "flashattn_ext.nn")
 import torch.nn.functional as F  # noqa: E402  (after the check that torch is there)
 from torch import nn  # noqa: E402
 
-from . import _masked  # noqa: E402
+from . import _dispatch, _masked  # noqa: E402
 from ._sdpa import replace_sdpa  # noqa: E402
 from ._validate import MAX_HEAD_DIM, dropout_value, scale_value  # noqa: E402
 from .functional import attention  # noqa: E402
@@ -51,12 +51,15 @@ class MultiHeadAttention(nn.Module):
     averaged over heads, or (B, num_heads, Sq, Sk) with ``average_attn_weights=False``, come
     from the kernels' logsumexp, so they are exactly the softmax the output used.
 
-    Masks follow torch's module: ``key_padding_mask`` (B, Sk), True or -inf = ignore that key;
-    ``attn_mask`` (Sq, Sk) or (B * num_heads, Sq, Sk), True or -inf = not allowed. They run on the
-    kernels when together they are a causal or sliding-window band over the keys not padded, per
-    batch element (e.g. ``nn.Transformer.generate_square_subsequent_mask`` with left or right
-    padding); other masks, additive biases and per-head masks that differ between heads raise
-    NotImplementedError naming the argument. A query that may see no key gives 0 (torch: NaN).
+    Masks follow torch's module: ``key_padding_mask`` (B, Sk), True = ignore that key;
+    ``attn_mask`` (Sq, Sk) or (B * num_heads, Sq, Sk), True = not allowed; float masks of either
+    are added to the scores (-inf: masked out), and a float attn_mask requiring grad gets its
+    gradient. On the CPU backend every mask runs in the kernels (read in place, per head when
+    given per head); on the CUDA kernels masks must together be a causal or sliding-window band
+    over the keys not padded, per batch element (e.g.
+    ``nn.Transformer.generate_square_subsequent_mask`` with left or right padding), and other
+    masks raise NotImplementedError naming the argument. A query that may see no key gives 0
+    (torch: NaN).
     ``is_causal`` is torch's hint that attn_mask is causal (the mask decides). ``causal`` (the
     module's setting unless given) adds a causal mask aligned bottom-right: query i sees keys
     j <= i + Sk - Sq, the right alignment when the keys are earlier tokens plus the current ones.
@@ -168,13 +171,13 @@ class MultiHeadAttention(nn.Module):
         src = query if key is None else key
         return self.q_proj(query), self.k_proj(src), self.v_proj(src if value is None else value)
 
-    def _allowed(self, key_padding_mask: Optional[torch.Tensor],
-                 attn_mask: Optional[torch.Tensor], causal: bool, b: int, sq: int,
-                 sk: int, device: torch.device) -> Optional[torch.Tensor]:
-        """The boolean mask (B or 1, Sq, Sk) of what each query may see (True), from torch's
-        conventions (True or -inf: masked out), or None when nothing is masked."""
-        allowed = None
-        names = _mask_names(key_padding_mask, attn_mask)
+    def _mask(self, key_padding_mask: Optional[torch.Tensor], attn_mask: Optional[torch.Tensor],
+              b: int, sq: int, sk: int) -> Optional[torch.Tensor]:
+        """torch's module masks (True or -inf: masked out; other floats are added to the
+        scores) as one mask in scaled_dot_product_attention's convention, (B or 1, H or 1, Sq,
+        Sk): booleans (True = attend) when both are boolean, else additive; None when neither
+        is given."""
+        parts = []
         for name, mask, shapes in (("attn_mask", attn_mask, ((sq, sk), (b * self.num_heads, sq, sk))),
                                    ("key_padding_mask", key_padding_mask, ((b, sk),))):
             if mask is None:
@@ -183,24 +186,40 @@ class MultiHeadAttention(nn.Module):
                 got = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
                 raise ValueError(f"{name}: expected a tensor of shape "
                                  f"{' or '.join(map(str, shapes))}, got {got}")
-            keep = _masked.to_bool(mask.logical_not() if mask.dtype == torch.bool else mask)
+            if mask.dtype != torch.bool and not mask.is_floating_point():
+                raise TypeError(f"{name}: dtype {mask.dtype} is not supported; expected bool "
+                                f"(True = masked out) or a float dtype (added to the scores)")
+            mask = ~mask if mask.dtype == torch.bool else mask
+            shape = ((b, 1, 1, sk) if name == "key_padding_mask" else (1, 1, sq, sk)
+                     if mask.dim() == 2 else (b, self.num_heads, sq, sk))
+            parts.append(mask.reshape(shape))
+        if not parts:
+            return None
+        if all(m.dtype == torch.bool for m in parts):
+            return parts[0] if len(parts) == 1 else parts[0] & parts[1]
+        dtype = next(m.dtype for m in parts if m.dtype != torch.bool)
+        add = [torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(~m, float("-inf"))
+               if m.dtype == torch.bool else m for m in parts]
+        return add[0] if len(add) == 1 else add[0] + add[1]
+
+    @staticmethod
+    def _band(mask: Optional[torch.Tensor], causal: bool, names: str, b: int, sq: int,
+              sk: int) -> Optional[torch.Tensor]:
+        """What each query may see, (B or 1, Sq, Sk) booleans, for the CUDA kernels' banded calls
+        (_masked.plan): the mask when it holds only 0 / -inf or booleans and is the same for
+        every head, with the causal band; None when nothing is masked."""
+        allowed = None
+        if mask is not None:
+            keep = _masked.to_bool(mask)
             if keep is None:
-                raise NotImplementedError(
-                    f"{name}: a float mask must hold 0 (attend) or -inf (masked out); additive "
-                    f"biases are not implemented")
-            if name == "attn_mask" and keep.dim() == 3:
-                keep = keep.view(b, self.num_heads, sq, sk)
-                if not bool((keep == keep[:, :1]).all()):
-                    raise NotImplementedError(f"{names}: masks that differ between heads are "
-                                              f"not implemented")
-                keep = keep[:, 0]
-            if name == "key_padding_mask":
-                keep = keep[:, None, :]
-            elif keep.dim() == 2:
-                keep = keep[None]
-            allowed = keep if allowed is None else allowed & keep
+                raise NotImplementedError(f"{names}: additive biases run on the CPU backend only")
+            if keep.shape[1] != 1 and not bool((keep == keep[:, :1]).all()):
+                raise NotImplementedError(f"{names}: masks that differ between heads run on the "
+                                          f"CPU backend only")
+            allowed = keep[:, 0]
         if causal:
-            band = torch.ones(sq, sk, dtype=torch.bool, device=device).tril(sk - sq)
+            band = torch.ones(sq, sk, dtype=torch.bool, device=mask.device if mask is not None
+                              else None).tril(sk - sq)
             allowed = band[None] if allowed is None else allowed & band
         return None if allowed is None else allowed.expand(-1, sq, sk)
 
@@ -232,29 +251,31 @@ class MultiHeadAttention(nn.Module):
             key_padding_mask = key_padding_mask[None]
         causal = self.causal if causal is None else causal
         scale = 1.0 / self.head_dim ** 0.5 if self.scale is None else self.scale
-        masked = key_padding_mask is not None or attn_mask is not None
-        allowed = self._allowed(key_padding_mask, attn_mask, causal, b, sq, sk, q.device) \
-            if masked or need_weights else None
+        mask = self._mask(key_padding_mask, attn_mask, b, sq, sk)
+        names = _mask_names(key_padding_mask, attn_mask)
         dropout_p = self.dropout if self.training else 0.0
-        if masked and dropout_p:
-            raise NotImplementedError(f"{_mask_names(key_padding_mask, attn_mask)}: dropout "
-                                      f"({dropout_p}) in training mode with a mask is not "
-                                      f"implemented; call module.eval() or pass no mask")
-        if not masked:  # one kernel call
+        if mask is None or _dispatch.backend_for(q) == "cpu":  # one kernel call
             out, lse = attention(q, k, v, causal=causal, scale=scale, return_lse=True,
-                                 dropout_p=dropout_p)
-        else:  # one call per batch element whose mask plan differs
-            plans = _masked.plan(allowed)
+                                 attn_mask=mask, dropout_p=dropout_p)
+        else:  # the CUDA kernels: one banded call per batch element whose band differs
+            if dropout_p:
+                raise NotImplementedError(f"dropout={dropout_p}: dropout runs on the CPU backend "
+                                          f"only; call module.eval() on the CUDA kernels")
+            plans = _masked.plan(self._band(mask, causal, names, b, sq, sk))
             if plans is None:
                 raise NotImplementedError(
-                    f"{_mask_names(key_padding_mask, attn_mask)}: this mask is not a causal or "
-                    f"sliding-window band over the keys not padded; other masks are not "
-                    f"implemented")
+                    f"{names}: on the CUDA kernels, masks must be a causal or sliding-window band "
+                    f"over the keys not padded; other masks run on the CPU backend")
             out, lse = _masked.run(q, k, v, plans, scale)
         out = self.out_proj(out.flatten(2))
         weights = None
         if need_weights:
-            weights = _masked.weights(q, k, lse, scale, allowed)
+            additive = mask is not None and mask.dtype != torch.bool
+            allowed = mask if mask is not None and not additive else None
+            if causal:
+                band = torch.ones(1, sq, sk, dtype=torch.bool, device=q.device).tril(sk - sq)
+                allowed = band if allowed is None else allowed & band
+            weights = _masked.weights(q, k, lse, scale, allowed, bias=mask if additive else None)
             weights = weights.mean(1) if average_attn_weights else weights
             weights = weights[0] if unbatched else weights
         out = out[0] if unbatched else out if self.batch_first else out.transpose(0, 1)

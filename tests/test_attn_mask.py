@@ -1,0 +1,227 @@
+"""Explicit attention masks (docs/semantics.md section 12) against the float64 oracle on the CPU
+kernels: boolean and additive masks of every broadcast shape, forward, dq/dk/dv and the
+gradient of an additive mask, for every dtype; with causal/window bands, softcap and ALiBi,
+GQA, decoding (split keys) and fully masked rows; key_padding_mask; numpy; gradcheck; bad
+arguments; the CUDA kernels (emulator) refuse masks by name."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import flashattn_ext as fa
+import oracle
+from attn_testing import assert_close, naive_in, randn
+
+F32, F64, BF16, F16 = torch.float32, torch.float64, torch.bfloat16, torch.float16
+
+# (B, Hq, Hkv, Sq, Sk, D): Sq < Sk and Sq > Sk across tile edges, GQA
+SHAPES = [(2, 4, 2, 37, 150, 64), (1, 3, 1, 130, 45, 40)]
+# mask shapes, by which dimensions they keep (the others broadcast with stride 0)
+MASK_DIMS = {"full": "bhqk", "batch_rows": "b.qk", "rows": "..qk", "head_keys": ".h.k", "keys": "...k"}
+
+
+def mask_shape(dims: str, b: int, hq: int, sq: int, sk: int) -> tuple:
+    return tuple(n if c != "." else 1 for c, n in zip(dims, (b, hq, sq, sk)))
+
+
+def make_mask(gen, kind: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """Fresh random masks: booleans with about a third masked out; additive values of a few units
+    with about a tenth at -inf (keys masked out by the addition)."""
+    u = torch.rand(*shape, generator=gen, dtype=torch.float64)
+    if kind == "bool":
+        return u > 0.33
+    vals = torch.randn(*shape, generator=gen, dtype=torch.float64) * 2
+    return vals.masked_fill(u < 0.1, float("-inf")).to(dtype)
+
+
+def bhsd(gen, shape, dtype):
+    b, hq, hkv, sq, sk, d = shape
+    q = (randn(gen, b, hq, sq, d) * 1.5).to(dtype).requires_grad_()
+    k = (randn(gen, b, hkv, sk, d) * 1.5).to(dtype).requires_grad_()
+    v = randn(gen, b, hkv, sk, d, dtype=dtype).requires_grad_()
+    return q, k, v
+
+
+def oracle_sdpa(q, k, v, mask, dtype=torch.float64, **kw):
+    """The oracle on (B, H, S, D) inputs with a torch-style mask (bool True = attend, or additive)."""
+    t = [x.transpose(1, 2) for x in (q, k, v)]
+    if mask.dtype == torch.bool:
+        out, lse = oracle.attention(*t, dtype=dtype, visible=mask.expand(q.shape[0], -1, -1, -1)
+                                    if mask.dim() == 4 else mask.reshape((1,) * (4 - mask.dim()) + mask.shape)
+                                    .expand(q.shape[0], -1, -1, -1), **kw)
+    else:
+        out, lse = oracle.attention(*t, dtype=dtype, bias=mask, **kw)
+    return out.transpose(1, 2), lse
+
+
+@pytest.mark.parametrize("dtype", [F32, F64, BF16, F16], ids=str)
+@pytest.mark.parametrize("kind", ["bool", "additive"])
+@pytest.mark.parametrize("dims", list(MASK_DIMS), ids=list(MASK_DIMS))
+@pytest.mark.parametrize("shape", SHAPES, ids=["sq<sk", "sq>sk"])
+def test_sdpa_mask_matches_oracle(gen, dtype, kind, dims, shape):
+    b, hq, hkv, sq, sk, d = shape
+    q, k, v = bhsd(gen, shape, dtype)
+    mask = make_mask(gen, kind, mask_shape(MASK_DIMS[dims], b, hq, sq, sk), dtype)
+    if kind == "additive":
+        mask.requires_grad_()
+    out = fa.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    ref = oracle_sdpa(q, k, v, mask)[0]
+    naive = None if dtype in (F32, F64) else oracle_sdpa(q, k, v, mask, dtype=dtype)[0]
+    assert_close(out, ref, naive, "out")
+    dout = randn(gen, *out.shape, dtype=dtype)
+    wrt = (q, k, v, mask) if kind == "additive" else (q, k, v)
+    grads = torch.autograd.grad(out, wrt, dout)
+    refs = torch.autograd.grad(ref, wrt, dout.double())
+    naives = (None,) * 4 if naive is None else torch.autograd.grad(naive, wrt, dout)
+    for name, g, r, n in zip(("dq", "dk", "dv", "dmask"), grads, refs, naives):
+        assert g.shape == r.shape and g.dtype == (mask.dtype if name == "dmask" else dtype)
+        assert_close(g, r, n, name)
+
+
+@pytest.mark.parametrize("kind", ["bool", "additive"])
+@pytest.mark.parametrize("band", [(True, (-1, -1)), (False, (6, 3))], ids=["causal", "window6_3"])
+def test_mask_with_band_softcap_and_alibi(gen, kind, band):
+    """The mask comes after softcap and ALiBi; the causal / window band still applies."""
+    causal, window = band
+    b, hq, sq, sk, d = 2, 4, 41, 77, 32
+    q = (randn(gen, b, sq, hq, d) * 2).requires_grad_()
+    k = (randn(gen, b, sk, 2, d) * 2).requires_grad_()
+    v = randn(gen, b, sk, 2, d).requires_grad_()
+    mask = make_mask(gen, kind, (b, 1, sq, sk), F32)
+    if kind == "additive":
+        mask.requires_grad_()
+    slopes = torch.rand(hq, generator=gen) * 0.3
+    out = fa.attention(q, k, v, causal=causal, window_size=window, softcap=3.0,
+                       alibi_slopes=slopes, attn_mask=mask)
+    kw = dict(causal=causal, window=window, softcap=3.0, alibi_slopes=slopes)
+    ref = (oracle.attention(q, k, v, visible=mask, **kw) if kind == "bool"
+           else oracle.attention(q, k, v, bias=mask, **kw))[0]
+    assert_close(out, ref, None, "out")
+    wrt = (q, k, v, mask) if kind == "additive" else (q, k, v)
+    dout = randn(gen, *out.shape)
+    for name, g, r in zip(("dq", "dk", "dv", "dmask"), torch.autograd.grad(out, wrt, dout),
+                          torch.autograd.grad(ref, wrt, dout.double())):
+        assert_close(g, r, None, name)
+
+
+@pytest.mark.parametrize("dims", ["full", "keys"])
+def test_decode_with_mask(gen, dims):
+    """One query row per head against many keys (split keys merged by their lse); GQA heads share
+    a tile, each with its own mask row when the mask differs per head."""
+    b, hq, hkv, sk, d = 2, 8, 2, 3000, 64
+    q, k, v = randn(gen, b, hq, 1, d), randn(gen, b, hkv, sk, d), randn(gen, b, hkv, sk, d)
+    mask = make_mask(gen, "additive", mask_shape(MASK_DIMS[dims], b, hq, 1, sk), F32)
+    out = fa.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    assert_close(out, oracle_sdpa(q, k, v, mask)[0], None, "out")
+
+
+def test_fully_masked_rows_give_zero(gen):
+    """Rows whose keys are all masked out give 0 and no gradient (torch's math path: NaN)."""
+    q, k, v = (randn(gen, 1, 2, 9, 16).requires_grad_() for _ in range(3))
+    mask = torch.rand(1, 2, 9, 9, generator=gen) > 0.4
+    mask[0, 0, 3] = False
+    mask[0, 1, :, :] |= torch.eye(9, dtype=torch.bool)  # head 1: every row sees a key
+    add = torch.zeros(1, 2, 9, 9).masked_fill(~mask, float("-inf")).requires_grad_()
+    for m in (mask, add):
+        out = fa.scaled_dot_product_attention(q, k, v, attn_mask=m)
+        assert torch.equal(out[0, 0, 3], torch.zeros(16))
+        ref = oracle_sdpa(q, k, v, m)[0]
+        assert_close(out, ref, None, "out")
+        wrt = (q, k, v, m) if m.dtype != torch.bool else (q, k, v)
+        dout = randn(gen, *out.shape)
+        grads = torch.autograd.grad(out, wrt, dout)
+        for name, g, r in zip(("dq", "dk", "dv", "dmask"), grads,
+                              torch.autograd.grad(ref, wrt, dout.double())):
+            assert_close(g, r, None, name)
+        assert torch.equal(grads[0][0, 0, 3], torch.zeros(16))
+
+
+def test_against_torch_sdpa(gen):
+    """The drop-in: the same call as torch's function gives its result (rows see keys)."""
+    q, k, v = randn(gen, 2, 3, 20, 16), randn(gen, 2, 3, 31, 16), randn(gen, 2, 3, 31, 16)
+    for mask in (torch.rand(20, 31, generator=gen) > 0.2, randn(gen, 2, 1, 20, 31)):
+        mask[..., 0] = True if mask.dtype == torch.bool else mask[..., 0]
+        ours = fa.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        torch.testing.assert_close(ours, F.scaled_dot_product_attention(q, k, v, attn_mask=mask),
+                                   atol=2e-5, rtol=0)
+
+
+def test_mask_views_are_read_through_strides(gen):
+    """A transposed (non-contiguous) mask and an expanded one give the contiguous mask's result."""
+    q, k, v = randn(gen, 2, 2, 24, 16), randn(gen, 2, 2, 24, 16), randn(gen, 2, 2, 24, 16)
+    base = randn(gen, 2, 1, 24, 24)
+    ref = fa.scaled_dot_product_attention(q, k, v, attn_mask=base.contiguous())
+    transposed = base.transpose(-1, -2).contiguous().transpose(-1, -2)
+    assert not transposed.is_contiguous()
+    assert torch.equal(fa.scaled_dot_product_attention(q, k, v, attn_mask=transposed), ref)
+    assert torch.equal(fa.scaled_dot_product_attention(q, k, v, attn_mask=base.expand(2, 2, 24, 24)),
+                       fa.scaled_dot_product_attention(q, k, v, attn_mask=base.repeat(1, 2, 1, 1)))
+
+
+def test_key_padding_mask_and_numpy(gen):
+    """attention(key_padding_mask=): (B, Sk) booleans, True = ignore the key, combined with an
+    attn_mask; numpy arrays in, numpy arrays out, the same numbers as tensors."""
+    b, sq, sk, d = 3, 14, 19, 16
+    q, k, v = randn(gen, b, sq, d), randn(gen, b, sk, d), randn(gen, b, sk, d)
+    pad = torch.zeros(b, sk, dtype=torch.bool)
+    pad[0, 12:] = True
+    pad[2, :5] = True
+    attn = make_mask(gen, "additive", (sq, sk), F32)
+    out = fa.attention(q, k, v, key_padding_mask=pad, attn_mask=attn)
+    bias = attn.masked_fill(pad[:, None, :], float("-inf"))[:, None]  # (B, 1, Sq, Sk)
+    ref = oracle.attention(q[:, :, None], k[:, :, None], v[:, :, None], bias=bias)[0][:, :, 0]
+    assert_close(out, ref, None, "out")
+    out_np = fa.attention(q.numpy(), k.numpy(), v.numpy(), key_padding_mask=pad.numpy(),
+                          attn_mask=attn.numpy())
+    assert isinstance(out_np, np.ndarray)
+    np.testing.assert_array_equal(out_np, out.numpy())
+    only_pad = fa.attention(q, k, v, key_padding_mask=pad)
+    assert_close(only_pad, oracle.attention(q[:, :, None], k[:, :, None], v[:, :, None],
+                                            visible=~pad[:, None, :])[0][:, :, 0], None, "out")
+
+
+def test_gradcheck_float64(gen):
+    q, k, v = (randn(gen, 1, 2, 7, 8, dtype=F64).requires_grad_() for _ in range(3))
+    bias = randn(gen, 1, 2, 7, 7, dtype=F64).requires_grad_()
+    keep = torch.rand(7, 7, generator=gen) > 0.3
+    keep[:, 0] = True
+
+    def f(q, k, v, bias):
+        return fa.scaled_dot_product_attention(q, k, v, attn_mask=bias.masked_fill(~keep, float("-inf")))
+    assert torch.autograd.gradcheck(f, (q, k, v, bias))
+
+
+@pytest.mark.parametrize("kw, error, text", [
+    (dict(attn_mask=torch.ones(5, 6)), ValueError, r"attn_mask: shape \(5, 6\) does not broadcast"),
+    (dict(attn_mask=torch.ones(3, 2, 2, 5, 5)), ValueError, "attn_mask: shape"),
+    (dict(attn_mask=torch.ones(5, 5, dtype=torch.int32)), TypeError, "attn_mask: dtype int32"),
+    (dict(attn_mask=np.ones((5, 5), bool)), TypeError, "attn_mask: expected"),
+    (dict(attn_mask=torch.ones(5, 5, dtype=torch.bool), is_causal=True), ValueError, "is_causal"),
+])
+def test_bad_arguments(gen, kw, error, text):
+    q = randn(gen, 2, 2, 5, 8)
+    with pytest.raises(error, match=text):
+        fa.scaled_dot_product_attention(q, q, q, **kw)
+
+
+@pytest.mark.parametrize("pad, text", [
+    (torch.ones(2, 4, dtype=torch.bool), r"key_padding_mask: expected a \(2, 5\) bool"),
+    (torch.ones(2, 5), "key_padding_mask: expected"),
+])
+def test_bad_key_padding_mask(gen, pad, text):
+    q = randn(gen, 2, 5, 8)
+    with pytest.raises(ValueError, match=text):
+        fa.attention(q, q, q, key_padding_mask=pad)
+    with pytest.raises(ValueError, match="no batch dimension"):
+        fa.attention(q[0], q[0], q[0], key_padding_mask=torch.ones(1, 5, dtype=torch.bool))
+
+
+def test_emulated_cuda_kernels_refuse_by_name(gen, monkeypatch):
+    pytest.importorskip("flashattn_ext._emu", reason="built without the emulator")
+    monkeypatch.setenv("FLASHATTN_EXT_BACKEND", "emu")
+    q = randn(gen, 1, 2, 16, 32, dtype=BF16)
+    with pytest.raises(NotImplementedError, match="attn_mask.*CPU backend"):
+        fa.scaled_dot_product_attention(q, q, q, attn_mask=torch.ones(16, 16, dtype=torch.bool))
