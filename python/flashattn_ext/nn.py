@@ -70,8 +70,8 @@ class MultiHeadAttention(nn.Module):
     convert weights from and to ``torch.nn.MultiheadAttention``. ``dropout`` in [0, 1) drops
     attention probabilities in training mode (``module.train()``; none in eval mode), with the
     keep mask drawn from torch's default generator (CPU backend); with dropout the returned
-    weights are those before dropout, as torch's. Not implemented (NotImplementedError): dropout
-    in training mode together with key_padding_mask or attn_mask.
+    weights are those before dropout, as torch's. Dropout and masks combine in one call on the
+    CPU backend; the CUDA kernels refuse dropout (NotImplementedError).
     """
 
     def __init__(self, embed_dim: int, num_heads: int, *, num_kv_heads: Optional[int] = None,
