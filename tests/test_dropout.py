@@ -204,8 +204,13 @@ def test_nn_module_drops_in_training_only(gen):
     assert_close(m(x), ref(x, x, x, need_weights=False)[0].detach().double(), None, "eval")
     m.train()
     assert not torch.equal(m(x), m(x))
-    with pytest.raises(NotImplementedError, match="key_padding_mask.*dropout"):
-        m(x, key_padding_mask=torch.zeros(2, 10, dtype=torch.bool))
+    pad = torch.zeros(2, 10, dtype=torch.bool)
+    pad[0, 7:] = True
+    a, b = m(x, key_padding_mask=pad), m(x, key_padding_mask=pad)  # a mask and dropout together
+    assert a.shape == x.shape and torch.isfinite(a).all() and not torch.equal(a, b)
+    m.eval()
+    assert_close(m(x, key_padding_mask=pad), ref(x, x, x, key_padding_mask=pad, need_weights=False)[0]
+                 .detach().double(), None, "eval, padded")
 
 
 def test_zero_p_is_the_plain_path(gen):
@@ -259,3 +264,26 @@ def test_torch_compile_fullgraph_draws_the_seed_in_the_graph(gen):
     assert torch.equal(out, ref)
     for g, r in zip(grads, torch.autograd.grad(ref.sum(), (q, k, v))):
         assert torch.equal(g, r)
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
+def test_dropout_with_an_explicit_mask(gen, dtype):
+    """Dropout after an additive mask (docs/semantics.md sections 12 and 13): outputs and
+    gradients, the mask's included, against the oracle with the same keep mask."""
+    b, sq, sk, h, d, p = 2, 37, 50, 3, 16, 0.3
+    seed = int(torch.randint(0, 2 ** 62, (), generator=gen))
+    q, k, v = (randn(gen, b, s, h, d, dtype=dtype).requires_grad_() for s in (sq, sk, sk))
+    bias = (randn(gen, b, 1, sq, sk) * 2).to(dtype).masked_fill(
+        torch.rand(b, 1, sq, sk, generator=gen) < 0.2, float("-inf")).requires_grad_()
+    out = fa.attention(q, k, v, attn_mask=bias, dropout_p=p, seed=seed)
+    keep = keep_for(seed, p, b, h, sq, sk)
+    ref = oracle.attention(q, k, v, bias=bias, dropout_p=p, keep=keep)[0]
+    naive = None if dtype == F32 else oracle.attention(q, k, v, bias=bias, dropout_p=p, keep=keep,
+                                                       dtype=dtype)[0]
+    assert_close(out, ref, naive, "out")
+    dout = randn(gen, *out.shape, dtype=dtype)
+    wrt = (q, k, v, bias)
+    naives = (None,) * 4 if naive is None else torch.autograd.grad(naive, wrt, dout)
+    for name, g, r, n in zip(("dq", "dk", "dv", "dmask"), torch.autograd.grad(out, wrt, dout),
+                             torch.autograd.grad(ref, wrt, dout.double()), naives):
+        assert_close(g, r, n, name)

@@ -52,6 +52,8 @@ inline void set_dropout(FwdParams& p, double dropout_p, uint64_t seed, uint64_t 
   p.dropout_p = float(dropout_p);
   p.dropout_seed = seed;
   p.dropout_offset = offset;
+}
+
 // Explicit attention mask (FwdParams: attn_mask by address, 0: none; strides batch, head, row,
 // key) and, for the backward, where its gradient goes (0: not wanted; strides batch, head, row).
 inline void set_attn_mask(FwdParams& p, uintptr_t mask, bool mask_bool, const Strides4& ms) {

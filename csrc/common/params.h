@@ -54,6 +54,7 @@ struct FwdParams {
   // by a mask that is a pure function of (dropout_seed, dropout_offset, b, h, i, j).
   float dropout_p;
   uint64_t dropout_seed, dropout_offset;
+
   // Explicit attention mask (null = none), applied after softcap and ALiBi: the entry of batch b,
   // query head h, query row i, key j sits at
   //   attn_mask + b*mask_batch_stride + h*mask_head_stride + i*mask_row_stride + j*mask_col_stride
