@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The C++ tests (fae_cpu_test, fae_pool_test; fae_emu_test with FAE_ASAN_EMU=1 / FAE_TSAN_EMU=1)
+# The C++ tests (fae_cpu_test, fae_pool_test, fae_philox_test; fae_emu_test with FAE_ASAN_EMU=1 / FAE_TSAN_EMU=1)
 # built and run with AddressSanitizer + UndefinedBehaviorSanitizer and with ThreadSanitizer. Each build has its own
 # directory (FAE_SANITIZE_DIR, default build/sanitize) and builds only the test executables.
 # The emulator's fibers tell both sanitizers about every stack switch (csrc/emu/fiber.cpp).
@@ -32,9 +32,9 @@ for kind in "${kinds[@]}"; do
   # timeout under ThreadSanitizer. FAE_ASAN_EMU=1 / FAE_TSAN_EMU=1 (set by .ci/run with
   # FAE_CI_FULL=1) add the emulator tests; the emulator's own checked pointers bound every
   # kernel access in the default test run.
-  emu=OFF targets=(fae_cpu_test fae_pool_test)
+  emu=OFF targets=(fae_cpu_test fae_pool_test fae_philox_test)
   want=FAE_${kind^^}_EMU
-  if [ "${!want:-0}" = 1 ]; then emu=ON targets=(fae_cpu_test fae_pool_test fae_emu_test); fi
+  if [ "${!want:-0}" = 1 ]; then emu=ON targets=(fae_cpu_test fae_pool_test fae_philox_test fae_emu_test); fi
   cmake -S . -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DFLASHATTN_EXT_CUDA=OFF -DFLASHATTN_EXT_EMULATOR=$emu -DFLASHATTN_EXT_TESTS=ON \
     "-DCMAKE_CXX_FLAGS=$flags -fno-omit-frame-pointer" "-DCMAKE_EXE_LINKER_FLAGS=$flags" \

@@ -1,12 +1,13 @@
 """Cost of the training features on the CPU kernels against the plain kernel.
 
-Each variant (plain, softcap, ALiBi, both, explicit masks) runs flashattn_ext.attention on the
-same float32 (B, S, H, D) inputs in the same process, alternating, forward and forward+backward;
-the table gives medians, the ratio to the plain kernel's time and, for masks, the mask's size
-(the kernels read it in place: once per query head where it is broadcast over heads; the
-backward reads it twice more).
+Each variant (plain, softcap, ALiBi, both, dropout p = 0.1, explicit masks) runs
+flashattn_ext.attention on the same float32 (B, S, H, D) inputs in the same process, alternating,
+forward and forward+backward; the table gives medians, the ratio to the plain kernel's time and,
+for masks, the mask's size (the kernels read it in place: once per query head where it is
+broadcast over heads; the backward reads it twice more).
 
-    python bench/bench_features.py [--b 1 --h 8 --s 2048 --d 64 --causal --reps 9]
+    python bench/bench_features.py [--b 1 --h 8 --s 2048 --d 64 --causal --reps 9 --threads 1
+                                    --variants plain dropout]
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ def main() -> None:
     ap.add_argument("--d", type=int, default=64)
     ap.add_argument("--causal", action="store_true")
     ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: the library default)")
+    ap.add_argument("--variants", nargs="*", default=None, help="variant names (default: all)")
     args = ap.parse_args()
+    flashattn_ext.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
     q, k, v, do = (torch.randn(args.b, args.s, args.h, args.d, generator=g) for _ in range(4))
     slopes = torch.rand(args.h, generator=g) * 0.1
@@ -39,11 +43,12 @@ def main() -> None:
     pad = torch.zeros(b, s, dtype=torch.bool)
     pad[:, s - s // 8:] = True  # the last eighth of the keys is padding
     variants = {"plain": {}, "softcap": dict(softcap=30.0), "alibi": dict(alibi_slopes=slopes),
-                "softcap+alibi": dict(softcap=30.0, alibi_slopes=slopes),
+                "softcap+alibi": dict(softcap=30.0, alibi_slopes=slopes), "dropout": dict(dropout_p=0.1),
                 "key padding": dict(key_padding_mask=pad),
                 "bool (S, S)": dict(attn_mask=torch.rand(s, s, generator=g) > 0.1),
                 "bias (S, S)": dict(attn_mask=torch.randn(s, s, generator=g)),
                 "bias (B,H,S,S)": dict(attn_mask=torch.randn(b, h, s, s, generator=g))}
+    variants = {name: kw for name, kw in variants.items() if args.variants is None or name in args.variants}
     size = {name: kw["attn_mask"].nbytes if "attn_mask" in kw else b * s
             for name, kw in variants.items() if "mask" in str(kw.keys())}
 
@@ -60,7 +65,7 @@ def main() -> None:
         return time.perf_counter() - t0
 
     shape = f"B={args.b} H={args.h} S={args.s} D={args.d} {'causal' if args.causal else 'non-causal'}"
-    print(f"{shape}, float32, {torch.get_num_threads()} threads, median of {args.reps}")
+    print(f"{shape}, float32, {flashattn_ext.get_num_threads()} threads, median of {args.reps}")
     print(f"{'variant':15} {'dir':8} {'ms':>8} {'vs plain':>9} {'mask MB':>8}")
     for backward in (False, True):
         times = {name: [] for name in variants}
@@ -69,7 +74,7 @@ def main() -> None:
         for _ in range(args.reps):
             for name, kw in variants.items():
                 times[name].append(run(kw, backward))
-        plain = statistics.median(times["plain"])
+        plain = statistics.median(times["plain"]) if "plain" in times else float("nan")
         for name, t in times.items():
             med = statistics.median(t)
             mb = f"{size[name] / 1e6:8.2f}" if name in size else ""

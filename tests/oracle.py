@@ -49,14 +49,17 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optio
               causal: bool = False, window: Tuple[int, int] = (-1, -1), bottom_right: bool = True,
               dtype: torch.dtype = torch.float64,
               visible: Optional[torch.Tensor] = None, softcap: float = 0.0,
-              alibi_slopes: Optional[torch.Tensor] = None,
+              alibi_slopes: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
+              keep: Optional[torch.Tensor] = None,
               bias: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """q (B, Sq, Hq, D), k/v (B, Sk, Hkv, D) -> out (B, Sq, Hq, D), lse (B, Hq, Sq), in ``dtype``.
     ``visible`` (B or 1, Sq, Sk) or (B or 1, Hq or 1, Sq, Sk), when given, is an explicit
     boolean mask (True: the query sees the key) applied on top of the causal/window rule;
     ``bias``, broadcastable to (B, Hq, Sq, Sk), an additive mask added after ALiBi. ``softcap`` > 0 replaces the scaled score
     s by softcap * tanh(s / softcap); ``alibi_slopes`` (Hq,) or (B, Hq) then adds
-    -slope * |i + Sk - Sq - j| (before the mask).
+    -slope * |i + Sk - Sq - j| (before the mask). ``keep`` (B, Hq, Sq, Sk) booleans, with
+    ``dropout_p``: dropout of the normalised probabilities, kept ones times 1 / (1 - dropout_p)
+    with dropout_p as float32 (the kernels' parameter); lse stays the undropped softmax's.
 
     Differentiable (torch autograd) so it is also the gradient oracle. Rows that see no key give
     out 0 and lse -inf."""
@@ -85,7 +88,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optio
     m = exp_base(s.amax(dim=-1, keepdim=True).detach())
     p = torch.exp(s - m)
     l = p.sum(dim=-1, keepdim=True)
-    out = ((p * inv_sum(l)).to(dtype) @ v).transpose(1, 2)
+    p = p * inv_sum(l)
+    if keep is not None:
+        p = p * keep.to(dtype) / (1 - float(torch.tensor(dropout_p, dtype=torch.float32)))
+    out = (p.to(dtype) @ v).transpose(1, 2)
     return out, finish_lse(m, l).squeeze(-1)
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 import flashattn_ext as fa
 import oracle
-from attn_testing import assert_close, naive_in, randn
+from attn_testing import assert_close, randn
 
 F32, F64, BF16, F16 = torch.float32, torch.float64, torch.bfloat16, torch.float16
 
@@ -48,12 +48,9 @@ def bhsd(gen, shape, dtype):
 def oracle_sdpa(q, k, v, mask, dtype=torch.float64, **kw):
     """The oracle on (B, H, S, D) inputs with a torch-style mask (bool True = attend, or additive)."""
     t = [x.transpose(1, 2) for x in (q, k, v)]
-    if mask.dtype == torch.bool:
-        out, lse = oracle.attention(*t, dtype=dtype, visible=mask.expand(q.shape[0], -1, -1, -1)
-                                    if mask.dim() == 4 else mask.reshape((1,) * (4 - mask.dim()) + mask.shape)
-                                    .expand(q.shape[0], -1, -1, -1), **kw)
-    else:
-        out, lse = oracle.attention(*t, dtype=dtype, bias=mask, **kw)
+    m = mask.reshape((1,) * (4 - mask.dim()) + tuple(mask.shape))  # (B or 1, H or 1, Sq or 1, Sk)
+    given = dict(visible=m) if mask.dtype == torch.bool else dict(bias=mask)
+    out, lse = oracle.attention(*t, dtype=dtype, **given, **kw)
     return out.transpose(1, 2), lse
 
 

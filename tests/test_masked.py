@@ -251,8 +251,13 @@ def test_replace_sdpa_routes_torch_multihead_attention(gen):
     assert_close(got, expected, None, "out")
 
 
-def test_replace_sdpa_falls_back_for_dropout(gen):
+def test_replace_sdpa_routes_dropout_on_the_cpu_backend(gen):
+    """Dropout, with and without a mask, runs in the CPU kernels (its keep mask is checked in
+    tests/test_dropout.py)."""
     q, k, v = (randn(gen, 2, 3, 8, 16) for _ in range(3))
+    mask = torch.ones(8, 8, dtype=torch.bool).tril()
     with replace_sdpa() as calls:
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=0.5)
-    assert calls.torch == {"dropout": 1} and out.shape == q.shape
+        masked = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.5)
+    assert calls.library == 2 and out.shape == q.shape and masked.shape == q.shape
+    assert not calls.torch

@@ -66,6 +66,19 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_num_threads", &fae::cpu::set_default_num_threads,
         "Threads the CPU kernels use by default (<= 0 restores the automatic choice).");
   m.def("get_num_threads", &fae::cpu::default_num_threads);
+  m.def(
+      "dropout_mask",
+      [](uintptr_t out, std::array<int64_t, 4> sizes, double dropout_p, uint64_t seed, uint64_t offset) {
+        fae::FwdParams p{};
+        p.batch = sizes[0];
+        p.heads_q = sizes[1];
+        fae::bindings::set_dropout(p, dropout_p, seed, offset);
+        py::gil_scoped_release release;
+        fae::cpu::dropout_mask(p, sizes[2], sizes[3], static_cast<uint8_t*>(fae::bindings::as_ptr(out)));
+      },
+      py::kw_only(), py::arg("out"), py::arg("sizes"), py::arg("dropout_p"), py::arg("seed"), py::arg("offset"),
+      "Dropout's keep mask (1 = kept) of sizes (B, Hq, Sq, Sk) into the uint8 array at address `out`, "
+      "by the active instruction set's generator.");
   m.def("available_isas", &fae::cpu::available_isas,
         "CPU instruction sets compiled in and supported here (values of FLASHATTN_EXT_CPU_ISA).");
   m.def("peak_probes", [](int threads) {

@@ -47,6 +47,13 @@ inline void set_score_mods(FwdParams& p, double softcap, uintptr_t alibi_slopes,
   p.alibi_batch_stride = alibi_batch_stride;
 }
 
+// Dropout (FwdParams: dropout_p, 0 = off, and the generator's seed and offset).
+inline void set_dropout(FwdParams& p, double dropout_p, uint64_t seed, uint64_t offset) {
+  p.dropout_p = float(dropout_p);
+  p.dropout_seed = seed;
+  p.dropout_offset = offset;
+}
+
 // Explicit attention mask (FwdParams: attn_mask by address, 0: none; strides batch, head, row,
 // key) and, for the backward, where its gradient goes (0: not wanted; strides batch, head, row).
 inline void set_attn_mask(FwdParams& p, uintptr_t mask, bool mask_bool, const Strides4& ms) {

@@ -49,6 +49,12 @@ struct FwdParams {
   const float* alibi_slopes;
   int64_t alibi_batch_stride;
 
+  // Dropout (common/philox.h): dropout_p in [0, 1), 0 = off. Probabilities of the keys a query
+  // sees are dropped with probability dropout_p and the kept ones scaled by 1 / (1 - dropout_p),
+  // by a mask that is a pure function of (dropout_seed, dropout_offset, b, h, i, j).
+  float dropout_p;
+  uint64_t dropout_seed, dropout_offset;
+
   // Explicit attention mask (null = none), applied after softcap and ALiBi: the entry of batch b,
   // query head h, query row i, key j sits at
   //   attn_mask + b*mask_batch_stride + h*mask_head_stride + i*mask_row_stride + j*mask_col_stride

@@ -14,6 +14,11 @@ void attention_backward(const BwdParams& p);
 // cache in place, and the rotated queries into q_rot when rotary tables are given.
 void kvcache_append(const AppendParams& p);
 
+// Dropout's keep mask (common/philox.h) for p.dropout_p, dropout_seed, dropout_offset, by the active
+// instruction set's generator: out[((b * heads_q + h) * rows + i) * cols + j] = 1 when element
+// (b, h, i, j) is kept, else 0, for b < p.batch, h < p.heads_q.
+void dropout_mask(const FwdParams& p, int64_t rows, int64_t cols, uint8_t* out);
+
 // Name of the instruction set the kernels run with ("scalar", "avx2", "avx512", "avx512bf16",
 // "neon"): the best one the CPU supports, or FLASHATTN_EXT_CPU_ISA when set, which may also name
 // the test path "avx512bf16-emu" (never chosen automatically). An unknown or unsupported value

@@ -22,12 +22,20 @@
 // before P is taken (modify_scores, mask_scores), and dS picks up the softcap's 1 - tanh^2. The
 // gradient of an additive mask is P * (dP - delta), the gradient of the transformed score,
 // written by task() (each (head, row, key) once).
+// Dropout (common/philox.h): the forward computed O = (P * M) . V, M the keep mask times
+// 1 / (1 - p) and P the undropped softmax, so with dO the output's gradient
+//   dV = (P * M)^T . dO,  dP = M * (dO . V^T)   (the gradient with respect to the undropped P)
+//   dS = P * (dP - delta),  delta_i = sum_j P_ij dP_ij = sum_j (P * M)_ij (dO . V^T)_ij = dO_i . O_i
+// The mask is regenerated from (seed, offset, b, h, i, j): dP is multiplied by M where dS is
+// taken (probabilities, dq_task's sweep), and P by M after dS for dV, only in calls that use it;
+// row_stats then takes delta as dO . O, so that its sweep needs no mask.
 // Variable-length batches: each pass is one parallel_for over the tasks of every sequence
 // (sequences.h); a sequence reads its rows through the offsets of common/seqlens.h.
 #pragma once
 #include <cmath>
 
 #include "common/mask.h"
+#include "cpu/dropout.h"
 #include "cpu/gemm.h"
 #include "cpu/score_mod.h"
 #include "cpu/sequences.h"
@@ -47,6 +55,7 @@ struct Backward {
   int64_t D, group, bq, bk, ldp, nchunks;
   ScoreMod<V> sm;
   bool mods;  // softcap, ALiBi or an explicit mask
+  bool drop;  // dropout
   int64_t Sq;  // the longest sequence's queries: the row stride of the per-row arrays below
   SeqTiles qtiles;  // per sequence: heads_q x its query tiles
   float* delta = nullptr;   // (b, hq, row): sum_j P_ij dP_ij - dlse
@@ -55,7 +64,8 @@ struct Backward {
 
   explicit Backward(const BwdParams& prm)
       : bp(prm), p(prm.fwd), D(p.head_dim), group(p.heads_q / p.heads_kv), bq(tile_sizes(p.dtype, p.head_dim).bwd_bq),
-        bk(tile_sizes(p.dtype, p.head_dim).bwd_bk), ldp(round_up(bk, W)), sm(p), mods(has_score_mod(p) || has_attn_mask(p)), Sq(p.seqlen_q),
+        bk(tile_sizes(p.dtype, p.head_dim).bwd_bk), ldp(round_up(bk, W)), sm(p), mods(has_score_mod(p) || has_attn_mask(p)),
+        drop(has_dropout(p)), Sq(p.seqlen_q),
         qtiles(p.batch, [&](int64_t b) { return p.heads_q * ceil_div(sequence(p, b).seqlen_q, bq); }) {
     const int64_t heads = p.batch * p.heads_kv, key_tiles = ceil_div(p.seqlen_k, bk);
     nchunks = heads >= kMinTasks ? 1 : std::max<int64_t>(1, std::min(ceil_div(kMinTasks, heads), key_tiles));
@@ -122,9 +132,20 @@ struct Backward {
       psum[i] = ps[c];
       if (ps[c] == 0.f)  // the row sees no key: dS = 0 whatever dout and dlse hold
         delta[i] = 0.f;
-      else  // d lse_i / d s_ij = P_ij folds into delta
-        delta[i] = dlse ? pd[c] / ps[c] - dlse[i0 + c] : pd[c] / ps[c];
+      else {  // d lse_i / d s_ij = P_ij folds into delta
+        const float d = drop ? out_dot(s, h, i0 + c) : pd[c] / ps[c];
+        delta[i] = dlse ? d - dlse[i0 + c] : d;
+      }
     }
+  }
+
+  // dO_i . O_i of row i of head h of sequence s: with dropout, sum_j P_ij dP_ij (see the top).
+  float out_dot(const Seq& s, int64_t h, int64_t i) const {
+    const T* o = q_rows<const T>(p.out, s, p.o_batch_stride, p.o_row_stride, p.o_head_stride, h, i);
+    const T* d = q_rows<const T>(bp.dout, s, bp.do_batch_stride, bp.do_row_stride, bp.do_head_stride, h, i);
+    float acc = 0.f;
+    for (int64_t e = 0; e < D; ++e) acc += load_as<float>(o + e) * load_as<float>(d + e);
+    return acc;
   }
 
   void task(int64_t t) {
@@ -137,7 +158,7 @@ struct Backward {
     const bool with_dq = nchunks == 1;  // else dq_task computes dQ
     const bool direct = std::is_same_v<T, float> && with_dq;
 
-    Scratch scratch(2 * D * ldp + 4 * bk * D + 3 * bq * ldp + 2 * bq * D + 3 * ldp);
+    Scratch scratch(2 * D * ldp + 4 * bk * D + 3 * bq * ldp + 2 * bq * D + 4 * ldp);
     float* kt = scratch.get();      // D x ldp: K^T of the tile, padding zero
     float* vt = kt + D * ldp;       // D x ldp: V^T
     float* kbuf = vt + D * ldp;     // bk x D: K tile as float (16-bit inputs)
@@ -150,7 +171,8 @@ struct Backward {
     float* dobuf = qbuf + bq * D;   // bq x D: dO rows as float
     float* grad = dobuf + bq * D;   // bq x ldp: softcap: 1 - tanh^2 of each score
     float* keys = grad + bq * ldp;  // ldp: ALiBi: key indices as float
-    float* mtmp = keys + ldp;       // ldp: explicit mask: one row of mask values
+    float* mult = keys + ldp;       // ldp: dropout: one row's keep multipliers
+    float* mtmp = mult + ldp;       // ldp: explicit mask: one row of mask values
     float* dmrow = mtmp + ldp;      // ldp: the mask's gradient of one row
 
     // dQ destination of the group: the output itself, or a float32 accumulator.
@@ -208,7 +230,7 @@ struct Backward {
           if (mods) modify_scores(b, h, seq, i0, nq, keys, s, grad);  // into the log2 domain
           if (has_attn_mask(p))
             for (int64_t r = 0; r < nq; ++r) mask_scores(mask_row_offset(p, b, h, i0 + r), k0, nk, s + r * ldp, mtmp);
-          probabilities(sp, b, h, i0, nq, k0, nk, s, dp, grad, dmrow);
+          probabilities(sp, b, h, i0, nq, k0, nk, s, dp, grad, mult, dmrow);
           gemm<V>(nk, D, Gemm{s, 1, ldp, dor, lddo, dva, D, nq, true});
           gemm<V>(nk, D, Gemm{dp, 1, ldp, qr, ldq, dka, D, nq, true});
           if (with_dq) gemm<V>(nq, D, Gemm{dp, ldp, 1, kr, ldk, dqh + i0 * lddq, lddq, nk, true});
@@ -255,17 +277,19 @@ struct Backward {
         V::store(x + j, V::fma(j + W <= nk ? V::load(m + j) : V::loadn(m + j, int(nk - j)), l2e, V::load(x + j)));
       return;
     }
-    for (int64_t j = 0; j < round_up(nk, W); ++j) t[j] = j < nk ? mask_value<float>(p, row, k0 + j) : 0.f;
+    mask_row(p, row, k0, nk, t);
+    for (int64_t j = nk; j < round_up(nk, W); ++j) t[j] = 0.f;
     for (int64_t j = 0; j < nk; j += W) V::store(x + j, V::fma(V::load(t + j), l2e, V::load(x + j)));
   }
 
   // In place: s becomes P, dp becomes dS * scale; entries a row may not see become 0. Row i of
   // head h of sequence b has its statistics at index row_index(b, h, i). With softcap, ALiBi or a
   // mask, s holds the transformed log2-domain scores (modify_scores) and dS is multiplied by grad
-  // (softcap). dmrow: scratch for the additive mask's gradient P * (dP - delta), written to
-  // bp.dmask for the keys the row sees.
+  // (softcap). With dropout dp is multiplied by the row's keep multipliers (mult, ldp) before dS,
+  // and s (then P * M, for dV) after. dmrow: scratch for the additive mask's gradient
+  // P * (dP - delta), written to bp.dmask for the keys the row sees.
   void probabilities(const FwdParams& sp, int64_t b, int64_t h, int64_t i0, int64_t nq, int64_t k0, int64_t nk,
-                     float* s, float* dp, const float* grad, float* dmrow) const {
+                     float* s, float* dp, const float* grad, float* mult, float* dmrow) const {
     const R sc = V::set1(p.scale), sl2 = V::set1(mods ? 1.f : p.scale_log2);
     const int64_t r0 = row_index(b, h, 0);
     for (int64_t r = 0; r < nq; ++r) {
@@ -279,7 +303,17 @@ struct Backward {
         continue;
       }
       const R lv = V::set1(-l2), nv = V::set1(psum[r0 + row]), dv = V::set1(delta[r0 + row]);
-      for (int64_t j = 0; j < ldp; j += W) {
+      if (drop) {
+        Dropout<V>(p).row(b, h, row, k0, ldp, mult);
+        for (int64_t j = 0; j < ldp; j += W) {
+          const R pv = V::div(V::exp2(V::fma(V::load(sr + j), sl2, lv)), nv), mv = V::load(mult + j);
+          const R ds = V::mul(pv, V::sub(V::mul(V::load(dr + j), mv), dv));
+          V::store(sr + j, V::mul(pv, mv));
+          V::store(dr + j, V::mul(ds, sc));
+          if (bp.dmask) V::store(dmrow + j, ds);
+        }
+      }
+      for (int64_t j = 0; j < ldp && !drop; j += W) {
         const R pv = V::div(V::exp2(V::fma(V::load(sr + j), sl2, lv)), nv);
         const R ds = V::mul(pv, V::sub(V::load(dr + j), dv));
         V::store(sr + j, pv);
@@ -305,6 +339,7 @@ struct Backward {
   // are 0 in both (every entry of a row that sees no key). Calls tile(k0, nk, kr, ldk, pt, dpt, gt):
   // K rows as float, P^T and dP^T as nk x nqp (lane c < nq is row i0 + c), and with softcap its
   // 1 - tanh^2 gt (else null). Softcap and ALiBi transform S^T first, as modify_scores does S.
+  // With dropout and `normalised`, dP^T is multiplied by the keep mask (dP of the undropped P).
   template <class Tile>
   void sweep_keys(int64_t b, int64_t h, int64_t i0, int64_t nq, bool normalised, Tile&& tile) const {
     const Seq seq = sequence(p, b);
@@ -323,6 +358,11 @@ struct Backward {
     float* mt = pos + nqp;          // nqp: explicit mask: one key's mask values per row
     float* gt = mt + nqp;           // bk x nqp: softcap: 1 - tanh^2
     int64_t lo[kMaxRows], hi[kMaxRows], mrow[kMaxRows];  // mrow: each row's mask row (offset)
+    uint32_t rows[kMaxRows], heads[kMaxRows];  // dropout: each lane's row and head
+    for (int64_t c = 0; c < nqp && drop; ++c) {
+      rows[c] = uint32_t(i0 + c);
+      heads[c] = uint32_t(h);
+    }
 
     const T* q = q_rows<const T>(p.q, seq, p.q_batch_stride, p.q_row_stride, p.q_head_stride, h, i0);
     const T* dout = q_rows<const T>(bp.dout, seq, bp.do_batch_stride, bp.do_row_stride, bp.do_head_stride, h, i0);
@@ -376,6 +416,10 @@ struct Backward {
         if (c >= nq || lo[c] > k0 || hi[c] < k0 + nk - 1)
           for (int64_t j = 0; j < nk; ++j)
             if (c >= nq || k0 + j < lo[c] || k0 + j > hi[c]) st[j * nqp + c] = dst[j * nqp + c] = 0.f;
+      for (int64_t c = 0; c < nqp && drop && normalised; c += W)  // dP^T of the undropped P^T (dq_task)
+        Dropout<V>(p).columns(b, rows + c, heads + c, k0, nk, [&](int64_t j, R m) {
+          V::store(dst + j * nqp + c, V::mul(V::load(dst + j * nqp + c), m));
+        });
       tile(k0, nk, kr, ldk, st, dst, sm.cap2 > 0.f ? gt : nullptr);
     }
   }
@@ -385,6 +429,15 @@ struct Backward {
   void mask_scores_t(const int64_t* mrow, int64_t nq, int64_t k0, int64_t nk, float* st, float* t) const {
     const int64_t nqp = round_up(nq, W);
     const R l2e = V::set1(float(kLog2e));
+    bool shared = true;  // every row reads one mask row (a mask broadcast over rows: key padding)
+    for (int64_t c = 1; c < nq; ++c) shared &= mrow[c] == mrow[0];
+    if (shared) {
+      for (int64_t j = 0; j < nk; ++j) {
+        const R mv = V::set1(mask_value<float>(p, mrow[0], k0 + j));
+        for (int64_t c = 0; c < nqp; c += W) V::store(st + j * nqp + c, V::fma(mv, l2e, V::load(st + j * nqp + c)));
+      }
+      return;
+    }
     for (int64_t j = 0; j < nk; ++j) {
       for (int64_t c = 0; c < nqp; ++c) t[c] = c < nq ? mask_value<float>(p, mrow[c], k0 + j) : 0.f;
       for (int64_t c = 0; c < nqp; c += W)

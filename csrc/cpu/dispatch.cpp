@@ -18,6 +18,7 @@ struct Isa {
   void (*forward)(const FwdParams&);
   void (*backward)(const BwdParams&);
   PeakProbes (*peak_probes)(int);
+  void (*dropout_mask)(const FwdParams&, int64_t, int64_t, uint8_t*);
   bool automatic = true;  // false: only when named by FLASHATTN_EXT_CPU_ISA (test paths)
 };
 
@@ -35,16 +36,17 @@ bool always() { return true; }
 
 // In order of preference, worst first.
 const Isa kIsas[] = {
-    {"scalar", always, scalar::forward, scalar::backward, scalar::peak_probes},
+    {"scalar", always, scalar::forward, scalar::backward, scalar::peak_probes, scalar::dropout_mask},
 #if defined(__x86_64__) || defined(__i386__)
-    {"avx2", has_avx2, avx2::forward, avx2::backward, avx2::peak_probes},
-    {"avx512", has_avx512, avx512::forward, avx512::backward, avx512::peak_probes},
-    {"avx512bf16", has_avx512bf16, avx512bf16::forward, avx512bf16::backward, avx512bf16::peak_probes},
+    {"avx2", has_avx2, avx2::forward, avx2::backward, avx2::peak_probes, avx2::dropout_mask},
+    {"avx512", has_avx512, avx512::forward, avx512::backward, avx512::peak_probes, avx512::dropout_mask},
+    {"avx512bf16", has_avx512bf16, avx512bf16::forward, avx512bf16::backward, avx512bf16::peak_probes,
+     avx512bf16::dropout_mask},
     // The bfloat16 dot-product kernels of avx512bf16 with the dot product emulated on AVX2.
     {"avx512bf16-emu", has_avx2, avx512bf16_emu::forward, avx512bf16_emu::backward,
-     avx512bf16_emu::peak_probes, false},
+     avx512bf16_emu::peak_probes, avx512bf16_emu::dropout_mask, false},
 #elif defined(__aarch64__)
-    {"neon", always, neon::forward, neon::backward, neon::peak_probes},
+    {"neon", always, neon::forward, neon::backward, neon::peak_probes, neon::dropout_mask},
 #endif
 };
 
@@ -94,6 +96,10 @@ std::string active_isa() { return select().name; }
 
 PeakProbes peak_probes(int threads) {
   return select().peak_probes(threads > 0 ? threads : default_num_threads());
+}
+
+void dropout_mask(const FwdParams& p, int64_t rows, int64_t cols, uint8_t* out) {
+  select().dropout_mask(p, rows, cols, out);
 }
 
 void attention_forward(const FwdParams& p) {

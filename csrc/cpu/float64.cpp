@@ -1,5 +1,7 @@
 // The float64 path: attention for float64 inputs (what torch.autograd.gradcheck runs), a plain
 // tiled online-softmax forward and a FlashAttention-2 style backward that accumulate in double.
+// Dropout (common/philox.h): kept probabilities times 1 / (1 - p) in the output and dV, dP times
+// the same mask (backward.h derives the gradient).
 // Memory is O(S): score tiles of kTileQ x kTileK live in per-task buffers, never Sq x Sk.
 // The SIMD kernels for float32 / float16 / bfloat16 are in forward.h and backward.h.
 #define FAE_CPU_ISA float64  // the namespace of this unit's inline functions (kernels.h)
@@ -9,6 +11,7 @@
 
 #include "common/mask.h"
 #include "common/online_softmax.h"
+#include "common/philox.h"
 #include "common/score_mod.h"
 #include "common/seqlens.h"
 #include "cpu/convert.h"
@@ -39,6 +42,13 @@ Acc modified_score2(const FwdParams& p, Acc s, Acc slope, int64_t pos, int64_t k
     *grad = softcap_grad(s, softcap_of<Acc>(p));
   }
   return (s + alibi_bias(slope, pos, key)) * Acc(kLog2e);
+}
+
+// The dropout multiplier of element (b, h, i, j): 1 without dropout, else 0 or 1 / (1 - p).
+template <typename Acc>
+Acc drop_mult(const FwdParams& p, int64_t b, int64_t h, int64_t i, int64_t j) {
+  if (!has_dropout(p)) return Acc(1);
+  return keep(p, b, h, i, j) ? Acc(1) / (Acc(1) - Acc(p.dropout_p)) : Acc(0);
 }
 
 // The explicit mask (common/score_mod.h) on the log2-domain score s2 of key `key` of the mask
@@ -136,7 +146,7 @@ void run_forward(const FwdParams& p) {
         for (int64_t j = 0; j < nk; ++j) {
           const Acc pj = Acc(std::exp2(s[j] - base));
           sum += pj;
-          axpy(pj, &vs[j * d], oi, d);
+          axpy(pj * drop_mult<Acc>(p, b, h, r0 + i, k0 + j), &vs[j * d], oi, d);
         }
         l[i] = l[i] * alpha + sum;
         m[i] = mx;
@@ -223,10 +233,11 @@ void run_backward(const BwdParams& bp) {
             Acc s2 = mods ? modified_score2(p, qk * scale, slope, pos, k0 + j, &grad) : qk * sl2;
             if (has_attn_mask(p)) s2 = masked_score2(p, s2, mrow, k0 + j);
             const Acc pij = Acc(std::exp2(s2 - lse2[gi]));
-            const Acc ds = pij * (dot(doi, &vs[j * d], d) - delta[gi]);  // d loss / d transformed score
+            const Acc mij = drop_mult<Acc>(p, b, hk * group + g, i, k0 + j);
+            const Acc ds = pij * (mij * dot(doi, &vs[j * d], d) - delta[gi]);  // d loss / d transformed score
             if (dm) dm[k0 + j] = ds;
             const Acc dsij = ds * grad;
-            axpy(pij, doi, &dvs[j * d], d);
+            axpy(pij * mij, doi, &dvs[j * d], d);
             axpy(dsij * scale, qi, &dks[j * d], d);
             axpy(dsij * scale, &ks[j * d], dqi, d);
           }

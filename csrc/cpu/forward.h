@@ -17,7 +17,10 @@
 // (gemm<V, true>): K rows and Q^T hold pairs along D, V and P^T pairs along the keys, and P is
 // rounded to bfloat16 for P.V as on GPUs (its row sums stay float32). Scores are scaled after.
 // Softcap, ALiBi and an explicit attention mask (common/score_mod.h) transform each score tile
-// before the band mask, only in calls that use them (modify_scores, apply_mask).
+// before the band mask, only in calls that use them (modify_scores, apply_mask). Dropout
+// (common/philox.h) multiplies P by the keep mask (0 or 1 / (1 - p)) after the row sums are
+// taken, so l and lse are those of the undropped softmax and O = (P * mask) . V / l, only in
+// calls that use it (apply_dropout).
 #pragma once
 #include <cmath>
 #include <cstring>
@@ -25,6 +28,7 @@
 #include <type_traits>
 
 #include "common/mask.h"
+#include "cpu/dropout.h"
 #include "cpu/gemm.h"
 #include "cpu/score_mod.h"
 #include "cpu/sequences.h"
@@ -60,6 +64,7 @@ struct Forward {
   int64_t D, group, bq, bk, rpt, hpt, head_tiles, tiles, nsplit;
   float sl2;
   bool mods;  // softcap, ALiBi or an explicit mask
+  bool drop;  // dropout
   SeqTiles seq_tiles;
   float* part_o = nullptr;    // nsplit > 1: [tile][split][col][D], normalised partial outputs
   float* part_lse = nullptr;  // [tile][split][col], log2-domain partial logsumexp
@@ -70,7 +75,7 @@ struct Forward {
       : p(prm), D(prm.head_dim), group(prm.heads_q / prm.heads_kv), bq(tile_sizes(prm.dtype, prm.head_dim).fwd_bq),
         bk(tile_sizes(prm.dtype, prm.head_dim).fwd_bk), rpt(prm.seqlen_q * 2 <= bq ? std::max<int64_t>(prm.seqlen_q, 1) : bq),
         hpt(rpt < bq ? std::min(group, bq / rpt) : 1), head_tiles(ceil_div(group, hpt)), sl2(prm.scale_log2),
-        mods(has_score_mod(prm) || has_attn_mask(prm)), seq_tiles(prm.batch, [&](int64_t b) {
+        mods(has_score_mod(prm) || has_attn_mask(prm)), drop(has_dropout(prm)), seq_tiles(prm.batch, [&](int64_t b) {
           return prm.heads_kv * head_tiles * ceil_div(sequence(prm, b).seqlen_q, rpt);
         }) {
     tiles = seq_tiles.total();
@@ -110,7 +115,9 @@ struct Forward {
     const int64_t pw = narrow ? ncolp : std::min<int64_t>(V::NV * W, ncolp);
     const Panels pn{pw, ncolp, round_up(ncolp, pw)};
     const int64_t na = pn.ncola;
-    Scratch scratch(2 * D * na + bk * na + 2 * bk * D + 5 * ncolp);
+    const bool pairs = kPairs && !narrow;  // then qt holds pairs: (D + 1) / 2 rows
+    const int64_t nmt = drop && pairs ? bk * W : 0;
+    Scratch scratch(2 * D * na + bk * na + 2 * bk * D + 5 * ncolp + nmt + (has_attn_mask(p) ? W * bk : 0));
     float* qt = scratch.get();        // D x ncolp panels: Q^T, padding columns zero
     float* ot = qt + D * na;          // D x ncolp panels: unnormalised O^T
     float* st = ot + D * na;          // bk x ncolp panels: scores, then probabilities
@@ -121,13 +128,19 @@ struct Forward {
     float* mx = l + ncolp;            // this tile's max
     float* alpha = mx + ncolp;        // rescale factor of this tile
     float* base = alpha + ncolp;      // value subtracted before exp2
+    float* mt = base + ncolp;         // pair path with dropout: bk x W multipliers
+    float* mtile = mt + nmt;          // explicit mask: W columns' mask rows of one key tile
     int64_t lo[kMaxCols], hi[kMaxCols];
     float pos[kMaxCols], nslope[kMaxCols];  // ALiBi: each column's query position and -slope * log2(e)
     int64_t mrow[kMaxCols];                 // explicit mask: each column's mask row (offset)
+    uint32_t rows[kMaxCols], heads[kMaxCols];  // dropout: each column's row and head (padding 0)
+    for (int64_t c = 0; c < ncolp && drop; ++c) {
+      rows[c] = c < ncol ? uint32_t(id.r0 + c % id.nr) : 0u;
+      heads[c] = c < ncol ? uint32_t(id.h0 + c / id.nr) : 0u;
+    }
 
     const FwdParams sp = with_lengths(p, id.s);  // the mask of this sequence
     const T* q = static_cast<const T*>(p.q) + id.s.q_batch * p.q_batch_stride + id.s.q_row0 * p.q_row_stride;
-    const bool pairs = kPairs && !narrow;       // then qt holds pairs: (D + 1) / 2 rows
     for (int64_t i = 0; i < D * na; ++i) qt[i] = ot[i] = 0.f;
     for (int64_t c = 0; c < ncolp; ++c) { m[c] = neg_inf<float>(); l[c] = 0.f; }
     for (int64_t c = 0; c < ncol; ++c) {
@@ -172,7 +185,7 @@ struct Forward {
         else gemm<V>(nk, ncolp, score_sum(Gemm{kr, ldk, 1, qt, pw, st, pw, D, false, pn.stride(D), pn.stride(bk)}));
       }
       if (has_score_mod(p)) modify_scores(st, pn, k0, nk, pos, nslope);
-      if (has_attn_mask(p)) apply_mask(st, pn, k0, nk, ncol, mrow);
+      if (has_attn_mask(p)) apply_mask(st, pn, k0, nk, ncol, mrow, mtile);
 
       bool partial = false;  // scores are already in the log2 domain: Q was packed times sl2
       for (int64_t c = 0; c < ncol; ++c) partial |= lo[c] > k0 || hi[c] < k0 + nk - 1;
@@ -199,7 +212,7 @@ struct Forward {
       }
       bool rescale = false;
       for (int64_t c = 0; c < ncol; ++c) rescale |= alpha[c] != 1.f;
-      if (pairs) pair_probabilities(nk, st, pn, base, alpha, l);
+      if (pairs) pair_probabilities(id.b, k0, nk, st, pn, base, alpha, l, rows, heads, mt);
       for (int64_t c = 0; c < ncolp && !pairs; c += W) {
         float* sc = st + pn.col(bk, c);
         const R bv = V::load(base + c);
@@ -211,6 +224,7 @@ struct Forward {
           sum = V::add(sum, pv);
         }
         V::store(l + c, V::fma(V::load(l + c), V::load(alpha + c), sum));
+        if (drop) apply_dropout(id.b, rows + c, heads + c, k0, nk, sc, pn.pw);
       }
       if (rescale && narrow)
         for (int64_t i = 0; i < ncol * D; ++i) ot[i] *= alpha[i / D];
@@ -241,21 +255,35 @@ struct Forward {
     }
   }
 
+  // Dropout on the probabilities of keys k0 .. k0 + nk - 1 of the W columns at sc (rows pw apart)
+  // of sequence b, with those columns' rows and heads.
+  void apply_dropout(int64_t b, const uint32_t* rows, const uint32_t* heads, int64_t k0, int64_t nk, float* sc,
+                     int64_t pw) const {
+    Dropout<V>(p).columns(b, rows, heads, k0, nk, [&](int64_t j, R m) { V::store(sc + j * pw, V::mul(V::load(sc + j * pw), m)); });
+  }
+
   // The explicit mask on the log2-domain scores of keys k0 .. k0 + nk - 1 of columns 0 .. ncol - 1
   // (mask rows at offsets mrow): + value * log2(e). Columns that all read one mask row (a mask
-  // broadcast over rows and heads, such as key padding) add it as a vector.
-  void apply_mask(float* st, const Panels& pn, int64_t k0, int64_t nk, int64_t ncol, const int64_t* mrow) const {
+  // broadcast over rows and heads, such as key padding) add it as a vector; others read W rows
+  // into mtile (W x bk floats) and gather each key's W values from there.
+  void apply_mask(float* st, const Panels& pn, int64_t k0, int64_t nk, int64_t ncol, const int64_t* mrow,
+                  float* mtile) const {
     bool shared = true;
     for (int64_t c = 1; c < ncol; ++c) shared &= mrow[c] == mrow[0];
     const R l2e = V::set1(float(kLog2e));
     float t[W];
     for (int64_t c = 0; c < pn.ncolp; c += W) {
       float* sc = st + pn.col(bk, c);
+      if (!shared)
+        for (int w = 0; w < W; ++w) {
+          if (c + w < ncol) mask_row(p, mrow[c + w], k0, nk, mtile + w * bk);
+          else std::fill(mtile + w * bk, mtile + w * bk + nk, 0.f);
+        }
       for (int64_t j = 0; j < nk; ++j) {
         if (shared) {
           t[0] = mask_value<float>(p, mrow[0], k0 + j);
         } else {
-          for (int w = 0; w < W; ++w) t[w] = c + w < ncol ? mask_value<float>(p, mrow[c + w], k0 + j) : 0.f;
+          for (int w = 0; w < W; ++w) t[w] = mtile[w * bk + j];
         }
         const R mv = shared ? V::set1(t[0]) : V::load(t);
         V::store(sc + j * pn.pw, V::fma(mv, l2e, V::load(sc + j * pn.pw)));
@@ -280,18 +308,24 @@ struct Forward {
   }
 
   // Pair path: P^T = exp2(S^T - base) as bfloat16 pairs of keys, written in place (row j / 2 <= j
-  // was read already); the row sums l are taken in float32 before rounding.
-  void pair_probabilities(int64_t nk, float* st, const Panels& pn, const float* base, const float* alpha,
-                          float* l) const {
+  // was read already); the row sums l are taken in float32 before rounding, and dropout (its
+  // multipliers of the nk keys in mt, nk x W) after them.
+  void pair_probabilities(int64_t b, int64_t k0, int64_t nk, float* st, const Panels& pn, const float* base,
+                          const float* alpha, float* l, const uint32_t* rows, const uint32_t* heads, float* mt) const {
     if constexpr (kPairs)
       for (int64_t c = 0; c < pn.ncolp; c += W) {
         float* sc = st + pn.col(bk, c);
         const R bv = V::load(base + c);
         R sum = V::zero();
+        if (drop) Dropout<V>(p).columns(b, rows + c, heads + c, k0, nk, [&](int64_t j, R m) { V::store(mt + j * W, m); });
         for (int64_t j = 0; j < nk; j += 2) {
-          const R pe = V::exp2(V::sub(V::load(sc + j * pn.pw), bv));
-          const R po = j + 1 < nk ? V::exp2(V::sub(V::load(sc + (j + 1) * pn.pw), bv)) : V::zero();
+          R pe = V::exp2(V::sub(V::load(sc + j * pn.pw), bv));
+          R po = j + 1 < nk ? V::exp2(V::sub(V::load(sc + (j + 1) * pn.pw), bv)) : V::zero();
           sum = V::add(sum, V::add(pe, po));
+          if (drop) {
+            pe = V::mul(pe, V::load(mt + j * W));
+            po = j + 1 < nk ? V::mul(po, V::load(mt + (j + 1) * W)) : po;
+          }
           V::store(sc + j / 2 * pn.pw, V::pairs(pe, po));
         }
         V::store(l + c, V::fma(V::load(l + c), V::load(alpha + c), sum));

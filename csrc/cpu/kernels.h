@@ -8,8 +8,10 @@
 // are widened tile by tile); float64 runs on the float64 path (float64.cpp).
 #pragma once
 #include <stdexcept>
+#include <vector>
 
 #include "cpu/backward.h"
+#include "cpu/dropout.h"
 #include "cpu/forward.h"
 #include "cpu/isa.h"
 #include "cpu/peaks.h"
@@ -35,5 +37,15 @@ void backward(const BwdParams& p) {
 }
 
 PeakProbes peak_probes(int threads) { return measure_peaks<FAE_CPU_VEC>(threads); }
+
+void dropout_mask(const FwdParams& p, int64_t rows, int64_t cols, uint8_t* out) {
+  const Dropout<FAE_CPU_VEC> drop(p);
+  std::vector<float> mult(cols);
+  for (int64_t bh = 0; bh < p.batch * p.heads_q; ++bh)
+    for (int64_t i = 0; i < rows; ++i) {
+      drop.row(bh / p.heads_q, bh % p.heads_q, i, 0, cols, mult.data());
+      for (int64_t j = 0; j < cols; ++j) out[(bh * rows + i) * cols + j] = mult[j] > 0.f;
+    }
+}
 
 }  // namespace fae::cpu::FAE_CPU_ISA

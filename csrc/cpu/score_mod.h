@@ -39,4 +39,15 @@ struct ScoreMod {
   }
 };
 
+// t[j] = the explicit mask's value (common/score_mod.h: mask_value) for key k0 + j of the mask row
+// at offset `row`, j < nk; a boolean mask with contiguous keys in a loop the compiler vectorises.
+inline void mask_row(const FwdParams& p, int64_t row, int64_t k0, int64_t nk, float* t) {
+  if (p.mask_bool && p.mask_col_stride == 1) {
+    const uint8_t* m = static_cast<const uint8_t*>(p.attn_mask) + row + k0;
+    for (int64_t j = 0; j < nk; ++j) t[j] = m[j] ? 0.f : -INFINITY;
+    return;
+  }
+  for (int64_t j = 0; j < nk; ++j) t[j] = mask_value<float>(p, row, k0 + j);
+}
+
 }  // namespace fae::cpu::FAE_CPU_ISA

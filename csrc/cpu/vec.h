@@ -20,6 +20,9 @@
 //   Only vector types with kBf16Dot = true define these: VecAvx512 built with AVX512_BF16, and
 //   VecAvx2Bf16Emu, which runs the same kernels on AVX2 so that tests can execute them
 //   (kBf16DotNative tells the two apart).
+// uint32 lanes (dropout's Philox generator, cpu/dropout.h), U a vector of W uint32:
+//   u_set1(u), u_load(p), u_add (mod 2^32), u_xor, u_mulhilo(m, x, &hi): lo and hi words of the
+//   64-bit products m * x, keep_mult(u, t, s): s where u >= t (unsigned), else 0.
 // Micro-kernel shape: MR rows x NV vectors of accumulators (see the tile table in kernels.h).
 #pragma once
 #include <cmath>
@@ -62,6 +65,17 @@ struct VecScalar {
   static R exp2(R x) { return std::exp2(x); }
   template <typename T> static R cvt(const T* p, int) { return to_float(*p); }
   template <typename T> static void store_cvt(T* p, R x, int n) { if (n > 0) store_from(p, x); }
+  using U = uint32_t;
+  static U u_set1(uint32_t u) { return u; }
+  static U u_load(const uint32_t* p) { return *p; }
+  static U u_add(U x, U y) { return x + y; }
+  static U u_xor(U x, U y) { return x ^ y; }
+  static U u_mulhilo(uint32_t m, U x, U* hi) {
+    const uint64_t prod = uint64_t(m) * x;
+    *hi = uint32_t(prod >> 32);
+    return uint32_t(prod);
+  }
+  static R keep_mult(U u, uint32_t t, float s) { return u >= t ? s : 0.f; }
   static constexpr bool kBf16Dot = false;
 };
 
@@ -134,6 +148,21 @@ struct VecAvx2 {
     T tmp[W];
     _mm_storeu_si128(reinterpret_cast<__m128i*>(tmp), h);
     std::memcpy(p, tmp, sizeof(T) * n);
+  }
+  using U = __m256i;
+  static U u_set1(uint32_t u) { return _mm256_set1_epi32(int(u)); }
+  static U u_load(const uint32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static U u_add(U x, U y) { return _mm256_add_epi32(x, y); }
+  static U u_xor(U x, U y) { return _mm256_xor_si256(x, y); }
+  static U u_mulhilo(uint32_t m, U x, U* hi) {  // even lanes' products, then odd lanes'
+    const U mv = u_set1(m), even = _mm256_mul_epu32(x, mv), odd = _mm256_mul_epu32(_mm256_srli_epi64(x, 32), mv);
+    *hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xaa);
+    return _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xaa);
+  }
+  static R keep_mult(U u, uint32_t t, float s) {  // unsigned u < t as signed after flipping the top bit
+    const U top = u_set1(0x80000000u);
+    const U drop = _mm256_cmpgt_epi32(u_xor(u_set1(t), top), u_xor(u, top));
+    return _mm256_andnot_ps(_mm256_castsi256_ps(drop), set1(s));
   }
   static constexpr bool kBf16Dot = false;
 };
@@ -216,6 +245,19 @@ struct VecAvx512 {
   template <typename T> static void store_cvt(T* p, R x, int n) {
     _mm256_mask_storeu_epi16(p, mask(n), pack(x, p));
   }
+  using U = __m512i;
+  static U u_set1(uint32_t u) { return _mm512_set1_epi32(int(u)); }
+  static U u_load(const uint32_t* p) { return _mm512_loadu_si512(p); }
+  static U u_add(U x, U y) { return _mm512_add_epi32(x, y); }
+  static U u_xor(U x, U y) { return _mm512_xor_si512(x, y); }
+  static U u_mulhilo(uint32_t m, U x, U* hi) {  // even lanes' products, then odd lanes'
+    const U mv = u_set1(m), even = _mm512_mul_epu32(x, mv), odd = _mm512_mul_epu32(_mm512_srli_epi64(x, 32), mv);
+    *hi = _mm512_mask_blend_epi32(0xaaaa, _mm512_srli_epi64(even, 32), odd);
+    return _mm512_mask_blend_epi32(0xaaaa, even, _mm512_slli_epi64(odd, 32));
+  }
+  static R keep_mult(U u, uint32_t t, float s) {
+    return _mm512_maskz_mov_ps(_mm512_cmpge_epu32_mask(u, u_set1(t)), set1(s));
+  }
 #if defined(__AVX512BF16__)
   static constexpr bool kBf16Dot = true, kBf16DotNative = true;
   static R dot2(R acc, R a, R b) { return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b); }
@@ -279,6 +321,20 @@ struct VecNeon {
     float tmp[W];
     vst1q_f32(tmp, x);
     for (int i = 0; i < n; ++i) store_from(p + i, tmp[i]);
+  }
+  using U = uint32x4_t;
+  static U u_set1(uint32_t u) { return vdupq_n_u32(u); }
+  static U u_load(const uint32_t* p) { return vld1q_u32(p); }
+  static U u_add(U x, U y) { return vaddq_u32(x, y); }
+  static U u_xor(U x, U y) { return veorq_u32(x, y); }
+  static U u_mulhilo(uint32_t m, U x, U* hi) {  // the high words of the 64-bit products are odd
+    const uint32x2_t mv = vdup_n_u32(m);
+    const uint64x2_t lo2 = vmull_u32(vget_low_u32(x), mv), hi2 = vmull_u32(vget_high_u32(x), mv);
+    *hi = vuzp2q_u32(vreinterpretq_u32_u64(lo2), vreinterpretq_u32_u64(hi2));
+    return vmulq_u32(x, vdupq_n_u32(m));
+  }
+  static R keep_mult(U u, uint32_t t, float s) {
+    return vbslq_f32(vcgeq_u32(u, vdupq_n_u32(t)), vdupq_n_f32(s), vdupq_n_f32(0.f));
   }
   static constexpr bool kBf16Dot = false;
 };

@@ -75,10 +75,13 @@ def _common_kwargs(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mas
     lse is (B, H, Sq), or (H, total_q) for packed queries."""
     b, sq, hq, _ = q.shape
     sk, hk = int(k.shape[1]), int(k.shape[2])
+    mask = mask.resolved()  # a drawn dropout seed, read here
     lse_strides = strides(lse)[:2] if lse.ndim == 3 else (0, strides(lse)[0])
     kw = dict(dtype=DTYPES.index(dtype_name(q)), **_arrays(q=q, k=k, v=v, out=out), lse=_ptr(lse),
               lse_strides=lse_strides, window_left=mask.window_left,
-              window_right=mask.window_right, scale=float(scale), softcap=mask.softcap)
+              window_right=mask.window_right, scale=float(scale), softcap=mask.softcap,
+              dropout_p=mask.dropout_p, dropout_seed=mask.dropout_seed,
+              dropout_offset=mask.dropout_offset)
     slopes = mask.alibi_slopes
     if slopes is not None:  # (Hq,) or (B, Hq) float32, heads contiguous
         kw.update(alibi_slopes=_ptr(slopes),
@@ -130,11 +133,12 @@ def cuda_splits(q: Any, seqs: Seqs, block_m: int = 64) -> int:
     return max(1, min(-(-_sm_count(q) // max(blocks, 1)), seqs.max_k() // SPLIT_KEYS, MAX_SPLITS))
 
 
-def cpu_only_masks(q: Any, mask: MaskSpec) -> None:
-    """Explicit masks (attn_mask) run on the CPU kernels only, for now."""
+def cpu_only_features(q: Any, mask: MaskSpec) -> None:
+    """Dropout and explicit masks (attn_mask) run on the CPU kernels only, for now."""
     backend = backend_for(q)
-    if mask.attn_mask is not None and backend != "cpu":
-        raise NotImplementedError(f"attn_mask: not implemented in the CUDA kernels yet (backend "
+    if (mask.dropout_p or mask.attn_mask is not None) and backend != "cpu":
+        feature = ("attn_mask" if mask.attn_mask is not None else f"dropout_p={mask.dropout_p}: dropout")
+        raise NotImplementedError(f"{feature}: not implemented in the CUDA kernels yet (backend "
                                   f"{backend}, dtype {dtype_name(q)}); it runs on the CPU backend "
                                   f"(CPU tensors or arrays without FLASHATTN_EXT_BACKEND=emu)")
 
@@ -144,7 +148,7 @@ def forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mask: Mask
     """Runs the forward kernel on BSHD views, writing ``out`` (like q) and ``lse`` (B, H, Sq),
     or (H, total_q) with packed sequences. Raises ValueError when finite q and k overflow the
     scores (see check_overflow)."""
-    cpu_only_masks(q, mask)
+    cpu_only_features(q, mask)
     backend = backend_for(q)
     if backend == "cpu":
         _C.forward(**_common_kwargs(q, k, v, out, lse, scale, mask, q.shape[3], seqs), stream=0)
@@ -198,7 +202,7 @@ def backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dq: Any, dk:
     (B, Hq, Sq, Sk) array (keys contiguous) that receives the gradient of the additive
     mask.attn_mask."""
     dlse_ptr = 0 if dlse is None else _ptr(dlse)
-    cpu_only_masks(q, mask)
+    cpu_only_features(q, mask)
     if backend_for(q) == "cpu":
         extra = {} if dmask is None else dict(dmask=_ptr(dmask), dmask_strides=strides(dmask)[:3])
         _C.backward(**_common_kwargs(q, k, v, out, lse, scale, mask, q.shape[3], seqs),
@@ -261,6 +265,16 @@ def new_lse(q: Any, packed: bool) -> Any:
     if is_tensor(q):
         return torch.empty(shape, dtype=getattr(torch, name), device=q.device)
     return np.empty(shape, dtype=name)
+
+
+def dropout_keep(dropout_p: float, seed: int, offset: int,
+                 sizes: Tuple[int, int, int, int]) -> np.ndarray:
+    """Dropout's keep mask (B, Hq, Sq, Sk) of booleans for these generator arguments, from the
+    CPU kernels' generator (csrc/common/philox.h): what the kernels apply."""
+    kept = np.empty(sizes, dtype=np.uint8)
+    _C.dropout_mask(out=kept.ctypes.data, sizes=sizes, dropout_p=dropout_p, seed=seed,
+                    offset=offset)
+    return kept.view(np.bool_)
 
 
 def numpy_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, mask: MaskSpec,

@@ -93,13 +93,13 @@ def sdpa(query: Any, key: Any, value: Any, attn_mask: Optional[torch.Tensor] = N
          dropout_p: float = 0.0, is_causal: bool = False, scale: Optional[float] = None,
          enable_gqa: bool = False, *, calls: Optional[RoutedCalls] = None) -> torch.Tensor:
     """torch's ``scaled_dot_product_attention`` signature and result, on the kernels when they
-    take the call: no dropout, dense tensors of a dtype and device the build runs, and on the
-    CPU backend any attention mask; on the CUDA kernels no mask or one that is a causal/sliding
-    band over the keys not masked (per batch element, the same for every head). Anything else
-    goes to torch's own function."""
+    take the call: dense tensors of a dtype and device the build runs, and on the CPU backend
+    any attention mask and dropout; on the CUDA kernels no dropout, and no mask or one that is a
+    causal/sliding band over the keys not masked (per batch element, the same for every head).
+    Anything else goes to torch's own function."""
     reason = unsupported(query, key, value)
-    if reason is None and dropout_p != 0.0:
-        reason = "dropout"
+    if reason is None and dropout_p != 0.0 and _dispatch.backend_for(query) != "cpu":
+        reason = "dropout off the CPU backend"
     if reason is None and attn_mask is not None and is_causal:
         reason = "attn_mask with is_causal"  # torch refuses it: let torch say so
     if reason is None and query.dim() == 4 and query.shape[1] != key.shape[1] and not enable_gqa:
@@ -107,14 +107,14 @@ def sdpa(query: Any, key: Any, value: Any, attn_mask: Optional[torch.Tensor] = N
     out = None
     if reason is None and attn_mask is not None and query.device.type == "cpu" and \
             _dispatch.backend_for(query) == "cpu":  # any mask, in the kernels
-        out = scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, scale=scale,
-                                           enable_gqa=enable_gqa)
+        out = scaled_dot_product_attention(query, key, value, attn_mask=attn_mask,
+                                           dropout_p=dropout_p, scale=scale, enable_gqa=enable_gqa)
     elif reason is None and attn_mask is not None:
         out = _masked_sdpa(query, key, value, attn_mask, scale)
         reason = "an attention mask that is not a band" if out is None else None
     elif reason is None:
-        out = scaled_dot_product_attention(query, key, value, is_causal=is_causal, scale=scale,
-                                           enable_gqa=enable_gqa)
+        out = scaled_dot_product_attention(query, key, value, dropout_p=dropout_p,
+                                           is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
     if out is not None:
         if calls is not None:
             calls.library += 1
@@ -130,7 +130,7 @@ def sdpa(query: Any, key: Any, value: Any, attn_mask: Optional[torch.Tensor] = N
 def replace_sdpa(model: Optional[torch.nn.Module] = None) -> Iterator[RoutedCalls]:
     """Within the block, ``torch.nn.functional.scaled_dot_product_attention`` runs on
     flashattn_ext's kernels whenever they take the call, and is torch's own function otherwise
-    (dropout; on the CUDA kernels additive biases, masks that are not a causal/sliding band over
+    (on the CUDA kernels dropout, additive biases, masks that are not a causal/sliding band over
     the unmasked keys and per-head masks; dtypes or devices the build does not run). Yields a
     :class:`RoutedCalls` counting both.
 

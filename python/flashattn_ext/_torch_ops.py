@@ -28,22 +28,36 @@ def _like(x: torch.Tensor) -> torch.Tensor:
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
                   window_left: int, window_right: int, bottom_right: bool,
                   deterministic: bool = False, softcap: float = 0.0,
-                  alibi_slopes: Optional[torch.Tensor] = None,
+                  alibi_slopes: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
+                  dropout_seed: int = 0, dropout_offset: int = 0,
+                  dropout_rng: Optional[torch.Tensor] = None,
                   attn_mask: Optional[torch.Tensor] = None
                   ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Forward on (B, S, H, D) views; returns out (like q) and lse (B, H, Sq).
     ``deterministic`` asks the backward for its deterministic mode; softcap, alibi_slopes and
-    attn_mask ((B, Hq, Sq, Sk)) are validated score transforms (MaskSpec)."""
-    mask = MaskSpec(window_left, window_right, bottom_right, softcap, alibi_slopes, attn_mask)
+    attn_mask ((B, Hq, Sq, Sk)) are validated score transforms, dropout_p / seed / offset
+    validated dropout (MaskSpec)."""
+    mask = _mask(window_left, window_right, bottom_right, softcap, alibi_slopes, dropout_p,
+                 dropout_seed, dropout_offset, dropout_rng, attn_mask)
     out = _like(q)
     lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]), dtype=_lse_dtype(q), device=q.device)
     _dispatch.forward(q, k, v, out, lse, scale, mask)
     return out, lse
 
 
+def _mask(window_left: int, window_right: int, bottom_right: bool, softcap: float,
+          alibi_slopes: Optional[torch.Tensor], dropout_p: float, dropout_seed: int,
+          dropout_offset: int, dropout_rng: Optional[torch.Tensor],
+          attn_mask: Optional[torch.Tensor]) -> MaskSpec:
+    return MaskSpec(window_left, window_right, bottom_right, softcap, alibi_slopes,
+                    attn_mask=attn_mask, dropout_p=dropout_p, dropout_seed=dropout_seed,
+                    dropout_offset=dropout_offset, dropout_rng=dropout_rng).resolved()
+
+
 @attention_fwd.register_fake
 def _(q, k, v, scale, window_left, window_right, bottom_right, deterministic=False, softcap=0.0,
-      alibi_slopes=None, attn_mask=None):
+      alibi_slopes=None, dropout_p=0.0, dropout_seed=0, dropout_offset=0, dropout_rng=None,
+      attn_mask=None):
     return _like(q), q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=_lse_dtype(q))
 
 
@@ -66,19 +80,24 @@ def attention_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Ten
                   k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                   scale: float, window_left: int, window_right: int, bottom_right: bool,
                   deterministic: bool = False, softcap: float = 0.0,
-                  alibi_slopes: Optional[torch.Tensor] = None,
+                  alibi_slopes: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
+                  dropout_seed: int = 0, dropout_offset: int = 0,
+                  dropout_rng: Optional[torch.Tensor] = None,
                   attn_mask: Optional[torch.Tensor] = None
                   ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward on (B, S, H, D) views; returns dq, dk, dv (laid out like q, k, v).
     ``dlse``, when given, is the gradient flowing into lse. Deterministic mode when
-    ``deterministic`` or a global switch asks for it (_dispatch.deterministic)."""
-    mask = MaskSpec(window_left, window_right, bottom_right, softcap, alibi_slopes, attn_mask)
+    ``deterministic`` or a global switch asks for it (_dispatch.deterministic). Dropout
+    regenerates the forward's mask from the same seed and offset."""
+    mask = _mask(window_left, window_right, bottom_right, softcap, alibi_slopes, dropout_p,
+                 dropout_seed, dropout_offset, dropout_rng, attn_mask)
     return _bwd(dout, dlse, q, k, v, out, lse, scale, mask, deterministic)
 
 
 @attention_bwd.register_fake
 def _(dout, dlse, q, k, v, out, lse, scale, window_left, window_right, bottom_right, deterministic=False,
-      softcap=0.0, alibi_slopes=None, attn_mask=None):
+      softcap=0.0, alibi_slopes=None, dropout_p=0.0, dropout_seed=0, dropout_offset=0,
+      dropout_rng=None, attn_mask=None):
     return _like(q), _like(k), _like(v)
 
 
@@ -87,42 +106,48 @@ def attention_bwd_dmask(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: tor
                         k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                         scale: float, window_left: int, window_right: int, bottom_right: bool,
                         deterministic: bool, softcap: float, alibi_slopes: Optional[torch.Tensor],
-                        attn_mask: torch.Tensor
+                        dropout_p: float, dropout_seed: int, dropout_offset: int,
+                        dropout_rng: Optional[torch.Tensor], attn_mask: torch.Tensor
                         ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """attention_bwd that also returns the gradient of the additive attn_mask, (B, Hq, Sq, Sk)
     dense (autograd sums it over the mask's broadcast dimensions)."""
-    mask = MaskSpec(window_left, window_right, bottom_right, softcap, alibi_slopes, attn_mask)
+    mask = _mask(window_left, window_right, bottom_right, softcap, alibi_slopes, dropout_p,
+                 dropout_seed, dropout_offset, dropout_rng, attn_mask)
     dmask = torch.zeros(attn_mask.shape, dtype=attn_mask.dtype, device=attn_mask.device)
     return (*_bwd(dout, dlse, q, k, v, out, lse, scale, mask, deterministic, dmask), dmask)
 
 
 @attention_bwd_dmask.register_fake
 def _(dout, dlse, q, k, v, out, lse, scale, window_left, window_right, bottom_right, deterministic,
-      softcap, alibi_slopes, attn_mask):
+      softcap, alibi_slopes, dropout_p, dropout_seed, dropout_offset, dropout_rng, attn_mask):
     return _like(q), _like(k), _like(v), attn_mask.new_empty(attn_mask.shape)
+
+
+_MASK_INPUT = 14  # attn_mask's position among attention_fwd's inputs
 
 
 def _setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[Any, ...]) -> None:
     q, k, v, scale, window_left, window_right, bottom_right, *rest = inputs
-    deterministic, softcap, slopes, attn_mask = tuple(rest) + (False, 0.0, None, None)[len(rest):]
+    defaults = (False, 0.0, None, 0.0, 0, 0, None, None)
+    deterministic, softcap, slopes, *drop, rng, attn_mask = tuple(rest) + defaults[len(rest):]
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, slopes, attn_mask)
+    ctx.save_for_backward(q, k, v, out, lse, slopes, rng, attn_mask)
     ctx.args = (scale, window_left, window_right, bottom_right, bool(deterministic), float(softcap))
+    ctx.dropout = tuple(drop)  # p, seed, offset (and rng): the backward regenerates the mask
     ctx.set_materialize_grads(False)  # an unused lse then sends no gradient at all
 
 
 def _backward(ctx: Any, dout: Optional[torch.Tensor], dlse: Optional[torch.Tensor]):
-    q, k, v, out, lse, slopes, attn_mask = ctx.saved_tensors
+    q, k, v, out, lse, slopes, rng, attn_mask = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(out)
     dmask = None
-    if attn_mask is not None and ctx.needs_input_grad[10]:
-        dq, dk, dv, dmask = torch.ops.flashattn_ext.bwd_dmask(dout, dlse, q, k, v, out, lse, *ctx.args,
-                                                              slopes, attn_mask)
+    args = (dout, dlse, q, k, v, out, lse, *ctx.args, slopes, *ctx.dropout, rng, attn_mask)
+    if attn_mask is not None and ctx.needs_input_grad[_MASK_INPUT]:
+        dq, dk, dv, dmask = torch.ops.flashattn_ext.bwd_dmask(*args)
     else:
-        dq, dk, dv = torch.ops.flashattn_ext.bwd(dout, dlse, q, k, v, out, lse, *ctx.args, slopes,
-                                                 attn_mask)
-    return dq, dk, dv, None, None, None, None, None, None, None, dmask
+        dq, dk, dv = torch.ops.flashattn_ext.bwd(*args)
+    return (dq, dk, dv) + (None,) * (_MASK_INPUT - 3) + (dmask,)
 
 
 attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -133,7 +158,8 @@ def apply(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
     """Differentiable attention on BSHD views; ``deterministic``: the backward's mode."""
     return torch.ops.flashattn_ext.fwd(q, k, v, scale, mask.window_left, mask.window_right,
                                        mask.bottom_right, deterministic, mask.softcap,
-                                       mask.alibi_slopes, mask.attn_mask)
+                                       mask.alibi_slopes, mask.dropout_p, mask.dropout_seed,
+                                       mask.dropout_offset, mask.dropout_rng, mask.attn_mask)
 
 
 # ---- variable-length (packed) batches -------------------------------------------------------
@@ -149,11 +175,13 @@ def _kv(x: torch.Tensor) -> torch.Tensor:
 def varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: torch.Tensor,
                cu_seqlens_k: torch.Tensor, block_table: Optional[torch.Tensor], scale: float,
                window_left: int, window_right: int, softcap: float = 0.0,
-               alibi_slopes: Optional[torch.Tensor] = None, deterministic: bool = False
-               ) -> Tuple[torch.Tensor, torch.Tensor]:
+               alibi_slopes: Optional[torch.Tensor] = None, deterministic: bool = False,
+               dropout_p: float = 0.0, dropout_seed: int = 0, dropout_offset: int = 0,
+               dropout_rng: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Forward of packed sequences, each aligned bottom-right on its own lengths;
     ``deterministic`` asks the backward for its deterministic mode."""
-    mask = MaskSpec(window_left, window_right, True, softcap, alibi_slopes)
+    mask = MaskSpec(window_left, window_right, True, softcap, alibi_slopes, None, dropout_p, dropout_seed,
+                    dropout_offset, dropout_rng).resolved()
     out = _like(q)
     lse = _dispatch.new_lse(q[None], packed=True)
     _dispatch.forward(q[None], _kv(k), _kv(v), out[None], lse, scale, mask,
@@ -163,7 +191,8 @@ def varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: 
 
 @varlen_fwd.register_fake
 def _(q, k, v, cu_seqlens_q, cu_seqlens_k, block_table, scale, window_left, window_right,
-      softcap=0.0, alibi_slopes=None, deterministic=False):
+      softcap=0.0, alibi_slopes=None, deterministic=False, dropout_p=0.0, dropout_seed=0,
+      dropout_offset=0, dropout_rng=None):
     return _like(q), q.new_empty((q.shape[1], q.shape[0]), dtype=_lse_dtype(q))
 
 
@@ -173,11 +202,14 @@ def varlen_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Tensor
                k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor, scale: float,
                window_left: int, window_right: int, softcap: float = 0.0,
-               alibi_slopes: Optional[torch.Tensor] = None, deterministic: bool = False
+               alibi_slopes: Optional[torch.Tensor] = None, deterministic: bool = False,
+               dropout_p: float = 0.0, dropout_seed: int = 0, dropout_offset: int = 0,
+               dropout_rng: Optional[torch.Tensor] = None
                ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward of packed sequences; dq, dk, dv laid out like q, k, v. The CUDA kernels run in
     deterministic mode when ``deterministic`` or a global switch asks for it."""
-    mask = MaskSpec(window_left, window_right, True, softcap, alibi_slopes)
+    mask = MaskSpec(window_left, window_right, True, softcap, alibi_slopes, None, dropout_p, dropout_seed,
+                    dropout_offset, dropout_rng).resolved()
     if dout.stride(-1) != 1:
         dout = dout.contiguous()
     if dlse is not None:
@@ -191,27 +223,31 @@ def varlen_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Tensor
 
 @varlen_bwd.register_fake
 def _(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, scale, window_left,
-      window_right, softcap=0.0, alibi_slopes=None, deterministic=False):
+      window_right, softcap=0.0, alibi_slopes=None, deterministic=False, dropout_p=0.0,
+      dropout_seed=0, dropout_offset=0, dropout_rng=None):
     return _like(q), _like(k), _like(v)
 
 
 def _varlen_setup_context(ctx: Any, inputs: Tuple[Any, ...], output: Tuple[Any, ...]) -> None:
     q, k, v, cu_seqlens_q, cu_seqlens_k, _, scale, window_left, window_right, *rest = inputs
-    softcap, slopes, deterministic = tuple(rest) + (0.0, None, False)[len(rest):]  # defaults
+    defaults = (0.0, None, False, 0.0, 0, 0, None)
+    softcap, slopes, deterministic, *drop, rng = tuple(rest) + defaults[len(rest):]
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, slopes)
+    ctx.save_for_backward(q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, slopes, rng)
     ctx.args = (scale, window_left, window_right, float(softcap))
     ctx.deterministic = bool(deterministic)
+    ctx.dropout = tuple(drop)  # p, seed, offset (and rng): the backward regenerates the mask
     ctx.set_materialize_grads(False)
 
 
 def _varlen_backward(ctx: Any, dout: Optional[torch.Tensor], dlse: Optional[torch.Tensor]):
-    q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, slopes = ctx.saved_tensors
+    q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, slopes, rng = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(out)
     dq, dk, dv = torch.ops.flashattn_ext.varlen_bwd(dout, dlse, q, k, v, out, lse, cu_seqlens_q,
-                                                    cu_seqlens_k, *ctx.args, slopes, ctx.deterministic)
-    return dq, dk, dv, None, None, None, None, None, None, None, None, None
+                                                    cu_seqlens_k, *ctx.args, slopes, ctx.deterministic,
+                                                    *ctx.dropout, rng)
+    return (dq, dk, dv) + (None,) * 13
 
 
 varlen_fwd.register_autograd(_varlen_backward, setup_context=_varlen_setup_context)
@@ -224,4 +260,6 @@ def apply_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q
     ``deterministic``: the backward's mode."""
     return torch.ops.flashattn_ext.varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, block_table,
                                               scale, mask.window_left, mask.window_right,
-                                              mask.softcap, mask.alibi_slopes, deterministic)
+                                              mask.softcap, mask.alibi_slopes, deterministic,
+                                              mask.dropout_p, mask.dropout_seed, mask.dropout_offset,
+                                              mask.dropout_rng)

@@ -84,7 +84,10 @@ class MaskSpec:
     array of q's kind and device, or None; then ``attn_mask``, an explicit mask: None, or a
     (B, Hq, Sq, Sk) view (broadcast dimensions with stride 0) of booleans (True = attend) or of
     values added to the scaled scores (float32, float64 for float64 inputs; see
-    :func:`attn_mask_value`)."""
+    :func:`attn_mask_value`). Dropout of the probabilities (docs/semantics.md section 13):
+    ``dropout_p`` in [0, 1) (0 = off) with the generator's seed and offset, or ``dropout_rng``,
+    an int64 torch tensor (seed, offset) drawn from torch's generator and read where the kernels
+    run (so that torch.compile traces the draw)."""
 
     window_left: int = NO_WINDOW
     window_right: int = NO_WINDOW
@@ -92,6 +95,10 @@ class MaskSpec:
     softcap: float = 0.0
     alibi_slopes: Any = field(default=None, compare=False)
     attn_mask: Any = field(default=None, compare=False)
+    dropout_p: float = 0.0
+    dropout_seed: int = 0
+    dropout_offset: int = 0
+    dropout_rng: Any = field(default=None, compare=False)
 
     @property
     def score_mods(self) -> bool:
@@ -104,9 +111,38 @@ class MaskSpec:
                         batch: Optional[int] = None) -> "MaskSpec":
         """This mask with validated softcap and ALiBi slopes for BSHD q (batch q.shape[0] or, for
         packed sequences, ``batch``)."""
-        return MaskSpec(self.window_left, self.window_right, self.bottom_right,
-                        softcap_value(softcap), alibi_value(alibi_slopes, q, kind, batch),
-                        self.attn_mask)
+        return replace(self, softcap=softcap_value(softcap),
+                       alibi_slopes=alibi_value(alibi_slopes, q, kind, batch))
+
+    def with_dropout(self, dropout_p: Any, seed: Any, q: Any, kind: str,
+                     name: str = "dropout_p") -> "MaskSpec":
+        """This mask with validated dropout: the seed and offset of the keep mask are ``seed``
+        (offset 0) when given, else drawn from torch's default generator of q's device (numpy
+        calls with dropout need a seed)."""
+        p = dropout_value(name, dropout_p)
+        if p == 0.0:
+            return self
+        if seed is not None:
+            if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) \
+                    or not 0 <= seed < 2 ** 63:
+                raise TypeError(f"seed: expected an int in [0, 2**63) or None, got {seed!r} "
+                                f"({_type(seed)})")
+            return replace(self, dropout_p=p, dropout_seed=int(seed), dropout_offset=0)
+        if kind != "torch":
+            raise ValueError(f"seed: {name}={p} on numpy arrays needs seed=<int> (the keep mask "
+                             f"is a pure function of the seed), got None")
+        import torch
+
+        # the default generator of q's device; the offset's low 32 bits are used (philox.h)
+        rng = torch.randint(0, 2 ** 62, (2,), dtype=torch.int64, device=q.device)
+        return replace(self, dropout_p=p, dropout_rng=rng)
+
+    def resolved(self) -> "MaskSpec":
+        """This mask with a drawn dropout_rng read into dropout_seed and dropout_offset."""
+        if self.dropout_rng is None:
+            return self
+        seed, offset = (int(x) for x in self.dropout_rng.tolist())
+        return replace(self, dropout_seed=seed, dropout_offset=offset % 2 ** 32, dropout_rng=None)
 
     @staticmethod
     def make(causal: Any, window_size: Any, bottom_right: bool,
@@ -140,6 +176,17 @@ class MaskSpec:
         first = np.maximum(i - self.window_left if self.window_left >= 0 else 0, 0)
         last = np.minimum(i + self.window_right if self.window_right >= 0 else sk - 1, sk - 1)
         return first > last
+
+
+def dropout_value(name: str, dropout_p: Any) -> float:
+    """The dropout probability as a float in [0, 1): a real number, numpy scalar or 0-d CPU
+    tensor."""
+    value = scale_value(name, dropout_p) if not isinstance(dropout_p, float) or \
+        math.isfinite(dropout_p) else dropout_p
+    if value is None or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name}: expected a probability in [0, 1) (0 = no dropout), got "
+                         f"{dropout_p!r}")
+    return value
 
 
 def softcap_value(softcap: Any) -> float:

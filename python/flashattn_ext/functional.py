@@ -30,23 +30,38 @@ def _run(call: Call, deterministic: bool = False) -> Tuple[ArrayLike, ArrayLike]
 
         out, lse = _torch_ops.apply(call.q, call.k, call.v, call.scale, call.mask, deterministic)
     if _capture.recorders:  # flashattn_ext.inspect.capture is active
-        if call.mask.score_mods or call.mask.attn_mask is not None:
-            raise NotImplementedError("softcap, alibi_slopes, attn_mask: flashattn_ext.inspect."
-                                      "capture does not record calls with score transforms")
+        if call.mask.score_mods or call.mask.dropout_p or call.mask.attn_mask is not None:
+            raise NotImplementedError("softcap, alibi_slopes, dropout_p, attn_mask: flashattn_ext."
+                                      "inspect.capture does not record calls with score "
+                                      "transforms, masks or dropout")
         _capture.record(call, lse)
     return out, lse
 
 
-def not_implemented(dropout_p: float = 0.0) -> None:
-    """FlashAttention arguments the library does not implement: NotImplementedError naming them."""
-    if dropout_p != 0.0:
-        raise NotImplementedError(f"dropout_p={dropout_p}: dropout is not implemented; pass 0.0")
+def signed_probs(call: Call, lse: ArrayLike) -> ArrayLike:
+    """The (B, Hq, Sq, Sk) probabilities of a validated call from its lse, dropped entries
+    negated when the call has dropout (as FlashAttention's S_dmask marks them)."""
+    from .interpret import weights_of
+
+    probs = weights_of(call, lse)
+    m = call.mask.resolved()
+    if not m.dropout_p:
+        return probs
+    b, sq, hq, _ = call.q.shape
+    kept = _dispatch.dropout_keep(m.dropout_p, m.dropout_seed, m.dropout_offset,
+                                  (b, hq, sq, call.k.shape[1]))
+    if call.kind == "numpy":
+        return np.where(kept, probs, -probs)
+    import torch
+
+    return torch.where(torch.from_numpy(kept).to(probs.device), probs, -probs)
 
 
 def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool = False,
               scale: Optional[float] = None, window_size: Tuple[int, int] = (-1, -1),
               return_lse: bool = False, softcap: float = 0.0,
-              alibi_slopes: Optional[ArrayLike] = None, attn_mask: Optional[ArrayLike] = None,
+              alibi_slopes: Optional[ArrayLike] = None, dropout_p: float = 0.0,
+              seed: Optional[int] = None, attn_mask: Optional[ArrayLike] = None,
               key_padding_mask: Optional[ArrayLike] = None
               ) -> Union[ArrayLike, Tuple[ArrayLike, ArrayLike]]:
     """Exact softmax(q kᵀ · scale) v, computed tile by tile in O(S) memory.
@@ -69,6 +84,13 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool = False,
         alibi_slopes: None, or float32 slopes (Hq,) or (B, Hq) (same kind and device as q; Hq
             = 1 for q without a head dimension): adds -slope·|i + Sk - Sq - j| to the score of
             query i, key j (ALiBi, after the softcap). Softcap and ALiBi run on the CPU backend.
+        dropout_p: a probability in [0, 1): each attention probability is dropped with it and
+            the kept ones scaled by 1 / (1 - dropout_p) (docs/semantics.md section 13; lse stays
+            that of the undropped softmax). Applied whenever > 0 (pass 0.0 for evaluation); CPU
+            backend.
+        seed: the keep mask's seed (an int in [0, 2**63)); None draws seed and offset from
+            torch's default generator (torch.manual_seed makes runs reproducible). numpy
+            arrays with dropout need it.
         attn_mask: None, or a mask of q's kind and device broadcastable to the scores' shape,
             (Sq, Sk), (B, Sq, Sk) or (B, Hq, Sq, Sk) following q's rank: booleans (True =
             attend) or float values added to the scaled scores after softcap and ALiBi (a
@@ -91,7 +113,8 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool = False,
     mask = MaskSpec.make(causal, window_size, bottom_right=True)
     with_lse = flag("return_lse", return_lse)
     call = prepare(q, k, v, layout=SD, scale=scale, mask=mask)
-    call = call.with_mask(call.mask.with_score_mods(softcap, alibi_slopes, call.q, call.kind))
+    call = call.with_mask(call.mask.with_score_mods(softcap, alibi_slopes, call.q, call.kind)
+                          .with_dropout(dropout_p, seed, call.q, call.kind))
     call = _with_masks(call, attn_mask, key_padding_mask)
     out, lse = _run(call)
     return (call.output(out), call.lse(lse)) if with_lse else call.output(out)
@@ -129,7 +152,7 @@ def flash_attn_func(q: ArrayLike, k: ArrayLike, v: ArrayLike, dropout_p: float =
                     softmax_scale: Optional[float] = None, causal: bool = False,
                     window_size: Tuple[int, int] = (-1, -1), softcap: float = 0.0,
                     alibi_slopes: Optional[ArrayLike] = None, deterministic: bool = False,
-                    return_attn_probs: bool = False) -> Any:
+                    return_attn_probs: bool = False, *, seed: Optional[int] = None) -> Any:
     """Drop-in for FlashAttention 2.x ``flash_attn_func``.
 
     q: (B, Sq, Hq, D); k, v: (B, Sk, Hkv, D). The causal mask is aligned bottom-right and
@@ -143,29 +166,31 @@ def flash_attn_func(q: ArrayLike, k: ArrayLike, v: ArrayLike, dropout_p: float =
     section 8; the CPU backward always is; :func:`set_deterministic` switches it on for every
     call). ``softcap > 0`` replaces each scaled score s by softcap·tanh(s / softcap);
     ``alibi_slopes`` (Hq,) or (B, Hq) float32 adds -slope·|i + Sk - Sq - j| to the score of query
-    i, key j after it (FlashAttention's definitions, docs/semantics.md). Not
-    implemented (raising NotImplementedError): dropout_p > 0.
+    i, key j after it (FlashAttention's definitions, docs/semantics.md).
+    ``dropout_p`` in [0, 1) drops probabilities and scales the kept ones by 1 / (1 - dropout_p),
+    with a keep mask drawn from torch's default generator, or from ``seed`` (required for numpy
+    arrays); with it the probabilities of ``return_attn_probs`` are negated where dropped
+    (docs/semantics.md section 13; CPU backend only).
     """
-    not_implemented(dropout_p)
     mask = MaskSpec.make(causal, window_size, bottom_right=True)
     det = flag("deterministic", deterministic)
     call = prepare(q, k, v, layout=BSHD, scale=softmax_scale, mask=mask, scale_name="softmax_scale")
-    call = call.with_mask(call.mask.with_score_mods(softcap, alibi_slopes, call.q, call.kind))
+    call = call.with_mask(call.mask.with_score_mods(softcap, alibi_slopes, call.q, call.kind)
+                          .with_dropout(dropout_p, seed, call.q, call.kind))
     out, lse = _run(call, det)
     if not flag("return_attn_probs", return_attn_probs):
         return out
     if call.mask.score_mods:
         raise NotImplementedError("return_attn_probs: the probabilities of calls with softcap or "
                                   "alibi_slopes are not returned yet; pass False")
-    from .interpret import weights_of
-
-    return out, lse, weights_of(call, lse)
+    return out, lse, signed_probs(call, lse)
 
 
 def scaled_dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayLike,
                                  attn_mask: Optional[ArrayLike] = None, dropout_p: float = 0.0,
                                  is_causal: bool = False, scale: Optional[float] = None,
-                                 enable_gqa: bool = False) -> ArrayLike:
+                                 enable_gqa: bool = False, *, seed: Optional[int] = None
+                                 ) -> ArrayLike:
     """Drop-in for ``torch.nn.functional.scaled_dot_product_attention``.
 
     query: (B, Hq, Sq, D) or (B, Sq, D); key, value: (B, Hkv, Sk, D) or (B, Sk, D). The causal
@@ -174,15 +199,15 @@ def scaled_dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayL
     to the scaled scores, broadcastable to (B, Hq, Sq, Sk) ((B, Sq, Sk) for 3-d inputs), read
     with its own strides (never expanded); a float tensor requiring grad gets its gradient. A
     query row whose keys are all masked out gives 0 (torch's math path gives NaN). Masks run on
-    the CPU backend. Not implemented (raising NotImplementedError): dropout_p > 0.
+    the CPU backend. ``dropout_p`` > 0 drops attention probabilities whenever given, as torch
+    does (:func:`flash_attn_func`'s dropout; ``seed`` as there).
     """
     if attn_mask is not None and flag("is_causal", is_causal):
         raise ValueError("attn_mask, is_causal: pass one of them (as torch requires); fold the "
                          "causal mask into attn_mask to combine them")
-    if dropout_p != 0.0:
-        raise NotImplementedError(f"dropout_p={dropout_p}: dropout is not implemented; pass 0.0")
     mask = MaskSpec.make(is_causal, (-1, -1), bottom_right=False, causal_name="is_causal")
     call = prepare(query, key, value, layout=BHSD, scale=scale, mask=mask,
                    names=("query", "key", "value"), enable_gqa=flag("enable_gqa", enable_gqa))
+    call = call.with_mask(call.mask.with_dropout(dropout_p, seed, call.q, call.kind))
     call = _with_masks(call, attn_mask, None)
     return call.output(_run(call)[0])

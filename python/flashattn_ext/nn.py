@@ -15,7 +15,7 @@ from torch import nn  # noqa: E402
 
 from . import _dispatch, _masked  # noqa: E402
 from ._sdpa import replace_sdpa  # noqa: E402
-from ._validate import MAX_HEAD_DIM, scale_value  # noqa: E402
+from ._validate import MAX_HEAD_DIM, dropout_value, scale_value  # noqa: E402
 from .functional import attention  # noqa: E402
 
 __all__ = ["MultiHeadAttention", "replace_sdpa"]
@@ -67,8 +67,11 @@ class MultiHeadAttention(nn.Module):
     Projections: when kdim == vdim == embed_dim, one fused ``in_proj`` (weight
     ((Hq + 2*Hkv) * head_dim, embed_dim)); otherwise separate ``q_proj``, ``k_proj``,
     ``v_proj``. ``out_proj`` maps back to embed_dim. :meth:`from_torch` and :meth:`to_torch`
-    convert weights from and to ``torch.nn.MultiheadAttention``. Not implemented (raising
-    NotImplementedError): dropout > 0.
+    convert weights from and to ``torch.nn.MultiheadAttention``. ``dropout`` in [0, 1) drops
+    attention probabilities in training mode (``module.train()``; none in eval mode), with the
+    keep mask drawn from torch's default generator (CPU backend); with dropout the returned
+    weights are those before dropout, as torch's. Dropout and masks combine in one call on the
+    CPU backend; the CUDA kernels refuse dropout (NotImplementedError).
     """
 
     def __init__(self, embed_dim: int, num_heads: int, *, num_kv_heads: Optional[int] = None,
@@ -88,8 +91,7 @@ class MultiHeadAttention(nn.Module):
                              f"({num_heads})")
         if num_heads % num_kv_heads:
             raise ValueError(f"num_kv_heads: {num_kv_heads} must divide num_heads ({num_heads})")
-        if dropout != 0.0:
-            raise NotImplementedError(f"dropout={dropout}: attention dropout is not implemented")
+        self.dropout = dropout_value("dropout", dropout)
         if not isinstance(batch_first, bool):
             raise TypeError(f"batch_first: expected a bool, got {batch_first!r}")
         self.embed_dim, self.num_heads, self.num_kv_heads = embed_dim, num_heads, num_kv_heads
@@ -251,10 +253,14 @@ class MultiHeadAttention(nn.Module):
         scale = 1.0 / self.head_dim ** 0.5 if self.scale is None else self.scale
         mask = self._mask(key_padding_mask, attn_mask, b, sq, sk)
         names = _mask_names(key_padding_mask, attn_mask)
+        dropout_p = self.dropout if self.training else 0.0
         if mask is None or _dispatch.backend_for(q) == "cpu":  # one kernel call
             out, lse = attention(q, k, v, causal=causal, scale=scale, return_lse=True,
-                                 attn_mask=mask)
+                                 attn_mask=mask, dropout_p=dropout_p)
         else:  # the CUDA kernels: one banded call per batch element whose band differs
+            if dropout_p:
+                raise NotImplementedError(f"dropout={dropout_p}: dropout runs on the CPU backend "
+                                          f"only; call module.eval() on the CUDA kernels")
             plans = _masked.plan(self._band(mask, causal, names, b, sq, sk))
             if plans is None:
                 raise NotImplementedError(
@@ -282,14 +288,13 @@ class MultiHeadAttention(nn.Module):
         if not isinstance(mha, nn.MultiheadAttention):
             raise TypeError(f"mha: expected a torch.nn.MultiheadAttention, got "
                             f"{type(mha).__name__}")
-        if mha.dropout != 0.0:
-            raise NotImplementedError(f"mha.dropout={mha.dropout}: dropout is not implemented")
         if mha.bias_k is not None:
             raise NotImplementedError("mha: add_bias_kv is not implemented")
         if mha.add_zero_attn:
             raise NotImplementedError("mha: add_zero_attn is not implemented")
         new = cls(mha.embed_dim, mha.num_heads, kdim=mha.kdim, vdim=mha.vdim,
-                  bias=mha.in_proj_bias is not None, causal=causal, batch_first=mha.batch_first,
+                  bias=mha.in_proj_bias is not None, causal=causal, dropout=mha.dropout,
+                  batch_first=mha.batch_first,
                   device=mha.out_proj.weight.device, dtype=mha.out_proj.weight.dtype)
         with torch.no_grad():
             if new.fused:
@@ -318,7 +323,7 @@ class MultiHeadAttention(nn.Module):
                 raise ValueError(f"{name}: torch.nn.MultiheadAttention needs {need}, this "
                                  f"module has {getattr(self, name)}")
         w = self.out_proj.weight
-        mha = nn.MultiheadAttention(self.embed_dim, self.num_heads,
+        mha = nn.MultiheadAttention(self.embed_dim, self.num_heads, dropout=self.dropout,
                                     bias=self.out_proj.bias is not None, kdim=self.kdim,
                                     vdim=self.vdim, batch_first=self.batch_first,
                                     device=w.device, dtype=w.dtype)

@@ -13,7 +13,7 @@ from typing import Any, Optional, Tuple
 from . import _dispatch
 from ._seqlens import check_varlen, varlen_seqs
 from ._validate import PACKED, PAGED, MaskSpec, _kind, flag, is_tensor, prepare
-from .functional import flash_attn_func, not_implemented
+from .functional import flash_attn_func
 
 ArrayLike = Any  # torch.Tensor or numpy.ndarray
 
@@ -24,7 +24,8 @@ def flash_attn_varlen_func(q: ArrayLike, k: ArrayLike, v: ArrayLike, cu_seqlens_
                            causal: bool = False, window_size: Tuple[int, int] = (-1, -1),
                            softcap: float = 0.0, alibi_slopes: Optional[ArrayLike] = None,
                            deterministic: bool = False, return_attn_probs: bool = False,
-                           block_table: Optional[ArrayLike] = None) -> Any:
+                           block_table: Optional[ArrayLike] = None, *,
+                           seed: Optional[int] = None) -> Any:
     """Drop-in for FlashAttention 2.x ``flash_attn_varlen_func``.
 
     q: (total_q, Hq, D); k, v: (total_k, Hkv, D), or with ``block_table`` (batch,
@@ -35,9 +36,9 @@ def flash_attn_varlen_func(q: ArrayLike, k: ArrayLike, v: ArrayLike, cu_seqlens_
     numpy results. Returns out (total_q, Hq, D); with ``return_attn_probs`` (out, softmax_lse,
     None), softmax_lse (Hq, total_q) float32 (float64 for float64 inputs). softcap and
     alibi_slopes ((Hq,) or (batch, Hq) float32) as in :func:`flash_attn_func`, on each sequence's
-    own lengths. Not implemented (NotImplementedError): dropout_p > 0.
+    own lengths. ``dropout_p`` and ``seed`` as in :func:`flash_attn_func` (element (b, h, i, j):
+    sequence b, its query row i and key j).
     """
-    not_implemented(dropout_p)
     mask = MaskSpec.make(causal, window_size, bottom_right=True)
     paged = block_table is not None
     call = prepare(q, k, v, layout=PACKED, kv_layout=PAGED if paged else None, scale=softmax_scale,
@@ -45,6 +46,7 @@ def flash_attn_varlen_func(q: ArrayLike, k: ArrayLike, v: ArrayLike, cu_seqlens_
     cq, ck, bt = check_varlen(call, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                               block_table)
     mask = mask.with_score_mods(softcap, alibi_slopes, call.q, call.kind, batch=cq.shape[0] - 1)
+    mask = mask.with_dropout(dropout_p, seed, call.q, call.kind)
     with_probs = flag("return_attn_probs", return_attn_probs)
     if call.kind == "numpy":
         out, lse = _dispatch.numpy_forward(call.q, call.k, call.v, call.scale, mask,
@@ -81,22 +83,23 @@ def flash_attn_qkvpacked_func(qkv: ArrayLike, dropout_p: float = 0.0,
                               softmax_scale: Optional[float] = None, causal: bool = False,
                               window_size: Tuple[int, int] = (-1, -1), softcap: float = 0.0,
                               alibi_slopes: Optional[ArrayLike] = None,
-                              deterministic: bool = False, return_attn_probs: bool = False) -> Any:
+                              deterministic: bool = False, return_attn_probs: bool = False, *,
+                              seed: Optional[int] = None) -> Any:
     """flash_attn_func on qkv (B, S, 3, H, D) (gradient: one (B, S, 3, H, D) tensor)."""
     q, k, v = _unpack("qkv", qkv, 3, "(B, S, 3, H, D)", 2)
     return flash_attn_func(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap,
-                           alibi_slopes, deterministic, return_attn_probs)
+                           alibi_slopes, deterministic, return_attn_probs, seed=seed)
 
 
 def flash_attn_kvpacked_func(q: ArrayLike, kv: ArrayLike, dropout_p: float = 0.0,
                              softmax_scale: Optional[float] = None, causal: bool = False,
                              window_size: Tuple[int, int] = (-1, -1), softcap: float = 0.0,
                              alibi_slopes: Optional[ArrayLike] = None, deterministic: bool = False,
-                             return_attn_probs: bool = False) -> Any:
+                             return_attn_probs: bool = False, *, seed: Optional[int] = None) -> Any:
     """flash_attn_func on q (B, Sq, Hq, D) and kv (B, Sk, 2, Hkv, D)."""
     k, v = _unpack("kv", kv, 2, "(B, S, 2, H, D)", 2)
     return flash_attn_func(q, k, v, dropout_p, softmax_scale, causal, window_size, softcap,
-                           alibi_slopes, deterministic, return_attn_probs)
+                           alibi_slopes, deterministic, return_attn_probs, seed=seed)
 
 
 def flash_attn_varlen_qkvpacked_func(qkv: ArrayLike, cu_seqlens: ArrayLike, max_seqlen: int,
@@ -105,12 +108,13 @@ def flash_attn_varlen_qkvpacked_func(qkv: ArrayLike, cu_seqlens: ArrayLike, max_
                                      window_size: Tuple[int, int] = (-1, -1), softcap: float = 0.0,
                                      alibi_slopes: Optional[ArrayLike] = None,
                                      deterministic: bool = False,
-                                     return_attn_probs: bool = False) -> Any:
+                                     return_attn_probs: bool = False, *,
+                                     seed: Optional[int] = None) -> Any:
     """flash_attn_varlen_func on qkv (total, 3, H, D), one cu_seqlens for queries and keys."""
     q, k, v = _unpack("qkv", qkv, 3, "(total, 3, H, D)", 1)
     return flash_attn_varlen_func(q, k, v, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
                                   dropout_p, softmax_scale, causal, window_size, softcap,
-                                  alibi_slopes, deterministic, return_attn_probs)
+                                  alibi_slopes, deterministic, return_attn_probs, seed=seed)
 
 
 def flash_attn_varlen_kvpacked_func(q: ArrayLike, kv: ArrayLike, cu_seqlens_q: ArrayLike,
@@ -120,9 +124,11 @@ def flash_attn_varlen_kvpacked_func(q: ArrayLike, kv: ArrayLike, cu_seqlens_q: A
                                     window_size: Tuple[int, int] = (-1, -1), softcap: float = 0.0,
                                     alibi_slopes: Optional[ArrayLike] = None,
                                     deterministic: bool = False,
-                                    return_attn_probs: bool = False) -> Any:
+                                    return_attn_probs: bool = False, *,
+                                    seed: Optional[int] = None) -> Any:
     """flash_attn_varlen_func on q (total_q, Hq, D) and kv (total_k, 2, Hkv, D)."""
     k, v = _unpack("kv", kv, 2, "(total, 2, H, D)", 1)
     return flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                   max_seqlen_k, dropout_p, softmax_scale, causal, window_size,
-                                  softcap, alibi_slopes, deterministic, return_attn_probs)
+                                  softcap, alibi_slopes, deterministic, return_attn_probs,
+                                  seed=seed)
