@@ -403,7 +403,8 @@ class Iteration:
 
 
 def steady_iteration(fn: Function, cfg: Cfg, loop: Loop, copies_per_tile: int,
-                     prefer: Callable[[Instr], bool] = lambda ins: False) -> Iteration:
+                     prefer: Callable[[Instr], bool] = lambda ins: False,
+                     avoid: Callable[[Instr], bool] = lambda ins: False) -> Iteration:
     """The path of one steady-state iteration through the main loop.
 
     Conditional branches in the body are resolved by a search over all paths from the header
@@ -415,7 +416,9 @@ def steady_iteration(fn: Function, cfg: Cfg, loop: Loop, copies_per_tile: int,
     (2) the most HMMA, (3) the most global-memory instructions (atomics, row-statistics loads: the
     busiest warp), (4) the most instructions `prefer` picks (none by default; the score-mod
     census takes the softcap's and ALiBi's warp-uniform blocks), (5) the fewest instructions (the
-    unmasked variant of masking code).
+    unmasked variant of masking code). Before all of these, the fewest instructions `avoid` picks
+    (none by default; the score-mod census without an explicit mask avoids the mask's read-only
+    loads and the dmask stores).
     """
     def block_instrs(b: int) -> list[Instr]:
         return fn.instrs[slice(*cfg.blocks[b])]
@@ -429,12 +432,12 @@ def steady_iteration(fn: Function, cfg: Cfg, loop: Loop, copies_per_tile: int,
         got = [tile(i) for i in block_instrs(b) if i.base == "LDGSTS"]
         return tuple(got.count(t) for t in tiles)
 
-    def score(b: int) -> tuple[int, int, int, int, int]:
+    def score(b: int) -> tuple[int, int, int, int, int, int]:
         ins = block_instrs(b)
-        return (sum(copies(b)), sum(i.base == "HMMA" for i in ins),
+        return (-sum(map(avoid, ins)), sum(copies(b)), sum(i.base == "HMMA" for i in ins),
                 sum(CLASS_OF.get(i.base) == "global" for i in ins), sum(map(prefer, ins)), -len(ins))
 
-    Best = Optional[tuple[tuple[int, int, int, int, int], tuple[int, ...]]]
+    Best = Optional[tuple[tuple[int, int, int, int, int, int], tuple[int, ...]]]
     memo: dict[tuple[int, tuple[int, ...]], Best] = {}
 
     def best(b: int, done: tuple[int, ...]) -> Best:
@@ -443,11 +446,11 @@ def steady_iteration(fn: Function, cfg: Cfg, loop: Loop, copies_per_tile: int,
             return memo[key]
         memo[key] = None  # a copy-free cycle revisits this state: no path
         now = tuple(x + y for x, y in zip(done, copies(b)))
-        options: list[tuple[tuple[int, int, int, int, int], tuple[int, ...]]] = []
+        options: list[tuple[tuple[int, int, int, int, int, int], tuple[int, ...]]] = []
         if not copy_loops or all(x <= copies_per_tile for x in now):
             for s in cfg.succ[b]:
                 if s == loop.header and (not copy_loops or all(x == copies_per_tile for x in now)):
-                    options.append(((0, 0, 0, 0, 0), ()))
+                    options.append(((0, 0, 0, 0, 0, 0), ()))
                 elif s in loop.body and s != loop.header and (tail := best(s, now)) is not None:
                     options.append(tail)
         if options:
@@ -779,19 +782,23 @@ def backward_findings(results: list[Analysis]) -> list[str]:
             "(the P, dS and dS^T operands come from shared memory) plus the P and dS stores."]
 
 
-def score_mod_census(fn: Function, tr: dict[str, int], direction: str) -> tuple[Iteration, dict[str, int]]:
+def score_mod_census(fn: Function, tr: dict[str, int], direction: str,
+                     mask: bool) -> tuple[Iteration, dict[str, int]]:
     """A steady-state iteration of a variable-length instance's main loop with softcap and ALiBi on
-    (their warp-uniform blocks on the path: those with the tanh's reciprocal or ALiBi's conversion)."""
+    (their warp-uniform blocks on the path: those with the tanh's reciprocal or ALiBi's conversion),
+    and with an explicit mask (its read-only loads, and the backward's dmask stores, on the path) or
+    without (none of them on the path)."""
     cfg = control_flow(fn)
     rows = tr["kBlockN"] if direction == "forward" else tr["kBlockM"]
+    avoid = (lambda ins: False) if mask else (lambda ins: ".CONSTANT" in ins.op or ins.base == "STG")
     it = steady_iteration(fn, cfg, main_loop(fn, cfg), rows * tr["kChunksPerRow"] // tr["kThreads"],
-                          prefer=lambda ins: ins.op.startswith(("MUFU.RCP", "I2F")))
+                          prefer=lambda ins: ins.op.startswith(("MUFU.RCP", "I2F")), avoid=avoid)
     return it, census(it.instrs)
 
 
 def score_mods(insts: list[Instance], builds: dict[tuple[Instance, str], Build]) -> list[str]:
-    """Softcap and ALiBi: the variable-length instance with them (kMod) against the one without,
-    per forward and backward instance and architecture."""
+    """Softcap, ALiBi and explicit masks: the variable-length instance with them (kMod) against the
+    one without, per forward and backward instance and architecture."""
     tiles = {i: SeqsTiles(i.direction, i.head_dim, i.dtype) for i in insts}
     tr = traits(list(tiles.values()))
     rows = []
@@ -803,15 +810,18 @@ def score_mods(insts: list[Instance], builds: dict[tuple[Instance, str], Build])
                 f"flash_bwd_kernel{VARLEN}{SMALL_TIER}" in fns else ""
             base = "flash_fwd_seqs_kernel" if inst.direction == "forward" else "flash_bwd_kernel" + VARLEN
             totals = []
-            for label, name in (("plain", base + tier), ("softcap + ALiBi", base + SCORE_MODS + tier)):
-                it, c = score_mod_census(fns[name], t, inst.direction)
+            for label, name, mask in (("plain", base + tier, False),
+                                      ("softcap + ALiBi", base + SCORE_MODS + tier, False),
+                                      ("softcap + ALiBi + mask", base + SCORE_MODS + tier, True)):
+                it, c = score_mod_census(fns[name], t, inst.direction, mask)
                 r = res[name]
                 totals.append(len(it.instrs))
                 rows.append([inst.direction, arch, str(inst.head_dim), f"{t['kBlockM']} x {t['kBlockN']}", label,
                              str(r.registers), str(r.spill_stores + r.spill_loads), str(len(it.instrs)), str(c["HMMA"]),
                              _pct(c["HMMA"] / len(it.instrs)), str(c["MUFU"]), str(c["FP32"]), str(c["int"]),
                              str(c["conv"]), str(c["branch"])])
-            rows[-1][7] += f" ({totals[1] - totals[0]:+d}, {100 * (totals[1] / totals[0] - 1):+.0f}%)"
+            for i in (1, 2):
+                rows[i - 3][7] += f" ({totals[i] - totals[0]:+d}, {100 * (totals[i] / totals[0] - 1):+.0f}%)"
     return _table(["kernel", "arch", "D", "tile", "instance", "registers", "spill bytes", "instr / iteration / warp",
                    "HMMA", "HMMA share", "MUFU", "FP32", "int", "conv", "branch"], rows)
 

@@ -1,8 +1,9 @@
-"""Explicit attention masks (docs/semantics.md section 12) against the float64 oracle on the CPU
-kernels: boolean and additive masks of every broadcast shape, forward, dq/dk/dv and the
-gradient of an additive mask, for every dtype; with causal/window bands, softcap and ALiBi,
-GQA, decoding (split keys) and fully masked rows; key_padding_mask; numpy; gradcheck; bad
-arguments; the CUDA kernels (emulator) refuse masks by name."""
+"""Explicit attention masks (docs/semantics.md section 12) against the float64 oracle on every
+backend (the CPU kernels, the CUDA kernels on the emulator or a GPU): boolean and additive masks
+of every broadcast shape, forward, dq/dk/dv and the gradient of an additive mask, for every dtype
+a backend takes; with causal/window bands, softcap and ALiBi, GQA, decoding (split keys) and
+fully masked rows; key_padding_mask; numpy; gradcheck; bad arguments; on the emulator, results
+independent of the threads' order and the deterministic backward bitwise reproducible."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import torch.nn.functional as F
 
 import flashattn_ext as fa
 import oracle
-from attn_testing import assert_close, randn
+from attn_testing import assert_close, needs_kernel, randn
+from flashattn_ext.nn import MultiHeadAttention
 
 F32, F64, BF16, F16 = torch.float32, torch.float64, torch.bfloat16, torch.float16
 
@@ -58,8 +60,9 @@ def oracle_sdpa(q, k, v, mask, dtype=torch.float64, **kw):
 @pytest.mark.parametrize("kind", ["bool", "additive"])
 @pytest.mark.parametrize("dims", list(MASK_DIMS), ids=list(MASK_DIMS))
 @pytest.mark.parametrize("shape", SHAPES, ids=["sq<sk", "sq>sk"])
-def test_sdpa_mask_matches_oracle(gen, dtype, kind, dims, shape):
+def test_sdpa_mask_matches_oracle(backend, gen, dtype, kind, dims, shape):
     b, hq, hkv, sq, sk, d = shape
+    needs_kernel(backend, dtype, backward=True, head_dim=d)
     q, k, v = bhsd(gen, shape, dtype)
     mask = make_mask(gen, kind, mask_shape(MASK_DIMS[dims], b, hq, sq, sk), dtype)
     if kind == "additive":
@@ -78,15 +81,17 @@ def test_sdpa_mask_matches_oracle(gen, dtype, kind, dims, shape):
         assert_close(g, r, n, name)
 
 
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
 @pytest.mark.parametrize("kind", ["bool", "additive"])
 @pytest.mark.parametrize("band", [(True, (-1, -1)), (False, (6, 3))], ids=["causal", "window6_3"])
-def test_mask_with_band_softcap_and_alibi(gen, kind, band):
+def test_mask_with_band_softcap_and_alibi(backend, gen, dtype, kind, band):
     """The mask comes after softcap and ALiBi; the causal / window band still applies."""
+    needs_kernel(backend, dtype, backward=True)
     causal, window = band
     b, hq, sq, sk, d = 2, 4, 41, 77, 32
-    q = (randn(gen, b, sq, hq, d) * 2).requires_grad_()
-    k = (randn(gen, b, sk, 2, d) * 2).requires_grad_()
-    v = randn(gen, b, sk, 2, d).requires_grad_()
+    q = (randn(gen, b, sq, hq, d) * 2).to(dtype).requires_grad_()
+    k = (randn(gen, b, sk, 2, d) * 2).to(dtype).requires_grad_()
+    v = randn(gen, b, sk, 2, d, dtype=dtype).requires_grad_()
     mask = make_mask(gen, kind, (b, 1, sq, sk), F32)
     if kind == "additive":
         mask.requires_grad_()
@@ -94,25 +99,29 @@ def test_mask_with_band_softcap_and_alibi(gen, kind, band):
     out = fa.attention(q, k, v, causal=causal, window_size=window, softcap=3.0,
                        alibi_slopes=slopes, attn_mask=mask)
     kw = dict(causal=causal, window=window, softcap=3.0, alibi_slopes=slopes)
-    ref = (oracle.attention(q, k, v, visible=mask, **kw) if kind == "bool"
-           else oracle.attention(q, k, v, bias=mask, **kw))[0]
-    assert_close(out, ref, None, "out")
+    given = dict(visible=mask) if kind == "bool" else dict(bias=mask)
+    ref = oracle.attention(q, k, v, **given, **kw)[0]
+    naive = None if dtype == F32 else oracle.attention(q, k, v, dtype=dtype, **given, **kw)[0]
+    assert_close(out, ref, naive, "out")
     wrt = (q, k, v, mask) if kind == "additive" else (q, k, v)
-    dout = randn(gen, *out.shape)
-    for name, g, r in zip(("dq", "dk", "dv", "dmask"), torch.autograd.grad(out, wrt, dout),
-                          torch.autograd.grad(ref, wrt, dout.double())):
-        assert_close(g, r, None, name)
+    dout = randn(gen, *out.shape, dtype=dtype)
+    naives = (None,) * 4 if naive is None else torch.autograd.grad(naive, wrt, dout)
+    for name, g, r, n in zip(("dq", "dk", "dv", "dmask"), torch.autograd.grad(out, wrt, dout),
+                             torch.autograd.grad(ref, wrt, dout.double()), naives):
+        assert_close(g, r, n, name)
 
 
 @pytest.mark.parametrize("dims", ["full", "keys"])
-def test_decode_with_mask(gen, dims):
+def test_decode_with_mask(backend, gen, dims):
     """One query row per head against many keys (split keys merged by their lse); GQA heads share
     a tile, each with its own mask row when the mask differs per head."""
+    dtype = F32 if backend == "cpu" else BF16
     b, hq, hkv, sk, d = 2, 8, 2, 3000, 64
-    q, k, v = randn(gen, b, hq, 1, d), randn(gen, b, hkv, sk, d), randn(gen, b, hkv, sk, d)
+    q, k, v = (randn(gen, b, h, s, d, dtype=dtype) for h, s in ((hq, 1), (hkv, sk), (hkv, sk)))
     mask = make_mask(gen, "additive", mask_shape(MASK_DIMS[dims], b, hq, 1, sk), F32)
     out = fa.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
-    assert_close(out, oracle_sdpa(q, k, v, mask)[0], None, "out")
+    naive = None if dtype == F32 else oracle_sdpa(q, k, v, mask, dtype=dtype)[0]
+    assert_close(out, oracle_sdpa(q, k, v, mask)[0], naive, "out")
 
 
 def test_fully_masked_rows_give_zero(gen):
@@ -216,9 +225,55 @@ def test_bad_key_padding_mask(gen, pad, text):
         fa.attention(q[0], q[0], q[0], key_padding_mask=torch.ones(1, 5, dtype=torch.bool))
 
 
-def test_emulated_cuda_kernels_refuse_by_name(gen, monkeypatch):
-    pytest.importorskip("flashattn_ext._emu", reason="built without the emulator")
+def test_emulated_kernels_do_not_depend_on_thread_order(gen, monkeypatch):
+    """Masks on the emulator with the block's threads shuffled by seed: the same output and lse
+    bitwise, and in deterministic mode the same dq, dk, dv and dmask bitwise."""
+    emu = pytest.importorskip("flashattn_ext._emu", reason="built without the emulator")
     monkeypatch.setenv("FLASHATTN_EXT_BACKEND", "emu")
-    q = randn(gen, 1, 2, 16, 32, dtype=BF16)
-    with pytest.raises(NotImplementedError, match="attn_mask.*CPU backend"):
-        fa.scaled_dot_product_attention(q, q, q, attn_mask=torch.ones(16, 16, dtype=torch.bool))
+    monkeypatch.setenv("FLASHATTN_EXT_DETERMINISTIC", "1")  # dq summed in a fixed order
+    b, hq, hkv, sq, sk, d = 2, 4, 2, 70, 150, 64
+    q, k, v = (randn(gen, b, h, s, d, dtype=BF16).requires_grad_()
+               for h, s in ((hq, sq), (hkv, sk), (hkv, sk)))
+    mask = make_mask(gen, "additive", (b, hq, sq, sk), F32).requires_grad_()
+    dout = randn(gen, b, hq, sq, d, dtype=BF16)
+    runs = []
+    try:
+        for seed in (None, 1, 2):
+            emu.set_seed(seed)
+            out = fa.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+            grads = torch.autograd.grad(out, (q, k, v, mask), dout)
+            runs.append((out, *grads))
+    finally:
+        emu.set_seed(None)
+    for other in runs[1:]:
+        for name, x, y in zip(("out", "dq", "dk", "dv", "dmask"), runs[0], other):
+            assert torch.equal(x, y), name
+
+
+def test_multihead_attention_masks_on_every_backend(backend, gen):
+    """nn.MultiHeadAttention sends key padding and a per-head bias to the kernels in one call: in
+    bfloat16 its output and input gradient are within the rule of the module computed in float64
+    on the CPU backend (the naive error being the CPU kernels' own in bfloat16)."""
+    needs_kernel(backend, BF16, backward=True)
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))
+    m = MultiHeadAttention(64, 4, dtype=BF16)
+    b, s = 2, 37
+    x = randn(gen, b, s, 64, dtype=BF16).requires_grad_()
+    pad = torch.rand(b, s, generator=gen) > 0.7
+    pad[:, 0] = False
+    bias = randn(gen, b * 4, s, s)
+    out, _ = m(x, key_padding_mask=pad, attn_mask=bias, need_weights=False)
+    g = randn(gen, *out.shape, dtype=BF16)
+    (dx,) = torch.autograd.grad(out, x, g)
+    with pytest.MonkeyPatch.context() as mp:  # the references, on the CPU kernels
+        mp.setenv("FLASHATTN_EXT_BACKEND", "cpu")
+        results = []
+        for dt in (F64, BF16):
+            mr = MultiHeadAttention(64, 4, dtype=dt)
+            mr.load_state_dict(m.state_dict())
+            xr = x.detach().to(dt).requires_grad_()
+            o, _ = mr(xr, key_padding_mask=pad, attn_mask=bias.to(dt), need_weights=False)
+            results.append((o, torch.autograd.grad(o, xr, g.to(dt))[0]))
+    (ref, dref), (naive, dnaive) = results
+    assert_close(out, ref, naive, "out")
+    assert_close(dx, dref, dnaive, "dx")

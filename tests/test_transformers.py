@@ -309,17 +309,18 @@ def test_packed_sequences_match_each_sequence_alone(gen, monkeypatch, name):
     assert_logits_and_gradients_close(ours, got, grads, naive, naive_grads, *joined(parts))
 
 
-def test_masks_neither_band_nor_packing_fall_back_with_a_warning(gen):
+def test_masks_neither_band_nor_packing_run_in_the_kernels(gen):
     """A 4-D (additive) mask passed by the caller that is block-diagonal with a causal block
-    beside a bidirectional one is neither a band nor packed sequences under one band:
-    transformers' sdpa computes it, after a warning naming the reason."""
+    beside a bidirectional one is neither a band nor packed sequences under one band: the
+    kernels read it as an explicit mask, with no fallback warning."""
     eager, ours = pair("llama", gen)
     ids = token_ids(gen, 2, 10)
     keep = torch.zeros(2, 1, 10, 10, dtype=torch.bool)
     keep[:, :, :4, :4] = torch.ones(4, 4, dtype=torch.bool).tril()
     keep[:, :, 4:, 4:] = True
     mask = torch.zeros(keep.shape).masked_fill(~keep, torch.finfo(torch.float32).min)
-    with pytest.warns(UserWarning, match="flashattn_ext: an attention mask that is not a"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         got = ours(input_ids=ids, attention_mask=mask, use_cache=False).logits
     assert_close(got, eager(input_ids=ids, attention_mask=mask, use_cache=False).logits, None,
                  "logits")

@@ -23,6 +23,12 @@ __device__ __forceinline__ sptr<T> dynamic_smem() {
   return reinterpret_cast<T*>(fae_dynamic_smem);
 }
 
+// *p for data no thread writes during the kernel (ld.global.nc).
+template <class T>
+__device__ __forceinline__ T load_nc(const T* p) {
+  return __ldg(p);
+}
+
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }

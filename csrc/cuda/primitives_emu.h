@@ -144,6 +144,12 @@ inline void cp_async_wait() {
 }
 inline void cp_async_wait_all() { emu::cp_async_wait_all(); }
 
+// ---- read-only loads: a checked load (the cache path is a device matter) ----
+template <class T>
+inline T load_nc(gptr<const T> p) {
+  return *p;
+}
+
 }  // namespace fae
 
 // ---- CUDA builtins ----

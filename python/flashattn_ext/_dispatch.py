@@ -134,11 +134,11 @@ def cuda_splits(q: Any, seqs: Seqs, block_m: int = 64) -> int:
 
 
 def cpu_only_features(q: Any, mask: MaskSpec) -> None:
-    """Dropout and explicit masks (attn_mask) run on the CPU kernels only, for now."""
+    """Dropout runs on the CPU kernels only, for now."""
     backend = backend_for(q)
-    if (mask.dropout_p or mask.attn_mask is not None) and backend != "cpu":
-        feature = ("attn_mask" if mask.attn_mask is not None else f"dropout_p={mask.dropout_p}: dropout")
-        raise NotImplementedError(f"{feature}: not implemented in the CUDA kernels yet (backend "
+    if mask.dropout_p and backend != "cpu":
+        raise NotImplementedError(f"dropout_p={mask.dropout_p}: dropout: not implemented in the "
+                                  f"CUDA kernels yet (backend "
                                   f"{backend}, dtype {dtype_name(q)}); it runs on the CPU backend "
                                   f"(CPU tensors or arrays without FLASHATTN_EXT_BACKEND=emu)")
 
@@ -203,8 +203,8 @@ def backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dq: Any, dk:
     mask.attn_mask."""
     dlse_ptr = 0 if dlse is None else _ptr(dlse)
     cpu_only_features(q, mask)
+    extra = {} if dmask is None else dict(dmask=_ptr(dmask), dmask_strides=strides(dmask)[:3])
     if backend_for(q) == "cpu":
-        extra = {} if dmask is None else dict(dmask=_ptr(dmask), dmask_strides=strides(dmask)[:3])
         _C.backward(**_common_kwargs(q, k, v, out, lse, scale, mask, q.shape[3], seqs),
                     **_arrays(dout=dout, dq=dq, dk=dk, dv=dv), dlse=dlse_ptr, stats=0, dq_accum=0,
                     stream=0, **extra)
@@ -220,7 +220,7 @@ def backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dq: Any, dk:
     stats = _new(q, (n_stats,), zero=False, float32=True)  # lse2, 1 / softmax sum, delta per row
     dq_accum = _new(q, (n_accum,), zero=False, float32=True)
     run(**kw, **_arrays(dout=dof, dq=dqf, dk=dkf, dv=dvf), dlse=dlse_ptr, stats=_ptr(stats),
-        dq_accum=_ptr(dq_accum), deterministic=deterministic_mode, **launch)
+        dq_accum=_ptr(dq_accum), deterministic=deterministic_mode, **extra, **launch)
     for padded, real in ((dqf, dq), (dkf, dk), (dvf, dv)):
         _copy_back(padded, real)
 

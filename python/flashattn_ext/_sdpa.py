@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from . import _dispatch, _masked
+from . import _dispatch
 from ._validate import CUDA_BUILT, CUDA_KERNEL_DTYPES, DTYPES, MAX_HEAD_DIM, dtype_name
 from .functional import scaled_dot_product_attention
 
@@ -48,38 +48,6 @@ def unsupported(query: Any, key: Any, value: Any) -> Optional[str]:
     return None
 
 
-def _heads_mask(mask: torch.Tensor, rank: int) -> Optional[torch.Tensor]:
-    """torch's attn_mask (broadcastable to (B, H, Sq, Sk), or (B, Sq, Sk) for 3-d inputs) as
-    (B or 1, Sq or 1, Sk or 1) when every head has the same mask, else None."""
-    if mask.dim() > rank:
-        return None
-    mask = mask.reshape((1,) * (rank - mask.dim()) + tuple(mask.shape))
-    if rank == 3:
-        return mask
-    if mask.shape[1] != 1 and not bool((mask == mask[:, :1]).all()):
-        return None
-    return mask[:, 0]
-
-
-def _masked_sdpa(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                 attn_mask: torch.Tensor, scale: Optional[float]) -> Optional[torch.Tensor]:
-    """The call with a mask on the kernels, or None when the mask is not a band they take."""
-    if attn_mask.requires_grad or torch.compiler.is_compiling():
-        return None
-    mask = _heads_mask(attn_mask, query.dim())
-    keep = None if mask is None else _masked.to_bool(mask)
-    sq, sk = query.shape[-2], key.shape[-2]
-    if keep is None or any(n not in (1, want) for n, want in zip(keep.shape,
-                                                                 (query.shape[0], sq, sk))):
-        return None
-    plans = _masked.plan(keep.expand(-1, sq, sk))
-    if plans is None:
-        return None
-    q, k, v = ((t[:, :, None] if t.dim() == 3 else t.transpose(1, 2)) for t in (query, key, value))
-    out = _masked.run(q, k, v, plans, scale)[0]
-    return out[:, :, 0] if query.dim() == 3 else out.transpose(1, 2)
-
-
 @dataclass
 class RoutedCalls:
     """What :func:`replace_sdpa` did: calls computed by flashattn_ext (``library``) and by
@@ -93,10 +61,8 @@ def sdpa(query: Any, key: Any, value: Any, attn_mask: Optional[torch.Tensor] = N
          dropout_p: float = 0.0, is_causal: bool = False, scale: Optional[float] = None,
          enable_gqa: bool = False, *, calls: Optional[RoutedCalls] = None) -> torch.Tensor:
     """torch's ``scaled_dot_product_attention`` signature and result, on the kernels when they
-    take the call: dense tensors of a dtype and device the build runs, and on the CPU backend
-    any attention mask and dropout; on the CUDA kernels no dropout, and no mask or one that is a
-    causal/sliding band over the keys not masked (per batch element, the same for every head).
-    Anything else goes to torch's own function."""
+    take the call: dense tensors of a dtype and device the build runs, with any attention mask;
+    dropout on the CPU backend. Anything else goes to torch's own function."""
     reason = unsupported(query, key, value)
     if reason is None and dropout_p != 0.0 and _dispatch.backend_for(query) != "cpu":
         reason = "dropout off the CPU backend"
@@ -105,16 +71,10 @@ def sdpa(query: Any, key: Any, value: Any, attn_mask: Optional[torch.Tensor] = N
     if reason is None and query.dim() == 4 and query.shape[1] != key.shape[1] and not enable_gqa:
         reason = "different head counts without enable_gqa"  # torch refuses it as well
     out = None
-    if reason is None and attn_mask is not None and query.device.type == "cpu" and \
-            _dispatch.backend_for(query) == "cpu":  # any mask, in the kernels
+    if reason is None:  # any mask, read by the kernels as it is
         out = scaled_dot_product_attention(query, key, value, attn_mask=attn_mask,
-                                           dropout_p=dropout_p, scale=scale, enable_gqa=enable_gqa)
-    elif reason is None and attn_mask is not None:
-        out = _masked_sdpa(query, key, value, attn_mask, scale)
-        reason = "an attention mask that is not a band" if out is None else None
-    elif reason is None:
-        out = scaled_dot_product_attention(query, key, value, dropout_p=dropout_p,
-                                           is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
+                                           dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+                                           enable_gqa=enable_gqa)
     if out is not None:
         if calls is not None:
             calls.library += 1
@@ -130,8 +90,7 @@ def sdpa(query: Any, key: Any, value: Any, attn_mask: Optional[torch.Tensor] = N
 def replace_sdpa(model: Optional[torch.nn.Module] = None) -> Iterator[RoutedCalls]:
     """Within the block, ``torch.nn.functional.scaled_dot_product_attention`` runs on
     flashattn_ext's kernels whenever they take the call, and is torch's own function otherwise
-    (on the CUDA kernels dropout, additive biases, masks that are not a causal/sliding band over
-    the unmasked keys and per-head masks; dtypes or devices the build does not run). Yields a
+    (on the CUDA kernels dropout; dtypes or devices the build does not run). Yields a
     :class:`RoutedCalls` counting both.
 
     What is routed: calls made through the attribute (``F.scaled_dot_product_attention(...)``,
@@ -140,9 +99,8 @@ def replace_sdpa(model: Optional[torch.nn.Module] = None) -> Iterator[RoutedCall
     that define the model's submodules (``from torch.nn.functional import
     scaled_dot_product_attention``). Limits: the patch is process-wide for the duration of the
     block (other threads see it too); C++ paths that never call the Python function (e.g.
-    ``nn.TransformerEncoderLayer``'s inference fast path) are not routed; for the CUDA kernels a
-    masked call reads the mask's values, so under ``torch.compile`` such calls stay with torch
-    (on the CPU backend the mask goes to the kernels as it is). Results: a
+    ``nn.TransformerEncoderLayer``'s inference fast path) are not routed; masks go to the kernels
+    as they are, also under ``torch.compile``. Results: a
     query row that may see no key gives 0, as torch's own CPU kernels do."""
     calls = RoutedCalls()
 

@@ -83,7 +83,7 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool = False,
             (Gemma 2), 0 = off.
         alibi_slopes: None, or float32 slopes (Hq,) or (B, Hq) (same kind and device as q; Hq
             = 1 for q without a head dimension): adds -slope·|i + Sk - Sq - j| to the score of
-            query i, key j (ALiBi, after the softcap). Softcap and ALiBi run on the CPU backend.
+            query i, key j (ALiBi, after the softcap).
         dropout_p: a probability in [0, 1): each attention probability is dropped with it and
             the kept ones scaled by 1 / (1 - dropout_p) (docs/semantics.md section 13; lse stays
             that of the undropped softmax). Applied whenever > 0 (pass 0.0 for evaluation); CPU
@@ -95,7 +95,7 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, *, causal: bool = False,
             (Sq, Sk), (B, Sq, Sk) or (B, Hq, Sq, Sk) following q's rank: booleans (True =
             attend) or float values added to the scaled scores after softcap and ALiBi (a
             tensor requiring grad gets its gradient). Read with its own strides, never
-            expanded. The causal and window bands still apply. CPU backend.
+            expanded. The causal and window bands still apply.
         key_padding_mask: None, or (B, Sk) booleans for batched q, True = ignore that key
             (``torch.nn.MultiheadAttention``'s convention); combined with attn_mask.
 
@@ -198,8 +198,8 @@ def scaled_dot_product_attention(query: ArrayLike, key: ArrayLike, value: ArrayL
     ``enable_gqa=True``. ``attn_mask``, as in torch: booleans (True = attend) or float values added
     to the scaled scores, broadcastable to (B, Hq, Sq, Sk) ((B, Sq, Sk) for 3-d inputs), read
     with its own strides (never expanded); a float tensor requiring grad gets its gradient. A
-    query row whose keys are all masked out gives 0 (torch's math path gives NaN). Masks run on
-    the CPU backend. ``dropout_p`` > 0 drops attention probabilities whenever given, as torch
+    query row whose keys are all masked out gives 0 (torch's math path gives NaN).
+    ``dropout_p`` > 0 drops attention probabilities whenever given, as torch
     does (:func:`flash_attn_func`'s dropout; ``seed`` as there).
     """
     if attn_mask is not None and flag("is_causal", is_causal):

@@ -13,7 +13,7 @@ torch = optional("torch", "torch", "flashattn_ext.nn")
 import torch.nn.functional as F  # noqa: E402  (after the check that torch is there)
 from torch import nn  # noqa: E402
 
-from . import _dispatch, _masked  # noqa: E402
+from . import _masked  # noqa: E402
 from ._sdpa import replace_sdpa  # noqa: E402
 from ._validate import MAX_HEAD_DIM, dropout_value, scale_value  # noqa: E402
 from .functional import attention  # noqa: E402
@@ -26,12 +26,6 @@ Output = Union[torch.Tensor, Tuple[torch.Tensor, Optional[torch.Tensor]]]
 def _torch_separate(mha: nn.MultiheadAttention) -> Tuple[torch.Tensor, ...]:
     """torch's separate q, k, v projection weights (when kdim or vdim differ from embed_dim)."""
     return mha.q_proj_weight, mha.k_proj_weight, mha.v_proj_weight
-
-
-def _mask_names(key_padding_mask: Optional[torch.Tensor],
-                attn_mask: Optional[torch.Tensor]) -> str:
-    return " and ".join(n for n, m in (("attn_mask", attn_mask),
-                                       ("key_padding_mask", key_padding_mask)) if m is not None)
 
 
 class MultiHeadAttention(nn.Module):
@@ -54,12 +48,8 @@ class MultiHeadAttention(nn.Module):
     Masks follow torch's module: ``key_padding_mask`` (B, Sk), True = ignore that key;
     ``attn_mask`` (Sq, Sk) or (B * num_heads, Sq, Sk), True = not allowed; float masks of either
     are added to the scores (-inf: masked out), and a float attn_mask requiring grad gets its
-    gradient. On the CPU backend every mask runs in the kernels (read in place, per head when
-    given per head); on the CUDA kernels masks must together be a causal or sliding-window band
-    over the keys not padded, per batch element (e.g.
-    ``nn.Transformer.generate_square_subsequent_mask`` with left or right padding), and other
-    masks raise NotImplementedError naming the argument. A query that may see no key gives 0
-    (torch: NaN).
+    gradient. Every mask runs in the kernels, in one call (read in place, per head when given per
+    head). A query that may see no key gives 0 (torch: NaN).
     ``is_causal`` is torch's hint that attn_mask is causal (the mask decides). ``causal`` (the
     module's setting unless given) adds a causal mask aligned bottom-right: query i sees keys
     j <= i + Sk - Sq, the right alignment when the keys are earlier tokens plus the current ones.
@@ -202,27 +192,6 @@ class MultiHeadAttention(nn.Module):
                if m.dtype == torch.bool else m for m in parts]
         return add[0] if len(add) == 1 else add[0] + add[1]
 
-    @staticmethod
-    def _band(mask: Optional[torch.Tensor], causal: bool, names: str, b: int, sq: int,
-              sk: int) -> Optional[torch.Tensor]:
-        """What each query may see, (B or 1, Sq, Sk) booleans, for the CUDA kernels' banded calls
-        (_masked.plan): the mask when it holds only 0 / -inf or booleans and is the same for
-        every head, with the causal band; None when nothing is masked."""
-        allowed = None
-        if mask is not None:
-            keep = _masked.to_bool(mask)
-            if keep is None:
-                raise NotImplementedError(f"{names}: additive biases run on the CPU backend only")
-            if keep.shape[1] != 1 and not bool((keep == keep[:, :1]).all()):
-                raise NotImplementedError(f"{names}: masks that differ between heads run on the "
-                                          f"CPU backend only")
-            allowed = keep[:, 0]
-        if causal:
-            band = torch.ones(sq, sk, dtype=torch.bool, device=mask.device if mask is not None
-                              else None).tril(sk - sq)
-            allowed = band[None] if allowed is None else allowed & band
-        return None if allowed is None else allowed.expand(-1, sq, sk)
-
     def forward(self, query: torch.Tensor, key: Optional[torch.Tensor] = None,
                 value: Optional[torch.Tensor] = None,
                 key_padding_mask: Optional[torch.Tensor] = None,
@@ -252,21 +221,9 @@ class MultiHeadAttention(nn.Module):
         causal = self.causal if causal is None else causal
         scale = 1.0 / self.head_dim ** 0.5 if self.scale is None else self.scale
         mask = self._mask(key_padding_mask, attn_mask, b, sq, sk)
-        names = _mask_names(key_padding_mask, attn_mask)
         dropout_p = self.dropout if self.training else 0.0
-        if mask is None or _dispatch.backend_for(q) == "cpu":  # one kernel call
-            out, lse = attention(q, k, v, causal=causal, scale=scale, return_lse=True,
-                                 attn_mask=mask, dropout_p=dropout_p)
-        else:  # the CUDA kernels: one banded call per batch element whose band differs
-            if dropout_p:
-                raise NotImplementedError(f"dropout={dropout_p}: dropout runs on the CPU backend "
-                                          f"only; call module.eval() on the CUDA kernels")
-            plans = _masked.plan(self._band(mask, causal, names, b, sq, sk))
-            if plans is None:
-                raise NotImplementedError(
-                    f"{names}: on the CUDA kernels, masks must be a causal or sliding-window band "
-                    f"over the keys not padded; other masks run on the CPU backend")
-            out, lse = _masked.run(q, k, v, plans, scale)
+        out, lse = attention(q, k, v, causal=causal, scale=scale, return_lse=True,
+                             attn_mask=mask, dropout_p=dropout_p)
         out = self.out_proj(out.flatten(2))
         weights = None
         if need_weights:

@@ -23,14 +23,17 @@
 // key blocks blockIdx.x, blockIdx.x + gridDim.x, ..., and each accumulator element of a split is
 // updated by one thread of one block in a fixed order. The first two kernels compute S and dP
 // with the same mma sequence (k steps in order, from zero), so they agree bit for bit.
-// Softcap and ALiBi (kMod, score_mod.cuh; the variable-length instances only, a dense call being
-// one with no sequence arrays): both kernels turn S into the forward's log2-domain scores with
-// the same code, and dS is multiplied by the softcap's derivative 1 - tanh^2 before dK and dQ.
+// Softcap, ALiBi (kMod, score_mod.cuh) and explicit masks (attn_mask.cuh) run in the
+// variable-length instances only, a dense call being one with no sequence arrays: both kernels
+// turn S into the forward's log2-domain scores with the same code, the main kernel writes the
+// mask's gradient P (dP - delta), and dS is multiplied by the softcap's derivative 1 - tanh^2
+// before dK and dQ.
 #pragma once
 
 #include "common/mask.h"
 #include "common/online_softmax.h"
 #include "common/seqlens.h"
+#include "cuda/flash/attn_mask.cuh"
 #include "cuda/flash/bwd_traits.h"
 #include "cuda/flash/common.cuh"
 #include "cuda/flash/score_mod.cuh"
@@ -167,7 +170,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
     bwd_row_stats(BwdParams bp, BwdWork w, gptr<const typename Tr::Element> q, gptr<const typename Tr::Element> k,
                   gptr<const typename Tr::Element> v, gptr<const typename Tr::Element> dout, gptr<const float> lse,
                   gptr<const float> dlse, gptr<float> stats, gptr<float> dq_accum, SeqArrays<gptr<const int32_t>> sa,
-                  ScoreMods mods, gptr<const float> slopes) {
+                  ScoreMods mods, gptr<const float> slopes, MaskRefs am) {
   static_assert(kSeqs || !kMod, "score mods run in the variable-length kernels");
   using T = typename Tr::Element;
   using Sdp = SdpTile<Tr>;
@@ -240,6 +243,9 @@ __global__ void __launch_bounds__(Tr::kThreads)
       if constexpr (kMod)  // the forward's log2-domain scores, from this thread's row g and column 2t
         mods.apply(tile.s, mods.slope2(p, slopes, b, h),
                    int(alibi_position(m0 + wm * Tr::kSdpM + g, p.seqlen_q, p.seqlen_k) - n0 - wn * Tr::kSdpN), 2 * t);
+      if constexpr (kMod)
+        if (p.attn_mask != nullptr)
+          am.apply(tile.s, p, b, h, m0 + wm * Tr::kSdpM + g, n0 + wn * Tr::kSdpN + 2 * t, p.seqlen_q, p.seqlen_k);
       const bool whole = keys_valid == BN && n0 >= last.lo && n0 + BN - 1 <= first.hi;
 #pragma unroll
       for (int mt = 0; mt < Sdp::MT; ++mt)
@@ -304,7 +310,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
                      gptr<const typename Tr::Element> v, gptr<const typename Tr::Element> dout,
                      gptr<const float> stats, gptr<float> dq_accum, gptr<typename Tr::Element> dk,
                      gptr<typename Tr::Element> dv, SeqArrays<gptr<const int32_t>> sa, ScoreMods mods,
-                     gptr<const float> slopes) {
+                     gptr<const float> slopes, MaskRefs am) {
   static_assert(kSeqs || !kMod, "score mods run in the variable-length kernels");
   using T = typename Tr::Element;
   using Sdp = SdpTile<Tr>;
@@ -430,17 +436,32 @@ __global__ void __launch_bounds__(Tr::kThreads)
           for (int r = 0; r < 2; ++r) {
             const int row = wm * Tr::kSdpM + mt * 16 + g + 8 * r;
             const float4 st = ptr_cast<float4>(cSt)[row];  // lse2, 1 / psum, delta
+            // Explicit masks: this row's mask offset, whether it is a row of the sequence, and
+            // the keys the band lets through (where dmask is written).
+            [[maybe_unused]] const bool row_in = m0 + row < seqlen_q();
+            [[maybe_unused]] int64_t moff = 0;
+            [[maybe_unused]] KeyRange band{0, seqlen_k() - 1};
+            if constexpr (kMod) {
+              moff = mask_row_offset(p, b, h0 + h, m0 + row);
+              if (masked) band = on_mask([&](const FwdParams& mp) { return visible_keys(m0 + row, mp); });
+            }
 #pragma unroll
             for (int nt = 0; nt < Sdp::NT; ++nt)
 #pragma unroll
               for (int c = 0; c < 2; ++c) {
                 float x = tile.s[mt][nt][2 * r + c], ds_dx = 1.0f;
+                [[maybe_unused]] const int64_t key = n0 + wn * Tr::kSdpN + nt * 8 + 2 * t + c;
                 if constexpr (kMod) {
                   ds_dx = mods.grad(x);
                   x = ScoreMods::bias(x, slope2, pos0 + mt * 16 + 8 * r, 2 * t + nt * 8 + c);
+                  if (p.attn_mask != nullptr && row_in && key < seqlen_k()) x += am.value(p, moff, key);
                 }
                 const float pt = unnormalised_p(x, kMod ? 1.0f : p.scale_log2, st.x) * st.y;
-                tile.dp[mt][nt][2 * r + c] = pt * (tile.dp[mt][nt][2 * r + c] - st.z) * ds_dx;
+                const float ds = pt * (tile.dp[mt][nt][2 * r + c] - st.z);
+                if constexpr (kMod)
+                  if (bp.dmask != nullptr && row_in && key >= band.lo && key <= band.hi)
+                    am.store_grad(bp, b, h0 + h, m0 + row, key, ds);
+                tile.dp[mt][nt][2 * r + c] = ds * ds_dx;
                 tile.s[mt][nt][2 * r + c] = pt;
               }
             if (masked) {  // a masked pair gets P = dS = 0, also in a row whose statistics are NaN

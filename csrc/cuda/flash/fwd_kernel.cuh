@@ -14,9 +14,10 @@
 // of a row tile takes split x % num_splits of the key tiles and writes a normalised partial O and
 // its log2-domain lse to split_workspace for the combine kernel (split_kv.cuh). The dense kernel
 // compiles none of this.
-// Softcap and ALiBi (kMod, score_mod.cuh) run in flash_fwd_seqs_kernel only (a dense call is one
-// with no sequence arrays): the S accumulators become log2-domain scores right after Q.K^T, before
-// the mask, and the softmax then takes them with factor 1.
+// Softcap, ALiBi (kMod, score_mod.cuh) and explicit masks (attn_mask.cuh) run in
+// flash_fwd_seqs_kernel only (a dense call is one with no sequence arrays): the S accumulators
+// become log2-domain scores right after Q.K^T, then take the explicit mask, then the band mask,
+// and the softmax then takes them with factor 1.
 #pragma once
 
 #include <type_traits>
@@ -24,6 +25,7 @@
 #include "common/mask.h"
 #include "common/online_softmax.h"
 #include "common/seqlens.h"
+#include "cuda/flash/attn_mask.cuh"
 #include "cuda/flash/common.cuh"
 #include "cuda/flash/fwd_traits.h"
 #include "cuda/flash/score_mod.cuh"
@@ -54,7 +56,7 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
                                           gptr<const typename Tr::Element> k, gptr<const typename Tr::Element> v,
                                           gptr<typename Tr::Element> o, gptr<float> lse,
                                           const SeqArrays<gptr<const int32_t>>& sa, gptr<float> split_out,
-                                          const ScoreMods& mods, gptr<const float> slopes) {
+                                          const ScoreMods& mods, gptr<const float> slopes, const MaskRefs& am) {
   static_assert(kSeqs || !kMod, "score mods run in the variable-length kernel");
   using T = typename Tr::Element;
   constexpr int MT = Tr::kMTiles, BM = Tr::kBlockM, BN = Tr::kBlockN, LD = Tr::kRowStride;
@@ -202,6 +204,9 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
 
       if constexpr (kMod)  // this thread's row g and column 2t: ALiBi position and key from the tile's start
         mods.apply(s, slope2, int(alibi_position(m0 + wrow + g, seq.seqlen_q, seq.seqlen_k) - int64_t(j) * BN), 2 * t);
+      if constexpr (kMod)
+        if (p.attn_mask != nullptr)  // rows past this block's and keys past Sk are not read
+          am.apply(s, p, b, h, m0 + wrow + g, int64_t(j) * BN + 2 * t, m0 + rows_valid, seq.seqlen_k);
       if constexpr (kMasked) {
         // The mask rule (mask.h) on the diagonals of the tile: row m0 + r sees key n0 + col iff
         //   align_offset - window_left <= (n0 - m0) + col - r <= align_offset + window_right
@@ -357,7 +362,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
     flash_fwd_kernel(FwdParams p, ScoreScale sc, gptr<const typename Tr::Element> q, gptr<const typename Tr::Element> k,
                      gptr<const typename Tr::Element> v, gptr<typename Tr::Element> o, gptr<float> lse) {
   fwd_block<Tr, false, false>(p, sc, q, k, v, o, lse, SeqArrays<gptr<const int32_t>>{}, gptr<float>{}, ScoreMods{},
-                              gptr<const float>{});
+                              gptr<const float>{}, MaskRefs{});
 }
 
 template <class Tr, bool kMod>
@@ -365,8 +370,8 @@ __global__ void __launch_bounds__(Tr::kThreads)
     flash_fwd_seqs_kernel(FwdParams p, ScoreScale sc, gptr<const typename Tr::Element> q,
                           gptr<const typename Tr::Element> k, gptr<const typename Tr::Element> v,
                           gptr<typename Tr::Element> o, gptr<float> lse, SeqArrays<gptr<const int32_t>> sa,
-                          gptr<float> split_out, ScoreMods mods, gptr<const float> slopes) {
-  fwd_block<Tr, true, kMod>(p, sc, q, k, v, o, lse, sa, split_out, mods, slopes);
+                          gptr<float> split_out, ScoreMods mods, gptr<const float> slopes, MaskRefs am) {
+  fwd_block<Tr, true, kMod>(p, sc, q, k, v, o, lse, sa, split_out, mods, slopes, am);
 }
 
 }  // namespace fae::cuda

@@ -16,11 +16,13 @@ What a call gets, as transformers' ``sdpa`` attention would compute it:
   call says) when there is more than one query, else all keys; grouped-query heads natively;
   ``scaling`` as the scale.
 - a mask (padding, KV-cache decoding, sliding windows, encoder padding in cross-attention):
-  transformers' boolean mask runs on the kernels when, for each sequence of the batch, it is a
-  causal or sliding-window band over the keys not padded, which the masks of left- and
-  right-padded batches are (the mask's plan is worked out once per mask, which a model shares
-  between its layers). Query rows that see no key (left padding) give 0 where sdpa gives the
-  mean of the values; those rows are padding.
+  when, for each sequence of the batch, transformers' boolean mask is a causal or
+  sliding-window band over the keys not padded, which the masks of left- and right-padded
+  batches are, the kernels run one banded call per band (the mask's plan is worked out once per
+  mask, which a model shares between its layers); any other (B or 1, 1, Sq, Sk) mask, boolean or
+  additive, is read by the kernels as it is (``attn_mask`` of :func:`~flashattn_ext.attention`).
+  Query rows that see no key (left padding) give 0 where sdpa gives the mean of the values;
+  those rows are padding.
 - packed sequences: ``position_ids`` restarting at 0 inside a row, with no ``attention_mask``
   and no cache, make transformers build a block-diagonal mask (causal, or a sliding window,
   within each sequence). Such a mask, from transformers or passed by the caller, runs as one
@@ -33,9 +35,8 @@ What a call gets, as transformers' ``sdpa`` attention would compute it:
   NotImplementedError.
 - falls back to transformers' sdpa attention, with a warning naming the reason, for what the
   kernels do not take: dropout while training, ``position_bias`` (T5), the paged cache of
-  continuous batching, masks that are neither a band nor packed sequences under one band
-  (per-head masks, biases, blocks with different bands), packed sequences off the CPU, and
-  dtypes, devices or head dims the build does not run.
+  continuous batching, masks of other shapes, and dtypes, devices or head dims the build does
+  not run.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask  # noqa
 
 from .. import _masked  # noqa: E402
 from .._sdpa import unsupported  # noqa: E402
-from ..functional import scaled_dot_product_attention  # noqa: E402
+from ..functional import attention, scaled_dot_product_attention  # noqa: E402
 
 ATTENTION_NAME = "fae"
 
@@ -110,11 +111,9 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
         raise NotImplementedError("s_aux: flashattn_ext has no attention sinks yet; load this "
                                   "model with attn_implementation='eager'")
     reason = _fallback_reason(query, key, value, attention_mask, dropout, kwargs)
+    plans = None
     if reason is None and attention_mask is not None:
         plans = _masked.cached_plan(attention_mask)
-        if plans is None:
-            reason = ("an attention mask that is not a causal or sliding-window band over the "
-                      "unpadded keys, nor sequences packed under one such band")
     if reason is not None:
         warnings.warn(f"flashattn_ext: {reason}: computed by transformers' sdpa attention",
                       stacklevel=2)
@@ -126,6 +125,14 @@ def attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.T
                               getattr(getattr(module, "config", None), "output_attentions", False))
     sq, sk = query.shape[2], key.shape[2]
     q, k, v = (t.transpose(1, 2) for t in (query, key, value))
+    if attention_mask is not None and plans is None:  # no band: the kernels read the mask
+        out, lse = attention(q, k, v, scale=scale, softcap=softcap, attn_mask=attention_mask,
+                             return_lse=True)
+        keep = attention_mask if attention_mask.dtype == torch.bool else None
+        weights = (_masked.weights(q, k, lse, scale, keep, softcap,
+                                   bias=None if keep is not None else attention_mask)
+                   if want_weights else None)
+        return out.contiguous(), weights
     if attention_mask is None and not want_weights and not softcap:
         out = scaled_dot_product_attention(query, key, value, is_causal=causal and sq > 1,
                                            scale=scale, enable_gqa=True)

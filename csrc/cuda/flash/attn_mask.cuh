@@ -1,0 +1,78 @@
+// Explicit attention masks (FwdParams::attn_mask, common/score_mod.h) on the S accumulators of the
+// CUDA kernels' kMod instances, after softcap and ALiBi and before the band mask: an additive
+// float32 mask adds value * log2(e) to the log2-domain score, a boolean one adds -inf where it is
+// 0 (so a NaN score stays NaN). The mask is read in place through its element strides (0 on
+// broadcast dimensions), straight from global memory into registers through the read-only cache
+// (load_nc): the four lanes of a fragment row read 8 consecutive keys (one 32-byte sector of a
+// float mask with unit key stride). The
+// backward writes d loss / d mask = P (dP - delta) (before the softcap's derivative) to
+// BwdParams::dmask where the band lets a pair through.
+#pragma once
+
+#include "common/online_softmax.h"
+#include "common/params.h"
+#include "common/score_mod.h"
+#include "cuda/launch.cuh"
+#include "cuda/primitives.cuh"
+
+namespace fae::cuda {
+
+// The mask and its gradient as checked pointers (empty when absent); `add` or `keep` by kind.
+struct MaskRefs {
+  gptr<const float> add;     // additive float32 mask
+  gptr<const uint8_t> keep;  // boolean mask, 0 = masked out
+  gptr<float> grad;          // the backward's dmask (float32, keys contiguous)
+
+  static MaskRefs of(const FwdParams& p, const BwdParams* bp = nullptr) {
+    MaskRefs m;
+    if (p.attn_mask == nullptr) return m;
+    const std::size_t n = std::size_t((p.batch - 1) * p.mask_batch_stride + (p.heads_q - 1) * p.mask_head_stride +
+                                      (p.seqlen_q - 1) * p.mask_row_stride + (p.seqlen_k - 1) * p.mask_col_stride + 1);
+    if (p.mask_bool)
+      m.keep = gbuf(static_cast<const uint8_t*>(p.attn_mask), n);
+    else
+      m.add = gbuf(static_cast<const float*>(p.attn_mask), n);
+    if (bp != nullptr && bp->dmask != nullptr)
+      m.grad = gbuf(static_cast<float*>(bp->dmask),
+                    std::size_t((p.batch - 1) * bp->dmask_batch_stride + (p.heads_q - 1) * bp->dmask_head_stride +
+                                (p.seqlen_q - 1) * bp->dmask_row_stride + p.seqlen_k));
+    return m;
+  }
+
+  // The log2-domain value added to the score of key `key` in the mask row at offset `row`.
+  __device__ __forceinline__ float value(const FwdParams& p, int64_t row, int64_t key) const {
+    const int64_t at = row + key * p.mask_col_stride;
+    if (p.mask_bool) return load_nc(keep + at) != 0 ? 0.0f : neg_inf<float>();
+    return load_nc(add + at) * float(kLog2e);
+  }
+
+  // The mask on m16n8 accumulator tiles of batch b, query head h: element (mt, nt, i) is query
+  // row row0 + mt * 16 + 8 * (i / 2) and key key0 + nt * 8 + i % 2 (row0, key0: this thread's
+  // fragment row g and column 2t). Rows at or past rows_end and keys at or past keys_end are not
+  // read (the band mask or the row bounds take care of them).
+  template <int MT, int NT>
+  __device__ __forceinline__ void apply(float (&s)[MT][NT][4], const FwdParams& p, int b, int h, int64_t row0,
+                                        int64_t key0, int64_t rows_end, int64_t keys_end) const {
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        const int64_t row = row0 + mt * 16 + 8 * r;
+        if (row >= rows_end) continue;
+        const int64_t off = mask_row_offset(p, b, h, row);
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+          for (int c = 0; c < 2; ++c)
+            if (key0 + nt * 8 + c < keys_end) s[mt][nt][2 * r + c] += value(p, off, key0 + nt * 8 + c);
+      }
+  }
+
+  // dmask of (b, h, row, key) <- ds (the backward; only when the caller wants the gradient).
+  __device__ __forceinline__ void store_grad(const BwdParams& bp, int b, int h, int64_t row, int64_t key,
+                                             float ds) const {
+    grad[b * bp.dmask_batch_stride + h * bp.dmask_head_stride + row * bp.dmask_row_stride + key] = ds;
+  }
+};
+
+}  // namespace fae::cuda
