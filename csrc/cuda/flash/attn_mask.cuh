@@ -12,6 +12,7 @@
 #include "common/online_softmax.h"
 #include "common/params.h"
 #include "common/score_mod.h"
+#include "cuda/flash/common.cuh"
 #include "cuda/launch.cuh"
 #include "cuda/primitives.cuh"
 
@@ -39,9 +40,8 @@ struct MaskRefs {
     return m;
   }
 
-  // The log2-domain value added to the score of key `key` in the mask row at offset `row`.
-  __device__ __forceinline__ float value(const FwdParams& p, int64_t row, int64_t key) const {
-    const int64_t at = row + key * p.mask_col_stride;
+  // The log2-domain value added to the score of the mask entry at offset `at`.
+  __device__ __forceinline__ float value(const FwdParams& p, int64_t at) const {
     if (p.mask_bool) return load_nc(keep + at) != 0 ? 0.0f : neg_inf<float>();
     return load_nc(add + at) * float(kLog2e);
   }
@@ -53,18 +53,19 @@ struct MaskRefs {
   template <int MT, int NT>
   __device__ __forceinline__ void apply(float (&s)[MT][NT][4], const FwdParams& p, int b, int h, int64_t row0,
                                         int64_t key0, int64_t rows_end, int64_t keys_end) const {
+    const int rows = int(min64(rows_end - row0, 1 << 30)), keys = int(min64(keys_end - key0, 1 << 30));
+    const int64_t first = mask_row_offset(p, b, h, row0) + key0 * p.mask_col_stride;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        const int64_t row = row0 + mt * 16 + 8 * r;
-        if (row >= rows_end) continue;
-        const int64_t off = mask_row_offset(p, b, h, row);
+        if (mt * 16 + 8 * r >= rows) continue;
+        const int64_t at = first + (mt * 16 + 8 * r) * p.mask_row_stride;
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
           for (int c = 0; c < 2; ++c)
-            if (key0 + nt * 8 + c < keys_end) s[mt][nt][2 * r + c] += value(p, off, key0 + nt * 8 + c);
+            if (nt * 8 + c < keys) s[mt][nt][2 * r + c] += value(p, at + (nt * 8 + c) * p.mask_col_stride);
       }
   }
 

@@ -454,7 +454,8 @@ __global__ void __launch_bounds__(Tr::kThreads)
                 if constexpr (kMod) {
                   ds_dx = mods.grad(x);
                   x = ScoreMods::bias(x, slope2, pos0 + mt * 16 + 8 * r, 2 * t + nt * 8 + c);
-                  if (p.attn_mask != nullptr && row_in && key < seqlen_k()) x += am.value(p, moff, key);
+                  if (p.attn_mask != nullptr && row_in && key < seqlen_k())
+                    x += am.value(p, moff + key * p.mask_col_stride);
                 }
                 const float pt = unnormalised_p(x, kMod ? 1.0f : p.scale_log2, st.x) * st.y;
                 const float ds = pt * (tile.dp[mt][nt][2 * r + c] - st.z);

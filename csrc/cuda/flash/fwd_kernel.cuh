@@ -365,8 +365,11 @@ __global__ void __launch_bounds__(Tr::kThreads)
                               gptr<const float>{}, MaskRefs{});
 }
 
+// The kMod instance asks for 2 blocks per SM (minBlocks 0 = unspecified for the plain one): left
+// to itself ptxas held it at 168 registers (3 blocks of 128 threads) and spilled 4-16 bytes with
+// explicit masks (D = 128, sm_80 and sm_90); with 2 it takes 202-222 and spills nothing.
 template <class Tr, bool kMod>
-__global__ void __launch_bounds__(Tr::kThreads)
+__global__ void __launch_bounds__(Tr::kThreads, kMod ? 2 : 0)
     flash_fwd_seqs_kernel(FwdParams p, ScoreScale sc, gptr<const typename Tr::Element> q,
                           gptr<const typename Tr::Element> k, gptr<const typename Tr::Element> v,
                           gptr<typename Tr::Element> o, gptr<float> lse, SeqArrays<gptr<const int32_t>> sa,
