@@ -48,4 +48,13 @@ void dropout_mask(const FwdParams& p, int64_t rows, int64_t cols, uint8_t* out) 
     }
 }
 
+int vec_transpose(float* block) {
+  using V = FAE_CPU_VEC;
+  typename V::R x[V::W];
+  for (int w = 0; w < V::W; ++w) x[w] = V::load(block + w * V::W);
+  V::transpose(x);
+  for (int w = 0; w < V::W; ++w) V::store(block + w * V::W, x[w]);
+  return V::W;
+}
+
 }  // namespace fae::cpu::FAE_CPU_ISA
