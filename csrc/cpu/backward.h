@@ -345,7 +345,7 @@ struct Backward {
     const Seq seq = sequence(p, b);
     const FwdParams sp = with_lengths(p, seq);
     const int64_t hk = h / group, nqp = round_up(nq, W), r0 = row_index(b, h, i0);
-    Scratch scratch(2 * D * nqp + 3 * bk * nqp + 2 * bk * D + 4 * nqp);
+    Scratch scratch(2 * D * nqp + 3 * bk * nqp + 2 * bk * D + 3 * nqp + W * bk);
     float* qt = scratch.get();      // D x nqp: Q^T, padding zero
     float* dot = qt + D * nqp;      // D x nqp: dO^T
     float* st = dot + D * nqp;      // bk x nqp: S^T, then P^T
@@ -355,8 +355,8 @@ struct Backward {
     float* nl2 = vbuf + bk * D;     // nqp: -lse2 per row, padding 0
     float* ps = nl2 + nqp;          // nqp: psum per row (normalised) or 1
     float* pos = ps + nqp;          // nqp: ALiBi position per row
-    float* mt = pos + nqp;          // nqp: explicit mask: one key's mask values per row
-    float* gt = mt + nqp;           // bk x nqp: softcap: 1 - tanh^2
+    float* gt = pos + nqp;          // bk x nqp: softcap: 1 - tanh^2
+    float* mt = gt + bk * nqp;      // W x bk: explicit mask: W rows' mask values of one key tile
     int64_t lo[kMaxRows], hi[kMaxRows], mrow[kMaxRows];  // mrow: each row's mask row (offset)
     uint32_t rows[kMaxRows], heads[kMaxRows];  // dropout: each lane's row and head
     for (int64_t c = 0; c < nqp && drop; ++c) {
@@ -425,23 +425,21 @@ struct Backward {
   }
 
   // mask_scores on S^T (lanes are rows, nqp = nq rounded up to W; row c reads the mask row at
-  // offset mrow[c]; t: nqp floats of scratch).
+  // offset mrow[c]; t: W x bk floats of scratch). A mask broadcast over rows (key padding) adds
+  // one vector per key; others read W rows along the keys and transpose them (add_mask_t).
   void mask_scores_t(const int64_t* mrow, int64_t nq, int64_t k0, int64_t nk, float* st, float* t) const {
     const int64_t nqp = round_up(nq, W);
-    const R l2e = V::set1(float(kLog2e));
-    bool shared = true;  // every row reads one mask row (a mask broadcast over rows: key padding)
+    bool shared = true;
     for (int64_t c = 1; c < nq; ++c) shared &= mrow[c] == mrow[0];
-    if (shared) {
-      for (int64_t j = 0; j < nk; ++j) {
-        const R mv = V::set1(mask_value<float>(p, mrow[0], k0 + j));
-        for (int64_t c = 0; c < nqp; c += W) V::store(st + j * nqp + c, V::fma(mv, l2e, V::load(st + j * nqp + c)));
-      }
+    if (!shared) {
+      for (int64_t c = 0; c < nqp; c += W)
+        add_mask_t<V>(p, mrow + c, int(std::min<int64_t>(W, nq - c)), k0, nk, st + c, nqp, t);
       return;
     }
+    const R l2e = V::set1(float(kLog2e));
     for (int64_t j = 0; j < nk; ++j) {
-      for (int64_t c = 0; c < nqp; ++c) t[c] = c < nq ? mask_value<float>(p, mrow[c], k0 + j) : 0.f;
-      for (int64_t c = 0; c < nqp; c += W)
-        V::store(st + j * nqp + c, V::fma(V::load(t + c), l2e, V::load(st + j * nqp + c)));
+      const R mv = V::set1(mask_value<float>(p, mrow[0], k0 + j));
+      for (int64_t c = 0; c < nqp; c += W) V::store(st + j * nqp + c, V::fma(mv, l2e, V::load(st + j * nqp + c)));
     }
   }
 
