@@ -244,6 +244,12 @@ struct Backward {
     if (!direct && with_dq)
       for (int64_t g = 0; g < group; ++g)
         store_rows<V>(dqacc + g * Sqb * D, D, Sqb, D, dq_head(hk * group + g), bp.dq_row_stride);
+    if (chunk == nchunks - 1) {
+      zero_unused_key_rows(p, seq, static_cast<T*>(bp.dk) + seq.kv_batch * bp.dk_batch_stride + hk * bp.dk_head_stride,
+                           bp.dk_row_stride, D);
+      zero_unused_key_rows(p, seq, static_cast<T*>(bp.dv) + seq.kv_batch * bp.dv_batch_stride + hk * bp.dv_head_stride,
+                           bp.dv_row_stride, D);
+    }
   }
 
   // Softcap and ALiBi of the scores of rows i0 .. i0 + nq - 1 of head h (sequence b, seq) with the
