@@ -273,10 +273,16 @@ struct Backward {
 
   // The explicit mask on the log2-domain scores x[0 .. nk) of keys k0 .. k0 + nk - 1 of the mask row
   // at offset `row` (t: nk rounded up to W floats of scratch): + value * log2(e), as the forward's
-  // apply_mask (mask_scores_t: the same, transposed). A float mask with contiguous keys is read as
-  // vectors; others are gathered into t first.
+  // apply_mask (mask_scores_t: the same, transposed). A mask with contiguous keys is read as
+  // vectors (booleans through V::bool_bias); others are gathered into t first.
   void mask_scores(int64_t row, int64_t k0, int64_t nk, float* x, float* t) const {
     const R l2e = V::set1(float(kLog2e));
+    if (p.mask_bool && p.mask_col_stride == 1) {
+      const uint8_t* m = static_cast<const uint8_t*>(p.attn_mask) + row + k0;
+      for (int64_t j = 0; j < nk; j += W)
+        V::store(x + j, V::fma(V::bool_bias(m + j, int(std::min<int64_t>(W, nk - j))), l2e, V::load(x + j)));
+      return;
+    }
     if (!p.mask_bool && p.mask_col_stride == 1) {
       const float* m = static_cast<const float*>(p.attn_mask) + row + k0;
       for (int64_t j = 0; j < nk; j += W)

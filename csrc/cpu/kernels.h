@@ -57,4 +57,9 @@ int vec_transpose(float* block) {
   return V::W;
 }
 
+int vec_bool_bias(const uint8_t* bytes, int n, float* out) {
+  FAE_CPU_VEC::store(out, FAE_CPU_VEC::bool_bias(bytes, n));
+  return FAE_CPU_VEC::W;
+}
+
 }  // namespace fae::cpu::FAE_CPU_ISA

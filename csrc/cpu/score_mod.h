@@ -53,17 +53,19 @@ inline void mask_row(const FwdParams& p, int64_t row, int64_t k0, int64_t nk, fl
 
 // The explicit mask on transposed log2-domain scores (lanes are W query rows): x[j * ld] += the
 // values of key k0 + j of the mask rows at offsets rows[0 .. n) times log2(e), j < nk (lanes
-// w >= n add 0). Each row's values are read along the keys, in place when they are contiguous
-// floats, else through mask_row into tmp (W x nk floats: booleans become 0 / -inf there), and
-// blocks of W keys are turned into vectors of W rows by V::transpose.
+// w >= n add 0). Each row's values are read along the keys in blocks of W, in place when the keys
+// are contiguous (floats as they are, booleans through V::bool_bias), else through mask_row into
+// tmp (W x nk floats), and turned into vectors of W rows by V::transpose.
 template <class V>
 void add_mask_t(const FwdParams& p, const int64_t* rows, int n, int64_t k0, int64_t nk, float* x, int64_t ld,
                 float* tmp) {
   using R = typename V::R;
   constexpr int W = V::W;
-  const float* src[W];  // each lane's values of keys k0 .. k0 + nk - 1, or null (padding lane)
-  for (int w = 0; w < W; ++w) {
-    if (w >= n) src[w] = nullptr;
+  const bool bytes = p.mask_bool && p.mask_col_stride == 1;
+  const float* src[W] = {};  // float values of keys k0 .. k0 + nk - 1 per lane (null: padding lane)
+  const uint8_t* bsrc[W] = {};  // the same as booleans
+  for (int w = 0; w < n; ++w) {
+    if (bytes) bsrc[w] = static_cast<const uint8_t*>(p.attn_mask) + rows[w] + k0;
     else if (!p.mask_bool && p.mask_col_stride == 1) src[w] = static_cast<const float*>(p.attn_mask) + rows[w] + k0;
     else {
       mask_row(p, rows[w], k0, nk, tmp + w * nk);
@@ -75,7 +77,8 @@ void add_mask_t(const FwdParams& p, const int64_t* rows, int n, int64_t k0, int6
     const int m = int(std::min<int64_t>(W, nk - j0));
     R v[W];
     for (int w = 0; w < W; ++w)
-      v[w] = !src[w] ? V::zero() : m == W ? V::load(src[w] + j0) : V::loadn(src[w] + j0, m);
+      v[w] = w >= n ? V::zero() : bytes ? V::bool_bias(bsrc[w] + j0, m)
+                                : m == W ? V::load(src[w] + j0) : V::loadn(src[w] + j0, m);
     V::transpose(v);
     for (int j = 0; j < m; ++j) {
       float* xj = x + (j0 + j) * ld;

@@ -12,7 +12,9 @@
 //   NaN propagates), cvt(p, n) for bf16 / f16 storage loads, store_cvt(p, x, n) for stores
 //   (round to nearest even, NaN stays NaN),
 //   transpose(x) on an array x[0 .. W) of vectors, in place: lane w of x[j] becomes the former
-//   lane j of x[w] (a W x W block of rows turned into columns in registers).
+//   lane j of x[w] (a W x W block of rows turned into columns in registers),
+//   bool_bias(p, n) for boolean bytes: lane i < n is 0 where p[i] != 0 and -inf where p[i] == 0,
+//   lanes >= n are 0 (nothing past p[n-1] is read).
 // bfloat16 pairs (the dot-product path of forward.h, used for bfloat16 inputs when kBf16Dot): a
 // float lane may carry the bits of two bfloat16 values, the even element in the low 16 bits.
 //   pairs(e, o): bf16(e) and bf16(o) (round to nearest even) packed into one lane each;
@@ -68,6 +70,7 @@ struct VecScalar {
   template <typename T> static R cvt(const T* p, int) { return to_float(*p); }
   template <typename T> static void store_cvt(T* p, R x, int n) { if (n > 0) store_from(p, x); }
   static void transpose(R*) {}  // a 1 x 1 block
+  static R bool_bias(const uint8_t* p, int n) { return n > 0 && *p == 0 ? -INFINITY : 0.f; }
   using U = uint32_t;
   static U u_set1(uint32_t u) { return u; }
   static U u_load(const uint32_t* p) { return *p; }
@@ -168,6 +171,13 @@ struct VecAvx2 {
       x[c] = _mm256_permute2f128_ps(u[c], u[c + 4], 0x20);
       x[c + 4] = _mm256_permute2f128_ps(u[c], u[c + 4], 0x31);
     }
+  }
+  static R bool_bias(const uint8_t* p, int n) {  // bytes from n on read as 1 (true): 0
+    uint64_t bytes = 0x0101010101010101ull;
+    std::memcpy(&bytes, p, n == W ? W : n);
+    const __m256i b = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(int64_t(bytes)));
+    const __m256i off = _mm256_cmpeq_epi32(b, _mm256_setzero_si256());
+    return _mm256_and_ps(_mm256_castsi256_ps(off), set1(-INFINITY));
   }
   using U = __m256i;
   static U u_set1(uint32_t u) { return _mm256_set1_epi32(int(u)); }
@@ -286,6 +296,10 @@ struct VecAvx512 {
       x[12 + c] = _mm512_shuffle_f32x4(hi01, hi23, 0xdd);
     }
   }
+  static R bool_bias(const uint8_t* p, int n) {
+    const __m512i b = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask(n), p));
+    return _mm512_maskz_mov_ps(_mm512_mask_cmpeq_epi32_mask(mask(n), b, _mm512_setzero_si512()), set1(-INFINITY));
+  }
   using U = __m512i;
   static U u_set1(uint32_t u) { return _mm512_set1_epi32(int(u)); }
   static U u_load(const uint32_t* p) { return _mm512_loadu_si512(p); }
@@ -369,6 +383,13 @@ struct VecNeon {
     x[1] = vcombine_f32(vget_low_f32(a.val[1]), vget_low_f32(b.val[1]));
     x[2] = vcombine_f32(vget_high_f32(a.val[0]), vget_high_f32(b.val[0]));
     x[3] = vcombine_f32(vget_high_f32(a.val[1]), vget_high_f32(b.val[1]));
+  }
+  static R bool_bias(const uint8_t* p, int n) {  // bytes from n on read as 1 (true): 0
+    uint8_t tmp[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+    std::memcpy(tmp, p, n);
+    const uint32x4_t b = vmovl_u16(vget_low_u16(vmovl_u8(vld1_u8(tmp))));
+    const uint32x4_t off = vceqq_u32(b, vdupq_n_u32(0));
+    return vreinterpretq_f32_u32(vandq_u32(off, vreinterpretq_u32_f32(vdupq_n_f32(-INFINITY))));
   }
   using U = uint32x4_t;
   static U u_set1(uint32_t u) { return vdupq_n_u32(u); }

@@ -9,7 +9,7 @@
 // slack; float32 and float64 get absolute tolerances (scaled by the magnitude of the result).
 // Also checked: empty rows give out = 0, lse = -inf, zero gradient and no NaN; NaN in an input
 // propagates; results are bitwise identical for different thread counts; the vector type's
-// in-register transpose against its definition.
+// in-register transpose and boolean bias against their definitions.
 //
 // Every CPU instruction set compiled in and supported here is tested in turn.
 // Usage: fae_cpu_test [-v] [--isa NAME]...   exit status 0 when every check passes.
@@ -498,6 +498,24 @@ void transpose_case(std::mt19937_64& rng) {
         "vec transpose " + std::to_string(W) + " x " + std::to_string(W) + ": " + std::to_string(bad) + " wrong");
 }
 
+// The active instruction set's bool_bias (cpu/vec.h) of n random bytes (0, 1 or 7, held in a
+// buffer of exactly n bytes, so that a read past it shows under AddressSanitizer), every n <= W.
+void bool_bias_case(std::mt19937_64& rng) {
+  const uint8_t values[3] = {0, 1, 7};
+  float out[16];
+  const uint8_t none = 0;
+  const int W = fae::cpu::vec_bool_bias(&none, 0, out);  // n = 0 reads nothing
+  int64_t bad = 0;
+  for (int i = 0; i < W; ++i) bad += out[i] != 0.f;
+  for (int n = 1; n <= W; ++n) {
+    std::vector<uint8_t> bytes(n);
+    for (uint8_t& b : bytes) b = values[std::uniform_int_distribution<int>(0, 2)(rng)];
+    fae::cpu::vec_bool_bias(bytes.data(), n, out);
+    for (int i = 0; i < W; ++i) bad += out[i] != (i < n && bytes[i] == 0 ? -INFINITY : 0.f);
+  }
+  check(bad == 0, "vec bool_bias, " + std::to_string(W) + " lanes: " + std::to_string(bad) + " wrong");
+}
+
 std::vector<Case> cases() {
   const int64_t N = kNone;
   using L = Layout;
@@ -661,6 +679,7 @@ int main(int argc, char** argv) {
     uint64_t seed = 1234;
     std::mt19937_64 rng(seed);
     transpose_case(rng);
+    bool_bias_case(rng);
     for (const Case& c : cases()) run_case(c, seed++);
     nan_case();
   }
