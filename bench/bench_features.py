@@ -1,6 +1,7 @@
 """Cost of the training features on the CPU kernels against the plain kernel.
 
-Each variant (plain, softcap, ALiBi, both, dropout p = 0.1, explicit masks) runs
+Each variant (plain, softcap, ALiBi, both, dropout p = 0.1, explicit masks: key padding at the
+end, which runs as key lengths, and at the front, which the kernels read) runs
 flashattn_ext.attention on the same float32 (B, S, H, D) inputs in the same process, alternating,
 forward and forward+backward; the table gives medians, the ratio to the plain kernel's time and,
 for masks, the mask's size (the kernels read it in place: once per query head where it is
@@ -41,10 +42,11 @@ def main() -> None:
     slopes = torch.rand(args.h, generator=g) * 0.1
     b, s, h = args.b, args.s, args.h
     pad = torch.zeros(b, s, dtype=torch.bool)
-    pad[:, s - s // 8:] = True  # the last eighth of the keys is padding
+    pad[:, s - s // 8:] = True  # the last eighth of the keys is padding: key lengths, no mask read
+    front = pad.flip(1)  # the first eighth: a mask the kernels read
     variants = {"plain": {}, "softcap": dict(softcap=30.0), "alibi": dict(alibi_slopes=slopes),
                 "softcap+alibi": dict(softcap=30.0, alibi_slopes=slopes), "dropout": dict(dropout_p=0.1),
-                "key padding": dict(key_padding_mask=pad),
+                "key padding": dict(key_padding_mask=pad), "front padding": dict(key_padding_mask=front),
                 "bool (S, S)": dict(attn_mask=torch.rand(s, s, generator=g) > 0.1),
                 "bias (S, S)": dict(attn_mask=torch.randn(s, s, generator=g)),
                 "bias (B,H,S,S)": dict(attn_mask=torch.randn(b, h, s, s, generator=g))}

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import flashattn_ext as fa
+from flashattn_ext import _dispatch
 import oracle
 from attn_testing import assert_close, needs_kernel, randn
 from flashattn_ext.nn import MultiHeadAttention
@@ -277,3 +278,127 @@ def test_multihead_attention_masks_on_every_backend(backend, gen):
     (ref, dref), (naive, dnaive) = results
     assert_close(out, ref, naive, "out")
     assert_close(dx, dref, dnaive, "dx")
+
+
+def suffix_padding(gen, b: int, sk: int) -> torch.Tensor:
+    """(B, Sk) key padding (True = ignore) at the end of each element: the first element keeps
+    every key, the second none, the others a random count."""
+    lengths = torch.randint(1, sk, (b,), generator=gen)
+    lengths[0], lengths[1] = sk, 0
+    return torch.arange(sk)[None] >= lengths[:, None]
+
+
+def calls_as_key_lengths() -> int:
+    return _dispatch.mask_as_key_lengths_calls
+
+
+@pytest.mark.parametrize("dtype", [F32, F64, BF16], ids=str)
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("shape", SHAPES, ids=["sq<sk", "sq>sk"])
+def test_suffix_key_padding_runs_as_key_lengths(gen, dtype, causal, shape):
+    """Padding at the end of the keys becomes key lengths (no mask read); the same mask given
+    whole is read. Both: out, lse, dq, dk, dv against the oracle, a fully padded element gives
+    out 0, lse -inf and zero gradients, padded keys get zero dk, dv."""
+    b, hq, hkv, sq, sk, d = shape
+    b += 2
+    q = (randn(gen, b, sq, hq, d) * 1.5).to(dtype).requires_grad_()
+    k = (randn(gen, b, sk, hkv, d) * 1.5).to(dtype).requires_grad_()
+    v = randn(gen, b, sk, hkv, d, dtype=dtype).requires_grad_()
+    pad = suffix_padding(gen, b, sk)
+    dout = randn(gen, b, sq, hq, d, dtype=dtype)
+    visible = ~pad[:, None, :]
+    ref, ref_lse = oracle.attention(q, k, v, causal=causal, visible=visible)
+    refs = torch.autograd.grad(ref, (q, k, v), dout.double())
+    naive, naives = None, (None,) * 3
+    if dtype == BF16:
+        naive = oracle.attention(q, k, v, causal=causal, visible=visible, dtype=dtype)[0]
+        naives = torch.autograd.grad(naive, (q, k, v), dout)
+    whole = (~pad)[:, None, None].expand(b, hq, sq, sk).contiguous()  # not broadcast: read
+    for kw, as_lengths in ((dict(key_padding_mask=pad), True), (dict(attn_mask=whole), False)):
+        before = calls_as_key_lengths()
+        out, lse = fa.attention(q, k, v, causal=causal, return_lse=True, **kw)
+        grads = torch.autograd.grad(out, (q, k, v), dout)
+        assert calls_as_key_lengths() == before + 2 * as_lengths  # forward and backward
+        assert_close(out, ref, naive, "out")
+        assert_close(lse, ref_lse, None, "lse")
+        for name, g, r, n in zip(("dq", "dk", "dv"), grads, refs, naives):
+            assert_close(g, r, n, name)
+        assert torch.equal(out[1], torch.zeros_like(out[1])) and bool((lse[1] == -torch.inf).all())
+        assert not grads[0][1].any() and not grads[1][pad].any() and not grads[2][pad].any()
+
+
+@pytest.mark.parametrize("case", ["front", "hole", "per head", "alibi", "with bias"])
+def test_other_key_masks_are_read(gen, case):
+    """Padding that is not at the end, masks that differ per head, calls with ALiBi (positions
+    count from the last key) and additive masks keep the mask: against the oracle."""
+    b, hq, sq, sk, d = 3, 4, 21, 70, 16
+    q, k, v = (randn(gen, b, s, hq, d).requires_grad_() for s in (sq, sk, sk))
+    keep = ~suffix_padding(gen, b, sk)
+    if case == "front":
+        keep = keep.flip(1)
+    elif case == "hole":
+        keep[:, 3] = False
+    visible = keep[:, None, None].expand(b, hq, sq, sk)
+    kw = dict(attn_mask=keep[:, None, None])
+    if case == "per head":
+        visible = visible.clone()
+        visible[:, 1, :, 5:] = False
+        kw = dict(attn_mask=visible[:, :, :1])
+    elif case == "alibi":
+        kw["alibi_slopes"] = torch.rand(hq, generator=gen) * 0.3
+    elif case == "with bias":
+        kw = dict(key_padding_mask=~keep, attn_mask=make_mask(gen, "additive", (sq, sk), F32))
+    before = calls_as_key_lengths()
+    out = fa.attention(q, k, v, **kw)
+    assert calls_as_key_lengths() == before
+    bias = kw["attn_mask"].masked_fill(~keep[:, None, None], -torch.inf) if case == "with bias" else None
+    ref = oracle.attention(q, k, v, alibi_slopes=kw.get("alibi_slopes"),
+                           **(dict(bias=bias) if bias is not None else dict(visible=visible)))[0]
+    assert_close(out, ref, None, "out")
+    dout = randn(gen, *out.shape)
+    for name, g, r in zip(("dq", "dk", "dv"), torch.autograd.grad(out, (q, k, v), dout),
+                          torch.autograd.grad(ref, (q, k, v), dout.double())):
+        assert_close(g, r, None, name)
+
+
+def test_key_lengths_with_dropout_sdpa_and_numpy(gen):
+    """Dropout draws the same keep mask with key lengths as with the mask read (against the
+    oracle given that mask); scaled_dot_product_attention's boolean (B, 1, 1, Sk) masks and
+    numpy calls take key lengths too."""
+    b, h, sq, sk, d, p = 4, 2, 19, 40, 16, 0.3
+    q, k, v = (randn(gen, b, h, s, d).requires_grad_() for s in (sq, sk, sk))
+    keep = ~suffix_padding(gen, b, sk)
+    whole = keep[:, None, None].expand(b, h, sq, sk).contiguous()
+    dout = randn(gen, b, h, sq, d)
+    kept = torch.from_numpy(_dispatch.dropout_keep(p, 11, 0, (b, h, sq, sk)))
+    ref = oracle_sdpa(q, k, v, keep[:, None, None], dropout_p=p, keep=kept)[0]
+    refs = torch.autograd.grad(ref, (q, k, v), dout.double())
+    for mask, as_lengths in ((keep[:, None, None], True), (whole, False)):
+        before = calls_as_key_lengths()
+        out = fa.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, seed=11)
+        grads = torch.autograd.grad(out, (q, k, v), dout)
+        assert calls_as_key_lengths() == before + 2 * as_lengths
+        assert_close(out, ref, None, "out")
+        for name, g, r in zip(("dq", "dk", "dv"), grads, refs):
+            assert_close(g, r, None, name)
+    before = calls_as_key_lengths()
+    out_np = fa.attention(*(x.detach().transpose(1, 2).numpy() for x in (q, k, v)),
+                          key_padding_mask=(~keep).numpy())
+    assert calls_as_key_lengths() == before + 1
+    assert_close(torch.from_numpy(out_np), oracle_sdpa(q, k, v, keep[:, None, None])[0].transpose(1, 2),
+                 None, "out")
+
+
+def test_key_lengths_inside_compiled_graphs(gen):
+    """torch.compile(fullgraph=True): the check runs inside the operator, no graph break."""
+    torch._dynamo.reset()
+    q, k, v = (randn(gen, 3, s, 2, 16).requires_grad_() for s in (12, 30, 30))
+    pad = suffix_padding(gen, 3, 30)
+
+    def f(q, k, v, pad):
+        return fa.attention(q, k, v, key_padding_mask=pad).sum()
+    before = calls_as_key_lengths()
+    grads = torch.autograd.grad(torch.compile(f, fullgraph=True, backend="aot_eager")(q, k, v, pad), (q, k, v))
+    assert calls_as_key_lengths() == before + 2
+    for g, r in zip(grads, torch.autograd.grad(f(q, k, v, pad), (q, k, v))):
+        assert torch.equal(g, r)

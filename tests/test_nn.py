@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import oracle
 
+from flashattn_ext import _dispatch
 from flashattn_ext.nn import MultiHeadAttention
 from attn_testing import assert_close, needs_kernel, randn
 
@@ -190,7 +191,10 @@ def test_matches_torch_multihead_attention(gen, batch_first, kdim, cross, bias, 
         kw.update(need_weights=True, average_attn_weights=weights == "average")
     else:
         kw["need_weights"] = False
+    before = _dispatch.mask_as_key_lengths_calls
     out, w = m(query, key, value, **kw)
+    # a key padding mask alone with the padding at the end runs as key lengths (no mask read)
+    assert (_dispatch.mask_as_key_lengths_calls > before) == (pad == "right" and attn is None)
     ref, ref_w = mha(query, key, value, **kw)
     assert_close(out, ref, None, "out")
     assert (w is None) == (ref_w is None)

@@ -19,6 +19,13 @@ void kvcache_append(const AppendParams& p);
 // (b, h, i, j) is kept, else 0, for b < p.batch, h < p.heads_q.
 void dropout_mask(const FwdParams& p, int64_t rows, int64_t cols, uint8_t* out);
 
+// The active instruction set's in-register transpose (cpu/vec.h: transpose) of a W x W block of
+// floats, row-major, in place, W its vector width; returns W.
+int vec_transpose(float* block);
+// The active instruction set's bool_bias (cpu/vec.h) of bytes[0 .. n), n <= W, into out[0 .. W);
+// returns W.
+int vec_bool_bias(const uint8_t* bytes, int n, float* out);
+
 // Name of the instruction set the kernels run with ("scalar", "avx2", "avx512", "avx512bf16",
 // "neon"): the best one the CPU supports, or FLASHATTN_EXT_CPU_ISA when set, which may also name
 // the test path "avx512bf16-emu" (never chosen automatically). An unknown or unsupported value

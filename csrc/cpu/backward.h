@@ -244,6 +244,12 @@ struct Backward {
     if (!direct && with_dq)
       for (int64_t g = 0; g < group; ++g)
         store_rows<V>(dqacc + g * Sqb * D, D, Sqb, D, dq_head(hk * group + g), bp.dq_row_stride);
+    if (chunk == nchunks - 1) {
+      zero_unused_key_rows(p, seq, static_cast<T*>(bp.dk) + seq.kv_batch * bp.dk_batch_stride + hk * bp.dk_head_stride,
+                           bp.dk_row_stride, D);
+      zero_unused_key_rows(p, seq, static_cast<T*>(bp.dv) + seq.kv_batch * bp.dv_batch_stride + hk * bp.dv_head_stride,
+                           bp.dv_row_stride, D);
+    }
   }
 
   // Softcap and ALiBi of the scores of rows i0 .. i0 + nq - 1 of head h (sequence b, seq) with the
@@ -267,10 +273,16 @@ struct Backward {
 
   // The explicit mask on the log2-domain scores x[0 .. nk) of keys k0 .. k0 + nk - 1 of the mask row
   // at offset `row` (t: nk rounded up to W floats of scratch): + value * log2(e), as the forward's
-  // apply_mask (mask_scores_t: the same, transposed). A float mask with contiguous keys is read as
-  // vectors; others are gathered into t first.
+  // apply_mask (mask_scores_t: the same, transposed). A mask with contiguous keys is read as
+  // vectors (booleans through V::bool_bias); others are gathered into t first.
   void mask_scores(int64_t row, int64_t k0, int64_t nk, float* x, float* t) const {
     const R l2e = V::set1(float(kLog2e));
+    if (p.mask_bool && p.mask_col_stride == 1) {
+      const uint8_t* m = static_cast<const uint8_t*>(p.attn_mask) + row + k0;
+      for (int64_t j = 0; j < nk; j += W)
+        V::store(x + j, V::fma(V::bool_bias(m + j, int(std::min<int64_t>(W, nk - j))), l2e, V::load(x + j)));
+      return;
+    }
     if (!p.mask_bool && p.mask_col_stride == 1) {
       const float* m = static_cast<const float*>(p.attn_mask) + row + k0;
       for (int64_t j = 0; j < nk; j += W)
@@ -345,7 +357,7 @@ struct Backward {
     const Seq seq = sequence(p, b);
     const FwdParams sp = with_lengths(p, seq);
     const int64_t hk = h / group, nqp = round_up(nq, W), r0 = row_index(b, h, i0);
-    Scratch scratch(2 * D * nqp + 3 * bk * nqp + 2 * bk * D + 4 * nqp);
+    Scratch scratch(2 * D * nqp + 3 * bk * nqp + 2 * bk * D + 3 * nqp + W * bk);
     float* qt = scratch.get();      // D x nqp: Q^T, padding zero
     float* dot = qt + D * nqp;      // D x nqp: dO^T
     float* st = dot + D * nqp;      // bk x nqp: S^T, then P^T
@@ -355,8 +367,8 @@ struct Backward {
     float* nl2 = vbuf + bk * D;     // nqp: -lse2 per row, padding 0
     float* ps = nl2 + nqp;          // nqp: psum per row (normalised) or 1
     float* pos = ps + nqp;          // nqp: ALiBi position per row
-    float* mt = pos + nqp;          // nqp: explicit mask: one key's mask values per row
-    float* gt = mt + nqp;           // bk x nqp: softcap: 1 - tanh^2
+    float* gt = pos + nqp;          // bk x nqp: softcap: 1 - tanh^2
+    float* mt = gt + bk * nqp;      // W x bk: explicit mask: W rows' mask values of one key tile
     int64_t lo[kMaxRows], hi[kMaxRows], mrow[kMaxRows];  // mrow: each row's mask row (offset)
     uint32_t rows[kMaxRows], heads[kMaxRows];  // dropout: each lane's row and head
     for (int64_t c = 0; c < nqp && drop; ++c) {
@@ -425,23 +437,21 @@ struct Backward {
   }
 
   // mask_scores on S^T (lanes are rows, nqp = nq rounded up to W; row c reads the mask row at
-  // offset mrow[c]; t: nqp floats of scratch).
+  // offset mrow[c]; t: W x bk floats of scratch). A mask broadcast over rows (key padding) adds
+  // one vector per key; others read W rows along the keys and transpose them (add_mask_t).
   void mask_scores_t(const int64_t* mrow, int64_t nq, int64_t k0, int64_t nk, float* st, float* t) const {
     const int64_t nqp = round_up(nq, W);
-    const R l2e = V::set1(float(kLog2e));
-    bool shared = true;  // every row reads one mask row (a mask broadcast over rows: key padding)
+    bool shared = true;
     for (int64_t c = 1; c < nq; ++c) shared &= mrow[c] == mrow[0];
-    if (shared) {
-      for (int64_t j = 0; j < nk; ++j) {
-        const R mv = V::set1(mask_value<float>(p, mrow[0], k0 + j));
-        for (int64_t c = 0; c < nqp; c += W) V::store(st + j * nqp + c, V::fma(mv, l2e, V::load(st + j * nqp + c)));
-      }
+    if (!shared) {
+      for (int64_t c = 0; c < nqp; c += W)
+        add_mask_t<V>(p, mrow + c, int(std::min<int64_t>(W, nq - c)), k0, nk, st + c, nqp, t);
       return;
     }
+    const R l2e = V::set1(float(kLog2e));
     for (int64_t j = 0; j < nk; ++j) {
-      for (int64_t c = 0; c < nqp; ++c) t[c] = c < nq ? mask_value<float>(p, mrow[c], k0 + j) : 0.f;
-      for (int64_t c = 0; c < nqp; c += W)
-        V::store(st + j * nqp + c, V::fma(V::load(t + c), l2e, V::load(st + j * nqp + c)));
+      const R mv = V::set1(mask_value<float>(p, mrow[0], k0 + j));
+      for (int64_t c = 0; c < nqp; c += W) V::store(st + j * nqp + c, V::fma(mv, l2e, V::load(st + j * nqp + c)));
     }
   }
 

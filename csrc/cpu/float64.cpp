@@ -246,6 +246,8 @@ void run_backward(const BwdParams& bp) {
       store_rows(dks.data(), nk, d, dk, bp.dk_row_stride, k0);
       store_rows(dvs.data(), nk, d, dv, bp.dv_row_stride, k0);
     }
+    zero_unused_key_rows(p, seq, dk - seq.k_row0 * bp.dk_row_stride, bp.dk_row_stride, d);
+    zero_unused_key_rows(p, seq, dv - seq.k_row0 * bp.dv_row_stride, bp.dv_row_stride, d);
     for (int64_t g = 0; g < group; ++g) {
       const int64_t h = hk * group + g;
       T* dqh = rows(static_cast<T*>(bp.dq), bp.dq_batch_stride, bp.dq_row_stride, bp.dq_head_stride, h, true);

@@ -129,7 +129,7 @@ struct Forward {
     float* alpha = mx + ncolp;        // rescale factor of this tile
     float* base = alpha + ncolp;      // value subtracted before exp2
     float* mt = base + ncolp;         // pair path with dropout: bk x W multipliers
-    float* mtile = mt + nmt;          // explicit mask: W columns' mask rows of one key tile
+    float* mtile = mt + nmt;          // explicit mask: W x bk, W columns' mask values of one key tile
     int64_t lo[kMaxCols], hi[kMaxCols];
     float pos[kMaxCols], nslope[kMaxCols];  // ALiBi: each column's query position and -slope * log2(e)
     int64_t mrow[kMaxCols];                 // explicit mask: each column's mask row (offset)
@@ -264,29 +264,23 @@ struct Forward {
 
   // The explicit mask on the log2-domain scores of keys k0 .. k0 + nk - 1 of columns 0 .. ncol - 1
   // (mask rows at offsets mrow): + value * log2(e). Columns that all read one mask row (a mask
-  // broadcast over rows and heads, such as key padding) add it as a vector; others read W rows
-  // into mtile (W x bk floats) and gather each key's W values from there.
+  // broadcast over rows and heads, such as key padding) add it as one vector per key; others
+  // read W mask rows along the keys and transpose them in registers (add_mask_t; mtile: W x bk).
   void apply_mask(float* st, const Panels& pn, int64_t k0, int64_t nk, int64_t ncol, const int64_t* mrow,
                   float* mtile) const {
     bool shared = true;
     for (int64_t c = 1; c < ncol; ++c) shared &= mrow[c] == mrow[0];
+    if (!shared) {
+      for (int64_t c = 0; c < pn.ncolp; c += W)
+        add_mask_t<V>(p, mrow + c, int(std::clamp<int64_t>(ncol - c, 0, W)), k0, nk, st + pn.col(bk, c), pn.pw, mtile);
+      return;
+    }
     const R l2e = V::set1(float(kLog2e));
-    float t[W];
-    for (int64_t c = 0; c < pn.ncolp; c += W) {
-      float* sc = st + pn.col(bk, c);
-      if (!shared)
-        for (int w = 0; w < W; ++w) {
-          if (c + w < ncol) mask_row(p, mrow[c + w], k0, nk, mtile + w * bk);
-          else std::fill(mtile + w * bk, mtile + w * bk + nk, 0.f);
-        }
-      for (int64_t j = 0; j < nk; ++j) {
-        if (shared) {
-          t[0] = mask_value<float>(p, mrow[0], k0 + j);
-        } else {
-          for (int w = 0; w < W; ++w) t[w] = mtile[w * bk + j];
-        }
-        const R mv = shared ? V::set1(t[0]) : V::load(t);
-        V::store(sc + j * pn.pw, V::fma(mv, l2e, V::load(sc + j * pn.pw)));
+    for (int64_t j = 0; j < nk; ++j) {
+      const R mv = V::set1(mask_value<float>(p, mrow[0], k0 + j));
+      for (int64_t c = 0; c < pn.ncolp; c += W) {
+        float* sc = st + pn.col(bk, c) + j * pn.pw;
+        V::store(sc, V::fma(mv, l2e, V::load(sc)));
       }
     }
   }

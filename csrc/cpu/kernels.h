@@ -48,4 +48,18 @@ void dropout_mask(const FwdParams& p, int64_t rows, int64_t cols, uint8_t* out) 
     }
 }
 
+int vec_transpose(float* block) {
+  using V = FAE_CPU_VEC;
+  typename V::R x[V::W];
+  for (int w = 0; w < V::W; ++w) x[w] = V::load(block + w * V::W);
+  V::transpose(x);
+  for (int w = 0; w < V::W; ++w) V::store(block + w * V::W, x[w]);
+  return V::W;
+}
+
+int vec_bool_bias(const uint8_t* bytes, int n, float* out) {
+  FAE_CPU_VEC::store(out, FAE_CPU_VEC::bool_bias(bytes, n));
+  return FAE_CPU_VEC::W;
+}
+
 }  // namespace fae::cpu::FAE_CPU_ISA

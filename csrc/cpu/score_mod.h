@@ -1,6 +1,7 @@
 // Vector forms of the score transforms of common/score_mod.h (include from an ISA unit, see
 // vec.h), on scores in the log2 domain (x = s * log2(e)).
 #pragma once
+#include <algorithm>
 #include "common/online_softmax.h"
 #include "common/score_mod.h"
 #include "cpu/vec.h"
@@ -48,6 +49,42 @@ inline void mask_row(const FwdParams& p, int64_t row, int64_t k0, int64_t nk, fl
     return;
   }
   for (int64_t j = 0; j < nk; ++j) t[j] = mask_value<float>(p, row, k0 + j);
+}
+
+// The explicit mask on transposed log2-domain scores (lanes are W query rows): x[j * ld] += the
+// values of key k0 + j of the mask rows at offsets rows[0 .. n) times log2(e), j < nk (lanes
+// w >= n add 0). Each row's values are read along the keys in blocks of W, in place when the keys
+// are contiguous (floats as they are, booleans through V::bool_bias), else through mask_row into
+// tmp (W x nk floats), and turned into vectors of W rows by V::transpose.
+template <class V>
+void add_mask_t(const FwdParams& p, const int64_t* rows, int n, int64_t k0, int64_t nk, float* x, int64_t ld,
+                float* tmp) {
+  using R = typename V::R;
+  constexpr int W = V::W;
+  const bool bytes = p.mask_bool && p.mask_col_stride == 1;
+  const float* src[W] = {};  // float values of keys k0 .. k0 + nk - 1 per lane (null: padding lane)
+  const uint8_t* bsrc[W] = {};  // the same as booleans
+  for (int w = 0; w < n; ++w) {
+    if (bytes) bsrc[w] = static_cast<const uint8_t*>(p.attn_mask) + rows[w] + k0;
+    else if (!p.mask_bool && p.mask_col_stride == 1) src[w] = static_cast<const float*>(p.attn_mask) + rows[w] + k0;
+    else {
+      mask_row(p, rows[w], k0, nk, tmp + w * nk);
+      src[w] = tmp + w * nk;
+    }
+  }
+  const R l2e = V::set1(float(kLog2e));
+  for (int64_t j0 = 0; j0 < nk; j0 += W) {
+    const int m = int(std::min<int64_t>(W, nk - j0));
+    R v[W];
+    for (int w = 0; w < W; ++w)
+      v[w] = w >= n ? V::zero() : bytes ? V::bool_bias(bsrc[w] + j0, m)
+                                : m == W ? V::load(src[w] + j0) : V::loadn(src[w] + j0, m);
+    V::transpose(v);
+    for (int j = 0; j < m; ++j) {
+      float* xj = x + (j0 + j) * ld;
+      V::store(xj, V::fma(v[j], l2e, V::load(xj)));
+    }
+  }
 }
 
 }  // namespace fae::cpu::FAE_CPU_ISA

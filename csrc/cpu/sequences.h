@@ -6,6 +6,7 @@
 
 #include "common/seqlens.h"
 #include "cpu/buffer.h"
+#include "cpu/convert.h"
 
 namespace fae::cpu::FAE_CPU_ISA {
 
@@ -35,5 +36,17 @@ class SeqTiles {
   Buffer<int64_t> first_;
   int64_t batch_;
 };
+
+// Zero in the gradient rows of the key rows of sequence s's batch that are not its keys (before
+// leftpad_k, from seqused_k on; they take part in no score), for batches of their own (not
+// packed, paged or shared through kv_batch_idx). grad: row 0 of one head of the batch, rows rs
+// elements apart, d columns.
+template <typename T>
+void zero_unused_key_rows(const FwdParams& p, const Seq& s, T* grad, int64_t rs, int64_t d) {
+  if (p.cu_seqlens_k || p.block_table || p.kv_batch_idx) return;
+  for (int64_t r = 0; r < p.seqlen_k; ++r)
+    if (r < s.k_row0 || r >= s.k_row0 + s.seqlen_k)
+      for (int64_t e = 0; e < d; ++e) store_from(grad + r * rs + e, 0.f);
+}
 
 }  // namespace fae::cpu::FAE_CPU_ISA

@@ -10,7 +10,11 @@
 //   max (a NaN in y is returned),
 //   fma(x, y, z) = x*y + z, hsum(x) (sum of the lanes), exp2(x) (x <= 0 accurate to ~2e-7 relative, exp2(-inf) == 0 exactly,
 //   NaN propagates), cvt(p, n) for bf16 / f16 storage loads, store_cvt(p, x, n) for stores
-//   (round to nearest even, NaN stays NaN).
+//   (round to nearest even, NaN stays NaN),
+//   transpose(x) on an array x[0 .. W) of vectors, in place: lane w of x[j] becomes the former
+//   lane j of x[w] (a W x W block of rows turned into columns in registers),
+//   bool_bias(p, n) for boolean bytes: lane i < n is 0 where p[i] != 0 and -inf where p[i] == 0,
+//   lanes >= n are 0 (nothing past p[n-1] is read).
 // bfloat16 pairs (the dot-product path of forward.h, used for bfloat16 inputs when kBf16Dot): a
 // float lane may carry the bits of two bfloat16 values, the even element in the low 16 bits.
 //   pairs(e, o): bf16(e) and bf16(o) (round to nearest even) packed into one lane each;
@@ -65,6 +69,8 @@ struct VecScalar {
   static R exp2(R x) { return std::exp2(x); }
   template <typename T> static R cvt(const T* p, int) { return to_float(*p); }
   template <typename T> static void store_cvt(T* p, R x, int n) { if (n > 0) store_from(p, x); }
+  static void transpose(R*) {}  // a 1 x 1 block
+  static R bool_bias(const uint8_t* p, int n) { return n > 0 && *p == 0 ? -INFINITY : 0.f; }
   using U = uint32_t;
   static U u_set1(uint32_t u) { return u; }
   static U u_load(const uint32_t* p) { return *p; }
@@ -148,6 +154,30 @@ struct VecAvx2 {
     T tmp[W];
     _mm_storeu_si128(reinterpret_cast<__m128i*>(tmp), h);
     std::memcpy(p, tmp, sizeof(T) * n);
+  }
+  static void transpose(R* x) {  // pairs, then quads within 128-bit halves, then the halves
+    R t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+      t[i] = _mm256_unpacklo_ps(x[i], x[i + 1]);  // x[i][0] x[i+1][0] x[i][1] x[i+1][1] | [4], [5]
+      t[i + 1] = _mm256_unpackhi_ps(x[i], x[i + 1]);
+    }
+    for (int g = 0; g < 8; g += 4) {  // u[g + c]: column c (and c + 4) of rows g .. g + 3
+      u[g] = _mm256_shuffle_ps(t[g], t[g + 2], 0x44);
+      u[g + 1] = _mm256_shuffle_ps(t[g], t[g + 2], 0xee);
+      u[g + 2] = _mm256_shuffle_ps(t[g + 1], t[g + 3], 0x44);
+      u[g + 3] = _mm256_shuffle_ps(t[g + 1], t[g + 3], 0xee);
+    }
+    for (int c = 0; c < 4; ++c) {
+      x[c] = _mm256_permute2f128_ps(u[c], u[c + 4], 0x20);
+      x[c + 4] = _mm256_permute2f128_ps(u[c], u[c + 4], 0x31);
+    }
+  }
+  static R bool_bias(const uint8_t* p, int n) {  // bytes from n on read as 1 (true): 0
+    uint64_t bytes = 0x0101010101010101ull;
+    std::memcpy(&bytes, p, n == W ? W : n);
+    const __m256i b = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(int64_t(bytes)));
+    const __m256i off = _mm256_cmpeq_epi32(b, _mm256_setzero_si256());
+    return _mm256_and_ps(_mm256_castsi256_ps(off), set1(-INFINITY));
   }
   using U = __m256i;
   static U u_set1(uint32_t u) { return _mm256_set1_epi32(int(u)); }
@@ -245,6 +275,31 @@ struct VecAvx512 {
   template <typename T> static void store_cvt(T* p, R x, int n) {
     _mm256_mask_storeu_epi16(p, mask(n), pack(x, p));
   }
+  static void transpose(R* x) {  // as VecAvx2's within each 128-bit block, then the blocks
+    R t[16], u[16];
+    for (int i = 0; i < 16; i += 2) {
+      t[i] = _mm512_unpacklo_ps(x[i], x[i + 1]);
+      t[i + 1] = _mm512_unpackhi_ps(x[i], x[i + 1]);
+    }
+    for (int g = 0; g < 16; g += 4) {  // block L of u[g + c]: column 4L + c of rows g .. g + 3
+      u[g] = _mm512_shuffle_ps(t[g], t[g + 2], 0x44);
+      u[g + 1] = _mm512_shuffle_ps(t[g], t[g + 2], 0xee);
+      u[g + 2] = _mm512_shuffle_ps(t[g + 1], t[g + 3], 0x44);
+      u[g + 3] = _mm512_shuffle_ps(t[g + 1], t[g + 3], 0xee);
+    }
+    for (int c = 0; c < 4; ++c) {  // column 4L + c: block L of u[c], u[4 + c], u[8 + c], u[12 + c]
+      const R lo01 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x44), hi01 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xee);
+      const R lo23 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x44), hi23 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xee);
+      x[c] = _mm512_shuffle_f32x4(lo01, lo23, 0x88);
+      x[4 + c] = _mm512_shuffle_f32x4(lo01, lo23, 0xdd);
+      x[8 + c] = _mm512_shuffle_f32x4(hi01, hi23, 0x88);
+      x[12 + c] = _mm512_shuffle_f32x4(hi01, hi23, 0xdd);
+    }
+  }
+  static R bool_bias(const uint8_t* p, int n) {
+    const __m512i b = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask(n), p));
+    return _mm512_maskz_mov_ps(_mm512_mask_cmpeq_epi32_mask(mask(n), b, _mm512_setzero_si512()), set1(-INFINITY));
+  }
   using U = __m512i;
   static U u_set1(uint32_t u) { return _mm512_set1_epi32(int(u)); }
   static U u_load(const uint32_t* p) { return _mm512_loadu_si512(p); }
@@ -321,6 +376,20 @@ struct VecNeon {
     float tmp[W];
     vst1q_f32(tmp, x);
     for (int i = 0; i < n; ++i) store_from(p + i, tmp[i]);
+  }
+  static void transpose(R* x) {  // 2 x 2 blocks, then the 64-bit halves
+    const float32x4x2_t a = vtrnq_f32(x[0], x[1]), b = vtrnq_f32(x[2], x[3]);
+    x[0] = vcombine_f32(vget_low_f32(a.val[0]), vget_low_f32(b.val[0]));
+    x[1] = vcombine_f32(vget_low_f32(a.val[1]), vget_low_f32(b.val[1]));
+    x[2] = vcombine_f32(vget_high_f32(a.val[0]), vget_high_f32(b.val[0]));
+    x[3] = vcombine_f32(vget_high_f32(a.val[1]), vget_high_f32(b.val[1]));
+  }
+  static R bool_bias(const uint8_t* p, int n) {  // bytes from n on read as 1 (true): 0
+    uint8_t tmp[8] = {1, 1, 1, 1, 1, 1, 1, 1};
+    std::memcpy(tmp, p, n);
+    const uint32x4_t b = vmovl_u16(vget_low_u16(vmovl_u8(vld1_u8(tmp))));
+    const uint32x4_t off = vceqq_u32(b, vdupq_n_u32(0));
+    return vreinterpretq_f32_u32(vandq_u32(off, vreinterpretq_u32_f32(vdupq_n_f32(-INFINITY))));
   }
   using U = uint32x4_t;
   static U u_set1(uint32_t u) { return vdupq_n_u32(u); }

@@ -96,6 +96,47 @@ def _common_kwargs(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mas
                 align_offset=0, align_bottom_right=mask.bottom_right)
 
 
+# Calls whose boolean mask ran as key lengths (key_lengths), forward and backward counted apart.
+mask_as_key_lengths_calls: int = 0
+
+
+def key_lengths(mask: MaskSpec) -> Optional[Any]:
+    """Each batch element's key count, int32 (B,) of the mask's kind, when the call's explicit
+    mask amounts to one: booleans the same for every head and query row of a batch element
+    (broadcast with stride 0), true on a prefix of the keys and false after it (padding at the
+    end); else None. The kernels then take the counts as seqused_k and read no mask, with the
+    same results: the band stays aligned on the full key count, dropout's keep mask does not
+    depend on it and padded keys get zero gradients. Calls with ALiBi keep the mask (its
+    positions count from the last key). Costs a few element-wise operations on (B, Sk)."""
+    am = mask.attn_mask
+    if am is None or dtype_name(am) != "bool" or mask.alibi_slopes is not None:
+        return None
+    st = strides(am)
+    if any(st[d] != 0 and am.shape[d] > 1 for d in (1, 2)):
+        return None
+    keep = am[:, 0, 0]  # (B, Sk)
+    if is_tensor(keep):
+        if bool((keep[:, 1:] & ~keep[:, :-1]).any()):
+            return None
+        return keep.sum(1, dtype=torch.int32)
+    if (keep[:, 1:] & ~keep[:, :-1]).any():
+        return None
+    return keep.sum(1, dtype=np.int32)
+
+
+def _cpu_kwargs(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mask: MaskSpec,
+                seqs: Optional[Seqs]) -> Tuple[Dict[str, Any], Optional[Any]]:
+    """The CPU kernels' arguments (_common_kwargs), and the key lengths they read by address
+    (the caller keeps them alive through the call) when the mask runs as key lengths."""
+    lengths = key_lengths(mask) if seqs is None else None
+    if lengths is None:
+        return _common_kwargs(q, k, v, out, lse, scale, mask, q.shape[3], seqs), None
+    global mask_as_key_lengths_calls
+    mask_as_key_lengths_calls += 1
+    kw = _common_kwargs(q, k, v, out, lse, scale, mask.with_attn_mask(None), q.shape[3], None)
+    return dict(kw, seqused_k=_ptr(lengths)), lengths
+
+
 def _entry_points(q: Any) -> Tuple[Any, Any, Sequence[int], Sequence[int], Dict[str, int]]:
     """(forward, backward, forward head dims, backward head dims, launch arguments) of the CUDA
     kernels: on the GPU, on q's device (made current for the launch, whatever device is current)
@@ -151,7 +192,8 @@ def forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mask: Mask
     cpu_only_features(q, mask)
     backend = backend_for(q)
     if backend == "cpu":
-        _C.forward(**_common_kwargs(q, k, v, out, lse, scale, mask, q.shape[3], seqs), stream=0)
+        kw, _lengths = _cpu_kwargs(q, k, v, out, lse, scale, mask, seqs)
+        _C.forward(**kw, stream=0)
     else:
         run, _, head_dims, _, launch = _entry_points(q)
         dp = _padded_head_dim(q, head_dims, "forward")
@@ -205,9 +247,9 @@ def backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dq: Any, dk:
     cpu_only_features(q, mask)
     extra = {} if dmask is None else dict(dmask=_ptr(dmask), dmask_strides=strides(dmask)[:3])
     if backend_for(q) == "cpu":
-        _C.backward(**_common_kwargs(q, k, v, out, lse, scale, mask, q.shape[3], seqs),
-                    **_arrays(dout=dout, dq=dq, dk=dk, dv=dv), dlse=dlse_ptr, stats=0, dq_accum=0,
-                    stream=0, **extra)
+        kw, _lengths = _cpu_kwargs(q, k, v, out, lse, scale, mask, seqs)
+        _C.backward(**kw, **_arrays(dout=dout, dq=dq, dk=dk, dv=dv), dlse=dlse_ptr, stats=0,
+                    dq_accum=0, stream=0, **extra)
         return
     _, run, _, head_dims, launch = _entry_points(q)
     dp = _padded_head_dim(q, head_dims, "backward")

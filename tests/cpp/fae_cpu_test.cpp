@@ -8,7 +8,8 @@
 // must be at most 2x the error of a naive implementation computed in the input dtype plus a small
 // slack; float32 and float64 get absolute tolerances (scaled by the magnitude of the result).
 // Also checked: empty rows give out = 0, lse = -inf, zero gradient and no NaN; NaN in an input
-// propagates; results are bitwise identical for different thread counts.
+// propagates; results are bitwise identical for different thread counts; the vector type's
+// in-register transpose and boolean bias against their definitions.
 //
 // Every CPU instruction set compiled in and supported here is tested in turn.
 // Usage: fae_cpu_test [-v] [--isa NAME]...   exit status 0 when every check passes.
@@ -482,6 +483,39 @@ void nan_case() {
   check(others_finite, "every other output row stays finite");
 }
 
+// The active instruction set's in-register transpose (cpu/vec.h) of a W x W block of distinct
+// random floats against its definition: element (j, w) of the result is element (w, j).
+void transpose_case(std::mt19937_64& rng) {
+  std::vector<float> in(16 * 16), out;
+  std::uniform_real_distribution<float> u(-8.f, 8.f);
+  for (float& x : in) x = u(rng);
+  out = in;
+  const int W = fae::cpu::vec_transpose(out.data());
+  int64_t bad = 0;
+  for (int j = 0; j < W; ++j)
+    for (int w = 0; w < W; ++w) bad += out[j * W + w] != in[w * W + j];
+  check(W >= 1 && W <= 16 && bad == 0,
+        "vec transpose " + std::to_string(W) + " x " + std::to_string(W) + ": " + std::to_string(bad) + " wrong");
+}
+
+// The active instruction set's bool_bias (cpu/vec.h) of n random bytes (0, 1 or 7, held in a
+// buffer of exactly n bytes, so that a read past it shows under AddressSanitizer), every n <= W.
+void bool_bias_case(std::mt19937_64& rng) {
+  const uint8_t values[3] = {0, 1, 7};
+  float out[16];
+  const uint8_t none = 0;
+  const int W = fae::cpu::vec_bool_bias(&none, 0, out);  // n = 0 reads nothing
+  int64_t bad = 0;
+  for (int i = 0; i < W; ++i) bad += out[i] != 0.f;
+  for (int n = 1; n <= W; ++n) {
+    std::vector<uint8_t> bytes(n);
+    for (uint8_t& b : bytes) b = values[std::uniform_int_distribution<int>(0, 2)(rng)];
+    fae::cpu::vec_bool_bias(bytes.data(), n, out);
+    for (int i = 0; i < W; ++i) bad += out[i] != (i < n && bytes[i] == 0 ? -INFINITY : 0.f);
+  }
+  check(bad == 0, "vec bool_bias, " + std::to_string(W) + " lanes: " + std::to_string(bad) + " wrong");
+}
+
 std::vector<Case> cases() {
   const int64_t N = kNone;
   using L = Layout;
@@ -643,6 +677,9 @@ int main(int argc, char** argv) {
     std::printf("== fae_cpu_test: CPU kernels (ISA %s) against a naive float64 reference\n",
                 fae::cpu::active_isa().c_str());
     uint64_t seed = 1234;
+    std::mt19937_64 rng(seed);
+    transpose_case(rng);
+    bool_bias_case(rng);
     for (const Case& c : cases()) run_case(c, seed++);
     nan_case();
   }
