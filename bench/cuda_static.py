@@ -930,7 +930,7 @@ def report(results: list[Analysis], command: str, tools: str, mods: list[str]) -
               "fillers that this count files under other) and a backward higher by the lse/delta load block "
               "(`if (threadIdx.x < kBlockM)`), which the earlier count left out. The difference column is what the "
               "kernels have changed since.", "",
-              "## Softcap and ALiBi (score mods)", "",
+              "## Softcap, ALiBi and explicit masks (score mods)", "",
               "They run in the variable-length instances' kMod variant (a dense call as one without sequence "
               "arrays), compiled beside the plain variable-length instance: the dense kernels (the tables above) "
               "contain none of their code. One steady-state iteration per warp of each variant's main loop, with "
@@ -938,7 +938,11 @@ def report(results: list[Analysis], command: str, tools: str, mods: list[str]) -
               "is the transforms' cost per key tile. Adding them left the dense kernels' SASS instruction for "
               "instruction the same (sm_80, D = 64 and 128), and the plain variable-length instances differ only "
               "in an unused parameter. Per score the softcap costs tanhf (2 MUFU, about 14 FP32 instructions) and "
-              "ALiBi an integer distance, its conversion and one FFMA; the backward adds 1 - tanh^2 on dS.", "",
+              "ALiBi an integer distance, its conversion and one FFMA; the backward adds 1 - tanh^2 on dS. "
+              "Explicit masks run in the same variant: the mask row takes the path through the mask's "
+              "read-only loads (one per score, with its bounds checks and address arithmetic) and, in the "
+              "backward, the dmask stores; the other rows avoid them. In the backward the mask's checks sit "
+              "in the P and dS loop, which softcap and ALiBi alone also run: they pay those checks.", "",
               *mods, "",
               *findings(results), METHOD]
     return "\n".join(lines).rstrip() + "\n"
