@@ -25,7 +25,7 @@ struct MaskRefs {
   gptr<float> grad;          // the backward's dmask (float32, keys contiguous)
 
   static MaskRefs of(const FwdParams& p, const BwdParams* bp = nullptr) {
-    MaskRefs m;
+    MaskRefs m{};
     if (p.attn_mask == nullptr) return m;
     const std::size_t n = std::size_t((p.batch - 1) * p.mask_batch_stride + (p.heads_q - 1) * p.mask_head_stride +
                                       (p.seqlen_q - 1) * p.mask_row_stride + (p.seqlen_k - 1) * p.mask_col_stride + 1);
