@@ -115,13 +115,9 @@ def key_lengths(mask: MaskSpec) -> Optional[Any]:
     if any(st[d] != 0 and am.shape[d] > 1 for d in (1, 2)):
         return None
     keep = am[:, 0, 0]  # (B, Sk)
-    if is_tensor(keep):
-        if bool((keep[:, 1:] & ~keep[:, :-1]).any()):
-            return None
-        return keep.sum(1, dtype=torch.int32)
-    if (keep[:, 1:] & ~keep[:, :-1]).any():
+    if bool((keep[:, 1:] & ~keep[:, :-1]).any()):  # a kept key after a padded one
         return None
-    return keep.sum(1, dtype=np.int32)
+    return keep.sum(1, dtype=torch.int32 if is_tensor(keep) else np.int32)
 
 
 def _cpu_kwargs(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mask: MaskSpec,
@@ -179,9 +175,9 @@ def cpu_only_features(q: Any, mask: MaskSpec) -> None:
     backend = backend_for(q)
     if mask.dropout_p and backend != "cpu":
         raise NotImplementedError(f"dropout_p={mask.dropout_p}: dropout: not implemented in the "
-                                  f"CUDA kernels yet (backend "
-                                  f"{backend}, dtype {dtype_name(q)}); it runs on the CPU backend "
-                                  f"(CPU tensors or arrays without FLASHATTN_EXT_BACKEND=emu)")
+                                  f"CUDA kernels yet (backend {backend}, dtype {dtype_name(q)}); it "
+                                  f"runs on the CPU backend (CPU tensors or arrays without "
+                                  f"FLASHATTN_EXT_BACKEND=emu)")
 
 
 def forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mask: MaskSpec,

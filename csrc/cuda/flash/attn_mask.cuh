@@ -27,16 +27,16 @@ struct MaskRefs {
   static MaskRefs of(const FwdParams& p, const BwdParams* bp = nullptr) {
     MaskRefs m{};
     if (p.attn_mask == nullptr) return m;
-    const std::size_t n = std::size_t((p.batch - 1) * p.mask_batch_stride + (p.heads_q - 1) * p.mask_head_stride +
-                                      (p.seqlen_q - 1) * p.mask_row_stride + (p.seqlen_k - 1) * p.mask_col_stride + 1);
+    const std::size_t n = extent(p.mask_batch_stride, p.mask_row_stride, p.mask_head_stride, p.batch, p.seqlen_q,
+                                 p.heads_q, 1) + std::size_t((p.seqlen_k - 1) * p.mask_col_stride);
     if (p.mask_bool)
       m.keep = gbuf(static_cast<const uint8_t*>(p.attn_mask), n);
     else
       m.add = gbuf(static_cast<const float*>(p.attn_mask), n);
     if (bp != nullptr && bp->dmask != nullptr)
-      m.grad = gbuf(static_cast<float*>(bp->dmask),
-                    std::size_t((p.batch - 1) * bp->dmask_batch_stride + (p.heads_q - 1) * bp->dmask_head_stride +
-                                (p.seqlen_q - 1) * bp->dmask_row_stride + p.seqlen_k));
+      m.grad = gbuf(static_cast<float*>(bp->dmask), extent(bp->dmask_batch_stride, bp->dmask_row_stride,
+                                                           bp->dmask_head_stride, p.batch, p.seqlen_q, p.heads_q,
+                                                           p.seqlen_k));
     return m;
   }
 
