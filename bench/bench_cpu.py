@@ -12,7 +12,8 @@ FLOP counts: forward 4*Sq*Sk*D per head over the visible (query, key) pairs, for
 3.5x that (the backward does 2.5x the forward's matrix products). The decode case reports GB/s
 of K, V, Q and O. "%peak" is against the machine's peaks measured at the start of the same run on
 the same threads (flashattn_ext.cpu_peaks): the float32 FMA peak, the bfloat16 dot-product peak for
-bfloat16 where the kernels use a native one (AVX512_BF16), the memory-bandwidth probe for decode.
+bfloat16 where the kernels use a native one (AVX512_BF16), the AMX tile-product peak for the
+bfloat16 forward on avx512amx, the memory-bandwidth probe for decode.
 """
 
 from __future__ import annotations
@@ -143,10 +144,13 @@ def main() -> None:
 
     peaks = flashattn_ext.cpu_peaks(args.threads)
     dot = peaks["bf16_dot_gflops"] if peaks["bf16_dot_native"] else None
+    amx = peaks["amx_bf16_gflops"]  # avx512amx: the bfloat16 forward's products run on tiles
     print(f"flashattn_ext {flashattn_ext.__version__}, ISA {peaks['isa']}, "
           f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}), {args.threads} threads, "
           f"peaks: float32 FMA {peaks['fma_gflops']:.0f} GFLOP/s, bfloat16 dot "
-          f"{'not available' if dot is None else f'{dot:.0f} GFLOP/s'}, memory read {peaks['bandwidth_gbs']:.1f} GB/s")
+          f"{'not available' if dot is None else f'{dot:.0f} GFLOP/s'}"
+          f"{'' if amx is None else f', bfloat16 AMX tiles {amx:.0f} GFLOP/s'}, "
+          f"memory read {peaks['bandwidth_gbs']:.1f} GB/s")
     header = f"{'case':<22}{'dtype':<10}{'dir':<9}{'ours':>9}{'torch':>9}{'ratio':>7}{'unit':>8}{'%peak':>7}"
     print(header)
     print("-" * len(header))
@@ -164,8 +168,9 @@ def main() -> None:
                 else:
                     work, unit = c.fwd_flops() * (3.5 if backward else 1.0) / 1e9, "GFLOP/s"
                 ours, theirs = work / t["ours"], work / t["torch"]
-                peak = (peaks["bandwidth_gbs"] if c.decode else dot if dt == "bfloat16" and dot
-                        else peaks["fma_gflops"])
+                peak = (peaks["bandwidth_gbs"] if c.decode
+                        else amx if dt == "bfloat16" and amx and not backward
+                        else dot if dt == "bfloat16" and dot else peaks["fma_gflops"])
                 frac = f"{100 * ours / peak:.0f}%"
                 row = dict(case=c.name, dtype=dt, direction=direction, ours=round(ours, 1),
                            torch=round(theirs, 1), ratio=round(ours / theirs, 2), unit=unit,

@@ -313,7 +313,7 @@ def test_rejects_unsupported_device(gen):
         fa.attention(q, k, v)
 
 
-ALL_ISAS = ("scalar", "avx2", "avx512", "avx512bf16", "avx512bf16-emu", "neon")
+ALL_ISAS = ("scalar", "avx2", "avx512", "avx512bf16", "avx512bf16-emu", "avx512amx", "avx512amx-emu", "neon")
 
 
 @pytest.mark.parametrize("isa", [*ALL_ISAS, "pentium"])

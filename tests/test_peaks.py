@@ -65,6 +65,26 @@ float dot_loop(long iters) {
   return _mm512_reduce_add_ps(s);
 }
 #endif
+#ifdef __AMX_BF16__
+/* tdpbf16ps on four accumulator tiles (16 rows x 64 bytes each, palette 1), operands fixed. The
+   process already holds the tile data permission: the library asked Linux for it. */
+float amx_loop(long iters) {
+  unsigned char cfg[64] = {0};
+  static float c[256], ab[256];
+  cfg[0] = 1;
+  for (int t = 0; t < 8; ++t) { cfg[16 + 2 * t] = 64; cfg[48 + t] = 16; }
+  for (int i = 0; i < 256; ++i) ab[i] = 1e-3f;
+  _tile_loadconfig(cfg);
+  _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+  _tile_loadd(4, ab, 64); _tile_loadd(5, ab, 64); _tile_loadd(6, ab, 64); _tile_loadd(7, ab, 64);
+  for (long i = 0; i < iters; ++i) {
+    _tile_dpbf16ps(0, 4, 6); _tile_dpbf16ps(1, 5, 7); _tile_dpbf16ps(2, 4, 7); _tile_dpbf16ps(3, 5, 6);
+  }
+  _tile_stored(0, c, 64);
+  _tile_release();
+  return c[0];
+}
+#endif
 """
 
 # Active instruction set -> (vector bytes, compiler flags): the probes' vector width.
@@ -73,6 +93,8 @@ FLAGS = {
     "avx512bf16-emu": (32, ["-mavx2", "-mfma"]),
     "avx512": (64, ["-mavx512f"]),
     "avx512bf16": (64, ["-mavx512f", "-mavx512bf16"]),
+    "avx512amx": (64, ["-mavx512f", "-mavx512bf16", "-mamx-tile", "-mamx-bf16"]),
+    "avx512amx-emu": (32, ["-mavx2", "-mfma"]),
     "neon": (16, []),
     "scalar": (4, ["-fno-tree-vectorize", "-fno-tree-slp-vectorize"]),
 }
@@ -91,7 +113,7 @@ def loops(tmp_path_factory) -> ctypes.CDLL:
     subprocess.run([cc, "-O2", "-ffp-contract=fast", "-shared", "-fPIC", f"-DVBYTES={vbytes}", *flags,
                     str(d / "loops.c"), "-o", str(lib)], check=True)
     dll = ctypes.CDLL(str(lib))
-    for name in ("fma_loop", "dot_loop"):
+    for name in ("fma_loop", "dot_loop", "amx_loop"):
         if hasattr(dll, name):
             getattr(dll, name).argtypes, getattr(dll, name).restype = [ctypes.c_long], ctypes.c_float
     dll.sum_loop.argtypes, dll.sum_loop.restype = [ctypes.c_void_p, ctypes.c_long], ctypes.c_float
@@ -156,12 +178,23 @@ def test_fma_peak_matches_an_independent_loop(loops, threads):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_bf16_dot_peak_matches_an_independent_loop(loops, threads):
     peaks = fa.cpu_peaks(1)
-    if ISA != "avx512bf16":
+    if ISA not in ("avx512bf16", "avx512amx"):
         assert peaks["bf16_dot_gflops"] is None or not peaks["bf16_dot_native"]
         pytest.skip(f"no native bfloat16 dot product with instruction set {ISA} (needs AVX512_BF16)")
     assert peaks["bf16_dot_native"]
     probe, ref = agree(lambda: fa.cpu_peaks(threads)["bf16_dot_gflops"],
                        lambda: loop_rate(threads, 10 * 16 * 4.0, loops.dot_loop) / 1e9)
+    assert abs(probe / ref - 1) <= 0.10, f"{threads} threads: probe {probe:.1f} GFLOP/s, loop {ref:.1f}"
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_amx_peak_matches_an_independent_loop(loops, threads):
+    peaks = fa.cpu_peaks(1)
+    if ISA != "avx512amx":
+        assert peaks["amx_bf16_gflops"] is None
+        pytest.skip(f"no AMX tile products with instruction set {ISA} (needs AMX-BF16 and the OS's permission)")
+    probe, ref = agree(lambda: fa.cpu_peaks(threads)["amx_bf16_gflops"],
+                       lambda: loop_rate(threads, 4 * 16 * 16 * 32 * 2.0, loops.amx_loop) / 1e9)
     assert abs(probe / ref - 1) <= 0.10, f"{threads} threads: probe {probe:.1f} GFLOP/s, loop {ref:.1f}"
 
 

@@ -92,12 +92,13 @@ PYBIND11_MODULE(_C, m) {
           d["fma_gflops"] = r.fma_gflops;
           d["bf16_dot_gflops"] = r.bf16_dot_gflops > 0 ? py::cast(r.bf16_dot_gflops) : py::none();
           d["bf16_dot_native"] = r.bf16_dot_native;
+          d["amx_bf16_gflops"] = r.amx_bf16_gflops > 0 ? py::cast(r.amx_bf16_gflops) : py::none();
           d["bandwidth_gbs"] = r.bandwidth_gbs;
           d["bandwidth_bytes"] = r.bandwidth_bytes;
           return d;
         }, py::arg("threads") = 0,
-        "Peaks of the active CPU kernels on `threads` threads (0 = default): float32 FMA and bfloat16 "
-        "dot-product GFLOP/s of register loops, streaming-read GB/s of a 256 MiB buffer.");
+        "Peaks of the active CPU kernels on `threads` threads (0 = default): float32 FMA, bfloat16 "
+        "dot-product and (avx512amx) bfloat16 tile-product GFLOP/s of register loops, streaming-read GB/s of a 256 MiB buffer.");
 
   m.def("cpu_tile_candidates", [] {
           py::dict d;

@@ -42,6 +42,7 @@ struct PeakProbes {
   double fma_gflops = 0;        // float32 FMA, register loop
   double bf16_dot_gflops = 0;   // bfloat16 dot product (dot2), register loop; 0: the ISA has none
   bool bf16_dot_native = false; // false with a dot product: the AVX2 emulation (avx512bf16-emu)
+  double amx_bf16_gflops = 0;   // bfloat16 AMX tile products (tdpbf16ps); 0: not this ISA / emulated
   double bandwidth_gbs = 0;     // streaming read of bandwidth_bytes, vector loads summed
   int64_t bandwidth_bytes = 0;
   float checksum = 0;           // depends on every loop, so that none is optimised away

@@ -2,6 +2,13 @@
 // by FLASHATTN_EXT_CPU_ISA (read on every call, so tests can force each path in one process).
 #include <cstdlib>
 #include <stdexcept>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #include <string>
 #include <vector>
 
@@ -33,6 +40,22 @@ bool has_avx512() {
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
 }
 bool has_avx512bf16() { return has_avx512() && __builtin_cpu_supports("avx512bf16"); }
+// AMX-TILE and AMX-BF16 (cpuid leaf 7, edx bits 24 and 22), and Linux's permission for this
+// process to use the tile data state (asked once; without it the first tile load faults).
+bool has_amx() {
+  static const bool ok = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!has_avx512bf16() || !__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+    if (!(d & (1u << 24)) || !(d & (1u << 22))) return false;
+#if defined(__linux__)
+    constexpr long kReqXcompPerm = 0x1023, kXfeatureXtileData = 18;
+    return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtileData) == 0;
+#else
+    return false;
+#endif
+  }();
+  return ok;
+}
 #endif
 bool always() { return true; }
 
@@ -51,6 +74,11 @@ const Isa kIsas[] = {
     {"avx512bf16-emu", has_avx2, avx512bf16_emu::forward, avx512bf16_emu::backward,
      avx512bf16_emu::peak_probes, avx512bf16_emu::dropout_mask, avx512bf16_emu::vec_transpose,
      avx512bf16_emu::vec_bool_bias, false},
+    // AMX tiles for the bfloat16 forward's products; and the same kernels with them emulated.
+    {"avx512amx", has_amx, avx512amx::forward, avx512amx::backward, avx512amx::peak_probes,
+     avx512amx::dropout_mask, avx512amx::vec_transpose, avx512amx::vec_bool_bias},
+    {"avx512amx-emu", has_avx2, avx512amx_emu::forward, avx512amx_emu::backward, avx512amx_emu::peak_probes,
+     avx512amx_emu::dropout_mask, avx512amx_emu::vec_transpose, avx512amx_emu::vec_bool_bias, false},
 #elif defined(__aarch64__)
     {"neon", always, neon::forward, neon::backward, neon::peak_probes, neon::dropout_mask, neon::vec_transpose,
      neon::vec_bool_bias},
@@ -58,7 +86,8 @@ const Isa kIsas[] = {
 };
 
 // Every value of FLASHATTN_EXT_CPU_ISA on any architecture (kIsas holds this build's).
-const char* const kAllIsaNames[] = {"scalar", "avx2", "avx512", "avx512bf16", "avx512bf16-emu", "neon"};
+const char* const kAllIsaNames[] = {"scalar",    "avx2",      "avx512",        "avx512bf16",
+                                    "avx512bf16-emu", "avx512amx", "avx512amx-emu", "neon"};
 
 std::string join(const std::vector<std::string>& names) {
   std::string s;

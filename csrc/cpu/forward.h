@@ -28,6 +28,7 @@
 #include <type_traits>
 
 #include "common/mask.h"
+#include "cpu/amx.h"
 #include "cpu/dropout.h"
 #include "cpu/gemm.h"
 #include "cpu/score_mod.h"
@@ -59,6 +60,10 @@ struct Forward {
   using R = typename V::R;
   static constexpr int W = V::W;
   static constexpr bool kPairs = std::is_same_v<T, bf16> && V::kBf16Dot;
+  // The pair path's two products on AMX tiles (amx.h) where the vector type has them; their
+  // operands are padded to 16 rows and columns (columns of wide tiles: multiples of 16).
+  static constexpr bool kAmx = kPairs && AmxOf<V>::value;
+  using Amx = typename AmxOf<V>::X;
 
   const FwdParams& p;
   int64_t D, group, bq, bk, rpt, hpt, head_tiles, tiles, nsplit;
@@ -110,12 +115,18 @@ struct Forward {
 
   void tile_task(int64_t tile, int64_t split) {
     const TileId id = tile_id(tile);
-    const int64_t ncol = id.nh * id.nr, ncolp = round_up(ncol, W);
+    const int64_t ncol = id.nh * id.nr;
     const bool narrow = ncol <= kNarrowCols;  // then qt and ot hold rows: [col][d]
+    const int64_t ncolp = round_up(ncol, kAmx && !narrow ? std::max<int64_t>(W, kAmxRows) : W);
     const int64_t pw = narrow ? ncolp : std::min<int64_t>(V::NV * W, ncolp);
     const Panels pn{pw, ncolp, round_up(ncolp, pw)};
     const int64_t na = pn.ncola;
     const bool pairs = kPairs && !narrow;  // then qt holds pairs: (D + 1) / 2 rows
+    const bool amx = kAmx && pairs && D % (2 * kAmxRows) == 0 && bk % (2 * kAmxRows) == 0;
+    const AmxTiles<Amx> tiles_in_use(amx);
+    // Pair path without score transforms: scores stay unscaled (no pass over the tile); the max is
+    // scaled and the exponent takes scores times scale_log2 in one fma.
+    const bool raw = pairs && !mods && sl2 > 0.f;
     const int64_t nmt = drop && pairs ? bk * W : 0;
     Scratch scratch(2 * D * na + bk * na + 2 * bk * D + 5 * ncolp + nmt + (has_attn_mask(p) ? W * bk : 0));
     float* qt = scratch.get();        // D x ncolp panels: Q^T, padding columns zero
@@ -176,8 +187,9 @@ struct Forward {
       int64_t ldk = 0, ldv = 0;
       const float *kr = nullptr, *vr = nullptr;
       if (pairs) {
-        pair_scores(kt, nk, kbuf, qt, st, pn);
-        pack_v_pairs(vt, nk, vbuf);
+        pair_scores(amx, raw, kt, nk, kbuf, qt, st, pn);
+        if (amx) pack_vt_pairs(vt, nk, vbuf);
+        else pack_v_pairs(vt, nk, vbuf);
       } else {
         kr = float_rows<V>(kt, p.k_row_stride, nk, D, kbuf, ldk);
         vr = float_rows<V>(vt, p.v_row_stride, nk, D, vbuf, ldv);
@@ -195,11 +207,15 @@ struct Forward {
           for (int64_t j = 0; j < nk; ++j)
             if (k0 + j < lo[c] || k0 + j > hi[c]) sc[j * pw] = neg_inf<float>();
         }
-      for (int64_t c = 0; c < ncolp; c += W) {
+      for (int64_t c = 0; c < ncolp; c += W) {  // four chains: one would wait on max's latency
         const float* sc = st + pn.col(bk, c);
-        R mv = V::set1(neg_inf<float>());
-        for (int64_t j = 0; j < nk; ++j) mv = V::max(mv, V::load(sc + j * pw));
-        V::store(mx + c, mv);
+        R mv[4] = {V::set1(neg_inf<float>()), mv[0], mv[0], mv[0]};
+        int64_t j = 0;
+        for (; j + 4 <= nk; j += 4)
+          for (int i = 0; i < 4; ++i) mv[i] = V::max(mv[i], V::load(sc + (j + i) * pw));
+        for (; j < nk; ++j) mv[0] = V::max(mv[0], V::load(sc + j * pw));
+        const R tm = V::max(V::max(mv[0], mv[1]), V::max(mv[2], mv[3]));
+        V::store(mx + c, raw ? V::mul(tm, V::set1(sl2)) : tm);
       }
       // Vector form of fae::rescale_factor / exp_base: a column with no finite score yet
       // subtracts -FLT_MAX instead of 0, so that exp2(-inf - base) == 0 without a select.
@@ -212,7 +228,7 @@ struct Forward {
       }
       bool rescale = false;
       for (int64_t c = 0; c < ncol; ++c) rescale |= alpha[c] != 1.f;
-      if (pairs) pair_probabilities(id.b, k0, nk, st, pn, base, alpha, l, rows, heads, mt);
+      if (pairs) pair_probabilities(id.b, k0, nk, raw ? sl2 : 1.f, st, pn, base, alpha, l, rows, heads, mt);
       for (int64_t c = 0; c < ncolp && !pairs; c += W) {
         float* sc = st + pn.col(bk, c);
         const R bv = V::load(base + c);
@@ -229,7 +245,7 @@ struct Forward {
       if (rescale && narrow)
         for (int64_t i = 0; i < ncol * D; ++i) ot[i] *= alpha[i / D];
       const float* cs = rescale && !narrow ? alpha : nullptr;  // O^T *= alpha inside the product
-      if (pairs) pair_values(nk, vbuf, st, ot, pn, cs);
+      if (pairs) pair_values(amx, nk, vbuf, st, ot, pn, cs);
       else if (narrow) narrow_products(ncol, false, vr, ldv, nk, st, ot, ncolp);
       else gemm<V>(D, ncolp, Gemm{vr, 1, ldv, st, pw, ot, pw, nk, true, pn.stride(bk), pn.stride(D), cs});
     }
@@ -286,35 +302,52 @@ struct Forward {
   }
 
   // Pair path: S^T = K . Q^T on pairs along D (K rows copied as they are: a row of bfloat16 is a
-  // row of pairs), then scaled by scale * log2(e) so that the scores are in the log2 domain.
-  void pair_scores(const T* kt, int64_t nk, float* kbuf, const float* qtp, float* st, const Panels& pn) const {
+  // row of pairs), then scaled by scale * log2(e) so that the scores are in the log2 domain (not
+  // when raw: pair_probabilities scales them).
+  // On tiles (amx): K rows are read in place when the tile has whole tile rows, else copied with
+  // zero rows after them; the scores of those rows are 0 and never read.
+  void pair_scores(bool amx, bool raw, const T* kt, int64_t nk, float* kbuf, const float* qtp, float* st, const Panels& pn) const {
     if constexpr (kPairs) {
       const int64_t dp = (D + 1) / 2;
-      for (int64_t j = 0; j < nk; ++j) {
-        kbuf[j * dp + dp - 1] = 0.f;  // odd D: the last pair's high half stays zero
-        std::memcpy(kbuf + j * dp, kt + j * p.k_row_stride, sizeof(T) * D);
+      if (amx) {
+        const int64_t nk16 = round_up(nk, kAmxRows);
+        const char* a = reinterpret_cast<const char*>(kt);
+        int64_t lda = p.k_row_stride * int64_t(sizeof(T));
+        if (nk != nk16) {
+          for (int64_t j = 0; j < nk16; ++j)
+            if (j < nk) std::memcpy(kbuf + j * dp, kt + j * p.k_row_stride, sizeof(T) * D);
+            else std::memset(kbuf + j * dp, 0, sizeof(float) * dp);
+          a = reinterpret_cast<const char*>(kbuf);
+          lda = dp * int64_t(sizeof(float));
+        }
+        amx_gemm<Amx>(nk16, pn.ncolp, AmxGemm{a, lda, qtp, st, pn.pw, pn.stride(dp), pn.stride(bk), dp, false});
+      } else {
+        for (int64_t j = 0; j < nk; ++j) {
+          kbuf[j * dp + dp - 1] = 0.f;  // odd D: the last pair's high half stays zero
+          std::memcpy(kbuf + j * dp, kt + j * p.k_row_stride, sizeof(T) * D);
+        }
+        gemm<V, true>(nk, pn.ncolp, Gemm{kbuf, dp, 1, qtp, pn.pw, st, pn.pw, dp, false, pn.stride(dp), pn.stride(bk)});
       }
-      gemm<V, true>(nk, pn.ncolp, Gemm{kbuf, dp, 1, qtp, pn.pw, st, pn.pw, dp, false, pn.stride(dp), pn.stride(bk)});
       const R s = V::set1(sl2);
-      for (int64_t c0 = 0; c0 < pn.ncolp; c0 += pn.pw)
+      for (int64_t c0 = 0; c0 < pn.ncolp && !raw; c0 += pn.pw)
         for (int64_t i = c0 * bk; i < c0 * bk + nk * pn.pw; i += W) V::store(st + i, V::mul(V::load(st + i), s));
     }
   }
 
-  // Pair path: P^T = exp2(S^T - base) as bfloat16 pairs of keys, written in place (row j / 2 <= j
-  // was read already); the row sums l are taken in float32 before rounding, and dropout (its
-  // multipliers of the nk keys in mt, nk x W) after them.
-  void pair_probabilities(int64_t b, int64_t k0, int64_t nk, float* st, const Panels& pn, const float* base,
+  // Pair path: P^T = exp2(S^T * s2 - base) as bfloat16 pairs of keys, written in place (row j / 2
+  // <= j was read already; s2 is scale_log2 for unscaled scores, else 1); the row sums l are taken
+  // in float32 before rounding, and dropout (its multipliers of the nk keys in mt, nk x W) after them.
+  void pair_probabilities(int64_t b, int64_t k0, int64_t nk, float s2, float* st, const Panels& pn, const float* base,
                           const float* alpha, float* l, const uint32_t* rows, const uint32_t* heads, float* mt) const {
     if constexpr (kPairs)
       for (int64_t c = 0; c < pn.ncolp; c += W) {
         float* sc = st + pn.col(bk, c);
-        const R bv = V::load(base + c);
+        const R nb = V::sub(V::zero(), V::load(base + c)), sv = V::set1(s2);
         R sum = V::zero();
         if (drop) Dropout<V>(p).columns(b, rows + c, heads + c, k0, nk, [&](int64_t j, R m) { V::store(mt + j * W, m); });
         for (int64_t j = 0; j < nk; j += 2) {
-          R pe = V::exp2(V::sub(V::load(sc + j * pn.pw), bv));
-          R po = j + 1 < nk ? V::exp2(V::sub(V::load(sc + (j + 1) * pn.pw), bv)) : V::zero();
+          R pe = V::exp2(V::fma(V::load(sc + j * pn.pw), sv, nb));
+          R po = j + 1 < nk ? V::exp2(V::fma(V::load(sc + (j + 1) * pn.pw), sv, nb)) : V::zero();
           sum = V::add(sum, V::add(pe, po));
           if (drop) {
             pe = V::mul(pe, V::load(mt + j * W));
@@ -327,10 +360,54 @@ struct Forward {
   }
 
   // Pair path: O^T += V^T . P^T on pairs of keys (vbuf from pack_v_pairs, P^T pairs in st).
-  void pair_values(int64_t nk, const float* vbuf, const float* st, float* ot, const Panels& pn,
+  // On tiles (amx): vbuf holds V^T (pack_vt_pairs); O^T is rescaled first, and the rows of P^T
+  // pairs after the tile's last are set to zero up to a whole tile row.
+  void pair_values(bool amx, int64_t nk, const float* vbuf, float* st, float* ot, const Panels& pn,
                    const float* cs) const {
-    if constexpr (kPairs)
-      gemm<V, true>(D, pn.ncolp, Gemm{vbuf, 1, D, st, pn.pw, ot, pn.pw, (nk + 1) / 2, true, pn.stride(bk), pn.stride(D), cs});
+    if constexpr (kPairs) {
+      const int64_t np = (nk + 1) / 2;
+      if (!amx) {
+        gemm<V, true>(D, pn.ncolp, Gemm{vbuf, 1, D, st, pn.pw, ot, pn.pw, np, true, pn.stride(bk), pn.stride(D), cs});
+        return;
+      }
+      const int64_t np16 = round_up(np, kAmxRows);
+      for (int64_t c0 = 0; c0 < pn.ncolp; c0 += pn.pw) {
+        float* sp = st + pn.col(bk, c0);
+        std::memset(sp + np * pn.pw, 0, sizeof(float) * (np16 - np) * pn.pw);
+        if (cs == nullptr) continue;
+        float* op = ot + pn.col(D, c0);
+        const int64_t w = std::min(pn.pw, pn.ncolp - c0);
+        for (int64_t c = 0; c < w; c += W) {
+          const R a = V::load(cs + c0 + c);
+          for (int64_t d = 0; d < D; ++d) V::store(op + d * pn.pw + c, V::mul(V::load(op + d * pn.pw + c), a));
+        }
+      }
+      amx_gemm<Amx>(D, pn.ncolp, AmxGemm{reinterpret_cast<const char*>(vbuf), np16 * int64_t(sizeof(float)), st, ot,
+                                          pn.pw, pn.stride(bk), pn.stride(D), np16, true});
+    }
+  }
+
+  // Tile path: V^T as pairs of keys, vbuf[d * np16 + j / 2] = (V[j][d], V[j + 1][d]), np16 the pair
+  // count rounded up to a whole tile row, zero after the last key: pairs of W rows are formed as
+  // in pack_v_pairs and W x W blocks of them transposed in registers.
+  void pack_vt_pairs(const T* vt, int64_t nk, float* vbuf) const {
+    if constexpr (kAmx) {
+      const int64_t np = (nk + 1) / 2, np16 = round_up(np, kAmxRows);
+      for (int64_t j0 = 0; j0 < np16; j0 += W)
+        for (int64_t d0 = 0; d0 < D; d0 += W) {
+          R x[W];
+          for (int64_t i = 0; i < W; ++i) {
+            const int64_t j = 2 * (j0 + i);
+            x[i] = V::zero();
+            if (j < nk) {
+              const T* e = vt + j * p.v_row_stride + d0;
+              x[i] = V::pairs_bf16(e, j + 1 < nk ? e + p.v_row_stride : nullptr, W);
+            }
+          }
+          V::transpose(x);
+          for (int64_t i = 0; i < W; ++i) V::store(vbuf + (d0 + i) * np16 + j0, x[i]);
+        }
+    }
   }
 
   // Pair path: V tile as pairs of keys, vbuf[(j / 2) * D + d] = (V[j][d], V[j + 1][d]).

@@ -19,6 +19,8 @@ FAE_CPU_DECLARE_INTERP(avx2)
 FAE_CPU_DECLARE_INTERP(avx512)
 FAE_CPU_DECLARE_INTERP(avx512bf16)
 FAE_CPU_DECLARE_INTERP(avx512bf16_emu)
+FAE_CPU_DECLARE_INTERP(avx512amx)
+FAE_CPU_DECLARE_INTERP(avx512amx_emu)
 FAE_CPU_DECLARE_INTERP(neon)
 FAE_CPU_DECLARE_INTERP(float64)
 #undef FAE_CPU_DECLARE_INTERP
@@ -40,6 +42,8 @@ const InterpIsa kInterpIsas[] = {
     FAE_INTERP_ENTRY("avx512", avx512),
     FAE_INTERP_ENTRY("avx512bf16", avx512bf16),
     FAE_INTERP_ENTRY("avx512bf16-emu", avx512bf16_emu),
+    FAE_INTERP_ENTRY("avx512amx", avx512amx),
+    FAE_INTERP_ENTRY("avx512amx-emu", avx512amx_emu),
 #elif defined(__aarch64__)
     FAE_INTERP_ENTRY("neon", neon),
 #endif

@@ -13,6 +13,7 @@
 #include <thread>
 #include <utility>
 
+#include "cpu/amx.h"
 #include "cpu/backend.h"
 #include "cpu/thread_pool.h"
 #include "cpu/vec.h"
@@ -90,6 +91,25 @@ float dot_chains(int64_t iters) {
                    std::make_index_sequence<kProbeChains>());
 }
 
+// Tile products on four independent accumulator tiles (amx_block's register plan), `iters` times:
+// 4 x 16 x 16 x 32 multiply-adds each. Returns an element of the result.
+template <class X>
+float amx_chains(int64_t iters) {
+  alignas(64) float a[kAmxRows * kAmxRows], c[kAmxRows * kAmxRows];
+  for (int i = 0; i < kAmxRows * kAmxRows; ++i) a[i] = bits_float(0x3c003c00u);  // bfloat16 pairs (2^-7, 2^-7)
+  const AmxTiles<X> on(true);
+  X::template zero<0>(); X::template zero<1>(); X::template zero<2>(); X::template zero<3>();
+  X::template load<4>(a, 64); X::template load<5>(a, 64); X::template load<6>(a, 64); X::template load<7>(a, 64);
+  for (int64_t it = 0; it < iters; ++it) {
+    X::template dot<0, 4, 6>();
+    X::template dot<1, 4, 7>();
+    X::template dot<2, 5, 6>();
+    X::template dot<3, 5, 7>();
+  }
+  X::template store<0>(c, 64);
+  return c[0];
+}
+
 // Sum of floats [0, n) with four vector accumulators (n a multiple of 4 W).
 template <class V>
 float stream_sum(const float* x, int64_t n) {
@@ -128,6 +148,13 @@ PeakProbes measure_peaks(int threads) {
   if constexpr (V::kBf16Dot) {
     r.bf16_dot_gflops = best_rate(threads, 2 * fma_flops, [&](int, int64_t n) { keep(dot_chains<V>(n)); }) / 1e9;
     r.bf16_dot_native = V::kBf16DotNative;
+  }
+  if constexpr (AmxOf<V>::value) {
+    if constexpr (V::kBf16DotNative) {  // the emulation has no peak worth measuring
+      constexpr double kTileFlops = 4.0 * kAmxRows * kAmxRows * 2 * kAmxRows * 2;  // per iteration
+      r.amx_bf16_gflops = best_rate(threads, threads * kTileFlops,
+                                    [&](int, int64_t n) { keep(amx_chains<typename AmxOf<V>::X>(n)); }) / 1e9;
+    }
   }
   // Bandwidth: each thread fills (first touch: its own memory node) and then reads its own slice.
   const int64_t n = kProbeBytes / 4, slice = n / threads / (4 * V::W) * (4 * V::W);

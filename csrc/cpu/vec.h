@@ -17,7 +17,8 @@
 //   lanes >= n are 0 (nothing past p[n-1] is read).
 // bfloat16 pairs (the dot-product path of forward.h, used for bfloat16 inputs when kBf16Dot): a
 // float lane may carry the bits of two bfloat16 values, the even element in the low 16 bits.
-//   pairs(e, o): bf16(e) and bf16(o) (round to nearest even) packed into one lane each;
+//   pairs(e, o): bf16(e) and bf16(o) (round to nearest even; AVX512_BF16's vcvtne2ps2bf16 also
+//   reads subnormal inputs as zero) packed into one lane each;
 //   pairs_bf16(e, o, n): the same from two bfloat16 rows (o may be null: zeros), exact;
 //   dot2(acc, a, b) = fma(a.even, b.even, fma(a.odd, b.odd, acc)), the order of the x86
 //   vdpbf16ps (which also treats subnormal inputs and results as zero; the emulation keeps them).
@@ -316,12 +317,19 @@ struct VecAvx512 {
 #if defined(__AVX512BF16__)
   static constexpr bool kBf16Dot = true, kBf16DotNative = true;
   static R dot2(R acc, R a, R b) { return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b); }
-  static R pairs(R e, R o) {
-    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_srli_epi32(round_bf16(e), 16), round_bf16(o)));
+  // Word 2i of the result from word i of x, word 2i + 1 from word 16 + i: interleaves two halves.
+  static __m512i interleave_halves(__m512i x) {
+    const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+                                         23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    return _mm512_permutexvar_epi16(idx, x);
   }
-  static R pairs_bf16(const bf16* e, const bf16* o, int n) {  // cvt puts a bf16 in the high half
-    const __m512i lo = _mm512_srli_epi32(_mm512_castps_si512(cvt(e, n)), 16);
-    return o ? _mm512_or_ps(_mm512_castsi512_ps(lo), cvt(o, n)) : _mm512_castsi512_ps(lo);
+  static R pairs(R e, R o) {  // vcvtne2ps2bf16 (words 0-15 from e, 16-31 from o), then interleaved
+    return _mm512_castsi512_ps(interleave_halves((__m512i)_mm512_cvtne2ps_pbh(o, e)));
+  }
+  static R pairs_bf16(const bf16* e, const bf16* o, int n) {
+    const __m256i lo = _mm256_maskz_loadu_epi16(mask(n), e);
+    const __m256i hi = o ? _mm256_maskz_loadu_epi16(mask(n), o) : _mm256_setzero_si256();
+    return _mm512_castsi512_ps(interleave_halves(_mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1)));
   }
 #else
   static constexpr bool kBf16Dot = false;

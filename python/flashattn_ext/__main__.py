@@ -242,8 +242,10 @@ def main(argv: List[str] | None = None) -> int:
     dot = peaks["bf16_dot_gflops"]
     dot_text = ("not available" if dot is None else
                 f"{dot:.0f} GFLOP/s{'' if peaks['bf16_dot_native'] else ' (emulated on AVX2)'}")
+    amx = peaks["amx_bf16_gflops"]
+    amx_text = "" if amx is None else f", bfloat16 AMX tiles {amx:.0f} GFLOP/s"
     print(f"  CPU peaks on {peaks['threads']} threads: float32 FMA {peaks['fma_gflops']:.0f} GFLOP/s, "
-          f"bfloat16 dot product {dot_text}, memory read {peaks['bandwidth_gbs']:.1f} GB/s")
+          f"bfloat16 dot product {dot_text}{amx_text}, memory read {peaks['bandwidth_gbs']:.1f} GB/s")
     ok = self_check()
     reason = gpu_reason()
     if reason is None:
