@@ -170,7 +170,8 @@ def main() -> None:
                 ours, theirs = work / t["ours"], work / t["torch"]
                 peak = (peaks["bandwidth_gbs"] if c.decode
                         else amx if dt == "bfloat16" and amx and not backward
-                        else dot if dt == "bfloat16" and dot else peaks["fma_gflops"])
+                        else dot if dt == "bfloat16" and dot and not backward  # the backward: FMA
+                        else peaks["fma_gflops"])
                 frac = f"{100 * ours / peak:.0f}%"
                 row = dict(case=c.name, dtype=dt, direction=direction, ours=round(ours, 1),
                            torch=round(theirs, 1), ratio=round(ours / theirs, 2), unit=unit,

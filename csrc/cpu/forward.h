@@ -201,11 +201,12 @@ struct Forward {
 
       bool partial = false;  // scores are already in the log2 domain: Q was packed times sl2
       for (int64_t c = 0; c < ncol; ++c) partial |= lo[c] > k0 || hi[c] < k0 + nk - 1;
-      if (partial)  // mask the scores a column may not see
+      if (partial)  // mask the scores a column may not see: keys before lo and after hi
         for (int64_t c = 0; c < ncol; ++c) {
           float* sc = st + pn.col(bk, c);
-          for (int64_t j = 0; j < nk; ++j)
-            if (k0 + j < lo[c] || k0 + j > hi[c]) sc[j * pw] = neg_inf<float>();
+          const int64_t a = std::clamp<int64_t>(lo[c] - k0, 0, nk), z = std::clamp<int64_t>(hi[c] + 1 - k0, a, nk);
+          for (int64_t j = 0; j < a; ++j) sc[j * pw] = neg_inf<float>();
+          for (int64_t j = z; j < nk; ++j) sc[j * pw] = neg_inf<float>();
         }
       for (int64_t c = 0; c < ncolp; c += W) {  // four chains: one would wait on max's latency
         const float* sc = st + pn.col(bk, c);
