@@ -169,7 +169,7 @@ def main() -> None:
                     work, unit = c.fwd_flops() * (3.5 if backward else 1.0) / 1e9, "GFLOP/s"
                 ours, theirs = work / t["ours"], work / t["torch"]
                 peak = (peaks["bandwidth_gbs"] if c.decode
-                        else amx if dt == "bfloat16" and amx and not backward
+                        else amx if dt == "bfloat16" and amx  # avx512amx: both directions on tiles
                         else dot if dt == "bfloat16" and dot and not backward  # the backward: FMA
                         else peaks["fma_gflops"])
                 frac = f"{100 * ours / peak:.0f}%"

@@ -31,20 +31,22 @@ namespace fae::cpu::FAE_CPU_ISA {
 constexpr int kAmxRows = 16;  // rows of a tile; also its float32 columns and its pair columns
 
 // C (M x N float32) (+)= A (M x K pairs) . B (K x N pairs). A row m starts at a + m * lda bytes
-// (pairs contiguous along K). B and C are float-sized words in column panels, as the forward's
-// tile buffers (forward.h Panels): column n of a matrix of panel width pw sits at
-// (n / pw) * panel_stride + n % pw, rows pw words apart (panel_stride 0: one panel).
+// (pairs contiguous along K). B and C are float-sized words, rows ldb and ldc words apart; with
+// column panels (the forward's tile buffers, forward.h Panels) column n sits in panel n / pw, at
+// (n / pw) * panel stride + n % pw (panel strides 0: plain rows).
 struct AmxGemm {
   const char* a;
   int64_t lda;        // bytes
   const float* b;
+  int64_t ldb;        // words
   float* c;
-  int64_t pw;         // panel width of B and C, a multiple of 16
-  int64_t sbp, scp;   // panel strides of B and C in words (0: a single panel)
+  int64_t ldc;        // words
   int64_t k;          // pairs
   bool accumulate;
-  const float* bcol(int64_t kk, int64_t n) const { return b + (sbp ? (n / pw) * sbp + n % pw : n) + kk * pw; }
-  float* ccol(int64_t m, int64_t n) const { return c + (scp ? (n / pw) * scp + n % pw : n) + m * pw; }
+  int64_t pw = 0;     // panel width of B and C, a multiple of 16, when panel strides are set
+  int64_t sbp = 0, scp = 0;
+  const float* bcol(int64_t kk, int64_t n) const { return b + (sbp ? (n / pw) * sbp + n % pw : n) + kk * ldb; }
+  float* ccol(int64_t m, int64_t n) const { return c + (scp ? (n / pw) * scp + n % pw : n) + m * ldc; }
 };
 
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
@@ -126,7 +128,7 @@ struct AmxEmulated {
 // One block of MB x NB tiles of C (tile registers 0-3), with A in registers 4-5 and B in 6-7.
 template <class X, int MB, int NB>
 void amx_block(const AmxGemm& g, int64_t m0, int64_t n0) {
-  const int64_t cs = g.pw * 4;  // row stride of B and C, bytes
+  const int64_t bs = g.ldb * 4, cs = g.ldc * 4;  // row strides of B and C, bytes
   auto each_c = [](auto&& f) {  // f(tile register, tile row, tile column) for the block's C tiles
     f(std::integral_constant<int, 0>{}, 0, 0);
     if constexpr (NB > 1) f(std::integral_constant<int, 1>{}, 0, 1);
@@ -142,8 +144,8 @@ void amx_block(const AmxGemm& g, int64_t m0, int64_t n0) {
     const char* a = g.a + m0 * g.lda + kk * 4;
     X::template load<4>(a, g.lda);
     if constexpr (MB > 1) X::template load<5>(a + kAmxRows * g.lda, g.lda);
-    X::template load<6>(g.bcol(kk, n0), cs);
-    if constexpr (NB > 1) X::template load<7>(g.bcol(kk, n0 + kAmxRows), cs);
+    X::template load<6>(g.bcol(kk, n0), bs);
+    if constexpr (NB > 1) X::template load<7>(g.bcol(kk, n0 + kAmxRows), bs);
     X::template dot<0, 4, 6>();
     if constexpr (NB > 1) X::template dot<1, 4, 7>();
     if constexpr (MB > 1) X::template dot<2, 5, 6>();
@@ -165,6 +167,51 @@ void amx_gemm(int64_t M, int64_t N, const AmxGemm& g) {
       else amx_block<X, 1, 1>(g, m0, n0);
     }
   }
+}
+
+// Operand packing for the tile products (V a vector type of vec.h; counts are multiples of W).
+// The words (bfloat16 pairs along a row) of rows [0, n) of x (row stride xs elements), transposed:
+// out[w * ldo + r] = word w of row r, for w < nw and r < nr; rows n .. nr - 1 read as zero.
+template <class V>
+void pack_words_t(const bf16* x, int64_t xs, int64_t n, int64_t nr, int64_t nw, float* out, int64_t ldo) {
+  constexpr int W = V::W;
+  for (int64_t r0 = 0; r0 < nr; r0 += W)
+    for (int64_t w0 = 0; w0 < nw; w0 += W) {
+      typename V::R v[W];
+      for (int i = 0; i < W; ++i)
+        v[i] = r0 + i < n ? V::load(reinterpret_cast<const float*>(x + (r0 + i) * xs) + w0) : V::zero();
+      V::transpose(v);
+      for (int i = 0; i < W; ++i) V::store(out + (w0 + i) * ldo + r0, v[i]);
+    }
+}
+
+// Pairs of rows of x: out[rp * d + e] = (x[2 rp][e], x[2 rp + 1][e]) for rp < np and e < d, rows
+// past n - 1 zero.
+template <class V>
+void pack_row_pairs(const bf16* x, int64_t xs, int64_t n, int64_t np, int64_t d, float* out) {
+  for (int64_t rp = 0; rp < np; ++rp)
+    for (int64_t e = 0; e < d; e += V::W) {
+      const bf16* a = x + 2 * rp * xs + e;
+      V::store(out + rp * d + e, 2 * rp >= n ? V::zero() : V::pairs_bf16(a, 2 * rp + 1 < n ? a + xs : nullptr, V::W));
+    }
+}
+
+// Pairs of float rows of y (row stride ly) rounded to bfloat16 and transposed: out[c * ldo + rp] =
+// (y[2 rp][c], y[2 rp + 1][c]) for c < m and rp < np, rows past n - 1 zero.
+template <class V>
+void pack_pairs_t(const float* y, int64_t ly, int64_t n, int64_t np, int64_t m, float* out, int64_t ldo) {
+  constexpr int W = V::W;
+  for (int64_t rp0 = 0; rp0 < np; rp0 += W)
+    for (int64_t c0 = 0; c0 < m; c0 += W) {
+      typename V::R v[W];
+      for (int i = 0; i < W; ++i) {
+        const int64_t r = 2 * (rp0 + i);
+        v[i] = r >= n ? V::zero()
+                      : V::pairs(V::load(y + r * ly + c0), r + 1 < n ? V::load(y + (r + 1) * ly + c0) : V::zero());
+      }
+      V::transpose(v);
+      for (int i = 0; i < W; ++i) V::store(out + (c0 + i) * ldo + rp0, v[i]);
+    }
 }
 
 // Tiles configured for the lifetime of this object when `use` (one forward task).

@@ -35,6 +35,7 @@
 #include <cmath>
 
 #include "common/mask.h"
+#include "cpu/amx.h"
 #include "cpu/dropout.h"
 #include "cpu/gemm.h"
 #include "cpu/score_mod.h"
@@ -49,6 +50,10 @@ struct Backward {
   using R = typename V::R;
   static constexpr int W = V::W;
   static constexpr int64_t kMaxRows = 256;  // upper bound of tile_sizes().bwd_bq
+  // bfloat16 on AMX tiles (amx.h): the five products (and every pass's S and dP, which must agree
+  // bit for bit) on tiles, P and dS rounded to bfloat16 for theirs; needs whole tile rows.
+  static constexpr bool kAmx = std::is_same_v<T, bf16> && AmxOf<V>::value;
+  using Amx = typename AmxOf<V>::X;
 
   const BwdParams& bp;
   const FwdParams& p;
@@ -56,6 +61,7 @@ struct Backward {
   ScoreMod<V> sm;
   bool mods;  // softcap, ALiBi or an explicit mask
   bool drop;  // dropout
+  bool amx;   // kAmx with D a multiple of 32, bk of 32 and bq of 16
   int64_t Sq;  // the longest sequence's queries: the row stride of the per-row arrays below
   SeqTiles qtiles;  // per sequence: heads_q x its query tiles
   float* delta = nullptr;   // (b, hq, row): sum_j P_ij dP_ij - dlse
@@ -65,7 +71,7 @@ struct Backward {
   explicit Backward(const BwdParams& prm)
       : bp(prm), p(prm.fwd), D(p.head_dim), group(p.heads_q / p.heads_kv), bq(tile_sizes(p.dtype, p.head_dim).bwd_bq),
         bk(tile_sizes(p.dtype, p.head_dim).bwd_bk), ldp(round_up(bk, W)), sm(p), mods(has_score_mod(p) || has_attn_mask(p)),
-        drop(has_dropout(p)), Sq(p.seqlen_q),
+        drop(has_dropout(p)), amx(kAmx && D % 32 == 0 && bk % 32 == 0 && bq % 16 == 0), Sq(p.seqlen_q),
         qtiles(p.batch, [&](int64_t b) { return p.heads_q * ceil_div(sequence(p, b).seqlen_q, bq); }) {
     const int64_t heads = p.batch * p.heads_kv, key_tiles = ceil_div(p.seqlen_k, bk);
     nchunks = heads >= kMinTasks ? 1 : std::max<int64_t>(1, std::min(ceil_div(kMinTasks, heads), key_tiles));
@@ -79,6 +85,8 @@ struct Backward {
     return {b, local / n, local % n * bq};
   }
   int64_t row_index(int64_t b, int64_t h, int64_t i) const { return (b * p.heads_q + h) * Sq + i; }
+  // Lanes of the transposed passes for nq rows: whole vectors, and whole tile rows on tiles.
+  int64_t lanes(int64_t nq) const { return round_up(nq, amx ? std::max<int64_t>(W, kAmxRows) : W); }
 
   // Row i0 of head h of sequence b (s) in q-like and k-like arrays.
   template <typename U, typename Base>
@@ -109,7 +117,7 @@ struct Backward {
     const float* lse = q_rows<const float>(p.lse, s, ls, 1, lh, h, 0);
     const float* dlse = bp.dlse ? q_rows<const float>(bp.dlse, s, ls, 1, lh, h, 0) : nullptr;
     for (int64_t i = i0; i < i0 + nq; ++i) lse2[row_index(b, h, i)] = lse2_for_backward(lse[i]);
-    const int64_t nqp = round_up(nq, W);
+    const int64_t nqp = lanes(nq);
     Scratch sums(2 * nqp);
     float* ps = sums.get();  // per row: sum of P (not yet normalised), sum of P * dP
     float* pd = ps + nqp;
@@ -158,7 +166,8 @@ struct Backward {
     const bool with_dq = nchunks == 1;  // else dq_task computes dQ
     const bool direct = std::is_same_v<T, float> && with_dq;
 
-    Scratch scratch(2 * D * ldp + 4 * bk * D + 3 * bq * ldp + 2 * bq * D + 4 * ldp);
+    const int64_t amx_elems = amx ? (ldp + D) * (bq / 2 + kAmxRows) + bq * (ldp / 2 + D) : 0;
+    Scratch scratch(2 * D * ldp + 4 * bk * D + 3 * bq * ldp + 2 * bq * D + 4 * ldp + amx_elems);
     float* kt = scratch.get();      // D x ldp: K^T of the tile, padding zero
     float* vt = kt + D * ldp;       // D x ldp: V^T
     float* kbuf = vt + D * ldp;     // bk x D: K tile as float (16-bit inputs)
@@ -174,6 +183,8 @@ struct Backward {
     float* mult = keys + ldp;       // ldp: dropout: one row's keep multipliers
     float* mtmp = mult + ldp;       // ldp: explicit mask: one row of mask values
     float* dmrow = mtmp + ldp;      // ldp: the mask's gradient of one row
+    float* amx_buf = dmrow + ldp;   // tile path: amx_grads' operands
+    const AmxTiles<Amx> tiles_in_use(amx);
 
     // dQ destination of the group: the output itself, or a float32 accumulator.
     auto dq_head = [&](int64_t h) {
@@ -196,14 +207,23 @@ struct Backward {
     const T* v = k_rows<const T>(p.v, seq, p.v_batch_stride, p.v_row_stride, p.v_head_stride, hk);
     for (int64_t ti = kt0; ti < kt1; ++ti) {
       const int64_t k0 = ti * bk, nk = std::min(bk, Skb - k0);
-      int64_t ldk, ldv;
-      const float* kr = float_rows<V>(k + k0 * p.k_row_stride, p.k_row_stride, nk, D, kbuf, ldk);
-      const float* vr = float_rows<V>(v + k0 * p.v_row_stride, p.v_row_stride, nk, D, vbuf, ldv);
-      for (int64_t d = 0; d < D; ++d)
-        for (int64_t j = 0; j < ldp; ++j) {
-          kt[d * ldp + j] = j < nk ? kr[j * ldk + d] : 0.f;
-          vt[d * ldp + j] = j < nk ? vr[j * ldv + d] : 0.f;
+      int64_t ldk = 0, ldv = 0;
+      const float *kr = nullptr, *vr = nullptr;
+      if (amx) {  // K^T and V^T as words along D; K as pairs of key rows for dQ (in kbuf)
+        if constexpr (kAmx) {
+          pack_words_t<V>(k + k0 * p.k_row_stride, p.k_row_stride, nk, ldp, D / 2, kt, ldp);
+          pack_words_t<V>(v + k0 * p.v_row_stride, p.v_row_stride, nk, ldp, D / 2, vt, ldp);
+          pack_row_pairs<V>(k + k0 * p.k_row_stride, p.k_row_stride, nk, round_up(ceil_div(nk, 2), kAmxRows), D, kbuf);
         }
+      } else {
+        kr = float_rows<V>(k + k0 * p.k_row_stride, p.k_row_stride, nk, D, kbuf, ldk);
+        vr = float_rows<V>(v + k0 * p.v_row_stride, p.v_row_stride, nk, D, vbuf, ldv);
+        for (int64_t d = 0; d < D; ++d)
+          for (int64_t j = 0; j < ldp; ++j) {
+            kt[d * ldp + j] = j < nk ? kr[j * ldk + d] : 0.f;
+            vt[d * ldp + j] = j < nk ? vr[j * ldv + d] : 0.f;
+          }
+      }
       for (int64_t i = 0; i < bk * D; ++i) dka[i] = dva[i] = 0.f;
       for (int64_t j = 0; j < ldp; ++j) keys[j] = float(k0 + j);
       const int64_t rlo = visible_rows(k0, sp).lo, rhi = visible_rows(k0 + nk - 1, sp).hi;
@@ -222,15 +242,28 @@ struct Backward {
         }
         for (int64_t i0 = rlo; i0 <= rhi; i0 += bq) {
           const int64_t nq = std::min(bq, rhi + 1 - i0);
-          int64_t ldq, lddo;
-          const float* qr = float_rows<V>(q + i0 * p.q_row_stride, p.q_row_stride, nq, D, qbuf, ldq);
-          const float* dor = float_rows<V>(dout + i0 * bp.do_row_stride, bp.do_row_stride, nq, D, dobuf, lddo);
-          gemm<V>(nq, ldp, score_sum(Gemm{qr, ldq, 1, kt, ldp, s, ldp, D, false}));
-          gemm<V>(nq, ldp, score_sum(Gemm{dor, lddo, 1, vt, ldp, dp, ldp, D, false}));
+          const T* qi = q + i0 * p.q_row_stride;
+          const T* doi = dout + i0 * bp.do_row_stride;
+          int64_t ldq = 0, lddo = 0;
+          const float *qr = nullptr, *dor = nullptr;
+          if (amx) {
+            amx_scores(qi, p.q_row_stride, nq, kt, s, qbuf);
+            amx_scores(doi, bp.do_row_stride, nq, vt, dp, dobuf);
+          } else {
+            qr = float_rows<V>(qi, p.q_row_stride, nq, D, qbuf, ldq);
+            dor = float_rows<V>(doi, bp.do_row_stride, nq, D, dobuf, lddo);
+            gemm<V>(nq, ldp, score_sum(Gemm{qr, ldq, 1, kt, ldp, s, ldp, D, false}));
+            gemm<V>(nq, ldp, score_sum(Gemm{dor, lddo, 1, vt, ldp, dp, ldp, D, false}));
+          }
           if (mods) modify_scores(b, h, seq, i0, nq, keys, s, grad);  // into the log2 domain
           if (has_attn_mask(p))
             for (int64_t r = 0; r < nq; ++r) mask_scores(mask_row_offset(p, b, h, i0 + r), k0, nk, s + r * ldp, mtmp);
           probabilities(sp, b, h, i0, nq, k0, nk, s, dp, grad, mult, dmrow);
+          if (amx) {
+            amx_grads(qi, p.q_row_stride, doi, bp.do_row_stride, nq, nk, s, dp, dva, dka,
+                      with_dq ? dqh + i0 * lddq : nullptr, lddq, kbuf, amx_buf);
+            continue;
+          }
           gemm<V>(nk, D, Gemm{s, 1, ldp, dor, lddo, dva, D, nq, true});
           gemm<V>(nk, D, Gemm{dp, 1, ldp, qr, ldq, dka, D, nq, true});
           if (with_dq) gemm<V>(nq, D, Gemm{dp, ldp, 1, kr, ldk, dqh + i0 * lddq, lddq, nk, true});
@@ -249,6 +282,62 @@ struct Backward {
                            bp.dk_row_stride, D);
       zero_unused_key_rows(p, seq, static_cast<T*>(bp.dv) + seq.kv_batch * bp.dv_batch_stride + hk * bp.dv_head_stride,
                            bp.dv_row_stride, D);
+    }
+  }
+
+  // Tile path: n rows of x (row stride xs) as the A operand of a tile product: in place when n
+  // fills whole tile rows, else copied into buf (rows of D / 2 words) with zero rows after them.
+  const char* tile_rows(const T* x, int64_t xs, int64_t n, float* buf, int64_t& lda) const {
+    const int64_t n16 = round_up(n, kAmxRows), dw = D / 2;
+    if (n == n16) {
+      lda = xs * int64_t(sizeof(T));
+      return reinterpret_cast<const char*>(x);
+    }
+    for (int64_t r = 0; r < n16; ++r)
+      if (r < n) std::memcpy(buf + r * dw, x + r * xs, sizeof(T) * D);
+      else std::memset(buf + r * dw, 0, sizeof(float) * dw);
+    lda = dw * int64_t(sizeof(float));
+    return reinterpret_cast<const char*>(buf);
+  }
+
+  // Tile path: S = Q . K^T (or dP = dO . V^T) of nq rows x (row stride xs), with kt the keys'
+  // words transposed (pack_words_t), into s (nq rounded up to tile rows x ldp).
+  void amx_scores(const T* x, int64_t xs, int64_t nq, const float* kt, float* s, float* buf) const {
+    if constexpr (kAmx) {
+      int64_t lda;
+      const char* a = tile_rows(x, xs, nq, buf, lda);
+      amx_gemm<Amx>(round_up(nq, kAmxRows), ldp, AmxGemm{a, lda, kt, ldp, s, ldp, D / 2, false});
+    }
+  }
+
+  // Tile path: dV += P^T . dO and dK += dS^T . Q (P and dS as pairs of query rows, transposed;
+  // dO and Q as pairs of rows), and when dq is set dQ += dS . K (dS rows rounded to bfloat16, kp: K
+  // as pairs of key rows), summed into dq's nq rows (row stride lddq) from a buffer of tile rows.
+  void amx_grads(const T* q, int64_t qs, const T* dout, int64_t ds, int64_t nq, int64_t nk, const float* s,
+                 const float* dp, float* dva, float* dka, float* dq, int64_t lddq, const float* kp, float* buf) const {
+    if constexpr (kAmx) {
+      const int64_t nqh = round_up(ceil_div(nq, 2), kAmxRows), nq16 = round_up(nq, kAmxRows);
+      const int64_t nk16 = round_up(nk, kAmxRows), nkh = round_up(ceil_div(nk, 2), kAmxRows);
+      float* pa = buf;             // ldp x nqh: P^T or dS^T, pairs of query rows
+      float* pb = pa + ldp * nqh;  // nqh x D: dO or Q, pairs of rows
+      auto product = [&](const float* y, const T* x, int64_t xs, float* c) {
+        pack_pairs_t<V>(y, ldp, nq, nqh, ldp, pa, nqh);
+        pack_row_pairs<V>(x, xs, nq, nqh, D, pb);
+        amx_gemm<Amx>(nk16, D, AmxGemm{reinterpret_cast<const char*>(pa), nqh * 4, pb, D, c, D, nqh, true});
+      };
+      product(s, dout, ds, dva);
+      product(dp, q, qs, dka);
+      if (dq == nullptr) return;
+      float* dsr = pb + nqh * D;            // nq16 x ldp / 2: dS rows as bfloat16
+      float* dqb = dsr + nq16 * (ldp / 2);  // nq16 x D: this tile's dQ
+      for (int64_t r = 0; r < nq16; ++r) {
+        bf16* row = reinterpret_cast<bf16*>(dsr + r * (ldp / 2));
+        for (int64_t j = 0; j < ldp; j += W) V::store_cvt(row + j, r < nq ? V::load(dp + r * ldp + j) : V::zero(), W);
+      }
+      amx_gemm<Amx>(nq16, D, AmxGemm{reinterpret_cast<const char*>(dsr), (ldp / 2) * 4, kp, D, dqb, D, nkh, false});
+      for (int64_t r = 0; r < nq; ++r)
+        for (int64_t d = 0; d < D; d += W)
+          V::store(dq + r * lddq + d, V::add(V::load(dq + r * lddq + d), V::load(dqb + r * D + d)));
     }
   }
 
@@ -356,8 +445,9 @@ struct Backward {
   void sweep_keys(int64_t b, int64_t h, int64_t i0, int64_t nq, bool normalised, Tile&& tile) const {
     const Seq seq = sequence(p, b);
     const FwdParams sp = with_lengths(p, seq);
-    const int64_t hk = h / group, nqp = round_up(nq, W), r0 = row_index(b, h, i0);
+    const int64_t hk = h / group, nqp = lanes(nq), r0 = row_index(b, h, i0);
     Scratch scratch(2 * D * nqp + 3 * bk * nqp + 2 * bk * D + 3 * nqp + W * bk);
+    const AmxTiles<Amx> tiles_in_use(amx);
     float* qt = scratch.get();      // D x nqp: Q^T, padding zero
     float* dot = qt + D * nqp;      // D x nqp: dO^T
     float* st = dot + D * nqp;      // bk x nqp: S^T, then P^T
@@ -378,7 +468,14 @@ struct Backward {
 
     const T* q = q_rows<const T>(p.q, seq, p.q_batch_stride, p.q_row_stride, p.q_head_stride, h, i0);
     const T* dout = q_rows<const T>(bp.dout, seq, bp.do_batch_stride, bp.do_row_stride, bp.do_head_stride, h, i0);
-    for (int64_t i = 0; i < D * nqp; ++i) qt[i] = dot[i] = 0.f;
+    if (amx) {  // tile path: Q^T and dO^T as words along D
+      if constexpr (kAmx) {
+        pack_words_t<V>(q, p.q_row_stride, nq, nqp, D / 2, qt, nqp);
+        pack_words_t<V>(dout, bp.do_row_stride, nq, nqp, D / 2, dot, nqp);
+      }
+    } else {
+      for (int64_t i = 0; i < D * nqp; ++i) qt[i] = dot[i] = 0.f;
+    }
     for (int64_t c = 0; c < nqp; ++c) {
       nl2[c] = c < nq ? -lse2[r0 + c] : 0.f;
       ps[c] = c < nq && normalised ? psum[r0 + c] : 1.f;
@@ -387,7 +484,7 @@ struct Backward {
     }
     const R nslope = V::set1(-alibi_slope(p, b, h) * float(kLog2e));
     for (int64_t c = 0; c < nq; ++c) {
-      for (int64_t d = 0; d < D; ++d) {
+      for (int64_t d = 0; d < D && !amx; ++d) {
         qt[d * nqp + c] = load_as<float>(q + c * p.q_row_stride + d);
         dot[d * nqp + c] = load_as<float>(dout + c * bp.do_row_stride + d);
       }
@@ -402,11 +499,27 @@ struct Backward {
     const R sl2 = V::set1(mods ? 1.f : p.scale_log2);
     for (int64_t k0 = span.lo; k0 <= span.hi; k0 += bk) {
       const int64_t nk = std::min(bk, span.hi + 1 - k0);
-      int64_t ldk, ldv;
-      const float* kr = float_rows<V>(k + k0 * p.k_row_stride, p.k_row_stride, nk, D, kbuf, ldk);
-      const float* vr = float_rows<V>(v + k0 * p.v_row_stride, p.v_row_stride, nk, D, vbuf, ldv);
-      gemm<V>(nk, nqp, score_sum(Gemm{kr, ldk, 1, qt, nqp, st, nqp, D, false}));
-      gemm<V>(nk, nqp, score_sum(Gemm{vr, ldv, 1, dot, nqp, dst, nqp, D, false}));
+      int64_t ldk = 0, ldv = 0;
+      const float* kr = nullptr;
+      if (amx) {  // S^T and dP^T on tiles; kr: K as pairs of key rows (amx dq_task)
+        if constexpr (kAmx) {
+          const T* kk = k + k0 * p.k_row_stride;
+          const T* vv = v + k0 * p.v_row_stride;
+          const int64_t nk16 = round_up(nk, kAmxRows);
+          const char* a = tile_rows(kk, p.k_row_stride, nk, kbuf, ldk);
+          amx_gemm<Amx>(nk16, nqp, AmxGemm{a, ldk, qt, nqp, st, nqp, D / 2, false});
+          a = tile_rows(vv, p.v_row_stride, nk, vbuf, ldv);
+          amx_gemm<Amx>(nk16, nqp, AmxGemm{a, ldv, dot, nqp, dst, nqp, D / 2, false});
+          if (normalised) pack_row_pairs<V>(kk, p.k_row_stride, nk, round_up(ceil_div(nk, 2), kAmxRows), D, kbuf);
+          kr = kbuf;
+          ldk = D;
+        }
+      } else {
+        const float* vr = float_rows<V>(v + k0 * p.v_row_stride, p.v_row_stride, nk, D, vbuf, ldv);
+        kr = float_rows<V>(k + k0 * p.k_row_stride, p.k_row_stride, nk, D, kbuf, ldk);
+        gemm<V>(nk, nqp, score_sum(Gemm{kr, ldk, 1, qt, nqp, st, nqp, D, false}));
+        gemm<V>(nk, nqp, score_sum(Gemm{vr, ldv, 1, dot, nqp, dst, nqp, D, false}));
+      }
       if (mods)
         for (int64_t j = 0; j < nk; ++j)
           for (int64_t c = 0; c < nqp; c += W) {
@@ -436,11 +549,11 @@ struct Backward {
     }
   }
 
-  // mask_scores on S^T (lanes are rows, nqp = nq rounded up to W; row c reads the mask row at
+  // mask_scores on S^T (lanes are rows, nqp = lanes(nq); row c reads the mask row at
   // offset mrow[c]; t: W x bk floats of scratch). A mask broadcast over rows (key padding) adds
   // one vector per key; others read W rows along the keys and transpose them (add_mask_t).
   void mask_scores_t(const int64_t* mrow, int64_t nq, int64_t k0, int64_t nk, float* st, float* t) const {
-    const int64_t nqp = round_up(nq, W);
+    const int64_t nqp = lanes(nq);
     bool shared = true;
     for (int64_t c = 1; c < nq; ++c) shared &= mrow[c] == mrow[0];
     if (!shared) {
@@ -459,12 +572,13 @@ struct Backward {
   // delta) * scale from sweep_keys, then dQ += dS . K (A = dS^T read down its columns).
   void dq_task(const QTile& qtl) const {
     const Seq seq = sequence(p, qtl.b);
-    const int64_t i0 = qtl.i0, nq = std::min(bq, seq.seqlen_q - i0), nqp = round_up(nq, W);
+    const int64_t i0 = qtl.i0, nq = std::min(bq, seq.seqlen_q - i0), nqp = lanes(nq);
     const int64_t r0 = row_index(qtl.b, qtl.h, i0);
-    Scratch scratch(nq * D + nqp);
-    float* dqa = scratch.get();  // nq x D: dQ accumulator
-    float* dl = dqa + nq * D;    // nqp: delta per row, padding 0
-    for (int64_t i = 0; i < nq * D; ++i) dqa[i] = 0.f;
+    Scratch scratch(nqp * D + nqp + (amx ? nqp * bk / 2 : 0));
+    float* dqa = scratch.get();  // nqp x D: dQ accumulator
+    float* dl = dqa + nqp * D;   // nqp: delta per row, padding 0
+    float* abuf = dl + nqp;      // tile path: dS as pairs of keys, nqp x (bk / 2)
+    for (int64_t i = 0; i < nqp * D; ++i) dqa[i] = 0.f;
     for (int64_t c = 0; c < nqp; ++c) dl[c] = c < nq ? delta[r0 + c] : 0.f;
     const R sc = V::set1(p.scale);
     sweep_keys(qtl.b, qtl.h, i0, nq, true, [&](int64_t, int64_t nk, const float* kr, int64_t ldk, float* pt, float* dpt,
@@ -476,7 +590,15 @@ struct Backward {
         }
       if (gt)
         for (int64_t i = 0; i < nk * nqp; i += W) V::store(dpt + i, V::mul(V::load(dpt + i), V::load(gt + i)));
-      gemm<V>(nq, D, Gemm{dpt, 1, nqp, kr, ldk, dqa, D, nk, true});
+      if (amx) {
+        if constexpr (kAmx) {
+          const int64_t nkh = round_up(ceil_div(nk, 2), kAmxRows);
+          pack_pairs_t<V>(dpt, nqp, nk, nkh, nqp, abuf, nkh);
+          amx_gemm<Amx>(nqp, D, AmxGemm{reinterpret_cast<const char*>(abuf), nkh * 4, kr, D, dqa, D, nkh, true});
+        }
+      } else {
+        gemm<V>(nq, D, Gemm{dpt, 1, nqp, kr, ldk, dqa, D, nk, true});
+      }
     });
     store_rows<V>(dqa, D, nq, D, q_rows<T>(bp.dq, seq, bp.dq_batch_stride, bp.dq_row_stride, bp.dq_head_stride, qtl.h, i0),
                   bp.dq_row_stride);

@@ -321,7 +321,7 @@ struct Forward {
           a = reinterpret_cast<const char*>(kbuf);
           lda = dp * int64_t(sizeof(float));
         }
-        amx_gemm<Amx>(nk16, pn.ncolp, AmxGemm{a, lda, qtp, st, pn.pw, pn.stride(dp), pn.stride(bk), dp, false});
+        amx_gemm<Amx>(nk16, pn.ncolp, AmxGemm{a, lda, qtp, pn.pw, st, pn.pw, dp, false, pn.pw, pn.stride(dp), pn.stride(bk)});
       } else {
         for (int64_t j = 0; j < nk; ++j) {
           kbuf[j * dp + dp - 1] = 0.f;  // odd D: the last pair's high half stays zero
@@ -383,8 +383,8 @@ struct Forward {
           for (int64_t d = 0; d < D; ++d) V::store(op + d * pn.pw + c, V::mul(V::load(op + d * pn.pw + c), a));
         }
       }
-      amx_gemm<Amx>(D, pn.ncolp, AmxGemm{reinterpret_cast<const char*>(vbuf), np16 * int64_t(sizeof(float)), st, ot,
-                                          pn.pw, pn.stride(bk), pn.stride(D), np16, true});
+      amx_gemm<Amx>(D, pn.ncolp, AmxGemm{reinterpret_cast<const char*>(vbuf), np16 * int64_t(sizeof(float)), st, pn.pw,
+                                          ot, pn.pw, np16, true, pn.pw, pn.stride(bk), pn.stride(D)});
     }
   }
 
