@@ -1,5 +1,6 @@
 // Tile matrix products on Intel AMX (per-ISA source, see vec.h): the bfloat16 forward's two
-// products (forward.h, pair path) when the vector type says kAmx. One tile register holds 16 rows
+// products (forward.h, pair path) and the backward's five (backward.h) when the vector type has
+// them (AmxOf). One tile register holds 16 rows
 // of 64 bytes: 16 x 16 float32 accumulators, or 16 rows x 16 bfloat16 pairs of an operand.
 //
 // Contract (the emulated definition below, AmxEmulated, is the reference): with A an M x K matrix
