@@ -483,39 +483,38 @@ __global__ void __launch_bounds__(Tr::kThreads)
               moff = mask_row_offset(p, b, h0 + h, m0 + row);
               if (masked) band = on_mask([&](const FwdParams& mp) { return visible_keys(m0 + row, mp); });
             }
-            // With dropout (drop_tag true): dS = P (M dP - delta) and P * M for dV.
-            auto p_ds = [&](auto drop_tag) {
+            // Dropout: M dP (M = the keep mask times 1 / (1 - p)) in place, before dS is taken.
+            auto drop_apply = [&](float(&x)[Sdp::NT][4]) {
 #pragma unroll
               for (int nt = 0; nt < Sdp::NT; ++nt)
 #pragma unroll
-                for (int c = 0; c < 2; ++c) {
-                  float x = tile.s[mt][nt][2 * r + c], ds_dx = 1.0f;
-                  [[maybe_unused]] const int64_t key = n0 + wn * Tr::kSdpN + nt * 8 + 2 * t + c;
-                  if constexpr (kMod) {
-                    ds_dx = mods.grad(x);
-                    x = ScoreMods::bias(x, slope2, pos0 + mt * 16 + 8 * r, 2 * t + nt * 8 + c);
-                    if (p.attn_mask != nullptr && row_in && key < seqlen_k())
-                      x += am.value(p, moff + key * p.mask_col_stride);
-                  }
-                  const float pt = unnormalised_p(x, kMod ? 1.0f : p.scale_log2, st.x) * st.y;
-                  float dpm = tile.dp[mt][nt][2 * r + c], pm = pt;
-                  if constexpr (decltype(drop_tag)::value) {
-                    const float m = Dropout::kept(keep[mt], nt, 2 * r + c) ? drop.scale : 0.0f;
-                    dpm *= m;
-                    pm *= m;
-                  }
-                  const float ds = pt * (dpm - st.z);
-                  if constexpr (kMod)
-                    if (bp.dmask != nullptr && row_in && key >= band.lo && key <= band.hi)
-                      am.store_grad(bp, b, h0 + h, m0 + row, key, ds);
-                  tile.dp[mt][nt][2 * r + c] = ds * ds_dx;
-                  tile.s[mt][nt][2 * r + c] = pm;
-                }
+                for (int c = 0; c < 2; ++c)
+                  x[nt][2 * r + c] = Dropout::kept(keep[mt], nt, 2 * r + c) ? x[nt][2 * r + c] * drop.scale : 0.0f;
             };
-            if (kMod && drop.on)  // a block-uniform branch; the plain instances compile the second only
-              p_ds(std::bool_constant<kMod>{});
-            else
-              p_ds(std::false_type{});
+            if constexpr (kMod)
+              if (drop.on) drop_apply(tile.dp[mt]);
+#pragma unroll
+            for (int nt = 0; nt < Sdp::NT; ++nt)
+#pragma unroll
+              for (int c = 0; c < 2; ++c) {
+                float x = tile.s[mt][nt][2 * r + c], ds_dx = 1.0f;
+                [[maybe_unused]] const int64_t key = n0 + wn * Tr::kSdpN + nt * 8 + 2 * t + c;
+                if constexpr (kMod) {
+                  ds_dx = mods.grad(x);
+                  x = ScoreMods::bias(x, slope2, pos0 + mt * 16 + 8 * r, 2 * t + nt * 8 + c);
+                  if (p.attn_mask != nullptr && row_in && key < seqlen_k())
+                    x += am.value(p, moff + key * p.mask_col_stride);
+                }
+                const float pt = unnormalised_p(x, kMod ? 1.0f : p.scale_log2, st.x) * st.y;
+                const float ds = pt * (tile.dp[mt][nt][2 * r + c] - st.z);
+                if constexpr (kMod)
+                  if (bp.dmask != nullptr && row_in && key >= band.lo && key <= band.hi)
+                    am.store_grad(bp, b, h0 + h, m0 + row, key, ds);
+                tile.dp[mt][nt][2 * r + c] = ds * ds_dx;
+                tile.s[mt][nt][2 * r + c] = pt;
+              }
+            if constexpr (kMod)
+              if (drop.on) drop_apply(tile.s[mt]);  // P * M, for dV
             if (masked) {  // a masked pair gets P = dS = 0, also in a row whose statistics are NaN
               const KeyRange kr = on_mask([&](const FwdParams& mp) { return visible_keys(m0 + row, mp); });
 #pragma unroll

@@ -76,16 +76,18 @@ template <class T, int HeadDim>
 void run_backward(const BwdParams& bp, float* stats, float* dq_accum, Stream stream) {
   using Large = BwdTraits<T, HeadDim, false>;
   using Small = BwdTraits<T, HeadDim, bwd_has_small_tier(HeadDim)>;
+  using Features = BwdTraits<T, HeadDim, bwd_has_small_tier(HeadDim), true>;  // the kMod instances' tiles
   const std::size_t limit = max_dynamic_smem();
   const bool mods = has_score_mod(bp.fwd) || has_attn_mask(bp.fwd) || has_dropout(bp.fwd), seqs = mods || uses_seqs(bp.fwd);
   if (!seqs && Large::kSmemBytes <= limit) return run_backward_tiles<Large, false>(bp, stats, dq_accum, stream);
-  if (Small::kSmemBytes <= limit) {
-    if (mods) return run_backward_tiles<Small, true, true>(bp, stats, dq_accum, stream);
+  if (mods && Features::kSmemBytes <= limit) return run_backward_tiles<Features, true, true>(bp, stats, dq_accum, stream);
+  if (!mods && Small::kSmemBytes <= limit) {
     if (seqs) return run_backward_tiles<Small, true>(bp, stats, dq_accum, stream);
     if constexpr (bwd_has_small_tier(HeadDim)) return run_backward_tiles<Small, false>(bp, stats, dq_accum, stream);
   }
+  const std::size_t need = mods ? Features::kSmemBytes : Small::kSmemBytes;
   throw std::invalid_argument("head_dim " + std::to_string(HeadDim) + ": the CUDA backward needs " +
-                              std::to_string(Small::kSmemBytes) + " bytes of shared memory per block; this GPU allows " +
+                              std::to_string(need) + " bytes of shared memory per block; this GPU allows " +
                               std::to_string(limit));
 }
 

@@ -283,7 +283,7 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
       // P = exp2(s * c - base) (one FFMA and one MUFU per score) for keys kk*16 .. kk*16+15: the S
       // accumulators of n8 tiles 2kk and 2kk+1 are exactly the A fragment of P for them,
       // rounded to the input type; with dropout, the dropped ones zeroed after the row sums.
-      auto p_frags = [&](auto drop_tag, uint32_t(&a)[MT][4], int kk) {
+      auto p_frags = [&](bool dropping, uint32_t(&a)[MT][4], int kk) {
 #pragma unroll
         for (int mi = 0; mi < MT; ++mi)
 #pragma unroll
@@ -293,7 +293,7 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
             float p0 = fast_exp2(fmaf(x[2 * hh], c, -base[mi][hh]));
             float p1 = fast_exp2(fmaf(x[2 * hh + 1], c, -base[mi][hh]));
             row_sum[mi][hh] += p0 + p1;
-            if constexpr (decltype(drop_tag)::value) {
+            if (kMod && dropping) {
               p0 = Dropout::kept(keep[mi], 2 * kk + i / 2, 2 * hh) ? p0 : 0.0f;
               p1 = Dropout::kept(keep[mi], 2 * kk + i / 2, 2 * hh + 1) ? p1 : 0.0f;
             }
@@ -304,9 +304,9 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
       for (int kk = 0; kk < Tr::kKStepsPV; ++kk) {
         uint32_t a[MT][4];
         if (kMod && drop.on)  // a block-uniform branch; the plain instances compile the second only
-          p_frags(std::bool_constant<kMod>{}, a, kk);
+          p_frags(true, a, kk);
         else
-          p_frags(std::false_type{}, a, kk);
+          p_frags(false, a, kk);
 #pragma unroll
         for (int np = 0; np < NO / 2; ++np) {
           uint32_t b0[2], b1[2];  // d columns np*16 + [0, 8) and + [8, 16)
