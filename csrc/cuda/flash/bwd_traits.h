@@ -52,9 +52,11 @@ namespace fae::cuda {
 // The feature instances (softcap, ALiBi, explicit masks, dropout: the variable-length kMod ones,
 // which run on the small tier's tiles on every device) take the small tier's row but at D = 256:
 // with 32x32 tiles a thread holds 128 dK/dV accumulators, the instance sat at 255 registers, and
-// dropout's keep-mask code made ptxas spill 4-12 bytes on sm_80 and 24-40 on sm_90 whatever its
-// form (bits per tile or per row, one P and dS loop or two; dQ in 4 passes spilled 40 on sm_90);
-// 16 keys per block halve those accumulators (64 per thread).
+// dropout's code made ptxas spill (bf16, sm_80 / sm_90 bytes): the P and dS loop compiled with and
+// without dropout 12 / 24; one loop applying the keep multipliers always 4 / 36; M applied to dP
+// and P in passes of their own 4 / 36 (32 with the Philox calls replaced by a constant); that with
+// dQ in 4 passes 4 / 40. 16 keys per block halve the accumulators (64 per thread): 255 registers,
+// no spill on either.
 struct BwdTile {
   int block_m, block_n, warps, sdp_warps_m, kv_warps_n, dq_warps_m, stages, dq_passes = 1;
 };
