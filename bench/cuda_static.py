@@ -42,7 +42,7 @@ SMALL_TIER = " (99 KiB tier)"
 VARLEN = " (variable-length)"  # the kSeqs instances of the backward (the forward's has its own name)
 SCORE_MODS = " + score mods"  # the kMod instances (softcap, ALiBi, masks, dropout: cuda/flash/score_mod.cuh ...)
 # Dropout's code in a census path: the Philox round multipliers (IMAD.WIDE.U32 immediates, signed in
-# the SASS) and the keep bits moved into predicates (R2P) for the selects that zero dropped entries.
+# the SASS) and the keep bits moved into predicates (R2P) for the keep multipliers (scale or 0).
 PHILOX_MULTIPLIERS = ("-0x2daee0ad", "-0x326172a9", "0xd2511f53", "0xcd9e8d57")
 
 # --------------------------------------------------------------------------------------------
@@ -810,7 +810,7 @@ def score_mod_census(fn: Function, tr: dict[str, int], direction: str, mask: boo
     (their warp-uniform blocks on the path: those with the tanh's reciprocal or ALiBi's conversion),
     and with an explicit mask (its read-only loads, and the backward's dmask stores, on the path) or
     without (none of them on the path). With `dropout`: dropout alone (the Philox rounds and the
-    zeroing selects on the path; softcap, ALiBi and the mask off it)."""
+    keep multipliers on the path; softcap, ALiBi and the mask off it)."""
     cfg = control_flow(fn)
     rows = tr["kBlockN"] if direction == "forward" else tr["kBlockM"]
     if dropout:
@@ -975,7 +975,7 @@ def report(results: list[Analysis], command: str, tools: str, mods: list[str]) -
               "in the P and dS loop, which softcap and ALiBi alone also run: they pay those checks. Dropout "
               "(`csrc/cuda/flash/dropout.cuh`) runs in the same variant; its row takes the path through its "
               "block-uniform blocks (the Philox rounds, one generator call per m16 x n8 tile and thread, about "
-              "45 instructions each, and the selects of dropped entries) with softcap, ALiBi and the mask off "
+              "45 instructions each, and the keep multipliers of P and dP) with softcap, ALiBi and the mask off "
               "the path where they are branches (the backward computes ALiBi's bias and the mask's checks "
               "inline, so its dropout row keeps them). The other feature rows pay dropout's untaken branches "
               "(against the kernels before dropout: forward -2 to +13 instructions per iteration, backward +25 to +77) "

@@ -403,3 +403,22 @@ def test_emulated_kernels_do_not_depend_on_thread_order(gen, monkeypatch):
         for other in runs[1:]:
             for name, x, y in zip(("out", "dq", "dk", "dv"), runs[0], other):
                 assert torch.equal(x, y), f"{name}, D = {d}"
+
+
+def test_nan_reaches_the_same_entries_as_on_the_cpu(gen, monkeypatch):
+    """docs/semantics.md section 6 with dropout: a NaN query element is not lost through its
+    dropped pairs (kept probabilities are multiplied by the keep mask, 0 * NaN = NaN), on the
+    emulated CUDA kernels exactly where the CPU kernels have it."""
+    pytest.importorskip("flashattn_ext._emu", reason="built without the emulator")
+    q, k, v = (randn(gen, 1, s, 2, 32, dtype=BF16) for s in (40, 70, 70))
+    q[0, 7, 1, 3] = float("nan")
+    q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
+    dout = randn(gen, 1, 40, 2, 32, dtype=BF16)
+    nans = {}
+    for backend in ("cpu", "emu"):
+        monkeypatch.setenv("FLASHATTN_EXT_BACKEND", backend)
+        out = fa.flash_attn_func(q, k, v, 0.5, seed=9)  # no mask: no tile-edge NaN (section 6)
+        nans[backend] = [x.isnan() for x in (out, *torch.autograd.grad(out, (q, k, v), dout))]
+    for name, cpu, emu in zip(("out", "dq", "dk", "dv"), nans["cpu"], nans["emu"]):
+        assert cpu.any(), name
+        assert torch.equal(cpu, emu), f"{name}: {(cpu != emu).sum().item()} entries differ"

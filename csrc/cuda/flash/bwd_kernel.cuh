@@ -489,7 +489,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
               for (int nt = 0; nt < Sdp::NT; ++nt)
 #pragma unroll
                 for (int c = 0; c < 2; ++c)
-                  x[nt][2 * r + c] = Dropout::kept(keep[mt], nt, 2 * r + c) ? x[nt][2 * r + c] * drop.scale : 0.0f;
+                  x[nt][2 * r + c] = drop.apply(x[nt][2 * r + c], keep[mt], nt, 2 * r + c);
             };
             if constexpr (kMod)
               if (drop.on) drop_apply(tile.dp[mt]);

@@ -72,6 +72,12 @@ struct Dropout {
 
   // Whether element (nt, i) of a tile with keep bits `b` is kept.
   __device__ __forceinline__ static bool kept(uint32_t b, int nt, int i) { return (b >> (4 * nt + i)) & 1u; }
+
+  // x times the keep multiplier of element (nt, i): scale or 0 (a product, as on the CPU, so that
+  // a dropped NaN stays NaN: 0 * NaN).
+  __device__ __forceinline__ float apply(float x, uint32_t b, int nt, int i) const {
+    return x * (kept(b, nt, i) ? scale : 0.0f);
+  }
 };
 
 }  // namespace fae::cuda

@@ -17,9 +17,9 @@
 // Softcap, ALiBi (kMod, score_mod.cuh), explicit masks (attn_mask.cuh) and dropout (dropout.cuh)
 // run in flash_fwd_seqs_kernel only (a dense call is one with no sequence arrays): the S
 // accumulators become log2-domain scores right after Q.K^T, then take the explicit mask, then the
-// band mask, and the softmax then takes them with factor 1. Dropout zeroes the dropped
-// probabilities after the row sums took them (lse is the undropped softmax's) and before P.V; the
-// epilogue multiplies O by 1 / (1 - p).
+// band mask, and the softmax then takes them with factor 1. Dropout multiplies the probabilities
+// by the keep mask times 1 / (1 - p) after the row sums took them (lse is the undropped
+// softmax's) and before P.V.
 #pragma once
 
 #include <type_traits>
@@ -282,7 +282,7 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
         if (drop.on) drop.bits<MT, NS>(keep, b, h, m0 + wrow + g, int64_t(j) * BN + 2 * t);
       // P = exp2(s * c - base) (one FFMA and one MUFU per score) for keys kk*16 .. kk*16+15: the S
       // accumulators of n8 tiles 2kk and 2kk+1 are exactly the A fragment of P for them,
-      // rounded to the input type; with dropout, the dropped ones zeroed after the row sums.
+      // rounded to the input type; with dropout, times the keep multipliers after the row sums.
       auto p_frags = [&](bool dropping, uint32_t(&a)[MT][4], int kk) {
 #pragma unroll
         for (int mi = 0; mi < MT; ++mi)
@@ -294,8 +294,8 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
             float p1 = fast_exp2(fmaf(x[2 * hh + 1], c, -base[mi][hh]));
             row_sum[mi][hh] += p0 + p1;
             if (kMod && dropping) {
-              p0 = Dropout::kept(keep[mi], 2 * kk + i / 2, 2 * hh) ? p0 : 0.0f;
-              p1 = Dropout::kept(keep[mi], 2 * kk + i / 2, 2 * hh + 1) ? p1 : 0.0f;
+              p0 = drop.apply(p0, keep[mi], 2 * kk + i / 2, 2 * hh);
+              p1 = drop.apply(p1, keep[mi], 2 * kk + i / 2, 2 * hh + 1);
             }
             a[mi][i] = pack2<T>(p0, p1);
           }
@@ -335,14 +335,12 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
     }
   }
 
-  // With dropout, O of the kept probabilities times 1 / (1 - p).
-  const float o_scale = kMod && drop.on ? drop.scale : 1.0f;
   if (kSeqs && nsplit > 1) {  // a partial row: normalised O and its log2-domain lse, for the combine kernel
 #pragma unroll
     for (int mi = 0; mi < MT; ++mi)
 #pragma unroll
       for (int hh = 0; hh < 2; ++hh) {
-        const float sum = quad_sum(row_sum[mi][hh]), inv = kMod ? inv_sum(sum) * o_scale : inv_sum(sum);
+        const float sum = quad_sum(row_sum[mi][hh]), inv = inv_sum(sum);
         const int r = wrow + mi * 16 + g + 8 * hh;
         if (r >= rows_valid) continue;
         const gptr<float> part = split_out + split_row(p, split, b, h, m0 + r);
@@ -363,7 +361,7 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
 #pragma unroll
     for (int hh = 0; hh < 2; ++hh) {
       const float sum = quad_sum(row_sum[mi][hh]);
-      const float inv = kMod ? inv_sum(sum) * o_scale : inv_sum(sum);
+      const float inv = inv_sum(sum);
       const int r = wrow + mi * 16 + g + 8 * hh;
 #pragma unroll
       for (int nt = 0; nt < NO; ++nt)
