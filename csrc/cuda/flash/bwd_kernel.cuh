@@ -33,8 +33,6 @@
 // dV += (P * M)^T.dO.
 #pragma once
 
-#include <type_traits>
-
 #include "common/mask.h"
 #include "common/online_softmax.h"
 #include "common/seqlens.h"
