@@ -40,7 +40,10 @@ ATTENTION_KERNELS = ("flash_fwd_kernel", "flash_fwd_seqs_kernel", "flash_bwd_ker
                      "bwd_convert_dq", "interp_weights", "interp_topk_bwd", "interp_topk")
 SMALL_TIER = " (99 KiB tier)"
 VARLEN = " (variable-length)"  # the kSeqs instances of the backward (the forward's has its own name)
-SCORE_MODS = " + score mods"  # the kMod instances (softcap, ALiBi: cuda/flash/score_mod.cuh)
+SCORE_MODS = " + score mods"  # the kMod instances (softcap, ALiBi, masks, dropout: cuda/flash/score_mod.cuh ...)
+# Dropout's code in a census path: the Philox round multipliers (IMAD.WIDE.U32 immediates, signed in
+# the SASS) and the keep bits moved into predicates (R2P) for the keep multipliers (scale or 0).
+PHILOX_MULTIPLIERS = ("-0x2daee0ad", "-0x326172a9", "0xd2511f53", "0xcd9e8d57")
 
 # --------------------------------------------------------------------------------------------
 # Instances and compilation
@@ -49,16 +52,19 @@ SCORE_MODS = " + score mods"  # the kMod instances (softcap, ALiBi: cuda/flash/s
 @dataclass(frozen=True)
 class SeqsTiles:
     """The tiles of a forward's or backward's variable-length instances, where the score-mod
-    variants run (the forward's SeqsConfig, the backward's small tier)."""
+    variants run (the forward's SeqsConfig, the backward's small tier; with `features`, the
+    backward's feature-instance row of bwd_traits.h)."""
     direction: str
     head_dim: int
     dtype: str = "bf16_t"
+    features: bool = False
 
     @property
     def traits_type(self) -> str:
         if self.direction == "forward":
             return f"fae::cuda::SeqsConfig<fae::cuda::FwdTraits<fae::{self.dtype}, {self.head_dim}>>"
-        return f"fae::cuda::BwdTraits<fae::{self.dtype}, {self.head_dim}, fae::cuda::bwd_has_small_tier({self.head_dim})>"
+        small = f"fae::cuda::bwd_has_small_tier({self.head_dim})"
+        return f"fae::cuda::BwdTraits<fae::{self.dtype}, {self.head_dim}, {small}, {str(self.features).lower()}>"
 
 
 @dataclass(frozen=True)
@@ -782,17 +788,38 @@ def backward_findings(results: list[Analysis]) -> list[str]:
             "(the P, dS and dS^T operands come from shared memory) plus the P and dS stores."]
 
 
-def score_mod_census(fn: Function, tr: dict[str, int], direction: str,
-                     mask: bool) -> tuple[Iteration, dict[str, int]]:
+def is_mask_access(ins: Instr) -> bool:  # the explicit mask's read-only loads and the dmask stores
+    return ".CONSTANT" in ins.op or ins.base == "STG"
+
+
+def is_score_mod(ins: Instr) -> bool:  # softcap's tanh reciprocal, ALiBi's distance conversion
+    return ins.op.startswith(("MUFU.RCP", "I2F"))
+
+
+def is_score_mod_only(ins: Instr) -> bool:  # ALiBi's conversion, the tanh's selects of 1 (not paged copies' I2F.U32.RP)
+    return ins.op in ("I2F", "I2FP.F32.S32") or (ins.base == "FSEL" and ", 1," in ins.args)
+
+
+def is_dropout(ins: Instr) -> bool:  # Philox rounds and the keep-bit tests
+    return ins.base == "R2P" or (ins.base == "IMAD" and any(m in ins.args.lower() for m in PHILOX_MULTIPLIERS))
+
+
+def score_mod_census(fn: Function, tr: dict[str, int], direction: str, mask: bool,
+                     dropout: bool = False) -> tuple[Iteration, dict[str, int]]:
     """A steady-state iteration of a variable-length instance's main loop with softcap and ALiBi on
     (their warp-uniform blocks on the path: those with the tanh's reciprocal or ALiBi's conversion),
     and with an explicit mask (its read-only loads, and the backward's dmask stores, on the path) or
-    without (none of them on the path)."""
+    without (none of them on the path). With `dropout`: dropout alone (the Philox rounds and the
+    keep multipliers on the path; softcap, ALiBi and the mask off it)."""
     cfg = control_flow(fn)
     rows = tr["kBlockN"] if direction == "forward" else tr["kBlockM"]
-    avoid = (lambda ins: False) if mask else (lambda ins: ".CONSTANT" in ins.op or ins.base == "STG")
+    if dropout:
+        prefer, avoid = (lambda ins: is_dropout(ins) or is_score_mod(ins)), \
+            (lambda ins: is_mask_access(ins) or is_score_mod_only(ins))
+    else:
+        prefer, avoid = is_score_mod, (lambda ins: False) if mask else is_mask_access
     it = steady_iteration(fn, cfg, main_loop(fn, cfg), rows * tr["kChunksPerRow"] // tr["kThreads"],
-                          prefer=lambda ins: ins.op.startswith(("MUFU.RCP", "I2F")), avoid=avoid)
+                          prefer=prefer, avoid=avoid)
     return it, census(it.instrs)
 
 
@@ -800,28 +827,31 @@ def score_mods(insts: list[Instance], builds: dict[tuple[Instance, str], Build])
     """Softcap, ALiBi and explicit masks: the variable-length instance with them (kMod) against the
     one without, per forward and backward instance and architecture."""
     tiles = {i: SeqsTiles(i.direction, i.head_dim, i.dtype) for i in insts}
-    tr = traits(list(tiles.values()))
+    feats = {i: SeqsTiles(i.direction, i.head_dim, i.dtype, features=True) for i in insts}
+    tr = traits(list(tiles.values()) + list(feats.values()))
     rows = []
     for inst in insts:
         for arch in ARCHS:
             build = builds[(inst, arch)]
-            fns, res, t = disassemble(build.cubin), parse_ptxas(build.ptxas), tr[tiles[inst]]
+            fns, res, t, tf = disassemble(build.cubin), parse_ptxas(build.ptxas), tr[tiles[inst]], tr[feats[inst]]
             tier = SMALL_TIER if inst.direction == "backward" and t["kSmemBytes"] <= 99 * 1024 and \
                 f"flash_bwd_kernel{VARLEN}{SMALL_TIER}" in fns else ""
             base = "flash_fwd_seqs_kernel" if inst.direction == "forward" else "flash_bwd_kernel" + VARLEN
             totals = []
-            for label, name, mask in (("plain", base + tier, False),
-                                      ("softcap + ALiBi", base + SCORE_MODS + tier, False),
-                                      ("softcap + ALiBi + mask", base + SCORE_MODS + tier, True)):
-                it, c = score_mod_census(fns[name], t, inst.direction, mask)
+            variants = (("plain", base + tier, False, False, t),
+                        ("softcap + ALiBi", base + SCORE_MODS + tier, False, False, tf),
+                        ("softcap + ALiBi + mask", base + SCORE_MODS + tier, True, False, tf),
+                        ("dropout", base + SCORE_MODS + tier, False, True, tf))
+            for label, name, mask, dropout, tt in variants:
+                it, c = score_mod_census(fns[name], tt, inst.direction, mask, dropout)
                 r = res[name]
                 totals.append(len(it.instrs))
-                rows.append([inst.direction, arch, str(inst.head_dim), f"{t['kBlockM']} x {t['kBlockN']}", label,
+                rows.append([inst.direction, arch, str(inst.head_dim), f"{tt['kBlockM']} x {tt['kBlockN']}", label,
                              str(r.registers), str(r.spill_stores + r.spill_loads), str(len(it.instrs)), str(c["HMMA"]),
                              _pct(c["HMMA"] / len(it.instrs)), str(c["MUFU"]), str(c["FP32"]), str(c["int"]),
                              str(c["conv"]), str(c["branch"])])
-            for i in (1, 2):
-                rows[i - 3][7] += f" ({totals[i] - totals[0]:+d}, {100 * (totals[i] / totals[0] - 1):+.0f}%)"
+            for i in range(1, len(variants)):
+                rows[i - len(variants)][7] += f" ({totals[i] - totals[0]:+d}, {100 * (totals[i] / totals[0] - 1):+.0f}%)"
     return _table(["kernel", "arch", "D", "tile", "instance", "registers", "spill bytes", "instr / iteration / warp",
                    "HMMA", "HMMA share", "MUFU", "FP32", "int", "conv", "branch"], rows)
 
@@ -930,7 +960,7 @@ def report(results: list[Analysis], command: str, tools: str, mods: list[str]) -
               "fillers that this count files under other) and a backward higher by the lse/delta load block "
               "(`if (threadIdx.x < kBlockM)`), which the earlier count left out. The difference column is what the "
               "kernels have changed since.", "",
-              "## Softcap, ALiBi and explicit masks (score mods)", "",
+              "## Softcap, ALiBi, explicit masks and dropout (score mods)", "",
               "They run in the variable-length instances' kMod variant (a dense call as one without sequence "
               "arrays), compiled beside the plain variable-length instance: the dense kernels (the tables above) "
               "contain none of their code. One steady-state iteration per warp of each variant's main loop, with "
@@ -942,7 +972,14 @@ def report(results: list[Analysis], command: str, tools: str, mods: list[str]) -
               "Explicit masks run in the same variant: the mask row takes the path through the mask's "
               "read-only loads (one per score, with its bounds checks and address arithmetic) and, in the "
               "backward, the dmask stores; the other rows avoid them. In the backward the mask's checks sit "
-              "in the P and dS loop, which softcap and ALiBi alone also run: they pay those checks.", "",
+              "in the P and dS loop, which softcap and ALiBi alone also run: they pay those checks. Dropout "
+              "(`csrc/cuda/flash/dropout.cuh`) runs in the same variant; its row takes the path through its "
+              "block-uniform blocks (the Philox rounds, one generator call per m16 x n8 tile and thread, about "
+              "45 instructions each, and the keep multipliers of P and dP) with softcap, ALiBi and the mask off "
+              "the path where they are branches (the backward computes ALiBi's bias and the mask's checks "
+              "inline, so its dropout row keeps them). The other feature rows pay dropout's untaken branches "
+              "(against the kernels before dropout: forward -2 to +13 instructions per iteration, backward +25 to +77) "
+              "and up to 22 more registers, none spilled.", "",
               *mods, "",
               *findings(results), METHOD]
     return "\n".join(lines).rstrip() + "\n"

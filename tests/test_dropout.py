@@ -1,10 +1,12 @@
-"""Attention dropout (docs/semantics.md section 13) on the CPU kernels: the generator against
-Random123's Philox-4x32-10 known answers (an independent Python Philox here), the kept fraction
-within a binomial bound, forward and gradients against the float64 oracle given the same keep
-mask (from the generator's helper), in every dtype, causal in both alignments, GQA, Sq != Sk, odd
-sizes, variable-length batches and decoding splits; the mask independent of thread count and
-instruction set; gradcheck in float64; reproducibility through torch.manual_seed; p = 0 is the
-plain path; bad arguments; the CUDA kernels (emulator) refuse it by name."""
+"""Attention dropout (docs/semantics.md section 13) on every backend (the CPU kernels, the CUDA
+kernels on the emulator or a GPU): the generator against Random123's Philox-4x32-10 known answers
+(an independent Python Philox here), the kept fraction within a binomial bound, forward and
+gradients against the float64 oracle given the same keep mask (from the generator's helper), in
+every dtype a backend takes, causal in both alignments, windows, GQA, Sq != Sk, odd sizes,
+softcap and ALiBi, explicit masks, variable-length batches and decoding splits; the CUDA
+kernels' keep mask bitwise the CPU's (forward and backward, dense and variable-length); the mask
+independent of thread count and instruction set; gradcheck in float64; reproducibility through
+torch.manual_seed; p = 0 is the plain path; bad arguments."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import torch
 
 import flashattn_ext as fa
 import oracle
-from attn_testing import assert_close, naive_in, randn
+from attn_testing import assert_close, naive_in, needs_kernel, randn
 from flashattn_ext import _dispatch
 
 F32, F64, BF16, F16 = torch.float32, torch.float64, torch.bfloat16, torch.float16
@@ -85,8 +87,9 @@ SHAPES = [(2, 70, 150, 4, 2, 64), (1, 150, 97, 3, 1, 40), (1, 17, 33, 2, 2, 8)]
 @pytest.mark.parametrize("dtype", [F32, F64, BF16, F16], ids=str)
 @pytest.mark.parametrize("mask", MASKS, ids=["full", "causal", "window9_5"])
 @pytest.mark.parametrize("shape", SHAPES, ids=["sq<sk_gqa", "sq>sk_mqa", "odd"])
-def test_flash_attn_func_matches_oracle(gen, dtype, mask, shape):
+def test_flash_attn_func_matches_oracle(backend, gen, dtype, mask, shape):
     b, sq, sk, hq, hkv, d = shape
+    needs_kernel(backend, dtype, backward=True, head_dim=d)
     causal, window = mask
     p, seed = 0.25, int(torch.randint(0, 2 ** 62, (), generator=gen))
     q = randn(gen, b, sq, hq, d, dtype=dtype).requires_grad_()
@@ -98,7 +101,8 @@ def test_flash_attn_func_matches_oracle(gen, dtype, mask, shape):
 
 
 @pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
-def test_sdpa_top_left_causal_matches_oracle(gen, dtype):
+def test_sdpa_top_left_causal_matches_oracle(backend, gen, dtype):
+    needs_kernel(backend, dtype, backward=True)
     b, h, sq, sk, d = 2, 3, 45, 80, 32
     q = randn(gen, b, sq, h, d, dtype=dtype).requires_grad_()
     k = randn(gen, b, sk, h, d, dtype=dtype).requires_grad_()
@@ -109,38 +113,59 @@ def test_sdpa_top_left_causal_matches_oracle(gen, dtype):
                          dtype, causal=True, bottom_right=False)
 
 
-def test_varlen_matches_oracle_per_sequence(gen):
+def varlen_oracle(q, k, v, cq, ck, keep, p, dtype=F64, **kw):
+    """The oracle per sequence of a packed batch (rows of empty sequences left out)."""
+    outs = []
+    for i in range(len(cq) - 1):
+        qs, ks = slice(int(cq[i]), int(cq[i + 1])), slice(int(ck[i]), int(ck[i + 1]))
+        lq, lk = qs.stop - qs.start, ks.stop - ks.start
+        if lq:
+            outs.append(oracle.attention(q[None, qs], k[None, ks], v[None, ks], dtype=dtype,
+                                         dropout_p=p, keep=keep[i:i + 1, :, :lq, :lk], **kw)[0][0])
+    return torch.cat(outs)
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
+def test_varlen_matches_oracle_per_sequence(backend, gen, dtype):
+    needs_kernel(backend, dtype, backward=True)
     lens_q, lens_k = [5, 0, 70, 33], [40, 3, 70, 20]
-    hq, hkv, d, p, seed = 4, 2, 32, 0.3, 1234567
+    hq, hkv, d, p, seed = 4, 2, 32, 0.3, int(torch.randint(0, 2 ** 62, (), generator=gen))
     cq = torch.tensor(np.cumsum([0] + lens_q), dtype=torch.int32)
     ck = torch.tensor(np.cumsum([0] + lens_k), dtype=torch.int32)
-    q = randn(gen, sum(lens_q), hq, d).requires_grad_()
-    k = randn(gen, sum(lens_k), hkv, d).requires_grad_()
-    v = randn(gen, sum(lens_k), hkv, d).requires_grad_()
+    q = randn(gen, sum(lens_q), hq, d, dtype=dtype).requires_grad_()
+    k = randn(gen, sum(lens_k), hkv, d, dtype=dtype).requires_grad_()
+    v = randn(gen, sum(lens_k), hkv, d, dtype=dtype).requires_grad_()
     out = fa.flash_attn_varlen_func(q, k, v, cq, ck, max(lens_q), max(lens_k), p, causal=True,
                                     seed=seed)
     keep = keep_for(seed, p, len(lens_q), hq, max(lens_q), max(lens_k))
-    refs = []
-    for i in range(len(lens_q)):
-        qs, ks = slice(int(cq[i]), int(cq[i + 1])), slice(int(ck[i]), int(ck[i + 1]))
-        if lens_q[i] == 0:
-            continue
-        refs.append(oracle.attention(q[None, qs], k[None, ks], v[None, ks], causal=True,
-                                     dropout_p=p, keep=keep[i:i + 1, :, :lens_q[i], :lens_k[i]])[0][0])
-    ref = torch.cat(refs)
-    assert_close(out, ref, None, "out")
-    dout = randn(gen, *out.shape)
-    for name, g, r in zip(("dq", "dk", "dv"), torch.autograd.grad(out, (q, k, v), dout),
-                          torch.autograd.grad(ref, (q, k, v), dout.double())):
-        assert_close(g, r, None, name)
+    ref = varlen_oracle(q, k, v, cq, ck, keep, p, causal=True)
+    naive = None if dtype == F32 else varlen_oracle(q, k, v, cq, ck, keep, p, dtype, causal=True)
+    assert_close(out, ref, naive, "out")
+    dout = randn(gen, *out.shape, dtype=dtype)
+    naives = (None,) * 3 if naive is None else torch.autograd.grad(naive, (q, k, v), dout)
+    for name, g, r, n in zip(("dq", "dk", "dv"), torch.autograd.grad(out, (q, k, v), dout),
+                             torch.autograd.grad(ref, (q, k, v), dout.double()), naives):
+        assert_close(g, r, n, name)
 
 
-def test_decode_split_kv_matches_oracle(gen):
-    """One query row against many keys: the forward splits the keys and merges the splits."""
-    q, k, v = randn(gen, 1, 1, 8, 64), randn(gen, 1, 3000, 2, 64), randn(gen, 1, 3000, 2, 64)
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
+def test_decode_split_kv_matches_oracle(backend, gen, dtype):
+    """One query row against many keys: the forward splits the keys and merges the splits (the
+    CUDA kernels split variable-length calls whose query tiles leave SMs idle)."""
+    needs_kernel(backend, dtype)
+    q, k, v = (randn(gen, 1, s, h, 64, dtype=dtype) for s, h in ((1, 8), (3000, 2), (3000, 2)))
     out = fa.flash_attn_func(q, k, v, 0.2, seed=3)
-    ref = oracle.attention(q, k, v, dropout_p=0.2, keep=keep_for(3, 0.2, 1, 8, 1, 3000))[0]
-    assert_close(out, ref, None, "out")
+    keep = keep_for(3, 0.2, 1, 8, 1, 3000)
+    ref = oracle.attention(q, k, v, dropout_p=0.2, keep=keep)[0]
+    naive = None if dtype == F32 else naive_in(dtype, q, k, v, dropout_p=0.2, keep=keep)[0]
+    assert_close(out, ref, naive, "out")
+    cq, ck = torch.tensor([0, 1, 2], dtype=torch.int32), torch.tensor([0, 3000, 3900], dtype=torch.int32)
+    q2, k2, v2 = randn(gen, 2, 8, 64, dtype=dtype), randn(gen, 3900, 2, 64, dtype=dtype), randn(gen, 3900, 2, 64, dtype=dtype)
+    out = fa.flash_attn_varlen_func(q2, k2, v2, cq, ck, 1, 3000, 0.2, seed=5)
+    keep = keep_for(5, 0.2, 2, 8, 1, 3000)
+    ref = varlen_oracle(q2, k2, v2, cq, ck, keep, 0.2)
+    naive = None if dtype == F32 else varlen_oracle(q2, k2, v2, cq, ck, keep, 0.2, dtype)
+    assert_close(out, ref, naive, "out (varlen)")
 
 
 @pytest.mark.parametrize("isa", ["scalar", "avx512bf16-emu"])
@@ -177,8 +202,10 @@ def test_gradcheck_float64(gen):
     assert torch.autograd.gradcheck(f, (q, k, v))
 
 
-def test_manual_seed_reproduces_and_backward_reuses_the_forwards_mask(gen):
-    q, k, v = (randn(gen, 1, 40, 2, 16).requires_grad_() for _ in range(3))
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
+def test_manual_seed_reproduces_and_backward_reuses_the_forwards_mask(backend, gen, dtype):
+    needs_kernel(backend, dtype, backward=True)
+    q, k, v = (randn(gen, 1, 40, 2, 16, dtype=dtype).requires_grad_() for _ in range(3))
     torch.manual_seed(7)
     first, lse, probs = fa.flash_attn_func(q, k, v, 0.5, return_attn_probs=True)
     torch.manual_seed(7)
@@ -191,7 +218,7 @@ def test_manual_seed_reproduces_and_backward_reuses_the_forwards_mask(gen):
     assert torch.allclose(probs.abs().sum(-1), torch.ones(1, 2, 40))
     dropped = (probs < 0).float().mean().item()
     assert 0.4 < dropped < 0.6
-    check_against_oracle(gen, first, q, k, v, keep, 0.5, F32)
+    check_against_oracle(gen, first, q, k, v, keep, 0.5, dtype)
 
 
 def test_nn_module_drops_in_training_only(gen):
@@ -213,8 +240,10 @@ def test_nn_module_drops_in_training_only(gen):
                  .detach().double(), None, "eval, padded")
 
 
-def test_zero_p_is_the_plain_path(gen):
-    q, k, v = (randn(gen, 2, 33, 2, 16) for _ in range(3))
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
+def test_zero_p_is_the_plain_path(backend, gen, dtype):
+    needs_kernel(backend, dtype)
+    q, k, v = (randn(gen, 2, 33, 2, 16, dtype=dtype) for _ in range(3))
     state = torch.get_rng_state()
     assert torch.equal(fa.flash_attn_func(q, k, v, 0.0), fa.flash_attn_func(q, k, v))
     assert torch.equal(torch.get_rng_state(), state)  # no draw either
@@ -242,14 +271,6 @@ def test_bad_arguments(gen, kw, error, text):
         fa.flash_attn_func(q, q, q, **kw)
 
 
-def test_emulated_cuda_kernels_refuse_by_name(gen, monkeypatch):
-    pytest.importorskip("flashattn_ext._emu", reason="built without the emulator")
-    monkeypatch.setenv("FLASHATTN_EXT_BACKEND", "emu")
-    q = randn(gen, 1, 16, 2, 32, dtype=BF16)
-    with pytest.raises(NotImplementedError, match="dropout_p=0.1.*CPU backend"):
-        fa.flash_attn_func(q, q, q, 0.1)
-
-
 def test_torch_compile_fullgraph_draws_the_seed_in_the_graph(gen):
     q, k, v = (randn(gen, 1, 24, 2, 16).requires_grad_() for _ in range(3))
 
@@ -267,9 +288,10 @@ def test_torch_compile_fullgraph_draws_the_seed_in_the_graph(gen):
 
 
 @pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
-def test_dropout_with_an_explicit_mask(gen, dtype):
+def test_dropout_with_an_explicit_mask(backend, gen, dtype):
     """Dropout after an additive mask (docs/semantics.md sections 12 and 13): outputs and
     gradients, the mask's included, against the oracle with the same keep mask."""
+    needs_kernel(backend, dtype, backward=True)
     b, sq, sk, h, d, p = 2, 37, 50, 3, 16, 0.3
     seed = int(torch.randint(0, 2 ** 62, (), generator=gen))
     q, k, v = (randn(gen, b, s, h, d, dtype=dtype).requires_grad_() for s in (sq, sk, sk))
@@ -287,3 +309,116 @@ def test_dropout_with_an_explicit_mask(gen, dtype):
     for name, g, r, n in zip(("dq", "dk", "dv", "dmask"), torch.autograd.grad(out, wrt, dout),
                              torch.autograd.grad(ref, wrt, dout.double()), naives):
         assert_close(g, r, n, name)
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16, F16], ids=str)
+@pytest.mark.parametrize("band", [(False, (-1, -1)), (True, (-1, -1)), (False, (20, 7))],
+                         ids=["full", "causal", "window20_7"])
+def test_dropout_with_softcap_and_alibi(backend, gen, dtype, band):
+    """Dropout after softcap and ALiBi (one feature call), GQA, Sq > Sk, against the oracle."""
+    needs_kernel(backend, dtype, backward=True)
+    causal, window = band
+    b, sq, sk, hq, hkv, d, p = 2, 83, 61, 4, 2, 64, 0.2
+    seed = int(torch.randint(0, 2 ** 62, (), generator=gen))
+    q = (randn(gen, b, sq, hq, d) * 2).to(dtype).requires_grad_()
+    k = (randn(gen, b, sk, hkv, d) * 2).to(dtype).requires_grad_()
+    v = randn(gen, b, sk, hkv, d, dtype=dtype).requires_grad_()
+    slopes = torch.rand(hq, generator=gen) * 0.3
+    out = fa.flash_attn_func(q, k, v, p, causal=causal, window_size=window, softcap=4.0,
+                             alibi_slopes=slopes, seed=seed)
+    check_against_oracle(gen, out, q, k, v, keep_for(seed, p, b, hq, sq, sk), p, dtype,
+                         causal=causal, window=window, softcap=4.0, alibi_slopes=slopes)
+
+
+def one_hot_keys(b: int, s: int, h: int, d: int, dtype: torch.dtype) -> torch.Tensor:
+    """(b, s, h, d) rows e_j: row j of every batch and head is the j-th unit vector (s <= d)."""
+    return torch.eye(s, d, dtype=dtype)[None, :, None].expand(b, s, h, d).contiguous()
+
+
+@pytest.mark.parametrize("d, sq, sk", [(128, 100, 128), (256, 70, 256)])
+def test_cuda_keep_mask_bitwise_the_cpus(gen, monkeypatch, d, sq, sk):
+    """The emulated CUDA kernels drop exactly the CPU kernels' entries, in the forward and the
+    backward. With q = 0 every key gets probability 1 / Sk, so with V's rows the unit vectors
+    out[b, i, h, j] = keep(b, h, i, j) / (Sk (1 - p)), zero iff dropped; with dO's rows the unit
+    vectors dV[b, j, h, i] = keep(b, h, i, j) / (Sk (1 - p)). Seeds and offsets drawn by
+    torch.manual_seed (offset != 0), then a fixed seed against the generator's helper."""
+    pytest.importorskip("flashattn_ext._emu", reason="built without the emulator")
+    b, h, p = 2, 3, 0.4
+    q = torch.zeros(b, sq, h, d, dtype=BF16, requires_grad=True)
+    k = randn(gen, b, sk, h, d, dtype=BF16).requires_grad_()
+    v = one_hot_keys(b, sk, h, d, BF16).requires_grad_()
+    dout = one_hot_keys(b, sq, h, d, BF16)
+    draw = int(torch.randint(0, 2 ** 31, (), generator=gen))
+    masks = {}
+    for backend in ("cpu", "emu"):
+        monkeypatch.setenv("FLASHATTN_EXT_BACKEND", backend)
+        torch.manual_seed(draw)
+        out = fa.flash_attn_func(q, k, v, p)
+        dv = torch.autograd.grad(out, v, dout)[0]
+        masks[backend] = (out[..., :sk].permute(0, 2, 1, 3) != 0, dv[..., :sq].permute(0, 2, 3, 1) != 0)
+        fixed = fa.flash_attn_func(q.detach(), k.detach(), v.detach(), p, seed=draw)
+        np.testing.assert_array_equal(fixed[..., :sk].permute(0, 2, 1, 3) != 0,
+                                      keep_for(draw, p, b, h, sq, sk), err_msg=backend)
+    for what, cpu, emu in zip(("out", "dv"), masks["cpu"], masks["emu"]):
+        assert 0.5 < cpu.float().mean() < 0.7, what
+        assert torch.equal(cpu, emu), f"{what}: {(cpu != emu).sum().item()} entries differ"
+
+
+def test_cuda_keep_mask_of_packed_sequences(gen, monkeypatch):
+    """Variable-length batches on the emulated CUDA kernels: each sequence's rows and keys are
+    counted within it (out as in test_cuda_keep_mask_bitwise_the_cpus)."""
+    pytest.importorskip("flashattn_ext._emu", reason="built without the emulator")
+    monkeypatch.setenv("FLASHATTN_EXT_BACKEND", "emu")
+    lens_q, lens_k, h, d, p, seed = [9, 70, 1, 33], [64, 100, 128, 5], 2, 128, 0.3, 2 ** 40 + 17
+    cq = torch.tensor(np.cumsum([0] + lens_q), dtype=torch.int32)
+    ck = torch.tensor(np.cumsum([0] + lens_k), dtype=torch.int32)
+    q = torch.zeros(sum(lens_q), h, d, dtype=F16)
+    k = randn(gen, sum(lens_k), h, d, dtype=F16)
+    v = torch.cat([one_hot_keys(1, n, h, d, F16)[0] for n in lens_k])
+    out = fa.flash_attn_varlen_func(q, k, v, cq, ck, max(lens_q), max(lens_k), p, seed=seed)
+    keep = keep_for(seed, p, len(lens_q), h, max(lens_q), max(lens_k))
+    for i, (lq, lk) in enumerate(zip(lens_q, lens_k)):
+        got = out[int(cq[i]):int(cq[i + 1]), :, :lk].permute(1, 0, 2) != 0
+        assert torch.equal(got, keep[i, :, :lq, :lk]), f"sequence {i}"
+
+
+def test_emulated_kernels_do_not_depend_on_thread_order(gen, monkeypatch):
+    """Dropout on the emulator with the block's threads shuffled by seed (the keep bits cross
+    lanes by shuffles): the same output bitwise, and in deterministic mode the same dq, dk, dv;
+    D = 256 runs the feature instances' own backward tiles."""
+    emu = pytest.importorskip("flashattn_ext._emu", reason="built without the emulator")
+    monkeypatch.setenv("FLASHATTN_EXT_BACKEND", "emu")
+    monkeypatch.setenv("FLASHATTN_EXT_DETERMINISTIC", "1")  # dq summed in a fixed order
+    for d in (64, 256):
+        q, k, v = (randn(gen, 2, s, h, d, dtype=BF16).requires_grad_() for s, h in ((50, 4), (90, 2), (90, 2)))
+        dout = randn(gen, 2, 50, 4, d, dtype=BF16)
+        runs = []
+        try:
+            for seed in (None, 1, 2):
+                emu.set_seed(seed)
+                out = fa.flash_attn_func(q, k, v, 0.3, causal=True, seed=77)
+                runs.append((out, *torch.autograd.grad(out, (q, k, v), dout)))
+        finally:
+            emu.set_seed(None)
+        for other in runs[1:]:
+            for name, x, y in zip(("out", "dq", "dk", "dv"), runs[0], other):
+                assert torch.equal(x, y), f"{name}, D = {d}"
+
+
+def test_nan_reaches_the_same_entries_as_on_the_cpu(gen, monkeypatch):
+    """docs/semantics.md section 6 with dropout: a NaN query element is not lost through its
+    dropped pairs (kept probabilities are multiplied by the keep mask, 0 * NaN = NaN), on the
+    emulated CUDA kernels exactly where the CPU kernels have it."""
+    pytest.importorskip("flashattn_ext._emu", reason="built without the emulator")
+    q, k, v = (randn(gen, 1, s, 2, 32, dtype=BF16) for s in (40, 70, 70))
+    q[0, 7, 1, 3] = float("nan")
+    q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
+    dout = randn(gen, 1, 40, 2, 32, dtype=BF16)
+    nans = {}
+    for backend in ("cpu", "emu"):
+        monkeypatch.setenv("FLASHATTN_EXT_BACKEND", backend)
+        out = fa.flash_attn_func(q, k, v, 0.5, seed=9)  # no mask: no tile-edge NaN (section 6)
+        nans[backend] = [x.isnan() for x in (out, *torch.autograd.grad(out, (q, k, v), dout))]
+    for name, cpu, emu in zip(("out", "dq", "dk", "dv"), nans["cpu"], nans["emu"]):
+        assert cpu.any(), name
+        assert torch.equal(cpu, emu), f"{name}: {(cpu != emu).sum().item()} entries differ"

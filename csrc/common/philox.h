@@ -29,13 +29,18 @@ FAE_HD uint32_t mulhilo32(uint32_t a, uint32_t b, uint32_t* hi) {
   return uint32_t(prod);
 }
 
+// One Philox round of counter c under round key (k0, k1).
+FAE_HD Philox4 philox_round(const Philox4& c, uint32_t k0, uint32_t k1) {
+  uint32_t hi0, hi1;
+  const uint32_t lo0 = mulhilo32(kPhiloxM0, c.w[0], &hi0);
+  const uint32_t lo1 = mulhilo32(kPhiloxM1, c.w[2], &hi1);
+  return Philox4{{hi1 ^ c.w[1] ^ k0, lo1, hi0 ^ c.w[3] ^ k1, lo0}};
+}
+
 // Philox-4x32 with kPhiloxRounds rounds of counter c under key (k0, k1).
 FAE_HD Philox4 philox4x32(Philox4 c, uint32_t k0, uint32_t k1) {
   for (int r = 0; r < kPhiloxRounds; ++r) {
-    uint32_t hi0, hi1;
-    const uint32_t lo0 = mulhilo32(kPhiloxM0, c.w[0], &hi0);
-    const uint32_t lo1 = mulhilo32(kPhiloxM1, c.w[2], &hi1);
-    c = Philox4{{hi1 ^ c.w[1] ^ k0, lo1, hi0 ^ c.w[3] ^ k1, lo0}};
+    c = philox_round(c, k0, k1);
     k0 += kPhiloxW0;
     k1 += kPhiloxW1;
   }

@@ -170,22 +170,11 @@ def cuda_splits(q: Any, seqs: Seqs, block_m: int = 64) -> int:
     return max(1, min(-(-_sm_count(q) // max(blocks, 1)), seqs.max_k() // SPLIT_KEYS, MAX_SPLITS))
 
 
-def cpu_only_features(q: Any, mask: MaskSpec) -> None:
-    """Dropout runs on the CPU kernels only, for now."""
-    backend = backend_for(q)
-    if mask.dropout_p and backend != "cpu":
-        raise NotImplementedError(f"dropout_p={mask.dropout_p}: dropout: not implemented in the "
-                                  f"CUDA kernels yet (backend {backend}, dtype {dtype_name(q)}); it "
-                                  f"runs on the CPU backend (CPU tensors or arrays without "
-                                  f"FLASHATTN_EXT_BACKEND=emu)")
-
-
 def forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mask: MaskSpec,
             seqs: Optional[Seqs] = None) -> None:
     """Runs the forward kernel on BSHD views, writing ``out`` (like q) and ``lse`` (B, H, Sq),
     or (H, total_q) with packed sequences. Raises ValueError when finite q and k overflow the
     scores (see check_overflow)."""
-    cpu_only_features(q, mask)
     backend = backend_for(q)
     if backend == "cpu":
         kw, _lengths = _cpu_kwargs(q, k, v, out, lse, scale, mask, seqs)
@@ -240,7 +229,6 @@ def backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dq: Any, dk:
     (B, Hq, Sq, Sk) array (keys contiguous) that receives the gradient of the additive
     mask.attn_mask."""
     dlse_ptr = 0 if dlse is None else _ptr(dlse)
-    cpu_only_features(q, mask)
     extra = {} if dmask is None else dict(dmask=_ptr(dmask), dmask_strides=strides(dmask)[:3])
     if backend_for(q) == "cpu":
         kw, _lengths = _cpu_kwargs(q, k, v, out, lse, scale, mask, seqs)

@@ -13,7 +13,6 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from . import _dispatch
 from ._validate import CUDA_BUILT, CUDA_KERNEL_DTYPES, DTYPES, MAX_HEAD_DIM, dtype_name
 from .functional import scaled_dot_product_attention
 
@@ -61,11 +60,9 @@ def sdpa(query: Any, key: Any, value: Any, attn_mask: Optional[torch.Tensor] = N
          dropout_p: float = 0.0, is_causal: bool = False, scale: Optional[float] = None,
          enable_gqa: bool = False, *, calls: Optional[RoutedCalls] = None) -> torch.Tensor:
     """torch's ``scaled_dot_product_attention`` signature and result, on the kernels when they
-    take the call: dense tensors of a dtype and device the build runs, with any attention mask;
-    dropout on the CPU backend. Anything else goes to torch's own function."""
+    take the call: dense tensors of a dtype and device the build runs, with any attention mask
+    and dropout. Anything else goes to torch's own function."""
     reason = unsupported(query, key, value)
-    if reason is None and dropout_p != 0.0 and _dispatch.backend_for(query) != "cpu":
-        reason = "dropout off the CPU backend"
     if reason is None and attn_mask is not None and is_causal:
         reason = "attn_mask with is_causal"  # torch refuses it: let torch say so
     if reason is None and query.dim() == 4 and query.shape[1] != key.shape[1] and not enable_gqa:
@@ -90,7 +87,7 @@ def sdpa(query: Any, key: Any, value: Any, attn_mask: Optional[torch.Tensor] = N
 def replace_sdpa(model: Optional[torch.nn.Module] = None) -> Iterator[RoutedCalls]:
     """Within the block, ``torch.nn.functional.scaled_dot_product_attention`` runs on
     flashattn_ext's kernels whenever they take the call, and is torch's own function otherwise
-    (on the CUDA kernels dropout; dtypes or devices the build does not run). Yields a
+    (dtypes or devices the build does not run). Yields a
     :class:`RoutedCalls` counting both.
 
     What is routed: calls made through the attribute (``F.scaled_dot_product_attention(...)``,

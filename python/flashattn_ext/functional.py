@@ -170,7 +170,7 @@ def flash_attn_func(q: ArrayLike, k: ArrayLike, v: ArrayLike, dropout_p: float =
     ``dropout_p`` in [0, 1) drops probabilities and scales the kept ones by 1 / (1 - dropout_p),
     with a keep mask drawn from torch's default generator, or from ``seed`` (required for numpy
     arrays); with it the probabilities of ``return_attn_probs`` are negated where dropped
-    (docs/semantics.md section 13; CPU backend only).
+    (docs/semantics.md section 13; the CPU and CUDA kernels apply the same keep mask).
     """
     mask = MaskSpec.make(causal, window_size, bottom_right=True)
     det = flag("deterministic", deterministic)

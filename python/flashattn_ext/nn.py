@@ -59,9 +59,8 @@ class MultiHeadAttention(nn.Module):
     ``v_proj``. ``out_proj`` maps back to embed_dim. :meth:`from_torch` and :meth:`to_torch`
     convert weights from and to ``torch.nn.MultiheadAttention``. ``dropout`` in [0, 1) drops
     attention probabilities in training mode (``module.train()``; none in eval mode), with the
-    keep mask drawn from torch's default generator (CPU backend); with dropout the returned
-    weights are those before dropout, as torch's. Dropout and masks combine in one call on the
-    CPU backend; the CUDA kernels refuse dropout (NotImplementedError).
+    keep mask drawn from torch's default generator; with dropout the returned weights are those
+    before dropout, as torch's. Dropout and masks combine in one call on every backend.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, *, num_kv_heads: Optional[int] = None,

@@ -23,11 +23,14 @@
 // key blocks blockIdx.x, blockIdx.x + gridDim.x, ..., and each accumulator element of a split is
 // updated by one thread of one block in a fixed order. The first two kernels compute S and dP
 // with the same mma sequence (k steps in order, from zero), so they agree bit for bit.
-// Softcap, ALiBi (kMod, score_mod.cuh) and explicit masks (attn_mask.cuh) run in the
-// variable-length instances only, a dense call being one with no sequence arrays: both kernels
-// turn S into the forward's log2-domain scores with the same code, the main kernel writes the
-// mask's gradient P (dP - delta), and dS is multiplied by the softcap's derivative 1 - tanh^2
-// before dK and dQ.
+// Softcap, ALiBi (kMod, score_mod.cuh), explicit masks (attn_mask.cuh) and dropout (dropout.cuh)
+// run in the variable-length instances only, a dense call being one with no sequence arrays: both
+// kernels turn S into the forward's log2-domain scores with the same code, the main kernel writes
+// the mask's gradient P (dP - delta), and dS is multiplied by the softcap's derivative 1 - tanh^2
+// before dK and dQ. Dropout (O = (P * M) . V, M the keep mask times 1 / (1 - p)): bwd_row_stats
+// takes delta = dO . O (= sum_j P_ij M_ij dP_ij) from the forward's output, and the main kernel
+// regenerates M's bits per warp tile: dS = P (M dP - delta) (also the mask's gradient) and
+// dV += (P * M)^T.dO.
 #pragma once
 
 #include "common/mask.h"
@@ -36,6 +39,7 @@
 #include "cuda/flash/attn_mask.cuh"
 #include "cuda/flash/bwd_traits.h"
 #include "cuda/flash/common.cuh"
+#include "cuda/flash/dropout.cuh"
 #include "cuda/flash/score_mod.cuh"
 #include "cuda/primitives.cuh"
 
@@ -152,6 +156,22 @@ struct SdpTile {
   }
 };
 
+// The dot product of two rows of D 16-bit elements in shared memory (16-byte aligned), in float.
+template <class T, int D>
+__device__ __forceinline__ float row_dot(sptr<T> x, sptr<T> y) {
+  float acc = 0.0f;
+  for (int c = 0; c < D; c += 8) {
+    const uint4 a = ptr_cast<uint4>(x + c)[0], b = ptr_cast<uint4>(y + c)[0];
+    const uint32_t aw[4] = {a.x, a.y, a.z, a.w}, bw[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      acc = fmaf(to_float(T{uint16_t(aw[e])}), to_float(T{uint16_t(bw[e])}), acc);
+      acc = fmaf(to_float(T{uint16_t(aw[e] >> 16)}), to_float(T{uint16_t(bw[e] >> 16)}), acc);
+    }
+  }
+  return acc;
+}
+
 // The query-tile index range [lo, hi] whose rows all see keys [n0, n0 + BN), for tiles of BM
 // rows (rows past Sq do not count); empty (lo > hi) when the key block is cut by Sk.
 template <int BM, int BN>
@@ -170,7 +190,8 @@ __global__ void __launch_bounds__(Tr::kThreads)
     bwd_row_stats(BwdParams bp, BwdWork w, gptr<const typename Tr::Element> q, gptr<const typename Tr::Element> k,
                   gptr<const typename Tr::Element> v, gptr<const typename Tr::Element> dout, gptr<const float> lse,
                   gptr<const float> dlse, gptr<float> stats, gptr<float> dq_accum, SeqArrays<gptr<const int32_t>> sa,
-                  ScoreMods mods, gptr<const float> slopes, MaskRefs am) {
+                  ScoreMods mods, gptr<const float> slopes, MaskRefs am, Dropout drop,
+                  gptr<const typename Tr::Element> out) {
   static_assert(kSeqs || !kMod, "score mods run in the variable-length kernels");
   using T = typename Tr::Element;
   using Sdp = SdpTile<Tr>;
@@ -191,6 +212,8 @@ __global__ void __launch_bounds__(Tr::kThreads)
     if (bp.dlse != nullptr) dlse += seq.q_batch * p.lse_batch_stride + seq.q_row0;
     k += seq.kv_batch * p.k_batch_stride + seq.k_row0 * p.k_row_stride;
     v += seq.kv_batch * p.v_batch_stride + seq.k_row0 * p.v_row_stride;
+    if constexpr (kMod)
+      if (drop.on) out += seq.q_batch * p.o_batch_stride + seq.q_row0 * p.o_row_stride;
     b_q = b_kv = 0;
   }
   const int64_t m0 = int64_t(blockIdx.x) * BM;
@@ -263,6 +286,13 @@ __global__ void __launch_bounds__(Tr::kThreads)
       __syncthreads();  // sK, sV are refilled next
     }
     cp_async_wait_all();  // Q, dO when the rows see no key
+    if constexpr (kMod)
+      if (drop.on) {  // delta = dO . O: O into Q's tile
+        __syncthreads();  // every thread's Q copy landed and every warp is done with sQ
+        copy_tile_async<MapQ, LD, true>(sQ, out + (b_q * p.o_batch_stride + m0 * p.o_row_stride + h * p.o_head_stride),
+                                        p.o_row_stride, rows_valid);
+        cp_async_wait_all();
+      }
   }
 
   // Sum over the 4 lanes of a row, then over the warp columns in order.
@@ -293,6 +323,8 @@ __global__ void __launch_bounds__(Tr::kThreads)
       st.x = sLse2[threadIdx.x];
       st.y = 1.0f / sum;
       st.z = dot / sum;
+      if constexpr (kMod)
+        if (drop.on) st.z = row_dot<T, Tr::kHeadDim>(sQ + threadIdx.x * LD, sdO + threadIdx.x * LD);
       if (bp.dlse != nullptr) st.z -= dlse[b_q * p.lse_batch_stride + h * p.lse_head_stride + row];
     }
     ptr_cast<float4>(stats + stat_row(p, w, b, h, row) * 4)[0] = st;
@@ -310,7 +342,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
                      gptr<const typename Tr::Element> v, gptr<const typename Tr::Element> dout,
                      gptr<const float> stats, gptr<float> dq_accum, gptr<typename Tr::Element> dk,
                      gptr<typename Tr::Element> dv, SeqArrays<gptr<const int32_t>> sa, ScoreMods mods,
-                     gptr<const float> slopes, MaskRefs am) {
+                     gptr<const float> slopes, MaskRefs am, Dropout drop) {
   static_assert(kSeqs || !kMod, "score mods run in the variable-length kernels");
   using T = typename Tr::Element;
   using Sdp = SdpTile<Tr>;
@@ -427,6 +459,10 @@ __global__ void __launch_bounds__(Tr::kThreads)
           mods.cap(tile.s);
           pos0 = int(alibi_position(m0 + wm * Tr::kSdpM + g, seqlen_q(), seqlen_k()) - n0 - wn * Tr::kSdpN);
         }
+        // Dropout: the keep bits of this thread's elements of the warp tile (a word per m16 tile).
+        [[maybe_unused]] uint32_t keep[Sdp::MT];
+        if constexpr (kMod)
+          if (drop.on) drop.bits<Sdp::MT, Sdp::NT>(keep, b, h0 + h, m0 + wm * Tr::kSdpM + g, n0 + wn * Tr::kSdpN + 2 * t);
         // P = P' / psum and dS = P (dP - delta), packed to 16 bits as the A operands of what follows.
         uint32_t pk_p[Sdp::MT][Sdp::NT][2], pk_ds[Sdp::MT][Sdp::NT][2];
         const bool masked = qt < whole_lo || qt > whole_hi;
@@ -445,6 +481,16 @@ __global__ void __launch_bounds__(Tr::kThreads)
               moff = mask_row_offset(p, b, h0 + h, m0 + row);
               if (masked) band = on_mask([&](const FwdParams& mp) { return visible_keys(m0 + row, mp); });
             }
+            // Dropout: M dP (M = the keep mask times 1 / (1 - p)) in place, before dS is taken.
+            auto drop_apply = [&](float(&x)[Sdp::NT][4]) {
+#pragma unroll
+              for (int nt = 0; nt < Sdp::NT; ++nt)
+#pragma unroll
+                for (int c = 0; c < 2; ++c)
+                  x[nt][2 * r + c] = drop.apply(x[nt][2 * r + c], keep[mt], nt, 2 * r + c);
+            };
+            if constexpr (kMod)
+              if (drop.on) drop_apply(tile.dp[mt]);
 #pragma unroll
             for (int nt = 0; nt < Sdp::NT; ++nt)
 #pragma unroll
@@ -465,6 +511,8 @@ __global__ void __launch_bounds__(Tr::kThreads)
                 tile.dp[mt][nt][2 * r + c] = ds * ds_dx;
                 tile.s[mt][nt][2 * r + c] = pt;
               }
+            if constexpr (kMod)
+              if (drop.on) drop_apply(tile.s[mt]);  // P * M, for dV
             if (masked) {  // a masked pair gets P = dS = 0, also in a row whose statistics are NaN
               const KeyRange kr = on_mask([&](const FwdParams& mp) { return visible_keys(m0 + row, mp); });
 #pragma unroll

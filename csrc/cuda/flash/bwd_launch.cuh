@@ -35,6 +35,9 @@ void run_backward_tiles(const BwdParams& bp, float* stats, float* dq_accum, Stre
   const ScoreMods mods = kMod ? ScoreMods::of(p, p.scale_log2) : ScoreMods{};
   // MaskRefs::of announces the mask's buffers to the emulator's next launch: built per launch.
   const auto mask_refs = [&] { return kMod ? MaskRefs::of(p, &bp) : MaskRefs{}; };
+  // Dropout: its keys and threshold, and the forward's output for delta = dO . O.
+  const Dropout drop = kMod ? Dropout::of(p) : Dropout{};
+  const gptr<const T> out = drop.on ? q_like(p.out, p.o_batch_stride, p.o_row_stride, p.o_head_stride) : gptr<const T>{};
   launch("flash_bwd_row_stats", bwd_row_stats<Tr, kSeqs, kMod>,
          LaunchConfig{stats_grid, dim3(Tr::kThreads), Tr::kSmemStatsBytes, stream}, bp, w,
          q_like(p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride),
@@ -43,7 +46,7 @@ void run_backward_tiles(const BwdParams& bp, float* stats, float* dq_accum, Stre
          q_like(bp.dout, bp.do_batch_stride, bp.do_row_stride, bp.do_head_stride),
          gbuf(static_cast<const float*>(p.lse), lse_extent),
          gbuf(static_cast<const float*>(bp.dlse), bp.dlse ? lse_extent : 0), gbuf(stats, 4 * rows), gbuf(dq_accum, accum),
-         seq_buffers(p), mods, slopes, mask_refs());
+         seq_buffers(p), mods, slopes, mask_refs(), drop, out);
 
   const int64_t key_blocks = (p.seqlen_k + Tr::kBlockN - 1) / Tr::kBlockN;
   const dim3 grid(unsigned(bp.deterministic ? w.splits : key_blocks), unsigned(p.heads_kv), unsigned(p.batch));
@@ -55,7 +58,7 @@ void run_backward_tiles(const BwdParams& bp, float* stats, float* dq_accum, Stre
          gbuf(static_cast<const float*>(stats), 4 * rows), gbuf(dq_accum, accum),
          gbuf(static_cast<T*>(bp.dk), extent(bp.dk_batch_stride, bp.dk_row_stride, bp.dk_head_stride, kb, kr, p.heads_kv, d)),
          gbuf(static_cast<T*>(bp.dv), extent(bp.dv_batch_stride, bp.dv_row_stride, bp.dv_head_stride, kb, kr, p.heads_kv, d)),
-         seq_buffers(p), mods, slopes, mask_refs());
+         seq_buffers(p), mods, slopes, mask_refs(), drop);
 
   const dim3 row_grid(unsigned((p.seqlen_q + 15) / 16), unsigned(p.heads_q), unsigned(p.batch));
   launch("flash_bwd_convert_dq", bwd_convert_dq<T, Tr::kHeadDim, kSeqs>,
@@ -68,21 +71,23 @@ void run_backward_tiles(const BwdParams& bp, float* stats, float* dq_accum, Stre
 // sequences (uses_seqs) run the small tier's tiles on every device: the variable-length
 // instances hold the sequence's offsets and lengths in registers, and with the large tiles ptxas
 // spilled 4 to 16 bytes (D = 32, 96, 256 on sm_90). Softcap and ALiBi run in the variable-length
-// instances only (their kMod variant), for dense calls too, and so do explicit masks.
+// instances only (their kMod variant), for dense calls too, and so do explicit masks and dropout.
 template <class T, int HeadDim>
 void run_backward(const BwdParams& bp, float* stats, float* dq_accum, Stream stream) {
   using Large = BwdTraits<T, HeadDim, false>;
   using Small = BwdTraits<T, HeadDim, bwd_has_small_tier(HeadDim)>;
+  using Features = BwdTraits<T, HeadDim, bwd_has_small_tier(HeadDim), true>;  // the kMod instances' tiles
   const std::size_t limit = max_dynamic_smem();
-  const bool mods = has_score_mod(bp.fwd) || has_attn_mask(bp.fwd), seqs = mods || uses_seqs(bp.fwd);
+  const bool mods = has_score_mod(bp.fwd) || has_attn_mask(bp.fwd) || has_dropout(bp.fwd), seqs = mods || uses_seqs(bp.fwd);
   if (!seqs && Large::kSmemBytes <= limit) return run_backward_tiles<Large, false>(bp, stats, dq_accum, stream);
-  if (Small::kSmemBytes <= limit) {
-    if (mods) return run_backward_tiles<Small, true, true>(bp, stats, dq_accum, stream);
+  if (mods && Features::kSmemBytes <= limit) return run_backward_tiles<Features, true, true>(bp, stats, dq_accum, stream);
+  if (!mods && Small::kSmemBytes <= limit) {
     if (seqs) return run_backward_tiles<Small, true>(bp, stats, dq_accum, stream);
     if constexpr (bwd_has_small_tier(HeadDim)) return run_backward_tiles<Small, false>(bp, stats, dq_accum, stream);
   }
+  const std::size_t need = mods ? Features::kSmemBytes : Small::kSmemBytes;
   throw std::invalid_argument("head_dim " + std::to_string(HeadDim) + ": the CUDA backward needs " +
-                              std::to_string(Small::kSmemBytes) + " bytes of shared memory per block; this GPU allows " +
+                              std::to_string(need) + " bytes of shared memory per block; this GPU allows " +
                               std::to_string(limit));
 }
 

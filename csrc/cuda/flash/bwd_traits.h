@@ -48,11 +48,21 @@ namespace fae::cuda {
 //   224  small  32x32    4      2x2   2x2    2x2  1        65024
 //   256  large  64x64    8      4x2   2x4    1x8  1       154624
 //   256  small  32x32    4      2x2   2x2    2x2  1        73216  dQ in 2 passes
+//   256  feat.  64x16    4      4x1   1x4    4x1  1        91648  dQ in 4 passes
+// The feature instances (softcap, ALiBi, explicit masks, dropout: the variable-length kMod ones,
+// which run on the small tier's tiles on every device) take the small tier's row but at D = 256:
+// with 32x32 tiles a thread holds 128 dK/dV accumulators, the instance sat at 255 registers, and
+// dropout's code made ptxas spill (bf16, sm_80 / sm_90 bytes): the P and dS loop compiled with and
+// without dropout 12 / 24; one loop applying the keep multipliers always 4 / 36; M applied to dP
+// and P in passes of their own 4 / 36 (32 with the Philox calls replaced by a constant); that with
+// dQ in 4 passes 4 / 40. 16 keys per block halve the accumulators (64 per thread): 255 registers,
+// no spill on either.
 struct BwdTile {
   int block_m, block_n, warps, sdp_warps_m, kv_warps_n, dq_warps_m, stages, dq_passes = 1;
 };
 
-constexpr BwdTile bwd_tile(int head_dim, bool small_smem) {
+constexpr BwdTile bwd_tile(int head_dim, bool small_smem, bool features = false) {
+  if (features && head_dim == 256) return BwdTile{64, 16, 4, 4, 1, 4, 1, 4};
   switch (head_dim) {
     case 32: return small_smem ? BwdTile{64, 128, 8, 2, 4, 4, 2} : BwdTile{128, 128, 8, 2, 4, 4, 2};
     case 64: return small_smem ? BwdTile{64, 128, 8, 2, 4, 2, 1} : BwdTile{64, 128, 8, 2, 4, 2, 2};
@@ -98,10 +108,11 @@ inline BwdWork bwd_work(const BwdParams& bp) {
   return {rows, p.batch * p.heads_q * rows * p.head_dim, int(splits < 1 ? 1 : splits)};
 }
 
-template <class T, int HeadDim, bool SmallSmem = false>
+// Features: the tiles of the feature (kMod) instances, bwd_tile(HeadDim, SmallSmem, true).
+template <class T, int HeadDim, bool SmallSmem = false, bool Features = false>
 struct BwdTraits {
   using Element = T;
-  static constexpr BwdTile kTile = bwd_tile(HeadDim, SmallSmem);
+  static constexpr BwdTile kTile = bwd_tile(HeadDim, SmallSmem, Features);
   static constexpr bool kSmallSmem = SmallSmem;
   static constexpr int kHeadDim = HeadDim;
   static constexpr int kWarps = kTile.warps;

@@ -14,10 +14,12 @@
 // of a row tile takes split x % num_splits of the key tiles and writes a normalised partial O and
 // its log2-domain lse to split_workspace for the combine kernel (split_kv.cuh). The dense kernel
 // compiles none of this.
-// Softcap, ALiBi (kMod, score_mod.cuh) and explicit masks (attn_mask.cuh) run in
-// flash_fwd_seqs_kernel only (a dense call is one with no sequence arrays): the S accumulators
-// become log2-domain scores right after Q.K^T, then take the explicit mask, then the band mask,
-// and the softmax then takes them with factor 1.
+// Softcap, ALiBi (kMod, score_mod.cuh), explicit masks (attn_mask.cuh) and dropout (dropout.cuh)
+// run in flash_fwd_seqs_kernel only (a dense call is one with no sequence arrays): the S
+// accumulators become log2-domain scores right after Q.K^T, then take the explicit mask, then the
+// band mask, and the softmax then takes them with factor 1. Dropout multiplies the probabilities
+// by the keep mask times 1 / (1 - p) after the row sums took them (lse is the undropped
+// softmax's) and before P.V.
 #pragma once
 
 #include <type_traits>
@@ -27,6 +29,7 @@
 #include "common/seqlens.h"
 #include "cuda/flash/attn_mask.cuh"
 #include "cuda/flash/common.cuh"
+#include "cuda/flash/dropout.cuh"
 #include "cuda/flash/fwd_traits.h"
 #include "cuda/flash/score_mod.cuh"
 #include "cuda/flash/split_kv.cuh"
@@ -56,7 +59,8 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
                                           gptr<const typename Tr::Element> k, gptr<const typename Tr::Element> v,
                                           gptr<typename Tr::Element> o, gptr<float> lse,
                                           const SeqArrays<gptr<const int32_t>>& sa, gptr<float> split_out,
-                                          const ScoreMods& mods, gptr<const float> slopes, const MaskRefs& am) {
+                                          const ScoreMods& mods, gptr<const float> slopes, const MaskRefs& am,
+                                          const Dropout& drop) {
   static_assert(kSeqs || !kMod, "score mods run in the variable-length kernel");
   using T = typename Tr::Element;
   constexpr int MT = Tr::kMTiles, BM = Tr::kBlockM, BN = Tr::kBlockN, LD = Tr::kRowStride;
@@ -272,23 +276,37 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
       if (prefetch) copy_kv(masked_tag, sK, kt, kh, p.k_batch_stride, p.k_row_stride, next);
       cp_async_commit();
 
-#pragma unroll
-      for (int kk = 0; kk < Tr::kKStepsPV; ++kk) {
-        // P = exp2(s * c - base) (one FFMA and one MUFU per score) for keys kk*16 .. kk*16+15: the S
-        // accumulators of n8 tiles 2kk and 2kk+1 are exactly the A fragment of P for them,
-        // rounded to the input type.
-        uint32_t a[MT][4];
+      // Dropout: the keep bits of this thread's scores of the tile (one word per m16 tile).
+      [[maybe_unused]] uint32_t keep[MT];
+      if constexpr (kMod)
+        if (drop.on) drop.bits<MT, NS>(keep, b, h, m0 + wrow + g, int64_t(j) * BN + 2 * t);
+      // P = exp2(s * c - base) (one FFMA and one MUFU per score) for keys kk*16 .. kk*16+15: the S
+      // accumulators of n8 tiles 2kk and 2kk+1 are exactly the A fragment of P for them,
+      // rounded to the input type; with dropout, times the keep multipliers after the row sums.
+      auto p_frags = [&](bool dropping, uint32_t(&a)[MT][4], int kk) {
 #pragma unroll
         for (int mi = 0; mi < MT; ++mi)
 #pragma unroll
           for (int i = 0; i < 4; ++i) {
             const int hh = i % 2;
             const float(&x)[4] = s[mi][2 * kk + i / 2];
-            const float p0 = fast_exp2(fmaf(x[2 * hh], c, -base[mi][hh]));
-            const float p1 = fast_exp2(fmaf(x[2 * hh + 1], c, -base[mi][hh]));
+            float p0 = fast_exp2(fmaf(x[2 * hh], c, -base[mi][hh]));
+            float p1 = fast_exp2(fmaf(x[2 * hh + 1], c, -base[mi][hh]));
             row_sum[mi][hh] += p0 + p1;
+            if (kMod && dropping) {
+              p0 = drop.apply(p0, keep[mi], 2 * kk + i / 2, 2 * hh);
+              p1 = drop.apply(p1, keep[mi], 2 * kk + i / 2, 2 * hh + 1);
+            }
             a[mi][i] = pack2<T>(p0, p1);
           }
+      };
+#pragma unroll
+      for (int kk = 0; kk < Tr::kKStepsPV; ++kk) {
+        uint32_t a[MT][4];
+        if (kMod && drop.on)  // a block-uniform branch; the plain instances compile the second only
+          p_frags(true, a, kk);
+        else
+          p_frags(false, a, kk);
 #pragma unroll
         for (int np = 0; np < NO / 2; ++np) {
           uint32_t b0[2], b1[2];  // d columns np*16 + [0, 8) and + [8, 16)
@@ -362,7 +380,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
     flash_fwd_kernel(FwdParams p, ScoreScale sc, gptr<const typename Tr::Element> q, gptr<const typename Tr::Element> k,
                      gptr<const typename Tr::Element> v, gptr<typename Tr::Element> o, gptr<float> lse) {
   fwd_block<Tr, false, false>(p, sc, q, k, v, o, lse, SeqArrays<gptr<const int32_t>>{}, gptr<float>{}, ScoreMods{},
-                              gptr<const float>{}, MaskRefs{});
+                              gptr<const float>{}, MaskRefs{}, Dropout{});
 }
 
 // The kMod instance asks for 2 blocks per SM (minBlocks 0 = unspecified for the plain one): left
@@ -373,8 +391,9 @@ __global__ void __launch_bounds__(Tr::kThreads, kMod ? 2 : 0)
     flash_fwd_seqs_kernel(FwdParams p, ScoreScale sc, gptr<const typename Tr::Element> q,
                           gptr<const typename Tr::Element> k, gptr<const typename Tr::Element> v,
                           gptr<typename Tr::Element> o, gptr<float> lse, SeqArrays<gptr<const int32_t>> sa,
-                          gptr<float> split_out, ScoreMods mods, gptr<const float> slopes, MaskRefs am) {
-  fwd_block<Tr, true, kMod>(p, sc, q, k, v, o, lse, sa, split_out, mods, slopes, am);
+                          gptr<float> split_out, ScoreMods mods, gptr<const float> slopes, MaskRefs am,
+                          Dropout drop) {
+  fwd_block<Tr, true, kMod>(p, sc, q, k, v, o, lse, sa, split_out, mods, slopes, am, drop);
 }
 
 }  // namespace fae::cuda

@@ -24,8 +24,8 @@ template <class Tr>
 void launch_forward(const FwdParams& p, Stream stream) {
   using T = typename Tr::Element;
   using Ts = SeqsConfig<Tr>;
-  // Score mods and explicit masks run in the seqs kernel's kMod instance only.
-  const bool mods = has_score_mod(p) || has_attn_mask(p), seqs = mods || uses_seqs(p);
+  // Score mods, explicit masks and dropout run in the seqs kernel's kMod instance only.
+  const bool mods = has_score_mod(p) || has_attn_mask(p) || has_dropout(p), seqs = mods || uses_seqs(p);
   const int nsplit = p.num_splits > 1 ? p.num_splits : 1, bm = seqs ? Ts::kBlockM : Tr::kBlockM;
   const int64_t m_blocks = (p.seqlen_q + bm - 1) / bm;
   const dim3 grid(unsigned(m_blocks * nsplit), unsigned(p.heads_q), unsigned(p.batch));
@@ -53,10 +53,11 @@ void launch_forward(const FwdParams& p, Stream stream) {
   const LaunchConfig cfg{grid, dim3(Ts::kThreads), Ts::kSmemBytes, stream};
   if (mods)
     launch("flash_fwd_seqs_mod", flash_fwd_seqs_kernel<Ts, true>, cfg, p, sc, q, k, v, o, lse, seq_buffers(p),
-           gbuf(p.split_workspace, parts), ScoreMods::of(p, sc.factor), alibi_buffer(p), MaskRefs::of(p));
+           gbuf(p.split_workspace, parts), ScoreMods::of(p, sc.factor), alibi_buffer(p), MaskRefs::of(p),
+           Dropout::of(p));
   else
     launch("flash_fwd_seqs", flash_fwd_seqs_kernel<Ts, false>, cfg, p, sc, q, k, v, o, lse, seq_buffers(p),
-           gbuf(p.split_workspace, parts), ScoreMods{}, gptr<const float>{}, MaskRefs{});
+           gbuf(p.split_workspace, parts), ScoreMods{}, gptr<const float>{}, MaskRefs{}, Dropout{});
   if (nsplit == 1) return;
   const dim3 cgrid(unsigned((p.seqlen_q + kCombineRows - 1) / kCombineRows), unsigned(p.heads_q), unsigned(p.batch));
   launch("flash_fwd_combine", flash_fwd_combine_kernel<T>, LaunchConfig{cgrid, dim3(kCombineThreads), 0, stream}, p,
