@@ -92,6 +92,22 @@ def test_near_one_hot_rows(backend, gen, dtype):
         _check_backward(*_inputs(gen, *shape, dtype, q_scale=30.0), causal=True)
 
 
+@pytest.mark.parametrize("dtype", [F32, BF16, F16], ids=str)
+def test_all_scores_very_negative_few_keys(backend, gen, dtype):
+    """Every score of a row near -100 (q pointing away from every key) and a key count that leaves
+    most of a key tile empty: lse is very negative, so anything the kernels compute past the last
+    key from a zero score is exp(+100)-sized; it must never reach the gradients (a tiled dQ once
+    multiplied such entries by zero padding: dq came out NaN)."""
+    needs_kernel(backend, dtype, backward=True, head_dim=64)
+    for sk in (3, 17, 33):
+        base = randn(gen, 64, dtype=torch.float64)  # every key near base, q near -c * base
+        k = (base + 0.1 * randn(gen, 2, sk, 1, 64, dtype=torch.float64)).to(dtype).requires_grad_()
+        c = 100.0 * 64 ** 0.5 / base.square().sum()
+        q = (-c * base + 0.1 * randn(gen, 2, 24, 2, 64, dtype=torch.float64)).to(dtype).requires_grad_()
+        v, dout = randn(gen, 2, sk, 1, 64, dtype=dtype).requires_grad_(), randn(gen, 2, 24, 2, 64, dtype=dtype)
+        _check_backward(q, k, v, dout)
+
+
 def test_large_logits_float32(backend, gen):
     """float32 with |logit| >= 50 on many pairs, rows nearly one-hot, 32 draws. The rounding of
     logits of hundreds is amplified in the gradients beyond the absolute float32 tolerance: at

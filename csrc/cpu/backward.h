@@ -330,9 +330,12 @@ struct Backward {
       if (dq == nullptr) return;
       float* dsr = pb + nqh * D;            // nq16 x ldp / 2: dS rows as bfloat16
       float* dqb = dsr + nq16 * (ldp / 2);  // nq16 x D: this tile's dQ
-      for (int64_t r = 0; r < nq16; ++r) {
+      for (int64_t r = 0; r < nq16; ++r) {  // keys past nk are zero: dS there is any number, even inf
         bf16* row = reinterpret_cast<bf16*>(dsr + r * (ldp / 2));
-        for (int64_t j = 0; j < ldp; j += W) V::store_cvt(row + j, r < nq ? V::load(dp + r * ldp + j) : V::zero(), W);
+        for (int64_t j = 0; j < ldp; j += W) {
+          const int n = int(std::clamp<int64_t>(nk - j, 0, W));
+          V::store_cvt(row + j, r < nq && n > 0 ? V::loadn(dp + r * ldp + j, n) : V::zero(), W);
+        }
       }
       amx_gemm<Amx>(nq16, D, AmxGemm{reinterpret_cast<const char*>(dsr), (ldp / 2) * 4, kp, D, dqb, D, nkh, false});
       for (int64_t r = 0; r < nq; ++r)

@@ -121,8 +121,11 @@ struct Forward {
     const int64_t pw = narrow ? ncolp : std::min<int64_t>(V::NV * W, ncolp);
     const Panels pn{pw, ncolp, round_up(ncolp, pw)};
     const int64_t na = pn.ncola;
-    const bool pairs = kPairs && !narrow;  // then qt holds pairs: (D + 1) / 2 rows
-    const bool amx = kAmx && pairs && D % (2 * kAmxRows) == 0 && bk % (2 * kAmxRows) == 0;
+    // With AMX, shapes the tiles cannot take run on float32 FMAs: vdpbf16ps ran at half their rate
+    // on the Xeon this was measured on (bench/README.md), so the pair path would be slower there.
+    const bool amx_shape = D % (2 * kAmxRows) == 0 && bk % (2 * kAmxRows) == 0;
+    const bool pairs = kPairs && !narrow && (!kAmx || amx_shape);  // then qt holds pairs: (D + 1) / 2 rows
+    const bool amx = kAmx && pairs;
     const AmxTiles<Amx> tiles_in_use(amx);
     // Pair path without score transforms: scores stay unscaled (no pass over the tile); the max is
     // scaled and the exponent takes scores times scale_log2 in one fma.
