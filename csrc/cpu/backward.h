@@ -69,8 +69,9 @@ struct Backward {
   float* lse2 = nullptr;    // (b, hq, row): lse2_for_backward(lse)
 
   explicit Backward(const BwdParams& prm)
-      : bp(prm), p(prm.fwd), D(p.head_dim), group(p.heads_q / p.heads_kv), bq(tile_sizes(p.dtype, p.head_dim).bwd_bq),
-        bk(tile_sizes(p.dtype, p.head_dim).bwd_bk), ldp(round_up(bk, W)), sm(p), mods(has_score_mod(p) || has_attn_mask(p)),
+      : bp(prm), p(prm.fwd), D(p.head_dim), group(p.heads_q / p.heads_kv),
+        bq(tile_sizes(p.dtype, p.head_dim, kAmx && p.head_dim % 32 == 0).bwd_bq),
+        bk(tile_sizes(p.dtype, p.head_dim, kAmx && p.head_dim % 32 == 0).bwd_bk), ldp(round_up(bk, W)), sm(p), mods(has_score_mod(p) || has_attn_mask(p)),
         drop(has_dropout(p)), amx(kAmx && D % 32 == 0 && bk % 32 == 0 && bq % 16 == 0), Sq(p.seqlen_q),
         qtiles(p.batch, [&](int64_t b) { return p.heads_q * ceil_div(sequence(p, b).seqlen_q, bq); }) {
     const int64_t heads = p.batch * p.heads_kv, key_tiles = ceil_div(p.seqlen_k, bk);

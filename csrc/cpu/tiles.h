@@ -36,8 +36,12 @@ struct TileSizes {
 };
 #define FAE_CPU_STRING(x) FAE_CPU_STRING2(x)
 #define FAE_CPU_STRING2(x) #x
-inline TileSizes tile_sizes(DType dtype, int64_t head_dim) {
-  TileShape f = kFwdTileCandidates[0], b = kBwdTileCandidates[0];
+// The bfloat16 backward on AMX tiles (amx: backward.h's tile path) starts from 48 x 128 instead:
+// Intel Xeon with AMX (bench/README.md), 1 thread, S = 2048, H = 8, backward GFLOP/s: D = 64 246
+// vs 223 (48 x 64), 237 (96 x 64), 219 (32 x 64); D = 128 305 vs 269, 313, 258 (48 x 64: a
+// third of the P^T and dS^T pair rows of its dV and dK products were padding).
+inline TileSizes tile_sizes(DType dtype, int64_t head_dim, bool amx = false) {
+  TileShape f = kFwdTileCandidates[0], b = kBwdTileCandidates[amx ? 2 : 0];
   tuned_tile(FAE_CPU_STRING(FAE_CPU_ISA), dtype, head_dim, false, f);
   tuned_tile(FAE_CPU_STRING(FAE_CPU_ISA), dtype, head_dim, true, b);
   return {f.bq, f.bk, b.bq, b.bk};
