@@ -171,48 +171,58 @@ void amx_gemm(int64_t M, int64_t N, const AmxGemm& g) {
 }
 
 // Operand packing for the tile products (V a vector type of vec.h; counts are multiples of W).
+// out[c * ldo + r] = lane c - c0 of row(r, c0) for r < nr and c < nc: rows of W lanes turned into
+// columns, W x W blocks at a time in registers.
+template <class V, class Row>
+void store_transposed(int64_t nr, int64_t nc, const Row& row, float* out, int64_t ldo) {
+  constexpr int W = V::W;
+  for (int64_t r0 = 0; r0 < nr; r0 += W)
+    for (int64_t c0 = 0; c0 < nc; c0 += W) {
+      typename V::R v[W];
+      for (int i = 0; i < W; ++i) v[i] = row(r0 + i, c0);
+      V::transpose(v);
+      for (int i = 0; i < W; ++i) V::store(out + (c0 + i) * ldo + r0, v[i]);
+    }
+}
+
 // The words (bfloat16 pairs along a row) of rows [0, n) of x (row stride xs elements), transposed:
 // out[w * ldo + r] = word w of row r, for w < nw and r < nr; rows n .. nr - 1 read as zero.
 template <class V>
 void pack_words_t(const bf16* x, int64_t xs, int64_t n, int64_t nr, int64_t nw, float* out, int64_t ldo) {
-  constexpr int W = V::W;
-  for (int64_t r0 = 0; r0 < nr; r0 += W)
-    for (int64_t w0 = 0; w0 < nw; w0 += W) {
-      typename V::R v[W];
-      for (int i = 0; i < W; ++i)
-        v[i] = r0 + i < n ? V::load(reinterpret_cast<const float*>(x + (r0 + i) * xs) + w0) : V::zero();
-      V::transpose(v);
-      for (int i = 0; i < W; ++i) V::store(out + (w0 + i) * ldo + r0, v[i]);
-    }
+  store_transposed<V>(nr, nw, [&](int64_t r, int64_t w0) {
+    return r < n ? V::load(reinterpret_cast<const float*>(x + r * xs) + w0) : V::zero();
+  }, out, ldo);
 }
 
-// Pairs of rows of x: out[rp * d + e] = (x[2 rp][e], x[2 rp + 1][e]) for rp < np and e < d, rows
-// past n - 1 zero.
+// Pairs of rows of x as words: W of them from column e, (x[2 rp][e + i], x[2 rp + 1][e + i]),
+// zero past row n - 1.
+template <class V>
+typename V::R row_pair(const bf16* x, int64_t xs, int64_t n, int64_t rp, int64_t e) {
+  const bf16* a = x + 2 * rp * xs + e;
+  return 2 * rp >= n ? V::zero() : V::pairs_bf16(a, 2 * rp + 1 < n ? a + xs : nullptr, V::W);
+}
+
+// out[rp * d + e] = (x[2 rp][e], x[2 rp + 1][e]) for rp < np and e < d, rows past n - 1 zero.
 template <class V>
 void pack_row_pairs(const bf16* x, int64_t xs, int64_t n, int64_t np, int64_t d, float* out) {
   for (int64_t rp = 0; rp < np; ++rp)
-    for (int64_t e = 0; e < d; e += V::W) {
-      const bf16* a = x + 2 * rp * xs + e;
-      V::store(out + rp * d + e, 2 * rp >= n ? V::zero() : V::pairs_bf16(a, 2 * rp + 1 < n ? a + xs : nullptr, V::W));
-    }
+    for (int64_t e = 0; e < d; e += V::W) V::store(out + rp * d + e, row_pair<V>(x, xs, n, rp, e));
+}
+
+// The same pairs transposed: out[e * ldo + rp] for e < d and rp < np.
+template <class V>
+void pack_row_pairs_t(const bf16* x, int64_t xs, int64_t n, int64_t np, int64_t d, float* out, int64_t ldo) {
+  store_transposed<V>(np, d, [&](int64_t rp, int64_t e) { return row_pair<V>(x, xs, n, rp, e); }, out, ldo);
 }
 
 // Pairs of float rows of y (row stride ly) rounded to bfloat16 and transposed: out[c * ldo + rp] =
 // (y[2 rp][c], y[2 rp + 1][c]) for c < m and rp < np, rows past n - 1 zero.
 template <class V>
 void pack_pairs_t(const float* y, int64_t ly, int64_t n, int64_t np, int64_t m, float* out, int64_t ldo) {
-  constexpr int W = V::W;
-  for (int64_t rp0 = 0; rp0 < np; rp0 += W)
-    for (int64_t c0 = 0; c0 < m; c0 += W) {
-      typename V::R v[W];
-      for (int i = 0; i < W; ++i) {
-        const int64_t r = 2 * (rp0 + i);
-        v[i] = r >= n ? V::zero()
-                      : V::pairs(V::load(y + r * ly + c0), r + 1 < n ? V::load(y + (r + 1) * ly + c0) : V::zero());
-      }
-      V::transpose(v);
-      for (int i = 0; i < W; ++i) V::store(out + (c0 + i) * ldo + rp0, v[i]);
-    }
+  store_transposed<V>(np, m, [&](int64_t rp, int64_t c0) {
+    const int64_t r = 2 * rp;
+    return r >= n ? V::zero() : V::pairs(V::load(y + r * ly + c0), r + 1 < n ? V::load(y + (r + 1) * ly + c0) : V::zero());
+  }, out, ldo);
 }
 
 // Tiles configured for the lifetime of this object when `use` (one forward task).

@@ -392,25 +392,11 @@ struct Forward {
   }
 
   // Tile path: V^T as pairs of keys, vbuf[d * np16 + j / 2] = (V[j][d], V[j + 1][d]), np16 the pair
-  // count rounded up to a whole tile row, zero after the last key: pairs of W rows are formed as
-  // in pack_v_pairs and W x W blocks of them transposed in registers.
+  // count rounded up to a whole tile row, zero after the last key.
   void pack_vt_pairs(const T* vt, int64_t nk, float* vbuf) const {
     if constexpr (kAmx) {
-      const int64_t np = (nk + 1) / 2, np16 = round_up(np, kAmxRows);
-      for (int64_t j0 = 0; j0 < np16; j0 += W)
-        for (int64_t d0 = 0; d0 < D; d0 += W) {
-          R x[W];
-          for (int64_t i = 0; i < W; ++i) {
-            const int64_t j = 2 * (j0 + i);
-            x[i] = V::zero();
-            if (j < nk) {
-              const T* e = vt + j * p.v_row_stride + d0;
-              x[i] = V::pairs_bf16(e, j + 1 < nk ? e + p.v_row_stride : nullptr, W);
-            }
-          }
-          V::transpose(x);
-          for (int64_t i = 0; i < W; ++i) V::store(vbuf + (d0 + i) * np16 + j0, x[i]);
-        }
+      const int64_t np16 = round_up((nk + 1) / 2, kAmxRows);
+      pack_row_pairs_t<V>(vt, p.v_row_stride, nk, np16, D, vbuf, np16);
     }
   }
 
