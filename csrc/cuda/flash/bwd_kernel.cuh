@@ -472,15 +472,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
           for (int r = 0; r < 2; ++r) {
             const int row = wm * Tr::kSdpM + mt * 16 + g + 8 * r;
             const float4 st = ptr_cast<float4>(cSt)[row];  // lse2, 1 / psum, delta
-            // Explicit masks: this row's mask offset, whether it is a row of the sequence, and
-            // the keys the band lets through (where dmask is written).
             [[maybe_unused]] const bool row_in = m0 + row < seqlen_q();
-            [[maybe_unused]] int64_t moff = 0;
-            [[maybe_unused]] KeyRange band{0, seqlen_k() - 1};
-            if constexpr (kMod) {
-              moff = mask_row_offset(p, b, h0 + h, m0 + row);
-              if (masked) band = on_mask([&](const FwdParams& mp) { return visible_keys(m0 + row, mp); });
-            }
             // Dropout: M dP (M = the keep mask times 1 / (1 - p)) in place, before dS is taken.
             auto drop_apply = [&](float(&x)[Sdp::NT][4]) {
 #pragma unroll
@@ -489,30 +481,63 @@ __global__ void __launch_bounds__(Tr::kThreads)
                 for (int c = 0; c < 2; ++c)
                   x[nt][2 * r + c] = drop.apply(x[nt][2 * r + c], keep[mt], nt, 2 * r + c);
             };
-            if constexpr (kMod)
+            // Each feature in a block-uniform pass of its own over the row's elements (the key of
+            // column nt * 8 + c is key0 + nt * 8 + c), so a call pays only for those it uses.
+            [[maybe_unused]] const int64_t key0 = n0 + wn * Tr::kSdpN + 2 * t;
+            [[maybe_unused]] float ds_dx[Sdp::NT][2];  // the softcap's 1 - tanh^2, from the capped S
+            if constexpr (kMod) {
               if (drop.on) drop_apply(tile.dp[mt]);
+              if (mods.cap2 > 0.0f)
+#pragma unroll
+                for (int nt = 0; nt < Sdp::NT; ++nt)
+#pragma unroll
+                  for (int c = 0; c < 2; ++c) ds_dx[nt][c] = mods.grad(tile.s[mt][nt][2 * r + c]);
+              if (mods.alibi)
+#pragma unroll
+                for (int nt = 0; nt < Sdp::NT; ++nt)
+#pragma unroll
+                  for (int c = 0; c < 2; ++c)
+                    tile.s[mt][nt][2 * r + c] =
+                        ScoreMods::bias(tile.s[mt][nt][2 * r + c], slope2, pos0 + mt * 16 + 8 * r, 2 * t + nt * 8 + c);
+              if (p.attn_mask != nullptr && row_in) {  // keys past Sk are not read (masked tiles zero them)
+                const int64_t at = mask_row_offset(p, b, h0 + h, m0 + row) + key0 * p.mask_col_stride;
+                const int keys = int(min64(seqlen_k() - key0, Sdp::NT * 8));
+#pragma unroll
+                for (int nt = 0; nt < Sdp::NT; ++nt)
+#pragma unroll
+                  for (int c = 0; c < 2; ++c)
+                    if (nt * 8 + c < keys) tile.s[mt][nt][2 * r + c] += am.value(p, at + (nt * 8 + c) * p.mask_col_stride);
+              }
+            }
+            // P = P' / psum and dS = P (dP - delta) (M dP with dropout).
 #pragma unroll
             for (int nt = 0; nt < Sdp::NT; ++nt)
 #pragma unroll
               for (int c = 0; c < 2; ++c) {
-                float x = tile.s[mt][nt][2 * r + c], ds_dx = 1.0f;
-                [[maybe_unused]] const int64_t key = n0 + wn * Tr::kSdpN + nt * 8 + 2 * t + c;
-                if constexpr (kMod) {
-                  ds_dx = mods.grad(x);
-                  x = ScoreMods::bias(x, slope2, pos0 + mt * 16 + 8 * r, 2 * t + nt * 8 + c);
-                  if (p.attn_mask != nullptr && row_in && key < seqlen_k())
-                    x += am.value(p, moff + key * p.mask_col_stride);
-                }
-                const float pt = unnormalised_p(x, kMod ? 1.0f : p.scale_log2, st.x) * st.y;
-                const float ds = pt * (tile.dp[mt][nt][2 * r + c] - st.z);
-                if constexpr (kMod)
-                  if (bp.dmask != nullptr && row_in && key >= band.lo && key <= band.hi)
-                    am.store_grad(bp, b, h0 + h, m0 + row, key, ds);
-                tile.dp[mt][nt][2 * r + c] = ds * ds_dx;
+                const float pt = unnormalised_p(tile.s[mt][nt][2 * r + c], kMod ? 1.0f : p.scale_log2, st.x) * st.y;
+                tile.dp[mt][nt][2 * r + c] = pt * (tile.dp[mt][nt][2 * r + c] - st.z);
                 tile.s[mt][nt][2 * r + c] = pt;
               }
-            if constexpr (kMod)
+            if constexpr (kMod) {
+              if (bp.dmask != nullptr && row_in) {  // the mask's gradient where the band lets a pair through
+                KeyRange band{0, seqlen_k() - 1};
+                if (masked) band = on_mask([&](const FwdParams& mp) { return visible_keys(m0 + row, mp); });
+#pragma unroll
+                for (int nt = 0; nt < Sdp::NT; ++nt)
+#pragma unroll
+                  for (int c = 0; c < 2; ++c) {
+                    const int64_t key = key0 + nt * 8 + c;
+                    if (key >= band.lo && key <= band.hi)
+                      am.store_grad(bp, b, h0 + h, m0 + row, key, tile.dp[mt][nt][2 * r + c]);
+                  }
+              }
+              if (mods.cap2 > 0.0f)
+#pragma unroll
+                for (int nt = 0; nt < Sdp::NT; ++nt)
+#pragma unroll
+                  for (int c = 0; c < 2; ++c) tile.dp[mt][nt][2 * r + c] *= ds_dx[nt][c];
               if (drop.on) drop_apply(tile.s[mt]);  // P * M, for dV
+            }
             if (masked) {  // a masked pair gets P = dS = 0, also in a row whose statistics are NaN
               const KeyRange kr = on_mask([&](const FwdParams& mp) { return visible_keys(m0 + row, mp); });
 #pragma unroll
