@@ -792,12 +792,16 @@ def is_mask_access(ins: Instr) -> bool:  # the explicit mask's read-only loads a
     return ".CONSTANT" in ins.op or ins.base == "STG"
 
 
-def is_score_mod(ins: Instr) -> bool:  # softcap's tanh reciprocal, ALiBi's distance conversion
-    return ins.op.startswith(("MUFU.RCP", "I2F"))
+def is_softcap_grad(ins: Instr) -> bool:  # the backward's 1 - tanh^2 (FFMA t, -x, x, 1 from x = capped / cap)
+    return ins.base == "FFMA" and re.search(r"-(R\d+), \1, 1$", ins.args) is not None
 
 
-def is_score_mod_only(ins: Instr) -> bool:  # ALiBi's conversion, the tanh's selects of 1 (not paged copies' I2F.U32.RP)
-    return ins.op in ("I2F", "I2FP.F32.S32") or (ins.base == "FSEL" and ", 1," in ins.args)
+def is_score_mod(ins: Instr) -> bool:  # softcap's tanh reciprocal and derivative, ALiBi's distance conversion
+    return ins.op.startswith(("MUFU.RCP", "I2F")) or is_softcap_grad(ins)
+
+
+def is_score_mod_only(ins: Instr) -> bool:  # ALiBi's conversion, the tanh's selects of 1 and derivative (not paged copies' I2F.U32.RP)
+    return ins.op in ("I2F", "I2FP.F32.S32") or (ins.base == "FSEL" and ", 1," in ins.args) or is_softcap_grad(ins)
 
 
 def is_dropout(ins: Instr) -> bool:  # Philox rounds and the keep-bit tests

@@ -484,30 +484,24 @@ __global__ void __launch_bounds__(Tr::kThreads)
             // Each feature in a block-uniform pass of its own over the row's elements (the key of
             // column nt * 8 + c is key0 + nt * 8 + c), so a call pays only for those it uses.
             [[maybe_unused]] const int64_t key0 = n0 + wn * Tr::kSdpN + 2 * t;
-            [[maybe_unused]] float ds_dx[Sdp::NT][2];  // the softcap's 1 - tanh^2, from the capped S
+            [[maybe_unused]] float capped[Sdp::NT][2];  // S before ALiBi and the mask: the softcap's derivative
             if constexpr (kMod) {
               if (drop.on) drop_apply(tile.dp[mt]);
-              if (mods.cap2 > 0.0f)
 #pragma unroll
-                for (int nt = 0; nt < Sdp::NT; ++nt)
+              for (int nt = 0; nt < Sdp::NT; ++nt)
 #pragma unroll
-                  for (int c = 0; c < 2; ++c) ds_dx[nt][c] = mods.grad(tile.s[mt][nt][2 * r + c]);
-              if (mods.alibi)
-#pragma unroll
-                for (int nt = 0; nt < Sdp::NT; ++nt)
-#pragma unroll
-                  for (int c = 0; c < 2; ++c)
-                    tile.s[mt][nt][2 * r + c] =
-                        ScoreMods::bias(tile.s[mt][nt][2 * r + c], slope2, pos0 + mt * 16 + 8 * r, 2 * t + nt * 8 + c);
-              if (p.attn_mask != nullptr && row_in) {  // keys past Sk are not read (masked tiles zero them)
-                const int64_t at = mask_row_offset(p, b, h0 + h, m0 + row) + key0 * p.mask_col_stride;
-                const int keys = int(min64(seqlen_k() - key0, Sdp::NT * 8));
+                for (int c = 0; c < 2; ++c) capped[nt][c] = tile.s[mt][nt][2 * r + c];
+              if (mods.alibi) {  // -slope2 |pos - key|: the distance to key0 converted once per row
+                const float d0 = float(pos0 + mt * 16 + 8 * r - 2 * t);
 #pragma unroll
                 for (int nt = 0; nt < Sdp::NT; ++nt)
 #pragma unroll
                   for (int c = 0; c < 2; ++c)
-                    if (nt * 8 + c < keys) tile.s[mt][nt][2 * r + c] += am.value(p, at + (nt * 8 + c) * p.mask_col_stride);
+                    tile.s[mt][nt][2 * r + c] = ScoreMods::bias_f(tile.s[mt][nt][2 * r + c], slope2, d0 - float(nt * 8 + c));
               }
+              if (p.attn_mask != nullptr)  // keys past Sk and rows past Sq are not read (masked tiles zero them)
+                am.add_row<Sdp::NT>(tile.s[mt], r, p, mask_row_offset(p, b, h0 + h, m0 + row), key0,
+                                    row_in ? int(min64(seqlen_k() - key0, Sdp::NT * 8)) : 0);
             }
             // P = P' / psum and dS = P (dP - delta) (M dP with dropout).
 #pragma unroll
@@ -519,9 +513,9 @@ __global__ void __launch_bounds__(Tr::kThreads)
                 tile.s[mt][nt][2 * r + c] = pt;
               }
             if constexpr (kMod) {
-              if (bp.dmask != nullptr && row_in) {  // the mask's gradient where the band lets a pair through
-                KeyRange band{0, seqlen_k() - 1};
-                if (masked) band = on_mask([&](const FwdParams& mp) { return visible_keys(m0 + row, mp); });
+              if (bp.dmask != nullptr) {  // the mask's gradient where the band lets a pair through
+                KeyRange band{0, row_in ? seqlen_k() - 1 : -1};
+                if (masked && row_in) band = on_mask([&](const FwdParams& mp) { return visible_keys(m0 + row, mp); });
 #pragma unroll
                 for (int nt = 0; nt < Sdp::NT; ++nt)
 #pragma unroll
@@ -531,11 +525,11 @@ __global__ void __launch_bounds__(Tr::kThreads)
                       am.store_grad(bp, b, h0 + h, m0 + row, key, tile.dp[mt][nt][2 * r + c]);
                   }
               }
-              if (mods.cap2 > 0.0f)
+              if (mods.cap2 > 0.0f)  // dS times 1 - tanh^2
 #pragma unroll
                 for (int nt = 0; nt < Sdp::NT; ++nt)
 #pragma unroll
-                  for (int c = 0; c < 2; ++c) tile.dp[mt][nt][2 * r + c] *= ds_dx[nt][c];
+                  for (int c = 0; c < 2; ++c) tile.dp[mt][nt][2 * r + c] *= mods.grad(capped[nt][c]);
               if (drop.on) drop_apply(tile.s[mt]);  // P * M, for dV
             }
             if (masked) {  // a masked pair gets P = dS = 0, also in a row whose statistics are NaN
