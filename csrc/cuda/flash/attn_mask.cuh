@@ -94,10 +94,17 @@ struct MaskRefs {
     }
   }
 
-  // dmask of (b, h, row, key) <- ds (the backward; only when the caller wants the gradient).
-  __device__ __forceinline__ void store_grad(const BwdParams& bp, int b, int h, int64_t row, int64_t key,
-                                             float ds) const {
-    grad[b * bp.dmask_batch_stride + h * bp.dmask_head_stride + row * bp.dmask_row_stride + key] = ds;
+  // dmask of (b, h, row, key0 + k) <- ds of column k = nt * 8 + c (row r of NT m16n8 tiles) for
+  // lo <= k <= hi (the backward; only when the caller wants the gradient).
+  template <int NT>
+  __device__ __forceinline__ void store_grad_row(const BwdParams& bp, int b, int h, int64_t row, int64_t key0,
+                                                 const float (&ds)[NT][4], int r, int lo, int hi) const {
+    const gptr<float> e = grad + (b * bp.dmask_batch_stride + h * bp.dmask_head_stride + row * bp.dmask_row_stride + key0);
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int c = 0; c < 2; ++c)
+        if (nt * 8 + c >= lo && nt * 8 + c <= hi) e[nt * 8 + c] = ds[nt][2 * r + c];
   }
 };
 

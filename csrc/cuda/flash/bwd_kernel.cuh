@@ -516,14 +516,9 @@ __global__ void __launch_bounds__(Tr::kThreads)
               if (bp.dmask != nullptr) {  // the mask's gradient where the band lets a pair through
                 KeyRange band{0, row_in ? seqlen_k() - 1 : -1};
                 if (masked && row_in) band = on_mask([&](const FwdParams& mp) { return visible_keys(m0 + row, mp); });
-#pragma unroll
-                for (int nt = 0; nt < Sdp::NT; ++nt)
-#pragma unroll
-                  for (int c = 0; c < 2; ++c) {
-                    const int64_t key = key0 + nt * 8 + c;
-                    if (key >= band.lo && key <= band.hi)
-                      am.store_grad(bp, b, h0 + h, m0 + row, key, tile.dp[mt][nt][2 * r + c]);
-                  }
+                const int64_t lo = band.lo - key0, hi = band.hi - key0;  // as columns of the row
+                am.store_grad_row<Sdp::NT>(bp, b, h0 + h, m0 + row, key0, tile.dp[mt], r, lo < 0 ? 0 : int(min64(lo, 1 << 30)),
+                                           hi < 0 ? -1 : int(min64(hi, 1 << 30)));
               }
               if (mods.cap2 > 0.0f)  // dS times 1 - tanh^2
 #pragma unroll
