@@ -31,6 +31,10 @@
 // takes delta = dO . O (= sum_j P_ij M_ij dP_ij) from the forward's output, and the main kernel
 // regenerates M's bits per warp tile: dS = P (M dP - delta) (also the mask's gradient) and
 // dV += (P * M)^T.dO.
+// In the main kernel each feature is a block-uniform pass of its own over a fragment row of S and
+// dP (dropout's M dP, ALiBi's bias, the mask's reads before P and dS; the dmask stores, the
+// softcap's derivative and P * M after), around the plain instance's P and dS loop: a call runs
+// only the passes of the features it uses.
 #pragma once
 
 #include "common/mask.h"
