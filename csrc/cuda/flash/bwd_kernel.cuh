@@ -454,14 +454,13 @@ __global__ void __launch_bounds__(Tr::kThreads)
 
         Sdp tile;
         tile.compute(cQ, cdO, sK, sV, wm, wn, lane);
-        // Score mods: S scaled and capped here; the ALiBi bias and the softcap's derivative per
-        // element below (this thread's row g and column 2t give its ALiBi positions and keys).
+        // Score mods: S scaled and capped here; the ALiBi bias and the softcap's derivative in the
+        // passes of each fragment row below (the row's ALiBi position computed there: held across
+        // the loop it cost ptxas a 4-byte spill at D = 256 on sm_90).
         [[maybe_unused]] float slope2 = 0.0f;
-        [[maybe_unused]] int pos0 = 0;
         if constexpr (kMod) {
           slope2 = mods.slope2(p, slopes, b, h0 + h);
           mods.cap(tile.s);
-          pos0 = int(alibi_position(m0 + wm * Tr::kSdpM + g, seqlen_q(), seqlen_k()) - n0 - wn * Tr::kSdpN);
         }
         // Dropout: the keep bits of this thread's elements of the warp tile (a word per m16 tile).
         [[maybe_unused]] uint32_t keep[Sdp::MT];
@@ -487,7 +486,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
             };
             // Each feature in a block-uniform pass of its own over the row's elements (the key of
             // column nt * 8 + c is key0 + nt * 8 + c), so a call pays only for those it uses.
-            [[maybe_unused]] const int64_t key0 = n0 + wn * Tr::kSdpN + 2 * t;
+            [[maybe_unused]] const int key0 = n0 + wn * Tr::kSdpN + 2 * t;
             [[maybe_unused]] float capped[Sdp::NT][2];  // S before ALiBi and the mask: the softcap's derivative
             if constexpr (kMod) {
               if (drop.on) drop_apply(tile.dp[mt]);
@@ -496,7 +495,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
 #pragma unroll
                 for (int c = 0; c < 2; ++c) capped[nt][c] = tile.s[mt][nt][2 * r + c];
               if (mods.alibi) {  // -slope2 |pos - key|: the distance to key0 converted once per row
-                const float d0 = float(pos0 + mt * 16 + 8 * r - 2 * t);
+                const float d0 = float(int(alibi_position(m0 + row, seqlen_q(), seqlen_k()) - key0));
 #pragma unroll
                 for (int nt = 0; nt < Sdp::NT; ++nt)
 #pragma unroll
@@ -518,9 +517,9 @@ __global__ void __launch_bounds__(Tr::kThreads)
               }
             if constexpr (kMod) {
               if (bp.dmask != nullptr) {  // the mask's gradient where the band lets a pair through
-                KeyRange band{0, row_in ? seqlen_k() - 1 : -1};
-                if (masked && row_in) band = on_mask([&](const FwdParams& mp) { return visible_keys(m0 + row, mp); });
-                const int64_t lo = band.lo - key0, hi = band.hi - key0;  // as columns of the row
+                const KeyRange band = masked ? on_mask([&](const FwdParams& mp) { return visible_keys(m0 + row, mp); })
+                                             : KeyRange{0, seqlen_k() - 1};
+                const int64_t lo = band.lo - key0, hi = row_in ? band.hi - key0 : -1;  // as columns of the row
                 am.store_grad_row<Sdp::NT>(bp, b, h0 + h, m0 + row, key0, tile.dp[mt], r, lo < 0 ? 0 : int(min64(lo, 1 << 30)),
                                            hi < 0 ? -1 : int(min64(hi, 1 << 30)));
               }
