@@ -792,12 +792,16 @@ def is_mask_access(ins: Instr) -> bool:  # the explicit mask's read-only loads a
     return ".CONSTANT" in ins.op or ins.base == "STG"
 
 
-def is_score_mod(ins: Instr) -> bool:  # softcap's tanh reciprocal, ALiBi's distance conversion
-    return ins.op.startswith(("MUFU.RCP", "I2F"))
+def is_softcap_grad(ins: Instr) -> bool:  # the backward's 1 - tanh^2 (FFMA t, -x, x, 1 from x = capped / cap)
+    return ins.base == "FFMA" and re.search(r"-(R\d+), \1, 1$", ins.args) is not None
 
 
-def is_score_mod_only(ins: Instr) -> bool:  # ALiBi's conversion, the tanh's selects of 1 (not paged copies' I2F.U32.RP)
-    return ins.op in ("I2F", "I2FP.F32.S32") or (ins.base == "FSEL" and ", 1," in ins.args)
+def is_score_mod(ins: Instr) -> bool:  # softcap's tanh reciprocal and derivative, ALiBi's distance conversion
+    return ins.op.startswith(("MUFU.RCP", "I2F")) or is_softcap_grad(ins)
+
+
+def is_score_mod_only(ins: Instr) -> bool:  # ALiBi's conversion, the tanh's selects of 1 and derivative (not paged copies' I2F.U32.RP)
+    return ins.op in ("I2F", "I2FP.F32.S32") or (ins.base == "FSEL" and ", 1," in ins.args) or is_softcap_grad(ins)
 
 
 def is_dropout(ins: Instr) -> bool:  # Philox rounds and the keep-bit tests
@@ -807,7 +811,8 @@ def is_dropout(ins: Instr) -> bool:  # Philox rounds and the keep-bit tests
 def score_mod_census(fn: Function, tr: dict[str, int], direction: str, mask: bool,
                      dropout: bool = False) -> tuple[Iteration, dict[str, int]]:
     """A steady-state iteration of a variable-length instance's main loop with softcap and ALiBi on
-    (their warp-uniform blocks on the path: those with the tanh's reciprocal or ALiBi's conversion),
+    (their warp-uniform blocks on the path: those with the tanh's reciprocal, the backward's 1 - tanh^2
+    or ALiBi's conversion),
     and with an explicit mask (its read-only loads, and the backward's dmask stores, on the path) or
     without (none of them on the path). With `dropout`: dropout alone (the Philox rounds and the
     keep multipliers on the path; softcap, ALiBi and the mask off it)."""
@@ -968,16 +973,19 @@ def report(results: list[Analysis], command: str, tools: str, mods: list[str]) -
               "is the transforms' cost per key tile. Adding them left the dense kernels' SASS instruction for "
               "instruction the same (sm_80, D = 64 and 128), and the plain variable-length instances differ only "
               "in an unused parameter. Per score the softcap costs tanhf (2 MUFU, about 14 FP32 instructions) and "
-              "ALiBi an integer distance, its conversion and one FFMA; the backward adds 1 - tanh^2 on dS. "
+              "ALiBi an integer distance, its conversion and one FFMA (the backward converts one distance per "
+              "fragment row and steps it in float); the backward adds 1 - tanh^2 on dS. "
               "Explicit masks run in the same variant: the mask row takes the path through the mask's "
               "read-only loads (one per score, with its bounds checks and address arithmetic) and, in the "
-              "backward, the dmask stores; the other rows avoid them. In the backward the mask's checks sit "
-              "in the P and dS loop, which softcap and ALiBi alone also run: they pay those checks. Dropout "
+              "backward, the dmask stores; the other rows avoid them. In the backward each feature is a "
+              "block-uniform pass of its own over a fragment row (softcap's derivative after dS, ALiBi's bias, "
+              "the mask's reads, the dmask stores, dropout's multipliers) around the plain instance's P and dS "
+              "loop, so a call runs only the passes of its features; all feature rows share the passes' branches "
+              "and register moves (about one per score at D = 64, sm_80) that keep the capped S past ALiBi's and the mask's passes. Dropout "
               "(`csrc/cuda/flash/dropout.cuh`) runs in the same variant; its row takes the path through its "
               "block-uniform blocks (the Philox rounds, one generator call per m16 x n8 tile and thread, about "
               "45 instructions each, and the keep multipliers of P and dP) with softcap, ALiBi and the mask off "
-              "the path where they are branches (the backward computes ALiBi's bias and the mask's checks "
-              "inline, so its dropout row keeps them). The other feature rows pay dropout's untaken branches "
+              "the path. The other feature rows pay dropout's untaken branches "
               "(against the kernels before dropout: forward -2 to +13 instructions per iteration, backward +25 to +77) "
               "and up to 22 more registers, none spilled.", "",
               *mods, "",

@@ -69,10 +69,42 @@ struct MaskRefs {
       }
   }
 
-  // dmask of (b, h, row, key) <- ds (the backward; only when the caller wants the gradient).
-  __device__ __forceinline__ void store_grad(const BwdParams& bp, int b, int h, int64_t row, int64_t key,
-                                             float ds) const {
-    grad[b * bp.dmask_batch_stride + h * bp.dmask_head_stride + row * bp.dmask_row_stride + key] = ds;
+  // The mask added to row r (elements 2 r, 2 r + 1) of NT m16n8 accumulator tiles: column
+  // nt * 8 + c is key key0 + nt * 8 + c of the mask row at offset `row`; only columns below
+  // `keys` are read. The mask's kind is tested once, outside the loop.
+  template <int NT>
+  __device__ __forceinline__ void add_row(float (&s)[NT][4], int r, const FwdParams& p, int64_t row, int64_t key0,
+                                          int keys) const {
+    // Element pointers stepped from the row's first key (one 64-bit add each).
+    const int64_t at = row + key0 * p.mask_col_stride, cs = p.mask_col_stride;
+    if (p.mask_bool) {
+      gptr<const uint8_t> e = keep + at;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt, e += 8 * cs)
+#pragma unroll
+        for (int c = 0; c < 2; ++c)
+          if (nt * 8 + c < keys && load_nc(c ? e + cs : e) == 0) s[nt][2 * r + c] += neg_inf<float>();
+    } else {
+      gptr<const float> e = add + at;
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt, e += 8 * cs)
+#pragma unroll
+        for (int c = 0; c < 2; ++c)
+          if (nt * 8 + c < keys) s[nt][2 * r + c] += load_nc(c ? e + cs : e) * float(kLog2e);
+    }
+  }
+
+  // dmask of (b, h, row, key0 + k) <- ds of column k = nt * 8 + c (row r of NT m16n8 tiles) for
+  // lo <= k <= hi (the backward; only when the caller wants the gradient).
+  template <int NT>
+  __device__ __forceinline__ void store_grad_row(const BwdParams& bp, int b, int h, int64_t row, int64_t key0,
+                                                 const float (&ds)[NT][4], int r, int lo, int hi) const {
+    const gptr<float> e = grad + (b * bp.dmask_batch_stride + h * bp.dmask_head_stride + row * bp.dmask_row_stride + key0);
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+      for (int c = 0; c < 2; ++c)
+        if (nt * 8 + c >= lo && nt * 8 + c <= hi) e[nt * 8 + c] = ds[nt][2 * r + c];
   }
 };
 

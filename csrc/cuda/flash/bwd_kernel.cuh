@@ -31,6 +31,10 @@
 // takes delta = dO . O (= sum_j P_ij M_ij dP_ij) from the forward's output, and the main kernel
 // regenerates M's bits per warp tile: dS = P (M dP - delta) (also the mask's gradient) and
 // dV += (P * M)^T.dO.
+// In the main kernel each feature is a block-uniform pass of its own over a fragment row of S and
+// dP (dropout's M dP, ALiBi's bias, the mask's reads before P and dS; the dmask stores, the
+// softcap's derivative and P * M after), around the plain instance's P and dS loop: a call runs
+// only the passes of the features it uses.
 #pragma once
 
 #include "common/mask.h"
@@ -450,14 +454,13 @@ __global__ void __launch_bounds__(Tr::kThreads)
 
         Sdp tile;
         tile.compute(cQ, cdO, sK, sV, wm, wn, lane);
-        // Score mods: S scaled and capped here; the ALiBi bias and the softcap's derivative per
-        // element below (this thread's row g and column 2t give its ALiBi positions and keys).
+        // Score mods: S scaled and capped here; the ALiBi bias and the softcap's derivative in the
+        // passes of each fragment row below (the row's ALiBi position computed there: held across
+        // the loop it cost ptxas a 4-byte spill at D = 256 on sm_90).
         [[maybe_unused]] float slope2 = 0.0f;
-        [[maybe_unused]] int pos0 = 0;
         if constexpr (kMod) {
           slope2 = mods.slope2(p, slopes, b, h0 + h);
           mods.cap(tile.s);
-          pos0 = int(alibi_position(m0 + wm * Tr::kSdpM + g, seqlen_q(), seqlen_k()) - n0 - wn * Tr::kSdpN);
         }
         // Dropout: the keep bits of this thread's elements of the warp tile (a word per m16 tile).
         [[maybe_unused]] uint32_t keep[Sdp::MT];
@@ -472,15 +475,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
           for (int r = 0; r < 2; ++r) {
             const int row = wm * Tr::kSdpM + mt * 16 + g + 8 * r;
             const float4 st = ptr_cast<float4>(cSt)[row];  // lse2, 1 / psum, delta
-            // Explicit masks: this row's mask offset, whether it is a row of the sequence, and
-            // the keys the band lets through (where dmask is written).
             [[maybe_unused]] const bool row_in = m0 + row < seqlen_q();
-            [[maybe_unused]] int64_t moff = 0;
-            [[maybe_unused]] KeyRange band{0, seqlen_k() - 1};
-            if constexpr (kMod) {
-              moff = mask_row_offset(p, b, h0 + h, m0 + row);
-              if (masked) band = on_mask([&](const FwdParams& mp) { return visible_keys(m0 + row, mp); });
-            }
             // Dropout: M dP (M = the keep mask times 1 / (1 - p)) in place, before dS is taken.
             auto drop_apply = [&](float(&x)[Sdp::NT][4]) {
 #pragma unroll
@@ -489,30 +484,52 @@ __global__ void __launch_bounds__(Tr::kThreads)
                 for (int c = 0; c < 2; ++c)
                   x[nt][2 * r + c] = drop.apply(x[nt][2 * r + c], keep[mt], nt, 2 * r + c);
             };
-            if constexpr (kMod)
+            // Each feature in a block-uniform pass of its own over the row's elements (the key of
+            // column nt * 8 + c is key0 + nt * 8 + c), so a call pays only for those it uses.
+            [[maybe_unused]] const int key0 = n0 + wn * Tr::kSdpN + 2 * t;
+            [[maybe_unused]] float capped[Sdp::NT][2];  // S before ALiBi and the mask: the softcap's derivative
+            if constexpr (kMod) {
               if (drop.on) drop_apply(tile.dp[mt]);
+#pragma unroll
+              for (int nt = 0; nt < Sdp::NT; ++nt)
+#pragma unroll
+                for (int c = 0; c < 2; ++c) capped[nt][c] = tile.s[mt][nt][2 * r + c];
+              if (mods.alibi) {  // -slope2 |pos - key|: the distance to key0 converted once per row
+                const float d0 = float(int(alibi_position(m0 + row, seqlen_q(), seqlen_k()) - key0));
+#pragma unroll
+                for (int nt = 0; nt < Sdp::NT; ++nt)
+#pragma unroll
+                  for (int c = 0; c < 2; ++c)
+                    tile.s[mt][nt][2 * r + c] = ScoreMods::bias_f(tile.s[mt][nt][2 * r + c], slope2, d0 - float(nt * 8 + c));
+              }
+              if (p.attn_mask != nullptr)  // keys past Sk and rows past Sq are not read (masked tiles zero them)
+                am.add_row<Sdp::NT>(tile.s[mt], r, p, mask_row_offset(p, b, h0 + h, m0 + row), key0,
+                                    row_in ? int(min64(seqlen_k() - key0, Sdp::NT * 8)) : 0);
+            }
+            // P = P' / psum and dS = P (dP - delta) (M dP with dropout).
 #pragma unroll
             for (int nt = 0; nt < Sdp::NT; ++nt)
 #pragma unroll
               for (int c = 0; c < 2; ++c) {
-                float x = tile.s[mt][nt][2 * r + c], ds_dx = 1.0f;
-                [[maybe_unused]] const int64_t key = n0 + wn * Tr::kSdpN + nt * 8 + 2 * t + c;
-                if constexpr (kMod) {
-                  ds_dx = mods.grad(x);
-                  x = ScoreMods::bias(x, slope2, pos0 + mt * 16 + 8 * r, 2 * t + nt * 8 + c);
-                  if (p.attn_mask != nullptr && row_in && key < seqlen_k())
-                    x += am.value(p, moff + key * p.mask_col_stride);
-                }
-                const float pt = unnormalised_p(x, kMod ? 1.0f : p.scale_log2, st.x) * st.y;
-                const float ds = pt * (tile.dp[mt][nt][2 * r + c] - st.z);
-                if constexpr (kMod)
-                  if (bp.dmask != nullptr && row_in && key >= band.lo && key <= band.hi)
-                    am.store_grad(bp, b, h0 + h, m0 + row, key, ds);
-                tile.dp[mt][nt][2 * r + c] = ds * ds_dx;
+                const float pt = unnormalised_p(tile.s[mt][nt][2 * r + c], kMod ? 1.0f : p.scale_log2, st.x) * st.y;
+                tile.dp[mt][nt][2 * r + c] = pt * (tile.dp[mt][nt][2 * r + c] - st.z);
                 tile.s[mt][nt][2 * r + c] = pt;
               }
-            if constexpr (kMod)
+            if constexpr (kMod) {
+              if (bp.dmask != nullptr) {  // the mask's gradient where the band lets a pair through
+                const KeyRange band = masked ? on_mask([&](const FwdParams& mp) { return visible_keys(m0 + row, mp); })
+                                             : KeyRange{0, seqlen_k() - 1};
+                const int64_t lo = band.lo - key0, hi = row_in ? band.hi - key0 : -1;  // as columns of the row
+                am.store_grad_row<Sdp::NT>(bp, b, h0 + h, m0 + row, key0, tile.dp[mt], r, lo < 0 ? 0 : int(min64(lo, 1 << 30)),
+                                           hi < 0 ? -1 : int(min64(hi, 1 << 30)));
+              }
+              if (mods.cap2 > 0.0f)  // dS times 1 - tanh^2
+#pragma unroll
+                for (int nt = 0; nt < Sdp::NT; ++nt)
+#pragma unroll
+                  for (int c = 0; c < 2; ++c) tile.dp[mt][nt][2 * r + c] *= mods.grad(capped[nt][c]);
               if (drop.on) drop_apply(tile.s[mt]);  // P * M, for dV
+            }
             if (masked) {  // a masked pair gets P = dS = 0, also in a row whose statistics are NaN
               const KeyRange kr = on_mask([&](const FwdParams& mp) { return visible_keys(m0 + row, mp); });
 #pragma unroll

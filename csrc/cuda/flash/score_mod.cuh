@@ -59,6 +59,12 @@ struct ScoreMods {
     return x + alibi_bias(slope2, pos, key);
   }
 
+  // The same from the distance pos - key as a float (exact up to 2^24: the backward converts one
+  // distance per row and steps it by the key offsets).
+  __device__ __forceinline__ static float bias_f(float x, float slope2, float dist) {
+    return x - slope2 * fabsf(dist);
+  }
+
   // d softcap / d x from the capped x: 1 - tanh^2 (1 without softcap).
   __device__ __forceinline__ float grad(float capped) const { return softcap_grad_inv(capped, inv_cap2); }
 
