@@ -71,6 +71,19 @@ def assert_close(ours: torch.Tensor, ref64: torch.Tensor, naive: Optional[torch.
     assert err[worst] <= tol[worst], f"{what}: max error {err.max().item():.3e}; entry error {err[worst].item():.3e} > tolerance {tol[worst].item():.3e}"
 
 
+def assert_out_and_grads_close(gen: torch.Generator, out: torch.Tensor, ref: torch.Tensor,
+                               naive: Optional[torch.Tensor], inputs: Tuple[torch.Tensor, ...]) -> None:
+    """out against the float64 ``ref`` (and the input-dtype ``naive``, or None), then dq, dk, dv
+    of a fresh random output gradient against the gradients of both, all through assert_close."""
+    assert_close(out, ref, naive, "out")
+    dout = randn(gen, *out.shape, dtype=out.dtype)
+    grads = torch.autograd.grad(out, inputs, dout)
+    refs = torch.autograd.grad(ref, inputs, dout.double())
+    naives = (None,) * len(inputs) if naive is None else torch.autograd.grad(naive, inputs, dout)
+    for name, g, r, n in zip(("dq", "dk", "dv"), grads, refs, naives):
+        assert_close(g, r, n, name)
+
+
 def naive_in(dtype: torch.dtype, q, k, v, **kw) -> Tuple[torch.Tensor, torch.Tensor]:
     """The naive implementation in the inputs' own dtype (None-equivalent for 32/64-bit)."""
     return oracle.attention(q, k, v, dtype=dtype, **kw)

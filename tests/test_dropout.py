@@ -18,7 +18,7 @@ import torch
 
 import flashattn_ext as fa
 import oracle
-from attn_testing import assert_close, naive_in, needs_kernel, randn
+from attn_testing import assert_close, assert_out_and_grads_close, naive_in, needs_kernel, randn
 from flashattn_ext import _dispatch
 
 F32, F64, BF16, F16 = torch.float32, torch.float64, torch.bfloat16, torch.float16
@@ -71,13 +71,7 @@ def keep_for(seed, p, b, h, sq, sk, offset=0):
 def check_against_oracle(gen, out, q, k, v, keep, p, dtype, **kw):
     ref = oracle.attention(q, k, v, dropout_p=p, keep=keep, **kw)[0]
     naive = None if dtype in (F32, F64) else naive_in(dtype, q, k, v, dropout_p=p, keep=keep, **kw)[0]
-    assert_close(out, ref, naive, "out")
-    dout = randn(gen, *out.shape, dtype=dtype)
-    grads = torch.autograd.grad(out, (q, k, v), dout)
-    refs = torch.autograd.grad(ref, (q, k, v), dout.double())
-    naives = (None,) * 3 if naive is None else torch.autograd.grad(naive, (q, k, v), dout)
-    for name, g, r, n in zip(("dq", "dk", "dv"), grads, refs, naives):
-        assert_close(g, r, n, name)
+    assert_out_and_grads_close(gen, out, ref, naive, (q, k, v))
 
 
 MASKS = [(False, (-1, -1)), (True, (-1, -1)), (False, (9, 5))]
@@ -140,12 +134,7 @@ def test_varlen_matches_oracle_per_sequence(backend, gen, dtype):
     keep = keep_for(seed, p, len(lens_q), hq, max(lens_q), max(lens_k))
     ref = varlen_oracle(q, k, v, cq, ck, keep, p, causal=True)
     naive = None if dtype == F32 else varlen_oracle(q, k, v, cq, ck, keep, p, dtype, causal=True)
-    assert_close(out, ref, naive, "out")
-    dout = randn(gen, *out.shape, dtype=dtype)
-    naives = (None,) * 3 if naive is None else torch.autograd.grad(naive, (q, k, v), dout)
-    for name, g, r, n in zip(("dq", "dk", "dv"), torch.autograd.grad(out, (q, k, v), dout),
-                             torch.autograd.grad(ref, (q, k, v), dout.double()), naives):
-        assert_close(g, r, n, name)
+    assert_out_and_grads_close(gen, out, ref, naive, (q, k, v))
 
 
 @pytest.mark.parametrize("dtype", [F32, BF16], ids=str)

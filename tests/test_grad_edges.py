@@ -105,7 +105,9 @@ def test_all_scores_very_negative_few_keys(backend, gen, dtype):
         c = 100.0 * 64 ** 0.5 / base.square().sum()
         q = (-c * base + 0.1 * randn(gen, 2, 24, 2, 64, dtype=torch.float64)).to(dtype).requires_grad_()
         v, dout = randn(gen, 2, sk, 1, 64, dtype=dtype).requires_grad_(), randn(gen, 2, 24, 2, 64, dtype=dtype)
-        _check_backward(q, k, v, dout)
+        # logits of -100 are ill-conditioned for float32 too: its tolerance takes the naive float32
+        # error, as test_large_logits_float32's (attn_testing.assert_close)
+        _check_backward(q, k, v, dout, float32_naive=dtype == F32)
 
 
 def test_large_logits_float32(backend, gen):

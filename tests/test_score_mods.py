@@ -13,7 +13,7 @@ import torch
 
 import flashattn_ext as fa
 import oracle
-from attn_testing import assert_close, naive_in, needs_kernel, randn
+from attn_testing import assert_close, assert_out_and_grads_close, naive_in, needs_kernel, randn
 from test_kvcache import make_cache
 
 F32, F64, BF16, F16 = torch.float32, torch.float64, torch.bfloat16, torch.float16
@@ -57,13 +57,7 @@ def test_flash_attn_func_matches_oracle(backend, gen, dtype, mods, mask, shape):
     kw = dict(causal=causal, window=window, softcap=softcap, alibi_slopes=slopes)
     ref, ref_lse = oracle.attention(q, k, v, **kw)
     naive = None if dtype in (F32, F64) else naive_in(dtype, q, k, v, **kw)[0]
-    assert_close(out, ref, naive, "out")
-    dout = randn(gen, *out.shape, dtype=dtype)
-    grads = torch.autograd.grad(out, (q, k, v), dout)
-    refs = torch.autograd.grad(ref, (q, k, v), dout.double())
-    naives = (None,) * 3 if naive is None else torch.autograd.grad(naive, (q, k, v), dout)
-    for name, g, r, n in zip(("dq", "dk", "dv"), grads, refs, naives):
-        assert_close(g, r, n, name)
+    assert_out_and_grads_close(gen, out, ref, naive, (q, k, v))
 
 
 def test_lse_and_attention_entry_point(gen):
@@ -114,12 +108,7 @@ def test_varlen_matches_oracle_per_sequence(backend, gen, dtype):
         return torch.cat(outs)
     ref = per_sequence()
     naive = per_sequence(dtype=dtype) if dtype == BF16 else None
-    assert_close(out, ref, naive, "out")
-    dout = randn(gen, *out.shape, dtype=dtype)
-    naives = (None,) * 3 if naive is None else torch.autograd.grad(naive, (q, k, v), dout)
-    for name, g, r, n in zip(("dq", "dk", "dv"), torch.autograd.grad(out, (q, k, v), dout),
-                             torch.autograd.grad(ref, (q, k, v), dout.double()), naives):
-        assert_close(g, r, n, name)
+    assert_out_and_grads_close(gen, out, ref, naive, (q, k, v))
 
 
 @pytest.mark.parametrize("layout, num_splits", [("contiguous", 1), ("paged16", 1), ("paged16", 3)])

@@ -170,6 +170,27 @@ void amx_gemm(int64_t M, int64_t N, const AmxGemm& g) {
   }
 }
 
+// Shapes the tile paths take: head dims of whole tile rows of pairs, key tiles of whole pair rows.
+constexpr bool amx_shape(int64_t head_dim, int64_t keys) {
+  return head_dim % (2 * kAmxRows) == 0 && keys % (2 * kAmxRows) == 0;
+}
+
+// n rows of bfloat16 x (row stride xs, d elements each) as the A operand of a tile product: in
+// place when n fills whole tile rows, else copied into buf (rows of d / 2 words) with zero rows
+// up to a whole tile row. Returns the rows and sets lda to their stride in bytes.
+inline const char* tile_rows(const bf16* x, int64_t xs, int64_t n, int64_t d, float* buf, int64_t& lda) {
+  const int64_t n16 = (n + kAmxRows - 1) / kAmxRows * kAmxRows, dw = d / 2;
+  if (n == n16) {
+    lda = xs * int64_t(sizeof(bf16));
+    return reinterpret_cast<const char*>(x);
+  }
+  for (int64_t r = 0; r < n16; ++r)
+    if (r < n) std::memcpy(buf + r * dw, x + r * xs, sizeof(bf16) * d);
+    else std::memset(buf + r * dw, 0, sizeof(float) * dw);
+  lda = dw * int64_t(sizeof(float));
+  return reinterpret_cast<const char*>(buf);
+}
+
 // Operand packing for the tile products (V a vector type of vec.h; counts are multiples of W).
 // out[c * ldo + r] = lane c - c0 of row(r, c0) for r < nr and c < nc: rows of W lanes turned into
 // columns, W x W blocks at a time in registers.

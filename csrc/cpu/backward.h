@@ -70,9 +70,9 @@ struct Backward {
 
   explicit Backward(const BwdParams& prm)
       : bp(prm), p(prm.fwd), D(p.head_dim), group(p.heads_q / p.heads_kv),
-        bq(tile_sizes(p.dtype, p.head_dim, kAmx && p.head_dim % 32 == 0).bwd_bq),
-        bk(tile_sizes(p.dtype, p.head_dim, kAmx && p.head_dim % 32 == 0).bwd_bk), ldp(round_up(bk, W)), sm(p), mods(has_score_mod(p) || has_attn_mask(p)),
-        drop(has_dropout(p)), amx(kAmx && D % 32 == 0 && bk % 32 == 0 && bq % 16 == 0), Sq(p.seqlen_q),
+        bq(tile_sizes(p.dtype, p.head_dim, kAmx && amx_shape(p.head_dim, 0)).bwd_bq),
+        bk(tile_sizes(p.dtype, p.head_dim, kAmx && amx_shape(p.head_dim, 0)).bwd_bk), ldp(round_up(bk, W)), sm(p), mods(has_score_mod(p) || has_attn_mask(p)),
+        drop(has_dropout(p)), amx(kAmx && amx_shape(D, bk) && bq % kAmxRows == 0), Sq(p.seqlen_q),
         qtiles(p.batch, [&](int64_t b) { return p.heads_q * ceil_div(sequence(p, b).seqlen_q, bq); }) {
     const int64_t heads = p.batch * p.heads_kv, key_tiles = ceil_div(p.seqlen_k, bk);
     nchunks = heads >= kMinTasks ? 1 : std::max<int64_t>(1, std::min(ceil_div(kMinTasks, heads), key_tiles));
@@ -286,27 +286,12 @@ struct Backward {
     }
   }
 
-  // Tile path: n rows of x (row stride xs) as the A operand of a tile product: in place when n
-  // fills whole tile rows, else copied into buf (rows of D / 2 words) with zero rows after them.
-  const char* tile_rows(const T* x, int64_t xs, int64_t n, float* buf, int64_t& lda) const {
-    const int64_t n16 = round_up(n, kAmxRows), dw = D / 2;
-    if (n == n16) {
-      lda = xs * int64_t(sizeof(T));
-      return reinterpret_cast<const char*>(x);
-    }
-    for (int64_t r = 0; r < n16; ++r)
-      if (r < n) std::memcpy(buf + r * dw, x + r * xs, sizeof(T) * D);
-      else std::memset(buf + r * dw, 0, sizeof(float) * dw);
-    lda = dw * int64_t(sizeof(float));
-    return reinterpret_cast<const char*>(buf);
-  }
-
   // Tile path: S = Q . K^T (or dP = dO . V^T) of nq rows x (row stride xs), with kt the keys'
   // words transposed (pack_words_t), into s (nq rounded up to tile rows x ldp).
   void amx_scores(const T* x, int64_t xs, int64_t nq, const float* kt, float* s, float* buf) const {
     if constexpr (kAmx) {
       int64_t lda;
-      const char* a = tile_rows(x, xs, nq, buf, lda);
+      const char* a = tile_rows(x, xs, nq, D, buf, lda);
       amx_gemm<Amx>(round_up(nq, kAmxRows), ldp, AmxGemm{a, lda, kt, ldp, s, ldp, D / 2, false});
     }
   }
@@ -510,9 +495,9 @@ struct Backward {
           const T* kk = k + k0 * p.k_row_stride;
           const T* vv = v + k0 * p.v_row_stride;
           const int64_t nk16 = round_up(nk, kAmxRows);
-          const char* a = tile_rows(kk, p.k_row_stride, nk, kbuf, ldk);
+          const char* a = tile_rows(kk, p.k_row_stride, nk, D, kbuf, ldk);
           amx_gemm<Amx>(nk16, nqp, AmxGemm{a, ldk, qt, nqp, st, nqp, D / 2, false});
-          a = tile_rows(vv, p.v_row_stride, nk, vbuf, ldv);
+          a = tile_rows(vv, p.v_row_stride, nk, D, vbuf, ldv);
           amx_gemm<Amx>(nk16, nqp, AmxGemm{a, ldv, dot, nqp, dst, nqp, D / 2, false});
           if (normalised) pack_row_pairs<V>(kk, p.k_row_stride, nk, round_up(ceil_div(nk, 2), kAmxRows), D, kbuf);
           kr = kbuf;

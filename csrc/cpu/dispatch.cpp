@@ -74,7 +74,8 @@ const Isa kIsas[] = {
     {"avx512bf16-emu", has_avx2, avx512bf16_emu::forward, avx512bf16_emu::backward,
      avx512bf16_emu::peak_probes, avx512bf16_emu::dropout_mask, avx512bf16_emu::vec_transpose,
      avx512bf16_emu::vec_bool_bias, false},
-    // AMX tiles for the bfloat16 forward's products; and the same kernels with them emulated.
+    // AMX tiles for the bfloat16 forward's and backward's products; and the same kernels with the
+    // tile products emulated.
     {"avx512amx", has_amx, avx512amx::forward, avx512amx::backward, avx512amx::peak_probes,
      avx512amx::dropout_mask, avx512amx::vec_transpose, avx512amx::vec_bool_bias},
     {"avx512amx-emu", has_avx2, avx512amx_emu::forward, avx512amx_emu::backward, avx512amx_emu::peak_probes,

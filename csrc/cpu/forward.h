@@ -123,8 +123,7 @@ struct Forward {
     const int64_t na = pn.ncola;
     // With AMX, shapes the tiles cannot take run on float32 FMAs: vdpbf16ps ran at half their rate
     // on the Xeon this was measured on (bench/README.md), so the pair path would be slower there.
-    const bool amx_shape = D % (2 * kAmxRows) == 0 && bk % (2 * kAmxRows) == 0;
-    const bool pairs = kPairs && !narrow && (!kAmx || amx_shape);  // then qt holds pairs: (D + 1) / 2 rows
+    const bool pairs = kPairs && !narrow && (!kAmx || amx_shape(D, bk));  // then qt holds pairs: (D + 1) / 2 rows
     const bool amx = kAmx && pairs;
     const AmxTiles<Amx> tiles_in_use(amx);
     // Pair path without score transforms: scores stay unscaled (no pass over the tile); the max is
@@ -202,7 +201,7 @@ struct Forward {
       if (has_score_mod(p)) modify_scores(st, pn, k0, nk, pos, nslope);
       if (has_attn_mask(p)) apply_mask(st, pn, k0, nk, ncol, mrow, mtile);
 
-      bool partial = false;  // scores are already in the log2 domain: Q was packed times sl2
+      bool partial = false;  // -inf for the keys a column may not see (in any score domain)
       for (int64_t c = 0; c < ncol; ++c) partial |= lo[c] > k0 || hi[c] < k0 + nk - 1;
       if (partial)  // mask the scores a column may not see: keys before lo and after hi
         for (int64_t c = 0; c < ncol; ++c) {
@@ -213,7 +212,8 @@ struct Forward {
         }
       for (int64_t c = 0; c < ncolp; c += W) {  // four chains: one would wait on max's latency
         const float* sc = st + pn.col(bk, c);
-        R mv[4] = {V::set1(neg_inf<float>()), mv[0], mv[0], mv[0]};
+        const R ninf = V::set1(neg_inf<float>());
+        R mv[4] = {ninf, ninf, ninf, ninf};
         int64_t j = 0;
         for (; j + 4 <= nk; j += 4)
           for (int i = 0; i < 4; ++i) mv[i] = V::max(mv[i], V::load(sc + (j + i) * pw));
@@ -314,17 +314,11 @@ struct Forward {
     if constexpr (kPairs) {
       const int64_t dp = (D + 1) / 2;
       if (amx) {
-        const int64_t nk16 = round_up(nk, kAmxRows);
-        const char* a = reinterpret_cast<const char*>(kt);
-        int64_t lda = p.k_row_stride * int64_t(sizeof(T));
-        if (nk != nk16) {
-          for (int64_t j = 0; j < nk16; ++j)
-            if (j < nk) std::memcpy(kbuf + j * dp, kt + j * p.k_row_stride, sizeof(T) * D);
-            else std::memset(kbuf + j * dp, 0, sizeof(float) * dp);
-          a = reinterpret_cast<const char*>(kbuf);
-          lda = dp * int64_t(sizeof(float));
+        if constexpr (kAmx) {
+          int64_t lda;
+          const char* a = tile_rows(kt, p.k_row_stride, nk, D, kbuf, lda);
+          amx_gemm<Amx>(round_up(nk, kAmxRows), pn.ncolp, AmxGemm{a, lda, qtp, pn.pw, st, pn.pw, dp, false, pn.pw, pn.stride(dp), pn.stride(bk)});
         }
-        amx_gemm<Amx>(nk16, pn.ncolp, AmxGemm{a, lda, qtp, pn.pw, st, pn.pw, dp, false, pn.pw, pn.stride(dp), pn.stride(bk)});
       } else {
         for (int64_t j = 0; j < nk; ++j) {
           kbuf[j * dp + dp - 1] = 0.f;  // odd D: the last pair's high half stays zero
