@@ -1,7 +1,8 @@
 """flash_attn_with_kvcache against the float64 oracle on the appended cache: contiguous and paged
 caches (page sizes 16 and 48), cache_batch_idx, cache_leftpad, rotary embedding (interleaved and
 not, full and partial), GQA, masks, several decoding steps in a row with the whole cache checked
-after each, every split count against the unsplit result."""
+after each, every split count against the unsplit result, more kv heads than the CPU decode walks
+in lockstep."""
 
 from __future__ import annotations
 
@@ -210,6 +211,20 @@ def test_emulated_split_kv_matches_unsplit(gen, monkeypatch):
         out, lse, _ = step("emu", gen, cache, q, None, None, seqlens, num_splits=splits)
         assert ((out.double() - ref.double()).abs() <= 2 * err + half_ulp(ref.double(), BF16)).all(), splits
         assert (lse - ref_lse).abs().max() <= 4e-6 * ref_lse.abs().max(), splits
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "paged16"])
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
+@pytest.mark.parametrize("splits", [0, 3])
+def test_decode_many_kv_heads(gen, layout, dtype, splits):
+    """Decoding with more kv heads than the CPU forward walks in lockstep (16): heads 0-15 and
+    16-18 in two groups, GQA groups of 2, an empty, a one-key and a long cache entry."""
+    hkv, d, batch, capacity = 19, 32, 3, 200
+    cache = make_cache(gen, layout, batch, capacity, hkv, d, dtype)
+    seqlens = torch.tensor([0, 1, 180], dtype=torch.int32)[torch.randperm(3, generator=gen)]
+    for sq in (1, 2):
+        q = randn(gen, batch, sq, 2 * hkv, d, dtype=dtype)
+        step("cpu", gen, cache, q, None, None, seqlens, causal=sq > 1, num_splits=splits)
 
 
 def test_without_new_keys(gen):

@@ -84,10 +84,11 @@ struct Forward {
           return prm.heads_kv * head_tiles * ceil_div(sequence(prm, b).seqlen_q, rpt);
         }) {
     tiles = seq_tiles.total();
+    const int64_t nt = tasks();
     nsplit = p.num_splits;
     if (nsplit <= 0)  // by shape only (results do not depend on the thread count), >= 4 key tiles each
-      nsplit = tiles >= kMinTasks || tiles == 0
-                   ? 1 : std::max<int64_t>(1, std::min(ceil_div(kMinTasks, tiles), p.seqlen_k / (4 * bk)));
+      nsplit = nt >= kMinTasks || nt == 0
+                   ? 1 : std::max<int64_t>(1, std::min(ceil_div(kMinTasks, nt), p.seqlen_k / (4 * bk)));
     nsplit = std::min(nsplit, std::max<int64_t>(1, ceil_div(p.seqlen_k, 16)));  // splits hold 16-key groups
   }
 
@@ -101,161 +102,237 @@ struct Forward {
     return {b, hk, h0, std::min(hpt, group - ht * hpt), r0, std::min(rpt, s.seqlen_q - r0), s};
   }
 
+  // Decoding with several KV heads (every tile narrow): the tiles of one (sequence, head tile, row
+  // tile) that differ in their kv head walk their keys in lockstep, key tile by key tile, so that
+  // the K and V rows of one key position, adjacent in memory across heads, are read close in time.
+  // One head at a time read each row from its own page (a head stride of 2-4 KB at D = 128):
+  // 3.3 GB/s against 9 GB/s with head-major K / V (Xeon of bench/README.md, 1 thread, Sk 32768).
+  static constexpr int64_t kLockHeads = 16;
+  int64_t lock_heads() const { return rpt * hpt <= kNarrowCols ? std::min(p.heads_kv, kLockHeads) : 1; }
+  int64_t head_chunks() const { return ceil_div(p.heads_kv, lock_heads()); }
+  // Tasks per split: every tile, or (lockstep) every group of tiles of one chunk of kv heads.
+  int64_t tasks() const { return lock_heads() == 1 ? tiles : tiles / p.heads_kv * head_chunks(); }
+
   void run() {
+    const int64_t nt = tasks();
     if (nsplit == 1) {
-      parallel_for(tiles, p.num_threads, [&](int64_t t) { tile_task(t, 0); });
+      parallel_for(nt, p.num_threads, [&](int64_t t) { task(t, 0); });
       return;
     }
     Scratch po(tiles * nsplit * bq * D), pl(tiles * nsplit * bq);
     part_o = po.get();
     part_lse = pl.get();
-    parallel_for(tiles * nsplit, p.num_threads, [&](int64_t t) { tile_task(t / nsplit, t % nsplit); });
+    parallel_for(nt * nsplit, p.num_threads, [&](int64_t t) { task(t / nsplit, t % nsplit); });
     parallel_for(tiles, p.num_threads, [&](int64_t t) { merge(t); });
   }
 
-  void tile_task(int64_t tile, int64_t split) {
-    const TileId id = tile_id(tile);
-    const int64_t ncol = id.nh * id.nr;
-    const bool narrow = ncol <= kNarrowCols;  // then qt and ot hold rows: [col][d]
-    const int64_t ncolp = round_up(ncol, kAmx && !narrow ? std::max<int64_t>(W, kAmxRows) : W);
-    const int64_t pw = narrow ? ncolp : std::min<int64_t>(V::NV * W, ncolp);
-    const Panels pn{pw, ncolp, round_up(ncolp, pw)};
-    const int64_t na = pn.ncola;
-    // With AMX, shapes the tiles cannot take run on float32 FMAs: vdpbf16ps ran at half their rate
-    // on the Xeon this was measured on (bench/README.md), so the pair path would be slower there.
-    const bool pairs = kPairs && !narrow && (!kAmx || amx_shape(D, bk));  // then qt holds pairs: (D + 1) / 2 rows
-    const bool amx = kAmx && pairs;
-    const AmxTiles<Amx> tiles_in_use(amx);
-    // Pair path without score transforms: scores stay unscaled (no pass over the tile); the max is
-    // scaled and the exponent takes scores times scale_log2 in one fma.
-    const bool raw = pairs && !mods && sl2 > 0.f;
-    const int64_t nmt = drop && pairs ? bk * W : 0;
-    Scratch scratch(2 * D * na + bk * na + 2 * bk * D + 5 * ncolp + nmt + (has_attn_mask(p) ? W * bk : 0));
-    float* qt = scratch.get();        // D x ncolp panels: Q^T, padding columns zero
-    float* ot = qt + D * na;          // D x ncolp panels: unnormalised O^T
-    float* st = ot + D * na;          // bk x ncolp panels: scores, then probabilities
-    float* kbuf = st + bk * na;       // bk x D: K tile as float (16-bit inputs)
-    float* vbuf = kbuf + bk * D;      // bk x D: V tile as float
-    float* m = vbuf + bk * D;         // running max (log2 domain) per column
-    float* l = m + ncolp;             // running sum
-    float* mx = l + ncolp;            // this tile's max
-    float* alpha = mx + ncolp;        // rescale factor of this tile
-    float* base = alpha + ncolp;      // value subtracted before exp2
-    float* mt = base + ncolp;         // pair path with dropout: bk x W multipliers
-    float* mtile = mt + nmt;          // explicit mask: W x bk, W columns' mask values of one key tile
+  // Task t of tasks(): its tiles, walked in lockstep over this split's keys.
+  void task(int64_t t, int64_t split) {
+    if (lock_heads() == 1) return walk(&t, 1, split);
+    // Tile (b, hk, local) = first(b) + hk * per + local, per = the tiles of one kv head of b.
+    const int64_t g = t / head_chunks(), h0 = t % head_chunks() * lock_heads();
+    const int64_t b = seq_tiles.seq_of(g * p.heads_kv);
+    const int64_t per = (seq_tiles.first(b + 1) - seq_tiles.first(b)) / p.heads_kv;
+    const int64_t local = g - seq_tiles.first(b) / p.heads_kv, n = std::min(lock_heads(), p.heads_kv - h0);
+    int64_t ids[kLockHeads];
+    for (int64_t i = 0; i < n; ++i) ids[i] = seq_tiles.first(b) + (h0 + i) * per + local;
+    walk(ids, n, split);
+  }
+
+  // The state of one (tile, split) across the key tiles it walks (begin, key_tile, end). Plain
+  // data: its buffers lie in the task's scratch.
+  struct Walk {
+    TileId id;
+    int64_t ncol, ka, kb;
+    bool narrow, pairs, amx, raw;
+    Panels pn;
+    float *qt, *ot, *st, *m, *l, *mx, *alpha, *base, *mt, *mtile;
     int64_t lo[kMaxCols], hi[kMaxCols];
     float pos[kMaxCols], nslope[kMaxCols];  // ALiBi: each column's query position and -slope * log2(e)
     int64_t mrow[kMaxCols];                 // explicit mask: each column's mask row (offset)
     uint32_t rows[kMaxCols], heads[kMaxCols];  // dropout: each column's row and head (padding 0)
-    for (int64_t c = 0; c < ncolp && drop; ++c) {
-      rows[c] = c < ncol ? uint32_t(id.r0 + c % id.nr) : 0u;
-      heads[c] = c < ncol ? uint32_t(id.h0 + c / id.nr) : 0u;
-    }
+  };
 
+  // Tiles ids[0 .. n) (n > 1: the same sequence, heads and rows, so the same key range) over this
+  // split's keys, key tile by key tile.
+  void walk(const int64_t* ids, int64_t n, int64_t split) {
+    Buffer<Walk> walks(n);
+    Walk* w = walks.get();
+    int64_t own = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      new (&w[i]) Walk{};
+      w[i].id = tile_id(ids[i]);
+      plan(w[i], split);
+      own = std::max(own, walk_floats(w[i]));
+    }
+    Scratch scratch(n * own + 2 * bk * D);
+    float* kbuf = scratch.get() + n * own;  // bk x D: K tile as float (16-bit inputs)
+    float* vbuf = kbuf + bk * D;            // bk x D: V tile as float
+    const AmxTiles<Amx> tiles_in_use(w[0].amx);
+    for (int64_t i = 0; i < n; ++i) begin(w[i], scratch.get() + i * own);
+    const Walk& w0 = w[0];
+    for (int64_t k0 = w0.ka, nk = 0; k0 < w0.kb; k0 += nk) {
+      nk = std::min(std::min(bk, w0.kb - k0), contiguous_keys(p, w0.id.s, k0));  // within one page
+      for (int64_t i = 0; i < n; ++i) key_tile(w[i], k0, nk, kbuf, vbuf);
+    }
+    for (int64_t i = 0; i < n; ++i) end(w[i], ids[i], split);
+  }
+
+  // The tile's shape, path and key range (this split's share of the keys its rows can see, in
+  // whole key groups of 16).
+  void plan(Walk& w, int64_t split) const {
+    const TileId& id = w.id;
+    w.ncol = id.nh * id.nr;
+    w.narrow = w.ncol <= kNarrowCols;  // then qt and ot hold rows: [col][d]
+    const int64_t ncolp = round_up(w.ncol, kAmx && !w.narrow ? std::max<int64_t>(W, kAmxRows) : W);
+    const int64_t pw = w.narrow ? ncolp : std::min<int64_t>(V::NV * W, ncolp);
+    w.pn = Panels{pw, ncolp, round_up(ncolp, pw)};
+    // With AMX, shapes the tiles cannot take run on float32 FMAs: vdpbf16ps ran at half their rate
+    // on the Xeon this was measured on (bench/README.md), so the pair path would be slower there.
+    w.pairs = kPairs && !w.narrow && (!kAmx || amx_shape(D, bk));  // then qt holds pairs: (D + 1) / 2 rows
+    w.amx = kAmx && w.pairs;
+    // Pair path without score transforms: scores stay unscaled (no pass over the tile); the max is
+    // scaled and the exponent takes scores times scale_log2 in one fma.
+    w.raw = w.pairs && !mods && sl2 > 0.f;
+    const KeyRange span = visible_keys_of_rows(id.r0, id.r0 + id.nr, with_lengths(p, id.s));
+    const int64_t chunk = round_up(ceil_div(std::max<int64_t>(0, span.hi + 1 - span.lo), nsplit), 16);
+    w.ka = span.lo + split * chunk;
+    w.kb = std::min(span.hi + 1, w.ka + chunk);
+  }
+
+  int64_t drop_floats(const Walk& w) const { return drop && w.pairs ? bk * W : 0; }
+  int64_t walk_floats(const Walk& w) const {
+    const int64_t na = w.pn.ncola;
+    return 2 * D * na + bk * na + 5 * w.pn.ncolp + drop_floats(w) + (has_attn_mask(p) ? W * bk : 0);
+  }
+
+  // Buffers in `f` (walk_floats), Q^T packed, the running statistics and each column's key range,
+  // score-mod and dropout coordinates.
+  void begin(Walk& w, float* f) const {
+    const TileId& id = w.id;
+    const int64_t na = w.pn.ncola, ncolp = w.pn.ncolp;
+    w.qt = f;                  // D x ncolp panels: Q^T, padding columns zero
+    w.ot = w.qt + D * na;      // D x ncolp panels: unnormalised O^T
+    w.st = w.ot + D * na;      // bk x ncolp panels: scores, then probabilities
+    w.m = w.st + bk * na;      // running max (log2 domain) per column
+    w.l = w.m + ncolp;         // running sum
+    w.mx = w.l + ncolp;        // this tile's max
+    w.alpha = w.mx + ncolp;    // rescale factor of this tile
+    w.base = w.alpha + ncolp;  // value subtracted before exp2
+    w.mt = w.base + ncolp;     // pair path with dropout: bk x W multipliers
+    w.mtile = w.mt + drop_floats(w);  // explicit mask: W x bk, W columns' mask values of one key tile
+    for (int64_t c = 0; c < ncolp && drop; ++c) {
+      w.rows[c] = c < w.ncol ? uint32_t(id.r0 + c % id.nr) : 0u;
+      w.heads[c] = c < w.ncol ? uint32_t(id.h0 + c / id.nr) : 0u;
+    }
     const FwdParams sp = with_lengths(p, id.s);  // the mask of this sequence
     const T* q = static_cast<const T*>(p.q) + id.s.q_batch * p.q_batch_stride + id.s.q_row0 * p.q_row_stride;
-    for (int64_t i = 0; i < D * na; ++i) qt[i] = ot[i] = 0.f;
-    for (int64_t c = 0; c < ncolp; ++c) { m[c] = neg_inf<float>(); l[c] = 0.f; }
-    for (int64_t c = 0; c < ncol; ++c) {
+    for (int64_t i = 0; i < D * na; ++i) w.qt[i] = w.ot[i] = 0.f;
+    for (int64_t c = 0; c < ncolp; ++c) { w.m[c] = neg_inf<float>(); w.l[c] = 0.f; }
+    for (int64_t c = 0; c < w.ncol; ++c) {
       const int64_t h = id.h0 + c / id.nr, row = id.r0 + c % id.nr;
       const T* qr = q + h * p.q_head_stride + row * p.q_row_stride;
       if constexpr (kPairs)
-        if (pairs)
+        if (w.pairs)
           for (int64_t d = 0; d < D; d += 2)
-            qt[pn.at((D + 1) / 2, d / 2, c)] = bits_float(uint32_t(qr[d].bits) | (d + 1 < D ? uint32_t(qr[d + 1].bits) << 16 : 0u));
-      if (!pairs)
-        for (int64_t d = 0; d < D; ++d) qt[narrow ? c * D + d : pn.at(D, d, c)] = load_as<float>(qr + d) * sl2;
+            w.qt[w.pn.at((D + 1) / 2, d / 2, c)] = bits_float(uint32_t(qr[d].bits) | (d + 1 < D ? uint32_t(qr[d + 1].bits) << 16 : 0u));
+      if (!w.pairs)
+        for (int64_t d = 0; d < D; ++d) w.qt[w.narrow ? c * D + d : w.pn.at(D, d, c)] = load_as<float>(qr + d) * sl2;
       const KeyRange kr = visible_keys(row, sp);
-      lo[c] = kr.lo; hi[c] = kr.hi;
+      w.lo[c] = kr.lo; w.hi[c] = kr.hi;
     }
     if (mods)
       for (int64_t c = 0; c < ncolp; ++c) {
-        const bool col = c < ncol;
-        pos[c] = col ? float(alibi_position(id.r0 + c % id.nr, id.s.seqlen_q, id.s.seqlen_k)) : 0.f;
-        nslope[c] = col ? -alibi_slope(p, id.b, id.h0 + c / id.nr) * float(kLog2e) : 0.f;
-        mrow[c] = col && has_attn_mask(p) ? mask_row_offset(p, id.b, id.h0 + c / id.nr, id.r0 + c % id.nr) : 0;
+        const bool col = c < w.ncol;
+        w.pos[c] = col ? float(alibi_position(id.r0 + c % id.nr, id.s.seqlen_q, id.s.seqlen_k)) : 0.f;
+        w.nslope[c] = col ? -alibi_slope(p, id.b, id.h0 + c / id.nr) * float(kLog2e) : 0.f;
+        w.mrow[c] = col && has_attn_mask(p) ? mask_row_offset(p, id.b, id.h0 + c / id.nr, id.r0 + c % id.nr) : 0;
       }
+  }
 
-    // This split's share of the keys the tile's rows can see (in whole key groups of 16).
-    const KeyRange span = visible_keys_of_rows(id.r0, id.r0 + id.nr, sp);
-    const int64_t chunk = round_up(ceil_div(std::max<int64_t>(0, span.hi + 1 - span.lo), nsplit), 16);
-    const int64_t ka = span.lo + split * chunk, kb = std::min(span.hi + 1, ka + chunk);
-    const T* k = static_cast<const T*>(p.k) + id.hk * p.k_head_stride;
-    const T* v = static_cast<const T*>(p.v) + id.hk * p.v_head_stride;
-    for (int64_t k0 = ka, nk = 0; k0 < kb; k0 += nk) {
-      nk = std::min(std::min(bk, kb - k0), contiguous_keys(p, id.s, k0));  // within one page
-      const T* kt = k + key_offset(p, id.b, id.s, k0, p.k_batch_stride, p.k_row_stride);
-      const T* vt = v + key_offset(p, id.b, id.s, k0, p.v_batch_stride, p.v_row_stride);
-      int64_t ldk = 0, ldv = 0;
-      const float *kr = nullptr, *vr = nullptr;
-      if (pairs) {
-        pair_scores(amx, raw, kt, nk, kbuf, qt, st, pn);
-        if (amx) pack_vt_pairs(vt, nk, vbuf);
-        else pack_v_pairs(vt, nk, vbuf);
-      } else {
-        kr = float_rows<V>(kt, p.k_row_stride, nk, D, kbuf, ldk);
-        vr = float_rows<V>(vt, p.v_row_stride, nk, D, vbuf, ldv);
-        if (narrow) narrow_products(ncol, true, kr, ldk, nk, qt, st, ncolp);
-        else gemm<V>(nk, ncolp, score_sum(Gemm{kr, ldk, 1, qt, pw, st, pw, D, false, pn.stride(D), pn.stride(bk)}));
-      }
-      if (has_score_mod(p)) modify_scores(st, pn, k0, nk, pos, nslope);
-      if (has_attn_mask(p)) apply_mask(st, pn, k0, nk, ncol, mrow, mtile);
-
-      bool partial = false;  // -inf for the keys a column may not see (in any score domain)
-      for (int64_t c = 0; c < ncol; ++c) partial |= lo[c] > k0 || hi[c] < k0 + nk - 1;
-      if (partial)  // mask the scores a column may not see: keys before lo and after hi
-        for (int64_t c = 0; c < ncol; ++c) {
-          float* sc = st + pn.col(bk, c);
-          const int64_t a = std::clamp<int64_t>(lo[c] - k0, 0, nk), z = std::clamp<int64_t>(hi[c] + 1 - k0, a, nk);
-          for (int64_t j = 0; j < a; ++j) sc[j * pw] = neg_inf<float>();
-          for (int64_t j = z; j < nk; ++j) sc[j * pw] = neg_inf<float>();
-        }
-      for (int64_t c = 0; c < ncolp; c += W) {  // four chains: one would wait on max's latency
-        const float* sc = st + pn.col(bk, c);
-        const R ninf = V::set1(neg_inf<float>());
-        R mv[4] = {ninf, ninf, ninf, ninf};
-        int64_t j = 0;
-        for (; j + 4 <= nk; j += 4)
-          for (int i = 0; i < 4; ++i) mv[i] = V::max(mv[i], V::load(sc + (j + i) * pw));
-        for (; j < nk; ++j) mv[0] = V::max(mv[0], V::load(sc + j * pw));
-        const R tm = V::max(V::max(mv[0], mv[1]), V::max(mv[2], mv[3]));
-        V::store(mx + c, raw ? V::mul(tm, V::set1(sl2)) : tm);
-      }
-      // Vector form of fae::rescale_factor / exp_base: a column with no finite score yet
-      // subtracts -FLT_MAX instead of 0, so that exp2(-inf - base) == 0 without a select.
-      for (int64_t c = 0; c < ncolp; c += W) {
-        const R mo = V::load(m + c), mn = V::max(V::load(mx + c), mo);  // NaN in m stays
-        const R bv = V::max(mn, V::set1(-std::numeric_limits<float>::max()));
-        V::store(alpha + c, V::exp2(V::sub(mo, bv)));
-        V::store(base + c, bv);
-        V::store(m + c, mn);
-      }
-      bool rescale = false;
-      for (int64_t c = 0; c < ncol; ++c) rescale |= alpha[c] != 1.f;
-      if (pairs) pair_probabilities(id.b, k0, nk, raw ? sl2 : 1.f, st, pn, base, alpha, l, rows, heads, mt);
-      for (int64_t c = 0; c < ncolp && !pairs; c += W) {
-        float* sc = st + pn.col(bk, c);
-        const R bv = V::load(base + c);
-        R sum = V::zero();
-        for (int64_t j = 0; j < nk; ++j) {
-          float* sp = sc + j * pw;
-          const R pv = V::exp2(V::sub(V::load(sp), bv));
-          V::store(sp, pv);
-          sum = V::add(sum, pv);
-        }
-        V::store(l + c, V::fma(V::load(l + c), V::load(alpha + c), sum));
-        if (drop) apply_dropout(id.b, rows + c, heads + c, k0, nk, sc, pn.pw);
-      }
-      if (rescale && narrow)
-        for (int64_t i = 0; i < ncol * D; ++i) ot[i] *= alpha[i / D];
-      const float* cs = rescale && !narrow ? alpha : nullptr;  // O^T *= alpha inside the product
-      if (pairs) pair_values(amx, nk, vbuf, st, ot, pn, cs);
-      else if (narrow) narrow_products(ncol, false, vr, ldv, nk, st, ot, ncolp);
-      else gemm<V>(D, ncolp, Gemm{vr, 1, ldv, st, pw, ot, pw, nk, true, pn.stride(bk), pn.stride(D), cs});
+  // Keys k0 .. k0 + nk - 1 (within one page of a paged cache): scores, online softmax, O^T update.
+  // kbuf, vbuf: bk x D floats of the task, free for this call.
+  void key_tile(Walk& w, int64_t k0, int64_t nk, float* kbuf, float* vbuf) const {
+    const TileId& id = w.id;
+    const Panels& pn = w.pn;
+    const int64_t ncol = w.ncol, ncolp = pn.ncolp, pw = pn.pw;
+    const bool narrow = w.narrow, pairs = w.pairs, raw = w.raw;
+    float *st = w.st, *ot = w.ot, *m = w.m, *l = w.l, *mx = w.mx, *alpha = w.alpha, *base = w.base;
+    const T* kt = static_cast<const T*>(p.k) + id.hk * p.k_head_stride + key_offset(p, id.b, id.s, k0, p.k_batch_stride, p.k_row_stride);
+    const T* vt = static_cast<const T*>(p.v) + id.hk * p.v_head_stride + key_offset(p, id.b, id.s, k0, p.v_batch_stride, p.v_row_stride);
+    int64_t ldk = 0, ldv = 0;
+    const float *kr = nullptr, *vr = nullptr;
+    if (pairs) {
+      pair_scores(w.amx, raw, kt, nk, kbuf, w.qt, st, pn);
+      if (w.amx) pack_vt_pairs(vt, nk, vbuf);
+      else pack_v_pairs(vt, nk, vbuf);
+    } else {
+      const int64_t ahead = narrow ? decode_ahead() : 0;  // float: in narrow_kernel, which reads in place
+      kr = float_rows<V>(kt, p.k_row_stride, nk, D, kbuf, ldk, ahead);
+      vr = float_rows<V>(vt, p.v_row_stride, nk, D, vbuf, ldv, ahead);
+      if (narrow) narrow_products(ncol, true, kr, ldk, nk, w.qt, st, ncolp);
+      else gemm<V>(nk, ncolp, score_sum(Gemm{kr, ldk, 1, w.qt, pw, st, pw, D, false, pn.stride(D), pn.stride(bk)}));
     }
-    if (narrow)  // back to the O^T layout finish() reads
-      for (int64_t i = 0; i < ncol * D; ++i) qt[pn.at(D, i % D, i / D)] = ot[i];
-    finish(tile, split, id, pn, narrow ? qt : ot, m, l);
+    if (has_score_mod(p)) modify_scores(st, pn, k0, nk, w.pos, w.nslope);
+    if (has_attn_mask(p)) apply_mask(st, pn, k0, nk, ncol, w.mrow, w.mtile);
+
+    bool partial = false;  // -inf for the keys a column may not see (in any score domain)
+    for (int64_t c = 0; c < ncol; ++c) partial |= w.lo[c] > k0 || w.hi[c] < k0 + nk - 1;
+    if (partial)  // mask the scores a column may not see: keys before lo and after hi
+      for (int64_t c = 0; c < ncol; ++c) {
+        float* sc = st + pn.col(bk, c);
+        const int64_t a = std::clamp<int64_t>(w.lo[c] - k0, 0, nk), z = std::clamp<int64_t>(w.hi[c] + 1 - k0, a, nk);
+        for (int64_t j = 0; j < a; ++j) sc[j * pw] = neg_inf<float>();
+        for (int64_t j = z; j < nk; ++j) sc[j * pw] = neg_inf<float>();
+      }
+    for (int64_t c = 0; c < ncolp; c += W) {  // four chains: one would wait on max's latency
+      const float* sc = st + pn.col(bk, c);
+      const R ninf = V::set1(neg_inf<float>());
+      R mv[4] = {ninf, ninf, ninf, ninf};
+      int64_t j = 0;
+      for (; j + 4 <= nk; j += 4)
+        for (int i = 0; i < 4; ++i) mv[i] = V::max(mv[i], V::load(sc + (j + i) * pw));
+      for (; j < nk; ++j) mv[0] = V::max(mv[0], V::load(sc + j * pw));
+      const R tm = V::max(V::max(mv[0], mv[1]), V::max(mv[2], mv[3]));
+      V::store(mx + c, raw ? V::mul(tm, V::set1(sl2)) : tm);
+    }
+    // Vector form of fae::rescale_factor / exp_base: a column with no finite score yet
+    // subtracts -FLT_MAX instead of 0, so that exp2(-inf - base) == 0 without a select.
+    for (int64_t c = 0; c < ncolp; c += W) {
+      const R mo = V::load(m + c), mn = V::max(V::load(mx + c), mo);  // NaN in m stays
+      const R bv = V::max(mn, V::set1(-std::numeric_limits<float>::max()));
+      V::store(alpha + c, V::exp2(V::sub(mo, bv)));
+      V::store(base + c, bv);
+      V::store(m + c, mn);
+    }
+    bool rescale = false;
+    for (int64_t c = 0; c < ncol; ++c) rescale |= alpha[c] != 1.f;
+    if (pairs) pair_probabilities(id.b, k0, nk, raw ? sl2 : 1.f, st, pn, base, alpha, l, w.rows, w.heads, w.mt);
+    for (int64_t c = 0; c < ncolp && !pairs; c += W) {
+      float* sc = st + pn.col(bk, c);
+      const R bv = V::load(base + c);
+      R sum = V::zero();
+      for (int64_t j = 0; j < nk; ++j) {
+        float* sp = sc + j * pw;
+        const R pv = V::exp2(V::sub(V::load(sp), bv));
+        V::store(sp, pv);
+        sum = V::add(sum, pv);
+      }
+      V::store(l + c, V::fma(V::load(l + c), V::load(alpha + c), sum));
+      if (drop) apply_dropout(id.b, w.rows + c, w.heads + c, k0, nk, sc, pn.pw);
+    }
+    if (rescale && narrow)
+      for (int64_t i = 0; i < ncol * D; ++i) ot[i] *= alpha[i / D];
+    const float* cs = rescale && !narrow ? alpha : nullptr;  // O^T *= alpha inside the product
+    if (pairs) pair_values(w.amx, nk, vbuf, st, ot, pn, cs);
+    else if (narrow) narrow_products(ncol, false, vr, ldv, nk, st, ot, ncolp);
+    else gemm<V>(D, ncolp, Gemm{vr, 1, ldv, st, pw, ot, pw, nk, true, pn.stride(bk), pn.stride(D), cs});
+  }
+
+  void end(const Walk& w, int64_t tile, int64_t split) const {
+    if (w.narrow)  // back to the O^T layout finish() reads
+      for (int64_t i = 0; i < w.ncol * D; ++i) w.qt[w.pn.at(D, i % D, i / D)] = w.ot[i];
+    finish(tile, split, w.id, w.pn, w.narrow ? w.qt : w.ot, w.m, w.l);
   }
 
   // Softcap, then the ALiBi bias, on the log2-domain scores of keys k0 .. k0 + nk - 1 (lanes are
@@ -411,12 +488,24 @@ struct Forward {
 
   static R ld(const float* x, int n) { return n == W ? V::load(x) : V::loadn(x, n); }
 
+  // Narrow tiles (decoding) stream K and V from memory, one row per head stride: rows prefetched
+  // this many rows ahead, about 4 KB (measured: decode Hq 32 / Hkv 8, Sk 32768, D 128, 1 thread,
+  // see bench/README.md). float rows are read in place by narrow_kernel, which prefetches them.
+  int64_t decode_ahead() const { return std::max<int64_t>(2, ceil_div(4096, D * int64_t(sizeof(T)))); }
+  int64_t inplace_ahead() const { return std::is_same_v<T, float> ? decode_ahead() : 0; }
+
   // Narrow tiles: scores st[j][c] = K_j . Q_c (reduced along D), or o[c] += sum_j st[j][c] V_j.
   template <int NC>
   void narrow_kernel(bool scores, const float* a, int64_t lda, int64_t nk, const float* x, float* y,
                      int64_t ncolp) const {
+    const int64_t ahead = inplace_ahead(), row_bytes = D * int64_t(sizeof(float));
+    const auto fetch = [&](int64_t j) {
+      if (ahead) prefetch_row(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(a) +
+                                                            uintptr_t((j + ahead) * lda * int64_t(sizeof(float)))), row_bytes);
+    };
     if (scores) {
       for (int64_t j = 0; j < nk; ++j) {
+        fetch(j);
         const float* kj = a + j * lda;
         R acc[NC];
         for (int c = 0; c < NC; ++c) acc[c] = V::zero();
@@ -430,18 +519,30 @@ struct Forward {
       }
       return;
     }
-    for (int64_t d = 0; d < D; d += W) {
-      const int n = int(std::min<int64_t>(W, D - d));
-      R acc[NC];
-      for (int c = 0; c < NC; ++c) acc[c] = ld(y + c * D + d, n);
+    // Blocks of DB vectors along D (NC x DB accumulators, within the register file): each V row
+    // is read in runs of DB * W contiguous floats, the first block's pass bringing the rows in.
+    constexpr int DB = std::clamp((W >= 16 ? 24 : 12) / NC, 1, 8);
+    for (int64_t d0 = 0; d0 < D; d0 += DB * W) {
+      R acc[NC][DB];
+      int len[DB];
+      for (int b = 0; b < DB; ++b) {
+        len[b] = int(std::clamp<int64_t>(D - d0 - b * W, 0, W));
+        for (int c = 0; c < NC; ++c) acc[c][b] = len[b] ? ld(y + c * D + d0 + b * W, len[b]) : V::zero();
+      }
       for (int64_t j = 0; j < nk; ++j) {
-        const R vv = ld(a + j * lda + d, n);
-        for (int c = 0; c < NC; ++c) acc[c] = V::fma(V::set1(x[j * ncolp + c]), vv, acc[c]);
+        if (d0 == 0) fetch(j);
+        const float* vj = a + j * lda + d0;
+        for (int b = 0; b < DB; ++b) {
+          if (!len[b]) break;
+          const R vv = ld(vj + b * W, len[b]);
+          for (int c = 0; c < NC; ++c) acc[c][b] = V::fma(V::set1(x[j * ncolp + c]), vv, acc[c][b]);
+        }
       }
-      for (int c = 0; c < NC; ++c) {
-        if (n == W) V::store(y + c * D + d, acc[c]);
-        else V::storen(y + c * D + d, acc[c], n);
-      }
+      for (int b = 0; b < DB && len[b]; ++b)
+        for (int c = 0; c < NC; ++c) {
+          if (len[b] == W) V::store(y + c * D + d0 + b * W, acc[c][b]);
+          else V::storen(y + c * D + d0 + b * W, acc[c][b], len[b]);
+        }
     }
   }
 
