@@ -266,12 +266,12 @@ struct Forward {
       pair_scores(w.amx, raw, kt, nk, kbuf, w.qt, st, pn);
       if (w.amx) pack_vt_pairs(vt, nk, vbuf);
       else pack_v_pairs(vt, nk, vbuf);
+    } else if (narrow) {  // K and V read in place (converted on the fly)
+      narrow_products(ncol, true, kt, p.k_row_stride, nk, w.qt, st, ncolp);
     } else {
-      const int64_t ahead = narrow ? decode_ahead() : 0;  // float: in narrow_kernel, which reads in place
-      kr = float_rows<V>(kt, p.k_row_stride, nk, D, kbuf, ldk, ahead);
-      vr = float_rows<V>(vt, p.v_row_stride, nk, D, vbuf, ldv, ahead);
-      if (narrow) narrow_products(ncol, true, kr, ldk, nk, w.qt, st, ncolp);
-      else gemm<V>(nk, ncolp, score_sum(Gemm{kr, ldk, 1, w.qt, pw, st, pw, D, false, pn.stride(D), pn.stride(bk)}));
+      kr = float_rows<V>(kt, p.k_row_stride, nk, D, kbuf, ldk);
+      vr = float_rows<V>(vt, p.v_row_stride, nk, D, vbuf, ldv);
+      gemm<V>(nk, ncolp, score_sum(Gemm{kr, ldk, 1, w.qt, pw, st, pw, D, false, pn.stride(D), pn.stride(bk)}));
     }
     if (has_score_mod(p)) modify_scores(st, pn, k0, nk, w.pos, w.nslope);
     if (has_attn_mask(p)) apply_mask(st, pn, k0, nk, ncol, w.mrow, w.mtile);
@@ -325,7 +325,7 @@ struct Forward {
       for (int64_t i = 0; i < ncol * D; ++i) ot[i] *= alpha[i / D];
     const float* cs = rescale && !narrow ? alpha : nullptr;  // O^T *= alpha inside the product
     if (pairs) pair_values(w.amx, nk, vbuf, st, ot, pn, cs);
-    else if (narrow) narrow_products(ncol, false, vr, ldv, nk, st, ot, ncolp);
+    else if (narrow) narrow_products(ncol, false, vt, p.v_row_stride, nk, st, ot, ncolp);
     else gemm<V>(D, ncolp, Gemm{vr, 1, ldv, st, pw, ot, pw, nk, true, pn.stride(bk), pn.stride(D), cs});
   }
 
@@ -486,27 +486,29 @@ struct Forward {
       }
   }
 
-  static R ld(const float* x, int n) { return n == W ? V::load(x) : V::loadn(x, n); }
+  template <typename X>  // float, or a storage dtype converted to float
+  static R ld(const X* x, int n) {
+    if constexpr (std::is_same_v<X, float>) return n == W ? V::load(x) : V::loadn(x, n);
+    else return V::cvt(x, n);
+  }
 
   // Narrow tiles (decoding) stream K and V from memory, one row per head stride: rows prefetched
-  // this many rows ahead, about 4 KB (measured: decode Hq 32 / Hkv 8, Sk 32768, D 128, 1 thread,
-  // see bench/README.md). float rows are read in place by narrow_kernel, which prefetches them.
+  // this many rows ahead, about 4 KB.
   int64_t decode_ahead() const { return std::max<int64_t>(2, ceil_div(4096, D * int64_t(sizeof(T)))); }
-  int64_t inplace_ahead() const { return std::is_same_v<T, float> ? decode_ahead() : 0; }
 
   // Narrow tiles: scores st[j][c] = K_j . Q_c (reduced along D), or o[c] += sum_j st[j][c] V_j.
   template <int NC>
-  void narrow_kernel(bool scores, const float* a, int64_t lda, int64_t nk, const float* x, float* y,
+  void narrow_kernel(bool scores, const T* a, int64_t lda, int64_t nk, const float* x, float* y,
                      int64_t ncolp) const {
-    const int64_t ahead = inplace_ahead(), row_bytes = D * int64_t(sizeof(float));
+    const int64_t ahead = decode_ahead(), row_bytes = D * int64_t(sizeof(T));
     const auto fetch = [&](int64_t j) {
-      if (ahead) prefetch_row(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(a) +
-                                                            uintptr_t((j + ahead) * lda * int64_t(sizeof(float)))), row_bytes);
+      prefetch_row(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(a) +
+                                                 uintptr_t((j + ahead) * lda * int64_t(sizeof(T)))), row_bytes);
     };
     if (scores) {
       for (int64_t j = 0; j < nk; ++j) {
         fetch(j);
-        const float* kj = a + j * lda;
+        const T* kj = a + j * lda;
         R acc[NC];
         for (int c = 0; c < NC; ++c) acc[c] = V::zero();
         for (int64_t d = 0; d < D; d += W) {
@@ -531,7 +533,7 @@ struct Forward {
       }
       for (int64_t j = 0; j < nk; ++j) {
         if (d0 == 0) fetch(j);
-        const float* vj = a + j * lda + d0;
+        const T* vj = a + j * lda + d0;
         for (int b = 0; b < DB; ++b) {
           if (!len[b]) break;
           const R vv = ld(vj + b * W, len[b]);
@@ -546,7 +548,7 @@ struct Forward {
     }
   }
 
-  void narrow_products(int64_t ncol, bool scores, const float* a, int64_t lda, int64_t nk,
+  void narrow_products(int64_t ncol, bool scores, const T* a, int64_t lda, int64_t nk,
                        const float* x, float* y, int64_t ncolp) const {
     switch (ncol) {
       case 1: narrow_kernel<1>(scores, a, lda, nk, x, y, ncolp); break;

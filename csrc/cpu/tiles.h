@@ -55,15 +55,11 @@ inline void prefetch_row(const void* row, int64_t bytes) {
   for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(reinterpret_cast<const void*>(a + uintptr_t(b)));
 }
 
-// Rows [0, n) x cols [0, d) of a strided storage-dtype matrix, as dense float rows of stride ld;
-// ahead > 0 prefetches the row that many rows on from each one read.
+// Rows [0, n) x cols [0, d) of a strided storage-dtype matrix, as dense float rows of stride ld.
 template <class V, typename T>
-void load_rows(const T* src, int64_t src_ld, int64_t n, int64_t d, float* dst, int64_t ld, int64_t ahead = 0) {
+void load_rows(const T* src, int64_t src_ld, int64_t n, int64_t d, float* dst, int64_t ld) {
   constexpr int W = V::W;
   for (int64_t r = 0; r < n; ++r) {
-    if (ahead) prefetch_row(reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(src) +
-                                                          uintptr_t((r + ahead) * src_ld * int64_t(sizeof(T)))),
-                            d * int64_t(sizeof(T)));
     const T* s = src + r * src_ld;
     float* o = dst + r * ld;
     int64_t c = 0;
@@ -96,17 +92,15 @@ void store_rows(const float* src, int64_t ld, int64_t n, int64_t d, T* dst, int6
 }
 
 // A strided matrix of storage dtype viewed as float rows: the data itself for float, else a
-// converted copy in `buf` (prefetching `ahead` rows on, see load_rows). Returns the pointer and
-// sets ld to its row stride.
+// converted copy in `buf`. Returns the pointer and sets ld to its row stride.
 template <class V, typename T>
-const float* float_rows(const T* src, int64_t src_ld, int64_t n, int64_t d, float* buf, int64_t& ld,
-                        int64_t ahead = 0) {
+const float* float_rows(const T* src, int64_t src_ld, int64_t n, int64_t d, float* buf, int64_t& ld) {
   if constexpr (std::is_same_v<T, float>) {
     ld = src_ld;
     return src;
   } else {
     ld = d;
-    load_rows<V>(src, src_ld, n, d, buf, d, ahead);
+    load_rows<V>(src, src_ld, n, d, buf, d);
     return buf;
   }
 }
