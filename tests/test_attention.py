@@ -54,6 +54,29 @@ def test_forward_matches_oracle(backend, gen, case, dtype):
     assert_close(lse, ref_lse.to(lse.dtype), None, "lse")  # lse is float32/float64: absolute
 
 
+# Enough query tiles (16 or more) that the CPU forward walks up to 4 row tiles of a head in
+# lockstep over shared key tiles (csrc/cpu/forward.h, plan_tasks): their key ranges differ under
+# causal masks and windows.
+GROUP_CASES = [
+    (1, 600, 700, 8, 2, 64, False, (-1, -1)),
+    (2, 530, 530, 4, 2, 64, True, (100, -1)),
+    (1, 520, 900, 4, 4, 32, True, (-1, -1)),
+    (1, 700, 640, 4, 1, 128, False, (50, 200)),
+]
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16, F16], ids=str)
+@pytest.mark.parametrize("case", GROUP_CASES, ids=[str(i) for i in range(len(GROUP_CASES))])
+def test_forward_row_tile_groups(gen, case, dtype):
+    b, sq, sk, hq, hkv, d, causal, window = case
+    q, k, v = _inputs(gen, b, sq, sk, hq, hkv, d, dtype)
+    out, lse, _ = fa.flash_attn_func(q, k, v, causal=causal, window_size=window, return_attn_probs=True)
+    ref, ref_lse = oracle.attention(q, k, v, causal=causal, window=window)
+    naive = naive_in(dtype, q, k, v, causal=causal, window=window)[0] if dtype in (BF16, F16) else None
+    assert_close(out, ref, naive, "out")
+    assert_close(lse, ref_lse.to(lse.dtype), None, "lse")
+
+
 BWD_CASES = [CASES[i] for i in (1, 2, 3, 4, 7, 8, 9)]
 
 

@@ -71,6 +71,8 @@ struct Forward {
   bool mods;  // softcap, ALiBi or an explicit mask
   bool drop;  // dropout
   SeqTiles seq_tiles;
+  Buffer<int64_t> order, starts;  // tile ids task by task: task t walks order[starts[t] .. starts[t + 1])
+  int64_t ntasks = 0;
   float* part_o = nullptr;    // nsplit > 1: [tile][split][col][D], normalised partial outputs
   float* part_lse = nullptr;  // [tile][split][col], log2-domain partial logsumexp
 
@@ -82,14 +84,16 @@ struct Forward {
         hpt(rpt < bq ? std::min(group, bq / rpt) : 1), head_tiles(ceil_div(group, hpt)), sl2(prm.scale_log2),
         mods(has_score_mod(prm) || has_attn_mask(prm)), drop(has_dropout(prm)), seq_tiles(prm.batch, [&](int64_t b) {
           return prm.heads_kv * head_tiles * ceil_div(sequence(prm, b).seqlen_q, rpt);
-        }) {
+        }),
+        order(seq_tiles.total()), starts(seq_tiles.total() + 1) {
     tiles = seq_tiles.total();
-    const int64_t nt = tasks();
+    const int64_t nt = lock_heads() == 1 ? tiles : tiles / p.heads_kv * ceil_div(p.heads_kv, lock_heads());
     nsplit = p.num_splits;
     if (nsplit <= 0)  // by shape only (results do not depend on the thread count), >= 4 key tiles each
       nsplit = nt >= kMinTasks || nt == 0
                    ? 1 : std::max<int64_t>(1, std::min(ceil_div(kMinTasks, nt), p.seqlen_k / (4 * bk)));
     nsplit = std::min(nsplit, std::max<int64_t>(1, ceil_div(p.seqlen_k, 16)));  // splits hold 16-key groups
+    plan_tasks();
   }
 
   struct TileId { int64_t b, hk, h0, nh, r0, nr; Seq s; };
@@ -102,41 +106,64 @@ struct Forward {
     return {b, hk, h0, std::min(hpt, group - ht * hpt), r0, std::min(rpt, s.seqlen_q - r0), s};
   }
 
-  // Decoding with several KV heads (every tile narrow): the tiles of one (sequence, head tile, row
-  // tile) that differ in their kv head walk their keys in lockstep, key tile by key tile, so that
-  // the K and V rows of one key position, adjacent in memory across heads, are read close in time.
-  // One head at a time read each row from its own page (a head stride of 2-4 KB at D = 128):
-  // 3.3 GB/s against 9 GB/s with head-major K / V (Xeon of bench/README.md, 1 thread, Sk 32768).
-  static constexpr int64_t kLockHeads = 16;
+  // Tasks: tiles that walk their keys in lockstep, key tile by key tile (walk).
+  // - Decoding with several kv heads (every tile narrow): the tiles of one (sequence, head tile,
+  //   row tile) and up to kLockHeads kv heads, so that the K and V rows of one key position,
+  //   adjacent in memory across heads, are read close in time. One head at a time read each row
+  //   from its own page (a head stride of 2-4 KB at D = 128): 3.3 GB/s against 9 GB/s with
+  //   head-major K / V (Xeon of bench/README.md, 1 thread, Sk 32768).
+  // - Otherwise, without splits: up to kRowGroup consecutive row tiles of one (sequence, kv head,
+  //   head tile) of the same shape, which share each key tile's K rows and packed V (the packing
+  //   of V^T took about 30% of the bfloat16 forward on AMX tiles, one tile at a time); fewer when
+  //   there would be fewer than kMinTasks tasks. Tiles' key ranges differ (causal, windows): a
+  //   tile takes part in the key tiles that meet its range.
+  // By shape only: the results do not depend on the thread count.
+  static constexpr int64_t kLockHeads = 16, kRowGroup = 4;
   int64_t lock_heads() const { return rpt * hpt <= kNarrowCols ? std::min(p.heads_kv, kLockHeads) : 1; }
-  int64_t head_chunks() const { return ceil_div(p.heads_kv, lock_heads()); }
-  // Tasks per split: every tile, or (lockstep) every group of tiles of one chunk of kv heads.
-  int64_t tasks() const { return lock_heads() == 1 ? tiles : tiles / p.heads_kv * head_chunks(); }
+
+  void plan_tasks() {
+    int64_t* o = order.get();
+    int64_t* st = starts.get();
+    int64_t n = 0;
+    st[0] = 0;
+    if (lock_heads() > 1) {
+      const int64_t lh = lock_heads();
+      for (int64_t b = 0; b < p.batch; ++b) {
+        const int64_t per = (seq_tiles.first(b + 1) - seq_tiles.first(b)) / p.heads_kv;  // tiles per kv head
+        for (int64_t local = 0; local < per; ++local)
+          for (int64_t h0 = 0; h0 < p.heads_kv; h0 += lh) {
+            for (int64_t hk = h0; hk < std::min(p.heads_kv, h0 + lh); ++hk) o[n++] = seq_tiles.first(b) + hk * per + local;
+            st[++ntasks] = n;
+          }
+      }
+      return;
+    }
+    const int64_t g = nsplit == 1 ? std::clamp<int64_t>(tiles / kMinTasks, 1, kRowGroup) : 1;
+    TileId prev{};
+    for (int64_t t = 0; t < tiles; ++t) {
+      const TileId id = tile_id(t);
+      const bool join = t > 0 && n - st[ntasks] < g && id.b == prev.b && id.hk == prev.hk && id.h0 == prev.h0 &&
+                        (id.nh * id.nr <= kNarrowCols) == (prev.nh * prev.nr <= kNarrowCols);
+      if (t > 0 && !join) st[++ntasks] = n;
+      o[n++] = t;
+      prev = id;
+    }
+    if (tiles > 0) st[++ntasks] = n;
+  }
 
   void run() {
-    const int64_t nt = tasks();
+    const auto task = [&](int64_t t, int64_t split) {
+      walk(order.get() + starts.get()[t], starts.get()[t + 1] - starts.get()[t], split);
+    };
     if (nsplit == 1) {
-      parallel_for(nt, p.num_threads, [&](int64_t t) { task(t, 0); });
+      parallel_for(ntasks, p.num_threads, [&](int64_t t) { task(t, 0); });
       return;
     }
     Scratch po(tiles * nsplit * bq * D), pl(tiles * nsplit * bq);
     part_o = po.get();
     part_lse = pl.get();
-    parallel_for(nt * nsplit, p.num_threads, [&](int64_t t) { task(t / nsplit, t % nsplit); });
+    parallel_for(ntasks * nsplit, p.num_threads, [&](int64_t t) { task(t / nsplit, t % nsplit); });
     parallel_for(tiles, p.num_threads, [&](int64_t t) { merge(t); });
-  }
-
-  // Task t of tasks(): its tiles, walked in lockstep over this split's keys.
-  void task(int64_t t, int64_t split) {
-    if (lock_heads() == 1) return walk(&t, 1, split);
-    // Tile (b, hk, local) = first(b) + hk * per + local, per = the tiles of one kv head of b.
-    const int64_t g = t / head_chunks(), h0 = t % head_chunks() * lock_heads();
-    const int64_t b = seq_tiles.seq_of(g * p.heads_kv);
-    const int64_t per = (seq_tiles.first(b + 1) - seq_tiles.first(b)) / p.heads_kv;
-    const int64_t local = g - seq_tiles.first(b) / p.heads_kv, n = std::min(lock_heads(), p.heads_kv - h0);
-    int64_t ids[kLockHeads];
-    for (int64_t i = 0; i < n; ++i) ids[i] = seq_tiles.first(b) + (h0 + i) * per + local;
-    walk(ids, n, split);
   }
 
   // The state of one (tile, split) across the key tiles it walks (begin, key_tile, end). Plain
@@ -153,27 +180,62 @@ struct Forward {
     uint32_t rows[kMaxCols], heads[kMaxCols];  // dropout: each column's row and head (padding 0)
   };
 
-  // Tiles ids[0 .. n) (n > 1: the same sequence, heads and rows, so the same key range) over this
-  // split's keys, key tile by key tile.
+  // One key tile (keys k0 .. k0 + nk - 1 of one kv head, within one page of a paged cache) as the
+  // products read it: rows in place; K as pairs (pair path: in place or copied to kbuf, ka / lda
+  // in bytes) and V packed to vbuf (vb); or K and V as float rows (float path).
+  struct KeyTile {
+    int64_t k0, nk;
+    const T *kt, *vt;
+    const char* ka;
+    int64_t lda;
+    const float *vb, *kr, *vr;
+    int64_t ldk, ldv;
+  };
+
+  KeyTile key_rows(const Walk& w, int64_t k0, int64_t nk, float* kbuf, float* vbuf) const {
+    const TileId& id = w.id;
+    KeyTile t{k0, nk,
+              static_cast<const T*>(p.k) + id.hk * p.k_head_stride + key_offset(p, id.b, id.s, k0, p.k_batch_stride, p.k_row_stride),
+              static_cast<const T*>(p.v) + id.hk * p.v_head_stride + key_offset(p, id.b, id.s, k0, p.v_batch_stride, p.v_row_stride),
+              nullptr, 0, vbuf, nullptr, nullptr, 0, 0};
+    if (w.pairs) {
+      pair_keys(w.amx, t, kbuf);
+      if (w.amx) pack_vt_pairs(t.vt, nk, vbuf);
+      else pack_v_pairs(t.vt, nk, vbuf);
+    } else if (!w.narrow) {
+      t.kr = float_rows<V>(t.kt, p.k_row_stride, nk, D, kbuf, t.ldk);
+      t.vr = float_rows<V>(t.vt, p.v_row_stride, nk, D, vbuf, t.ldv);
+    }
+    return t;
+  }
+
+  // Tiles ids[0 .. n) of one task (plan_tasks) over this split's keys, key tile by key tile; the
+  // key tile is prepared once when they share their kv head.
   void walk(const int64_t* ids, int64_t n, int64_t split) {
     Buffer<Walk> walks(n);
     Walk* w = walks.get();
-    int64_t own = 0;
+    int64_t own = 0, ka = std::numeric_limits<int64_t>::max(), kb = 0;
     for (int64_t i = 0; i < n; ++i) {
       new (&w[i]) Walk{};
       w[i].id = tile_id(ids[i]);
       plan(w[i], split);
       own = std::max(own, walk_floats(w[i]));
+      if (w[i].ka < w[i].kb) { ka = std::min(ka, w[i].ka); kb = std::max(kb, w[i].kb); }
     }
+    const bool share = w[n - 1].id.hk == w[0].id.hk;
     Scratch scratch(n * own + 2 * bk * D);
-    float* kbuf = scratch.get() + n * own;  // bk x D: K tile as float (16-bit inputs)
-    float* vbuf = kbuf + bk * D;            // bk x D: V tile as float
+    float* kbuf = scratch.get() + n * own;  // bk x D floats: the key tile's K
+    float* vbuf = kbuf + bk * D;            // bk x D floats: its V
     const AmxTiles<Amx> tiles_in_use(w[0].amx);
     for (int64_t i = 0; i < n; ++i) begin(w[i], scratch.get() + i * own);
-    const Walk& w0 = w[0];
-    for (int64_t k0 = w0.ka, nk = 0; k0 < w0.kb; k0 += nk) {
-      nk = std::min(std::min(bk, w0.kb - k0), contiguous_keys(p, w0.id.s, k0));  // within one page
-      for (int64_t i = 0; i < n; ++i) key_tile(w[i], k0, nk, kbuf, vbuf);
+    for (int64_t k0 = ka, nk = 0; k0 < kb; k0 += nk) {
+      nk = std::min(std::min(bk, kb - k0), contiguous_keys(p, w[0].id.s, k0));  // within one page
+      KeyTile t{};
+      for (int64_t i = 0; i < n; ++i) {
+        if (w[i].kb <= k0 || k0 + nk <= w[i].ka) continue;  // no key of this tile in its range
+        if (!share || t.kt == nullptr) t = key_rows(w[i], k0, nk, kbuf, vbuf);
+        key_tile(w[i], t);
+      }
     }
     for (int64_t i = 0; i < n; ++i) end(w[i], ids[i], split);
   }
@@ -250,29 +312,18 @@ struct Forward {
       }
   }
 
-  // Keys k0 .. k0 + nk - 1 (within one page of a paged cache): scores, online softmax, O^T update.
-  // kbuf, vbuf: bk x D floats of the task, free for this call.
-  void key_tile(Walk& w, int64_t k0, int64_t nk, float* kbuf, float* vbuf) const {
+  // One key tile (key_rows) for this tile's columns: scores, online softmax, O^T update.
+  void key_tile(Walk& w, const KeyTile& t) const {
     const TileId& id = w.id;
     const Panels& pn = w.pn;
-    const int64_t ncol = w.ncol, ncolp = pn.ncolp, pw = pn.pw;
+    const int64_t ncol = w.ncol, ncolp = pn.ncolp, pw = pn.pw, k0 = t.k0, nk = t.nk;
     const bool narrow = w.narrow, pairs = w.pairs, raw = w.raw;
     float *st = w.st, *ot = w.ot, *m = w.m, *l = w.l, *mx = w.mx, *alpha = w.alpha, *base = w.base;
-    const T* kt = static_cast<const T*>(p.k) + id.hk * p.k_head_stride + key_offset(p, id.b, id.s, k0, p.k_batch_stride, p.k_row_stride);
-    const T* vt = static_cast<const T*>(p.v) + id.hk * p.v_head_stride + key_offset(p, id.b, id.s, k0, p.v_batch_stride, p.v_row_stride);
-    int64_t ldk = 0, ldv = 0;
-    const float *kr = nullptr, *vr = nullptr;
-    if (pairs) {
-      pair_scores(w.amx, raw, kt, nk, kbuf, w.qt, st, pn);
-      if (w.amx) pack_vt_pairs(vt, nk, vbuf);
-      else pack_v_pairs(vt, nk, vbuf);
-    } else if (narrow) {  // K and V read in place (converted on the fly)
-      narrow_products(ncol, true, kt, p.k_row_stride, nk, w.qt, st, ncolp);
-    } else {
-      kr = float_rows<V>(kt, p.k_row_stride, nk, D, kbuf, ldk);
-      vr = float_rows<V>(vt, p.v_row_stride, nk, D, vbuf, ldv);
-      gemm<V>(nk, ncolp, score_sum(Gemm{kr, ldk, 1, w.qt, pw, st, pw, D, false, pn.stride(D), pn.stride(bk)}));
-    }
+    if (pairs) pair_scores(w.amx, raw, t, w.qt, st, pn);
+    else if (narrow)  // K and V read in place (converted on the fly)
+      narrow_products(ncol, true, t.kt, p.k_row_stride, nk, w.qt, st, ncolp);
+    else
+      gemm<V>(nk, ncolp, score_sum(Gemm{t.kr, t.ldk, 1, w.qt, pw, st, pw, D, false, pn.stride(D), pn.stride(bk)}));
     if (has_score_mod(p)) modify_scores(st, pn, k0, nk, w.pos, w.nslope);
     if (has_attn_mask(p)) apply_mask(st, pn, k0, nk, ncol, w.mrow, w.mtile);
 
@@ -324,9 +375,9 @@ struct Forward {
     if (rescale && narrow)
       for (int64_t i = 0; i < ncol * D; ++i) ot[i] *= alpha[i / D];
     const float* cs = rescale && !narrow ? alpha : nullptr;  // O^T *= alpha inside the product
-    if (pairs) pair_values(w.amx, nk, vbuf, st, ot, pn, cs);
-    else if (narrow) narrow_products(ncol, false, vt, p.v_row_stride, nk, st, ot, ncolp);
-    else gemm<V>(D, ncolp, Gemm{vr, 1, ldv, st, pw, ot, pw, nk, true, pn.stride(bk), pn.stride(D), cs});
+    if (pairs) pair_values(w.amx, nk, t.vb, st, ot, pn, cs);
+    else if (narrow) narrow_products(ncol, false, t.vt, p.v_row_stride, nk, st, ot, ncolp);
+    else gemm<V>(D, ncolp, Gemm{t.vr, 1, t.ldv, st, pw, ot, pw, nk, true, pn.stride(bk), pn.stride(D), cs});
   }
 
   void end(const Walk& w, int64_t tile, int64_t split) const {
@@ -382,26 +433,35 @@ struct Forward {
     }
   }
 
-  // Pair path: S^T = K . Q^T on pairs along D (K rows copied as they are: a row of bfloat16 is a
-  // row of pairs), then scaled by scale * log2(e) so that the scores are in the log2 domain (not
-  // when raw: pair_probabilities scales them).
-  // On tiles (amx): K rows are read in place when the tile has whole tile rows, else copied with
-  // zero rows after them; the scores of those rows are 0 and never read.
-  void pair_scores(bool amx, bool raw, const T* kt, int64_t nk, float* kbuf, const float* qtp, float* st, const Panels& pn) const {
+  // Pair path: K rows as pairs along D, copied as they are (a row of bfloat16 is a row of pairs).
+  // On tiles (amx): read in place when the tile has whole tile rows, else copied with zero rows
+  // after them; the scores of those rows are 0 and never read.
+  void pair_keys(bool amx, KeyTile& t, float* kbuf) const {
     if constexpr (kPairs) {
-      const int64_t dp = (D + 1) / 2;
       if (amx) {
-        if constexpr (kAmx) {
-          int64_t lda;
-          const char* a = tile_rows(kt, p.k_row_stride, nk, D, kbuf, lda);
-          amx_gemm<Amx>(round_up(nk, kAmxRows), pn.ncolp, AmxGemm{a, lda, qtp, pn.pw, st, pn.pw, dp, false, pn.pw, pn.stride(dp), pn.stride(bk)});
-        }
+        if constexpr (kAmx) t.ka = tile_rows(t.kt, p.k_row_stride, t.nk, D, kbuf, t.lda);
+        return;
+      }
+      const int64_t dp = (D + 1) / 2;
+      for (int64_t j = 0; j < t.nk; ++j) {
+        kbuf[j * dp + dp - 1] = 0.f;  // odd D: the last pair's high half stays zero
+        std::memcpy(kbuf + j * dp, t.kt + j * p.k_row_stride, sizeof(T) * D);
+      }
+      t.ka = reinterpret_cast<const char*>(kbuf);
+      t.lda = dp * int64_t(sizeof(float));
+    }
+  }
+
+  // Pair path: S^T = K . Q^T, then scaled by scale * log2(e) so that the scores are in the log2
+  // domain (not when raw: pair_probabilities scales them).
+  void pair_scores(bool amx, bool raw, const KeyTile& t, const float* qtp, float* st, const Panels& pn) const {
+    if constexpr (kPairs) {
+      const int64_t dp = (D + 1) / 2, nk = t.nk;
+      if (amx) {
+        if constexpr (kAmx)
+          amx_gemm<Amx>(round_up(nk, kAmxRows), pn.ncolp, AmxGemm{t.ka, t.lda, qtp, pn.pw, st, pn.pw, dp, false, pn.pw, pn.stride(dp), pn.stride(bk)});
       } else {
-        for (int64_t j = 0; j < nk; ++j) {
-          kbuf[j * dp + dp - 1] = 0.f;  // odd D: the last pair's high half stays zero
-          std::memcpy(kbuf + j * dp, kt + j * p.k_row_stride, sizeof(T) * D);
-        }
-        gemm<V, true>(nk, pn.ncolp, Gemm{kbuf, dp, 1, qtp, pn.pw, st, pn.pw, dp, false, pn.stride(dp), pn.stride(bk)});
+        gemm<V, true>(nk, pn.ncolp, Gemm{reinterpret_cast<const float*>(t.ka), dp, 1, qtp, pn.pw, st, pn.pw, dp, false, pn.stride(dp), pn.stride(bk)});
       }
       const R s = V::set1(sl2);
       for (int64_t c0 = 0; c0 < pn.ncolp && !raw; c0 += pn.pw)
