@@ -169,6 +169,32 @@ def test_mask_views_are_read_through_strides(gen):
                        fa.scaled_dot_product_attention(q, k, v, attn_mask=base.repeat(1, 2, 1, 1)))
 
 
+@pytest.mark.parametrize("kind", ["bool", "additive"])
+def test_mask_views_at_odd_offsets_and_strides(backend, gen, kind):
+    """Masks whose key pairs are not aligned for one load (a view starting one entry in, odd row
+    strides) and masks read at a key stride other than 1 give the oracle's result: the CUDA
+    kernels read those one entry at a time (pair loads otherwise)."""
+    dtype = F32 if backend == "cpu" else BF16
+    needs_kernel(backend, dtype, backward=True)
+    b, hq, sq, sk, d = 2, 2, 40, 70, 32
+    q, k, v = (randn(gen, b, hq, s, d, dtype=dtype).requires_grad_() for s in (sq, sk, sk))
+    base = make_mask(gen, kind, (b, hq, sq, sk + 2), F32)
+    views = {"offset": base[..., 1:sk + 1],  # even strides, the first entry one off
+             "odd rows": base.reshape(-1)[:b * hq * sq * (sk + 1)].view(b, hq, sq, sk + 1)[..., :sk],
+             "key stride": base.transpose(-1, -2).contiguous().transpose(-1, -2)[..., :sk]}
+    dout = randn(gen, b, hq, sq, d, dtype=dtype)
+    for name, mask in views.items():
+        mask = mask.detach().requires_grad_(kind == "additive")
+        out = fa.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        wrt = (q, k, v, mask) if kind == "additive" else (q, k, v)
+        ref = oracle_sdpa(q, k, v, mask)[0]
+        naive, naives = naive_in(dtype, lambda dt: oracle_sdpa(q, k, v, mask, dtype=dt)[0], wrt, dout)
+        assert_close(out, ref, naive, f"{name} out")
+        for what, g, r, n in zip(("dq", "dk", "dv", "dmask"), torch.autograd.grad(out, wrt, dout),
+                                 torch.autograd.grad(ref, wrt, dout.double()), naives):
+            assert_close(g, r, n, f"{name} {what}")
+
+
 def test_key_padding_mask_and_numpy(gen):
     """attention(key_padding_mask=): (B, Sk) booleans, True = ignore the key, combined with an
     attn_mask; numpy arrays in, numpy arrays out, the same numbers as tensors."""

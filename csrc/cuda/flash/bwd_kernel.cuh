@@ -503,6 +503,10 @@ __global__ void __launch_bounds__(Tr::kThreads)
         // P = P' / psum and dS = P (dP - delta), packed to 16 bits as the A operands of what follows.
         uint32_t pk_p[Sdp::MT][Sdp::NT][2], pk_ds[Sdp::MT][Sdp::NT][2];
         const bool masked = qt < whole_lo || qt > whole_hi;
+        // The explicit mask's offset of this thread's first row (its rows: + mt * 16 + 8 r).
+        [[maybe_unused]] int64_t mask_row0 = 0;
+        if constexpr (kMod)
+          if (p.attn_mask != nullptr) mask_row0 = mask_row_offset(p, b, h0 + h, m0 + wm * Tr::kSdpM + g);
 #pragma unroll
         for (int mt = 0; mt < Sdp::MT; ++mt)
 #pragma unroll
@@ -537,7 +541,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
                     tile.s[mt][nt][2 * r + c] = ScoreMods::bias_f(tile.s[mt][nt][2 * r + c], slope2, d0 - float(nt * 8 + c));
               }
               if (p.attn_mask != nullptr)  // keys past Sk and rows past Sq are not read (masked tiles zero them)
-                am.add_row<Sdp::NT>(tile.s[mt], r, p, mask_row_offset(p, b, h0 + h, m0 + row), key0,
+                am.add_row<Sdp::NT>(tile.s[mt], r, p, mask_row0, mt * 16 + 8 * r, key0,
                                     row_in ? int(min64(seqlen_k() - key0, Sdp::NT * 8)) : 0);
             }
             // P = P' / psum and dS = P (dP - delta) (M dP with dropout).
@@ -551,11 +555,14 @@ __global__ void __launch_bounds__(Tr::kThreads)
               }
             if constexpr (kMod) {
               if (bp.dmask != nullptr) {  // the mask's gradient where the band lets a pair through
-                const KeyRange band = masked ? on_mask([&](const FwdParams& mp) { return visible_keys(m0 + row, mp); })
-                                             : KeyRange{0, seqlen_k() - 1};
-                const int64_t lo = band.lo - key0, hi = row_in ? band.hi - key0 : -1;  // as columns of the row
-                am.store_grad_row<Sdp::NT>(bp, b, h0 + h, m0 + row, key0, tile.dp[mt], r, lo < 0 ? 0 : int(min64(lo, 1 << 30)),
-                                           hi < 0 ? -1 : int(min64(hi, 1 << 30)));
+                int lo = 0, hi = row_in ? Sdp::NT * 8 - 1 : -1;  // as columns of the row: all in unmasked tiles
+                if (masked) {
+                  const KeyRange band = on_mask([&](const FwdParams& mp) { return visible_keys(m0 + row, mp); });
+                  const int64_t l = band.lo - key0, u = row_in ? band.hi - key0 : -1;
+                  lo = l < 0 ? 0 : int(min64(l, 1 << 30));
+                  hi = u < 0 ? -1 : int(min64(u, 1 << 30));
+                }
+                am.store_grad_row<Sdp::NT>(bp, MaskRefs::grad_row_offset(bp, b, h0 + h, m0 + wm * Tr::kSdpM + g), mt * 16 + 8 * r, key0, tile.dp[mt], r, lo, hi);
               }
               if (mods.cap2 > 0.0f)  // dS times 1 - tanh^2
 #pragma unroll
