@@ -72,13 +72,14 @@ struct MaskRefs {
   // The mask on m16n8 accumulator tiles of batch b, query head h: element (mt, nt, i) is query
   // row row0 + mt * 16 + 8 * (i / 2) and key key0 + nt * 8 + i % 2 (row0, key0: this thread's
   // fragment row g and column 2t). Rows at or past rows_end and keys at or past keys_end are not
-  // read (the band mask or the row bounds take care of them).
-  template <int MT, int NT>
+  // read (the band mask or the row bounds take care of them). With pair loads (kPairs and `pairs`)
+  // tiles whose entries all lie inside read without checks.
+  template <int MT, int NT, bool kPairs = true>
   __device__ __forceinline__ void apply(float (&s)[MT][NT][4], const FwdParams& p, int b, int h, int64_t row0,
                                         int64_t key0, int64_t rows_end, int64_t keys_end) const {
     const int rows = int(min64(rows_end - row0, 1 << 30)), keys = int(min64(keys_end - key0, 1 << 30));
     const int64_t first = mask_row_offset(p, b, h, row0) + key0 * p.mask_col_stride;
-    if (pairs && rows > (MT - 1) * 16 + 8 && keys >= NT * 8 - 6) {  // every entry read lies inside
+    if (kPairs && pairs && rows > (MT - 1) * 16 + 8 && keys >= NT * 8 - 6) {  // every entry read lies inside
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
