@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 import flashattn_ext as fa
 from flashattn_ext import _dispatch
+from flashattn_ext._validate import MaskSpec
 import oracle
 from attn_testing import assert_close, needs_kernel, randn
 from flashattn_ext.nn import MultiHeadAttention
@@ -168,6 +169,32 @@ def test_mask_views_are_read_through_strides(gen):
                        fa.scaled_dot_product_attention(q, k, v, attn_mask=base.repeat(1, 2, 1, 1)))
 
 
+@pytest.mark.parametrize("kind", ["bool", "additive"])
+def test_mask_views_at_odd_offsets_and_strides(backend, gen, kind):
+    """Masks whose key pairs are not aligned for one load (a view starting one entry in, odd row
+    strides) and masks read at a key stride other than 1 give the oracle's result: the CUDA
+    kernels read those one entry at a time (pair loads otherwise)."""
+    dtype = F32 if backend == "cpu" else BF16
+    needs_kernel(backend, dtype, backward=True)
+    b, hq, sq, sk, d = 2, 2, 40, 70, 32
+    q, k, v = (randn(gen, b, hq, s, d, dtype=dtype).requires_grad_() for s in (sq, sk, sk))
+    base = make_mask(gen, kind, (b, hq, sq, sk + 2), F32)
+    views = {"offset": base[..., 1:sk + 1],  # even strides, the first entry one off
+             "odd rows": base.reshape(-1)[:b * hq * sq * (sk + 1)].view(b, hq, sq, sk + 1)[..., :sk],
+             "key stride": base.transpose(-1, -2).contiguous().transpose(-1, -2)[..., :sk]}
+    dout = randn(gen, b, hq, sq, d, dtype=dtype)
+    for name, mask in views.items():
+        mask = mask.detach().requires_grad_(kind == "additive")
+        out = fa.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        wrt = (q, k, v, mask) if kind == "additive" else (q, k, v)
+        ref = oracle_sdpa(q, k, v, mask)[0]
+        naive, naives = naive_in(dtype, lambda dt: oracle_sdpa(q, k, v, mask, dtype=dt)[0], wrt, dout)
+        assert_close(out, ref, naive, f"{name} out")
+        for what, g, r, n in zip(("dq", "dk", "dv", "dmask"), torch.autograd.grad(out, wrt, dout),
+                                 torch.autograd.grad(ref, wrt, dout.double()), naives):
+            assert_close(g, r, n, f"{name} {what}")
+
+
 def test_key_padding_mask_and_numpy(gen):
     """attention(key_padding_mask=): (B, Sk) booleans, True = ignore the key, combined with an
     attn_mask; numpy arrays in, numpy arrays out, the same numbers as tensors."""
@@ -292,14 +319,16 @@ def calls_as_key_lengths() -> int:
     return _dispatch.mask_as_key_lengths_calls
 
 
-@pytest.mark.parametrize("dtype", [F32, F64, BF16], ids=str)
+@pytest.mark.parametrize("dtype", [F32, F64, BF16, F16], ids=str)
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("shape", SHAPES, ids=["sq<sk", "sq>sk"])
-def test_suffix_key_padding_runs_as_key_lengths(gen, dtype, causal, shape):
-    """Padding at the end of the keys becomes key lengths (no mask read); the same mask given
-    whole is read. Both: out, lse, dq, dk, dv against the oracle, a fully padded element gives
-    out 0, lse -inf and zero gradients, padded keys get zero dk, dv."""
+def test_suffix_key_padding_runs_as_key_lengths(backend, gen, dtype, causal, shape):
+    """Padding at the end of the keys becomes key lengths (no mask read; on the CUDA kernels,
+    seqused_k with the dense layout); the same mask given whole is read. Both: out, lse, dq, dk,
+    dv against the oracle, a fully padded element gives out 0, lse -inf and zero gradients,
+    padded keys get zero dk, dv."""
     b, hq, hkv, sq, sk, d = shape
+    needs_kernel(backend, dtype, backward=True, head_dim=d)
     b += 2
     q = (randn(gen, b, sq, hq, d) * 1.5).to(dtype).requires_grad_()
     k = (randn(gen, b, sk, hkv, d) * 1.5).to(dtype).requires_grad_()
@@ -310,7 +339,7 @@ def test_suffix_key_padding_runs_as_key_lengths(gen, dtype, causal, shape):
     ref, ref_lse = oracle.attention(q, k, v, causal=causal, visible=visible)
     refs = torch.autograd.grad(ref, (q, k, v), dout.double())
     naive, naives = None, (None,) * 3
-    if dtype == BF16:
+    if dtype in (BF16, F16):
         naive = oracle.attention(q, k, v, causal=causal, visible=visible, dtype=dtype)[0]
         naives = torch.autograd.grad(naive, (q, k, v), dout)
     whole = (~pad)[:, None, None].expand(b, hq, sq, sk).contiguous()  # not broadcast: read
@@ -327,12 +356,60 @@ def test_suffix_key_padding_runs_as_key_lengths(gen, dtype, causal, shape):
         assert not grads[0][1].any() and not grads[1][pad].any() and not grads[2][pad].any()
 
 
+def test_key_lengths_on_the_emulator_deterministic_and_thread_order_free(gen, monkeypatch):
+    """Key lengths on the emulated kernels (dense layout + seqused_k) in deterministic mode, whose
+    blocks each walk several key blocks: with the threads shuffled by seed, the same out, dq, dk,
+    dv bitwise; padded keys' dk, dv zero (the emulator reports any write two blocks share)."""
+    emu = pytest.importorskip("flashattn_ext._emu", reason="built without the emulator")
+    monkeypatch.setenv("FLASHATTN_EXT_BACKEND", "emu")
+    monkeypatch.setenv("FLASHATTN_EXT_DETERMINISTIC", "1")
+    b, hq, hkv, sq, sk, d = 4, 4, 2, 45, 300, 64
+    q, k, v = (randn(gen, b, s, h, d, dtype=BF16).requires_grad_()
+               for h, s in ((hq, sq), (hkv, sk), (hkv, sk)))
+    pad = suffix_padding(gen, b, sk)
+    dout = randn(gen, b, sq, hq, d, dtype=BF16)
+    runs = []
+    try:
+        for seed in (None, 1, 2):
+            emu.set_seed(seed)
+            before = calls_as_key_lengths()
+            out = fa.attention(q, k, v, key_padding_mask=pad, causal=True)
+            runs.append((out, *torch.autograd.grad(out, (q, k, v), dout)))
+            assert calls_as_key_lengths() == before + 2
+    finally:
+        emu.set_seed(None)
+    for other in runs[1:]:
+        for name, x, y in zip(("out", "dq", "dk", "dv"), runs[0], other):
+            assert torch.equal(x, y), name
+    assert not runs[0][2][pad].any() and not runs[0][3][pad].any()
+    # The kernels write the padded keys' rows themselves: dq, dk, dv start as NaN here.
+    spec = MaskSpec(attn_mask=(~pad)[:, None, None].expand(b, hq, sq, sk))
+    qd, kd, vd = (x.detach() for x in (q, k, v))
+    out, lse = torch.empty_like(qd), _dispatch.new_lse(qd, packed=False)
+    _dispatch.forward(qd, kd, vd, out, lse, 0.125, spec)
+    for det in (False, True):
+        grads = [torch.full_like(x, float("nan")) for x in (qd, kd, vd)]
+        _dispatch.backward(dout, qd, kd, vd, out, lse, *grads, 0.125, spec, deterministic_mode=det)
+        assert all(bool(g.isfinite().all()) for g in grads)
+        assert not grads[1][pad].any() and not grads[2][pad].any()
+
+
+def naive_in(dtype, fn, wrt, dout):
+    """The naive result of fn(dtype) and its gradients for 16-bit dtypes, else Nones."""
+    if dtype not in (BF16, F16):
+        return None, (None,) * len(wrt)
+    naive = fn(dtype)
+    return naive, torch.autograd.grad(naive, wrt, dout.to(dtype))
+
+
 @pytest.mark.parametrize("case", ["front", "hole", "per head", "alibi", "with bias"])
-def test_other_key_masks_are_read(gen, case):
+def test_other_key_masks_are_read(backend, gen, case):
     """Padding that is not at the end, masks that differ per head, calls with ALiBi (positions
     count from the last key) and additive masks keep the mask: against the oracle."""
+    dtype = F32 if backend == "cpu" else BF16
+    needs_kernel(backend, dtype, backward=True)
     b, hq, sq, sk, d = 3, 4, 21, 70, 16
-    q, k, v = (randn(gen, b, s, hq, d).requires_grad_() for s in (sq, sk, sk))
+    q, k, v = (randn(gen, b, s, hq, d, dtype=dtype).requires_grad_() for s in (sq, sk, sk))
     keep = ~suffix_padding(gen, b, sk)
     if case == "front":
         keep = keep.flip(1)
@@ -352,41 +429,56 @@ def test_other_key_masks_are_read(gen, case):
     out = fa.attention(q, k, v, **kw)
     assert calls_as_key_lengths() == before
     bias = kw["attn_mask"].masked_fill(~keep[:, None, None], -torch.inf) if case == "with bias" else None
-    ref = oracle.attention(q, k, v, alibi_slopes=kw.get("alibi_slopes"),
-                           **(dict(bias=bias) if bias is not None else dict(visible=visible)))[0]
-    assert_close(out, ref, None, "out")
-    dout = randn(gen, *out.shape)
-    for name, g, r in zip(("dq", "dk", "dv"), torch.autograd.grad(out, (q, k, v), dout),
-                          torch.autograd.grad(ref, (q, k, v), dout.double())):
-        assert_close(g, r, None, name)
+    given = dict(bias=bias) if bias is not None else dict(visible=visible)
+
+    def oracle_in(dt):
+        return oracle.attention(q, k, v, alibi_slopes=kw.get("alibi_slopes"), dtype=dt, **given)[0]
+    ref = oracle_in(torch.float64)
+    dout = randn(gen, *out.shape, dtype=dtype)
+    naive, naives = naive_in(dtype, oracle_in, (q, k, v), dout)
+    assert_close(out, ref, naive, "out")
+    for name, g, r, n in zip(("dq", "dk", "dv"), torch.autograd.grad(out, (q, k, v), dout),
+                             torch.autograd.grad(ref, (q, k, v), dout.double()), naives):
+        assert_close(g, r, n, name)
 
 
-def test_key_lengths_with_dropout_sdpa_and_numpy(gen):
+def test_key_lengths_with_dropout_sdpa_and_numpy(backend, gen):
     """Dropout draws the same keep mask with key lengths as with the mask read (against the
     oracle given that mask); scaled_dot_product_attention's boolean (B, 1, 1, Sk) masks and
-    numpy calls take key lengths too."""
+    numpy calls (float16 off the CPU backend) take key lengths too."""
+    dtype = F32 if backend == "cpu" else BF16
+    needs_kernel(backend, dtype, backward=True)
     b, h, sq, sk, d, p = 4, 2, 19, 40, 16, 0.3
-    q, k, v = (randn(gen, b, h, s, d).requires_grad_() for s in (sq, sk, sk))
+    q, k, v = (randn(gen, b, h, s, d, dtype=dtype).requires_grad_() for s in (sq, sk, sk))
     keep = ~suffix_padding(gen, b, sk)
     whole = keep[:, None, None].expand(b, h, sq, sk).contiguous()
-    dout = randn(gen, b, h, sq, d)
+    dout = randn(gen, b, h, sq, d, dtype=dtype)
     kept = torch.from_numpy(_dispatch.dropout_keep(p, 11, 0, (b, h, sq, sk)))
-    ref = oracle_sdpa(q, k, v, keep[:, None, None], dropout_p=p, keep=kept)[0]
+
+    def oracle_in(dt):
+        return oracle_sdpa(q, k, v, keep[:, None, None], dtype=dt, dropout_p=p, keep=kept)[0]
+    ref = oracle_in(torch.float64)
     refs = torch.autograd.grad(ref, (q, k, v), dout.double())
+    naive, naives = naive_in(dtype, oracle_in, (q, k, v), dout)
     for mask, as_lengths in ((keep[:, None, None], True), (whole, False)):
         before = calls_as_key_lengths()
         out = fa.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, seed=11)
         grads = torch.autograd.grad(out, (q, k, v), dout)
         assert calls_as_key_lengths() == before + 2 * as_lengths
-        assert_close(out, ref, None, "out")
-        for name, g, r in zip(("dq", "dk", "dv"), grads, refs):
-            assert_close(g, r, None, name)
+        assert_close(out, ref, naive, "out")
+        for name, g, r, n in zip(("dq", "dk", "dv"), grads, refs, naives):
+            assert_close(g, r, n, name)
+    if backend == "cuda":
+        return  # numpy arrays run on the CPU data's backends
+    np_dtype = F32 if backend == "cpu" else F16
+    qn, kn, vn = (x.detach().to(np_dtype) for x in (q, k, v))
     before = calls_as_key_lengths()
-    out_np = fa.attention(*(x.detach().transpose(1, 2).numpy() for x in (q, k, v)),
+    out_np = fa.attention(*(x.transpose(1, 2).numpy() for x in (qn, kn, vn)),
                           key_padding_mask=(~keep).numpy())
     assert calls_as_key_lengths() == before + 1
-    assert_close(torch.from_numpy(out_np), oracle_sdpa(q, k, v, keep[:, None, None])[0].transpose(1, 2),
-                 None, "out")
+    naive_np = None if np_dtype == F32 else oracle_sdpa(qn, kn, vn, keep[:, None, None], dtype=F16)[0]
+    assert_close(torch.from_numpy(out_np), oracle_sdpa(qn, kn, vn, keep[:, None, None])[0].transpose(1, 2),
+                 None if naive_np is None else naive_np.transpose(1, 2), "out")
 
 
 def test_key_lengths_inside_compiled_graphs(gen):

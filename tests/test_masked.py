@@ -15,7 +15,7 @@ from torch.nn.functional import scaled_dot_product_attention as imported_sdpa
 
 import oracle
 from attn_testing import assert_close, needs_kernel, randn
-from flashattn_ext import _masked, _sdpa
+from flashattn_ext import _dispatch, _masked, _sdpa
 from flashattn_ext.nn import replace_sdpa
 
 F64 = torch.float64
@@ -261,3 +261,34 @@ def test_replace_sdpa_routes_dropout_on_the_cpu_backend(gen):
         masked = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.5)
     assert calls.library == 2 and out.shape == q.shape and masked.shape == q.shape
     assert not calls.torch
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_replace_sdpa_padding_masks_on_the_kernels(backend, gen, dtype):
+    """Routed padding masks in a 16-bit model on every backend: right padding as (B, 1, 1, Sk)
+    booleans runs as key lengths (no mask read), left padding reads the mask; both match the
+    oracle, forward and backward."""
+    needs_kernel(backend, dtype, backward=True)
+    b, hq, sq, sk, d = 3, 4, 21, 37, 32
+    q, k, v = (randn(gen, b, hq, s, d, dtype=dtype).requires_grad_() for s in (sq, sk, sk))
+    lengths = torch.tensor([sk, 9, 25])
+    right = torch.arange(sk)[None] < lengths[:, None]
+    dout = randn(gen, b, hq, sq, d, dtype=dtype)
+    for keep, as_lengths in ((right, True), (right.flip(1), False)):
+        mask = keep[:, None, None]
+        before = _dispatch.mask_as_key_lengths_calls
+        with replace_sdpa() as calls:
+            out = Block()(q, k, v, attn_mask=mask)
+            grads = torch.autograd.grad(out, (q, k, v), dout)
+        assert calls.library == 1
+        assert (_dispatch.mask_as_key_lengths_calls - before == 2) == as_lengths
+        t = [x.transpose(1, 2) for x in (q, k, v)]
+        visible = keep[:, None, None].expand(b, hq, sq, sk)
+        ref = oracle.attention(*t, visible=visible)[0].transpose(1, 2)
+        naive = naives = None
+        if dtype != torch.float32:
+            naive = oracle.attention(*t, visible=visible, dtype=dtype)[0].transpose(1, 2)
+            naives = torch.autograd.grad(naive, (q, k, v), dout)
+        assert_close(out, ref, naive, "out")
+        for i, (g, r) in enumerate(zip(grads, torch.autograd.grad(ref, (q, k, v), dout.double()))):
+            assert_close(g, r, None if naives is None else naives[i], ("dq", "dk", "dv")[i])

@@ -120,16 +120,16 @@ def key_lengths(mask: MaskSpec) -> Optional[Any]:
     return keep.sum(1, dtype=torch.int32 if is_tensor(keep) else np.int32)
 
 
-def _cpu_kwargs(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mask: MaskSpec,
-                seqs: Optional[Seqs]) -> Tuple[Dict[str, Any], Optional[Any]]:
-    """The CPU kernels' arguments (_common_kwargs), and the key lengths they read by address
-    (the caller keeps them alive through the call) when the mask runs as key lengths."""
+def _kernel_kwargs(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mask: MaskSpec,
+                   head_dim: int, seqs: Optional[Seqs]) -> Tuple[Dict[str, Any], Optional[Any]]:
+    """The kernels' arguments (_common_kwargs), CPU or CUDA alike, and the key lengths they read
+    by address (the caller keeps them alive through the call) when the mask runs as key lengths."""
     lengths = key_lengths(mask) if seqs is None else None
     if lengths is None:
-        return _common_kwargs(q, k, v, out, lse, scale, mask, q.shape[3], seqs), None
+        return _common_kwargs(q, k, v, out, lse, scale, mask, head_dim, seqs), None
     global mask_as_key_lengths_calls
     mask_as_key_lengths_calls += 1
-    kw = _common_kwargs(q, k, v, out, lse, scale, mask.with_attn_mask(None), q.shape[3], None)
+    kw = _common_kwargs(q, k, v, out, lse, scale, mask.with_attn_mask(None), head_dim, None)
     return dict(kw, seqused_k=_ptr(lengths)), lengths
 
 
@@ -177,14 +177,14 @@ def forward(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mask: Mask
     scores (see check_overflow)."""
     backend = backend_for(q)
     if backend == "cpu":
-        kw, _lengths = _cpu_kwargs(q, k, v, out, lse, scale, mask, seqs)
+        kw, _lengths = _kernel_kwargs(q, k, v, out, lse, scale, mask, q.shape[3], seqs)
         _C.forward(**kw, stream=0)
     else:
         run, _, head_dims, _, launch = _entry_points(q)
         dp = _padded_head_dim(q, head_dims, "forward")
         qf, kf, vf = (_fit(x, dp) for x in (q, k, v))
         of = _fit(out, dp, copy=False)
-        kw = _common_kwargs(qf, kf, vf, of, lse, scale, mask, dp, seqs)
+        kw, _lengths = _kernel_kwargs(qf, kf, vf, of, lse, scale, mask, dp, seqs)
         splits = 1 if seqs is None else cuda_splits(q, seqs)
         if splits > 1:  # partial rows of dp + 1 floats per split (csrc/cuda/flash/split_kv.cuh)
             work = _new(q, (splits * seqs.batch * q.shape[2] * seqs.max_q() * (dp + 1),),
@@ -231,7 +231,7 @@ def backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dq: Any, dk:
     dlse_ptr = 0 if dlse is None else _ptr(dlse)
     extra = {} if dmask is None else dict(dmask=_ptr(dmask), dmask_strides=strides(dmask)[:3])
     if backend_for(q) == "cpu":
-        kw, _lengths = _cpu_kwargs(q, k, v, out, lse, scale, mask, seqs)
+        kw, _lengths = _kernel_kwargs(q, k, v, out, lse, scale, mask, q.shape[3], seqs)
         _C.backward(**kw, **_arrays(dout=dout, dq=dq, dk=dk, dv=dv), dlse=dlse_ptr, stats=0,
                     dq_accum=0, stream=0, **extra)
         return
@@ -239,7 +239,7 @@ def backward(dout: Any, q: Any, k: Any, v: Any, out: Any, lse: Any, dq: Any, dk:
     dp = _padded_head_dim(q, head_dims, "backward")
     qf, kf, vf, of, dof = (_fit(x, dp) for x in (q, k, v, out, dout))
     dqf, dkf, dvf = (_fit(x, dp, copy=False) for x in (dq, dk, dv))
-    kw = _common_kwargs(qf, kf, vf, of, lse, scale, mask, dp, seqs)
+    kw, _lengths = _kernel_kwargs(qf, kf, vf, of, lse, scale, mask, dp, seqs)
     workspace = _emu_module().attention_bwd_workspace if backend_for(q) == "emu" else _C.cuda_bwd_workspace
     # sizes: (batch, Sq, Sk, ...), with packed sequences (sequences, longest Sq, longest Sk, ...)
     n_stats, n_accum = workspace(sizes=kw["sizes"], deterministic=deterministic_mode)

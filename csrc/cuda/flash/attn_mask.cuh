@@ -4,10 +4,17 @@
 // 0 (so a NaN score stays NaN). The mask is read in place through its element strides (0 on
 // broadcast dimensions), straight from global memory into registers through the read-only cache
 // (load_nc): the four lanes of a fragment row read 8 consecutive keys (one 32-byte sector of a
-// float mask with unit key stride). The
-// backward writes d loss / d mask = P (dP - delta) (before the softcap's derivative) to
-// BwdParams::dmask where the band lets a pair through.
+// float mask with unit key stride). A thread's entries come in pairs of keys (2t, 2t + 1): with
+// unit key stride and pairs aligned (tested at launch: MaskRefs::pairs) each pair is one load
+// (16 or 64 bits) at a constant offset from the row's pointer, the rows' offsets inside a tile
+// in int32, and rows whose keys lie inside Sk (every row of a tile the sequence's edge does not
+// cross) read without bounds checks; other masks (transposed, views at odd offsets) are read one
+// entry at a time through the strides. The backward writes d loss / d mask = P (dP - delta)
+// (before the softcap's derivative) to BwdParams::dmask where the band lets a pair through, in
+// pairs as well (float2 stores) where the row stores every column.
 #pragma once
+
+#include <cstdint>
 
 #include "common/online_softmax.h"
 #include "common/params.h"
@@ -18,25 +25,41 @@
 
 namespace fae::cuda {
 
+// Row strides up to this keep the offsets of a tile's rows (< 256 rows) within int32.
+constexpr int64_t kMaxPairRowStride = (int64_t(1) << 31) / 256 - 1;
+
 // The mask and its gradient as checked pointers (empty when absent); `add` or `keep` by kind.
 struct MaskRefs {
   gptr<const float> add;     // additive float32 mask
   gptr<const uint8_t> keep;  // boolean mask, 0 = masked out
   gptr<float> grad;          // the backward's dmask (float32, keys contiguous)
+  // Pair loads: keys at unit stride, every pair of keys 2t, 2t + 1 aligned for one load of both
+  // (an even element offset at every row start, and an aligned base), row offsets inside a tile
+  // within int32. Tested at launch; else one load per entry through the strides.
+  bool pairs;
+  bool grad_pairs;  // the same for dmask's stores (its keys are contiguous)
 
   static MaskRefs of(const FwdParams& p, const BwdParams* bp = nullptr) {
     MaskRefs m{};
     if (p.attn_mask == nullptr) return m;
+    const std::size_t elem = p.mask_bool ? 1 : 4;
+    m.pairs = p.mask_col_stride == 1 && reinterpret_cast<std::uintptr_t>(p.attn_mask) % (2 * elem) == 0 &&
+              p.mask_batch_stride % 2 == 0 && p.mask_head_stride % 2 == 0 && p.mask_row_stride % 2 == 0 &&
+              p.mask_row_stride >= 0 && p.mask_row_stride <= kMaxPairRowStride;
     const std::size_t n = extent(p.mask_batch_stride, p.mask_row_stride, p.mask_head_stride, p.batch, p.seqlen_q,
                                  p.heads_q, 1) + std::size_t((p.seqlen_k - 1) * p.mask_col_stride);
     if (p.mask_bool)
       m.keep = gbuf(static_cast<const uint8_t*>(p.attn_mask), n);
     else
       m.add = gbuf(static_cast<const float*>(p.attn_mask), n);
-    if (bp != nullptr && bp->dmask != nullptr)
+    if (bp != nullptr && bp->dmask != nullptr) {
+      m.grad_pairs = reinterpret_cast<std::uintptr_t>(bp->dmask) % 8 == 0 && bp->dmask_batch_stride % 2 == 0 &&
+                     bp->dmask_head_stride % 2 == 0 && bp->dmask_row_stride % 2 == 0 &&
+                     bp->dmask_row_stride <= kMaxPairRowStride;
       m.grad = gbuf(static_cast<float*>(bp->dmask), extent(bp->dmask_batch_stride, bp->dmask_row_stride,
                                                            bp->dmask_head_stride, p.batch, p.seqlen_q, p.heads_q,
                                                            p.seqlen_k));
+    }
     return m;
   }
 
@@ -49,12 +72,20 @@ struct MaskRefs {
   // The mask on m16n8 accumulator tiles of batch b, query head h: element (mt, nt, i) is query
   // row row0 + mt * 16 + 8 * (i / 2) and key key0 + nt * 8 + i % 2 (row0, key0: this thread's
   // fragment row g and column 2t). Rows at or past rows_end and keys at or past keys_end are not
-  // read (the band mask or the row bounds take care of them).
-  template <int MT, int NT>
+  // read (the band mask or the row bounds take care of them). With pair loads (kPairs and `pairs`)
+  // tiles whose entries all lie inside read without checks.
+  template <int MT, int NT, bool kPairs = true>
   __device__ __forceinline__ void apply(float (&s)[MT][NT][4], const FwdParams& p, int b, int h, int64_t row0,
                                         int64_t key0, int64_t rows_end, int64_t keys_end) const {
     const int rows = int(min64(rows_end - row0, 1 << 30)), keys = int(min64(keys_end - key0, 1 << 30));
     const int64_t first = mask_row_offset(p, b, h, row0) + key0 * p.mask_col_stride;
+    if (kPairs && pairs && rows > (MT - 1) * 16 + 8 && keys >= NT * 8 - 6) {  // every entry read lies inside
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) add_pairs<NT>(s[mt], r, p, first + (mt * 16 + 8 * r) * int(p.mask_row_stride));
+      return;
+    }
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -69,14 +100,45 @@ struct MaskRefs {
       }
   }
 
-  // The mask added to row r (elements 2 r, 2 r + 1) of NT m16n8 accumulator tiles: column
-  // nt * 8 + c is key key0 + nt * 8 + c of the mask row at offset `row`; only columns below
-  // `keys` are read. The mask's kind is tested once, outside the loop.
+  // Pair loads (`pairs`): the mask added to row r (elements 2 r, 2 r + 1) of NT m16n8 tiles,
+  // column nt * 8 + c being the entry at offset at + nt * 8 + c (at: even, the thread's first key).
+  // One load of two entries per tile, at a constant offset from one pointer; no bounds checks.
   template <int NT>
-  __device__ __forceinline__ void add_row(float (&s)[NT][4], int r, const FwdParams& p, int64_t row, int64_t key0,
-                                          int keys) const {
+  __device__ __forceinline__ void add_pairs(float (&s)[NT][4], int r, const FwdParams& p, int64_t at) const {
+    if (p.mask_bool) {
+      const gptr<const uint16_t> e = ptr_cast<const uint16_t>(keep + at);
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const uint32_t two = load_nc(e + nt * 4);  // key 2t in the low byte
+        s[nt][2 * r] += (two & 0xffu) != 0 ? 0.0f : neg_inf<float>();
+        s[nt][2 * r + 1] += (two >> 8) != 0 ? 0.0f : neg_inf<float>();
+      }
+    } else {
+      const gptr<const float2> e = ptr_cast<const float2>(add + at);
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const float2 two = load_nc(e + nt * 4);
+        s[nt][2 * r] += two.x * float(kLog2e);
+        s[nt][2 * r + 1] += two.y * float(kLog2e);
+      }
+    }
+  }
+
+  // The mask added to row r (elements 2 r, 2 r + 1) of NT m16n8 accumulator tiles: column
+  // nt * 8 + c is key key0 + nt * 8 + c of the mask row at offset row0 + dr rows (row0: the
+  // offset of the thread's first row of the warp tile, computed once for all its rows; dr < 256,
+  // a 32-bit row offset with pair loads); only columns below `keys` are read. With pair loads,
+  // rows whose keys all lie inside read without checks. The mask's kind is tested once, outside
+  // the loop.
+  template <int NT>
+  __device__ __forceinline__ void add_row(float (&s)[NT][4], int r, const FwdParams& p, int64_t row0, int dr,
+                                          int64_t key0, int keys) const {
+    if (pairs && keys >= NT * 8 - 6) {  // the last pair read: columns (NT - 1) * 8 + 6, + 7 at most
+      add_pairs<NT>(s, r, p, row0 + key0 + dr * int(p.mask_row_stride));
+      return;
+    }
     // Element pointers stepped from the row's first key (one 64-bit add each).
-    const int64_t at = row + key0 * p.mask_col_stride, cs = p.mask_col_stride;
+    const int64_t at = row0 + dr * p.mask_row_stride + key0 * p.mask_col_stride, cs = p.mask_col_stride;
     if (p.mask_bool) {
       gptr<const uint8_t> e = keep + at;
 #pragma unroll
@@ -94,12 +156,24 @@ struct MaskRefs {
     }
   }
 
-  // dmask of (b, h, row, key0 + k) <- ds of column k = nt * 8 + c (row r of NT m16n8 tiles) for
-  // lo <= k <= hi (the backward; only when the caller wants the gradient).
+  // The offset in dmask of query row `row` of (b, h).
+  __device__ __forceinline__ static int64_t grad_row_offset(const BwdParams& bp, int b, int h, int64_t row) {
+    return b * bp.dmask_batch_stride + h * bp.dmask_head_stride + row * bp.dmask_row_stride;
+  }
+
+  // dmask at offset row0 + dr rows (row0 from grad_row_offset, dr < 256), key key0 + k <- ds of
+  // column k = nt * 8 + c (row r of NT m16n8 tiles) for lo <= k <= hi (the backward; only when
+  // the caller wants the gradient). Rows that store every column store pairs when aligned.
   template <int NT>
-  __device__ __forceinline__ void store_grad_row(const BwdParams& bp, int b, int h, int64_t row, int64_t key0,
+  __device__ __forceinline__ void store_grad_row(const BwdParams& bp, int64_t row0, int dr, int64_t key0,
                                                  const float (&ds)[NT][4], int r, int lo, int hi) const {
-    const gptr<float> e = grad + (b * bp.dmask_batch_stride + h * bp.dmask_head_stride + row * bp.dmask_row_stride + key0);
+    if (grad_pairs && lo <= 0 && hi >= NT * 8 - 1) {
+      const gptr<float2> e = ptr_cast<float2>(grad + (row0 + key0 + dr * int(bp.dmask_row_stride)));
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) e[nt * 4] = float2{ds[nt][2 * r], ds[nt][2 * r + 1]};
+      return;
+    }
+    const gptr<float> e = grad + (row0 + dr * bp.dmask_row_stride + key0);
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt)
 #pragma unroll

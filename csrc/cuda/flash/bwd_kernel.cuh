@@ -340,6 +340,28 @@ __global__ void __launch_bounds__(Tr::kThreads)
       ptr_cast<float4>(acc + s * w.split_floats)[i] = float4{0.0f, 0.0f, 0.0f, 0.0f};
 }
 
+// dK, dV of the key rows of a batch that are no key of its sequence (before leftpad_k, from
+// seqused_k on: rows outside [first, end)) are zeros, as on the CPU backend, when batches have
+// rows of their own (no cu_seqlens_k, pages or kv_batch_idx). dk, dv: row 0 of the block's
+// (batch, kv head). A block zeroes the rows of its key blocks (blockIdx.x, + gridDim.x, ...),
+// which cover the array's rows; the main loop writes only the sequence's rows.
+template <int BN, int D, int Threads, class T>
+__device__ __forceinline__ void zero_unused_key_rows(const BwdParams& bp, gptr<T> dk, gptr<T> dv, int64_t first,
+                                                     int64_t end) {
+  const FwdParams& p = bp.fwd;
+  if ((p.seqused_k == nullptr && p.leftpad_k == nullptr) || p.cu_seqlens_k != nullptr || p.block_table != nullptr ||
+      p.kv_batch_idx != nullptr)
+    return;
+  const int64_t rows = p.kv_array_rows ? p.kv_array_rows : p.seqlen_k;
+  for (int64_t n0 = int64_t(blockIdx.x) * BN; n0 < rows; n0 += int64_t(gridDim.x) * BN)
+    for (int i = threadIdx.x; i < BN * D / 8; i += Threads) {
+      const int64_t r = n0 + i / (D / 8);
+      if (r >= rows || (r >= first && r < end)) continue;
+      ptr_cast<uint4>(dk + (r * bp.dk_row_stride + i % (D / 8) * 8))[0] = uint4{0u, 0u, 0u, 0u};
+      ptr_cast<uint4>(dv + (r * bp.dv_row_stride + i % (D / 8) * 8))[0] = uint4{0u, 0u, 0u, 0u};
+    }
+}
+
 template <class Tr, bool kSeqs, bool kMod>
 __global__ void __launch_bounds__(Tr::kThreads)
     flash_bwd_kernel(BwdParams bp, BwdWork w, gptr<const typename Tr::Element> q, gptr<const typename Tr::Element> k,
@@ -361,10 +383,22 @@ __global__ void __launch_bounds__(Tr::kThreads)
   const FwdParams& p = bp.fwd;
   Seq seq{};
   if constexpr (kSeqs) seq = sequence(p, sa, b);
-  // Batch index of the q-like and the k-like arrays: b in the dense kernel, 0 with packed
-  // sequences (the kMod instances also run dense calls: the sequence's own). The sequence's lengths are held as int32 (the prefix sums are int32) and put into
-  // params only where the mask functions read them: the dense kernel spends no registers on them.
+  // Batch index of the q-like and the k-like arrays: b in the dense kernel, else the sequence's
+  // own (0 for packed arrays; b, or kv_batch_idx[b], for arrays of batches, as in dense calls
+  // with key lengths seqused_k). The kMod instances hold it; the plain variable-length one moves
+  // its array pointers to it once (held as an index across the query-tile loop it cost ptxas a
+  // 52-byte spill at D = 224) and indexes batch 0. The sequence's lengths are held as int32 (the
+  // prefix sums are int32) and put into params only where the mask functions read them: the
+  // dense kernel spends no registers on them.
   const int b_q = !kSeqs ? b : kMod ? int(seq.q_batch) : 0, b_kv = !kSeqs ? b : kMod ? int(seq.kv_batch) : 0;
+  if constexpr (kSeqs && !kMod) {
+    q += seq.q_batch * p.q_batch_stride;
+    dout += seq.q_batch * bp.do_batch_stride;
+    k += seq.kv_batch * p.k_batch_stride;
+    v += seq.kv_batch * p.v_batch_stride;
+    dk += seq.kv_batch * bp.dk_batch_stride;
+    dv += seq.kv_batch * bp.dv_batch_stride;
+  }
   // The first rows of the sequence in the q-like and k-like arrays, read from cu_seqlens where Q/dO
   // and K/V are loaded and dK/dV stored (held in registers across the main loop, they cost ptxas
   // 4-byte spills at D = 224 and 256).
@@ -469,6 +503,10 @@ __global__ void __launch_bounds__(Tr::kThreads)
         // P = P' / psum and dS = P (dP - delta), packed to 16 bits as the A operands of what follows.
         uint32_t pk_p[Sdp::MT][Sdp::NT][2], pk_ds[Sdp::MT][Sdp::NT][2];
         const bool masked = qt < whole_lo || qt > whole_hi;
+        // The explicit mask's offset of this thread's first row (its rows: + mt * 16 + 8 r).
+        [[maybe_unused]] int64_t mask_row0 = 0;
+        if constexpr (kMod)
+          if (p.attn_mask != nullptr) mask_row0 = mask_row_offset(p, b, h0 + h, m0 + wm * Tr::kSdpM + g);
 #pragma unroll
         for (int mt = 0; mt < Sdp::MT; ++mt)
 #pragma unroll
@@ -503,7 +541,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
                     tile.s[mt][nt][2 * r + c] = ScoreMods::bias_f(tile.s[mt][nt][2 * r + c], slope2, d0 - float(nt * 8 + c));
               }
               if (p.attn_mask != nullptr)  // keys past Sk and rows past Sq are not read (masked tiles zero them)
-                am.add_row<Sdp::NT>(tile.s[mt], r, p, mask_row_offset(p, b, h0 + h, m0 + row), key0,
+                am.add_row<Sdp::NT>(tile.s[mt], r, p, mask_row0, mt * 16 + 8 * r, key0,
                                     row_in ? int(min64(seqlen_k() - key0, Sdp::NT * 8)) : 0);
             }
             // P = P' / psum and dS = P (dP - delta) (M dP with dropout).
@@ -517,11 +555,14 @@ __global__ void __launch_bounds__(Tr::kThreads)
               }
             if constexpr (kMod) {
               if (bp.dmask != nullptr) {  // the mask's gradient where the band lets a pair through
-                const KeyRange band = masked ? on_mask([&](const FwdParams& mp) { return visible_keys(m0 + row, mp); })
-                                             : KeyRange{0, seqlen_k() - 1};
-                const int64_t lo = band.lo - key0, hi = row_in ? band.hi - key0 : -1;  // as columns of the row
-                am.store_grad_row<Sdp::NT>(bp, b, h0 + h, m0 + row, key0, tile.dp[mt], r, lo < 0 ? 0 : int(min64(lo, 1 << 30)),
-                                           hi < 0 ? -1 : int(min64(hi, 1 << 30)));
+                int lo = 0, hi = row_in ? Sdp::NT * 8 - 1 : -1;  // as columns of the row: all in unmasked tiles
+                if (masked) {
+                  const KeyRange band = on_mask([&](const FwdParams& mp) { return visible_keys(m0 + row, mp); });
+                  const int64_t l = band.lo - key0, u = row_in ? band.hi - key0 : -1;
+                  lo = l < 0 ? 0 : int(min64(l, 1 << 30));
+                  hi = u < 0 ? -1 : int(min64(u, 1 << 30));
+                }
+                am.store_grad_row<Sdp::NT>(bp, MaskRefs::grad_row_offset(bp, b, h0 + h, m0 + wm * Tr::kSdpM + g), mt * 16 + 8 * r, key0, tile.dp[mt], r, lo, hi);
               }
               if (mods.cap2 > 0.0f)  // dS times 1 - tanh^2
 #pragma unroll
@@ -603,6 +644,10 @@ __global__ void __launch_bounds__(Tr::kThreads)
                          bp.dv_row_stride, keys_valid);
     __syncthreads();  // the next key block refills sK, sV
   }
+  if constexpr (kSeqs)
+    zero_unused_key_rows<BN, D, Tr::kThreads>(bp, dk + (b_kv * bp.dk_batch_stride + hk * bp.dk_head_stride),
+                                              dv + (b_kv * bp.dv_batch_stride + hk * bp.dv_head_stride), r_kv(),
+                                              r_kv() + seqlen_k());
 }
 
 // dQ = scale * (sum of the accumulator's splits, in order) in the input dtype. A block converts

@@ -209,8 +209,10 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
       if constexpr (kMod)  // this thread's row g and column 2t: ALiBi position and key from the tile's start
         mods.apply(s, slope2, int(alibi_position(m0 + wrow + g, seq.seqlen_q, seq.seqlen_k) - int64_t(j) * BN), 2 * t);
       if constexpr (kMod)
-        if (p.attn_mask != nullptr)  // rows past this block's and keys past Sk are not read
-          am.apply(s, p, b, h, m0 + wrow + g, int64_t(j) * BN + 2 * t, m0 + rows_valid, seq.seqlen_k);
+        if (p.attn_mask != nullptr)  // rows past this block's and keys past Sk are not read; pair loads
+          // except at D = 224 (there they cost ptxas a 24- to 32-byte spill on sm_90)
+          am.apply<MT, NS, (Tr::kHeadDim != 224)>(s, p, b, h, m0 + wrow + g, int64_t(j) * BN + 2 * t, m0 + rows_valid,
+                                                  seq.seqlen_k);
       if constexpr (kMasked) {
         // The mask rule (mask.h) on the diagonals of the tile: row m0 + r sees key n0 + col iff
         //   align_offset - window_left <= (n0 - m0) + col - r <= align_offset + window_right
