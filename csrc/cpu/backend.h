@@ -25,6 +25,8 @@ int vec_transpose(float* block);
 // The active instruction set's bool_bias (cpu/vec.h) of bytes[0 .. n), n <= W, into out[0 .. W);
 // returns W.
 int vec_bool_bias(const uint8_t* bytes, int n, float* out);
+// The active instruction set's exp2 (cpu/vec.h) of x[0 .. W) into out[0 .. W); returns W.
+int vec_exp2(const float* x, float* out);
 
 // Name of the instruction set the kernels run with ("scalar", "avx2", "avx512", "avx512bf16",
 // "neon"): the best one the CPU supports, or FLASHATTN_EXT_CPU_ISA when set, which may also name

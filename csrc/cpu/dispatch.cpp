@@ -28,6 +28,7 @@ struct Isa {
   void (*dropout_mask)(const FwdParams&, int64_t, int64_t, uint8_t*);
   int (*vec_transpose)(float*);
   int (*vec_bool_bias)(const uint8_t*, int, float*);
+  int (*vec_exp2)(const float*, float*);
   bool automatic = true;  // false: only when named by FLASHATTN_EXT_CPU_ISA (test paths)
 };
 
@@ -62,27 +63,27 @@ bool always() { return true; }
 // In order of preference, worst first.
 const Isa kIsas[] = {
     {"scalar", always, scalar::forward, scalar::backward, scalar::peak_probes, scalar::dropout_mask,
-     scalar::vec_transpose, scalar::vec_bool_bias},
+     scalar::vec_transpose, scalar::vec_bool_bias, scalar::vec_exp2},
 #if defined(__x86_64__) || defined(__i386__)
     {"avx2", has_avx2, avx2::forward, avx2::backward, avx2::peak_probes, avx2::dropout_mask, avx2::vec_transpose,
-     avx2::vec_bool_bias},
+     avx2::vec_bool_bias, avx2::vec_exp2},
     {"avx512", has_avx512, avx512::forward, avx512::backward, avx512::peak_probes, avx512::dropout_mask,
-     avx512::vec_transpose, avx512::vec_bool_bias},
+     avx512::vec_transpose, avx512::vec_bool_bias, avx512::vec_exp2},
     {"avx512bf16", has_avx512bf16, avx512bf16::forward, avx512bf16::backward, avx512bf16::peak_probes,
-     avx512bf16::dropout_mask, avx512bf16::vec_transpose, avx512bf16::vec_bool_bias},
+     avx512bf16::dropout_mask, avx512bf16::vec_transpose, avx512bf16::vec_bool_bias, avx512bf16::vec_exp2},
     // The bfloat16 dot-product kernels of avx512bf16 with the dot product emulated on AVX2.
     {"avx512bf16-emu", has_avx2, avx512bf16_emu::forward, avx512bf16_emu::backward,
      avx512bf16_emu::peak_probes, avx512bf16_emu::dropout_mask, avx512bf16_emu::vec_transpose,
-     avx512bf16_emu::vec_bool_bias, false},
+     avx512bf16_emu::vec_bool_bias, avx512bf16_emu::vec_exp2, false},
     // AMX tiles for the bfloat16 forward's and backward's products; and the same kernels with the
     // tile products emulated.
     {"avx512amx", has_amx, avx512amx::forward, avx512amx::backward, avx512amx::peak_probes,
-     avx512amx::dropout_mask, avx512amx::vec_transpose, avx512amx::vec_bool_bias},
+     avx512amx::dropout_mask, avx512amx::vec_transpose, avx512amx::vec_bool_bias, avx512amx::vec_exp2},
     {"avx512amx-emu", has_avx2, avx512amx_emu::forward, avx512amx_emu::backward, avx512amx_emu::peak_probes,
-     avx512amx_emu::dropout_mask, avx512amx_emu::vec_transpose, avx512amx_emu::vec_bool_bias, false},
+     avx512amx_emu::dropout_mask, avx512amx_emu::vec_transpose, avx512amx_emu::vec_bool_bias, avx512amx_emu::vec_exp2, false},
 #elif defined(__aarch64__)
     {"neon", always, neon::forward, neon::backward, neon::peak_probes, neon::dropout_mask, neon::vec_transpose,
-     neon::vec_bool_bias},
+     neon::vec_bool_bias, neon::vec_exp2},
 #endif
 };
 
@@ -142,6 +143,8 @@ void dropout_mask(const FwdParams& p, int64_t rows, int64_t cols, uint8_t* out) 
 int vec_transpose(float* block) { return select().vec_transpose(block); }
 
 int vec_bool_bias(const uint8_t* bytes, int n, float* out) { return select().vec_bool_bias(bytes, n, out); }
+
+int vec_exp2(const float* x, float* out) { return select().vec_exp2(x, out); }
 
 void attention_forward(const FwdParams& p) {
   const Isa& isa = select();  // validates the environment even for float64

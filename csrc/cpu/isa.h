@@ -14,6 +14,7 @@ namespace fae::cpu {
   void dropout_mask(const FwdParams& p, int64_t rows, int64_t cols, uint8_t* out); \
   int vec_transpose(float* block);                                                 \
   int vec_bool_bias(const uint8_t* bytes, int n, float* out);                      \
+  int vec_exp2(const float* x, float* out);                                        \
   }
 FAE_CPU_DECLARE_ENTRY_POINTS(scalar)
 FAE_CPU_DECLARE_ENTRY_POINTS(avx2)

@@ -62,4 +62,9 @@ int vec_bool_bias(const uint8_t* bytes, int n, float* out) {
   return FAE_CPU_VEC::W;
 }
 
+int vec_exp2(const float* x, float* out) {
+  FAE_CPU_VEC::store(out, FAE_CPU_VEC::exp2(FAE_CPU_VEC::load(x)));
+  return FAE_CPU_VEC::W;
+}
+
 }  // namespace fae::cpu::FAE_CPU_ISA

@@ -8,8 +8,10 @@
 //   zero, set1(f), load(p), loadn(p, n) (lanes >= n are 0, nothing past p[n-1] is read),
 //   store(p, x), storen(p, x, n) (only p[0..n-1] written), add, sub, mul, div (IEEE, x / x == 1),
 //   max (a NaN in y is returned),
-//   fma(x, y, z) = x*y + z, hsum(x) (sum of the lanes), exp2(x) (x <= 0 accurate to ~2e-7 relative, exp2(-inf) == 0 exactly,
-//   NaN propagates), cvt(p, n) for bf16 / f16 storage loads, store_cvt(p, x, n) for stores
+//   fma(x, y, z) = x*y + z, hsum(x) (sum of the lanes), exp2(x) (x <= 0 accurate to ~2e-7 relative;
+//   0 for x < -125, so no result is subnormal, as the GPUs' ex2.approx.ftz: a subnormal result
+//   costs x86 cores a microcode assist, about 3x the time of a forward whose mask removes one
+//   score in ten (bench/README.md); exp2(-inf) == 0 exactly; NaN propagates), cvt(p, n) for bf16 / f16 storage loads, store_cvt(p, x, n) for stores
 //   (round to nearest even, NaN stays NaN),
 //   transpose(x) on an array x[0 .. W) of vectors, in place: lane w of x[j] becomes the former
 //   lane j of x[w] (a W x W block of rows turned into columns in registers),
@@ -49,6 +51,8 @@ namespace fae::cpu::FAE_CPU_ISA {
 // 2^f on [-0.5, 0.5]: 1 + f*(c1 + f*(c2 + ...)), least-squares fit, max rel. error 2.2e-9.
 constexpr float kExp2C[6] = {0.6931471824645996f, 0.24022647738456726f, 0.05550329014658928f,
                              0.009618373587727547f, 0.0013399857562035322f, 0.00015370715118478984f};
+// exp2(x) is 0 below this: every other result is a normal float (2^-125.5 and up).
+constexpr float kExp2Min = -125.f;
 
 struct VecScalar {
   using R = float;
@@ -67,7 +71,7 @@ struct VecScalar {
   static R max(R x, R y) { return (x > y) ? x : y; }
   static R fma(R x, R y, R z) { return x * y + z; }
   static float hsum(R x) { return x; }
-  static R exp2(R x) { return std::exp2(x); }
+  static R exp2(R x) { return x < kExp2Min ? 0.f : std::exp2(x); }
   template <typename T> static R cvt(const T* p, int) { return to_float(*p); }
   template <typename T> static void store_cvt(T* p, R x, int n) { if (n > 0) store_from(p, x); }
   static void transpose(R*) {}  // a 1 x 1 block
@@ -112,7 +116,8 @@ struct VecAvx2 {
     return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
   }
   static R exp2(R x) {
-    x = _mm256_min_ps(_mm256_set1_ps(128.f), _mm256_max_ps(_mm256_set1_ps(-160.f), x));
+    const R keep = _mm256_cmp_ps(x, _mm256_set1_ps(kExp2Min), _CMP_NLT_UQ);  // NaN kept
+    x = _mm256_min_ps(_mm256_set1_ps(128.f), _mm256_max_ps(_mm256_set1_ps(kExp2Min), x));
     const R n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const R f = _mm256_sub_ps(x, n);
     R p = _mm256_set1_ps(kExp2C[5]);
@@ -122,7 +127,7 @@ struct VecAvx2 {
     const __m256i ni = _mm256_cvtps_epi32(n), h = _mm256_srai_epi32(ni, 1);
     const __m256i e1 = _mm256_slli_epi32(_mm256_add_epi32(h, _mm256_set1_epi32(127)), 23);
     const __m256i e2 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_sub_epi32(ni, h), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e1)), _mm256_castsi256_ps(e2));
+    return _mm256_and_ps(keep, _mm256_mul_ps(_mm256_mul_ps(p, _mm256_castsi256_ps(e1)), _mm256_castsi256_ps(e2)));
   }
   static R cvt8(const bf16* p) {
     const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
@@ -245,13 +250,14 @@ struct VecAvx512 {
   static R fma(R x, R y, R z) { return _mm512_fmadd_ps(x, y, z); }
   static float hsum(R x) { return _mm512_reduce_add_ps(x); }
   static R exp2(R x) {
-    x = _mm512_min_ps(_mm512_set1_ps(128.f), _mm512_max_ps(_mm512_set1_ps(-160.f), x));
+    const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kExp2Min), _CMP_NLT_UQ);  // NaN kept
+    x = _mm512_min_ps(_mm512_set1_ps(128.f), _mm512_max_ps(_mm512_set1_ps(kExp2Min), x));
     const R n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const R f = _mm512_sub_ps(x, n);
     R p = _mm512_set1_ps(kExp2C[5]);
     for (int i = 4; i >= 0; --i) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2C[i]));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
-    return _mm512_scalef_ps(p, n);  // exact 2^n scaling, underflows to 0 below 2^-149
+    return _mm512_maskz_scalef_ps(keep, p, n);  // exact 2^n scaling
   }
   template <typename T> static R cvt(const T* p, int n) {
     const __m256i h = _mm256_maskz_loadu_epi16(mask(n), p);
@@ -364,8 +370,9 @@ struct VecNeon {
   static R fma(R x, R y, R z) { return vfmaq_f32(z, x, y); }
   static float hsum(R x) { return vaddvq_f32(x); }
   static R exp2(R x) {
+    const uint32x4_t tiny = vcltq_f32(x, vdupq_n_f32(kExp2Min));  // false for NaN
     x = vminq_f32(x, vdupq_n_f32(128.f));
-    x = vbslq_f32(vcltq_f32(x, vdupq_n_f32(-160.f)), vdupq_n_f32(-160.f), x);  // keeps NaN
+    x = vbslq_f32(tiny, vdupq_n_f32(kExp2Min), x);  // keeps NaN
     const R n = vrndnq_f32(x), f = vsubq_f32(x, n);
     R p = vdupq_n_f32(kExp2C[5]);
     for (int i = 4; i >= 0; --i) p = vfmaq_f32(vdupq_n_f32(kExp2C[i]), p, f);
@@ -373,7 +380,8 @@ struct VecNeon {
     const int32x4_t ni = vcvtq_s32_f32(n), h = vshrq_n_s32(ni, 1);
     const int32x4_t e1 = vshlq_n_s32(vaddq_s32(h, vdupq_n_s32(127)), 23);
     const int32x4_t e2 = vshlq_n_s32(vaddq_s32(vsubq_s32(ni, h), vdupq_n_s32(127)), 23);
-    return vmulq_f32(vmulq_f32(p, vreinterpretq_f32_s32(e1)), vreinterpretq_f32_s32(e2));
+    const R r = vmulq_f32(vmulq_f32(p, vreinterpretq_f32_s32(e1)), vreinterpretq_f32_s32(e2));
+    return vbslq_f32(tiny, vdupq_n_f32(0.f), r);
   }
   template <typename T> static R cvt(const T* p, int n) {
     float tmp[W] = {};
