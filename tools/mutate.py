@@ -115,7 +115,7 @@ MUTANTS = [
            "key block's first query row taken from its second key (off by one)"),
     Mutant("bwd-whole-tiles", BWD, "int((last + 1) / BM) - 1;", "int((last + 1) / BM);",
            "'whole tile, skip the mask' range ends one query tile late: a tile whose last rows miss keys runs unmasked"),
-    Mutant("bwd-mask-key", BWD, "if (key < kr.lo || key > kr.hi) tile.s", "if (key < kr.lo || key > kr.hi + 1) tile.s",
+    Mutant("bwd-mask-key", BWD, "b = hi + d < cap ? hi + d : cap;", "b = hi + d + 1 < cap ? hi + d + 1 : cap;",
            "masked tiles let a row see one key past its last"),
     Mutant("bwd-no-sync-ps", BWD, "        __syncthreads();\n        // dV += P^T.dO and dK", "        // dV += P^T.dO and dK",
            "missing __syncthreads: dV, dK and dQ read P and dS before every warp has written them"),

@@ -43,16 +43,17 @@ def test_backward_every_head_dim_and_tier(emu, monkeypatch, gen, head_dim, tier,
         assert_close(g, r, n, name)
 
 
+@pytest.mark.parametrize("head_dim", (64, 128))
 @pytest.mark.parametrize("how", ("argument", "set_deterministic", "environment"))
-def test_deterministic_mode_is_bitwise_reproducible(emu, monkeypatch, gen, how):
+def test_deterministic_mode_is_bitwise_reproducible(emu, monkeypatch, gen, how, head_dim):
     """dq, dk, dv bitwise identical for 1, 2 and 3 emulator worker threads (blocks of different
     key blocks run concurrently or not) and shuffled thread orders, GQA, 8-16 key blocks per kv
     head. In the default atomic mode dq is summed over key blocks in the order the blocks happen
     to run: for these inputs it differs between worker counts in most runs."""
     monkeypatch.setenv("FLASHATTN_EXT_BACKEND", "emu")
-    q = randn(gen, 1, 64, 4, 64, dtype=BF16).requires_grad_()
-    k, v = (randn(gen, 1, 1024, 2, 64, dtype=BF16).requires_grad_() for _ in range(2))
-    dout = randn(gen, 1, 64, 4, 64, dtype=BF16)
+    q = randn(gen, 1, 64, 4, head_dim, dtype=BF16).requires_grad_()
+    k, v = (randn(gen, 1, 1024, 2, head_dim, dtype=BF16).requires_grad_() for _ in range(2))
+    dout = randn(gen, 1, 64, 4, head_dim, dtype=BF16)
     if how == "set_deterministic":
         fa.set_deterministic(True)
     elif how == "environment":

@@ -189,6 +189,29 @@ __device__ __forceinline__ void whole_tiles(const FwdParams& p, int64_t n0, int&
   hi = last == p.seqlen_q - 1 ? int((p.seqlen_q - 1) / BM) : int((last + 1) / BM) - 1;
 }
 
+// visible_keys of rows row0 + d as columns of a fragment row whose column 0 is key key0, in
+// 32-bit: the row's range is [max(lo + d, floor), min(hi + d, cap)], clamped to the fragment's
+// Cols columns; computed once per tile instead of per row in 64 bits.
+__device__ __forceinline__ int64_t clamp64(int64_t x, int64_t lo, int64_t hi) { return x < lo ? lo : x > hi ? hi : x; }
+
+struct MaskCols {
+  int lo, hi, floor, cap;
+  template <int Cols>
+  __device__ __forceinline__ void row(int d, int& c_lo, int& c_hi) const {
+    const int a = lo + d > floor ? lo + d : floor, b = hi + d < cap ? hi + d : cap;
+    c_lo = a < 0 ? 0 : a > Cols ? Cols : a;
+    c_hi = b < -1 ? -1 : b > Cols - 1 ? Cols - 1 : b;
+  }
+};
+
+__device__ __forceinline__ MaskCols mask_cols(const FwdParams& p, int64_t row0, int64_t key0) {
+  constexpr int64_t kFar = int64_t(1) << 30;
+  const int64_t center = row0 + p.align_offset - key0;
+  return {int(p.window_left >= kNoWindow ? -kFar : clamp64(center - p.window_left, -kFar, kFar)),
+          int(p.window_right >= kNoWindow ? kFar : clamp64(center + p.window_right, -kFar, kFar)),
+          int(clamp64(-key0, -kFar, kFar)), int(clamp64(p.seqlen_k - 1 - key0, -kFar, kFar))};
+}
+
 template <class Tr, bool kSeqs, bool kMod>
 __global__ void __launch_bounds__(Tr::kThreads)
     bwd_row_stats(BwdParams bp, BwdWork w, gptr<const typename Tr::Element> q, gptr<const typename Tr::Element> k,
@@ -425,7 +448,6 @@ __global__ void __launch_bounds__(Tr::kThreads)
   sptr<T> sP = sdO + Tr::kStages * Tr::kSmemQ;
   sptr<T> sdS = sP + Tr::kSmemP;
   sptr<float> sStat = ptr_cast<float>(sdS + Tr::kSmemP);  // kStages x BM rows of 4 floats
-  const gptr<float> dq_split = dq_accum + blockIdx.x * w.split_floats;
   const int dq_lane = qm * Tr::kDqM * D + qd * Tr::kDqD / 8 * 128 + lane;  // in a tile's accumulator
 
   const int n_blocks = int((seqlen_k() + BN - 1) / BN);
@@ -484,7 +506,8 @@ __global__ void __launch_bounds__(Tr::kThreads)
         const sptr<float> cSt = sStat + stage * BM * 4;
         const int64_t m0 = int64_t(qt) * BM;
         // This thread's first dQ accumulator element of the tile; the others are constant offsets.
-        const gptr<float> dq_tile = dq_split + (stat_row(p, w, b, h0 + h, m0) * D + dq_lane);
+        const gptr<float> dq_tile =
+            dq_accum + (blockIdx.x * w.split_floats + stat_row(p, w, b, h0 + h, m0) * D + dq_lane);
 
         Sdp tile;
         tile.compute(cQ, cdO, sK, sV, wm, wn, lane);
@@ -507,6 +530,9 @@ __global__ void __launch_bounds__(Tr::kThreads)
         [[maybe_unused]] int64_t mask_row0 = 0;
         if constexpr (kMod)
           if (p.attn_mask != nullptr) mask_row0 = mask_row_offset(p, b, h0 + h, m0 + wm * Tr::kSdpM + g);
+        MaskCols cols{};
+        if (masked)
+          cols = on_mask([&](const FwdParams& mp) { return mask_cols(mp, m0 + wm * Tr::kSdpM + g, n0 + wn * Tr::kSdpN + 2 * t); });
 #pragma unroll
         for (int mt = 0; mt < Sdp::MT; ++mt)
 #pragma unroll
@@ -572,14 +598,16 @@ __global__ void __launch_bounds__(Tr::kThreads)
               if (drop.on) drop_apply(tile.s[mt]);  // P * M, for dV
             }
             if (masked) {  // a masked pair gets P = dS = 0, also in a row whose statistics are NaN
-              const KeyRange kr = on_mask([&](const FwdParams& mp) { return visible_keys(m0 + row, mp); });
+              // The visible keys as columns [lo, hi] of the row's fragment (column nt * 8 + c is key
+              // key0 + nt * 8 + c): 32-bit compares with constants per element (visible_keys per row
+              // and 64-bit key compares cost ptxas spills with 64 x 128 tiles at D = 128).
+              int lo, hi;
+              cols.row<Sdp::NT * 8>(mt * 16 + 8 * r, lo, hi);
 #pragma unroll
               for (int nt = 0; nt < Sdp::NT; ++nt)
 #pragma unroll
-                for (int c = 0; c < 2; ++c) {
-                  const int64_t key = n0 + wn * Tr::kSdpN + nt * 8 + 2 * t + c;
-                  if (key < kr.lo || key > kr.hi) tile.s[mt][nt][2 * r + c] = tile.dp[mt][nt][2 * r + c] = 0.0f;
-                }
+                for (int c = 0; c < 2; ++c)
+                  if (nt * 8 + c < lo || nt * 8 + c > hi) tile.s[mt][nt][2 * r + c] = tile.dp[mt][nt][2 * r + c] = 0.0f;
             }
 #pragma unroll
             for (int nt = 0; nt < Sdp::NT; ++nt) {

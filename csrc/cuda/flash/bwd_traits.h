@@ -29,16 +29,27 @@ namespace fae::cuda {
 // large with 4x2 or 2x4 dQ warps 4-80 bytes on sm_80, sm_86 / 89 or sm_90; D = 256 small with dQ in
 // one pass 4-32 bytes on sm_80. dq_passes > 1 computes dQ's warp tile in column slices, so fewer
 // of its accumulators are live at once.
+// The large tier at D = 64 and 128 is FlashAttention-2's shape (bench/cuda_static.py, sm_80 bf16,
+// per warp and iteration; bound = fraction of tensor peak, shared-memory wavefronts the limit):
+//   D = 128: 128x64 (4x2, 2x4, 4x2) 894 instructions, 35.8% HMMA, 724 wavefronts, 0.88; 64x128 with
+//   S/dP, dK/dV, dQ warps 2x4, 2x4, 2x4: 846, 37.8%, 660, 0.97 (2x4, 4x2, 2x4 the same 660; 2x4 dQ
+//   beats 4x2, 692; S/dP 4x2 716-748, and 12-16 bytes of spill on sm_80 with dQ 2x4).
+//   D = 64: 64x128 639, 25.0%, 420, 0.76; 128x128 with 4x2, 4x2, 4x2: 1065, 30.0%, 692, 0.925
+//   (dQ 8x1 724 / 0.88; dQ 2x4 724 and 8 bytes of spill on sm_86 / 89 / 90; dK/dV 8x1 or 2x4
+//   756 / 0.85; S/dP 2x4 spilled 20-24 bytes on sm_86 / 89 / 90).
+//   Both fit only since the mask of edge tiles compares 32-bit columns (mask_cols in the kernel):
+//   with per-row 64-bit key ranges 64x128 at D = 128 spilled 32-56 bytes on sm_86 / 89 / 90.
+//   D = 256 large: S/dP 4x2 spilled 4 bytes on sm_90 with that mask code (2x4: none, 0.83 vs 0.84).
 // Two tiers: kSmallSmem = false for sm_80 / sm_90 (163 / 227 KiB per block), true for sm_86 /
 // sm_89 (99 KiB); the launcher takes the first that fits the device.
 //   D    tier   M x N    warps  S/dP  dK/dV  dQ   stages  smem (bytes)
 //   32   large  128x128  8      2x4   4x2    4x2  2       135168
 //   32   small  64x128   8      2x4   4x2    4x2  2        77824
-//   64   large  64x128   8      2x4   4x2    2x4  2       110592
+//   64   large  128x128  8      4x2   4x2    4x2  1       145408
 //   64   small  64x128   8      2x4   4x2    2x4  1        91136
 //   96   large  64x128   8      2x4   4x2    4x2  2       143360
 //   96   small  64x64    8      4x2   4x2    4x2  2       100352
-//   128  large  128x64   8      4x2   2x4    4x2  1       143360
+//   128  large  64x128   8      2x4   2x4    2x4  1       140288
 //   128  small  64x64    8      4x2   2x4    2x4  1        89088
 //   160  large  64x64    8      4x2   4x2    4x2  2       149504
 //   160  small  32x32    4      2x2   2x2    2x2  2        70656
@@ -46,7 +57,7 @@ namespace fae::cuda {
 //   192  small  32x64    8      2x4   4x2    2x4  1        86528
 //   224  large  64x64    8      2x4   4x2    4x2  1       138240
 //   224  small  32x32    4      2x2   2x2    2x2  1        65024
-//   256  large  64x64    8      4x2   2x4    1x8  1       154624
+//   256  large  64x64    8      2x4   2x4    1x8  1       154624
 //   256  small  32x32    4      2x2   2x2    2x2  1        73216  dQ in 2 passes
 //   256  feat.  64x16    4      4x1   1x4    4x1  1        91648  dQ in 4 passes
 // The feature instances (softcap, ALiBi, explicit masks, dropout: the variable-length kMod ones,
@@ -65,13 +76,13 @@ constexpr BwdTile bwd_tile(int head_dim, bool small_smem, bool features = false)
   if (features && head_dim == 256) return BwdTile{64, 16, 4, 4, 1, 4, 1, 4};
   switch (head_dim) {
     case 32: return small_smem ? BwdTile{64, 128, 8, 2, 4, 4, 2} : BwdTile{128, 128, 8, 2, 4, 4, 2};
-    case 64: return small_smem ? BwdTile{64, 128, 8, 2, 4, 2, 1} : BwdTile{64, 128, 8, 2, 4, 2, 2};
+    case 64: return small_smem ? BwdTile{64, 128, 8, 2, 4, 2, 1} : BwdTile{128, 128, 8, 4, 4, 4, 1};
     case 96: return small_smem ? BwdTile{64, 64, 8, 4, 4, 4, 2} : BwdTile{64, 128, 8, 2, 4, 4, 2};
-    case 128: return small_smem ? BwdTile{64, 64, 8, 4, 2, 2, 1} : BwdTile{128, 64, 8, 4, 2, 4, 1};
+    case 128: return small_smem ? BwdTile{64, 64, 8, 4, 2, 2, 1} : BwdTile{64, 128, 8, 2, 2, 2, 1};
     case 160: return small_smem ? BwdTile{32, 32, 4, 2, 2, 2, 2} : BwdTile{64, 64, 8, 4, 4, 4, 2};
     case 192: return small_smem ? BwdTile{32, 64, 8, 2, 4, 2, 1} : BwdTile{64, 64, 8, 4, 4, 4, 1};
     case 224: return small_smem ? BwdTile{32, 32, 4, 2, 2, 2, 1} : BwdTile{64, 64, 8, 2, 4, 4, 1};
-    case 256: return small_smem ? BwdTile{32, 32, 4, 2, 2, 2, 1, 2} : BwdTile{64, 64, 8, 4, 2, 1, 1};
+    case 256: return small_smem ? BwdTile{32, 32, 4, 2, 2, 2, 1, 2} : BwdTile{64, 64, 8, 2, 2, 1, 1};
     default: return {0, 0, 0, 0, 0, 0, 0};
   }
 }
