@@ -56,7 +56,7 @@ namespace fae::cuda {
 //   192  large  64x64    8      4x2   4x2    4x2  1       121856
 //   192  small  32x64    8      2x4   4x2    2x4  1        86528
 //   224  large  64x64    8      2x4   4x2    4x2  1       138240
-//   224  small  32x32    4      2x2   2x2    2x2  1        65024
+//   224  small  32x32    4      2x2   2x2    2x2  1        65024  dQ in 7 passes (feature instance: 1)
 //   256  large  64x64    8      2x4   2x4    1x8  1       154624
 //   256  small  32x32    4      2x2   2x2    2x2  1        73216  dQ in 2 passes
 //   256  feat.  64x16    4      4x1   1x4    4x1  1        91648  dQ in 4 passes
@@ -67,13 +67,18 @@ namespace fae::cuda {
 // without dropout 12 / 24; one loop applying the keep multipliers always 4 / 36; M applied to dP
 // and P in passes of their own 4 / 36 (32 with the Philox calls replaced by a constant); that with
 // dQ in 4 passes 4 / 40. 16 keys per block halve the accumulators (64 per thread): 255 registers,
-// no spill on either.
+// no spill on either. D = 224's small row computes dQ in 7 passes of 16 columns: in one pass the
+// plain variable-length instance (which runs on these tiles on every device) spilled 4 / 4 bytes
+// on sm_86 / 89, and 8 / 12 on sm_90 once its pointers moved to the batch entry's rows and the
+// edge mask took 32-bit columns; the feature instance keeps one pass (7 spilled 16 bytes on sm_80 / 86
+// / 89) and spills 8 / 4 bytes on sm_86 / 89 (sm_80 and sm_90: none).
 struct BwdTile {
   int block_m, block_n, warps, sdp_warps_m, kv_warps_n, dq_warps_m, stages, dq_passes = 1;
 };
 
 constexpr BwdTile bwd_tile(int head_dim, bool small_smem, bool features = false) {
   if (features && head_dim == 256) return BwdTile{64, 16, 4, 4, 1, 4, 1, 4};
+  if (features && head_dim == 224) return BwdTile{32, 32, 4, 2, 2, 2, 1};  // the small row, dQ in one pass
   switch (head_dim) {
     case 32: return small_smem ? BwdTile{64, 128, 8, 2, 4, 4, 2} : BwdTile{128, 128, 8, 2, 4, 4, 2};
     case 64: return small_smem ? BwdTile{64, 128, 8, 2, 4, 2, 1} : BwdTile{128, 128, 8, 4, 4, 4, 1};
@@ -81,7 +86,7 @@ constexpr BwdTile bwd_tile(int head_dim, bool small_smem, bool features = false)
     case 128: return small_smem ? BwdTile{64, 64, 8, 4, 2, 2, 1} : BwdTile{64, 128, 8, 2, 2, 2, 1};
     case 160: return small_smem ? BwdTile{32, 32, 4, 2, 2, 2, 2} : BwdTile{64, 64, 8, 4, 4, 4, 2};
     case 192: return small_smem ? BwdTile{32, 64, 8, 2, 4, 2, 1} : BwdTile{64, 64, 8, 4, 4, 4, 1};
-    case 224: return small_smem ? BwdTile{32, 32, 4, 2, 2, 2, 1} : BwdTile{64, 64, 8, 2, 4, 4, 1};
+    case 224: return small_smem ? BwdTile{32, 32, 4, 2, 2, 2, 1, 7} : BwdTile{64, 64, 8, 2, 4, 4, 1};
     case 256: return small_smem ? BwdTile{32, 32, 4, 2, 2, 2, 1, 2} : BwdTile{64, 64, 8, 2, 2, 1, 1};
     default: return {0, 0, 0, 0, 0, 0, 0};
   }
