@@ -564,6 +564,9 @@ std::vector<Case> cases() {
       {3, 19, 23, 2, 1, 8, true, 3, 2, DType::bf16, L::bshd, false, 0},
       // odd head dim and odd key count: the bfloat16 pairs' last element is padding
       {1, 70, 131, 2, 1, 17, true, N, 0, DType::bf16, L::padded, false, 0},
+      // decoding: kv heads walked in lockstep (forward.h, plan_tasks), rows prefetched past the end
+      {2, 1, 300, 8, 4, 64, true, N, N, DType::bf16, L::bshd, false, 0},
+      {1, 2, 77, 6, 3, 40, true, N, 0, DType::f32, L::bhsd, false, 0},
   };
 }
 
