@@ -8,10 +8,11 @@
 //   zero, set1(f), load(p), loadn(p, n) (lanes >= n are 0, nothing past p[n-1] is read),
 //   store(p, x), storen(p, x, n) (only p[0..n-1] written), add, sub, mul, div (IEEE, x / x == 1),
 //   max (a NaN in y is returned),
-//   fma(x, y, z) = x*y + z, hsum(x) (sum of the lanes), exp2(x) (x <= 0 accurate to ~2e-7 relative;
-//   0 for x < -125, so no result is subnormal, as the GPUs' ex2.approx.ftz: a subnormal result
-//   costs x86 cores a microcode assist, about 3x the time of a forward whose mask removes one
-//   score in ten (bench/README.md); exp2(-inf) == 0 exactly; NaN propagates), cvt(p, n) for bf16 / f16 storage loads, store_cvt(p, x, n) for stores
+//   fma(x, y, z) = x*y + z, hsum(x) (sum of the lanes), exp2(x) (x <= 0 accurate to ~2e-7
+//   relative; 0 for x < -125, so no result is subnormal, as the GPUs' ex2.approx.ftz: a subnormal
+//   result costs x86 cores a microcode assist, which made a forward whose mask removes one score
+//   in ten 2.65x the plain one (bench/README.md); exp2(-inf) == 0 exactly; NaN propagates),
+//   cvt(p, n) for bf16 / f16 storage loads, store_cvt(p, x, n) for stores
 //   (round to nearest even, NaN stays NaN),
 //   transpose(x) on an array x[0 .. W) of vectors, in place: lane w of x[j] becomes the former
 //   lane j of x[w] (a W x W block of rows turned into columns in registers),

@@ -189,11 +189,11 @@ __device__ __forceinline__ void whole_tiles(const FwdParams& p, int64_t n0, int&
   hi = last == p.seqlen_q - 1 ? int((p.seqlen_q - 1) / BM) : int((last + 1) / BM) - 1;
 }
 
+__device__ __forceinline__ int64_t clamp64(int64_t x, int64_t lo, int64_t hi) { return x < lo ? lo : x > hi ? hi : x; }
+
 // visible_keys of rows row0 + d as columns of a fragment row whose column 0 is key key0, in
 // 32-bit: the row's range is [max(lo + d, floor), min(hi + d, cap)], clamped to the fragment's
 // Cols columns; computed once per tile instead of per row in 64 bits.
-__device__ __forceinline__ int64_t clamp64(int64_t x, int64_t lo, int64_t hi) { return x < lo ? lo : x > hi ? hi : x; }
-
 struct MaskCols {
   int lo, hi, floor, cap;
   template <int Cols>
@@ -581,13 +581,9 @@ __global__ void __launch_bounds__(Tr::kThreads)
               }
             if constexpr (kMod) {
               if (bp.dmask != nullptr) {  // the mask's gradient where the band lets a pair through
-                int lo = 0, hi = row_in ? Sdp::NT * 8 - 1 : -1;  // as columns of the row: all in unmasked tiles
-                if (masked) {
-                  const KeyRange band = on_mask([&](const FwdParams& mp) { return visible_keys(m0 + row, mp); });
-                  const int64_t l = band.lo - key0, u = row_in ? band.hi - key0 : -1;
-                  lo = l < 0 ? 0 : int(min64(l, 1 << 30));
-                  hi = u < 0 ? -1 : int(min64(u, 1 << 30));
-                }
+                int lo = 0, hi = Sdp::NT * 8 - 1;  // as columns of the row: all in unmasked tiles
+                if (masked) cols.row<Sdp::NT * 8>(mt * 16 + 8 * r, lo, hi);
+                if (!row_in) hi = -1;
                 am.store_grad_row<Sdp::NT>(bp, MaskRefs::grad_row_offset(bp, b, h0 + h, m0 + wm * Tr::kSdpM + g), mt * 16 + 8 * r, key0, tile.dp[mt], r, lo, hi);
               }
               if (mods.cap2 > 0.0f)  // dS times 1 - tanh^2
