@@ -8,6 +8,8 @@ import torch
 
 import flashattn_ext as fa
 import oracle
+from flashattn_ext import _torch_ops
+from flashattn_ext._validate import MaskSpec
 from attn_testing import CUDA_BACKENDS, assert_close, naive_in, needs_kernel, randn
 
 F32, F64, BF16, F16 = torch.float32, torch.float64, torch.bfloat16, torch.float16
@@ -118,6 +120,23 @@ def test_causal_alignments(backend, gen, bottom_right, sq, sk):
     for name, g, r in zip("qkv", torch.autograd.grad(out, (q, k, v), dout),
                           torch.autograd.grad(ref, (q, k, v), dout)):
         assert_close(g, r, None, "d" + name)
+
+
+@pytest.mark.parametrize("d", [32, 96, 128])
+@pytest.mark.parametrize("sk", [1, 3])
+def test_top_left_window_with_rows_past_the_keys(backend, gen, d, sk):
+    """Top-left alignment with a narrow window and Sq >> Sk: the last rows of a query tile see
+    no key while its first rows do (the CUDA forward visited the wrong key tile there and gave
+    those rows lse -inf and zeros)."""
+    dtype = _dtype_for(backend)
+    needs_kernel(backend, dtype, head_dim=d)
+    q, k, v = _inputs(gen, 1, 130, sk, 2, 1, d, dtype)
+    for window in ((0, 0), (1, 0)):
+        out, lse = _torch_ops.apply(q, k, v, d ** -0.5, MaskSpec(window[0], window[1], False))
+        ref, ref_lse = oracle.attention(q, k, v, window=window, bottom_right=False)
+        naive = naive_in(dtype, q, k, v, window=window, bottom_right=False)[0] if dtype in (BF16, F16) else None
+        assert_close(out, ref, naive, f"out {window}")
+        assert_close(lse, ref_lse.to(lse.dtype), None, f"lse {window}")
 
 
 def _dtype_for(backend):

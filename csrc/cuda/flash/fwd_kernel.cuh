@@ -97,6 +97,9 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
   const KeyRange first = keys_of(m0), last = keys_of(m0 + rows_valid - 1);
   int j_lo = int(first.lo / BN), j_hi = int(last.hi / BN);
   int f_lo = int((last.lo + BN - 1) / BN);
+  // At most j_hi + 1: the last row's lo lies past every key when it sees none (Sq > Sk, top-left),
+  // and a larger f_lo made n_above negative (the tile after j_hi visited in place of j_lo's).
+  if (f_lo > j_hi + 1) f_lo = j_hi + 1;
   int f_hi = f_lo > j_hi ? f_lo : (first.hi + 1) / BN < f_lo ? f_lo : int((first.hi + 1) / BN);
   if constexpr (kSeqs) {  // this split's share of the tiles (the dense kernel has one split)
     const int share = (j_hi - j_lo + nsplit) / nsplit, all_hi = j_hi;
