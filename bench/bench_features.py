@@ -5,7 +5,11 @@ end, which runs as key lengths, and at the front, which the kernels read) runs
 flashattn_ext.attention on the same float32 (B, S, H, D) inputs in the same process, alternating,
 forward and forward+backward; the table gives medians, the ratio to the plain kernel's time and,
 for masks, the mask's size (the kernels read it in place: once per query head where it is
-broadcast over heads; the backward reads it twice more).
+broadcast over heads; the backward reads it twice more), the time torch takes to read it once on
+the same threads (the maximum of its bytes read as int32) and what is left of the variant's cost after
+the kernels' reads: (variant - plain - reads x read) / plain, where reads counts the mask's
+broadcast over batch and heads (the kernels read it once per (batch, head)) times 1 forward and 3
+forward+backward.
 
     python bench/bench_features.py [--b 1 --h 8 --s 2048 --d 64 --causal --reps 9 --threads 1
                                     --variants plain dropout]
@@ -37,6 +41,7 @@ def main() -> None:
     ap.add_argument("--variants", nargs="*", default=None, help="variant names (default: all)")
     args = ap.parse_args()
     flashattn_ext.set_num_threads(args.threads)
+    torch.set_num_threads(flashattn_ext.get_num_threads())
     g = torch.Generator().manual_seed(0)
     q, k, v, do = (torch.randn(args.b, args.s, args.h, args.d, generator=g) for _ in range(4))
     slopes = torch.rand(args.h, generator=g) * 0.1
@@ -54,6 +59,21 @@ def main() -> None:
     size = {name: kw["attn_mask"].nbytes if "attn_mask" in kw else b * s
             for name, kw in variants.items() if "mask" in str(kw.keys())}
 
+    def read_time(mask: torch.Tensor) -> float:
+        data = mask.contiguous().view(torch.uint8).flatten()
+        data = data[: data.numel() // 4 * 4].view(torch.int32)  # the bytes as integers
+        times = []
+        for _ in range(max(3, args.reps)):
+            t0 = time.perf_counter()
+            data.amax()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    def reads(mask: torch.Tensor) -> int:  # how many times each pass reads the mask's bytes
+        return b * h * s * s // mask.numel()
+
+    read = {name: read_time(kw["attn_mask"]) for name, kw in variants.items() if "attn_mask" in kw}
+
     def run(kw: dict, backward: bool) -> float:
         for t in (q, k, v):
             t.requires_grad_(backward)
@@ -68,7 +88,7 @@ def main() -> None:
 
     shape = f"B={args.b} H={args.h} S={args.s} D={args.d} {'causal' if args.causal else 'non-causal'}"
     print(f"{shape}, float32, {flashattn_ext.get_num_threads()} threads, median of {args.reps}")
-    print(f"{'variant':15} {'dir':8} {'ms':>8} {'vs plain':>9} {'mask MB':>8}")
+    print(f"{'variant':15} {'dir':8} {'ms':>8} {'vs plain':>9} {'mask MB':>8} {'read ms':>8} {'beyond read':>11}")
     for backward in (False, True):
         times = {name: [] for name in variants}
         for kw in variants.values():
@@ -79,7 +99,11 @@ def main() -> None:
         plain = statistics.median(times["plain"]) if "plain" in times else float("nan")
         for name, t in times.items():
             med = statistics.median(t)
-            mb = f"{size[name] / 1e6:8.2f}" if name in size else ""
+            mb = f"{size[name] / 1e6:9.2f}" if name in size else ""
+            if name in read:
+                n = reads(variants[name]["attn_mask"]) * (3 if backward else 1)
+                left = (med - plain - n * read[name]) / plain
+                mb += f" {read[name] * 1e3:8.2f} {left * 100:10.1f}%"
             print(f"{name:15} {'fwd+bwd' if backward else 'fwd':8} {med * 1e3:8.1f} {med / plain:8.2f}x{mb}")
 
 
