@@ -171,7 +171,7 @@ struct Backward {
     Scratch scratch(2 * D * ldp + 4 * bk * D + 3 * bq * ldp + 2 * bq * D + 4 * ldp + amx_elems);
     float* kt = scratch.get();      // D x ldp: K^T of the tile, padding zero
     float* vt = kt + D * ldp;       // D x ldp: V^T
-    float* kbuf = vt + D * ldp;     // bk x D: K tile as float (16-bit inputs)
+    float* kbuf = vt + D * ldp;     // bk x D: K tile as dense float rows (16-bit or strided inputs)
     float* vbuf = kbuf + bk * D;    // bk x D
     float* dka = vbuf + bk * D;     // bk x D: dK accumulator
     float* dva = dka + bk * D;      // bk x D: dV accumulator
@@ -441,7 +441,7 @@ struct Backward {
     float* dot = qt + D * nqp;      // D x nqp: dO^T
     float* st = dot + D * nqp;      // bk x nqp: S^T, then P^T
     float* dst = st + bk * nqp;     // bk x nqp: dP^T
-    float* kbuf = dst + bk * nqp;   // bk x D: K tile as float (16-bit inputs)
+    float* kbuf = dst + bk * nqp;   // bk x D: K tile as dense float rows (16-bit or strided inputs)
     float* vbuf = kbuf + bk * D;    // bk x D
     float* nl2 = vbuf + bk * D;     // nqp: -lse2 per row, padding 0
     float* ps = nl2 + nqp;          // nqp: psum per row (normalised) or 1
