@@ -79,6 +79,32 @@ def test_forward_row_tile_groups(gen, case, dtype):
     assert_close(lse, ref_lse.to(lse.dtype), None, "lse")
 
 
+@pytest.mark.parametrize("d", [32, 64, 128])
+def test_row_strides_do_not_change_float32_results(gen, d):
+    """The float32 CPU kernels read dense rows (row stride D) in place and copy rows further apart
+    (the (B, S, H, D) layout, padded rows) into dense tiles first (cpu/tiles.h: float_rows); the
+    arithmetic is the same, so out, lse and the gradients are bitwise equal across layouts."""
+    b, sq, sk, hq, hkv = 2, 150, 333, 4, 2
+    base = [randn(gen, b, s, h, d, dtype=F32) for s, h in ((sq, hq), (sk, hkv), (sk, hkv))]
+    dout = randn(gen, b, sq, hq, d, dtype=F32)
+
+    def layouts(x):
+        yield x.contiguous()                                 # (B, S, H, D): rows H * D apart
+        yield x.transpose(1, 2).contiguous().transpose(1, 2)  # head-major: rows D apart
+        wide = torch.zeros(*x.shape[:3], d + 5, dtype=F32)    # rows D + 5 apart
+        wide[..., :d] = x
+        yield wide[..., :d]
+
+    results = []
+    for q, k, v in zip(*(layouts(x) for x in base)):
+        q, k, v = (t.requires_grad_() for t in (q, k, v))
+        out, lse, _ = fa.flash_attn_func(q, k, v, causal=True, return_attn_probs=True)
+        results.append((out, lse, *torch.autograd.grad(out, (q, k, v), dout)))
+    for other in results[1:]:
+        for name, x, y in zip(("out", "lse", "dq", "dk", "dv"), results[0], other):
+            assert torch.equal(x, y), f"{name} differs between layouts"
+
+
 BWD_CASES = [CASES[i] for i in (1, 2, 3, 4, 7, 8, 9)]
 
 
