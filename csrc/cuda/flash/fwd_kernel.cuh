@@ -19,7 +19,10 @@
 // accumulators become log2-domain scores right after Q.K^T, then take the explicit mask, then the
 // band mask, and the softmax then takes them with factor 1. Dropout multiplies the probabilities
 // by the keep mask times 1 / (1 - p) after the row sums took them (lse is the undropped
-// softmax's) and before P.V.
+// softmax's) and before P.V. An explicit mask that MaskRefs::stage admits (16-byte aligned rows)
+// streams through shared memory past V: the mask tile of key tile j + 1 is copied with K_{j+1}
+// (one commit group, the same wait), and the masking of S_j reads tile j's from there; the rest
+// read their entries from global memory after S_j.
 #pragma once
 
 #include <type_traits>
