@@ -494,3 +494,48 @@ def test_key_lengths_inside_compiled_graphs(gen):
     assert calls_as_key_lengths() == before + 2
     for g, r in zip(grads, torch.autograd.grad(f(q, k, v, pad), (q, k, v))):
         assert torch.equal(g, r)
+
+
+# (Sq, Sk, D, causal, window): the CUDA forward's key tiles are 64 keys at D = 64, 48 at D = 128,
+# 32 at D = 224 and 16 at D = 256, its query tiles 64 rows; Sq crosses a query tile, Sk key tiles.
+STAGED = [(70, 144, 64, False, (-1, -1)), (70, 150, 64, True, (-1, -1)), (100, 130, 128, False, (20, 7)),
+          (37, 100, 224, True, (-1, -1)), (40, 70, 256, False, (9, 0))]
+
+
+@pytest.mark.parametrize("kind", ["bool", "additive"])
+@pytest.mark.parametrize("case", STAGED, ids=lambda c: f"sq{c[0]}-sk{c[1]}-d{c[2]}")
+def test_masks_with_aligned_rows(backend, gen, kind, case):
+    """Masks whose rows start at multiples of 16 bytes (the CUDA forward stages their tiles in
+    shared memory with 16-byte copies beside K): contiguous ones (Sk = 144), views with a 160-entry
+    row pitch whose last chunk holds keys past Sk (Sk = 150, 130, ...), per-head and key-only
+    broadcasts; with causal and window bands that skip key tiles, against the oracle (out, lse). The
+    emulator runs both shared-memory tiers (99 KiB keeps float masks at D = 128 in registers)."""
+    sq, sk, d, causal, window = case
+    dtype = F32 if backend == "cpu" else BF16
+    needs_kernel(backend, dtype, head_dim=d)
+    b, hq = 2, 2
+    q, k, v = (randn(gen, b, s, hq, d, dtype=dtype) for s in (sq, sk, sk))
+    pitch = 160 if sk > 144 else 144
+    base = make_mask(gen, kind, (b, hq, sq, pitch), F32)
+    masks = {"rows": base[..., :sk], "per head": base[:1, :, :1, :sk].expand(b, hq, sq, sk),
+             "keys": base[:1, :1, :1, :sk]}
+    kw = dict(causal=causal, window=window)
+    emu = pytest.importorskip("flashattn_ext._emu") if backend == "emu" else None
+    limit = emu.config()["smem_limit"] if emu else 0
+    for name, mask in masks.items():
+        try:
+            outs = []
+            for kib in (99, 163) if emu else (0,):
+                if emu:
+                    emu.configure(smem_limit=kib * 1024)
+                outs.append(fa.attention(q, k, v, attn_mask=mask, return_lse=True, window_size=window, causal=causal))
+        finally:
+            if emu:
+                emu.configure(smem_limit=limit)
+        full = mask.expand(b, hq, sq, sk)
+        given = dict(visible=full) if kind == "bool" else dict(bias=full)
+        ref, ref_lse = oracle.attention(q, k, v, **given, **kw)
+        naive = None if dtype == F32 else oracle.attention(q, k, v, dtype=dtype, **given, **kw)[0]
+        for out, lse in outs:
+            assert_close(out, ref, naive, f"{name} out")
+            assert_close(lse, ref_lse.float(), None, f"{name} lse")

@@ -170,3 +170,44 @@ def test_forward_output_stores_are_16_bytes_in_whole_sectors(emu, monkeypatch, h
     (o,) = [s for s in sites(launches, "flash_fwd", "global store") if s["file"] == "cuda/flash/common.cuh"]
     assert o["bytes_per_access"] == 16 and o["bytes"] == 128 * 2 * head_dim * 2, o
     assert figures == {"O": 1.0}, figures
+
+
+@pytest.mark.parametrize("smem_kib", (99, 163))
+@pytest.mark.parametrize("kind", ("bool", "float"))
+@pytest.mark.parametrize("head_dim", (64, 128))
+def test_staged_mask_copies_and_reads(emu, monkeypatch, head_dim, kind, smem_kib):
+    """An explicit mask with 16-byte aligned rows is staged in shared memory (attn_mask.cuh): its
+    tile copies (cp.async, 16 bytes) and the pair loads of the scores' entries take their ideal
+    wavefronts, and the copies use whole sectors where a tile row is whole sectors (every float
+    tile: 64 x 4 and 48 x 4 bytes; boolean ones of 64 keys, not those of 48). Only the key tiles
+    the causal band leaves are copied, and of the last one only its keys before Sk. Where the stage
+    would cost the SM its second block (a float mask at D = 128 with 99 KiB: 2 x 57 KiB) the mask
+    is read from global memory instead."""
+    emu.configure(smem_limit=smem_kib * 1024)
+    monkeypatch.setenv("FLASHATTN_EXT_BACKEND", "emu")
+    gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    q, k, v = (torch.randn(1, 128, 2, head_dim, generator=gen, dtype=torch.bfloat16) for _ in range(3))
+    u = torch.rand(1, 2, 128, 192, generator=gen)[..., :128]  # 768-byte float, 192-byte boolean rows
+    mask = u > 0.3 if kind == "bool" else torch.log(u)
+    launches = [launch for launch in collect(emu, lambda: fa.attention(q, k, v, causal=True, attn_mask=mask))
+                if launch["kernel"] == "flash_fwd_seqs_mod"]
+    assert launches
+    staged = [s for launch in launches for s in launch["sites"] if s["file"] == "cuda/flash/attn_mask.cuh"]
+    copies, loads = source_lines("attn_mask.cuh", "// mask tile copy"), source_lines("attn_mask.cuh", "// mask pair load")
+    if kind == "float" and head_dim == 128 and smem_kib == 99:
+        assert not staged, staged  # load_nc's global loads count at their own site
+        return
+    assert {s["op"] for s in staged} == {"cp.async shared", "cp.async global", "shared load"}, staged
+    # 64-row query tiles, key tiles of 64 (D = 64) or 48 keys (D = 128): query tile i sees key tiles
+    # 0 .. (64 i + 63) // bn under the causal band; a tile row is bn * size bytes in 16-byte chunks.
+    bn, size = (64 if head_dim == 64 else 48), (1 if kind == "bool" else 4)
+    tiles = [j for i in range(2) for j in range((64 * i + 63) // bn + 1)]
+    (copy,) = [s for s in staged if s["op"] == "cp.async global"]
+    assert copy["requests"] == 2 * len(tiles) * 64 * (bn * size // 16) // 32, copy
+    assert copy["bytes"] == 2 * sum(64 * min(bn, 128 - j * bn) * size for j in tiles), copy
+    for s in staged:
+        assert s["line"] in (copies if s["op"].startswith("cp.async") else loads), s
+        if s["op"] in SHARED_OPS:
+            assert s["wavefronts"] == s["ideal_wavefronts"], ("shared bank conflicts", s)
+        elif kind == "float" or head_dim == 64:
+            assert s["bytes"] == 32 * s["sectors"], ("partial sectors", s)

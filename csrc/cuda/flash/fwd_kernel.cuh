@@ -19,7 +19,10 @@
 // accumulators become log2-domain scores right after Q.K^T, then take the explicit mask, then the
 // band mask, and the softmax then takes them with factor 1. Dropout multiplies the probabilities
 // by the keep mask times 1 / (1 - p) after the row sums took them (lse is the undropped
-// softmax's) and before P.V.
+// softmax's) and before P.V. An explicit mask that MaskRefs::stage admits (16-byte aligned rows)
+// streams through shared memory past V: the mask tile of key tile j + 1 is copied with K_{j+1}
+// (one commit group, the same wait), and the masking of S_j reads tile j's from there; the rest
+// read their entries from global memory after S_j.
 #pragma once
 
 #include <type_traits>
@@ -54,6 +57,12 @@ struct ScoreScale {
   }
 };
 
+// Whether the kMod instance of tiles Tr stages explicit masks in shared memory (MaskRefs::stage): all
+// but D = 224, where the stage's copies cost ptxas a 40-byte spill on sm_90 (at 255 registers); it
+// reads masks from global memory always.
+template <class Tr>
+constexpr bool kStagesMask = Tr::kHeadDim != 224;
+
 template <class Tr, bool kSeqs, bool kMod>
 __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gptr<const typename Tr::Element> q,
                                           gptr<const typename Tr::Element> k, gptr<const typename Tr::Element> v,
@@ -78,6 +87,9 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
   }
   const int rows_valid = int(min64(BM, seq.seqlen_q - m0));
   const sptr<T> sQ = dynamic_smem<T>(), sK = sQ + Tr::kSmemQ, sV = sK + Tr::kSmemKV;
+  // The explicit mask's stage (MaskRefs::stage), past V: allocated by calls that stage a mask only.
+  using MTile = MaskTile<BM, BN, Tr::kThreads>;
+  [[maybe_unused]] const sptr<uint8_t> sM = ptr_cast<uint8_t>(sV + Tr::kSmemKV);
   const int wrow = warp * Tr::kWarpRows;  // this warp's first row in the block
 
   // Accumulators: fragment rows g and g + 8 of each m16 tile; m2 = the log2-domain reference max
@@ -132,12 +144,20 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
         }
       copy_tile_async<KVMap, LD, decltype(masked_tag)::value>(dst, tile, row_stride, keys_in(j));
     };
+    // The staged mask's tile j (its keys bounded in masked tiles), copied with K_j.
+    auto copy_mask = [&](auto masked_tag, int j) {
+      if constexpr (kMod && kStagesMask<Tr>)
+        if (am.stage)
+          am.stage_tile<MTile, decltype(masked_tag)::value>(sM, p, mask_row_offset(p, b, h, m0) + int64_t(j) * BN,
+                                                            rows_valid, keys_in(j));
+    };
 
     const int j0 = n_masked > 0 ? masked_tile(0) : f_lo;
     copy_tile_async<QMap, LD, true>(
         sQ, q + (seq.q_batch * p.q_batch_stride + (seq.q_row0 + m0) * p.q_row_stride + h * p.q_head_stride),
         p.q_row_stride, rows_valid);
     copy_kv(std::true_type{}, sK, kb + j0 * k_step, kh, p.k_batch_stride, p.k_row_stride, j0);
+    copy_mask(std::true_type{}, j0);
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
@@ -212,10 +232,14 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
       if constexpr (kMod)  // this thread's row g and column 2t: ALiBi position and key from the tile's start
         mods.apply(s, slope2, int(alibi_position(m0 + wrow + g, seq.seqlen_q, seq.seqlen_k) - int64_t(j) * BN), 2 * t);
       if constexpr (kMod)
-        if (p.attn_mask != nullptr)  // rows past this block's and keys past Sk are not read; pair loads
-          // except at D = 224 (there they cost ptxas a 24- to 32-byte spill on sm_90)
-          am.apply<MT, NS, (Tr::kHeadDim != 224)>(s, p, b, h, m0 + wrow + g, int64_t(j) * BN + 2 * t, m0 + rows_valid,
-                                                  seq.seqlen_k);
+        if (p.attn_mask != nullptr) {
+          if (kStagesMask<Tr> && am.stage)  // tile j landed with K_j
+            MaskRefs::add_staged<MTile>(s, p.mask_bool, sM, wrow + g, 2 * t);
+          else  // rows past this block's and keys past Sk are not read; pair loads except at D = 224
+            // (there they cost ptxas a 24- to 32-byte spill on sm_90)
+            am.apply<MT, NS, (Tr::kHeadDim != 224)>(s, p, b, h, m0 + wrow + g, int64_t(j) * BN + 2 * t,
+                                                    m0 + rows_valid, seq.seqlen_k);
+        }
       if constexpr (kMasked) {
         // The mask rule (mask.h) on the diagonals of the tile: row m0 + r sees key n0 + col iff
         //   align_offset - window_left <= (n0 - m0) + col - r <= align_offset + window_right
@@ -278,7 +302,10 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
 
       cp_async_wait<0>();  // V_j has landed ...
       __syncthreads();     // ... for every thread, and every warp is done with K_j
-      if (prefetch) copy_kv(masked_tag, sK, kt, kh, p.k_batch_stride, p.k_row_stride, next);
+      if (prefetch) {  // K and the staged mask of the next tile: every warp is done with tile j's
+        copy_kv(masked_tag, sK, kt, kh, p.k_batch_stride, p.k_row_stride, next);
+        copy_mask(masked_tag, next);
+      }
       cp_async_commit();
 
       // Dropout: the keep bits of this thread's scores of the tile (one word per m16 tile).
