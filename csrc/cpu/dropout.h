@@ -88,15 +88,18 @@ struct Dropout {
   template <class F>
   void columns(int64_t b, const uint32_t* rows, const uint32_t* heads, int64_t k0, int64_t nk, F&& f) const {
     const U r = V::u_load(rows), bh = V::u_add(V::u_load(heads), V::u_set1(uint32_t(b * heads_q)));
-    for (int64_t g = k0 / 4; g * 4 < k0 + nk; g += kG) {
+    for (int64_t g = k0 / 4; g * 4 < k0 + nk;) {
+      const int N = kG == 2 && (g + 1) * 4 < k0 + nk ? 2 : 1;  // the groups needed
       U c0[kG], u[kG][4];
       for (int n = 0; n < kG; ++n) c0[n] = V::u_set1(uint32_t(g + n));
-      words<kG>(c0, r, bh, u);
-      for (int n = 0; n < kG; ++n)
+      if (N == kG) words<kG>(c0, r, bh, u);
+      else words<1>(c0, r, bh, u);
+      for (int n = 0; n < N; ++n)
         for (int w = 0; w < 4; ++w) {
           const int64_t j = (g + n) * 4 + w;
           if (j >= k0 && j < k0 + nk) f(j - k0, V::keep_mult(u[n][w], threshold, scale));
         }
+      g += N;
     }
   }
 
@@ -106,11 +109,13 @@ struct Dropout {
   void row(int64_t b, int64_t h, int64_t row, int64_t k0, int64_t n, float* mult) const {
     const U r = V::u_set1(uint32_t(row)), bh = V::u_set1(uint32_t(b * heads_q + h)), iota = V::u_load(kIota);
     alignas(64) float edge[4][W];
-    for (int64_t g0 = k0 / 4; g0 * 4 < k0 + n; g0 += kG * W) {
+    for (int64_t g0 = k0 / 4; g0 * 4 < k0 + n;) {
+      const int N = kG == 2 && (g0 + W) * 4 < k0 + n ? 2 : 1;  // the blocks needed
       U c0[kG], u[kG][4];
       for (int i = 0; i < kG; ++i) c0[i] = V::u_add(V::u_set1(uint32_t(g0 + i * W)), iota);
-      words<kG>(c0, r, bh, u);
-      for (int i = 0; i < kG; ++i) {
+      if (N == kG) words<kG>(c0, r, bh, u);
+      else words<1>(c0, r, bh, u);
+      for (int i = 0; i < N; ++i) {
         R m[4];
         for (int w = 0; w < 4; ++w) m[w] = V::keep_mult(u[i][w], threshold, scale);
         const int64_t i0 = (g0 + i * W) * 4 - k0;  // the index of lane 0's word 0
@@ -126,6 +131,7 @@ struct Dropout {
             if (j >= 0 && j < n) mult[j] = edge[w][l];
           }
       }
+      g0 += N * W;
     }
   }
 };
