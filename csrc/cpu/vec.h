@@ -31,6 +31,14 @@
 // uint32 lanes (dropout's Philox generator, cpu/dropout.h), U a vector of W uint32:
 //   u_set1(u), u_load(p), u_add (mod 2^32), u_xor, u_mulhilo(m, x, &hi): lo and hi words of the
 //   64-bit products m * x, keep_mult(u, t, s): s where u >= t (unsigned), else 0.
+//   kPhilox64: whether the type also runs the generator in 64-bit lanes (W even; W / 2 lanes of
+//   64 bits, a word in the low 32 bits, the high 32 bits free): u_odd(x) (the odd uint32 lanes
+//   of x in the low halves; x itself holds the even ones), u_mul64(m, x) (the 64-bit products
+//   m * low32(x)), u_hi64(x) (the high halves moved to the low ones; high halves unspecified),
+//   u_xor3(x, y, z), u_pack64(e, o) (uint32 lane 2i from low32(e[i]), lane 2i + 1 from
+//   low32(o[i])). The scalar type has no 64-bit form (kPhilox64 = false, W = 1).
+//   interleave4(x) on an array x[0 .. 4) of vectors, in place: lane l of the former x[w] becomes
+//   float 4l + w of x[0], x[1], x[2], x[3] laid end to end (W groups of four words to 4W keys).
 // Micro-kernel shape: MR rows x NV vectors of accumulators (see the tile table in kernels.h).
 #pragma once
 #include <cmath>
@@ -88,6 +96,8 @@ struct VecScalar {
     return uint32_t(prod);
   }
   static R keep_mult(U u, uint32_t t, float s) { return u >= t ? s : 0.f; }
+  static constexpr bool kPhilox64 = false;
+  static void interleave4(R*) {}  // one group: its words are already keys 0 .. 3
   static constexpr bool kBf16Dot = false;
 };
 
@@ -200,6 +210,22 @@ struct VecAvx2 {
     const U top = u_set1(0x80000000u);
     const U drop = _mm256_cmpgt_epi32(u_xor(u_set1(t), top), u_xor(u, top));
     return _mm256_andnot_ps(_mm256_castsi256_ps(drop), set1(s));
+  }
+  static constexpr bool kPhilox64 = true;
+  static U u_odd(U x) { return _mm256_srli_epi64(x, 32); }
+  static U u_mul64(uint32_t m, U x) { return _mm256_mul_epu32(x, u_set1(m)); }
+  static U u_hi64(U x) { return _mm256_shuffle_epi32(x, 0xb1); }  // halves swapped
+  static U u_xor3(U x, U y, U z) { return _mm256_xor_si256(_mm256_xor_si256(x, y), z); }
+  static U u_pack64(U e, U o) { return _mm256_blend_epi32(e, _mm256_shuffle_epi32(o, 0xb1), 0xaa); }
+  static void interleave4(R* x) {  // pairs, then quads: block b of u[k] is group 4b + k
+    const R t0 = _mm256_unpacklo_ps(x[0], x[1]), t1 = _mm256_unpackhi_ps(x[0], x[1]);
+    const R t2 = _mm256_unpacklo_ps(x[2], x[3]), t3 = _mm256_unpackhi_ps(x[2], x[3]);
+    const R u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee);
+    const R u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee);
+    x[0] = _mm256_permute2f128_ps(u0, u1, 0x20);
+    x[1] = _mm256_permute2f128_ps(u2, u3, 0x20);
+    x[2] = _mm256_permute2f128_ps(u0, u1, 0x31);
+    x[3] = _mm256_permute2f128_ps(u2, u3, 0x31);
   }
   static constexpr bool kBf16Dot = false;
 };
@@ -321,6 +347,24 @@ struct VecAvx512 {
   static R keep_mult(U u, uint32_t t, float s) {
     return _mm512_maskz_mov_ps(_mm512_cmpge_epu32_mask(u, u_set1(t)), set1(s));
   }
+  static constexpr bool kPhilox64 = true;
+  static U u_odd(U x) { return _mm512_srli_epi64(x, 32); }
+  static U u_mul64(uint32_t m, U x) { return _mm512_mul_epu32(x, u_set1(m)); }
+  static U u_hi64(U x) { return _mm512_shuffle_epi32(x, _MM_PERM_CDAB); }  // halves swapped
+  static U u_xor3(U x, U y, U z) { return _mm512_ternarylogic_epi32(x, y, z, 0x96); }
+  static U u_pack64(U e, U o) { return _mm512_mask_shuffle_epi32(e, 0xaaaa, o, _MM_PERM_CDAB); }
+  static void interleave4(R* x) {  // as VecAvx2's, then block j of u[0 .. 4) to x[j]
+    const R t0 = _mm512_unpacklo_ps(x[0], x[1]), t1 = _mm512_unpackhi_ps(x[0], x[1]);
+    const R t2 = _mm512_unpacklo_ps(x[2], x[3]), t3 = _mm512_unpackhi_ps(x[2], x[3]);
+    const R u0 = _mm512_shuffle_ps(t0, t2, 0x44), u1 = _mm512_shuffle_ps(t0, t2, 0xee);
+    const R u2 = _mm512_shuffle_ps(t1, t3, 0x44), u3 = _mm512_shuffle_ps(t1, t3, 0xee);
+    const R lo01 = _mm512_shuffle_f32x4(u0, u1, 0x44), hi01 = _mm512_shuffle_f32x4(u0, u1, 0xee);
+    const R lo23 = _mm512_shuffle_f32x4(u2, u3, 0x44), hi23 = _mm512_shuffle_f32x4(u2, u3, 0xee);
+    x[0] = _mm512_shuffle_f32x4(lo01, lo23, 0x88);
+    x[1] = _mm512_shuffle_f32x4(lo01, lo23, 0xdd);
+    x[2] = _mm512_shuffle_f32x4(hi01, hi23, 0x88);
+    x[3] = _mm512_shuffle_f32x4(hi01, hi23, 0xdd);
+  }
 #if defined(__AVX512BF16__)
   static constexpr bool kBf16Dot = true, kBf16DotNative = true;
   static R dot2(R acc, R a, R b) { return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b); }
@@ -422,6 +466,8 @@ struct VecNeon {
   static R keep_mult(U u, uint32_t t, float s) {
     return vbslq_f32(vcgeq_u32(u, vdupq_n_u32(t)), vdupq_n_f32(s), vdupq_n_f32(0.f));
   }
+  static constexpr bool kPhilox64 = false;
+  static void interleave4(R* x) { transpose(x); }  // W = 4: a 4 x 4 block
   static constexpr bool kBf16Dot = false;
 };
 #endif

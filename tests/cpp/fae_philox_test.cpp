@@ -1,18 +1,37 @@
 // fae_philox_test: dropout's generator (common/philox.h) against the published Philox-4x32-10
 // known-answer vectors of Random123 (counter, key -> output; recomputed independently by
-// tests/test_dropout.py), and the vector generator of every CPU instruction set (cpu/dropout.h,
-// through fae::cpu::dropout_mask) bitwise against the scalar keep() at tile-edge shapes.
+// tests/test_dropout.py), and the vector generator of every CPU instruction set (cpu/dropout.h):
+// its words bitwise against philox4x32 (philox_words.cpp, one group at a time and the groups run
+// together) at edge and random counters and keys, and its mask (fae::cpu::dropout_mask) against
+// the scalar keep() at tile-edge shapes.
 // Usage: fae_philox_test   exit status 0 when every check passes.
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "common/philox.h"
 #include "cpu/backend.h"
 
+#define FAE_WORDS_DECL(isa)                                                                                  \
+  namespace fae::cpu::isa {                                                                                  \
+  int philox_words(uint64_t seed, uint64_t offset, const uint32_t* c0, const uint32_t* c1, const uint32_t* c2, \
+                   uint32_t* out_one, uint32_t* out_together);                                               \
+  }
+FAE_WORDS_DECL(scalar)
+#if defined(FAE_WORDS_X86)
+FAE_WORDS_DECL(avx2)
+FAE_WORDS_DECL(avx512)
+#elif defined(FAE_WORDS_NEON)
+FAE_WORDS_DECL(neon)
+#endif
+
 namespace {
+
+using WordsFn = int (*)(uint64_t, uint64_t, const uint32_t*, const uint32_t*, const uint32_t*, uint32_t*, uint32_t*);
 
 int g_failures = 0, g_checks = 0;
 
@@ -78,9 +97,48 @@ void vector_mask(const std::string& isa, float p, uint64_t seed, uint64_t offset
   check(p > 0.f || kept == int64_t(mask.size()), isa + ": p = 0 keeps every element");
 }
 
+// An instruction set's vector words against philox4x32, lane by lane, at counters and keys with
+// all bits set, zero and random.
+void vector_words(const std::string& isa, WordsFn fn) {
+  std::mt19937_64 rng(15);
+  const uint64_t seeds[] = {0, ~0ull, 0x0123456789abcdefull, rng(), rng()};
+  const uint64_t offsets[] = {0, 0xffffffffull, rng(), rng()};
+  int64_t bad = 0, words = 0;
+  for (const uint64_t seed : seeds)
+    for (const uint64_t offset : offsets)
+      for (int t = 0; t < 4; ++t) {
+        uint32_t c0[32], c1[16], c2[16], one[128], together[128];
+        for (int l = 0; l < 32; ++l) c0[l] = t == 0 ? ~0u : t == 1 ? uint32_t(l) : uint32_t(rng());
+        for (int l = 0; l < 16; ++l) c1[l] = t == 0 ? ~0u : uint32_t(rng()), c2[l] = t == 0 ? 0u : uint32_t(rng());
+        const int W = fn(seed, offset, c0, c1, c2, one, together);
+        for (int l = 0; l < 2 * W; ++l) {
+          const fae::Philox4 r = fae::philox4x32(fae::Philox4{{c0[l], c1[l % W], c2[l % W], uint32_t(offset)}},
+                                                 uint32_t(seed), uint32_t(seed >> 32));
+          for (int w = 0; w < 4; ++w) {
+            bad += one[4 * l + w] != r.w[w];
+            bad += together[4 * l + w] != r.w[w];
+            words += 2;
+          }
+        }
+      }
+  char buf[128];
+  std::snprintf(buf, sizeof buf, "%s vector words: %lld of %lld differ from philox4x32", isa.c_str(), (long long)bad,
+                (long long)words);
+  check(bad == 0 && words > 0, buf);
+}
+
 }  // namespace
 
 int main() {
+  const std::vector<std::string> isas = fae::cpu::available_isas();
+  const auto has = [&](const char* isa) { return std::find(isas.begin(), isas.end(), isa) != isas.end(); };
+  vector_words("scalar", fae::cpu::scalar::philox_words);
+#if defined(FAE_WORDS_X86)
+  if (has("avx2")) vector_words("avx2", fae::cpu::avx2::philox_words);
+  if (has("avx512")) vector_words("avx512", fae::cpu::avx512::philox_words);
+#elif defined(FAE_WORDS_NEON)
+  if (has("neon")) vector_words("neon", fae::cpu::neon::philox_words);
+#endif
   known_answers();
   thresholds();
   for (const std::string& isa : fae::cpu::available_isas()) {
