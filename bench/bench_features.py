@@ -39,7 +39,13 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=9)
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: the library default)")
     ap.add_argument("--variants", nargs="*", default=None, help="variant names (default: all)")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time calls by the calling thread's CPU time (needs --threads 1, where the kernels "
+                         "run on the calling thread): steadier than wall time on a shared machine")
     args = ap.parse_args()
+    if args.cpu_time and args.threads != 1:
+        ap.error(f"--cpu-time: needs --threads 1 (the kernels then run on the calling thread), got --threads {args.threads}")
+    clock = time.thread_time if args.cpu_time else time.perf_counter
     flashattn_ext.set_num_threads(args.threads)
     torch.set_num_threads(flashattn_ext.get_num_threads())
     g = torch.Generator().manual_seed(0)
@@ -64,9 +70,9 @@ def main() -> None:
         data = data[: data.numel() // 4 * 4].view(torch.int32)  # the bytes as integers
         times = []
         for _ in range(max(3, args.reps)):
-            t0 = time.perf_counter()
+            t0 = clock()
             data.amax()
-            times.append(time.perf_counter() - t0)
+            times.append(clock() - t0)
         return statistics.median(times)
 
     def reads(mask: torch.Tensor) -> int:  # how many times each pass reads the mask's bytes
@@ -78,16 +84,17 @@ def main() -> None:
         for t in (q, k, v):
             t.requires_grad_(backward)
             t.grad = None
-        t0 = time.perf_counter()
+        t0 = clock()
         if backward:
             flashattn_ext.attention(q, k, v, causal=args.causal, **kw).backward(do)
         else:
             with torch.no_grad():
                 flashattn_ext.attention(q, k, v, causal=args.causal, **kw)
-        return time.perf_counter() - t0
+        return clock() - t0
 
     shape = f"B={args.b} H={args.h} S={args.s} D={args.d} {'causal' if args.causal else 'non-causal'}"
-    print(f"{shape}, float32, {flashattn_ext.get_num_threads()} threads, median of {args.reps}")
+    timing = "thread CPU time" if args.cpu_time else "wall time"
+    print(f"{shape}, float32, {flashattn_ext.get_num_threads()} threads, median of {args.reps} ({timing})")
     print(f"{'variant':15} {'dir':8} {'ms':>8} {'vs plain':>9} {'mask MB':>8} {'read ms':>8} {'beyond read':>11}")
     for backward in (False, True):
         times = {name: [] for name in variants}
