@@ -539,3 +539,54 @@ def test_masks_with_aligned_rows(backend, gen, kind, case):
         for out, lse in outs:
             assert_close(out, ref, naive, f"{name} out")
             assert_close(lse, ref_lse.float(), None, f"{name} lse")
+
+
+# (Sq, Sk, D, causal, window) for the CUDA backward's feature tiles (query rows x keys per block):
+# 64 x 128 at D = 32 (two stages) and 64, 64 x 64 at D = 128, 32 x 32 at D = 160 (two stages),
+# 64 x 16 at D = 256; Sq crosses a query tile, Sk a key block.
+STAGED_BWD = [(70, 144, 64, False, (-1, -1)), (70, 150, 32, True, (-1, -1)), (100, 130, 128, False, (20, 7)),
+              (37, 100, 160, True, (-1, -1)), (80, 70, 256, False, (9, 0))]
+
+
+@pytest.mark.parametrize("kind", ["bool", "additive"])
+@pytest.mark.parametrize("case", STAGED_BWD, ids=lambda c: f"sq{c[0]}-sk{c[1]}-d{c[2]}")
+def test_backward_masks_with_aligned_rows(backend, gen, kind, case):
+    """Masks whose rows start at multiples of 16 bytes (the CUDA backward stages the tile of each
+    query tile with its Q and dO): contiguous ones, 160-entry row pitches whose last chunk holds
+    keys past Sk, per-head broadcasts; causal and window bands; dq, dk, dv and an additive mask's
+    gradient against the oracle. The emulator runs both shared-memory tiers (99 KiB keeps float
+    masks at D = 64 and 128 in registers)."""
+    sq, sk, d, causal, window = case
+    dtype = F32 if backend == "cpu" else BF16
+    needs_kernel(backend, dtype, backward=True, head_dim=d)
+    b, hq = 2, 2
+    q, k, v = (randn(gen, b, s, hq, d, dtype=dtype).requires_grad_() for s in (sq, sk, sk))
+    pitch = 160 if sk > 144 else 144
+    base = make_mask(gen, kind, (b, hq, sq, pitch), F32)
+    if kind == "additive":
+        base.requires_grad_()
+    masks = {"rows": base[..., :sk], "per head": base[:1, :, :1, :sk].expand(b, hq, sq, sk)}
+    kw = dict(causal=causal, window=window)
+    emu = pytest.importorskip("flashattn_ext._emu") if backend == "emu" else None
+    limit = emu.config()["smem_limit"] if emu else 0
+    wrt = (q, k, v, base) if kind == "additive" else (q, k, v)
+    dout = randn(gen, b, sq, hq, d, dtype=dtype)
+    for name, mask in masks.items():
+        full = mask.expand(b, hq, sq, sk)
+        given = dict(visible=full) if kind == "bool" else dict(bias=full)
+        ref = oracle.attention(q, k, v, **given, **kw)[0]
+        refs = torch.autograd.grad(ref, wrt, dout.double())
+        naives = (None,) * 4
+        if dtype != F32:
+            naives = torch.autograd.grad(oracle.attention(q, k, v, dtype=dtype, **given, **kw)[0], wrt, dout)
+        try:
+            for kib in (99, 163) if emu else (0,):
+                if emu:
+                    emu.configure(smem_limit=kib * 1024)
+                out = fa.attention(q, k, v, attn_mask=mask, window_size=window, causal=causal)
+                grads = torch.autograd.grad(out, wrt, dout)
+                for what, g, r, n in zip(("dq", "dk", "dv", "dmask"), grads, refs, naives):
+                    assert_close(g, r, n, f"{name} {what} ({kib} KiB)")
+        finally:
+            if emu:
+                emu.configure(smem_limit=limit)

@@ -211,3 +211,44 @@ def test_staged_mask_copies_and_reads(emu, monkeypatch, head_dim, kind, smem_kib
             assert s["wavefronts"] == s["ideal_wavefronts"], ("shared bank conflicts", s)
         elif kind == "float" or head_dim == 64:
             assert s["bytes"] == 32 * s["sectors"], ("partial sectors", s)
+
+
+@pytest.mark.parametrize("smem_kib", (99, 163))
+@pytest.mark.parametrize("kind", ("bool", "float"))
+@pytest.mark.parametrize("head_dim", (64, 128))
+def test_staged_mask_copies_and_reads_backward(emu, monkeypatch, head_dim, kind, smem_kib):
+    """The backward's main kernel stages the mask as the forward does (attn_mask.cuh), the tile of
+    each query tile it visits copied with that tile's Q and dO: ideal wavefronts for the copies and
+    the pair loads, whole sectors, and only the query tiles whose rows see the block's keys under
+    the causal band. A float mask's stage (64 rows of 136 or 72 floats) does not fit beside the
+    feature tiles in 99 KiB: read from global memory there."""
+    emu.configure(smem_limit=smem_kib * 1024)
+    monkeypatch.setenv("FLASHATTN_EXT_BACKEND", "emu")
+    gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(4), "little"))
+    q, k, v = (torch.randn(1, 128, 2, head_dim, generator=gen, dtype=torch.bfloat16).requires_grad_()
+               for _ in range(3))
+    u = torch.rand(1, 2, 128, 192, generator=gen)[..., :128]  # 768-byte float, 192-byte boolean rows
+    mask = u > 0.3 if kind == "bool" else torch.log(u)
+    dout = torch.randn(1, 128, 2, head_dim, generator=gen, dtype=torch.bfloat16)
+    run = lambda: fa.attention(q, k, v, causal=True, attn_mask=mask).backward(dout)  # noqa: E731
+    launches = [launch for launch in collect(emu, run) if launch["kernel"] == "flash_bwd"]
+    assert launches
+    staged = [s for launch in launches for s in launch["sites"] if s["file"] == "cuda/flash/attn_mask.cuh"]
+    copies, loads = source_lines("attn_mask.cuh", "// mask tile copy"), source_lines("attn_mask.cuh", "// mask pair load")
+    if kind == "float" and smem_kib == 99:
+        assert not staged, staged  # load_nc's global loads count at their own site
+        return
+    assert {s["op"] for s in staged} == {"cp.async shared", "cp.async global", "shared load"}, staged
+    # The feature tiles: 64 query rows x 128 keys (D = 64) or 64 keys (D = 128); key block j is
+    # seen by query tiles i with 64 i + 63 >= j * bn, per head (2); a row is bn * size bytes.
+    bn, size = (128 if head_dim == 64 else 64), (1 if kind == "bool" else 4)
+    tiles = [(i, j) for j in range(128 // bn) for i in range(2) if 64 * i + 63 >= j * bn]
+    (copy,) = [s for s in staged if s["op"] == "cp.async global"]
+    assert copy["requests"] == 2 * len(tiles) * 64 * (bn * size // 16) // 32, copy
+    assert copy["bytes"] == 2 * len(tiles) * 64 * bn * size, copy
+    for s in staged:
+        assert s["line"] in (copies if s["op"].startswith("cp.async") else loads), s
+        if s["op"] in SHARED_OPS:
+            assert s["wavefronts"] == s["ideal_wavefronts"], ("shared bank conflicts", s)
+        else:
+            assert s["bytes"] == 32 * s["sectors"], ("partial sectors", s)

@@ -13,8 +13,10 @@
 // only calls with a staged mask allocate. Cost (sm_80, one steady-state iteration per warp over the
 // unmasked path, float mask): staged +119 (D = 64) and +122 (D = 128) instructions, the copies'
 // 64-bit source steps included, against +98 and +84 for the pair loads below, which leave a global
-// load's latency between Q.K^T and the softmax. Other masks (transposed, views at odd offsets or
-// strides, and the backward) are read in place through their element strides (0 on broadcast
+// load's latency between Q.K^T and the softmax. The backward's main kernel (bwd_kernel.cuh) stages
+// the same masks: the tile of each query tile it visits (BM rows x its BN keys) copied with that
+// tile's Q and dO, one stage per Q buffer, read by add_staged_row in its per-row passes. Other
+// masks (transposed, views at odd offsets or strides, and the backward's row statistics) are read in place through their element strides (0 on broadcast
 // dimensions), straight from global memory into registers through the read-only cache (load_nc):
 // the four lanes of a fragment row read 8 consecutive keys (one 32-byte sector of a float mask
 // with unit key stride). A thread's entries come in pairs of keys (2t, 2t + 1): with unit key
@@ -76,8 +78,9 @@ struct MaskRefs {
   // within int32. Tested at launch; else one load per entry through the strides.
   bool pairs;
   bool grad_pairs;  // the same for dmask's stores (its keys are contiguous)
-  // The forward stages tiles in shared memory (cp.async, 16-byte chunks): keys at unit stride, the
-  // base and every row of the mask 16-byte aligned. Tested at launch; else the register path.
+  // The forward and the backward's main kernel stage tiles in shared memory (cp.async, 16-byte
+  // chunks): keys at unit stride, the base and every row of the mask 16-byte aligned. Tested at
+  // launch; else the register path.
   bool stage;
 
   static MaskRefs of(const FwdParams& p, const BwdParams* bp = nullptr) {
@@ -263,6 +266,32 @@ struct MaskRefs {
             s[mt][nt][2 * r] += two.x * float(kLog2e);
             s[mt][nt][2 * r + 1] += two.y * float(kLog2e);
           }
+    }
+  }
+
+  // The staged mask (stage_tile) added to row r (elements 2 r, 2 r + 1) of NT m16n8 accumulator
+  // tiles, column nt * 8 + c being the entry of row `row`, column col0 + nt * 8 + c of the tile
+  // (the backward's per-row passes; col0 = the thread's column 2t of its warp's keys). As in
+  // add_staged, every entry is read: zeros past the rows and keys, discarded by the bands or rows.
+  template <class Tile, int NT>
+  __device__ __forceinline__ static void add_staged_row(float (&s)[NT][4], int r, bool keep, sptr<const uint8_t> tile,
+                                                        int row, int col0) {
+    if (keep) {
+      const sptr<const uint16_t> e = ptr_cast<const uint16_t>(tile + (row * Tile::kLdKeep + col0));
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const uint32_t two = e[nt * 4];  // mask pair load
+        s[nt][2 * r] += (two & 0xffu) != 0 ? 0.0f : neg_inf<float>();
+        s[nt][2 * r + 1] += (two >> 8) != 0 ? 0.0f : neg_inf<float>();
+      }
+    } else {
+      const sptr<const float2> e = ptr_cast<const float2>(ptr_cast<const float>(tile) + (row * Tile::kLdAdd + col0));
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) {
+        const float2 two = e[nt * 4];  // mask pair load
+        s[nt][2 * r] += two.x * float(kLog2e);
+        s[nt][2 * r + 1] += two.y * float(kLog2e);
+      }
     }
   }
 

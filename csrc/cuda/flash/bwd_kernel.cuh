@@ -385,6 +385,13 @@ __device__ __forceinline__ void zero_unused_key_rows(const BwdParams& bp, gptr<T
     }
 }
 
+// Whether the main kernel's kMod instance of tiles Tr stages explicit masks in shared memory
+// (MaskRefs::stage; otherwise, and for other masks, it reads them from global memory per row): all
+// but D = 224, whose instance spills on sm_86 / 89 already (8 / 4 bytes of spill stores / loads)
+// and 12 / 12 with the stage.
+template <class Tr>
+constexpr bool kBwdStagesMask = Tr::kHeadDim != 224;
+
 template <class Tr, bool kSeqs, bool kMod>
 __global__ void __launch_bounds__(Tr::kThreads)
     flash_bwd_kernel(BwdParams bp, BwdWork w, gptr<const typename Tr::Element> q, gptr<const typename Tr::Element> k,
@@ -448,6 +455,10 @@ __global__ void __launch_bounds__(Tr::kThreads)
   sptr<T> sP = sdO + Tr::kStages * Tr::kSmemQ;
   sptr<T> sdS = sP + Tr::kSmemP;
   sptr<float> sStat = ptr_cast<float>(sdS + Tr::kSmemP);  // kStages x BM rows of 4 floats
+  // The explicit mask's stage (MaskRefs::stage): kStages tiles of BM query rows x the block's keys
+  // past the statistics, allocated by calls that stage a mask only.
+  using MTile = MaskTile<BM, BN, Tr::kThreads>;
+  [[maybe_unused]] const sptr<uint8_t> sM = ptr_cast<uint8_t>(sStat + Tr::kStages * BM * 4);
   const int dq_lane = qm * Tr::kDqM * D + qd * Tr::kDqD / 8 * 128 + lane;  // in a tile's accumulator
 
   const int n_blocks = int((seqlen_k() + BN - 1) / BN);
@@ -487,6 +498,10 @@ __global__ void __launch_bounds__(Tr::kThreads)
       }
       if (threadIdx.x < BM)
         cp_async<16>(sStat + (buf * BM + threadIdx.x) * 4, stats + (stat_row(p, w, b, h0 + head, m) + threadIdx.x) * 4);
+      if constexpr (kMod && kBwdStagesMask<Tr>)  // the staged mask's tile: rows past Sq, keys past Sk zero-filled
+        if (am.stage)
+          am.stage_tile<MTile, true>(sM + buf * int(MTile::bytes(p.mask_bool)), p,
+                                     mask_row_offset(p, b, h0 + head, m) + n0, int(min64(valid, BM)), keys_valid);
       cp_async_commit();
     };
 
@@ -529,7 +544,8 @@ __global__ void __launch_bounds__(Tr::kThreads)
         // The explicit mask's offset of this thread's first row (its rows: + mt * 16 + 8 r).
         [[maybe_unused]] int64_t mask_row0 = 0;
         if constexpr (kMod)
-          if (p.attn_mask != nullptr) mask_row0 = mask_row_offset(p, b, h0 + h, m0 + wm * Tr::kSdpM + g);
+          if (p.attn_mask != nullptr && !(kBwdStagesMask<Tr> && am.stage))
+            mask_row0 = mask_row_offset(p, b, h0 + h, m0 + wm * Tr::kSdpM + g);
         MaskCols cols{};
         if (masked)
           cols = on_mask([&](const FwdParams& mp) { return mask_cols(mp, m0 + wm * Tr::kSdpM + g, n0 + wn * Tr::kSdpN + 2 * t); });
@@ -566,9 +582,15 @@ __global__ void __launch_bounds__(Tr::kThreads)
                   for (int c = 0; c < 2; ++c)
                     tile.s[mt][nt][2 * r + c] = ScoreMods::bias_f(tile.s[mt][nt][2 * r + c], slope2, d0 - float(nt * 8 + c));
               }
-              if (p.attn_mask != nullptr)  // keys past Sk and rows past Sq are not read (masked tiles zero them)
-                am.add_row<Sdp::NT>(tile.s[mt], r, p, mask_row0, mt * 16 + 8 * r, key0,
-                                    row_in ? int(min64(seqlen_k() - key0, Sdp::NT * 8)) : 0);
+              if (p.attn_mask != nullptr) {
+                if (kBwdStagesMask<Tr> && am.stage)  // this tile's, landed with its Q and dO
+                  MaskRefs::add_staged_row<MTile, Sdp::NT>(tile.s[mt], r, p.mask_bool,
+                                                           sM + stage * int(MTile::bytes(p.mask_bool)), row,
+                                                           wn * Tr::kSdpN + 2 * t);
+                else  // keys past Sk and rows past Sq are not read (masked tiles zero them)
+                  am.add_row<Sdp::NT>(tile.s[mt], r, p, mask_row0, mt * 16 + 8 * r, key0,
+                                      row_in ? int(min64(seqlen_k() - key0, Sdp::NT * 8)) : 0);
+              }
             }
             // P = P' / psum and dS = P (dP - delta) (M dP with dropout).
 #pragma unroll

@@ -2,6 +2,8 @@
 // the device, then row statistics, main, dQ conversion, in order on one stream.
 #pragma once
 
+#include <algorithm>
+#include <cstddef>
 #include <stdexcept>
 #include <string>
 
@@ -11,6 +13,11 @@
 #include "cuda/launch.cuh"
 
 namespace fae::cuda {
+
+// Blocks per SM the main kernel's registers allow (65536 per SM): ptxas gives its feature instances
+// 221-255 registers (sm_80 / 86 / 89 / 90), one block of 256 threads or two of 128.
+template <class Tr>
+constexpr std::size_t kBwdRegBlocks = Tr::kThreads >= 256 ? 1 : 2;
 
 template <class Tr, bool kSeqs, bool kMod = false>
 void run_backward_tiles(const BwdParams& bp, float* stats, float* dq_accum, Stream stream) {
@@ -50,7 +57,20 @@ void run_backward_tiles(const BwdParams& bp, float* stats, float* dq_accum, Stre
 
   const int64_t key_blocks = (p.seqlen_k + Tr::kBlockN - 1) / Tr::kBlockN;
   const dim3 grid(unsigned(bp.deterministic ? w.splits : key_blocks), unsigned(p.heads_kv), unsigned(p.batch));
-  launch("flash_bwd", flash_bwd_kernel<Tr, kSeqs, kMod>, LaunchConfig{grid, dim3(Tr::kThreads), Tr::kSmemBytes, stream}, bp,
+  // A staged mask takes kStages tiles of its own past the row statistics (MaskTile), where the SM
+  // still holds as many blocks (at most those the instance's registers allow: kBwdRegBlocks; an SM
+  // has one block's most shared memory plus 1 KiB, and each block 1 KiB reserved).
+  MaskRefs am = mask_refs();
+  am.stage = am.stage && kBwdStagesMask<Tr>;
+  std::size_t stage = am.stage ? Tr::kStages * MaskTile<Tr::kBlockM, Tr::kBlockN, Tr::kThreads>::bytes(p.mask_bool) : 0;
+  if (stage) {
+    const std::size_t sm = max_dynamic_smem() + 1024;
+    auto blocks = [&](std::size_t bytes) { return std::min<std::size_t>(kBwdRegBlocks<Tr>, sm / (bytes + 1024)); };
+    if (Tr::kSmemBytes + stage > max_dynamic_smem() || blocks(Tr::kSmemBytes + stage) < blocks(Tr::kSmemBytes))
+      am.stage = false, stage = 0;
+  }
+  launch("flash_bwd", flash_bwd_kernel<Tr, kSeqs, kMod>,
+         LaunchConfig{grid, dim3(Tr::kThreads), Tr::kSmemBytes + stage, stream}, bp,
          w, q_like(p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride),
          kv_like(p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride),
          kv_like(p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride),
@@ -58,7 +78,7 @@ void run_backward_tiles(const BwdParams& bp, float* stats, float* dq_accum, Stre
          gbuf(static_cast<const float*>(stats), 4 * rows), gbuf(dq_accum, accum),
          gbuf(static_cast<T*>(bp.dk), extent(bp.dk_batch_stride, bp.dk_row_stride, bp.dk_head_stride, kb, kr, p.heads_kv, d)),
          gbuf(static_cast<T*>(bp.dv), extent(bp.dv_batch_stride, bp.dv_row_stride, bp.dv_head_stride, kb, kr, p.heads_kv, d)),
-         seq_buffers(p), mods, slopes, mask_refs(), drop);
+         seq_buffers(p), mods, slopes, am, drop);
 
   const dim3 row_grid(unsigned((p.seqlen_q + 15) / 16), unsigned(p.heads_q), unsigned(p.batch));
   launch("flash_bwd_convert_dq", bwd_convert_dq<T, Tr::kHeadDim, kSeqs>,
