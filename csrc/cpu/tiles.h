@@ -100,19 +100,14 @@ void store_rows(const float* src, int64_t ld, int64_t n, int64_t d, T* dst, int6
 // (5 alternated runs, Xeon of bench/README.md, 1 thread; forward+backward 0.98-1.07x).
 template <class V, typename T>
 const float* float_rows(const T* src, int64_t src_ld, int64_t n, int64_t d, float* buf, int64_t& ld) {
-  if constexpr (std::is_same_v<T, float>) {
+  if constexpr (std::is_same_v<T, float>)
     if (src_ld == d || n <= 1) {
       ld = src_ld;
       return src;
     }
-    ld = d;
-    load_rows<V>(src, src_ld, n, d, buf, d);
-    return buf;
-  } else {
-    ld = d;
-    load_rows<V>(src, src_ld, n, d, buf, d);
-    return buf;
-  }
+  ld = d;
+  load_rows<V>(src, src_ld, n, d, buf, d);
+  return buf;
 }
 
 }  // namespace fae::cpu::FAE_CPU_ISA

@@ -29,6 +29,7 @@
 // row stores every column.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
@@ -82,6 +83,18 @@ struct MaskRefs {
   // chunks): keys at unit stride, the base and every row of the mask 16-byte aligned. Tested at
   // launch; else the register path.
   bool stage;
+
+  // The shared memory a staged mask adds to a launch of `base` bytes (0, and `stage` cleared, when
+  // it does not stage): `bytes` where they fit and the SM still holds as many blocks, at most the
+  // `reg_blocks` the instance's registers allow (an SM has one block's most shared memory plus
+  // 1 KiB, and each block 1 KiB reserved).
+  std::size_t stage_bytes(std::size_t base, std::size_t bytes, std::size_t reg_blocks) {
+    if (!stage) return 0;
+    const std::size_t sm = max_dynamic_smem() + 1024;
+    const auto blocks = [&](std::size_t b) { return std::min<std::size_t>(reg_blocks, sm / (b + 1024)); };
+    if (base + bytes > max_dynamic_smem() || blocks(base + bytes) < blocks(base)) stage = false;
+    return stage ? bytes : 0;
+  }
 
   static MaskRefs of(const FwdParams& p, const BwdParams* bp = nullptr) {
     MaskRefs m{};

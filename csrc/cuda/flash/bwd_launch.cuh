@@ -2,7 +2,6 @@
 // the device, then row statistics, main, dQ conversion, in order on one stream.
 #pragma once
 
-#include <algorithm>
 #include <cstddef>
 #include <stdexcept>
 #include <string>
@@ -57,18 +56,13 @@ void run_backward_tiles(const BwdParams& bp, float* stats, float* dq_accum, Stre
 
   const int64_t key_blocks = (p.seqlen_k + Tr::kBlockN - 1) / Tr::kBlockN;
   const dim3 grid(unsigned(bp.deterministic ? w.splits : key_blocks), unsigned(p.heads_kv), unsigned(p.batch));
-  // A staged mask takes kStages tiles of its own past the row statistics (MaskTile), where the SM
-  // still holds as many blocks (at most those the instance's registers allow: kBwdRegBlocks; an SM
-  // has one block's most shared memory plus 1 KiB, and each block 1 KiB reserved).
+  // A staged mask takes kStages tiles of its own past the row statistics (MaskTile) where the SM
+  // keeps its blocks (at most those the instance's registers allow: kBwdRegBlocks).
   MaskRefs am = mask_refs();
   am.stage = am.stage && kBwdStagesMask<Tr>;
-  std::size_t stage = am.stage ? Tr::kStages * MaskTile<Tr::kBlockM, Tr::kBlockN, Tr::kThreads>::bytes(p.mask_bool) : 0;
-  if (stage) {
-    const std::size_t sm = max_dynamic_smem() + 1024;
-    auto blocks = [&](std::size_t bytes) { return std::min<std::size_t>(kBwdRegBlocks<Tr>, sm / (bytes + 1024)); };
-    if (Tr::kSmemBytes + stage > max_dynamic_smem() || blocks(Tr::kSmemBytes + stage) < blocks(Tr::kSmemBytes))
-      am.stage = false, stage = 0;
-  }
+  const std::size_t stage = am.stage_bytes(
+      Tr::kSmemBytes, Tr::kStages * MaskTile<Tr::kBlockM, Tr::kBlockN, Tr::kThreads>::bytes(p.mask_bool),
+      kBwdRegBlocks<Tr>);
   launch("flash_bwd", flash_bwd_kernel<Tr, kSeqs, kMod>,
          LaunchConfig{grid, dim3(Tr::kThreads), Tr::kSmemBytes + stage, stream}, bp,
          w, q_like(p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride),

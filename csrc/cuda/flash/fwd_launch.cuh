@@ -2,7 +2,6 @@
 // the same code under nvcc and under the emulator.
 #pragma once
 
-#include <algorithm>
 #include <cstddef>
 
 #include "cuda/flash/api.h"
@@ -55,18 +54,13 @@ void launch_forward(const FwdParams& p, Stream stream) {
   const std::size_t parts = nsplit > 1 ? std::size_t(split_row(p, nsplit, 0, 0, 0)) : 0;
   const LaunchConfig cfg{grid, dim3(Ts::kThreads), Ts::kSmemBytes, stream};
   if (mods) {
-    // A staged mask takes its tile's stage past K and V (MaskTile), where the SM still holds as many
-    // blocks (at most the 2 the instance's registers allow; an SM has one block's most shared memory
-    // plus 1 KiB, and each block 1 KiB reserved): sm_86 / 89 keep float masks at D = 128 in registers;
-    // none at D = 224 (kStagesMask).
+    // A staged mask takes its tile's stage past K and V (MaskTile) where the SM keeps its blocks (at
+    // most the 2 the instance's registers allow): sm_86 / 89 keep float masks at D = 128 in
+    // registers; none at D = 224 (kStagesMask).
     MaskRefs am = MaskRefs::of(p);
     am.stage = am.stage && kStagesMask<Ts>;
-    std::size_t stage = am.stage ? MaskTile<Ts::kBlockM, Ts::kBlockN, Ts::kThreads>::bytes(p.mask_bool) : 0;
-    if (stage) {
-      const std::size_t sm = max_dynamic_smem() + 1024;
-      auto blocks = [&](std::size_t bytes) { return std::min<std::size_t>(2, sm / (bytes + 1024)); };
-      if (blocks(Ts::kSmemBytes + stage) < blocks(Ts::kSmemBytes)) am.stage = false, stage = 0;
-    }
+    const std::size_t stage =
+        am.stage_bytes(Ts::kSmemBytes, MaskTile<Ts::kBlockM, Ts::kBlockN, Ts::kThreads>::bytes(p.mask_bool), 2);
     launch("flash_fwd_seqs_mod", flash_fwd_seqs_kernel<Ts, true>,
            LaunchConfig{grid, dim3(Ts::kThreads), Ts::kSmemBytes + stage, stream}, p, sc, q, k, v, o, lse,
            seq_buffers(p), gbuf(p.split_workspace, parts), ScoreMods::of(p, sc.factor), alibi_buffer(p), am,
