@@ -324,6 +324,37 @@ def one_hot_keys(b: int, s: int, h: int, d: int, dtype: torch.dtype) -> torch.Te
     return torch.eye(s, d, dtype=dtype)[None, :, None].expand(b, s, h, d).contiguous()
 
 
+
+@pytest.mark.parametrize("where", ["cpu", "emu"])
+def test_the_kernels_read_a_drawn_seed_where_they_run(gen, monkeypatch, where):
+    """A seed and offset drawn from torch's generator stay on q's device: the kernels read them
+    there (the host never does, so a CUDA call does not wait for the draw). Results bitwise those
+    of the same pair given as seed and offset, different once the pair in memory changes; a pair
+    of the wrong kind is refused by name."""
+    if where == "emu":
+        pytest.importorskip("flashattn_ext._emu", reason="built without the emulator")
+    monkeypatch.setenv("FLASHATTN_EXT_BACKEND", where)
+    from flashattn_ext import _torch_ops
+    from flashattn_ext._validate import MaskSpec
+    q, k, v = (randn(gen, 2, 45, 2, 32, dtype=BF16).requires_grad_() for _ in range(3))
+    dout = randn(gen, 2, 45, 2, 32, dtype=BF16)
+    seed, offset = (int(x) for x in torch.randint(0, 2 ** 62, (2,), generator=gen))
+
+    def run(**dropout):
+        out, _ = _torch_ops.apply(q, k, v, 32 ** -0.5, MaskSpec(dropout_p=0.3, **dropout))
+        return (out, *torch.autograd.grad(out, (q, k, v), dout))
+    given = run(dropout_seed=seed, dropout_offset=offset % 2 ** 32)
+    rng = torch.tensor([seed, offset])
+    monkeypatch.setattr(MaskSpec, "resolved", lambda self: pytest.fail("the host read the drawn seed"))
+    drawn = run(dropout_rng=rng)
+    for name, a, b in zip(("out", "dq", "dk", "dv"), given, drawn):
+        assert torch.equal(a, b), name
+    rng[0] += 1
+    assert not torch.equal(run(dropout_rng=rng)[0], drawn[0])
+    for bad in (rng.int(), torch.cat([rng[:1], rng])[1:]):  # int32; 8 bytes past an allocation
+        with pytest.raises(ValueError, match="dropout_rng: expected a contiguous int64 tensor"):
+            run(dropout_rng=bad)
+
 @pytest.mark.parametrize("d, sq, sk", [(128, 100, 128), (256, 70, 256)])
 def test_cuda_keep_mask_bitwise_the_cpus(gen, monkeypatch, d, sq, sk):
     """The emulated CUDA kernels drop exactly the CPU kernels' entries, in the forward and the

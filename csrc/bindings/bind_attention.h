@@ -36,10 +36,12 @@ inline auto seq_args() {
 
 // Score transforms (params_from_python.h: set_score_mods), optional: softcap (0 = off), the
 // address of the float32 ALiBi slopes (0 = none) and their batch stride (0: one slope per head);
-// dropout (set_dropout): its probability (0 = off) and the generator's seed and offset.
+// dropout (set_dropout): its probability (0 = off) and the generator's seed and offset, or the
+// address of the int64 pair (seed, offset) drawn on the arrays' device (0: none).
 inline auto score_args() {
   return std::make_tuple(py::arg("softcap") = 0.0, py::arg("alibi_slopes") = 0, py::arg("alibi_batch_stride") = 0,
-                         py::arg("dropout_p") = 0.0, py::arg("dropout_seed") = 0, py::arg("dropout_offset") = 0);
+                         py::arg("dropout_p") = 0.0, py::arg("dropout_seed") = 0, py::arg("dropout_offset") = 0,
+                         py::arg("dropout_rng") = 0);
 }
 
 // Explicit attention mask (params_from_python.h: set_attn_mask), optional: its address (0 =
@@ -85,14 +87,14 @@ void def_forward(py::module_& m, const char* name, Run run, const char* doc) {
             int64_t block_table_stride, int64_t page_size, bool align_bottom_right, int num_splits,
             uintptr_t split_workspace, std::array<int64_t, 4> array_sizes, double softcap, uintptr_t alibi_slopes,
             int64_t alibi_batch_stride, double dropout_p, uint64_t dropout_seed, uint64_t dropout_offset,
-            uintptr_t attn_mask, bool mask_bool, Strides4 mask_strides, uintptr_t stream, int device,
-            int num_threads) {
+            uintptr_t dropout_rng, uintptr_t attn_mask, bool mask_bool, Strides4 mask_strides, uintptr_t stream,
+            int device, int num_threads) {
         FwdParams p = make_fwd(dtype, q, k, v, out, lse, qs, ks, vs, os, lses, sizes, align_offset, window_left,
                                window_right, scale, num_threads);
         set_seqs(p, {cu_seqlens_q, cu_seqlens_k, seqused_k, leftpad_k, kv_batch_idx, block_table,
                      block_table_stride, page_size, align_bottom_right, num_splits, split_workspace, array_sizes});
         set_score_mods(p, softcap, alibi_slopes, alibi_batch_stride);
-        set_dropout(p, dropout_p, dropout_seed, dropout_offset);
+        set_dropout(p, dropout_p, dropout_seed, dropout_offset, dropout_rng);
         set_attn_mask(p, attn_mask, mask_bool, mask_strides);
         py::gil_scoped_release release;
         run(p, stream, device);
@@ -113,8 +115,8 @@ void def_backward(py::module_& m, const char* name, Run run, const char* doc) {
             uintptr_t leftpad_k, uintptr_t kv_batch_idx, uintptr_t block_table, int64_t block_table_stride,
             int64_t page_size, bool align_bottom_right, int num_splits, uintptr_t split_workspace,
             std::array<int64_t, 4> array_sizes, double softcap, uintptr_t alibi_slopes, int64_t alibi_batch_stride,
-            double dropout_p, uint64_t dropout_seed, uint64_t dropout_offset, uintptr_t attn_mask, bool mask_bool,
-            Strides4 mask_strides, uintptr_t dmask, Strides3 dmask_strides, uintptr_t stream, int device,
+            double dropout_p, uint64_t dropout_seed, uint64_t dropout_offset, uintptr_t dropout_rng, uintptr_t attn_mask,
+            bool mask_bool, Strides4 mask_strides, uintptr_t dmask, Strides3 dmask_strides, uintptr_t stream, int device,
             int num_threads) {
         BwdParams p = make_bwd(dtype, q, k, v, out, lse, dout, dlse, dq, dk, dv, qs, ks, vs, os, lses, dos, dqs, dks,
                                dvs, sizes, align_offset, window_left, window_right, scale, deterministic, num_threads);
@@ -122,7 +124,7 @@ void def_backward(py::module_& m, const char* name, Run run, const char* doc) {
                          block_table_stride, page_size, align_bottom_right, num_splits, split_workspace,
                          array_sizes});
         set_score_mods(p.fwd, softcap, alibi_slopes, alibi_batch_stride);
-        set_dropout(p.fwd, dropout_p, dropout_seed, dropout_offset);
+        set_dropout(p.fwd, dropout_p, dropout_seed, dropout_offset, dropout_rng);
         set_attn_mask(p.fwd, attn_mask, mask_bool, mask_strides);
         set_dmask(p, dmask, dmask_strides);
         py::gil_scoped_release release;

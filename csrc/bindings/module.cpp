@@ -72,7 +72,7 @@ PYBIND11_MODULE(_C, m) {
         fae::FwdParams p{};
         p.batch = sizes[0];
         p.heads_q = sizes[1];
-        fae::bindings::set_dropout(p, dropout_p, seed, offset);
+        fae::bindings::set_dropout(p, dropout_p, seed, offset, 0);
         py::gil_scoped_release release;
         fae::cpu::dropout_mask(p, sizes[2], sizes[3], static_cast<uint8_t*>(fae::bindings::as_ptr(out)));
       },

@@ -47,11 +47,13 @@ inline void set_score_mods(FwdParams& p, double softcap, uintptr_t alibi_slopes,
   p.alibi_batch_stride = alibi_batch_stride;
 }
 
-// Dropout (FwdParams: dropout_p, 0 = off, and the generator's seed and offset).
-inline void set_dropout(FwdParams& p, double dropout_p, uint64_t seed, uint64_t offset) {
+// Dropout (FwdParams: dropout_p, 0 = off, and the generator's seed and offset, or the address of
+// the pair where they were drawn, 0: none).
+inline void set_dropout(FwdParams& p, double dropout_p, uint64_t seed, uint64_t offset, uintptr_t rng) {
   p.dropout_p = float(dropout_p);
   p.dropout_seed = seed;
   p.dropout_offset = offset;
+  p.dropout_rng = static_cast<const uint64_t*>(as_ptr(rng));
 }
 
 // Explicit attention mask (FwdParams: attn_mask by address, 0: none; strides batch, head, row,

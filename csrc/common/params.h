@@ -51,9 +51,12 @@ struct FwdParams {
 
   // Dropout (common/philox.h): dropout_p in [0, 1), 0 = off. Probabilities of the keys a query
   // sees are dropped with probability dropout_p and the kept ones scaled by 1 / (1 - dropout_p),
-  // by a mask that is a pure function of (dropout_seed, dropout_offset, b, h, i, j).
+  // by a mask that is a pure function of (dropout_seed, dropout_offset, b, h, i, j). When
+  // dropout_rng is set, the pair (seed, offset) is read from there instead: memory of the device
+  // the kernels run on, where torch's generator drew it (so a call never waits for the draw).
   float dropout_p;
   uint64_t dropout_seed, dropout_offset;
+  const uint64_t* dropout_rng;
 
   // Explicit attention mask (null = none), applied after softcap and ALiBi: the entry of batch b,
   // query head h, query row i, key j sits at

@@ -146,14 +146,30 @@ int vec_bool_bias(const uint8_t* bytes, int n, float* out) { return select().vec
 
 int vec_exp2(const float* x, float* out) { return select().vec_exp2(x, out); }
 
-void attention_forward(const FwdParams& p) {
+namespace {
+// p with a dropout seed and offset drawn into memory (FwdParams::dropout_rng, host memory here)
+// read into dropout_seed and dropout_offset, once per call.
+FwdParams with_drawn_seed(FwdParams p) {
+  if (p.dropout_rng != nullptr) {
+    p.dropout_seed = p.dropout_rng[0];
+    p.dropout_offset = p.dropout_rng[1];
+    p.dropout_rng = nullptr;
+  }
+  return p;
+}
+}  // namespace
+
+void attention_forward(const FwdParams& params) {
   const Isa& isa = select();  // validates the environment even for float64
+  const FwdParams p = with_drawn_seed(params);
   if (p.dtype == DType::f64) float64::forward(p);
   else isa.forward(p);
 }
 
-void attention_backward(const BwdParams& p) {
+void attention_backward(const BwdParams& params) {
   const Isa& isa = select();
+  BwdParams p = params;
+  p.fwd = with_drawn_seed(p.fwd);
   if (p.fwd.dtype == DType::f64) float64::backward(p);
   else isa.backward(p);
 }

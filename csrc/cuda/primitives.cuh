@@ -10,7 +10,8 @@
 //                          fae::cp_async_wait<N>(), fae::cp_async_wait_all()
 //   shared memory          fae::dynamic_smem<T>()  (the only shared memory: no static __shared__)
 //   atomics                atomicAdd(float*, float) on global memory
-//   read-only loads        fae::load_nc(p): *p through the non-coherent cache (ld.global.nc)
+//   read-only loads        fae::load_nc(p): *p through the non-coherent cache (ld.global.nc);
+//                          fae::load_nc_here(p): 16 bytes, never hoisted or merged (asm volatile)
 //   math                   fae::fast_exp2(x) (ex2.approx.ftz.f32)
 //   conversions (docs/emulator.md section 3.5)  fae::f32_to_f16_bits / f32_to_bf16_bits / f16_bits_to_f32 / bf16_bits_to_f32,
 //                          fae::from_float<T>, fae::to_float, fae::pack2<T>(lo, hi), fae::pack_halves

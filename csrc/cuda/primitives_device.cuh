@@ -29,6 +29,14 @@ __device__ __forceinline__ T load_nc(const T* p) {
   return __ldg(p);
 }
 
+// The same for 16 bytes, issued where it stands: asm volatile, so the compiler neither hoists
+// it out of a loop nor merges it with another, and its registers live only until their use.
+__device__ __forceinline__ uint4 load_nc_here(const uint4* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  return v;
+}
+
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }

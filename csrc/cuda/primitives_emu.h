@@ -149,6 +149,7 @@ template <class T>
 inline T load_nc(gptr<const T> p) {
   return *p;
 }
+inline uint4 load_nc_here(gptr<const uint4> p) { return *p; }
 
 }  // namespace fae
 

@@ -69,19 +69,31 @@ def _arrays(**arrays: Any) -> Dict[str, Any]:
     return out
 
 
+def _drawn_seed(mask: MaskSpec, q: Any) -> int:
+    """The address of a dropout seed and offset drawn on q's device (MaskSpec.dropout_rng), which
+    the kernels read where they run (0: none, or the seed is mask.dropout_seed)."""
+    rng = mask.dropout_rng
+    if rng is None or mask.dropout_p == 0.0:
+        return 0
+    if not (is_tensor(rng) and str(rng.dtype) == "torch.int64" and tuple(rng.shape) == (2,)
+            and rng.is_contiguous() and rng.device == q.device and rng.data_ptr() % 16 == 0):
+        raise ValueError(f"dropout_rng: expected a contiguous int64 tensor of shape (2,) (seed, "
+                         f"offset) on q's device {q.device}, 16-byte aligned, got {rng!r}")
+    return _ptr(rng)
+
+
 def _common_kwargs(q: Any, k: Any, v: Any, out: Any, lse: Any, scale: float, mask: MaskSpec,
                    head_dim: int, seqs: Optional[Seqs]) -> Dict[str, Any]:
     """The arguments every compiled entry point takes (bind_attention.h: common_args, seq_args).
     lse is (B, H, Sq), or (H, total_q) for packed queries."""
     b, sq, hq, _ = q.shape
     sk, hk = int(k.shape[1]), int(k.shape[2])
-    mask = mask.resolved()  # a drawn dropout seed, read here
     lse_strides = strides(lse)[:2] if lse.ndim == 3 else (0, strides(lse)[0])
     kw = dict(dtype=DTYPES.index(dtype_name(q)), **_arrays(q=q, k=k, v=v, out=out), lse=_ptr(lse),
               lse_strides=lse_strides, window_left=mask.window_left,
               window_right=mask.window_right, scale=float(scale), softcap=mask.softcap,
               dropout_p=mask.dropout_p, dropout_seed=mask.dropout_seed,
-              dropout_offset=mask.dropout_offset)
+              dropout_offset=mask.dropout_offset, dropout_rng=_drawn_seed(mask, q))
     slopes = mask.alibi_slopes
     if slopes is not None:  # (Hq,) or (B, Hq) float32, heads contiguous
         kw.update(alibi_slopes=_ptr(slopes),

@@ -51,7 +51,7 @@ def _mask(window_left: int, window_right: int, bottom_right: bool, softcap: floa
           attn_mask: Optional[torch.Tensor]) -> MaskSpec:
     return MaskSpec(window_left, window_right, bottom_right, softcap, alibi_slopes,
                     attn_mask=attn_mask, dropout_p=dropout_p, dropout_seed=dropout_seed,
-                    dropout_offset=dropout_offset, dropout_rng=dropout_rng).resolved()
+                    dropout_offset=dropout_offset, dropout_rng=dropout_rng)
 
 
 @attention_fwd.register_fake
@@ -181,7 +181,7 @@ def varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q: 
     """Forward of packed sequences, each aligned bottom-right on its own lengths;
     ``deterministic`` asks the backward for its deterministic mode."""
     mask = MaskSpec(window_left, window_right, True, softcap, alibi_slopes, None, dropout_p, dropout_seed,
-                    dropout_offset, dropout_rng).resolved()
+                    dropout_offset, dropout_rng)
     out = _like(q)
     lse = _dispatch.new_lse(q[None], packed=True)
     _dispatch.forward(q[None], _kv(k), _kv(v), out[None], lse, scale, mask,
@@ -209,7 +209,7 @@ def varlen_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Tensor
     """Backward of packed sequences; dq, dk, dv laid out like q, k, v. The CUDA kernels run in
     deterministic mode when ``deterministic`` or a global switch asks for it."""
     mask = MaskSpec(window_left, window_right, True, softcap, alibi_slopes, None, dropout_p, dropout_seed,
-                    dropout_offset, dropout_rng).resolved()
+                    dropout_offset, dropout_rng)
     if dout.stride(-1) != 1:
         dout = dout.contiguous()
     if dlse is not None:

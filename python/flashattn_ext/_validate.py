@@ -86,8 +86,9 @@ class MaskSpec:
     values added to the scaled scores (float32, float64 for float64 inputs; see
     :func:`attn_mask_value`). Dropout of the probabilities (docs/semantics.md section 13):
     ``dropout_p`` in [0, 1) (0 = off) with the generator's seed and offset, or ``dropout_rng``,
-    an int64 torch tensor (seed, offset) drawn from torch's generator and read where the kernels
-    run (so that torch.compile traces the draw)."""
+    an int64 torch tensor (seed, offset) drawn from torch's generator on q's device and read by
+    the kernels where they run (the host never waits for the draw; torch.compile and CUDA graphs
+    keep it in the graph)."""
 
     window_left: int = NO_WINDOW
     window_right: int = NO_WINDOW
@@ -138,7 +139,8 @@ class MaskSpec:
         return replace(self, dropout_p=p, dropout_rng=rng)
 
     def resolved(self) -> "MaskSpec":
-        """This mask with a drawn dropout_rng read into dropout_seed and dropout_offset."""
+        """This mask with a drawn dropout_rng read into dropout_seed and dropout_offset, on the
+        host (a wait for the draw): for helpers that rebuild the keep mask outside the kernels."""
         if self.dropout_rng is None:
             return self
         seed, offset = (int(x) for x in self.dropout_rng.tolist())

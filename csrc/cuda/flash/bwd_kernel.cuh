@@ -537,7 +537,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
         // Dropout: the keep bits of this thread's elements of the warp tile (a word per m16 tile).
         [[maybe_unused]] uint32_t keep[Sdp::MT];
         if constexpr (kMod)
-          if (drop.on) drop.bits<Sdp::MT, Sdp::NT>(keep, b, h0 + h, m0 + wm * Tr::kSdpM + g, n0 + wn * Tr::kSdpN + 2 * t);
+          if (drop.on) drop.bits<Sdp::MT, Sdp::NT, Tr::kDropoutCalls>(keep, b, h0 + h, m0 + wm * Tr::kSdpM + g, n0 + wn * Tr::kSdpN + 2 * t);
         // P = P' / psum and dS = P (dP - delta), packed to 16 bits as the A operands of what follows.
         uint32_t pk_p[Sdp::MT][Sdp::NT][2], pk_ds[Sdp::MT][Sdp::NT][2];
         const bool masked = qt < whole_lo || qt > whole_hi;

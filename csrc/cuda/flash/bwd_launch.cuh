@@ -41,9 +41,11 @@ void run_backward_tiles(const BwdParams& bp, float* stats, float* dq_accum, Stre
   const ScoreMods mods = kMod ? ScoreMods::of(p, p.scale_log2) : ScoreMods{};
   // MaskRefs::of announces the mask's buffers to the emulator's next launch: built per launch.
   const auto mask_refs = [&] { return kMod ? MaskRefs::of(p, &bp) : MaskRefs{}; };
-  // Dropout: its keys and threshold, and the forward's output for delta = dO . O.
-  const Dropout drop = kMod ? Dropout::of(p) : Dropout{};
-  const gptr<const T> out = drop.on ? q_like(p.out, p.o_batch_stride, p.o_row_stride, p.o_head_stride) : gptr<const T>{};
+  // Dropout (Dropout::of announces a drawn seed to the next launch: built per launch) and the
+  // forward's output for delta = dO . O.
+  const auto dropout = [&] { return kMod ? Dropout::of(p) : Dropout{}; };
+  const gptr<const T> out =
+      kMod && has_dropout(p) ? q_like(p.out, p.o_batch_stride, p.o_row_stride, p.o_head_stride) : gptr<const T>{};
   launch("flash_bwd_row_stats", bwd_row_stats<Tr, kSeqs, kMod>,
          LaunchConfig{stats_grid, dim3(Tr::kThreads), Tr::kSmemStatsBytes, stream}, bp, w,
          q_like(p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride),
@@ -52,7 +54,7 @@ void run_backward_tiles(const BwdParams& bp, float* stats, float* dq_accum, Stre
          q_like(bp.dout, bp.do_batch_stride, bp.do_row_stride, bp.do_head_stride),
          gbuf(static_cast<const float*>(p.lse), lse_extent),
          gbuf(static_cast<const float*>(bp.dlse), bp.dlse ? lse_extent : 0), gbuf(stats, 4 * rows), gbuf(dq_accum, accum),
-         seq_buffers(p), mods, slopes, mask_refs(), drop, out);
+         seq_buffers(p), mods, slopes, mask_refs(), dropout(), out);
 
   const int64_t key_blocks = (p.seqlen_k + Tr::kBlockN - 1) / Tr::kBlockN;
   const dim3 grid(unsigned(bp.deterministic ? w.splits : key_blocks), unsigned(p.heads_kv), unsigned(p.batch));
@@ -72,7 +74,7 @@ void run_backward_tiles(const BwdParams& bp, float* stats, float* dq_accum, Stre
          gbuf(static_cast<const float*>(stats), 4 * rows), gbuf(dq_accum, accum),
          gbuf(static_cast<T*>(bp.dk), extent(bp.dk_batch_stride, bp.dk_row_stride, bp.dk_head_stride, kb, kr, p.heads_kv, d)),
          gbuf(static_cast<T*>(bp.dv), extent(bp.dv_batch_stride, bp.dv_row_stride, bp.dv_head_stride, kb, kr, p.heads_kv, d)),
-         seq_buffers(p), mods, slopes, am, drop);
+         seq_buffers(p), mods, slopes, am, dropout());
 
   const dim3 row_grid(unsigned((p.seqlen_q + 15) / 16), unsigned(p.heads_q), unsigned(p.batch));
   launch("flash_bwd_convert_dq", bwd_convert_dq<T, Tr::kHeadDim, kSeqs>,

@@ -72,13 +72,18 @@ namespace fae::cuda {
 // on sm_86 / 89, and 8 / 12 on sm_90 once its pointers moved to the batch entry's rows and the
 // edge mask took 32-bit columns; the feature instance keeps one pass (7 spilled 16 bytes on sm_80 / 86
 // / 89) and spills 8 / 4 bytes on sm_86 / 89 (sm_80 and sm_90: none).
+// Dropout's generator calls of a warp tile (dropout.cuh, which reads a drawn seed again for each
+// call) run all unrolled but at D = 224, where they run one at a time (dropout_calls = 1): there
+// unrolled they spilled 52 / 84 bytes on sm_80, and at D = 256 one at a time spilled 4 / 4 bytes
+// on sm_80 and sm_90 (bf16, both feature instances, 2 calls per m16 tile).
 struct BwdTile {
   int block_m, block_n, warps, sdp_warps_m, kv_warps_n, dq_warps_m, stages, dq_passes = 1;
+  int dropout_calls = 0;  // generator calls unrolled per m16 tile (0: all of the warp tile's n8 tiles)
 };
 
 constexpr BwdTile bwd_tile(int head_dim, bool small_smem, bool features = false) {
   if (features && head_dim == 256) return BwdTile{64, 16, 4, 4, 1, 4, 1, 4};
-  if (features && head_dim == 224) return BwdTile{32, 32, 4, 2, 2, 2, 1};  // the small row, dQ in one pass
+  if (features && head_dim == 224) return BwdTile{32, 32, 4, 2, 2, 2, 1, 1, 1};  // the small row, dQ in one pass
   switch (head_dim) {
     case 32: return small_smem ? BwdTile{64, 128, 8, 2, 4, 4, 2} : BwdTile{128, 128, 8, 2, 4, 4, 2};
     case 64: return small_smem ? BwdTile{64, 128, 8, 2, 4, 2, 1} : BwdTile{128, 128, 8, 4, 4, 4, 1};
@@ -147,6 +152,7 @@ struct BwdTraits {
   static constexpr int kDqWarpsM = kTile.dq_warps_m, kDqWarpsD = kWarps / kDqWarpsM;
   static constexpr int kDqM = kBlockM / kDqWarpsM, kDqD = HeadDim / kDqWarpsD;
   static constexpr int kDqPasses = kTile.dq_passes;  // dQ's warp tile computed in column slices
+  static constexpr int kDropoutCalls = kTile.dropout_calls ? kTile.dropout_calls : kSdpN / 8;
   // Shared memory (elements of T, then the row statistics as floats).
   static constexpr int kSmemKV = kBlockN * kRowStride;
   static constexpr int kSmemQ = kBlockM * kRowStride;

@@ -200,6 +200,12 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
         copy_tile_async<KVMap, LD, kMasked>(sV, vt, p.v_row_stride, keys_in(j));
       cp_async_commit();
 
+      // Dropout: the keep bits of this thread's scores of the tile (one word per m16 tile), taken
+      // before S while its accumulators are not live (after it, D = 256 spilled).
+      [[maybe_unused]] uint32_t keep[MT];
+      if constexpr (kMod)
+        if (drop.on) drop.bits<MT, NS>(keep, b, h, m0 + wrow + g, int64_t(j) * BN + 2 * t);
+
       float s[MT][NS][4];
 #pragma unroll
       for (int mi = 0; mi < MT; ++mi)
@@ -308,10 +314,6 @@ __device__ __forceinline__ void fwd_block(const FwdParams& p, ScoreScale sc, gpt
       }
       cp_async_commit();
 
-      // Dropout: the keep bits of this thread's scores of the tile (one word per m16 tile).
-      [[maybe_unused]] uint32_t keep[MT];
-      if constexpr (kMod)
-        if (drop.on) drop.bits<MT, NS>(keep, b, h, m0 + wrow + g, int64_t(j) * BN + 2 * t);
       // P = exp2(s * c - base) (one FFMA and one MUFU per score) for keys kk*16 .. kk*16+15: the S
       // accumulators of n8 tiles 2kk and 2kk+1 are exactly the A fragment of P for them,
       // rounded to the input type; with dropout, times the keep multipliers after the row sums.
