@@ -788,8 +788,12 @@ def backward_findings(results: list[Analysis]) -> list[str]:
             "(the P, dS and dS^T operands come from shared memory) plus the P and dS stores."]
 
 
+def is_seed_read(ins: Instr) -> bool:  # dropout's 16-byte read of a drawn seed (dropout.cuh: Dropout::key)
+    return ".CONSTANT" in ins.op and ".128" in ins.op
+
+
 def is_mask_access(ins: Instr) -> bool:  # the explicit mask's read-only loads and the dmask stores
-    return ".CONSTANT" in ins.op or ins.base == "STG"
+    return (".CONSTANT" in ins.op and not is_seed_read(ins)) or ins.base == "STG"
 
 
 def is_mask_entry_access(ins: Instr) -> bool:  # one mask entry per load or dmask store: the fallbacks to pairs
@@ -808,8 +812,12 @@ def is_score_mod_only(ins: Instr) -> bool:  # ALiBi's conversion, the tanh's sel
     return ins.op in ("I2F", "I2FP.F32.S32") or (ins.base == "FSEL" and ", 1," in ins.args) or is_softcap_grad(ins)
 
 
-def is_dropout(ins: Instr) -> bool:  # Philox rounds and the keep-bit tests
-    return ins.base == "R2P" or (ins.base == "IMAD" and any(m in ins.args.lower() for m in PHILOX_MULTIPLIERS))
+def is_philox(ins: Instr) -> bool:  # the generator's rounds and its reads of a drawn seed
+    return is_seed_read(ins) or (ins.base == "IMAD" and any(m in ins.args.lower() for m in PHILOX_MULTIPLIERS))
+
+
+def is_dropout(ins: Instr) -> bool:  # Philox rounds, the keep-bit tests and the seed reads
+    return ins.base == "R2P" or is_philox(ins)
 
 
 def score_mod_census(fn: Function, tr: dict[str, int], direction: str, mask: bool,
@@ -826,8 +834,9 @@ def score_mod_census(fn: Function, tr: dict[str, int], direction: str, mask: boo
     if dropout:
         prefer, avoid = (lambda ins: is_dropout(ins) or is_score_mod(ins)), \
             (lambda ins: is_mask_access(ins) or is_score_mod_only(ins))
-    else:
-        prefer, avoid = is_score_mod, is_mask_entry_access if mask else is_mask_access
+    else:  # the generator off the path (its seed reads would otherwise count as the busiest warp's loads)
+        prefer = is_score_mod
+        avoid = (lambda ins: is_philox(ins) or (is_mask_entry_access if mask else is_mask_access)(ins))
     it = steady_iteration(fn, cfg, main_loop(fn, cfg), rows * tr["kChunksPerRow"] // tr["kThreads"],
                           prefer=prefer, avoid=avoid)
     return it, census(it.instrs)
