@@ -16,8 +16,10 @@ INF = float("inf")
 
 def scores(q: torch.Tensor, k: torch.Tensor, *, scale: Optional[float] = None, causal: bool = False,
            window: Tuple[int, int] = (-1, -1), bottom_right: bool = True,
-           dtype: torch.dtype = torch.float64) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Scaled scores (B, Hq, Sq, Sk) in ``dtype`` and the visibility mask (Sq, Sk)."""
+           dtype: torch.dtype = torch.float64, softcap: float = 0.0,
+           alibi_slopes: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Scaled scores (B, Hq, Sq, Sk) in ``dtype``, softcapped and with the ALiBi bias as in
+    oracle.attention, and the visibility mask (Sq, Sk)."""
     b, sq, hq, d = q.shape
     sk, hkv = k.shape[1], k.shape[2]
     scale = 1.0 / math.sqrt(d) if scale is None else scale
@@ -25,7 +27,13 @@ def scores(q: torch.Tensor, k: torch.Tensor, *, scale: Optional[float] = None, c
     kh = k.to(dtype).transpose(1, 2).repeat_interleave(hq // hkv, dim=1)
     left, right = window
     ok = oracle.visible_keys(sq, sk, left, 0 if causal else right, bottom_right)
-    return (qh @ kh.transpose(-1, -2)) * scale, ok
+    s = (qh @ kh.transpose(-1, -2)) * scale
+    if softcap > 0:
+        s = softcap * torch.tanh(s / softcap)
+    if alibi_slopes is not None:
+        dist = (torch.arange(sq)[:, None] + sk - sq - torch.arange(sk)[None, :]).abs()
+        s = s - alibi_slopes.to(dtype).reshape(-1, hq, 1, 1) * dist.to(dtype)
+    return s, ok
 
 
 def probabilities(q: torch.Tensor, k: torch.Tensor, **kw) -> torch.Tensor:

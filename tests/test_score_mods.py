@@ -60,6 +60,33 @@ def test_flash_attn_func_matches_oracle(backend, gen, dtype, mods, mask, shape):
     assert_out_and_grads_close(gen, out, ref, naive, (q, k, v))
 
 
+
+@pytest.mark.parametrize("dtype", [F32, F64, BF16], ids=str)
+@pytest.mark.parametrize("mods", MODS, ids=MOD_IDS)
+@pytest.mark.parametrize("mask", MASKS[1:], ids=MASK_IDS[1:])
+def test_return_attn_probs_with_score_mods(backend, gen, dtype, mods, mask):
+    """flash_attn_func(..., return_attn_probs=True) with softcap and ALiBi: the probabilities of
+    the transformed scores (the attention-weights kernels apply them as the forward does), against
+    the float64 oracle; with dropout, the same probabilities signed by the keep mask."""
+    needs_kernel(backend, dtype)
+    import interp_oracle as io
+    softcap, kind = mods
+    causal, window = mask
+    shape = SHAPES[1]
+    q, k, v = (x.detach() for x in inputs(gen, shape, dtype))
+    slopes = slopes_for(gen, kind, shape[0], shape[3])
+    out, lse, probs = fa.flash_attn_func(q, k, v, causal=causal, window_size=window, softcap=softcap,
+                                         alibi_slopes=slopes, return_attn_probs=True)
+    kw = dict(causal=causal, window=window, softcap=softcap, alibi_slopes=slopes)
+    assert torch.equal(out, fa.flash_attn_func(q, k, v, causal=causal, window_size=window,
+                                               softcap=softcap, alibi_slopes=slopes))
+    assert_close(probs, io.probabilities(q, k, **kw), None, "probabilities")
+    if dtype != F64:
+        _, _, signed = fa.flash_attn_func(q, k, v, 0.3, causal=causal, window_size=window,
+                                          softcap=softcap, alibi_slopes=slopes,
+                                          return_attn_probs=True, seed=11)
+        assert torch.equal(signed.abs(), probs) and 0.2 < (signed < 0).float().mean() / (probs > 0).float().mean() < 0.4
+
 def test_lse_and_attention_entry_point(gen):
     q, k, v = randn(gen, 2, 33, 3, 16), randn(gen, 2, 45, 3, 16), randn(gen, 2, 45, 3, 16)
     slopes = torch.rand(3, generator=gen) * 0.3

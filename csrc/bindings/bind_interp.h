@@ -23,10 +23,11 @@ void def_weights(py::module_& m, const char* name, Run run, const char* doc) {
       [run](int dtype, Sizes6 sizes, uintptr_t q, uintptr_t k, uintptr_t lse, Strides3 qs, Strides3 ks,
             Strides2 lses, uintptr_t probs, Strides3 ps, uintptr_t heads, int64_t num_heads, uintptr_t rows,
             int64_t num_rows, int64_t align_offset, int64_t window_left, int64_t window_right, double scale,
-            uintptr_t stream, int num_threads) {
+            double softcap, uintptr_t alibi_slopes, int64_t alibi_batch_stride, uintptr_t stream, int num_threads) {
         WeightsParams w{};
         w.fwd = make_fwd(dtype, q, k, k, 0, lse, qs, ks, ks, qs, lses, sizes, align_offset, window_left,
                          window_right, scale, num_threads);
+        set_score_mods(w.fwd, softcap, alibi_slopes, alibi_batch_stride);
         w.probs = as_ptr(probs);
         w.p_batch_stride = ps[0]; w.p_head_stride = ps[1]; w.p_row_stride = ps[2];
         w.heads = static_cast<const int64_t*>(as_ptr(heads)); w.num_heads = num_heads;
@@ -38,7 +39,8 @@ void def_weights(py::module_& m, const char* name, Run run, const char* doc) {
       py::arg("q_strides"), py::arg("k_strides"), py::arg("lse_strides"), py::arg("probs"),
       py::arg("probs_strides"), py::arg("heads"), py::arg("num_heads"), py::arg("rows"), py::arg("num_rows"),
       py::arg("align_offset"), py::arg("window_left"), py::arg("window_right"), py::arg("scale"),
-      py::arg("stream"), py::arg("num_threads") = 0, doc);
+      py::arg("softcap") = 0.0, py::arg("alibi_slopes") = 0, py::arg("alibi_batch_stride") = 0, py::arg("stream"),
+      py::arg("num_threads") = 0, doc);
 }
 
 inline TopkParams make_topk(int dtype, const Sizes6& sizes, uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out,

@@ -9,6 +9,7 @@
 #include "common/interp_params.h"
 #include "common/mask.h"
 #include "common/online_softmax.h"
+#include "common/score_mod.h"
 #include "common/topk.h"
 #include "cpu/thread_pool.h"
 
@@ -31,17 +32,21 @@ const T* row_of(const void* base, int64_t b, int64_t bs, int64_t h, int64_t hs, 
 void attention_weights(const WeightsParams& w) {
   const FwdParams& p = w.fwd;
   const int64_t D = p.head_dim, group = p.heads_q / p.heads_kv;
-  const double sl2 = p.scale_f64 * kLog2e;
   parallel_for(p.batch * w.num_heads, p.num_threads, [&](int64_t t) {
     const int64_t hi = t % w.num_heads, b = t / w.num_heads, h = w.heads[hi];
     std::vector<double> s(p.seqlen_k);
+    const double slope = alibi_slope(p, b, h);
     for (int64_t r = 0; r < w.num_rows; ++r) {
-      const int64_t row = w.rows[r];
+      const int64_t row = w.rows[r], pos = alibi_position(row, p.seqlen_q, p.seqlen_k);
       const double* q = row_of<double>(p.q, b, p.q_batch_stride, h, p.q_head_stride, row, p.q_row_stride);
       const KeyRange kr = visible_keys(row, p);
       double m = neg_inf<double>(), l = 0;
       for (int64_t j = kr.lo; j <= kr.hi; ++j) {
-        s[j] = dot(q, row_of<double>(p.k, b, p.k_batch_stride, h / group, p.k_head_stride, j, p.k_row_stride), D) * sl2;
+        // softcap and ALiBi (common/score_mod.h) on the scaled score, then the log2 domain
+        double x = dot(q, row_of<double>(p.k, b, p.k_batch_stride, h / group, p.k_head_stride, j, p.k_row_stride), D) *
+                   p.scale_f64;
+        if (p.softcap > 0.f) x = softcap_score(x, p.softcap_f64);
+        s[j] = (x + alibi_bias(slope, pos, j)) * kLog2e;
         m = s[j] > m ? s[j] : m;
       }
       double lse2;

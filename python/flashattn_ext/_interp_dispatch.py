@@ -70,11 +70,15 @@ def max_top_k(q: Any) -> Optional[int]:
 def weights(q: Any, k: Any, lse: Optional[Any], heads: Any, rows: Any, probs: Any, scale: float,
             mask: MaskSpec) -> None:
     """Writes probs (B, len(heads), len(rows), Sk) from q, k (BSHD) and lse (B, Hq, Sq, row stride
-    1) or, without lse, from each row's own first pass. heads, rows: int64 arrays on q's device."""
+    1) or, without lse, from each row's own first pass, with the mask's softcap and ALiBi slopes.
+    heads, rows: int64 arrays on q's device."""
     run, stream, _ = _kernels(q)
     dp = _head_dim(q, "attention weights")
     qf, kf = _fitted(q, dp, q, k)
-    run["attention_weights"](**_common(qf, kf, scale, mask, dp), lse=0 if lse is None else _ptr(lse),
+    slopes = mask.alibi_slopes  # softcap and ALiBi as the forward applies them
+    mods = dict(softcap=mask.softcap, alibi_slopes=0 if slopes is None else _ptr(slopes),
+                alibi_batch_stride=strides(slopes)[0] if slopes is not None and slopes.ndim == 2 else 0)
+    run["attention_weights"](**_common(qf, kf, scale, mask, dp), **mods, lse=0 if lse is None else _ptr(lse),
                              lse_strides=(0, 0) if lse is None else strides(lse)[:2], probs=_ptr(probs),
                              probs_strides=strides(probs)[:3], heads=_ptr(heads), num_heads=len(heads),
                              rows=_ptr(rows), num_rows=len(rows), stream=stream)

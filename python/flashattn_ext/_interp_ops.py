@@ -19,19 +19,22 @@ GRAD_TOPK, GRAD_NONE, GRAD_STRAIGHT_THROUGH = 0, 1, 2
 @torch.library.custom_op("flashattn_ext::weights", mutates_args=(), device_types=("cpu", "cuda"))
 def weights_op(q: torch.Tensor, k: torch.Tensor, lse: Optional[torch.Tensor], heads: torch.Tensor,
                rows: torch.Tensor, scale: float, window_left: int, window_right: int,
-               bottom_right: bool) -> torch.Tensor:
-    """Probabilities (B, len(heads), len(rows), Sk) of BSHD q, k; lse (B, Hq, Sq) or None."""
+               bottom_right: bool, softcap: float = 0.0,
+               alibi_slopes: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Probabilities (B, len(heads), len(rows), Sk) of BSHD q, k; lse (B, Hq, Sq) or None;
+    softcap and alibi_slopes validated score transforms (MaskSpec)."""
     dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     probs = torch.empty((q.shape[0], heads.shape[0], rows.shape[0], k.shape[1]), dtype=dtype, device=q.device)
     if lse is not None and lse.stride(-1) != 1:
         lse = lse.contiguous()
     _interp_dispatch.weights(q, k, lse, heads, rows, probs, scale,
-                             MaskSpec(window_left, window_right, bottom_right))
+                             MaskSpec(window_left, window_right, bottom_right, softcap, alibi_slopes))
     return probs
 
 
 @weights_op.register_fake
-def _(q, k, lse, heads, rows, scale, window_left, window_right, bottom_right):
+def _(q, k, lse, heads, rows, scale, window_left, window_right, bottom_right, softcap=0.0,
+      alibi_slopes=None):
     dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     return q.new_empty((q.shape[0], heads.shape[0], rows.shape[0], k.shape[1]), dtype=dtype)
 
@@ -106,4 +109,4 @@ def weights(q: torch.Tensor, k: torch.Tensor, lse: Optional[torch.Tensor], heads
     """Attention probabilities of BSHD views; no gradient flows through them."""
     return torch.ops.flashattn_ext.weights(q.detach(), k.detach(), None if lse is None else lse.detach(),
                                            heads, rows, scale, mask.window_left, mask.window_right,
-                                           mask.bottom_right)
+                                           mask.bottom_right, mask.softcap, mask.alibi_slopes)

@@ -180,9 +180,6 @@ def flash_attn_func(q: ArrayLike, k: ArrayLike, v: ArrayLike, dropout_p: float =
     out, lse = _run(call, det)
     if not flag("return_attn_probs", return_attn_probs):
         return out
-    if call.mask.score_mods:
-        raise NotImplementedError("return_attn_probs: the probabilities of calls with softcap or "
-                                  "alibi_slopes are not returned yet; pass False")
     return out, lse, signed_probs(call, lse)
 
 

@@ -21,6 +21,7 @@
 #include "common/online_softmax.h"
 #include "common/topk.h"
 #include "cuda/flash/common.cuh"
+#include "cuda/flash/score_mod.cuh"
 #include "cuda/primitives.cuh"
 
 namespace fae::cuda::interp {
@@ -111,7 +112,8 @@ __device__ void load_keys(sptr<typename Tr::Element> sK, gptr<const typename Tr:
 template <class Tr>
 __global__ void __launch_bounds__(Tr::kThreads)
     interp_weights(WeightsParams w, gptr<const typename Tr::Element> q, gptr<const typename Tr::Element> k,
-                   gptr<const float> lse, gptr<float> probs, gptr<const int64_t> heads, gptr<const int64_t> rows) {
+                   gptr<const float> lse, gptr<float> probs, gptr<const int64_t> heads, gptr<const int64_t> rows,
+                   ScoreMods mods, gptr<const float> slopes) {
   using T = typename Tr::Element;
   constexpr int BN = Tr::kBlockN;
   const FwdParams& p = w.fwd;
@@ -134,19 +136,22 @@ __global__ void __launch_bounds__(Tr::kThreads)
   __syncthreads();
   ts.init();
 
-  // The two rows of this thread (positions in the selection), their query rows and key ranges.
-  int64_t pos[2], row[2];
+  // The two rows of this thread (positions in the selection), their query rows, key ranges and
+  // ALiBi positions.
+  int64_t pos[2], row[2], apos[2];
   KeyRange keys[2];
   float lse2[2];
+  const float slope2 = mods.slope2(p, slopes, int(b), int(h));
   for (int r = 0; r < 2; ++r) {
     pos[r] = m0 + warp * 16 + g + 8 * r;
     row[r] = pos[r] < w.num_rows ? int64_t(rows[pos[r]]) : -1;
     keys[r] = row[r] < 0 ? KeyRange{0, -1} : visible_keys(row[r], p);
+    apos[r] = alibi_position(row[r], p.seqlen_q, p.seqlen_k);
     if (p.lse != nullptr && row[r] >= 0)
       lse2[r] = lse2_for_backward(float(lse[b * p.lse_batch_stride + h * p.lse_head_stride + row[r]]));
   }
   float s[Tr::kNTilesS][4];
-  auto scaled_tile = [&](int64_t n0) {  // scores in the log2 domain, -inf where masked
+  auto scaled_tile = [&](int64_t n0) {  // scores in the log2 domain (softcap, ALiBi), -inf where masked
     load_keys<Tr>(ts.sK, kb, p, n0);
     ts.compute(s);
     __syncthreads();  // every warp is done with sK
@@ -154,7 +159,10 @@ __global__ void __launch_bounds__(Tr::kThreads)
       for (int i = 0; i < 4; ++i) {
         const int64_t key = n0 + nt * 8 + 2 * t + (i & 1);
         const KeyRange& kr = keys[i >> 1];
-        s[nt][i] = key >= kr.lo && key <= kr.hi ? s[nt][i] * p.scale_log2 : neg_inf<float>();
+        float x = s[nt][i] * mods.scale2;
+        if (mods.cap2 > 0.0f) x = softcap_score(x, mods.cap2, mods.inv_cap2);
+        x += alibi_bias(slope2, apos[i >> 1], key);
+        s[nt][i] = key >= kr.lo && key <= kr.hi ? x : neg_inf<float>();
       }
   };
   if (p.lse == nullptr) {  // first pass: each row's lse, as the forward computes it

@@ -33,7 +33,8 @@ void run_weights(const WeightsParams& w, Stream stream) {
          q_buf<T>(p, p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride),
          kv_buf<T>(p, p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride),
          gbuf(static_cast<const float*>(p.lse), p.lse ? lse_extent : 0), gbuf(static_cast<float*>(w.probs), probs_extent),
-         gbuf(w.heads, std::size_t(w.num_heads)), gbuf(w.rows, std::size_t(w.num_rows)));
+         gbuf(w.heads, std::size_t(w.num_heads)), gbuf(w.rows, std::size_t(w.num_rows)), ScoreMods::of(p, p.scale_log2),
+         alibi_buffer(p));
 }
 
 template <class T, int HeadDim>
