@@ -957,20 +957,19 @@ def score_mods(insts: list[Instance], builds: dict[tuple[Instance, str], Build])
                         ("dropout", base + SCORE_MODS + tier, None, True, tf))
             its = {}
             for label, name, mask, dropout, tt in variants:
-                it, c, _ = score_mod_census(fns[name], tt, inst.direction, mask, dropout,
-                                            what=f"{inst.name(arch)} {name}, {label}")
-                r, its[label] = res[name], it
+                it, c, kinds = score_mod_census(fns[name], tt, inst.direction, mask, dropout,
+                                                what=f"{inst.name(arch)} {name}, {label}")
+                r, its[label] = res[name], (it, kinds)
                 rows.append([inst.direction, arch, str(inst.head_dim), f"{tt['kBlockM']} x {tt['kBlockN']}", label,
                              str(r.registers), str(r.spill_stores + r.spill_loads), str(len(it.instrs)), str(c["HMMA"]),
                              _pct(c["HMMA"] / len(it.instrs)), str(c["MUFU"]), str(c["FP32"]), str(c["int"]),
                              str(c["conv"]), str(c["branch"])])
-            totals = [len(its[v[0]].instrs) for v in variants]
+            totals = [len(its[v[0]][0].instrs) for v in variants]
             for i in range(1, len(variants)):
                 rows[i - len(variants)][7] += f" ({totals[i] - totals[0]:+d}, {100 * (totals[i] / totals[0] - 1):+.0f}%)"
-            ref = its["softcap + ALiBi"]
+            ref = its["softcap + ALiBi"][0]
             for m in paths:
-                it = its[MASK_ROWS[m]]
-                kinds = mask_instrs(it.instrs, tf["kSmemBytes"])
+                it, kinds = its[MASK_ROWS[m]]
                 more = len(it.instrs) - len(ref.instrs)
                 extra[(inst.direction, arch, inst.head_dim, m)] = more
                 waves = sum(map(smem_wavefronts, it.instrs)) - sum(map(smem_wavefronts, ref.instrs))
@@ -1005,8 +1004,8 @@ def mask_cost_summary(extra: dict[tuple[str, str, int, str], int]) -> str:
             "same registers). Dynamic shared memory is the launcher's: the feature instance's kSmemBytes, plus on the "
             "staged path the stage MaskRefs::stage_bytes allocates (kBlockM x (kBlockN + 8) floats per stage, one "
             "stage in the forward, kStages in the backward), where the stage fits a block and the SM keeps as many "
-            "blocks; the staged row is left out where it does not (sm_86 / 89, not counted here, keep float masks "
-            "of some head dims in registers). Instructions per iteration over softcap + ALiBi on sm_80: staged "
+            "blocks; the staged row is left out where it does not (on sm_86 / 89, not counted here, float masks "
+            "of some head dims stay in registers). Instructions per iteration over softcap + ALiBi on sm_80: staged "
             f"{costs('staged')}; registers {costs('registers')}. The staged path issues more (the copies with "
             "their 64-bit source steps and zero-fill predicates) and moves more shared memory (4 wavefronts per "
             "copy, 2 per pair read), but leaves no global load between Q.K^T and the masking; this count does "
