@@ -66,6 +66,17 @@ class SeqsTiles:
         small = f"fae::cuda::bwd_has_small_tier({self.head_dim})"
         return f"fae::cuda::BwdTraits<fae::{self.dtype}, {self.head_dim}, {small}, {str(self.features).lower()}>"
 
+    def mask_stage_exprs(self) -> dict[str, str]:
+        """What the launcher sizes a staged float mask by (fwd_launch.cuh, bwd_launch.cuh): whether the
+        instance stages masks at all, the stage's bytes (kStages tiles in the backward) and the blocks
+        per SM the instance's registers allow (the forward's launcher passes 2)."""
+        t = self.traits_type
+        tile = f"fae::cuda::MaskTile<{t}::kBlockM, {t}::kBlockN, {t}::kThreads>::bytes(false)"
+        if self.direction == "forward":
+            return {"stages": f"fae::cuda::kStagesMask<{t}>", "bytes": tile, "reg_blocks": "2"}
+        return {"stages": f"fae::cuda::kBwdStagesMask<{t}>", "bytes": f"{t}::kStages * {tile}",
+                "reg_blocks": f"fae::cuda::kBwdRegBlocks<{t}>"}
+
 
 @dataclass(frozen=True)
 class Instance:
@@ -233,27 +244,35 @@ def parse_ptxas(report: str) -> dict[str, Resources]:
 TRAIT_FIELDS = ("kSmemBytes", "kThreads", "kBlockM", "kBlockN", "kChunksPerRow")
 
 
-def traits(insts: list) -> dict:
-    """Tile constants per instance, printed by a host program built from the traits headers."""
-    key = hashlib.sha256((source_digest() + repr(insts) + repr(TRAIT_FIELDS)).encode()).hexdigest()[:16]
-    cache = CACHE / f"traits-{key}.json"
+def host_values(exprs: list[str]) -> list[int]:
+    """Integer constant expressions of the kernels' headers, printed by a host program built from
+    them (cached by sources and expressions)."""
+    key = hashlib.sha256((source_digest() + repr(exprs)).encode()).hexdigest()[:16]
+    cache = CACHE / f"host-{key}.json"
     if not cache.exists():
         lines = ['#include <cstdio>', '#include "cuda/primitives.cuh"', '#include "cuda/flash/fwd_traits.h"',
-                 '#include "cuda/flash/bwd_traits.h"', '#include "cuda/flash/fwd_launch.cuh"', "int main() {"]
-        for inst in insts:
-            vals = ", ".join(f"(long long)({inst.traits_type}::{f})" for f in TRAIT_FIELDS)
-            lines.append(f'  std::printf("{" ".join(["%lld"] * len(TRAIT_FIELDS))}\\n", {vals});')
+                 '#include "cuda/flash/bwd_traits.h"', '#include "cuda/flash/fwd_launch.cuh"',
+                 '#include "cuda/flash/bwd_launch.cuh"', "int main() {"]
+        lines += [f'  std::printf("%lld\\n", (long long)({e}));' for e in exprs]
         CACHE.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-            src, exe = Path(tmp) / "traits.cpp", Path(tmp) / "traits"
+            src, exe = Path(tmp) / "host.cpp", Path(tmp) / "host"
             src.write_text("\n".join(lines + ["}"]) + "\n")
             cxx = os.environ.get("CXX") or shutil.which("c++") or "g++"
             res = _run([cxx, "-std=c++17", f"-I{CSRC}", str(src), "-o", str(exe)])
             if res.returncode != 0:
-                raise RuntimeError(f"traits host program failed to build:\n{res.stderr}")
-            rows = [[int(x) for x in ln.split()] for ln in _run([str(exe)]).stdout.splitlines()]
-        cache.write_text(json.dumps([dict(zip(TRAIT_FIELDS, r)) for r in rows]))
-    return dict(zip(insts, json.loads(cache.read_text())))
+                raise RuntimeError(f"host program of the kernels' constants failed to build:\n{res.stderr}")
+            values = [int(x) for x in _run([str(exe)]).stdout.split()]
+        if len(values) != len(exprs):
+            raise RuntimeError(f"host program printed {len(values)} values for {len(exprs)} expressions")
+        cache.write_text(json.dumps(values))
+    return json.loads(cache.read_text())
+
+
+def traits(insts: list) -> dict:
+    """Tile constants per instance (TRAIT_FIELDS of its traits_type), from the traits headers."""
+    values = iter(host_values([f"{inst.traits_type}::{f}" for inst in insts for f in TRAIT_FIELDS]))
+    return {inst: {f: next(values) for f in TRAIT_FIELDS} for inst in insts}
 
 
 # --------------------------------------------------------------------------------------------
@@ -788,16 +807,69 @@ def backward_findings(results: list[Analysis]) -> list[str]:
             "(the P, dS and dS^T operands come from shared memory) plus the P and dS stores."]
 
 
+MASK_ROWS = {"staged": "softcap + ALiBi + mask (staged)", "registers": "softcap + ALiBi + mask (registers)"}
+
+
 def is_seed_read(ins: Instr) -> bool:  # dropout's 16-byte read of a drawn seed (dropout.cuh: Dropout::key)
     return ".CONSTANT" in ins.op and ".128" in ins.op
 
 
+def is_mask_load(ins: Instr) -> bool:  # the register path's read-only loads of the explicit mask
+    return ".CONSTANT" in ins.op and not is_seed_read(ins)
+
+
 def is_mask_access(ins: Instr) -> bool:  # the explicit mask's read-only loads and the dmask stores
-    return (".CONSTANT" in ins.op and not is_seed_read(ins)) or ins.base == "STG"
+    return is_mask_load(ins) or ins.base == "STG"
 
 
 def is_mask_entry_access(ins: Instr) -> bool:  # one mask entry per load or dmask store: the fallbacks to pairs
     return is_mask_access(ins) and not any(w in ins.op for w in (".U16", ".64"))
+
+
+def is_staged_mask_read(ins: Instr) -> bool:  # a pair of keys read from the staged mask: float, boolean
+    return ins.op in ("LDS.64", "LDS.U16")
+
+
+def is_stage_copy(ins: Instr, stage_at: int) -> bool:
+    """A cp.async of the staged mask: the stage lies past every tile of the traits (their kSmemBytes,
+    `stage_at`), so its copies' shared-memory destinations do."""
+    return ins.base == "LDGSTS" and copy_offset(ins) >= stage_at
+
+
+def mask_instrs(instrs: Iterable[Instr], stage_at: int) -> dict[str, int]:
+    """The explicit mask's instructions on a path by kind: the staged path's copies (LDGSTS), its
+    pair reads (LDS.64 float, LDS.U16 boolean), the register path's read-only pair loads (LDG.E.64,
+    LDG.E.U16), the backward's dmask pair stores (STG.E.64), and the one-entry fallbacks."""
+    kinds = {"stage copies": 0, "stage reads": 0, "stage reads (bool)": 0, "pair loads": 0, "pair loads (bool)": 0,
+             "pair stores": 0, "entries": 0}
+    for ins in instrs:
+        if is_stage_copy(ins, stage_at):
+            kinds["stage copies"] += 1
+        elif is_staged_mask_read(ins):
+            kinds["stage reads" if ".64" in ins.op else "stage reads (bool)"] += 1
+        elif is_mask_entry_access(ins):
+            kinds["entries"] += 1
+        elif is_mask_load(ins):
+            kinds["pair loads" if ".64" in ins.op else "pair loads (bool)"] += 1
+        elif is_mask_access(ins):
+            kinds["pair stores"] += 1
+    return kinds
+
+
+def expected_mask_instrs(tr: dict[str, int], direction: str, mask: Optional[str]) -> dict[str, int]:
+    """mask_instrs of one iteration through a float mask's `mask` path ("staged", "registers" or None):
+    the block's kBlockM x kBlockN mask tile (the forward's per key tile, the backward's per query
+    tile) copied once in 16-byte chunks (the busiest thread's share) and each score's entry read once,
+    in pairs; the backward stores dmask in pairs on either path; nothing of the other path and no
+    one-entry fallback. The path's own boolean reads are left out: where the compiler predicates the
+    float and boolean reads in one block (large head dims), both are on it."""
+    cells, threads = tr["kBlockM"] * tr["kBlockN"], tr["kThreads"]
+    pairs, chunks = cells // (2 * threads), -(-cells * 4 // 16 // threads)
+    want = {"stage copies": chunks if mask == "staged" else 0, "stage reads": pairs if mask == "staged" else 0,
+            "stage reads (bool)": 0, "pair loads": pairs if mask == "registers" else 0, "pair loads (bool)": 0,
+            "pair stores": pairs if mask and direction == "backward" else 0, "entries": 0}
+    want.pop({"staged": "stage reads (bool)", "registers": "pair loads (bool)"}.get(mask, ""), None)
+    return want
 
 
 def is_softcap_grad(ins: Instr) -> bool:  # the backward's 1 - tanh^2 (FFMA t, -x, x, 1 from x = capped / cap)
@@ -820,35 +892,64 @@ def is_dropout(ins: Instr) -> bool:  # Philox rounds, the keep-bit tests and the
     return ins.base == "R2P" or is_philox(ins)
 
 
-def score_mod_census(fn: Function, tr: dict[str, int], direction: str, mask: bool,
-                     dropout: bool = False) -> tuple[Iteration, dict[str, int]]:
+def score_mod_census(fn: Function, tr: dict[str, int], direction: str, mask: Optional[str] = None,
+                     dropout: bool = False, what: str = "") -> tuple[Iteration, dict[str, int], dict[str, int]]:
     """A steady-state iteration of a variable-length instance's main loop with softcap and ALiBi on
     (their warp-uniform blocks on the path: those with the tanh's reciprocal, the backward's 1 - tanh^2
-    or ALiBi's conversion),
-    and with an explicit mask (its read-only loads, and the backward's dmask stores, on the path:
-    those of pairs of entries, avoiding the one-entry fallback) or without (none of them on the
-    path). With `dropout`: dropout alone (the Philox rounds and the
-    keep multipliers on the path; softcap, ALiBi and the mask off it)."""
+    or ALiBi's conversion), and with an explicit float mask through one of its paths (`mask`):
+    "staged" (the stage's cp.async and its pair reads on the path, no read-only mask loads),
+    "registers" (the read-only pair loads, none of the stage's copies or reads), or None (no mask
+    instruction); the backward's mask rows take the dmask stores in pairs, no row the one-entry
+    fallbacks. With `dropout`: dropout alone (the Philox rounds and the keep multipliers on the path;
+    softcap, ALiBi and the mask off it). Returns the path, its census and its mask_instrs, checked
+    against expected_mask_instrs: a RuntimeError (naming `what`) when the path is not the one asked."""
     cfg = control_flow(fn)
     rows = tr["kBlockN"] if direction == "forward" else tr["kBlockM"]
+    at = tr["kSmemBytes"]
+
+    def staged(ins: Instr) -> bool:
+        return is_stage_copy(ins, at) or is_staged_mask_read(ins)
     if dropout:
         prefer, avoid = (lambda ins: is_dropout(ins) or is_score_mod(ins)), \
-            (lambda ins: is_mask_access(ins) or is_score_mod_only(ins))
-    else:  # the generator off the path (its seed reads would otherwise count as the busiest warp's loads)
-        prefer = is_score_mod
-        avoid = (lambda ins: is_philox(ins) or (is_mask_entry_access if mask else is_mask_access)(ins))
+            (lambda ins: is_mask_access(ins) or staged(ins) or is_score_mod_only(ins))
+    # The other rows keep the generator off the path (its seed reads would otherwise count as the
+    # busiest warp's global loads).
+    elif mask == "staged":
+        prefer, avoid = (lambda ins: is_score_mod(ins) or is_staged_mask_read(ins)), \
+            (lambda ins: is_mask_load(ins) or is_mask_entry_access(ins) or is_philox(ins))
+    elif mask == "registers":
+        prefer, avoid = is_score_mod, lambda ins: staged(ins) or is_mask_entry_access(ins) or is_philox(ins)
+    else:
+        prefer, avoid = is_score_mod, lambda ins: is_mask_access(ins) or staged(ins) or is_philox(ins)
     it = steady_iteration(fn, cfg, main_loop(fn, cfg), rows * tr["kChunksPerRow"] // tr["kThreads"],
                           prefer=prefer, avoid=avoid)
-    return it, census(it.instrs)
+    got, want = mask_instrs(it.instrs, at), expected_mask_instrs(tr, direction, None if dropout else mask)
+    if any(got[k] != n for k, n in want.items()):
+        raise RuntimeError(f"{what}: the census path's mask instructions {got} are not those of the "
+                           f"{mask or 'unmasked'} path {want}")
+    return it, census(it.instrs), got
+
+
+def launcher_stage_bytes(hw: Hardware, base: int, stage: int, reg_blocks: int) -> int:
+    """MaskRefs::stage_bytes on `hw`: the stage's bytes where `base` + `stage` fit one block and the SM
+    (one block's most plus 1 KiB, 1 KiB reserved per block) keeps as many blocks, at most
+    `reg_blocks`; else 0 (the launcher reads the mask from global memory)."""
+    def blocks(b: int) -> int:
+        return min(reg_blocks, (hw.smem_per_block + 1024) // (b + 1024))
+    return 0 if base + stage > hw.smem_per_block or blocks(base + stage) < blocks(base) else stage
 
 
 def score_mods(insts: list[Instance], builds: dict[tuple[Instance, str], Build]) -> list[str]:
-    """Softcap, ALiBi and explicit masks: the variable-length instance with them (kMod) against the
-    one without, per forward and backward instance and architecture."""
+    """Softcap, ALiBi, explicit masks and dropout: the variable-length instance with them (kMod)
+    against the one without, per forward and backward instance and architecture; then the mask's
+    two paths against softcap + ALiBi (the staged one where the launcher stages a float mask)."""
     tiles = {i: SeqsTiles(i.direction, i.head_dim, i.dtype) for i in insts}
     feats = {i: SeqsTiles(i.direction, i.head_dim, i.dtype, features=True) for i in insts}
     tr = traits(list(tiles.values()) + list(feats.values()))
-    rows = []
+    exprs = [feats[i].mask_stage_exprs() for i in insts]
+    values = iter(host_values([e for d in exprs for e in d.values()]))
+    stage = {i: {k: next(values) for k in d} for i, d in zip(insts, exprs)}
+    rows, mask_rows, extra = [], [], {}
     for inst in insts:
         for arch in ARCHS:
             build = builds[(inst, arch)]
@@ -856,23 +957,69 @@ def score_mods(insts: list[Instance], builds: dict[tuple[Instance, str], Build])
             tier = SMALL_TIER if inst.direction == "backward" and t["kSmemBytes"] <= 99 * 1024 and \
                 f"flash_bwd_kernel{VARLEN}{SMALL_TIER}" in fns else ""
             base = "flash_fwd_seqs_kernel" if inst.direction == "forward" else "flash_bwd_kernel" + VARLEN
-            totals = []
-            variants = (("plain", base + tier, False, False, t),
-                        ("softcap + ALiBi", base + SCORE_MODS + tier, False, False, tf),
-                        ("softcap + ALiBi + mask", base + SCORE_MODS + tier, True, False, tf),
-                        ("dropout", base + SCORE_MODS + tier, False, True, tf))
+            st = stage[inst]
+            staged = launcher_stage_bytes(HARDWARE[arch], tf["kSmemBytes"], st["bytes"], st["reg_blocks"]) \
+                if st["stages"] else 0
+            paths = ("staged", "registers") if staged else ("registers",)
+            variants = (("plain", base + tier, None, False, t),
+                        ("softcap + ALiBi", base + SCORE_MODS + tier, None, False, tf),
+                        *[(MASK_ROWS[m], base + SCORE_MODS + tier, m, False, tf) for m in paths],
+                        ("dropout", base + SCORE_MODS + tier, None, True, tf))
+            its = {}
             for label, name, mask, dropout, tt in variants:
-                it, c = score_mod_census(fns[name], tt, inst.direction, mask, dropout)
-                r = res[name]
-                totals.append(len(it.instrs))
+                it, c, kinds = score_mod_census(fns[name], tt, inst.direction, mask, dropout,
+                                                what=f"{inst.name(arch)} {name}, {label}")
+                r, its[label] = res[name], (it, kinds)
                 rows.append([inst.direction, arch, str(inst.head_dim), f"{tt['kBlockM']} x {tt['kBlockN']}", label,
                              str(r.registers), str(r.spill_stores + r.spill_loads), str(len(it.instrs)), str(c["HMMA"]),
                              _pct(c["HMMA"] / len(it.instrs)), str(c["MUFU"]), str(c["FP32"]), str(c["int"]),
                              str(c["conv"]), str(c["branch"])])
+            totals = [len(its[v[0]][0].instrs) for v in variants]
             for i in range(1, len(variants)):
                 rows[i - len(variants)][7] += f" ({totals[i] - totals[0]:+d}, {100 * (totals[i] / totals[0] - 1):+.0f}%)"
-    return _table(["kernel", "arch", "D", "tile", "instance", "registers", "spill bytes", "instr / iteration / warp",
-                   "HMMA", "HMMA share", "MUFU", "FP32", "int", "conv", "branch"], rows)
+            ref = its["softcap + ALiBi"][0]
+            for m in paths:
+                it, kinds = its[MASK_ROWS[m]]
+                more = len(it.instrs) - len(ref.instrs)
+                extra[(inst.direction, arch, inst.head_dim, m)] = more
+                waves = sum(map(smem_wavefronts, it.instrs)) - sum(map(smem_wavefronts, ref.instrs))
+                global_more = census(it.instrs)["global"] - census(ref.instrs)["global"]
+                smem = f"{tf['kSmemBytes']} + {staged} = {tf['kSmemBytes'] + staged}" if m == "staged" \
+                    else str(tf["kSmemBytes"])
+                mask_rows.append([inst.direction, arch, str(inst.head_dim), f"{tf['kBlockM']} x {tf['kBlockN']}", m,
+                                  smem, str(len(it.instrs)), f"{more:+d} ({100 * more / len(ref.instrs):+.0f}%)",
+                                  str(kinds["stage copies"]), str(kinds["stage reads"] or kinds["pair loads"]),
+                                  str(kinds["pair stores"]) if inst.direction == "backward" else "-",
+                                  f"{waves:+d}", f"{global_more:+d}"])
+    lines = [*_table(["kernel", "arch", "D", "tile", "instance", "registers", "spill bytes", "instr / iteration / warp",
+                      "HMMA", "HMMA share", "MUFU", "FP32", "int", "conv", "branch"], rows), ""]
+    lines += [mask_cost_summary(extra), "",
+              *_table(["kernel", "arch", "D", "tile", "mask path", "dynamic shared memory (bytes)",
+                       "instr / iteration / warp", "over softcap + ALiBi", "mask cp.async (LDGSTS)",
+                       "mask pair reads (LDS.64 / LDG.E.64)", "dmask pair stores (STG.E.64)",
+                       "shared wavefronts over softcap + ALiBi", "global over softcap + ALiBi"], mask_rows)]
+    return lines
+
+
+def mask_cost_summary(extra: dict[tuple[str, str, int, str], int]) -> str:
+    """One sentence on what each mask path adds per iteration over softcap + ALiBi on sm_80."""
+    def costs(path: str) -> str:
+        parts = []
+        for direction in ("forward", "backward"):
+            got = sorted((d, n) for (dr, a, d, p), n in extra.items() if dr == direction and a == "sm_80" and p == path)
+            if got:
+                parts.append(f"{direction} " + " and ".join(f"{n:+d} (D = {d})" for d, n in got))
+        return ", ".join(parts) or "-"
+    return ("The two paths of a float mask against softcap + ALiBi, the unmasked kMod row (the same kernel, so the "
+            "same registers). Dynamic shared memory is the launcher's: the feature instance's kSmemBytes, plus on the "
+            "staged path the stage MaskRefs::stage_bytes allocates (kBlockM x (kBlockN + 8) floats per stage, one "
+            "stage in the forward, kStages in the backward), where the stage fits a block and the SM keeps as many "
+            "blocks; the staged row is left out where it does not (on sm_86 / 89, not counted here, float masks "
+            "of some head dims stay in registers). Instructions per iteration over softcap + ALiBi on sm_80: staged "
+            f"{costs('staged')}; registers {costs('registers')}. The staged path issues more (the copies with "
+            "their 64-bit source steps and zero-fill predicates) and moves more shared memory (4 wavefronts per "
+            "copy, 2 per pair read), but leaves no global load between Q.K^T and the masking; this count does "
+            "not model latency.")
 
 
 def findings(results: list[Analysis]) -> list[str]:
@@ -888,10 +1035,15 @@ def findings(results: list[Analysis]) -> list[str]:
         f"or V feeds 4 HMMA: {a.per_hmma(a.counts['LDSM'])} LDSM per HMMA (FlashAttention-2: 0.31). The tile "
         f"loads issue {a.counts['LDGSTS']} LDGSTS with compile-time trip counts and one 64-bit pointer add per "
         f"chunk: {a.counts['int']} integer instructions in the whole iteration (FlashAttention-2: 106).",
-        f"- Its HMMA share, {a.share}, stays below FlashAttention-2's 27.2%: the key tile is {a.traits['kBlockN']} "
-        f"wide ({a.hmma} HMMA per iteration, FlashAttention-2 256 with 64 keys), the widest without a spill here; "
-        "the per-row softmax work (O rescale, row max and sum) is the same per iteration, so it weighs more. "
-        "The bound model is unaffected on A100: tensor-bound.",
+        (f"- Its HMMA share, {a.share}, is above FlashAttention-2's 27.2% although the key tile is "
+         f"{a.traits['kBlockN']} wide ({a.hmma} HMMA per iteration, FlashAttention-2 256 with 64 keys), the widest "
+         f"without a spill here: the iteration issues fewer instructions per HMMA ({a.per_hmma(a.total)} "
+         "against 3.68). "
+         if a.hmma / a.total > 0.272 else
+         f"- Its HMMA share, {a.share}, stays below FlashAttention-2's 27.2%: the key tile is {a.traits['kBlockN']} "
+         f"wide ({a.hmma} HMMA per iteration, FlashAttention-2 256 with 64 keys), the widest without a spill here; "
+         "the per-row softmax work (O rescale, row max and sum) is the same per iteration, so it weighs more. ")
+        + "The bound model is unaffected on A100: tensor-bound.",
         f"- On sm_90 the tensor rate per SM doubles and shared-memory bandwidth does not: D = 128 moves "
         f"{h.wavefronts} wavefronts per warp per iteration, {h.bound.clocks['shared']:.0f} clocks per SM against "
         f"{h.bound.clocks['tensor']:.0f} of HMMA, so H100 is shared-memory bound "
@@ -989,15 +1141,26 @@ def report(results: list[Analysis], command: str, tools: str, mods: list[str]) -
               "in an unused parameter. Per score the softcap costs tanhf (2 MUFU, about 14 FP32 instructions) and "
               "ALiBi an integer distance, its conversion and one FFMA (the backward converts one distance per "
               "fragment row and steps it in float); the backward adds 1 - tanh^2 on dS. "
-              "Explicit masks run in the same variant: the mask row takes the path through the mask's "
-              "read-only loads and, in the backward, the dmask stores; the other rows avoid them. A mask with "
-              "unit key stride and aligned pairs of keys (the usual contiguous mask) is read one pair of "
-              "scores per load (`LDG.E.64` for a float mask, 16 bits for a boolean one) at constant offsets "
-              "from one pointer per fragment row, the rows' offsets inside the tile in 32 bits, without bounds "
-              "checks where no sequence edge crosses the tile, and dmask is stored in pairs (`STG.E.64`); the "
-              "census takes that path (a float mask's) over the one-entry-per-load fallback of strided or "
-              "misaligned masks. Before the pairs (one load per score, each with its bounds checks and 64-bit "
-              "address arithmetic) the mask row cost, over softcap + ALiBi, sm_80: forward +692 (D = 64) and "
+              "Explicit masks run in the same variant, through one of two paths the launcher picks per call "
+              "(`MaskRefs::stage`, `csrc/cuda/flash/attn_mask.cuh`), each a row of its own (a float mask's). "
+              "**Staged**: a mask with unit key stride whose base and batch, head and row strides are multiples of "
+              "16 bytes (a contiguous mask whose rows hold a multiple of 4 floats or 16 booleans) is copied with "
+              "16-byte cp.async (`LDGSTS`) into dynamic shared memory past the other tiles, in the commit group of K "
+              "(the forward: one kBlockM x kBlockN tile per key tile) or of Q and dO (the backward: one per query "
+              "tile), and the score masking reads its pairs of keys from there (`LDS.64` for a float mask, "
+              "`LDS.U16` for a boolean one). **Registers**: the other masks with unit key stride and aligned pairs "
+              "of keys are read from global memory through the read-only path, one pair of scores per load "
+              "(`LDG.E.64.CONSTANT` for a float mask, 16 bits for a boolean one) at constant offsets from one "
+              "pointer per fragment row, the rows' offsets inside the tile in 32 bits, without bounds checks where "
+              "no sequence edge crosses the tile. Each mask row takes its path's instructions and none of the "
+              "other's; in the backward both store dmask in pairs (`STG.E.64`), and neither takes the "
+              "one-entry-per-load fallback of strided or misaligned masks. The other rows take no mask instruction "
+              "(neither the stage's copies nor its reads). The census checks each row's path against the tile "
+              "(the counts in the second table below: kBlockM x kBlockN / (2 x threads) pair reads or loads per "
+              "thread and iteration, and, staged, the busiest thread's share of the tile's 16-byte chunks) and "
+              "stops where a path lacks them or holds the other path's. Before the pairs (one load per score, each "
+              "with its bounds checks and 64-bit address arithmetic) the register path cost, over softcap + ALiBi, "
+              "sm_80: forward +692 (D = 64) and "
               "+516 (D = 128) instructions per iteration, backward +543 and +273. In the backward each feature is a "
               "block-uniform pass of its own over a fragment row (softcap's derivative after dS, ALiBi's bias, "
               "the mask's reads, the dmask stores, dropout's multipliers) around the plain instance's P and dS "
@@ -1005,8 +1168,12 @@ def report(results: list[Analysis], command: str, tools: str, mods: list[str]) -
               "and register moves (about one per score at D = 64, sm_80) that keep the capped S past ALiBi's and the mask's passes. Dropout "
               "(`csrc/cuda/flash/dropout.cuh`) runs in the same variant; its row takes the path through its "
               "block-uniform blocks (the Philox rounds, one generator call per m16 x n8 tile and thread, about "
-              "45 instructions each, and the keep multipliers of P and dP) with softcap, ALiBi and the mask off "
-              "the path. The other feature rows pay dropout's untaken branches "
+              "70 instructions each, and the keep multipliers of P and dP) with softcap, ALiBi and the mask off "
+              "the path. The seed and offset come from device memory (drawn there by torch's generator, never "
+              "read back by the host): each call re-reads them (one 16-byte load) and steps the round keys "
+              "from the seed (one add per key and round); with the keys precomputed on the host in the kernel "
+              "parameters the row cost 145-205 fewer instructions per iteration (sm_80, D = 64 and 128), but "
+              "every call waited for the draw. The other feature rows pay dropout's untaken branches "
               "(against the kernels before dropout: forward -2 to +13 instructions per iteration, backward +25 to +77) "
               "and up to 22 more registers, none spilled.", "",
               *mods, "",

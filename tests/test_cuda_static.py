@@ -163,6 +163,48 @@ def test_backward_main_loop_at_design_point(sass_tool, builds, arch, head_dim):
         assert a.bound.tensor_fraction >= BACKWARD_TENSOR_FRACTION[head_dim], a.bound.clocks
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_score_mod_census_takes_each_mask_path(sass_tool, builds, arch):
+    """bench/cuda_static.py's explicit-mask rows (D = 64 and 128, the report's): the staged row's path
+    holds the stage's cp.async of one float mask tile (kBlockM x kBlockN, per key tile in the forward,
+    per query tile in the backward) and its LDS.64 pair reads, no read-only mask load; the register
+    row's the LDG.E.64 pair loads and nothing of the stage; the backward's both the dmask pair stores;
+    the unmasked row no mask instruction. A path without its instructions raises (the plain
+    instance has no mask code)."""
+    insts = [i for i, _ in of_arch(builds, arch) if i.direction != "interp" and i.head_dim in cs.DEFAULT_HEAD_DIMS]
+    feats = {i: cs.SeqsTiles(i.direction, i.head_dim, i.dtype, features=True) for i in insts}
+    tiles = cs.traits(list(feats.values()))
+    for inst in insts:
+        t, fns = tiles[feats[inst]], cs.disassemble(builds[(inst, arch)].cubin)
+        kernel = next(k for k in fns if cs.SCORE_MODS in k and k.startswith(("flash_fwd_seqs", "flash_bwd_kernel")))
+        cells, threads = t["kBlockM"] * t["kBlockN"], t["kThreads"]
+        pairs, stores = cells // (2 * threads), cells // (2 * threads) if inst.direction == "backward" else 0
+        _, _, staged = cs.score_mod_census(fns[kernel], t, inst.direction, "staged")
+        _, _, regs = cs.score_mod_census(fns[kernel], t, inst.direction, "registers")
+        _, _, none = cs.score_mod_census(fns[kernel], t, inst.direction, None)
+        name = f"{inst.name(arch)} {kernel}"
+        assert staged["stage copies"] == -(-cells * 4 // 16 // threads) > 0, (name, staged)
+        assert staged["stage reads"] == pairs and staged["pair stores"] == stores, (name, staged)
+        assert staged["pair loads"] == staged["pair loads (bool)"] == staged["entries"] == 0, (name, staged)
+        assert regs["pair loads"] == pairs and regs["pair stores"] == stores, (name, regs)
+        assert regs["stage copies"] == regs["stage reads"] == regs["stage reads (bool)"] == regs["entries"] == 0, \
+            (name, regs)
+        assert not any(none.values()), (name, none)
+        with pytest.raises(RuntimeError, match="staged path"):
+            cs.score_mod_census(fns[kernel.replace(cs.SCORE_MODS, "")], t, inst.direction, "staged")
+
+
+def test_launcher_stage_bytes():
+    """The staged mask's shared memory as MaskRefs::stage_bytes sizes it: where it fits one block and
+    costs the SM no block; else none (the register path)."""
+    a100 = cs.HARDWARE["sm_80"]
+    assert cs.launcher_stage_bytes(a100, 27648, 18432, 2) == 18432
+    assert cs.launcher_stage_bytes(a100, 91136, 34816, 1) == 34816
+    assert cs.launcher_stage_bytes(a100, 60000, 30000, 2) == 0  # 2 blocks of 61 KiB per SM, 1 of 91 KiB
+    assert cs.launcher_stage_bytes(a100, 60000, 30000, 1) == 30000  # the registers allow 1 block anyway
+    assert cs.launcher_stage_bytes(a100, 150000, 20000, 1) == 0  # past the 163 KiB of one block
+
+
 @pytest.mark.skipif(shutil.which("nm") is None, reason="needs nm (binutils)")
 def test_dispatch_makes_q_device_current(tmp_path):
     """csrc/cuda/flash/dispatch.cu (host side, nvcc) compiles its device guard: the entry points
