@@ -10,7 +10,10 @@ first failure:
   2. pytest tests/emu/test_emu_edges.py            (edge-tile sweep)
   3. pytest tests/test_attention.py test_nan.py test_nn.py test_api.py -k emu
                                                    (numerical tests, FLASHATTN_EXT_BACKEND=emu)
-  4. pytest tests/emu                              (the emulator's own tests; nvcc ones excluded)
+  4. pytest tests/test_attn_mask.py test_score_mods.py test_dropout.py test_masked.py -k FEATURE_K
+                                                   (the feature (kMod) instances: explicit masks,
+                                                   softcap, ALiBi, dropout; under a minute)
+  5. pytest tests/emu                              (the emulator's own tests; nvcc ones excluded)
 
 A mutant is *caught* when some stage fails (a test failure, an emulator error or a timeout),
 *missed* when every stage passes, *build-failed* when it does not compile (not counted in the
@@ -37,6 +40,8 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 FWD, BWD = "csrc/cuda/flash/fwd_kernel.cuh", "csrc/cuda/flash/bwd_kernel.cuh"
+MASK, MODS = "csrc/cuda/flash/attn_mask.cuh", "csrc/cuda/flash/score_mod.cuh"
+DROP, INTERP = "csrc/cuda/flash/dropout.cuh", "csrc/cuda/flash/interp_kernels.cuh"
 
 
 class Mutant(NamedTuple):
@@ -138,13 +143,62 @@ MUTANTS = [
            "P^T and dS^T fragments of dV and dK with the ldmatrix row and column selectors swapped"),
     Mutant("bwd-row-stats-sync", BWD, "      __syncthreads();  // sK, sV are refilled next\n", "",
            "missing __syncthreads in the row statistics: K, V refilled while other warps read them"),
+    # --- feature (kMod) instances: explicit masks, softcap, ALiBi, dropout, attention weights ---
+    Mutant("fwd-mask-stage-key", FWD, "mask_row_offset(p, b, h, m0) + int64_t(j) * BN,",
+           "mask_row_offset(p, b, h, m0) + int64_t(j_lo) * BN,",
+           "forward's staged mask tile always copied from the block's first key tile, not tile j"),
+    Mutant("bwd-mask-stage-query", BWD, "mask_row_offset(p, b, h0 + head, m) + n0",
+           "mask_row_offset(p, b, h0 + head, int64_t(t_first) * BM) + n0",
+           "backward's staged mask tile copied from the key block's first query tile for every query tile"),
+    Mutant("mask-staged-row", MASK, "(mt * 16 + 8 * r) * Tile::kLdKeep", "(mt * 16) * Tile::kLdKeep",
+           "staged boolean mask read at fragment row g for row g + 8 as well"),
+    Mutant("mask-stage-key-fill", MASK, "bytes = !KeyBound || left >= 16 ? 16 : left > 0 ? left : 0;",
+           "bytes = 16;", "mask stage copies whole chunks past Sk instead of zero-filling them (reads past the mask)"),
+    Mutant("mask-bool-sense", MASK, "if (p.mask_bool) return load_nc(keep + at) != 0 ? 0.0f : neg_inf<float>();",
+           "if (p.mask_bool) return load_nc(keep + at) == 0 ? 0.0f : neg_inf<float>();",
+           "boolean mask's sense inverted on the entry-at-a-time path (strided views, tile edges, row statistics)"),
+    Mutant("fwd-alibi-key", FWD, "int(alibi_position(m0 + wrow + g, seq.seqlen_q, seq.seqlen_k) - int64_t(j) * BN), 2 * t);",
+           "int(alibi_position(m0 + wrow + g, seq.seqlen_q, seq.seqlen_k) - int64_t(j) * BN), 2 * t + 1);",
+           "forward ALiBi distance off by one: key 2t taken as 2t + 1"),
+    Mutant("bwd-alibi-sign", MODS, "return x - slope2 * fabsf(dist);", "return x + slope2 * fabsf(dist);",
+           "backward's ALiBi bias with the wrong sign (+slope |pos - key|)"),
+    Mutant("softcap-after-alibi", MODS,
+           "    cap(s);\n    if (slope2 != 0.0f)\n#pragma unroll\n      for (int mt = 0; mt < MT; ++mt)\n#pragma unroll\n"
+           "        for (int nt = 0; nt < NT; ++nt)\n#pragma unroll\n          for (int i = 0; i < 4; ++i) "
+           "s[mt][nt][i] = bias(s[mt][nt][i], slope2, pos0 + mt * 16 + 8 * (i / 2), key0 + nt * 8 + i % 2);\n",
+           "    if (slope2 != 0.0f)\n#pragma unroll\n      for (int mt = 0; mt < MT; ++mt)\n#pragma unroll\n"
+           "        for (int nt = 0; nt < NT; ++nt)\n#pragma unroll\n          for (int i = 0; i < 4; ++i) "
+           "s[mt][nt][i] = bias(s[mt][nt][i], slope2 / scale2, pos0 + mt * 16 + 8 * (i / 2), key0 + nt * 8 + i % 2);\n"
+           "    cap(s);\n",
+           "softcap applied after the ALiBi bias (the bias capped too) in the forward and the row statistics"),
+    Mutant("bwd-softcap-grad", BWD, "*= mods.grad(capped[nt][c]);", "*= 1.0f;",
+           "backward's dS not multiplied by the softcap's derivative 1 - tanh^2"),
+    Mutant("dropout-partner", DROP,
+           "const uint32_t lo = (odd ? other : own) >> (2 * odd), hi = (odd ? own : other) >> (2 * odd);",
+           "const uint32_t lo = (odd ? own : other) >> (2 * odd), hi = (odd ? other : own) >> (2 * odd);",
+           "dropout keep bits of the own and the partner lane's (shuffled) rows exchanged: rows g and g + 8 swapped"),
+    Mutant("dropout-drawn-seed", DROP, "return Key{r.x, r.y, r.z};",
+           "return Key{uint32_t(seed), uint32_t(seed >> 32), r.z};",
+           "Dropout::key takes the parameters' seed instead of the one drawn on the device"),
+    Mutant("bwd-dropout-scale", BWD,
+           "x[nt][2 * r + c] = drop.apply(x[nt][2 * r + c], keep[mt], nt, 2 * r + c);",
+           "x[nt][2 * r + c] = Dropout::kept(keep[mt], nt, 2 * r + c) ? x[nt][2 * r + c] : 0.0f;",
+           "backward drops entries without the 1 / (1 - p) scale of the kept ones"),
+    Mutant("interp-no-alibi", INTERP, "        x += alibi_bias(slope2, apos[i >> 1], key);\n", "",
+           "attention-weights kernel (return_attn_probs) without the ALiBi bias"),
 ]
 
+# The feature tests' emulator cases: the backend fixture's "emu" ids, the tests that set the
+# emulator themselves ("emulated", "emulator" in their names, where="emu"), and the dropout tests
+# that compare the emulated kernels' keep mask and NaNs with the CPU kernels'.
+FEATURE_K = "emu or cuda_keep_mask or nan_reaches"
 STAGES: List[Tuple[str, List[str]]] = [
     ("fae_emu_test", ["ctest", "--test-dir", "{build}", "-R", "^fae_emu_test$", "--output-on-failure"]),
     ("edge sweep", ["{py}", "-m", "pytest", "tests/emu/test_emu_edges.py"]),
     ("emu numerical", ["{py}", "-m", "pytest", "tests/test_attention.py", "tests/test_nan.py",
                        "tests/test_nn.py", "tests/test_api.py", "-k", "emu"]),
+    ("emu features", ["{py}", "-m", "pytest", "tests/test_attn_mask.py", "tests/test_score_mods.py",
+                      "tests/test_dropout.py", "tests/test_masked.py", "-k", FEATURE_K]),
     ("emulator", ["{py}", "-m", "pytest", "tests/emu", "--ignore=tests/emu/test_emu_edges.py",
                   "--ignore=tests/emu/test_emu_nvcc.py"]),
 ]
