@@ -184,7 +184,7 @@ MUTANTS = [
            "x[nt][2 * r + c] = drop.apply(x[nt][2 * r + c], keep[mt], nt, 2 * r + c);",
            "x[nt][2 * r + c] = Dropout::kept(keep[mt], nt, 2 * r + c) ? x[nt][2 * r + c] : 0.0f;",
            "backward drops entries without the 1 / (1 - p) scale of the kept ones"),
-    Mutant("interp-no-alibi", INTERP, "        x += alibi_bias(slope2, apos[i >> 1], key);\n", "",
+    Mutant("interp-no-alibi", INTERP, "        x = ScoreMods::bias(x, slope2, int(apos[i >> 1]), int(key));\n", "",
            "attention-weights kernel (return_attn_probs) without the ALiBi bias"),
 ]
 

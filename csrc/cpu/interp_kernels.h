@@ -15,9 +15,9 @@
 
 #include "common/interp_params.h"
 #include "common/mask.h"
-#include "common/score_mod.h"
 #include "common/topk.h"
 #include "cpu/gemm.h"
+#include "cpu/score_mod.h"
 #include "cpu/thread_pool.h"
 #include "cpu/tiles.h"
 
@@ -100,7 +100,7 @@ struct Weights {
       for (int64_t k0 = span.lo; k0 <= span.hi; k0 += bk) {
         const int64_t nk = std::min(bk, span.hi + 1 - k0);
         st.compute(k, p.k_row_stride, k0, nk, qbuf, nq, p.scale_log2);
-        modify(st.s, ldp, b, h, w.rows + r0, nq, k0, nk);
+        modify(st.s, ldp, b, h, w.rows + r0, nq, k0);
         for (int64_t r = 0; r < nq; ++r) online_softmax(st.s + r * ldp, k0, nk, lo[r], hi_[r], m[r], l[r], lanes);
       }
       for (int64_t r = 0; r < nq; ++r) lse2[r] = l[r] == 0.f ? -neg_inf<float>() : lse2_of(m[r], l[r]);
@@ -115,7 +115,7 @@ struct Weights {
     for (int64_t k0 = span.lo; k0 <= span.hi; k0 += bk) {
       const int64_t nk = std::min(bk, span.hi + 1 - k0);
       st.compute(k, p.k_row_stride, k0, nk, qbuf, nq, p.scale_log2);
-      modify(st.s, ldp, b, h, w.rows + r0, nq, k0, nk);
+      modify(st.s, ldp, b, h, w.rows + r0, nq, k0);
       for (int64_t r = 0; r < nq; ++r) {
         float* pr = probs + (r0 + r) * w.p_row_stride + k0;
         const float* sr = st.s + r * ldp;
@@ -132,19 +132,23 @@ struct Weights {
     }
   }
 
-  // Softcap and ALiBi (common/score_mod.h) on the log2-domain scores s (nq rows, ldp apart) of
-  // query rows `rows` against keys k0 .. k0 + nk - 1, as the forward transforms them.
-  void modify(float* s, int64_t ldp, int64_t b, int64_t h, const int64_t* rows, int64_t nq, int64_t k0,
-              int64_t nk) const {
+  // Softcap and ALiBi on the log2-domain scores s (nq rows, ldp apart, ldp a multiple of W) of
+  // query rows `rows` against keys k0 .. k0 + ldp - 1, with the forward's vector transforms
+  // (cpu/score_mod.h: ScoreMod), so that the probabilities match the forward's lse.
+  void modify(float* s, int64_t ldp, int64_t b, int64_t h, const int64_t* rows, int64_t nq, int64_t k0) const {
     if (!has_score_mod(p)) return;
-    const float cap2 = float(p.softcap * kLog2e), inv_cap2 = p.softcap > 0.f ? 1.f / cap2 : 0.f;
-    const float slope2 = alibi_slope(p, b, h) * float(kLog2e);
+    const ScoreMod<V> sm(p);
+    const R nslope = V::set1(-alibi_slope(p, b, h) * float(kLog2e));
+    float lane[W];
+    for (int w = 0; w < W; ++w) lane[w] = float(w);
+    const R lanes = V::load(lane);
     for (int64_t r = 0; r < nq; ++r) {
-      const int64_t pos = alibi_position(rows[r], p.seqlen_q, p.seqlen_k);
-      for (int64_t j = 0; j < nk; ++j) {
-        float x = s[r * ldp + j];
-        if (p.softcap > 0.f) x = softcap_score(x, cap2, inv_cap2);
-        s[r * ldp + j] = x + alibi_bias(slope2, pos, k0 + j);
+      const R pos = V::set1(float(alibi_position(rows[r], p.seqlen_q, p.seqlen_k)));
+      for (int64_t j = 0; j < ldp; j += W) {
+        R x = V::load(s + r * ldp + j);
+        if (sm.cap2 > 0.f) x = sm.softcap(x, nullptr);
+        if (sm.alibi) x = sm.bias(x, nslope, pos, V::add(V::set1(float(k0 + j)), lanes));
+        V::store(s + r * ldp + j, x);
       }
     }
   }

@@ -22,11 +22,11 @@ namespace fae::cuda {
 
 struct Dropout {
   gptr<const uint4> rng;  // drawn: the int64 pair (seed, offset) in device memory
-  uint64_t seed;             // else these
+  uint64_t seed;          // else these
   uint32_t offset;
-  uint32_t threshold;  // kept <=> word >= threshold
+  uint32_t threshold;     // kept <=> word >= threshold
   uint32_t heads_q;
-  float scale;  // 1 / (1 - p), of the kept probabilities
+  float scale;            // 1 / (1 - p), of the kept probabilities
   bool on, drawn;
 
   // Announces the drawn pair to the emulator's next launch: built per launch.

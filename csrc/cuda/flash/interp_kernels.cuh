@@ -161,7 +161,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
         const KeyRange& kr = keys[i >> 1];
         float x = s[nt][i] * mods.scale2;
         if (mods.cap2 > 0.0f) x = softcap_score(x, mods.cap2, mods.inv_cap2);
-        x += alibi_bias(slope2, apos[i >> 1], key);
+        x = ScoreMods::bias(x, slope2, int(apos[i >> 1]), int(key));
         s[nt][i] = key >= kr.lo && key <= kr.hi ? x : neg_inf<float>();
       }
   };
