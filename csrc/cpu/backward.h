@@ -258,7 +258,8 @@ struct Backward {
           }
           if (mods) modify_scores(b, h, seq, i0, nq, keys, s, grad);  // into the log2 domain
           if (has_attn_mask(p))
-            for (int64_t r = 0; r < nq; ++r) mask_scores(mask_row_offset(p, b, h, i0 + r), k0, nk, s + r * ldp, mtmp);
+            for (int64_t r = 0; r < nq; ++r)
+              mask_scores(mask_row_offset(p, b, h, i0 + r), k0, nk, s + r * ldp, mtmp, bq * p.mask_row_stride);
           probabilities(sp, b, h, i0, nq, k0, nk, s, dp, grad, mult, dmrow);
           if (amx) {
             amx_grads(qi, p.q_row_stride, doi, bp.do_row_stride, nq, nk, s, dp, dva, dka,
@@ -352,19 +353,24 @@ struct Backward {
   // The explicit mask on the log2-domain scores x[0 .. nk) of keys k0 .. k0 + nk - 1 of the mask row
   // at offset `row` (t: nk rounded up to W floats of scratch): + value * log2(e), as the forward's
   // apply_mask (mask_scores_t: the same, transposed). A mask with contiguous keys is read as
-  // vectors (booleans through V::bool_bias); others are gathered into t first.
-  void mask_scores(int64_t row, int64_t k0, int64_t nk, float* x, float* t) const {
+  // vectors (booleans through V::bool_bias), the values `ahead` elements on (the next query
+  // block's row) asked for in advance (prefetch_mask); others are gathered into t first.
+  void mask_scores(int64_t row, int64_t k0, int64_t nk, float* x, float* t, int64_t ahead) const {
     const R l2e = V::set1(float(kLog2e));
     if (p.mask_bool && p.mask_col_stride == 1) {
       const uint8_t* m = static_cast<const uint8_t*>(p.attn_mask) + row + k0;
-      for (int64_t j = 0; j < nk; j += W)
+      for (int64_t j = 0; j < nk; j += W) {
+        if (ahead != 0 && j % kLineBytes == 0) prefetch_mask(m + j + ahead);
         V::store(x + j, V::fma(V::bool_bias(m + j, int(std::min<int64_t>(W, nk - j))), l2e, V::load(x + j)));
+      }
       return;
     }
     if (!p.mask_bool && p.mask_col_stride == 1) {
       const float* m = static_cast<const float*>(p.attn_mask) + row + k0;
-      for (int64_t j = 0; j < nk; j += W)
+      for (int64_t j = 0; j < nk; j += W) {
+        if (ahead != 0 && j % (kLineBytes / 4) == 0) prefetch_mask(m + j + ahead);
         V::store(x + j, V::fma(j + W <= nk ? V::load(m + j) : V::loadn(m + j, int(nk - j)), l2e, V::load(x + j)));
+      }
       return;
     }
     mask_row(p, row, k0, nk, t);
@@ -546,8 +552,8 @@ struct Backward {
     bool shared = true;
     for (int64_t c = 1; c < nq; ++c) shared &= mrow[c] == mrow[0];
     if (!shared) {
-      for (int64_t c = 0; c < nqp; c += W)
-        add_mask_t<V>(p, mrow + c, int(std::min<int64_t>(W, nq - c)), k0, nk, st + c, nqp, t);
+      for (int64_t c = 0; c < nqp; c += W)  // these rows read the next key tile next: bk values on
+        add_mask_t<V>(p, mrow + c, int(std::min<int64_t>(W, nq - c)), k0, nk, st + c, nqp, t, bk);
       return;
     }
     const R l2e = V::set1(float(kLog2e));

@@ -419,8 +419,8 @@ struct Forward {
     bool shared = true;
     for (int64_t c = 1; c < ncol; ++c) shared &= mrow[c] == mrow[0];
     if (!shared) {
-      for (int64_t c = 0; c < pn.ncolp; c += W)
-        add_mask_t<V>(p, mrow + c, int(std::clamp<int64_t>(ncol - c, 0, W)), k0, nk, st + pn.col(bk, c), pn.pw, mtile);
+      for (int64_t c = 0; c < pn.ncolp; c += W)  // these rows read the next key tile next: bk values on
+        add_mask_t<V>(p, mrow + c, int(std::clamp<int64_t>(ncol - c, 0, W)), k0, nk, st + pn.col(bk, c), pn.pw, mtile, bk);
       return;
     }
     const R l2e = V::set1(float(kLog2e));
