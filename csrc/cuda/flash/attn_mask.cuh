@@ -15,9 +15,11 @@
 // 64-bit source steps included, against +98 and +84 for the pair loads below, which leave a global
 // load's latency between Q.K^T and the softmax. The backward's main kernel (bwd_kernel.cuh) stages
 // the same masks: the tile of each query tile it visits (BM rows x its BN keys) copied with that
-// tile's Q and dO, one stage per Q buffer, read by add_staged_row in its per-row passes. Other
-// masks (transposed, views at odd offsets or strides, and the backward's row statistics) are read in place through their element strides (0 on broadcast
-// dimensions), straight from global memory into registers through the read-only cache (load_nc):
+// tile's Q and dO, one stage per Q buffer, read by add_staged_row in its per-row passes; the
+// row statistics (bwd_row_stats) stage each key tile's with its K and V where the SM keeps as many
+// blocks. Other masks (transposed, views at odd offsets or strides) are read in place through
+// their element strides (0 on broadcast dimensions), straight from global memory into registers
+// through the read-only cache (load_nc):
 // the four lanes of a fragment row read 8 consecutive keys (one 32-byte sector of a float mask
 // with unit key stride). A thread's entries come in pairs of keys (2t, 2t + 1): with unit key
 // stride and pairs aligned (tested at launch: MaskRefs::pairs) each pair is one load (16 or 64

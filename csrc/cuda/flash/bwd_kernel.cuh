@@ -253,6 +253,8 @@ __global__ void __launch_bounds__(Tr::kThreads)
   sptr<float> sSum = ptr_cast<float>(sdO + Tr::kSmemQ);  // [warp column][row] partial sums of P'
   sptr<float> sDot = sSum + Tr::kSdpWarpsN * BM;         // ... and of P' dP
   sptr<float> sLse2 = sDot + Tr::kSdpWarpsN * BM;        // lse2 per row
+  using MTile = MaskTile<BM, BN, Tr::kThreads>;
+  [[maybe_unused]] const sptr<uint8_t> sM = ptr_cast<uint8_t>(sLse2 + BM);  // staged mask: one key tile's
 
   if (threadIdx.x < BM) {
     const int64_t row = m0 + threadIdx.x;
@@ -282,8 +284,11 @@ __global__ void __launch_bounds__(Tr::kThreads)
     const KeyRange first = visible_keys(m0, p), last = visible_keys(m0 + rows_valid - 1, p);
     const gptr<const T> kb = k + (b_kv * p.k_batch_stride + hk * p.k_head_stride);
     const gptr<const T> vb = v + (b_kv * p.v_batch_stride + hk * p.v_head_stride);
+    [[maybe_unused]] const int64_t mask_at = kMod && am.stage ? mask_row_offset(p, b, h, m0) : 0;  // the tile's key 0
     for (int64_t n0 = span.lo / BN * BN; n0 <= span.hi; n0 += BN) {
       const int keys_valid = int(min64(BN, p.seqlen_k - n0));
+      if constexpr (kMod)  // the mask's tile beside K and V: rows past Sq, keys past Sk zero-filled
+        if (am.stage) am.stage_tile<MTile, true>(sM, p, mask_at + n0, rows_valid, keys_valid);
       copy_tile_async<MapK, LD, true>(sK, kb + n0 * p.k_row_stride, p.k_row_stride, keys_valid);
       copy_tile_async<MapK, LD, true>(sV, vb + n0 * p.v_row_stride, p.v_row_stride, keys_valid);
       cp_async_wait_all();
@@ -293,12 +298,21 @@ __global__ void __launch_bounds__(Tr::kThreads)
       if constexpr (kMod)  // the forward's log2-domain scores, from this thread's row g and column 2t
         mods.apply(tile.s, mods.slope2(p, slopes, b, h),
                    int(alibi_position(m0 + wm * Tr::kSdpM + g, p.seqlen_q, p.seqlen_k) - n0 - wn * Tr::kSdpN), 2 * t);
-      if constexpr (kMod)
-        if (p.attn_mask != nullptr)
-          am.apply(tile.s, p, b, h, m0 + wm * Tr::kSdpM + g, n0 + wn * Tr::kSdpN + 2 * t, p.seqlen_q, p.seqlen_k);
+      if constexpr (kMod) {
+        if (am.stage) {
+        } else if (p.attn_mask != nullptr)  // one load per entry (with pair loads too, ptxas spilled at D = 128, 160)
+          am.apply<Sdp::MT, Sdp::NT, false>(tile.s, p, b, h, m0 + wm * Tr::kSdpM + g, n0 + wn * Tr::kSdpN + 2 * t,
+                                            p.seqlen_q, p.seqlen_k);
+      }
       const bool whole = keys_valid == BN && n0 >= last.lo && n0 + BN - 1 <= first.hi;
 #pragma unroll
-      for (int mt = 0; mt < Sdp::MT; ++mt)
+      for (int mt = 0; mt < Sdp::MT; ++mt) {
+        if constexpr (kMod)
+          if (am.stage)
+#pragma unroll
+            for (int r = 0; r < 2; ++r)
+              MaskRefs::add_staged_row<MTile, Sdp::NT>(tile.s[mt], r, p.mask_bool, sM, wm * Tr::kSdpM + mt * 16 + 8 * r + g,
+                                                       wn * Tr::kSdpN + 2 * t);
 #pragma unroll
         for (int nt = 0; nt < Sdp::NT; ++nt)
 #pragma unroll
@@ -310,6 +324,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
             psum[mt][r] += pt;
             pdot[mt][r] += pt * tile.dp[mt][nt][i];
           }
+      }
       __syncthreads();  // sK, sV are refilled next
     }
     cp_async_wait_all();  // Q, dO when the rows see no key

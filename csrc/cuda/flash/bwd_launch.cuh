@@ -17,6 +17,8 @@ namespace fae::cuda {
 // 221-255 registers (sm_80 / 86 / 89 / 90), one block of 256 threads or two of 128.
 template <class Tr>
 constexpr std::size_t kBwdRegBlocks = Tr::kThreads >= 256 ? 1 : 2;
+// No register bound: the most blocks an SM of sm_80 - sm_90 runs.
+constexpr std::size_t kMaxBlocksPerSm = 32;
 
 template <class Tr, bool kSeqs, bool kMod = false>
 void run_backward_tiles(const BwdParams& bp, float* stats, float* dq_accum, Stream stream) {
@@ -46,15 +48,20 @@ void run_backward_tiles(const BwdParams& bp, float* stats, float* dq_accum, Stre
   const auto dropout = [&] { return kMod ? Dropout::of(p) : Dropout{}; };
   const gptr<const T> out =
       kMod && has_dropout(p) ? q_like(p.out, p.o_batch_stride, p.o_row_stride, p.o_head_stride) : gptr<const T>{};
+  // The row statistics stage the mask's key tile past their own shared memory where the SM keeps
+  // as many blocks as the shared memory allowed without it.
+  MaskRefs stats_mask = mask_refs();
+  const std::size_t stats_stage = stats_mask.stage_bytes(
+      Tr::kSmemStatsBytes, MaskTile<Tr::kBlockM, Tr::kBlockN, Tr::kThreads>::bytes(p.mask_bool), kMaxBlocksPerSm);
   launch("flash_bwd_row_stats", bwd_row_stats<Tr, kSeqs, kMod>,
-         LaunchConfig{stats_grid, dim3(Tr::kThreads), Tr::kSmemStatsBytes, stream}, bp, w,
+         LaunchConfig{stats_grid, dim3(Tr::kThreads), Tr::kSmemStatsBytes + stats_stage, stream}, bp, w,
          q_like(p.q, p.q_batch_stride, p.q_row_stride, p.q_head_stride),
          kv_like(p.k, p.k_batch_stride, p.k_row_stride, p.k_head_stride),
          kv_like(p.v, p.v_batch_stride, p.v_row_stride, p.v_head_stride),
          q_like(bp.dout, bp.do_batch_stride, bp.do_row_stride, bp.do_head_stride),
          gbuf(static_cast<const float*>(p.lse), lse_extent),
          gbuf(static_cast<const float*>(bp.dlse), bp.dlse ? lse_extent : 0), gbuf(stats, 4 * rows), gbuf(dq_accum, accum),
-         seq_buffers(p), mods, slopes, mask_refs(), dropout(), out);
+         seq_buffers(p), mods, slopes, stats_mask, dropout(), out);
 
   const int64_t key_blocks = (p.seqlen_k + Tr::kBlockN - 1) / Tr::kBlockN;
   const dim3 grid(unsigned(bp.deterministic ? w.splits : key_blocks), unsigned(p.heads_kv), unsigned(p.batch));
