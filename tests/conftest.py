@@ -82,7 +82,9 @@ def backend(request, monkeypatch) -> Iterator[str]:
 
 @pytest.fixture
 def gen() -> torch.Generator:
-    """Fresh random data every run; the seed is printed, so a failure's output shows it."""
-    seed = int.from_bytes(os.urandom(4), "little")
+    """Fresh random data every run; the seed is printed, so a failure's output shows it, and
+    FAE_TEST_SEED=<seed> replays it."""
+    env = os.environ.get("FAE_TEST_SEED")
+    seed = int(env) if env else int.from_bytes(os.urandom(4), "little")
     print(f"random seed {seed}")
     return torch.Generator().manual_seed(seed)
