@@ -301,6 +301,23 @@ def test_dropout_with_an_explicit_mask(backend, gen, dtype):
 
 
 @pytest.mark.parametrize("dtype", [F32, BF16, F16], ids=str)
+def test_mask_gradient_rows_sum_to_zero(backend, gen, dtype):
+    """The gradient of an additive mask is dS = P (M dP - delta), whose rows sum to zero when
+    delta is sum_j P_ij M_ij dP_ij of the same P and dP. A delta taken as dO . O from a 16-bit
+    output errs by its rounding (2^-9 of the row's terms in bfloat16), and every dS of the row
+    with it: row sums of the float32 mask gradient must stay at float32 rounding."""
+    needs_kernel(backend, dtype, backward=True)
+    b, sq, sk, h, d, p = 2, 37, 50, 3, 16, 0.3
+    seed = int(torch.randint(0, 2 ** 62, (), generator=gen))
+    q, k, v = (randn(gen, b, s, h, d, dtype=dtype).requires_grad_() for s in (sq, sk, sk))
+    bias = randn(gen, b, h, sq, sk).requires_grad_()
+    out = fa.attention(q, k, v, attn_mask=bias, dropout_p=p, seed=seed)
+    dmask, = torch.autograd.grad(out, (bias,), randn(gen, *out.shape, dtype=dtype))
+    rows = dmask.double()
+    assert rows.sum(-1).abs().max() <= 1e-4 * rows.abs().sum(-1).max()
+
+
+@pytest.mark.parametrize("dtype", [F32, BF16, F16], ids=str)
 @pytest.mark.parametrize("band", [(False, (-1, -1)), (True, (-1, -1)), (False, (20, 7))],
                          ids=["full", "causal", "window20_7"])
 def test_dropout_with_softcap_and_alibi(backend, gen, dtype, band):

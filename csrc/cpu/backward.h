@@ -27,8 +27,11 @@
 //   dV = (P * M)^T . dO,  dP = M * (dO . V^T)   (the gradient with respect to the undropped P)
 //   dS = P * (dP - delta),  delta_i = sum_j P_ij dP_ij = sum_j (P * M)_ij (dO . V^T)_ij = dO_i . O_i
 // The mask is regenerated from (seed, offset, b, h, i, j): dP is multiplied by M where dS is
-// taken (probabilities, dq_task's sweep), and P by M after dS for dV, only in calls that use it;
-// row_stats then takes delta as dO . O, so that its sweep needs no mask.
+// taken (probabilities, dq_task's sweep), and P by M after dS for dV, only in calls that use it.
+// row_stats takes delta as dO . O for float32 and float64 inputs, so that its sweep needs no mask;
+// a 16-bit output is rounded to 8 or 11 bits, and dO . O then errs by that rounding for every dS
+// of the row (bfloat16 dK was 1 ulp off the float64 gradient, 4x the naive bfloat16 error), so
+// for 16-bit inputs row_stats sums P * M * dP from its own scores as without dropout (kDeltaFromP).
 // Variable-length batches: each pass is one parallel_for over the tasks of every sequence
 // (sequences.h); a sequence reads its rows through the offsets of common/seqlens.h.
 #pragma once
@@ -60,6 +63,8 @@ struct Backward {
   int64_t D, group, bq, bk, ldp, nchunks;
   ScoreMod<V> sm;
   bool mods;  // softcap, ALiBi or an explicit mask
+  // With dropout, delta from the row's own P * M * dP rather than dO . O (see the top).
+  static constexpr bool kDeltaFromP = sizeof(T) == 2;
   bool drop;  // dropout
   bool amx;   // kAmx with D a multiple of 32, bk of 32 and bq of 16
   int64_t Sq;  // the longest sequence's queries: the row stride of the per-row arrays below
@@ -142,7 +147,7 @@ struct Backward {
       if (ps[c] == 0.f)  // the row sees no key: dS = 0 whatever dout and dlse hold
         delta[i] = 0.f;
       else {  // d lse_i / d s_ij = P_ij folds into delta
-        const float d = drop ? out_dot(s, h, i0 + c) : pd[c] / ps[c];
+        const float d = drop && !kDeltaFromP ? out_dot(s, h, i0 + c) : pd[c] / ps[c];
         delta[i] = dlse ? d - dlse[i0 + c] : d;
       }
     }
@@ -435,7 +440,8 @@ struct Backward {
   // are 0 in both (every entry of a row that sees no key). Calls tile(k0, nk, kr, ldk, pt, dpt, gt):
   // K rows as float, P^T and dP^T as nk x nqp (lane c < nq is row i0 + c), and with softcap its
   // 1 - tanh^2 gt (else null). Softcap and ALiBi transform S^T first, as modify_scores does S.
-  // With dropout and `normalised`, dP^T is multiplied by the keep mask (dP of the undropped P).
+  // With dropout, dP^T is multiplied by the keep mask (dP of the undropped P) when `normalised`
+  // (dq_task) or for 16-bit inputs (row_stats: kDeltaFromP).
   template <class Tile>
   void sweep_keys(int64_t b, int64_t h, int64_t i0, int64_t nq, bool normalised, Tile&& tile) const {
     const Seq seq = sequence(p, b);
@@ -536,7 +542,7 @@ struct Backward {
         if (c >= nq || lo[c] > k0 || hi[c] < k0 + nk - 1)
           for (int64_t j = 0; j < nk; ++j)
             if (c >= nq || k0 + j < lo[c] || k0 + j > hi[c]) st[j * nqp + c] = dst[j * nqp + c] = 0.f;
-      for (int64_t c = 0; c < nqp && drop && normalised; c += W)  // dP^T of the undropped P^T (dq_task)
+      for (int64_t c = 0; c < nqp && drop && (normalised || kDeltaFromP); c += W)  // dP^T of the undropped P^T
         Dropout<V>(p).columns(b, rows + c, heads + c, k0, nk, [&](int64_t j, R m) {
           V::store(dst + j * nqp + c, V::mul(V::load(dst + j * nqp + c), m));
         });

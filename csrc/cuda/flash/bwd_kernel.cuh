@@ -27,10 +27,10 @@
 // run in the variable-length instances only, a dense call being one with no sequence arrays: both
 // kernels turn S into the forward's log2-domain scores with the same code, the main kernel writes
 // the mask's gradient P (dP - delta), and dS is multiplied by the softcap's derivative 1 - tanh^2
-// before dK and dQ. Dropout (O = (P * M) . V, M the keep mask times 1 / (1 - p)): bwd_row_stats
-// takes delta = dO . O (= sum_j P_ij M_ij dP_ij) from the forward's output, and the main kernel
-// regenerates M's bits per warp tile: dS = P (M dP - delta) (also the mask's gradient) and
-// dV += (P * M)^T.dO.
+// before dK and dQ. Dropout (O = (P * M) . V, M the keep mask times 1 / (1 - p)): both kernels
+// regenerate M's bits per warp tile; bwd_row_stats sums delta = sum_j P_ij M_ij dP_ij from its own
+// P and dP (dO . O of the 16-bit output erred by the output's rounding in every dS of the row),
+// and the main kernel takes dS = P (M dP - delta) (also the mask's gradient) and dV += (P * M)^T.dO.
 // In the main kernel each feature is a block-uniform pass of its own over a fragment row of S and
 // dP (dropout's M dP, ALiBi's bias, the mask's reads before P and dS; the dmask stores, the
 // softcap's derivative and P * M after), around the plain instance's P and dS loop: a call runs
@@ -160,22 +160,6 @@ struct SdpTile {
   }
 };
 
-// The dot product of two rows of D 16-bit elements in shared memory (16-byte aligned), in float.
-template <class T, int D>
-__device__ __forceinline__ float row_dot(sptr<T> x, sptr<T> y) {
-  float acc = 0.0f;
-  for (int c = 0; c < D; c += 8) {
-    const uint4 a = ptr_cast<uint4>(x + c)[0], b = ptr_cast<uint4>(y + c)[0];
-    const uint32_t aw[4] = {a.x, a.y, a.z, a.w}, bw[4] = {b.x, b.y, b.z, b.w};
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      acc = fmaf(to_float(T{uint16_t(aw[e])}), to_float(T{uint16_t(bw[e])}), acc);
-      acc = fmaf(to_float(T{uint16_t(aw[e] >> 16)}), to_float(T{uint16_t(bw[e] >> 16)}), acc);
-    }
-  }
-  return acc;
-}
-
 // The query-tile index range [lo, hi] whose rows all see keys [n0, n0 + BN), for tiles of BM
 // rows (rows past Sq do not count); empty (lo > hi) when the key block is cut by Sk.
 template <int BM, int BN>
@@ -217,8 +201,7 @@ __global__ void __launch_bounds__(Tr::kThreads)
     bwd_row_stats(BwdParams bp, BwdWork w, gptr<const typename Tr::Element> q, gptr<const typename Tr::Element> k,
                   gptr<const typename Tr::Element> v, gptr<const typename Tr::Element> dout, gptr<const float> lse,
                   gptr<const float> dlse, gptr<float> stats, gptr<float> dq_accum, SeqArrays<gptr<const int32_t>> sa,
-                  ScoreMods mods, gptr<const float> slopes, MaskRefs am, Dropout drop,
-                  gptr<const typename Tr::Element> out) {
+                  ScoreMods mods, gptr<const float> slopes, MaskRefs am, Dropout drop) {
   static_assert(kSeqs || !kMod, "score mods run in the variable-length kernels");
   using T = typename Tr::Element;
   using Sdp = SdpTile<Tr>;
@@ -239,8 +222,6 @@ __global__ void __launch_bounds__(Tr::kThreads)
     if (bp.dlse != nullptr) dlse += seq.q_batch * p.lse_batch_stride + seq.q_row0;
     k += seq.kv_batch * p.k_batch_stride + seq.k_row0 * p.k_row_stride;
     v += seq.kv_batch * p.v_batch_stride + seq.k_row0 * p.v_row_stride;
-    if constexpr (kMod)
-      if (drop.on) out += seq.q_batch * p.o_batch_stride + seq.q_row0 * p.o_row_stride;
     b_q = b_kv = 0;
   }
   const int64_t m0 = int64_t(blockIdx.x) * BM;
@@ -304,6 +285,10 @@ __global__ void __launch_bounds__(Tr::kThreads)
           am.apply<Sdp::MT, Sdp::NT, false>(tile.s, p, b, h, m0 + wm * Tr::kSdpM + g, n0 + wn * Tr::kSdpN + 2 * t,
                                             p.seqlen_q, p.seqlen_k);
       }
+      // Dropout: this thread's keep bits of the warp tile, for delta = sum_j P'_ij M_ij dP_ij.
+      [[maybe_unused]] uint32_t keep[Sdp::MT];
+      if constexpr (kMod)
+        if (drop.on) drop.bits<Sdp::MT, Sdp::NT, Tr::kDropoutCalls>(keep, b, h, m0 + wm * Tr::kSdpM + g, n0 + wn * Tr::kSdpN + 2 * t);
       const bool whole = keys_valid == BN && n0 >= last.lo && n0 + BN - 1 <= first.hi;
 #pragma unroll
       for (int mt = 0; mt < Sdp::MT; ++mt) {
@@ -322,19 +307,17 @@ __global__ void __launch_bounds__(Tr::kThreads)
             if (!whole && (key < keys[mt][r].lo || key > keys[mt][r].hi)) continue;  // no part, even NaN
             const float pt = unnormalised_p(tile.s[mt][nt][i], kMod ? 1.0f : p.scale_log2, lse2[mt][r]);
             psum[mt][r] += pt;
+            if constexpr (kMod)
+              if (drop.on) {
+                pdot[mt][r] += pt * drop.apply(tile.dp[mt][nt][i], keep[mt], nt, i);
+                continue;
+              }
             pdot[mt][r] += pt * tile.dp[mt][nt][i];
           }
       }
       __syncthreads();  // sK, sV are refilled next
     }
     cp_async_wait_all();  // Q, dO when the rows see no key
-    if constexpr (kMod)
-      if (drop.on) {  // delta = dO . O: O into Q's tile
-        __syncthreads();  // every thread's Q copy landed and every warp is done with sQ
-        copy_tile_async<MapQ, LD, true>(sQ, out + (b_q * p.o_batch_stride + m0 * p.o_row_stride + h * p.o_head_stride),
-                                        p.o_row_stride, rows_valid);
-        cp_async_wait_all();
-      }
   }
 
   // Sum over the 4 lanes of a row, then over the warp columns in order.
@@ -365,8 +348,6 @@ __global__ void __launch_bounds__(Tr::kThreads)
       st.x = sLse2[threadIdx.x];
       st.y = 1.0f / sum;
       st.z = dot / sum;
-      if constexpr (kMod)
-        if (drop.on) st.z = row_dot<T, Tr::kHeadDim>(sQ + threadIdx.x * LD, sdO + threadIdx.x * LD);
       if (bp.dlse != nullptr) st.z -= dlse[b_q * p.lse_batch_stride + h * p.lse_head_stride + row];
     }
     ptr_cast<float4>(stats + stat_row(p, w, b, h, row) * 4)[0] = st;

@@ -43,11 +43,8 @@ void run_backward_tiles(const BwdParams& bp, float* stats, float* dq_accum, Stre
   const ScoreMods mods = kMod ? ScoreMods::of(p, p.scale_log2) : ScoreMods{};
   // MaskRefs::of announces the mask's buffers to the emulator's next launch: built per launch.
   const auto mask_refs = [&] { return kMod ? MaskRefs::of(p, &bp) : MaskRefs{}; };
-  // Dropout (Dropout::of announces a drawn seed to the next launch: built per launch) and the
-  // forward's output for delta = dO . O.
+  // Dropout (Dropout::of announces a drawn seed to the next launch: built per launch).
   const auto dropout = [&] { return kMod ? Dropout::of(p) : Dropout{}; };
-  const gptr<const T> out =
-      kMod && has_dropout(p) ? q_like(p.out, p.o_batch_stride, p.o_row_stride, p.o_head_stride) : gptr<const T>{};
   // The row statistics stage the mask's key tile past their own shared memory where the SM keeps
   // as many blocks as the shared memory allowed without it.
   MaskRefs stats_mask = mask_refs();
@@ -61,7 +58,7 @@ void run_backward_tiles(const BwdParams& bp, float* stats, float* dq_accum, Stre
          q_like(bp.dout, bp.do_batch_stride, bp.do_row_stride, bp.do_head_stride),
          gbuf(static_cast<const float*>(p.lse), lse_extent),
          gbuf(static_cast<const float*>(bp.dlse), bp.dlse ? lse_extent : 0), gbuf(stats, 4 * rows), gbuf(dq_accum, accum),
-         seq_buffers(p), mods, slopes, stats_mask, dropout(), out);
+         seq_buffers(p), mods, slopes, stats_mask, dropout());
 
   const int64_t key_blocks = (p.seqlen_k + Tr::kBlockN - 1) / Tr::kBlockN;
   const dim3 grid(unsigned(bp.deterministic ? w.splits : key_blocks), unsigned(p.heads_kv), unsigned(p.batch));
