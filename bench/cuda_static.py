@@ -851,8 +851,8 @@ def mask_instrs(instrs: Iterable[Instr], stage_at: int) -> dict[str, int]:
     LDG.E.U16), the backward's dmask pair stores (STG.E.64), and the one-entry fallbacks. A stage copy
     under a guard is counted apart: at some head dims the compiler moves the boolean tile's copy into
     the float one's block, predicated, so both are on the path."""
-    kinds = {"stage copies": 0, "stage copies (guarded)": 0, "stage reads": 0, "stage reads (bool)": 0, "pair loads": 0,
-             "pair loads (bool)": 0, "pair stores": 0, "entries": 0, "entries (bool)": 0}
+    kinds = {"stage copies": 0, "stage copies (guarded)": 0, "stage reads": 0, "stage reads (bool)": 0,
+             "pair loads": 0, "pair loads (bool)": 0, "pair stores": 0, "entries": 0, "entries (bool)": 0}
     for ins in instrs:
         if is_stage_copy(ins, stage_at):
             kinds["stage copies (guarded)" if ins.pred else "stage copies"] += 1
@@ -867,7 +867,8 @@ def mask_instrs(instrs: Iterable[Instr], stage_at: int) -> dict[str, int]:
     return kinds
 
 
-def expected_mask_instrs(tr: dict[str, int], direction: str, mask: Optional[str], pairs: bool = True) -> dict[str, int]:
+def expected_mask_instrs(tr: dict[str, int], direction: str, mask: Optional[str],
+                         pairs: bool = True) -> dict[str, int]:
     """mask_instrs of one iteration through a float mask's `mask` path ("staged", "registers" or None):
     the block's kBlockM x kBlockN mask tile (the forward's per key tile, the backward's per query
     tile) copied once in 16-byte chunks (the busiest thread's share) and each score's entry read once,
@@ -954,7 +955,8 @@ def score_mod_census(fn: Function, tr: dict[str, int], direction: str, mask: Opt
         prefer, avoid = (lambda ins: is_score_mod(ins) or is_staged_mask_read(ins)), \
             (lambda ins: is_mask_load(ins) or is_mask_entry_access(ins) or is_philox(ins))
     elif mask == "registers":
-        prefer, avoid = is_score_mod, lambda ins: staged(ins) or (pairs and is_mask_entry_access(ins)) or is_philox(ins)
+        prefer, avoid = is_score_mod, \
+            (lambda ins: staged(ins) or (pairs and is_mask_entry_access(ins)) or is_philox(ins))
     else:
         prefer, avoid = is_score_mod, lambda ins: is_mask_access(ins) or staged(ins) or is_philox(ins)
     if direction == "forward":  # a dense call: K and V from strided rows, not the paged path
@@ -1187,14 +1189,14 @@ def report(results: list[Analysis], command: str, tools: str, mods: list[str]) -
               "arrays), compiled beside the plain variable-length instance: the dense kernels (the tables above) "
               "contain none of their code. One steady-state iteration per warp of each variant's main loop, with "
               "softcap and ALiBi on (the tanh's and the bias's warp-uniform blocks on the path); the difference "
-              "is the transforms' cost per key tile. The forward's rows take a dense call's path: K and V copied "
-              "from strided rows, whole tiles without bounds checks, not the paged path of a call with a block "
-              "table (`copy_rows_async`: per row a block-table read, a division by the page size and a "
-              "zero-filling copy), which the census took before it avoided that path's instructions (`is_paged_copy`): "
-              "the forward rows then counted 510-770 more instructions per iteration (sm_80, D = 64 and 128). "
-              "Adding them left the dense kernels' SASS instruction for "
+              "is the transforms' cost per key tile. Adding them left the dense kernels' SASS instruction for "
               "instruction the same (sm_80, D = 64 and 128), and the plain variable-length instances differ only "
-              "in an unused parameter. Per score the softcap costs tanhf (2 MUFU, about 14 FP32 instructions) and "
+              "in an unused parameter. The forward's rows take a dense call's path: K and V copied from strided "
+              "rows, whole tiles without bounds checks, not the paged path of a call with a block table "
+              "(`copy_rows_async`: per row a block-table read, a division by the page size and a zero-filling "
+              "copy), which the census took before it avoided that path's instructions (`is_paged_copy`): the "
+              "forward rows then counted 510-770 more instructions per iteration (sm_80, D = 64 and 128). "
+              "Per score the softcap costs tanhf (2 MUFU, about 14 FP32 instructions) and "
               "ALiBi an integer distance, its conversion and one FFMA (the backward converts one distance per "
               "fragment row and steps it in float); the backward adds 1 - tanh^2 on dS. "
               "Explicit masks run in the same variant, through one of two paths the launcher picks per call "
