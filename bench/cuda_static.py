@@ -433,11 +433,12 @@ def steady_iteration(fn: Function, cfg: Cfg, loop: Loop, copies_per_tile: int,
     """The path of one steady-state iteration through the main loop.
 
     Conditional branches in the body are resolved by a search over all paths from the header
-    back to it. (1) Copy loops with run-time trip counts inside the body (cycles not through the
-    header) run so that every tile, told apart by its shared-memory destination offset, gets
-    exactly `copies_per_tile` cp.async per thread (full tiles, from the traits); copies with
-    compile-time trip counts are straight-line code, and the path with the most of them is taken
-    (the next tile's prefetch, the busiest thread's share of an uneven split). Among those paths:
+    back to it. (1) Copy loops inside the body (cycles not through the header that issue cp.async
+    `avoid` does not pick; a run-time trip count) run so that every tile, told apart by its
+    shared-memory destination offset, gets exactly `copies_per_tile` cp.async per thread (full
+    tiles, from the traits); copies with compile-time trip counts are straight-line code, and the
+    path with the most of them is taken (the next tile's prefetch, the busiest thread's share of an
+    uneven split); other inner loops are passed once. Among those paths:
     (2) the most HMMA, (3) the most global-memory instructions (atomics, row-statistics loads: the
     busiest warp), (4) the most instructions `prefer` picks (none by default; the score-mod
     census takes the softcap's and ALiBi's warp-uniform blocks), (5) the fewest instructions (the
@@ -447,7 +448,11 @@ def steady_iteration(fn: Function, cfg: Cfg, loop: Loop, copies_per_tile: int,
     """
     def block_instrs(b: int) -> list[Instr]:
         return fn.instrs[slice(*cfg.blocks[b])]
-    copy_loops = any(lp.header != loop.header and lp.body < loop.body for lp in natural_loops(cfg))
+    # Loops inside the body that issue cp.async `avoid` does not pick (not other inner loops, such as
+    # the backward feature instance's one-at-a-time dropout calls at D = 224).
+    copy_loops = any(lp.header != loop.header and lp.body < loop.body and
+                     any(i.base == "LDGSTS" and not avoid(i) for b in lp.body for i in block_instrs(b))
+                     for lp in natural_loops(cfg))
 
     def tile(ins: Instr) -> int:
         return copy_offset(ins) if copy_loops else 0
@@ -470,7 +475,8 @@ def steady_iteration(fn: Function, cfg: Cfg, loop: Loop, copies_per_tile: int,
         if key in memo:
             return memo[key]
         memo[key] = None  # a copy-free cycle revisits this state: no path
-        now = tuple(x + y for x, y in zip(done, copies(b)))
+        # Without copy loops the counts need no state (and a loop around other blocks ends at a revisit).
+        now = tuple(x + y for x, y in zip(done, copies(b))) if copy_loops else done
         options: list[tuple[tuple[int, int, int, int, int, int], tuple[int, ...]]] = []
         if not copy_loops or all(x <= copies_per_tile for x in now):
             for s in cfg.succ[b]:
@@ -807,6 +813,9 @@ def backward_findings(results: list[Analysis]) -> list[str]:
             "(the P, dS and dS^T operands come from shared memory) plus the P and dS stores."]
 
 
+# The register path of these instances reads one mask entry per load (fwd_kernel.cuh: am.apply<MT, NS,
+# (Tr::kHeadDim != 224)>; pair loads cost ptxas a spill there).
+ENTRY_MASK_READS = {("forward", 224)}
 MASK_ROWS = {"staged": "softcap + ALiBi + mask (staged)", "registers": "softcap + ALiBi + mask (registers)"}
 
 
@@ -839,16 +848,18 @@ def is_stage_copy(ins: Instr, stage_at: int) -> bool:
 def mask_instrs(instrs: Iterable[Instr], stage_at: int) -> dict[str, int]:
     """The explicit mask's instructions on a path by kind: the staged path's copies (LDGSTS), its
     pair reads (LDS.64 float, LDS.U16 boolean), the register path's read-only pair loads (LDG.E.64,
-    LDG.E.U16), the backward's dmask pair stores (STG.E.64), and the one-entry fallbacks."""
-    kinds = {"stage copies": 0, "stage reads": 0, "stage reads (bool)": 0, "pair loads": 0, "pair loads (bool)": 0,
-             "pair stores": 0, "entries": 0}
+    LDG.E.U16), the backward's dmask pair stores (STG.E.64), and the one-entry fallbacks. A stage copy
+    under a guard is counted apart: at some head dims the compiler moves the boolean tile's copy into
+    the float one's block, predicated, so both are on the path."""
+    kinds = {"stage copies": 0, "stage copies (guarded)": 0, "stage reads": 0, "stage reads (bool)": 0,
+             "pair loads": 0, "pair loads (bool)": 0, "pair stores": 0, "entries": 0, "entries (bool)": 0}
     for ins in instrs:
         if is_stage_copy(ins, stage_at):
-            kinds["stage copies"] += 1
+            kinds["stage copies (guarded)" if ins.pred else "stage copies"] += 1
         elif is_staged_mask_read(ins):
             kinds["stage reads" if ".64" in ins.op else "stage reads (bool)"] += 1
         elif is_mask_entry_access(ins):
-            kinds["entries"] += 1
+            kinds["entries (bool)" if ".U8" in ins.op else "entries"] += 1
         elif is_mask_load(ins):
             kinds["pair loads" if ".64" in ins.op else "pair loads (bool)"] += 1
         elif is_mask_access(ins):
@@ -856,19 +867,27 @@ def mask_instrs(instrs: Iterable[Instr], stage_at: int) -> dict[str, int]:
     return kinds
 
 
-def expected_mask_instrs(tr: dict[str, int], direction: str, mask: Optional[str]) -> dict[str, int]:
+def expected_mask_instrs(tr: dict[str, int], direction: str, mask: Optional[str],
+                         pairs: bool = True) -> dict[str, int]:
     """mask_instrs of one iteration through a float mask's `mask` path ("staged", "registers" or None):
     the block's kBlockM x kBlockN mask tile (the forward's per key tile, the backward's per query
     tile) copied once in 16-byte chunks (the busiest thread's share) and each score's entry read once,
     in pairs; the backward stores dmask in pairs on either path; nothing of the other path and no
-    one-entry fallback. The path's own boolean reads are left out: where the compiler predicates the
-    float and boolean reads in one block (large head dims), both are on it."""
+    one-entry fallback. The path's own boolean reads and guarded stage copies are left out: where the
+    compiler predicates the float and boolean code in one block (large head dims), both are on it.
+    Without `pairs` (the forward at D = 224, ENTRY_MASK_READS) the register path reads each entry
+    alone: one load per score."""
     cells, threads = tr["kBlockM"] * tr["kBlockN"], tr["kThreads"]
-    pairs, chunks = cells // (2 * threads), -(-cells * 4 // 16 // threads)
-    want = {"stage copies": chunks if mask == "staged" else 0, "stage reads": pairs if mask == "staged" else 0,
-            "stage reads (bool)": 0, "pair loads": pairs if mask == "registers" else 0, "pair loads (bool)": 0,
-            "pair stores": pairs if mask and direction == "backward" else 0, "entries": 0}
-    want.pop({"staged": "stage reads (bool)", "registers": "pair loads (bool)"}.get(mask, ""), None)
+    two, chunks = cells // (2 * threads), -(-cells * 4 // 16 // threads)
+    regs = mask == "registers"
+    want = {"stage copies": chunks if mask == "staged" else 0, "stage copies (guarded)": 0,
+            "stage reads": two if mask == "staged" else 0, "stage reads (bool)": 0,
+            "pair loads": two if regs and pairs else 0, "pair loads (bool)": 0,
+            "pair stores": two if mask and direction == "backward" else 0,
+            "entries": 2 * two if regs and not pairs else 0, "entries (bool)": 0}
+    for k in {"staged": ("stage reads (bool)", "stage copies (guarded)"),
+              "registers": ("pair loads (bool)",) if pairs else ("entries (bool)",)}.get(mask, ()):
+        want.pop(k)
     return want
 
 
@@ -892,17 +911,35 @@ def is_dropout(ins: Instr) -> bool:  # Philox rounds, the keep-bit tests and the
     return ins.base == "R2P" or is_philox(ins)
 
 
+ZERO_FILL = re.compile(r",\s*!?U?P[T0-9]+$")  # a cp.async's src-size predicate: 0 bytes read when it fails
+
+
+def is_paged_copy(ins: Instr, stage_at: int) -> bool:
+    """The forward's paged K and V copies (copy_rows_async, a call with a block table): each row's
+    block-table read (a 32-bit LDG; the loop reads nothing else but through the read-only path or
+    cp.async) and its bounds-checked cp.async (a zero-fill operand, below the mask's stage `stage_at`;
+    a dense call copies whole K and V tiles without one)."""
+    return ins.op == "LDG.E" or (ins.base == "LDGSTS" and ZERO_FILL.search(ins.args) is not None
+                                 and not is_stage_copy(ins, stage_at))
+
+
 def score_mod_census(fn: Function, tr: dict[str, int], direction: str, mask: Optional[str] = None,
-                     dropout: bool = False, what: str = "") -> tuple[Iteration, dict[str, int], dict[str, int]]:
+                     dropout: bool = False, what: str = "", pairs: bool = True,
+                     mods: bool = True) -> tuple[Iteration, dict[str, int], dict[str, int]]:
     """A steady-state iteration of a variable-length instance's main loop with softcap and ALiBi on
     (their warp-uniform blocks on the path: those with the tanh's reciprocal, the backward's 1 - tanh^2
     or ALiBi's conversion), and with an explicit float mask through one of its paths (`mask`):
     "staged" (the stage's cp.async and its pair reads on the path, no read-only mask loads),
     "registers" (the read-only pair loads, none of the stage's copies or reads), or None (no mask
     instruction); the backward's mask rows take the dmask stores in pairs, no row the one-entry
-    fallbacks. With `dropout`: dropout alone (the Philox rounds and the keep multipliers on the path;
+    fallbacks (but without `pairs`, ENTRY_MASK_READS, whose register path reads one entry per load).
+    With `dropout`: dropout alone (the Philox rounds and the keep multipliers on the path;
     softcap, ALiBi and the mask off it). Returns the path, its census and its mask_instrs, checked
-    against expected_mask_instrs: a RuntimeError (naming `what`) when the path is not the one asked."""
+    against expected_mask_instrs and against the tile (the HMMA of its FLOPs; one K and V tile of
+    cp.async in the forward, one Q and dO tile and the next tile's row statistics in the backward,
+    the busiest thread's share, besides the mask's stage), with the row's own code on the path (in a
+    kMod kernel, `mods`: softcap's or ALiBi's, or with `dropout` the generator's and not theirs): a
+    RuntimeError (naming `what`) when the path is not the one asked."""
     cfg = control_flow(fn)
     rows = tr["kBlockN"] if direction == "forward" else tr["kBlockM"]
     at = tr["kSmemBytes"]
@@ -918,16 +955,28 @@ def score_mod_census(fn: Function, tr: dict[str, int], direction: str, mask: Opt
         prefer, avoid = (lambda ins: is_score_mod(ins) or is_staged_mask_read(ins)), \
             (lambda ins: is_mask_load(ins) or is_mask_entry_access(ins) or is_philox(ins))
     elif mask == "registers":
-        prefer, avoid = is_score_mod, lambda ins: staged(ins) or is_mask_entry_access(ins) or is_philox(ins)
+        prefer, avoid = is_score_mod, \
+            (lambda ins: staged(ins) or (pairs and is_mask_entry_access(ins)) or is_philox(ins))
     else:
         prefer, avoid = is_score_mod, lambda ins: is_mask_access(ins) or staged(ins) or is_philox(ins)
+    if direction == "forward":  # a dense call: K and V from strided rows, not the paged path
+        avoid = (lambda row: lambda ins: row(ins) or is_paged_copy(ins, at))(avoid)
     it = steady_iteration(fn, cfg, main_loop(fn, cfg), rows * tr["kChunksPerRow"] // tr["kThreads"],
                           prefer=prefer, avoid=avoid)
-    got, want = mask_instrs(it.instrs, at), expected_mask_instrs(tr, direction, None if dropout else mask)
+    got, want = mask_instrs(it.instrs, at), expected_mask_instrs(tr, direction, None if dropout else mask, pairs)
     if any(got[k] != n for k, n in want.items()):
         raise RuntimeError(f"{what}: the census path's mask instructions {got} are not those of the "
                            f"{mask or 'unmasked'} path {want}")
-    return it, census(it.instrs), got
+    counts, warps = census(it.instrs), tr["kThreads"] // 32
+    flops = (2 if direction == "forward" else 5) * tr["kBlockM"] * tr["kBlockN"] * tr["kChunksPerRow"] * 8
+    tiles = 2 * -(-rows * tr["kChunksPerRow"] // tr["kThreads"]) + (direction == "backward")
+    copies = counts["LDGSTS"] - got["stage copies"] - got["stage copies (guarded)"]
+    own = (sum(map(is_philox, it.instrs)) > 0, sum(map(is_score_mod_only, it.instrs)) > 0)
+    if counts["HMMA"] != flops // (16 * 8 * 16) // warps or copies != tiles or \
+            own != ((dropout, not dropout) if mods else (False, False)):
+        raise RuntimeError(f"{what}: the census path holds {counts['HMMA']} HMMA and {copies} tile cp.async "
+                           f"(the tile's {flops // 2048 // warps} and {tiles}); generator, score-mod code: {own}")
+    return it, counts, got
 
 
 def launcher_stage_bytes(hw: Hardware, base: int, stage: int, reg_blocks: int) -> int:
@@ -968,7 +1017,8 @@ def score_mods(insts: list[Instance], builds: dict[tuple[Instance, str], Build])
             its = {}
             for label, name, mask, dropout, tt in variants:
                 it, c, kinds = score_mod_census(fns[name], tt, inst.direction, mask, dropout,
-                                                what=f"{inst.name(arch)} {name}, {label}")
+                                                what=f"{inst.name(arch)} {name}, {label}", mods=label != "plain",
+                                                pairs=(inst.direction, inst.head_dim) not in ENTRY_MASK_READS)
                 r, its[label] = res[name], (it, kinds)
                 rows.append([inst.direction, arch, str(inst.head_dim), f"{tt['kBlockM']} x {tt['kBlockN']}", label,
                              str(r.registers), str(r.spill_stores + r.spill_loads), str(len(it.instrs)), str(c["HMMA"]),
@@ -988,7 +1038,8 @@ def score_mods(insts: list[Instance], builds: dict[tuple[Instance, str], Build])
                     else str(tf["kSmemBytes"])
                 mask_rows.append([inst.direction, arch, str(inst.head_dim), f"{tf['kBlockM']} x {tf['kBlockN']}", m,
                                   smem, str(len(it.instrs)), f"{more:+d} ({100 * more / len(ref.instrs):+.0f}%)",
-                                  str(kinds["stage copies"]), str(kinds["stage reads"] or kinds["pair loads"]),
+                                  str(kinds["stage copies"]), str(kinds["stage reads"] or kinds["pair loads"]
+                                                                  or f"- ({kinds['entries']} one-entry loads)"),
                                   str(kinds["pair stores"]) if inst.direction == "backward" else "-",
                                   f"{waves:+d}", f"{global_more:+d}"])
     lines = [*_table(["kernel", "arch", "D", "tile", "instance", "registers", "spill bytes", "instr / iteration / warp",
@@ -1072,12 +1123,14 @@ METHOD = """## Method
   the other runs the tiles that cross a mask edge), the query-tile loop of the backward (inside its
   loop over the query heads of a group).
 - **One steady-state iteration.** The loop body has inner branches, so the count follows one path from
-  the header back to it: (1) cp.async copy loops with a run-time trip count, where present, copy full
-  tiles: each tile (told apart by its shared-memory destination offset) gets exactly rows x
-  `kChunksPerRow` / `kThreads` 16-byte copies per thread; copies with compile-time trip counts are
-  straight-line code, and the path with the most of them is taken (the next tile's prefetch; the
-  busiest thread's share when a tile's chunks do not split evenly over the threads; the backward's
-  cp.async of the next tile's row statistics, issued by threads below kBlockM: the busiest warp);
+  the header back to it: (1) loops inside the body that issue cp.async (a run-time trip count), where
+  present, copy full tiles: each tile (told apart by its shared-memory destination offset) gets exactly
+  rows x `kChunksPerRow` / `kThreads` 16-byte copies per thread; other inner loops (the backward's
+  feature instance at D = 224 calls the dropout generator in one) are passed once; copies with
+  compile-time trip counts are straight-line code, and the path with the most of them is taken
+  (the next tile's prefetch; the busiest thread's share when a tile's chunks do not split evenly over
+  the threads; the backward's cp.async of the next tile's row statistics, issued by threads below
+  kBlockM: the busiest warp);
   among those paths, (2) the most HMMA, (3) the most global-memory instructions (the dQ atomics),
   (4) the fewest instructions: the variant of masking code for tiles no mask edge crosses, and the
   forward's path past its lazy-rescale block (taken only when a row's max outgrows its reference by
@@ -1138,7 +1191,12 @@ def report(results: list[Analysis], command: str, tools: str, mods: list[str]) -
               "softcap and ALiBi on (the tanh's and the bias's warp-uniform blocks on the path); the difference "
               "is the transforms' cost per key tile. Adding them left the dense kernels' SASS instruction for "
               "instruction the same (sm_80, D = 64 and 128), and the plain variable-length instances differ only "
-              "in an unused parameter. Per score the softcap costs tanhf (2 MUFU, about 14 FP32 instructions) and "
+              "in an unused parameter. The forward's rows take a dense call's path: K and V copied from strided "
+              "rows, whole tiles without bounds checks, not the paged path of a call with a block table "
+              "(`copy_rows_async`: per row a block-table read, a division by the page size and a zero-filling "
+              "copy), which the census took before it avoided that path's instructions (`is_paged_copy`): the "
+              "forward rows then counted 510-770 more instructions per iteration (sm_80, D = 64 and 128). "
+              "Per score the softcap costs tanhf (2 MUFU, about 14 FP32 instructions) and "
               "ALiBi an integer distance, its conversion and one FFMA (the backward converts one distance per "
               "fragment row and steps it in float); the backward adds 1 - tanh^2 on dS. "
               "Explicit masks run in the same variant, through one of two paths the launcher picks per call "
@@ -1154,11 +1212,16 @@ def report(results: list[Analysis], command: str, tools: str, mods: list[str]) -
               "pointer per fragment row, the rows' offsets inside the tile in 32 bits, without bounds checks where "
               "no sequence edge crosses the tile. Each mask row takes its path's instructions and none of the "
               "other's; in the backward both store dmask in pairs (`STG.E.64`), and neither takes the "
-              "one-entry-per-load fallback of strided or misaligned masks. The other rows take no mask instruction "
+              "one-entry-per-load fallback of strided or misaligned masks (but the forward at D = 224, whose "
+              "register path reads one entry per load: pair loads cost ptxas a spill there). "
+              "The other rows take no mask instruction "
               "(neither the stage's copies nor its reads). The census checks each row's path against the tile "
               "(the counts in the second table below: kBlockM x kBlockN / (2 x threads) pair reads or loads per "
               "thread and iteration, and, staged, the busiest thread's share of the tile's 16-byte chunks) and "
-              "stops where a path lacks them or holds the other path's. Before the pairs (one load per score, each "
+              "stops where a path lacks them or holds the other path's; every row's path also holds the HMMA of "
+              "the tile's FLOPs, one K and V (forward) or Q and dO tile (backward, with the next tile's row "
+              "statistics) of cp.async, and its own code (softcap's and ALiBi's, or dropout's generator). "
+              "Before the pairs (one load per score, each "
               "with its bounds checks and 64-bit address arithmetic) the register path cost, over softcap + ALiBi, "
               "sm_80: forward +692 (D = 64) and "
               "+516 (D = 128) instructions per iteration, backward +543 and +273. In the backward each feature is a "

@@ -194,6 +194,31 @@ def test_score_mod_census_takes_each_mask_path(sass_tool, builds, arch):
             cs.score_mod_census(fns[kernel.replace(cs.SCORE_MODS, "")], t, inst.direction, "staged")
 
 
+@pytest.mark.parametrize("direction, head_dim", [("forward", 96), ("backward", 224), ("forward", 64)])
+def test_score_mod_census_past_inner_loops(sass_tool, direction, head_dim):
+    """The score-mod census (bench/cuda_static.py --all) where a loop sits inside the main loop, on sm_80:
+    the forward's paged K/V copies (a call with a block table) loop over their rows at D = 96, the
+    backward's feature instance calls the dropout generator in a loop at D = 224. Each row finds its
+    path, with the tile's HMMA and K/V (Q/dO) cp.async (score_mod_census raises otherwise); the forward's
+    is a dense call's (no block-table read, no zero-filling K/V copy) at D = 96 as at D = 64."""
+    inst = cs.Instance(direction, head_dim)
+    build = cs.compile_all([inst], ["sm_80"], jobs=1)[(inst, "sm_80")]
+    fns, st = cs.disassemble(build.cubin), cs.SeqsTiles(direction, head_dim, features=True)
+    t = cs.traits([st])[st]
+    kernel = next(k for k in fns if cs.SCORE_MODS in k and k.startswith(("flash_fwd_seqs", "flash_bwd_kernel")))
+    rows = [(None, False), ("registers", False), (None, True)] + [("staged", False)] * (head_dim != 224)
+    products = 2 if direction == "forward" else 5  # the tile's matrix products (forward S, O; backward + dV, dK, dQ)
+    hmma = products * t["kBlockM"] * t["kBlockN"] * head_dim // (16 * 8 * 16) // (t["kThreads"] // 32)
+    for mask, dropout in rows:
+        name = f"{inst.name('sm_80')} {kernel} {mask} {dropout}"
+        it, counts, kinds = cs.score_mod_census(fns[kernel], t, direction, mask, dropout, what=name)
+        assert counts["HMMA"] == hmma, name
+        assert kinds["stage copies"] == (-(-t["kBlockM"] * t["kBlockN"] * 4 // 16 // t["kThreads"]) if mask == "staged"
+                                         else 0), (name, kinds)
+        if direction == "forward":
+            assert not [i for i in it.instrs if cs.is_paged_copy(i, t["kSmemBytes"])], name
+
+
 def test_launcher_stage_bytes():
     """The staged mask's shared memory as MaskRefs::stage_bytes sizes it: where it fits one block and
     costs the SM no block; else none (the register path)."""
