@@ -9,7 +9,7 @@ from torch import nn
 
 import flashattn_ext as fa
 import interp_oracle as io
-from attn_testing import assert_close, randn
+from attn_testing import assert_close, needs_kernel, randn
 from flashattn_ext import _capture, inspect
 from flashattn_ext.nn import MultiHeadAttention
 
@@ -93,6 +93,32 @@ def test_capture_without_model_and_numpy(gen):
     assert isinstance(cap[""][0], np.ndarray)
     assert_close(torch.from_numpy(cap[""][0]), ref, None, "weights")
     assert_close(cap[""][1], ref, None, "weights (sdpa)")
+
+
+@pytest.mark.parametrize("numpy", [False, True], ids=["torch", "numpy"])
+def test_capture_with_softcap_and_alibi(backend, gen, numpy):
+    """Calls with softcap and ALiBi record the probabilities of the transformed scores, against
+    the float64 oracle; dropout and explicit masks are refused inside a capture, naming them."""
+    dtype = torch.float32 if backend == "cpu" else torch.bfloat16
+    needs_kernel(backend, dtype)
+    if numpy and backend != "cpu":
+        pytest.skip("numpy arrays run on the CPU backend")
+    q, k, v = (randn(gen, 2, s, 3, 16, dtype=dtype) for s in (11, 19, 19))
+    slopes = torch.rand(3, generator=gen) * 0.5
+    args = tuple(x.numpy() for x in (q, k, v)) if numpy else (q, k, v)
+    with inspect.capture() as cap:
+        fa.attention(*args, causal=True, softcap=3.0, alibi_slopes=slopes.numpy() if numpy else slopes)
+    ref = io.probabilities(q, k, causal=True, softcap=3.0, alibi_slopes=slopes)
+    got = torch.from_numpy(cap[""][0]) if numpy else cap[""][0]
+    naive = None if dtype == torch.float32 else io.probabilities(q, k, causal=True, softcap=3.0,
+                                                                 alibi_slopes=slopes, dtype=dtype)
+    assert len(cap) == 1 and got.shape == ref.shape
+    assert_close(got, ref, naive, "weights")
+    with inspect.capture():
+        with pytest.raises(NotImplementedError, match="dropout_p, attn_mask"):
+            fa.attention(*args, dropout_p=0.1, seed=3)
+        with pytest.raises(NotImplementedError, match="dropout_p, attn_mask"):
+            fa.attention(q, k, v, attn_mask=torch.rand(11, 19, generator=gen) > 0.2)
 
 
 def test_capture_bad_arguments():

@@ -30,10 +30,9 @@ def _run(call: Call, deterministic: bool = False) -> Tuple[ArrayLike, ArrayLike]
 
         out, lse = _torch_ops.apply(call.q, call.k, call.v, call.scale, call.mask, deterministic)
     if _capture.recorders:  # flashattn_ext.inspect.capture is active
-        if call.mask.score_mods or call.mask.dropout_p or call.mask.attn_mask is not None:
-            raise NotImplementedError("softcap, alibi_slopes, dropout_p, attn_mask: flashattn_ext."
-                                      "inspect.capture does not record calls with score "
-                                      "transforms, masks or dropout")
+        if call.mask.dropout_p or call.mask.attn_mask is not None:  # softcap and ALiBi are recorded
+            raise NotImplementedError("dropout_p, attn_mask: flashattn_ext.inspect.capture does not "
+                                      "record calls with dropout or an explicit mask")
         _capture.record(call, lse)
     return out, lse
 
