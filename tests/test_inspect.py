@@ -115,10 +115,43 @@ def test_capture_with_softcap_and_alibi(backend, gen, numpy):
     assert len(cap) == 1 and got.shape == ref.shape
     assert_close(got, ref, naive, "weights")
     with inspect.capture():
-        with pytest.raises(NotImplementedError, match="dropout_p, attn_mask"):
+        with pytest.raises(NotImplementedError, match="dropout_p: .* does not record calls with dropout"):
             fa.attention(*args, dropout_p=0.1, seed=3)
-        with pytest.raises(NotImplementedError, match="dropout_p, attn_mask"):
-            fa.attention(q, k, v, attn_mask=torch.rand(11, 19, generator=gen) > 0.2)
+
+
+@pytest.mark.parametrize("kind", ["bool", "additive", "padding"])
+def test_capture_with_an_explicit_mask(backend, gen, kind):
+    """Calls with an explicit mask (with a window, softcap and ALiBi besides) record the
+    probabilities of the masked scores, against the float64 oracle; masked keys are 0."""
+    dtype = torch.float32 if backend == "cpu" else torch.bfloat16
+    needs_kernel(backend, dtype)
+    b, sq, sk, h, d = 2, 13, 21, 3, 16
+    q, k, v = (randn(gen, b, s, h, d, dtype=dtype) for s in (sq, sk, sk))
+    slopes = torch.rand(b, h, generator=gen) * 0.5
+    if kind == "bool":
+        mask = torch.rand(b, h, sq, sk, generator=gen) > 0.3
+    elif kind == "additive":
+        mask = randn(gen, 1, h, sq, sk) * 2
+    else:  # key padding at the front: a (B, 1, 1, Sk) mask the kernels read
+        mask = (torch.arange(sk) >= torch.tensor([[3], [5]]))[:, None, None]
+    with inspect.capture(heads=[0, 2]) as cap:
+        fa.attention(q, k, v, attn_mask=mask, softcap=2.5, alibi_slopes=slopes, window_size=(6, 4))
+    s, ok = io.scores(q, k, window=(6, 4), causal=False, softcap=2.5, alibi_slopes=slopes)
+    if mask.dtype == torch.bool:
+        ok = ok & mask
+    else:
+        s = s + mask.double()
+    s = s.masked_fill(~ok, float("-inf"))
+    ref = torch.softmax(s, -1).nan_to_num(0.0)[:, [0, 2]]
+    naive = None if dtype == torch.float32 else torch.softmax(s.to(dtype), -1).nan_to_num(0.0)[:, [0, 2]]
+    assert len(cap) == 1 and cap[""][0].shape == ref.shape
+    assert_close(cap[""][0], ref, naive, "weights")
+    assert torch.equal(cap[""][0] == 0, ref == 0)
+    if backend == "cpu":  # numpy arrays run on the CPU backend
+        with inspect.capture():
+            with pytest.raises(NotImplementedError, match="attn_mask: .* torch tensors only"):
+                fa.attention(q[0, :, 0].numpy(), k[0, :, 0].numpy(), v[0, :, 0].numpy(),
+                             attn_mask=(torch.rand(sq, sk, generator=gen) > 0.3).numpy())
 
 
 def test_capture_bad_arguments():

@@ -12,6 +12,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 import numpy as np
 
 from . import _capture
+from ._validate import NO_WINDOW
 from .interpret import Selection, _selection, weights_of
 
 ArrayLike = Any  # torch.Tensor or numpy.ndarray
@@ -114,7 +115,7 @@ def capture(model: Any = None, *, layers: Union[None, str, int, Sequence[Union[s
         else:
             layer = ""
         hsel = _selection("heads", heads, call.q.shape[2], call.q)
-        w = weights_of(call, lse, hsel)
+        w = weights_of(call, lse, hsel) if call.mask.attn_mask is None else _masked_weights(call, lse, hsel)
         result.records.append(Record(layer, len(result.records), w))
 
     def enter(name: str) -> Any:
@@ -137,6 +138,35 @@ def capture(model: Any = None, *, layers: Union[None, str, int, Sequence[Union[s
         _capture.recorders.remove(recorder)
         for h in handles:
             h.remove()
+
+
+def _masked_weights(call: Any, lse: Any, heads: Any) -> Any:
+    """The weights (B, len(heads), Sq, Sk) of a torch call with an explicit mask, from its lse:
+    the scores with softcap, ALiBi and the mask (as the kernels apply them), 0 outside the call's
+    band and where a boolean mask is False."""
+    import torch
+
+    from . import _masked
+
+    q, k, m = call.q, call.k, call.mask
+    sq, sk = q.shape[1], k.shape[1]
+    i = torch.arange(sq, device=q.device)[:, None]
+    j = torch.arange(sk, device=q.device)[None, :]
+    d = j - i - m.offset(sq, sk)
+    band = torch.ones(sq, sk, dtype=torch.bool, device=q.device)
+    if m.window_left != NO_WINDOW:
+        band &= d >= -m.window_left
+    if m.window_right != NO_WINDOW:
+        band &= d <= m.window_right
+    mask = m.attn_mask
+    allowed = band[None, None] & mask if mask.dtype == torch.bool else band[None, None].expand(mask.shape)
+    bias = None if mask.dtype == torch.bool else mask
+    if m.alibi_slopes is not None:
+        slopes = m.alibi_slopes.reshape(-1, q.shape[2], 1, 1).to(torch.float64)
+        alibi = -slopes * (i + sk - sq - j).abs().to(torch.float64)
+        bias = alibi if bias is None else bias.to(torch.float64) + alibi
+    w = _masked.weights(q, k, lse, call.scale, allowed, m.softcap, bias)
+    return w.index_select(1, heads.to(w.device))
 
 
 def _numpy(x: ArrayLike) -> np.ndarray:
