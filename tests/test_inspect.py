@@ -98,7 +98,7 @@ def test_capture_without_model_and_numpy(gen):
 @pytest.mark.parametrize("numpy", [False, True], ids=["torch", "numpy"])
 def test_capture_with_softcap_and_alibi(backend, gen, numpy):
     """Calls with softcap and ALiBi record the probabilities of the transformed scores, against
-    the float64 oracle; dropout and explicit masks are refused inside a capture, naming them."""
+    the float64 oracle; calls with dropout are refused inside a capture, naming the argument."""
     dtype = torch.float32 if backend == "cpu" else torch.bfloat16
     needs_kernel(backend, dtype)
     if numpy and backend != "cpu":

@@ -42,7 +42,8 @@ struct ScoreMod {
 
 // A mask that differs per row is read in short runs of each row (a key tile's part of W or more
 // rows), which the hardware prefetchers do not follow: without a prefetch every run waited for
-// memory, and a per-head float mask cost 26% of the forward instead of 17% (bench/README.md).
+// memory: a per-head float mask cost 23-26% of the forward beyond its read, 13-17% with the
+// prefetch (bench/README.md).
 // prefetch_mask asks for the cache line at `a` to be brought into L2 (T0 and T2 measured the same);
 // a prefetch never faults, so `a` may lie past the mask's end.
 constexpr int64_t kLineBytes = 64;

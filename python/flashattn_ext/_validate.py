@@ -173,11 +173,16 @@ class MaskSpec:
         """empty_rows of sequences of their own lengths, their rows one after the other."""
         lens_q, lens_k = np.asarray(lens_q, np.int64), np.asarray(lens_k, np.int64)
         sq, sk = np.repeat(lens_q, lens_q), np.repeat(lens_k, lens_q)
-        i = np.arange(len(sq)) - np.repeat(np.cumsum(lens_q) - lens_q, lens_q)
-        i = i + (sk - sq if self.bottom_right else 0)
-        first = np.maximum(i - self.window_left if self.window_left >= 0 else 0, 0)
-        last = np.minimum(i + self.window_right if self.window_right >= 0 else sk - 1, sk - 1)
+        first, last = self.key_bounds(np.arange(len(sq)) - np.repeat(np.cumsum(lens_q) - lens_q, lens_q), sq, sk)
         return first > last
+
+    def key_bounds(self, i: np.ndarray, seqlen_q: Any, seqlen_k: Any) -> Tuple[np.ndarray, np.ndarray]:
+        """The first and last key that query rows ``i`` (of Sq rows and Sk keys, scalars or arrays
+        like ``i``) see; a row with first > last sees none."""
+        i = i + (seqlen_k - seqlen_q if self.bottom_right else 0)
+        first = np.maximum(i - self.window_left if self.window_left >= 0 else 0, 0)
+        last = np.minimum(i + self.window_right if self.window_right >= 0 else seqlen_k - 1, seqlen_k - 1)
+        return first, last
 
 
 def dropout_value(name: str, dropout_p: Any) -> float:

@@ -12,7 +12,6 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 import numpy as np
 
 from . import _capture
-from ._validate import NO_WINDOW
 from .interpret import Selection, _selection, weights_of
 
 ArrayLike = Any  # torch.Tensor or numpy.ndarray
@@ -150,14 +149,10 @@ def _masked_weights(call: Any, lse: Any, heads: Any) -> Any:
 
     q, k, m = call.q, call.k, call.mask
     sq, sk = q.shape[1], k.shape[1]
+    first, last = (torch.from_numpy(x).to(q.device)[:, None] for x in m.key_bounds(np.arange(sq), sq, sk))
     i = torch.arange(sq, device=q.device)[:, None]
     j = torch.arange(sk, device=q.device)[None, :]
-    d = j - i - m.offset(sq, sk)
-    band = torch.ones(sq, sk, dtype=torch.bool, device=q.device)
-    if m.window_left != NO_WINDOW:
-        band &= d >= -m.window_left
-    if m.window_right != NO_WINDOW:
-        band &= d <= m.window_right
+    band = (j >= first) & (j <= last)
     mask = m.attn_mask
     allowed = band[None, None] & mask if mask.dtype == torch.bool else band[None, None].expand(mask.shape)
     bias = None if mask.dtype == torch.bool else mask

@@ -279,12 +279,10 @@ __global__ void __launch_bounds__(Tr::kThreads)
       if constexpr (kMod)  // the forward's log2-domain scores, from this thread's row g and column 2t
         mods.apply(tile.s, mods.slope2(p, slopes, b, h),
                    int(alibi_position(m0 + wm * Tr::kSdpM + g, p.seqlen_q, p.seqlen_k) - n0 - wn * Tr::kSdpN), 2 * t);
-      if constexpr (kMod) {
-        if (am.stage) {
-        } else if (p.attn_mask != nullptr)  // one load per entry (with pair loads too, ptxas spilled at D = 128, 160)
+      if constexpr (kMod)  // unstaged: one load per entry (with pair loads too, ptxas spilled at D = 128, 160)
+        if (!am.stage && p.attn_mask != nullptr)
           am.apply<Sdp::MT, Sdp::NT, false>(tile.s, p, b, h, m0 + wm * Tr::kSdpM + g, n0 + wn * Tr::kSdpN + 2 * t,
                                             p.seqlen_q, p.seqlen_k);
-      }
       // Dropout: this thread's keep bits of the warp tile, for delta = sum_j P'_ij M_ij dP_ij.
       [[maybe_unused]] uint32_t keep[Sdp::MT];
       if constexpr (kMod)
@@ -306,13 +304,11 @@ __global__ void __launch_bounds__(Tr::kThreads)
             const int64_t key = n0 + wn * Tr::kSdpN + nt * 8 + 2 * t + (i & 1);
             if (!whole && (key < keys[mt][r].lo || key > keys[mt][r].hi)) continue;  // no part, even NaN
             const float pt = unnormalised_p(tile.s[mt][nt][i], kMod ? 1.0f : p.scale_log2, lse2[mt][r]);
-            psum[mt][r] += pt;
+            float dp = tile.dp[mt][nt][i];
             if constexpr (kMod)
-              if (drop.on) {
-                pdot[mt][r] += pt * drop.apply(tile.dp[mt][nt][i], keep[mt], nt, i);
-                continue;
-              }
-            pdot[mt][r] += pt * tile.dp[mt][nt][i];
+              if (drop.on) dp = drop.apply(dp, keep[mt], nt, i);  // M dP
+            psum[mt][r] += pt;
+            pdot[mt][r] += pt * dp;
           }
       }
       __syncthreads();  // sK, sV are refilled next
