@@ -487,6 +487,33 @@ def test_torch_compile_inductor(gen):
         assert_close(g, r, None, "grad")
 
 
+def test_calls_without_gradient_skip_the_operator_and_match_it(gen):
+    """Eager calls with nothing to differentiate run the operator's implementation directly
+    (_torch_ops._direct); a dispatch mode, a gradient to record or torch.compile still see the
+    operator. Both give the same bits, and the oracle's values."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    q, k, v = qkv(gen, b=2, sq=3, sk=37, hq=4, hkv=2, d=16)
+    with torch.no_grad():
+        direct = fa.flash_attn_func(q, k, v, causal=True)
+    with Ops() as mode:
+        seen = fa.flash_attn_func(q, k, v, causal=True)
+    assert any("flashattn_ext.fwd" in n for n in mode.names), mode.names
+    grad = fa.flash_attn_func(q.clone().requires_grad_(), k, v, causal=True)
+    assert grad.grad_fn is not None and direct.grad_fn is None
+    assert torch.equal(direct, seen) and torch.equal(direct, grad.detach())
+    assert_close(direct, oracle.attention(q, k, v, causal=True, bottom_right=True)[0], None, "out")
+
+
 def test_torch_library_opcheck(gen):
     q, k, v = (x.requires_grad_() for x in qkv(gen, dtype=F64))
     torch.library.opcheck(torch.ops.flashattn_ext.fwd.default, (q, k, v, 0.3, -1, 0, True))

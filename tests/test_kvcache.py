@@ -259,3 +259,20 @@ def test_inference_only(gen):
         fa.flash_attn_with_kvcache(q, cache.k, cache.v, cache_seqlens=3)
     with torch.no_grad():
         fa.flash_attn_with_kvcache(q, cache.k, cache.v, cache_seqlens=3)
+
+
+@pytest.mark.parametrize("d", [8, 40, 72, 100, 136])
+@pytest.mark.parametrize("dtype", [F32, BF16], ids=str)
+def test_decode_every_column_count_and_head_dim(gen, d, dtype):
+    """The CPU decode's narrow tiles (csrc/cpu/forward.h, narrow_kernel) for every column count
+    1-8 (GQA group x query rows) and head dims that are not whole vectors, against the oracle:
+    the scores' blocks of keys reduced together, with a key count that leaves a partial block, and
+    the values' passes along D with a partial last vector."""
+    sk = 141
+    for hq, sq in ((1, 1), (2, 1), (3, 1), (4, 1), (5, 1), (3, 2), (7, 1), (4, 2)):
+        q = randn(gen, 1, sq, 2 * hq, d, dtype=dtype)
+        k, v = (randn(gen, 1, sk, 2, d, dtype=dtype) for _ in range(2))
+        out = fa.flash_attn_func(q, k, v, causal=sq > 1)
+        ref = oracle.attention(q, k, v, causal=sq > 1)[0]
+        naive = oracle.attention(q, k, v, causal=sq > 1, dtype=dtype)[0]
+        assert_close(out, ref, naive, f"out hq {hq} sq {sq}")

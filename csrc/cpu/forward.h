@@ -289,7 +289,10 @@ struct Forward {
     }
     const FwdParams sp = with_lengths(p, id.s);  // the mask of this sequence
     const T* q = static_cast<const T*>(p.q) + id.s.q_batch * p.q_batch_stride + id.s.q_row0 * p.q_row_stride;
-    for (int64_t i = 0; i < D * na; ++i) w.qt[i] = w.ot[i] = 0.f;
+    // Narrow tiles read and write only their columns' rows; wide ones whole panels (padding 0).
+    const int64_t used = w.narrow ? w.ncol * D : D * na;
+    std::fill(w.qt, w.qt + used, 0.f);
+    std::fill(w.ot, w.ot + used, 0.f);
     for (int64_t c = 0; c < ncolp; ++c) { w.m[c] = neg_inf<float>(); w.l[c] = 0.f; }
     for (int64_t c = 0; c < w.ncol; ++c) {
       const int64_t h = id.h0 + c / id.nr, row = id.r0 + c % id.nr;
@@ -372,17 +375,25 @@ struct Forward {
       V::store(l + c, V::fma(V::load(l + c), V::load(alpha + c), sum));
       if (drop) apply_dropout(id.b, w.rows + c, w.heads + c, k0, nk, sc, pn.pw);
     }
-    if (rescale && narrow)
-      for (int64_t i = 0; i < ncol * D; ++i) ot[i] *= alpha[i / D];
+    if (rescale && narrow)  // rows of O: one factor per row
+      for (int64_t c = 0; c < ncol; ++c) scale_row(ot + c * D, alpha[c]);
     const float* cs = rescale && !narrow ? alpha : nullptr;  // O^T *= alpha inside the product
     if (pairs) pair_values(w.amx, nk, t.vb, st, ot, pn, cs);
     else if (narrow) narrow_products(ncol, false, t.vt, p.v_row_stride, nk, st, ot, ncolp);
     else gemm<V>(D, ncolp, Gemm{t.vr, 1, t.ldv, st, pw, ot, pw, nk, true, pn.stride(bk), pn.stride(D), cs});
   }
 
+  void scale_row(float* o, float a) const {
+    const R av = V::set1(a);
+    int64_t d = 0;
+    for (; d + W <= D; d += W) V::store(o + d, V::mul(V::load(o + d), av));
+    if (d < D) V::storen(o + d, V::mul(V::loadn(o + d, int(D - d)), av), int(D - d));
+  }
+
   void end(const Walk& w, int64_t tile, int64_t split) const {
     if (w.narrow)  // back to the O^T layout finish() reads
-      for (int64_t i = 0; i < w.ncol * D; ++i) w.qt[w.pn.at(D, i % D, i / D)] = w.ot[i];
+      for (int64_t c = 0; c < w.ncol; ++c)
+        for (int64_t d = 0; d < D; ++d) w.qt[w.pn.at(D, d, c)] = w.ot[c * D + d];
     finish(tile, split, w.id, w.pn, w.narrow ? w.qt : w.ot, w.m, w.l);
   }
 
@@ -566,45 +577,81 @@ struct Forward {
                                                  uintptr_t((j + ahead) * lda * int64_t(sizeof(T)))), row_bytes);
     };
     if (scores) {
-      for (int64_t j = 0; j < nk; ++j) {
-        fetch(j);
-        const T* kj = a + j * lda;
-        R acc[NC];
-        for (int c = 0; c < NC; ++c) acc[c] = V::zero();
+      // KB keys x NC columns of accumulators (at most W), reduced together by one hsums: one
+      // hsum per score cost more than the products (4 shuffles and 4 adds each).
+      constexpr int KB = std::max(1, W / NC), NA = ((KB * NC + W - 1) / W) * W;
+      for (int64_t j0 = 0; j0 < nk; j0 += KB) {
+        const T* kj[KB];
+        for (int j = 0; j < KB; ++j) {  // keys past the last repeat it (their sums are not stored)
+          kj[j] = a + std::min<int64_t>(j0 + j, nk - 1) * lda;
+          if (j0 + j < nk) fetch(j0 + j);
+        }
+        R acc[NA];
+        for (int i = 0; i < NA; ++i) acc[i] = V::zero();
         for (int64_t d = 0; d < D; d += W) {
           const int n = int(std::min<int64_t>(W, D - d));
-          const R kv = ld(kj + d, n);
-          for (int c = 0; c < NC; ++c) acc[c] = V::fma(kv, ld(x + c * D + d, n), acc[c]);
+          R qv[NC];
+          for (int c = 0; c < NC; ++c) qv[c] = ld(x + c * D + d, n);
+          for (int j = 0; j < KB; ++j) {
+            const R kv = ld(kj[j] + d, n);
+            for (int c = 0; c < NC; ++c) acc[j * NC + c] = V::fma(kv, qv[c], acc[j * NC + c]);
+          }
         }
-        for (int c = 0; c < NC; ++c) y[j * ncolp + c] = V::hsum(acc[c]);
-        for (int64_t c = NC; c < ncolp; ++c) y[j * ncolp + c] = 0.f;
+        float sums[NA];
+        for (int i = 0; i < NA; i += W) V::store(sums + i, V::hsums(acc + i));
+        for (int j = 0; j < KB && j0 + j < nk; ++j) {
+          float* yj = y + (j0 + j) * ncolp;
+          for (int c = 0; c < NC; ++c) yj[c] = sums[j * NC + c];
+          for (int64_t c = NC; c < ncolp; ++c) yj[c] = 0.f;
+        }
       }
       return;
     }
-    // Blocks of DB vectors along D (NC x DB accumulators, within the register file): each V row
-    // is read in runs of DB * W contiguous floats, the first block's pass bringing the rows in.
-    constexpr int DB = std::clamp((W >= 16 ? 24 : 12) / NC, 1, 8);
-    for (int64_t d0 = 0; d0 < D; d0 += DB * W) {
-      R acc[NC][DB];
-      int len[DB];
-      for (int b = 0; b < DB; ++b) {
-        len[b] = int(std::clamp<int64_t>(D - d0 - b * W, 0, W));
-        for (int c = 0; c < NC; ++c) acc[c][b] = len[b] ? ld(y + c * D + d0 + b * W, len[b]) : V::zero();
-      }
-      for (int64_t j = 0; j < nk; ++j) {
-        if (d0 == 0) fetch(j);
-        const T* vj = a + j * lda + d0;
+    // Blocks of DB vectors along D (NC x DB accumulators, within the register file), as many
+    // passes as that takes, with blocks as even as D allows (D = 128, NC = 4: two of 4 vectors,
+    // not 6 + 2); DB is a compile-time count (1, 2, 4 or the most that fit) so that the
+    // accumulators stay in registers (a run-time count spilled them). Keys in groups of
+    // kValueKeys, so that a group's V rows stay in L1 for the later passes.
+    constexpr int DBM = std::clamp((W >= 16 ? 24 : 12) / NC, 1, 8);
+    const int64_t nvec = (D + W - 1) / W, passes = (nvec + DBM - 1) / DBM, db = (nvec + passes - 1) / passes;
+    switch (db) {
+      case 1: narrow_values<NC, 1>(a, lda, nk, x, y, ncolp, fetch); break;
+      case 2: narrow_values<NC, std::min(2, DBM)>(a, lda, nk, x, y, ncolp, fetch); break;
+      case 4: narrow_values<NC, std::min(4, DBM)>(a, lda, nk, x, y, ncolp, fetch); break;
+      default: narrow_values<NC, DBM>(a, lda, nk, x, y, ncolp, fetch); break;
+    }
+  }
+
+  // o[c] += sum_j st[j][c] V_j (narrow_kernel) in passes of DB vectors along D.
+  static constexpr int64_t kValueKeys = 32;
+  template <int NC, int DB, class Fetch>
+  void narrow_values(const T* a, int64_t lda, int64_t nk, const float* x, float* y, int64_t ncolp,
+                     const Fetch& fetch) const {
+    for (int64_t j0 = 0; j0 < nk; j0 += kValueKeys) {
+      const int64_t j1 = std::min(nk, j0 + kValueKeys);
+      for (int64_t d0 = 0; d0 < D; d0 += DB * W) {
+        R acc[NC][DB];
+        int len[DB];
         for (int b = 0; b < DB; ++b) {
-          if (!len[b]) break;
-          const R vv = ld(vj + b * W, len[b]);
-          for (int c = 0; c < NC; ++c) acc[c][b] = V::fma(V::set1(x[j * ncolp + c]), vv, acc[c][b]);
+          len[b] = int(std::clamp<int64_t>(D - d0 - b * W, 0, W));
+          for (int c = 0; c < NC; ++c) acc[c][b] = ld(y + c * D + d0 + b * W, len[b]);
         }
+        for (int64_t j = j0; j < j1; ++j) {
+          if (d0 == 0) fetch(j);
+          const T* vj = a + j * lda + d0;
+          R vv[DB];
+          for (int b = 0; b < DB; ++b) vv[b] = ld(vj + b * W, len[b]);  // len 0: zeros, nothing read
+          for (int c = 0; c < NC; ++c) {
+            const R pc = V::set1(x[j * ncolp + c]);
+            for (int b = 0; b < DB; ++b) acc[c][b] = V::fma(pc, vv[b], acc[c][b]);
+          }
+        }
+        for (int b = 0; b < DB; ++b)
+          for (int c = 0; c < NC; ++c) {
+            if (len[b] == W) V::store(y + c * D + d0 + b * W, acc[c][b]);
+            else V::storen(y + c * D + d0 + b * W, acc[c][b], len[b]);
+          }
       }
-      for (int b = 0; b < DB && len[b]; ++b)
-        for (int c = 0; c < NC; ++c) {
-          if (len[b] == W) V::store(y + c * D + d0 + b * W, acc[c][b]);
-          else V::storen(y + c * D + d0 + b * W, acc[c][b], len[b]);
-        }
     }
   }
 

@@ -8,7 +8,9 @@
 //   zero, set1(f), load(p), loadn(p, n) (lanes >= n are 0, nothing past p[n-1] is read),
 //   store(p, x), storen(p, x, n) (only p[0..n-1] written), add, sub, mul, div (IEEE, x / x == 1),
 //   max (a NaN in y is returned),
-//   fma(x, y, z) = x*y + z, hsum(x) (sum of the lanes), exp2(x) (x <= 0 accurate to ~2e-7
+//   fma(x, y, z) = x*y + z, hsum(x) (sum of the lanes), hsums(x) on an array x[0 .. W) of
+//   vectors: lane w of the result is hsum(x[w]) up to the order of the additions (x is
+//   overwritten; a tree of shuffles that reduces W vectors at once), exp2(x) (x <= 0 accurate to ~2e-7
 //   relative; 0 for x < -125, so no result is subnormal, as the GPUs' ex2.approx.ftz: a subnormal
 //   result costs x86 cores a microcode assist, which made a forward whose mask removes one score
 //   in ten 2.65x the plain one (bench/README.md); exp2(-inf) == 0 exactly; NaN propagates),
@@ -80,8 +82,9 @@ struct VecScalar {
   static R max(R x, R y) { return (x > y) ? x : y; }
   static R fma(R x, R y, R z) { return x * y + z; }
   static float hsum(R x) { return x; }
+  static R hsums(R* x) { return x[0]; }
   static R exp2(R x) { return x < kExp2Min ? 0.f : std::exp2(x); }
-  template <typename T> static R cvt(const T* p, int) { return to_float(*p); }
+  template <typename T> static R cvt(const T* p, int n) { return n > 0 ? to_float(*p) : 0.f; }
   template <typename T> static void store_cvt(T* p, R x, int n) { if (n > 0) store_from(p, x); }
   static void transpose(R*) {}  // a 1 x 1 block
   static R bool_bias(const uint8_t* p, int n) { return n > 0 && *p == 0 ? -INFINITY : 0.f; }
@@ -125,6 +128,11 @@ struct VecAvx2 {
     __m128 h = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
     h = _mm_add_ps(h, _mm_movehl_ps(h, h));
     return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+  }
+  static R hsums(R* x) {  // pairs within 128-bit halves, then quads, then the halves
+    for (int i = 0; i < 4; ++i) x[i] = _mm256_add_ps(_mm256_unpacklo_ps(x[2 * i], x[2 * i + 1]), _mm256_unpackhi_ps(x[2 * i], x[2 * i + 1]));
+    for (int i = 0; i < 2; ++i) x[i] = _mm256_add_ps(_mm256_shuffle_ps(x[2 * i], x[2 * i + 1], 0x44), _mm256_shuffle_ps(x[2 * i], x[2 * i + 1], 0xee));
+    return _mm256_add_ps(_mm256_permute2f128_ps(x[0], x[1], 0x20), _mm256_permute2f128_ps(x[0], x[1], 0x31));
   }
   static R exp2(R x) {
     const R keep = _mm256_cmp_ps(x, _mm256_set1_ps(kExp2Min), _CMP_NLT_UQ);  // NaN kept
@@ -276,6 +284,12 @@ struct VecAvx512 {
   static R max(R x, R y) { return _mm512_max_ps(x, y); }
   static R fma(R x, R y, R z) { return _mm512_fmadd_ps(x, y, z); }
   static float hsum(R x) { return _mm512_reduce_add_ps(x); }
+  static R hsums(R* x) {  // pairs and quads within 128-bit lanes, then the lanes in two steps
+    for (int i = 0; i < 8; ++i) x[i] = _mm512_add_ps(_mm512_unpacklo_ps(x[2 * i], x[2 * i + 1]), _mm512_unpackhi_ps(x[2 * i], x[2 * i + 1]));
+    for (int i = 0; i < 4; ++i) x[i] = _mm512_add_ps(_mm512_shuffle_ps(x[2 * i], x[2 * i + 1], 0x44), _mm512_shuffle_ps(x[2 * i], x[2 * i + 1], 0xee));
+    for (int i = 0; i < 2; ++i) x[i] = _mm512_add_ps(_mm512_shuffle_f32x4(x[2 * i], x[2 * i + 1], 0x88), _mm512_shuffle_f32x4(x[2 * i], x[2 * i + 1], 0xdd));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(x[0], x[1], 0x88), _mm512_shuffle_f32x4(x[0], x[1], 0xdd));
+  }
   static R exp2(R x) {
     const __mmask16 keep = _mm512_cmp_ps_mask(x, _mm512_set1_ps(kExp2Min), _CMP_NLT_UQ);  // NaN kept
     x = _mm512_min_ps(_mm512_set1_ps(128.f), _mm512_max_ps(_mm512_set1_ps(kExp2Min), x));
@@ -414,6 +428,7 @@ struct VecNeon {
   static R max(R x, R y) { return vmaxq_f32(x, y); }  // NaN in either operand wins
   static R fma(R x, R y, R z) { return vfmaq_f32(z, x, y); }
   static float hsum(R x) { return vaddvq_f32(x); }
+  static R hsums(R* x) { return vpaddq_f32(vpaddq_f32(x[0], x[1]), vpaddq_f32(x[2], x[3])); }
   static R exp2(R x) {
     const uint32x4_t tiny = vcltq_f32(x, vdupq_n_f32(kExp2Min));  // false for NaN
     x = vminq_f32(x, vdupq_n_f32(128.f));

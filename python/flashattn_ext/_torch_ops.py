@@ -24,15 +24,12 @@ def _like(x: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(x, memory_format=torch.preserve_format)
 
 
-@torch.library.custom_op("flashattn_ext::fwd", mutates_args=(), device_types=("cpu", "cuda"))
-def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                  window_left: int, window_right: int, bottom_right: bool,
-                  deterministic: bool = False, softcap: float = 0.0,
-                  alibi_slopes: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
-                  dropout_seed: int = 0, dropout_offset: int = 0,
-                  dropout_rng: Optional[torch.Tensor] = None,
-                  attn_mask: Optional[torch.Tensor] = None
-                  ) -> Tuple[torch.Tensor, torch.Tensor]:
+def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window_left: int,
+         window_right: int, bottom_right: bool, deterministic: bool = False, softcap: float = 0.0,
+         alibi_slopes: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
+         dropout_seed: int = 0, dropout_offset: int = 0,
+         dropout_rng: Optional[torch.Tensor] = None, attn_mask: Optional[torch.Tensor] = None
+         ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Forward on (B, S, H, D) views; returns out (like q) and lse (B, H, Sq).
     ``deterministic`` asks the backward for its deterministic mode; softcap, alibi_slopes and
     attn_mask ((B, Hq, Sq, Sk)) are validated score transforms, dropout_p / seed / offset
@@ -43,6 +40,10 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
     lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]), dtype=_lse_dtype(q), device=q.device)
     _dispatch.forward(q, k, v, out, lse, scale, mask)
     return out, lse
+
+
+attention_fwd = torch.library.custom_op("flashattn_ext::fwd", mutates_args=(),
+                                        device_types=("cpu", "cuda"))(_fwd)
 
 
 def _mask(window_left: int, window_right: int, bottom_right: bool, softcap: float,
@@ -153,9 +154,31 @@ def _backward(ctx: Any, dout: Optional[torch.Tensor], dlse: Optional[torch.Tenso
 attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _direct(*tensors: Optional[torch.Tensor]) -> bool:
+    """Whether a call may run the operator's implementation directly: eager (not traced by
+    torch.compile), no torch function or dispatch mode and no functorch transform active, plain
+    CPU or CUDA tensors, and no gradient to record. The operator's dispatch cost about 20 us per
+    call (Xeon of bench/README.md), as much as the kernel of a short decoding step."""
+    if (torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled()
+            or torch._C._len_torch_dispatch_stack() > 0
+            or torch._C._functorch.peek_interpreter_stack() is not None):
+        return False
+    grad = torch.is_grad_enabled()
+    for t in tensors:
+        if t is not None and (type(t) is not torch.Tensor or (grad and t.requires_grad)
+                              or t.device.type not in ("cpu", "cuda")):
+            return False
+    return True
+
+
 def apply(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
           mask: MaskSpec, deterministic: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Differentiable attention on BSHD views; ``deterministic``: the backward's mode."""
+    """Differentiable attention on BSHD views; ``deterministic``: the backward's mode. Calls
+    with nothing to differentiate or trace (_direct) skip the operator's dispatch."""
+    if _direct(q, k, v, mask.alibi_slopes, mask.dropout_rng, mask.attn_mask):
+        return _fwd(q, k, v, scale, mask.window_left, mask.window_right, mask.bottom_right,
+                    deterministic, mask.softcap, mask.alibi_slopes, mask.dropout_p,
+                    mask.dropout_seed, mask.dropout_offset, mask.dropout_rng, mask.attn_mask)
     return torch.ops.flashattn_ext.fwd(q, k, v, scale, mask.window_left, mask.window_right,
                                        mask.bottom_right, deterministic, mask.softcap,
                                        mask.alibi_slopes, mask.dropout_p, mask.dropout_seed,

@@ -567,6 +567,8 @@ std::vector<Case> cases() {
       // decoding: kv heads walked in lockstep (forward.h, plan_tasks), rows prefetched past the end
       {2, 1, 300, 8, 4, 64, true, N, N, DType::bf16, L::bshd, false, 0},
       {1, 2, 77, 6, 3, 40, true, N, 0, DType::f32, L::bhsd, false, 0},
+      // narrow tiles of 5 columns, a head dim of 5 NEON / 2.5 AVX2 vectors (scores reduced in blocks of keys)
+      {1, 1, 45, 5, 1, 20, false, N, N, DType::f16, L::bshd, false, 0},
   };
 }
 
