@@ -391,10 +391,7 @@ struct Forward {
   }
 
   void end(const Walk& w, int64_t tile, int64_t split) const {
-    if (w.narrow)  // back to the O^T layout finish() reads
-      for (int64_t c = 0; c < w.ncol; ++c)
-        for (int64_t d = 0; d < D; ++d) w.qt[w.pn.at(D, d, c)] = w.ot[c * D + d];
-    finish(tile, split, w.id, w.pn, w.narrow ? w.qt : w.ot, w.m, w.l);
+    finish(tile, split, w.id, w.pn, w.narrow, w.ot, w.m, w.l);
   }
 
   // Softcap, then the ALiBi bias, on the log2-domain scores of keys k0 .. k0 + nk - 1 (lanes are
@@ -669,16 +666,19 @@ struct Forward {
     }
   }
 
-  void finish(int64_t tile, int64_t split, const TileId& id, const Panels& pn, const float* ot,
+  // Normalised output rows and lse of one tile (or split) from O^T panels, or from rows of O
+  // (narrow tiles).
+  void finish(int64_t tile, int64_t split, const TileId& id, const Panels& pn, bool narrow, const float* ot,
               const float* m, const float* l) const {
-    const int64_t ncol = id.nh * id.nr;
+    const int64_t ncol = id.nh * id.nr, ds = narrow ? 1 : pn.pw;  // column c at ot + col(c), d at d * ds
+    const auto col = [&](int64_t c) { return narrow ? ot + c * D : ot + pn.col(D, c); };
     if (nsplit > 1) {
       float* po = part_o + (tile * nsplit + split) * bq * D;
       float* pl = part_lse + (tile * nsplit + split) * bq;
       for (int64_t c = 0; c < ncol; ++c) {
         const float inv = inv_sum(l[c]);
-        const float* oc = ot + pn.col(D, c);
-        for (int64_t d = 0; d < D; ++d) po[c * D + d] = oc[d * pn.pw] * inv;
+        const float* oc = col(c);
+        for (int64_t d = 0; d < D; ++d) po[c * D + d] = oc[d * ds] * inv;
         pl[c] = lse2_of(m[c], l[c]);
       }
       return;
@@ -686,9 +686,9 @@ struct Forward {
     for (int64_t c = 0; c < ncol; ++c) {
       const int64_t h = id.h0 + c / id.nr, row = id.r0 + c % id.nr;
       const float inv = inv_sum(l[c]);
-      const float* oc = ot + pn.col(D, c);
+      const float* oc = col(c);
       T* o = out_row(id, h, row);
-      for (int64_t d = 0; d < D; ++d) store_from(o + d, oc[d * pn.pw] * inv);
+      for (int64_t d = 0; d < D; ++d) store_from(o + d, oc[d * ds] * inv);
       *lse_at(id, h, row) = finish_lse(m[c], l[c]);
     }
   }

@@ -34,8 +34,13 @@ def _fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window
     ``deterministic`` asks the backward for its deterministic mode; softcap, alibi_slopes and
     attn_mask ((B, Hq, Sq, Sk)) are validated score transforms, dropout_p / seed / offset
     validated dropout (MaskSpec)."""
-    mask = _mask(window_left, window_right, bottom_right, softcap, alibi_slopes, dropout_p,
-                 dropout_seed, dropout_offset, dropout_rng, attn_mask)
+    return _forward(q, k, v, scale, _mask(window_left, window_right, bottom_right, softcap,
+                                          alibi_slopes, dropout_p, dropout_seed, dropout_offset,
+                                          dropout_rng, attn_mask))
+
+
+def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+             mask: MaskSpec) -> Tuple[torch.Tensor, torch.Tensor]:
     out = _like(q)
     lse = torch.empty((q.shape[0], q.shape[2], q.shape[1]), dtype=_lse_dtype(q), device=q.device)
     _dispatch.forward(q, k, v, out, lse, scale, mask)
@@ -176,9 +181,7 @@ def apply(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
     """Differentiable attention on BSHD views; ``deterministic``: the backward's mode. Calls
     with nothing to differentiate or trace (_direct) skip the operator's dispatch."""
     if _direct(q, k, v, mask.alibi_slopes, mask.dropout_rng, mask.attn_mask):
-        return _fwd(q, k, v, scale, mask.window_left, mask.window_right, mask.bottom_right,
-                    deterministic, mask.softcap, mask.alibi_slopes, mask.dropout_p,
-                    mask.dropout_seed, mask.dropout_offset, mask.dropout_rng, mask.attn_mask)
+        return _forward(q, k, v, scale, mask)
     return torch.ops.flashattn_ext.fwd(q, k, v, scale, mask.window_left, mask.window_right,
                                        mask.bottom_right, deterministic, mask.softcap,
                                        mask.alibi_slopes, mask.dropout_p, mask.dropout_seed,

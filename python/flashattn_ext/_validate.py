@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -49,8 +49,16 @@ def is_tensor(x: Any) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
+_DTYPE_NAMES: Dict[Any, str] = {}
+
+
 def dtype_name(x: Any) -> str:
-    return str(x.dtype).replace("torch.", "")
+    """"float32", "bfloat16", ... for a tensor's or an array's dtype (names cached per dtype)."""
+    dt = x.dtype
+    name = _DTYPE_NAMES.get(dt)
+    if name is None:
+        name = _DTYPE_NAMES[dt] = str(dt).replace("torch.", "")
+    return name
 
 
 def strides(x: Any) -> Tuple[int, ...]:
@@ -371,7 +379,7 @@ class Call:
     rank: int
 
     def with_mask(self, mask: MaskSpec) -> "Call":
-        return replace(self, mask=mask)
+        return self if mask is self.mask else replace(self, mask=mask)
 
     def output(self, out: Any) -> Any:
         """out (B, S, H, D) in the caller's layout."""
