@@ -574,8 +574,8 @@ struct Forward {
                                                  uintptr_t((j + ahead) * lda * int64_t(sizeof(T)))), row_bytes);
     };
     if (scores) {
-      // KB keys x NC columns of accumulators (at most W), reduced together by one hsums: one
-      // hsum per score cost more than the products (4 shuffles and 4 adds each).
+      // KB keys x NC columns of accumulators (at most W), reduced together by one hsums (45
+      // instructions for 16 sums on AVX-512) instead of one hsum per score (8 each).
       constexpr int KB = std::max(1, W / NC), NA = ((KB * NC + W - 1) / W) * W;
       for (int64_t j0 = 0; j0 < nk; j0 += KB) {
         const T* kj[KB];
