@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -474,6 +477,20 @@ def test_torch_compile_fullgraph(gen):
         assert torch.equal(g, r)
 
 
+def test_torch_compile_as_the_first_call_of_a_process():
+    """A fresh process whose first attention call is traced by torch.compile: no state the
+    validation fills on a first call may break the compiled frame's guards."""
+    code = ("import torch, flashattn_ext as fa\n"
+            "q = torch.randn(1, 5, 2, 8, dtype=torch.float32, requires_grad=True)\n"
+            "f = torch.compile(lambda q: fa.flash_attn_func(q, q, q, causal=True).sum(), "
+            "fullgraph=True, backend='aot_eager')\n"
+            "f(q).backward()\n"
+            "print('ok', float(q.grad.abs().sum()) > 0)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and "ok True" in r.stdout, r.stderr[-3000:]
+
+
 def test_torch_compile_inductor(gen):
     """The default compiler (inductor) generates code around the opaque op, forward and backward."""
     torch._dynamo.reset()
@@ -512,6 +529,24 @@ def test_calls_without_gradient_skip_the_operator_and_match_it(gen):
     assert grad.grad_fn is not None and direct.grad_fn is None
     assert torch.equal(direct, seen) and torch.equal(direct, grad.detach())
     assert_close(direct, oracle.attention(q, k, v, causal=True, bottom_right=True)[0], None, "out")
+
+
+def test_forward_mode_autodiff_is_refused(gen):
+    """A dual tensor's tangent would be dropped by the kernels: a clear error instead, naming the
+    input; calls inside a dual level without tangents still run."""
+    import torch.autograd.forward_ad as fwad
+
+    q, k, v = qkv(gen)
+    with fwad.dual_level():
+        with pytest.raises(NotImplementedError, match="k: forward-mode"):
+            fa.flash_attn_func(q, fwad.make_dual(k, torch.randn_like(k)), v)
+        with pytest.raises(NotImplementedError, match="q: forward-mode"):
+            fa.flash_attn_varlen_func(fwad.make_dual(q[0], torch.randn_like(q[0])), k[0], v[0],
+                                      torch.tensor([0, q.shape[1]], dtype=torch.int32),
+                                      torch.tensor([0, k.shape[1]], dtype=torch.int32),
+                                      q.shape[1], k.shape[1])
+        out = fa.flash_attn_func(q, k, v)
+    assert_close(out, oracle.attention(q, k, v)[0], None, "out")
 
 
 def test_torch_library_opcheck(gen):

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Optional, Tuple
 
 import torch
+from torch.autograd import forward_ad
 
 from . import _dispatch
 from ._seqlens import varlen_seqs
@@ -176,10 +177,23 @@ def _direct(*tensors: Optional[torch.Tensor]) -> bool:
     return True
 
 
+def _no_tangents(names: Tuple[str, ...], *tensors: Optional[torch.Tensor]) -> None:
+    """Raises NotImplementedError for inputs that carry a forward-mode tangent (dual tensors of
+    torch.autograd.forward_ad), which the kernels would drop silently."""
+    if torch.compiler.is_compiling() or forward_ad._current_level < 0:  # no dual level is active
+        return
+    for name, t in zip(names, tensors):
+        if t is not None and forward_ad.unpack_dual(t).tangent is not None:
+            raise NotImplementedError(f"{name}: forward-mode automatic differentiation (a dual "
+                                      f"tensor of torch.autograd.forward_ad) is not supported; "
+                                      f"use reverse mode (backward / torch.autograd.grad)")
+
+
 def apply(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
           mask: MaskSpec, deterministic: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """Differentiable attention on BSHD views; ``deterministic``: the backward's mode. Calls
     with nothing to differentiate or trace (_direct) skip the operator's dispatch."""
+    _no_tangents(("q", "k", "v", "attn_mask"), q, k, v, mask.attn_mask)
     if _direct(q, k, v, mask.alibi_slopes, mask.dropout_rng, mask.attn_mask):
         return _forward(q, k, v, scale, mask)
     return torch.ops.flashattn_ext.fwd(q, k, v, scale, mask.window_left, mask.window_right,
@@ -284,6 +298,7 @@ def apply_varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens_q
                  mask: MaskSpec, deterministic: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
     """Differentiable attention on packed sequences (no gradient through a block_table);
     ``deterministic``: the backward's mode."""
+    _no_tangents(("q", "k", "v"), q, k, v)
     return torch.ops.flashattn_ext.varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, block_table,
                                               scale, mask.window_left, mask.window_right,
                                               mask.softcap, mask.alibi_slopes, deterministic,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -49,16 +49,9 @@ def is_tensor(x: Any) -> bool:
     return torch is not None and isinstance(x, torch.Tensor)
 
 
-_DTYPE_NAMES: Dict[Any, str] = {}
-
-
 def dtype_name(x: Any) -> str:
-    """"float32", "bfloat16", ... for a tensor's or an array's dtype (names cached per dtype)."""
-    dt = x.dtype
-    name = _DTYPE_NAMES.get(dt)
-    if name is None:
-        name = _DTYPE_NAMES[dt] = str(dt).replace("torch.", "")
-    return name
+    # No cache: a dict filled during a call that torch.compile traces fails its guards.
+    return str(x.dtype).replace("torch.", "")
 
 
 def strides(x: Any) -> Tuple[int, ...]:
