@@ -147,11 +147,14 @@ def test_capture_with_an_explicit_mask(backend, gen, kind):
     assert len(cap) == 1 and cap[""][0].shape == ref.shape
     assert_close(cap[""][0], ref, naive, "weights")
     assert torch.equal(cap[""][0] == 0, ref == 0)
-    if backend == "cpu":  # numpy arrays run on the CPU backend
-        with inspect.capture():
-            with pytest.raises(NotImplementedError, match="attn_mask: .* torch tensors only"):
-                fa.attention(q[0, :, 0].numpy(), k[0, :, 0].numpy(), v[0, :, 0].numpy(),
-                             attn_mask=(torch.rand(sq, sk, generator=gen) > 0.3).numpy())
+    if backend == "cpu":  # numpy arrays run on the CPU backend: the same call, numpy weights
+        with inspect.capture(heads=[0, 2]) as cap_np:
+            fa.attention(q.numpy(), k.numpy(), v.numpy(), attn_mask=mask.numpy(), softcap=2.5,
+                         alibi_slopes=slopes.numpy(), window_size=(6, 4))
+        got = cap_np[""][0]
+        assert isinstance(got, np.ndarray) and got.dtype == np.float32 and got.shape == ref.shape
+        assert_close(torch.from_numpy(got), ref, None, "numpy weights")
+        assert torch.equal(torch.from_numpy(got) == 0, ref == 0)
 
 
 def test_capture_bad_arguments():

@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _capture, _dispatch
 from ._validate import (BHSD, BSHD, SD, Call, MaskSpec, _kind, attn_mask_value, dtype_name, flag,
-                        prepare)
+                        prepare, torch)
 
 ArrayLike = Any  # torch.Tensor or numpy.ndarray
 
@@ -33,9 +33,9 @@ def _run(call: Call, deterministic: bool = False) -> Tuple[ArrayLike, ArrayLike]
         if call.mask.dropout_p:  # softcap, ALiBi and explicit masks are recorded
             raise NotImplementedError("dropout_p: flashattn_ext.inspect.capture does not record calls "
                                       "with dropout (the weights would depend on the drawn keep mask)")
-        if call.mask.attn_mask is not None and call.kind == "numpy":
-            raise NotImplementedError("attn_mask: flashattn_ext.inspect.capture records calls with an "
-                                      "explicit mask on torch tensors only")
+        if call.mask.attn_mask is not None and call.kind == "numpy" and torch is None:
+            raise NotImplementedError("attn_mask: flashattn_ext.inspect.capture records numpy calls "
+                                      "with an explicit mask only when torch is installed")
         _capture.record(call, lse)
     return out, lse
 

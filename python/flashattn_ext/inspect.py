@@ -6,7 +6,7 @@ draws one as a heatmap (matplotlib, the ``plot`` extra), :func:`rollout` combine
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
 
 import numpy as np
@@ -147,6 +147,13 @@ def _masked_weights(call: Any, lse: Any, heads: Any) -> Any:
 
     from . import _masked
 
+    if call.kind == "numpy":  # the same in torch on the CPU, back as numpy like weights_of's
+        t = lambda x: None if x is None else torch.from_numpy(np.ascontiguousarray(x))
+        m = call.mask
+        tcall = replace(call, q=t(call.q), k=t(call.k), v=t(call.v), kind="torch",
+                        mask=replace(m, attn_mask=t(m.attn_mask), alibi_slopes=t(m.alibi_slopes)))
+        w = _masked_weights(tcall, t(lse), t(heads))
+        return w.to(torch.float64 if w.dtype == torch.float64 else torch.float32).numpy()
     q, k, m = call.q, call.k, call.mask
     sq, sk = q.shape[1], k.shape[1]
     first, last = (torch.from_numpy(x).to(q.device)[:, None] for x in m.key_bounds(np.arange(sq), sq, sk))
