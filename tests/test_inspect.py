@@ -98,7 +98,8 @@ def test_capture_without_model_and_numpy(gen):
 @pytest.mark.parametrize("numpy", [False, True], ids=["torch", "numpy"])
 def test_capture_with_softcap_and_alibi(backend, gen, numpy):
     """Calls with softcap and ALiBi record the probabilities of the transformed scores, against
-    the float64 oracle; calls with dropout are refused inside a capture, naming the argument."""
+    the float64 oracle; with dropout, the weights the output was computed with (weights . V gives
+    the call's output)."""
     dtype = torch.float32 if backend == "cpu" else torch.bfloat16
     needs_kernel(backend, dtype)
     if numpy and backend != "cpu":
@@ -114,9 +115,23 @@ def test_capture_with_softcap_and_alibi(backend, gen, numpy):
                                                                  alibi_slopes=slopes, dtype=dtype)
     assert len(cap) == 1 and got.shape == ref.shape
     assert_close(got, ref, naive, "weights")
-    with inspect.capture():
-        with pytest.raises(NotImplementedError, match="dropout_p: .* does not record calls with dropout"):
-            fa.attention(*args, dropout_p=0.1, seed=3)
+    if backend != "cpu":
+        return
+    # dropout: the weights the output was computed with, kept ones / (1 - p), dropped ones 0
+    with inspect.capture() as cap:
+        out = fa.attention(*args, causal=True, softcap=3.0, alibi_slopes=slopes.numpy() if numpy else slopes,
+                           dropout_p=0.3, seed=3)
+    w = torch.from_numpy(cap[""][0]) if numpy else cap[""][0]
+    out = torch.from_numpy(out) if numpy else out
+    kept = w != 0
+    assert 0.6 < kept[ref != 0].double().mean() < 0.8
+    assert_close(w, torch.where(kept, ref / (1 - 0.3), 0.0), None, "dropped weights")
+    assert_close(out, torch.einsum("bhqk,bkhd->bqhd", w.double(), v.double()), None, "weights . V")
+    if not numpy:  # no seed: the generator's draw (dropout_rng), read back for the keep mask
+        with inspect.capture() as cap:
+            out = fa.attention(q, k, v, dropout_p=0.2)
+        w = cap[""][0]
+        assert_close(out, torch.einsum("bhqk,bkhd->bqhd", w.double(), v.double()), None, "drawn seed")
 
 
 @pytest.mark.parametrize("kind", ["bool", "additive", "padding"])

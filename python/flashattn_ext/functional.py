@@ -30,9 +30,6 @@ def _run(call: Call, deterministic: bool = False) -> Tuple[ArrayLike, ArrayLike]
 
         out, lse = _torch_ops.apply(call.q, call.k, call.v, call.scale, call.mask, deterministic)
     if _capture.recorders:  # flashattn_ext.inspect.capture is active
-        if call.mask.dropout_p:  # softcap, ALiBi and explicit masks are recorded
-            raise NotImplementedError("dropout_p: flashattn_ext.inspect.capture does not record calls "
-                                      "with dropout (the weights would depend on the drawn keep mask)")
         if call.mask.attn_mask is not None and call.kind == "numpy" and torch is None:
             raise NotImplementedError("attn_mask: flashattn_ext.inspect.capture records numpy calls "
                                       "with an explicit mask only when torch is installed")

@@ -115,6 +115,8 @@ def capture(model: Any = None, *, layers: Union[None, str, int, Sequence[Union[s
             layer = ""
         hsel = _selection("heads", heads, call.q.shape[2], call.q)
         w = weights_of(call, lse, hsel) if call.mask.attn_mask is None else _masked_weights(call, lse, hsel)
+        if call.mask.dropout_p:
+            w = _dropped(call, w, hsel)
         result.records.append(Record(layer, len(result.records), w))
 
     def enter(name: str) -> Any:
@@ -137,6 +139,24 @@ def capture(model: Any = None, *, layers: Union[None, str, int, Sequence[Union[s
         _capture.recorders.remove(recorder)
         for h in handles:
             h.remove()
+
+
+def _dropped(call: Any, w: Any, heads: Any) -> Any:
+    """Weights (B, len(heads), Sq, Sk) of a call with dropout as its output used them: the kept
+    ones times 1 / (1 - dropout_p) (in float32, as the kernels), the dropped ones 0, from the
+    kernels' keep mask (so that weights . V gives the call's output)."""
+    from . import _dispatch
+
+    m = call.mask.resolved()
+    b, sq, hq, _ = call.q.shape
+    keep = _dispatch.dropout_keep(m.dropout_p, m.dropout_seed, m.dropout_offset, (b, hq, sq, call.k.shape[1]))
+    keep = keep[:, np.asarray(heads if isinstance(heads, np.ndarray) else heads.cpu().numpy())]
+    s = float(np.float32(1) / (np.float32(1) - np.float32(m.dropout_p)))
+    if isinstance(w, np.ndarray):
+        return np.where(keep, w * w.dtype.type(s), 0).astype(w.dtype)
+    import torch
+
+    return torch.where(torch.from_numpy(keep).to(w.device), w * s, torch.zeros((), dtype=w.dtype, device=w.device))
 
 
 def _masked_weights(call: Any, lse: Any, heads: Any) -> Any:
