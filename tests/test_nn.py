@@ -268,3 +268,21 @@ def test_additive_attn_mask_gradient_matches_torch(gen):
         g = randn(gen, *out.shape, dtype=F64)
         assert_close(torch.autograd.grad(out, bias, g)[0], torch.autograd.grad(ref, bias, g)[0],
                      None, "dmask")
+
+
+def test_weights_under_dropout_are_the_dropped_ones_the_output_used(gen):
+    """In training with dropout, need_weights returns the weights the output was computed with,
+    as torch's module does: kept ones times 1 / (1 - p), dropped ones 0, so that
+    out_proj(weights . V) is the output."""
+    m = MultiHeadAttention(32, 4, num_kv_heads=2, dropout=0.4, dtype=F64).train()
+    x = randn(gen, 2, 7, 32, dtype=F64)
+    out, w = m(x, need_weights=True, average_attn_weights=False)
+    _, _, v = m._project(x, None, None)
+    v = v.unflatten(-1, (2, 8)).repeat_interleave(2, dim=2)  # (B, Sk, Hq, D)
+    o = torch.einsum("bhqk,bkhd->bqhd", w, v).flatten(2)
+    assert_close(out, m.out_proj(o), None, "out_proj(weights . V)")
+    kept = (w != 0).double().mean()
+    assert 0.45 < kept < 0.75, kept
+    m.eval()
+    out, w = m(x, need_weights=True, average_attn_weights=False)
+    assert (w > 0).all() and torch.allclose(w.sum(-1), torch.ones((), dtype=F64))

@@ -143,15 +143,15 @@ def capture(model: Any = None, *, layers: Union[None, str, int, Sequence[Union[s
 
 def _dropped(call: Any, w: Any, heads: Any) -> Any:
     """Weights (B, len(heads), Sq, Sk) of a call with dropout as its output used them: the kept
-    ones times 1 / (1 - dropout_p) (in float32, as the kernels), the dropped ones 0, from the
-    kernels' keep mask (so that weights . V gives the call's output)."""
+    ones times 1 / (1 - dropout_p), the dropped ones 0, from the kernels' keep mask (so that
+    weights . V gives the call's output)."""
     from . import _dispatch
 
     m = call.mask.resolved()
     b, sq, hq, _ = call.q.shape
     keep = _dispatch.dropout_keep(m.dropout_p, m.dropout_seed, m.dropout_offset, (b, hq, sq, call.k.shape[1]))
     keep = keep[:, np.asarray(heads if isinstance(heads, np.ndarray) else heads.cpu().numpy())]
-    s = float(np.float32(1) / (np.float32(1) - np.float32(m.dropout_p)))
+    s = 1.0 / (1.0 - float(np.float32(m.dropout_p)))  # dropout_p as the kernels take it
     if isinstance(w, np.ndarray):
         return np.where(keep, w * w.dtype.type(s), 0).astype(w.dtype)
     import torch

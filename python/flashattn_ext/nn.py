@@ -6,6 +6,8 @@ from __future__ import annotations
 import numbers
 from typing import Optional, Tuple, Union
 
+import numpy as np
+
 from ._requires import optional
 
 torch = optional("torch", "torch", "flashattn_ext.nn")
@@ -14,6 +16,7 @@ import torch.nn.functional as F  # noqa: E402  (after the check that torch is th
 from torch import nn  # noqa: E402
 
 from . import _masked  # noqa: E402
+from ._dispatch import dropout_keep  # noqa: E402
 from ._sdpa import replace_sdpa  # noqa: E402
 from ._validate import MAX_HEAD_DIM, dropout_value, scale_value  # noqa: E402
 from .functional import attention  # noqa: E402
@@ -43,7 +46,9 @@ class MultiHeadAttention(nn.Module):
     Returns the output tensor; when ``need_weights`` is given (True or False, as torch callers
     pass it) the pair (output, weights or None), as torch's module does. The weights (B, Sq, Sk)
     averaged over heads, or (B, num_heads, Sq, Sk) with ``average_attn_weights=False``, come
-    from the kernels' logsumexp, so they are exactly the softmax the output used.
+    from the kernels' logsumexp, so they are exactly the softmax the output used; in training
+    with dropout, as torch's module returns them, the dropped weights it used (kept ones times
+    1 / (1 - dropout), dropped ones 0: the module then draws the dropout seed itself).
 
     Masks follow torch's module: ``key_padding_mask`` (B, Sk), True = ignore that key;
     ``attn_mask`` (Sq, Sk) or (B * num_heads, Sq, Sk), True = not allowed; float masks of either
@@ -221,8 +226,11 @@ class MultiHeadAttention(nn.Module):
         scale = 1.0 / self.head_dim ** 0.5 if self.scale is None else self.scale
         mask = self._mask(key_padding_mask, attn_mask, b, sq, sk)
         dropout_p = self.dropout if self.training else 0.0
+        # Weights under dropout are the dropped ones the output used (as torch's module returns
+        # them): the keep mask is regenerated from a seed drawn here (torch's CPU generator).
+        seed = int(torch.randint(0, 2 ** 62, (1,)).item()) if need_weights and dropout_p > 0 else None
         out, lse = attention(q, k, v, causal=causal, scale=scale, return_lse=True,
-                             attn_mask=mask, dropout_p=dropout_p)
+                             attn_mask=mask, dropout_p=dropout_p, seed=seed)
         out = self.out_proj(out.flatten(2))
         weights = None
         if need_weights:
@@ -232,6 +240,10 @@ class MultiHeadAttention(nn.Module):
                 band = torch.ones(1, sq, sk, dtype=torch.bool, device=q.device).tril(sk - sq)
                 allowed = band if allowed is None else allowed & band
             weights = _masked.weights(q, k, lse, scale, allowed, bias=mask if additive else None)
+            if seed is not None:
+                keep = torch.from_numpy(dropout_keep(dropout_p, seed, 0, tuple(weights.shape))).to(weights.device)
+                keep_scale = 1.0 / (1.0 - float(np.float32(dropout_p)))  # dropout_p as the kernels take it
+                weights = torch.where(keep, weights * keep_scale, torch.zeros((), dtype=weights.dtype, device=weights.device))
             weights = weights.mean(1) if average_attn_weights else weights
             weights = weights[0] if unbatched else weights
         out = out[0] if unbatched else out if self.batch_first else out.transpose(0, 1)
