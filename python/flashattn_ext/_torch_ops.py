@@ -165,9 +165,12 @@ def _direct(*tensors: Optional[torch.Tensor]) -> bool:
     torch.compile), no torch function or dispatch mode and no functorch transform active, plain
     CPU or CUDA tensors, and no gradient to record. The operator's dispatch cost about 20 us per
     call (Xeon of bench/README.md), as much as the kernel of a short decoding step."""
-    if (torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled()
-            or torch._C._len_torch_dispatch_stack() > 0
-            or torch._C._functorch.peek_interpreter_stack() is not None):
+    try:  # private torch functions: without them (another torch), always the operator
+        if (torch.compiler.is_compiling() or torch._C._is_torch_function_mode_enabled()
+                or torch._C._len_torch_dispatch_stack() > 0
+                or torch._C._functorch.peek_interpreter_stack() is not None):
+            return False
+    except AttributeError:
         return False
     grad = torch.is_grad_enabled()
     for t in tensors:
@@ -180,7 +183,7 @@ def _direct(*tensors: Optional[torch.Tensor]) -> bool:
 def _no_tangents(names: Tuple[str, ...], *tensors: Optional[torch.Tensor]) -> None:
     """Raises NotImplementedError for inputs that carry a forward-mode tangent (dual tensors of
     torch.autograd.forward_ad), which the kernels would drop silently."""
-    if torch.compiler.is_compiling() or forward_ad._current_level < 0:  # no dual level is active
+    if torch.compiler.is_compiling() or getattr(forward_ad, "_current_level", 0) < 0:  # no dual level
         return
     for name, t in zip(names, tensors):
         if t is not None and forward_ad.unpack_dual(t).tangent is not None:
