@@ -317,6 +317,19 @@ def dropout_keep(dropout_p: float, seed: int, offset: int,
     return kept.view(np.bool_)
 
 
+def call_keep(q: Any, k: Any, mask: MaskSpec) -> np.ndarray:
+    """The keep mask (B, Hq, Sq, Sk) the kernels apply in a call on BSHD q, k with ``mask``'s
+    dropout (a drawn seed read back to the host)."""
+    m = mask.resolved()
+    b, sq, hq, _ = q.shape
+    return dropout_keep(m.dropout_p, m.dropout_seed, m.dropout_offset, (b, hq, sq, k.shape[1]))
+
+
+def dropout_scale(dropout_p: float) -> float:
+    """The factor of kept probabilities, 1 / (1 - p) with p as the kernels take it (float32)."""
+    return 1.0 / (1.0 - float(np.float32(dropout_p)))
+
+
 def numpy_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, mask: MaskSpec,
                   seqs: Optional[Seqs] = None) -> Tuple[np.ndarray, np.ndarray]:
     out = np.empty_like(q)  # keeps q's memory order; the kernel writes through strides

@@ -43,12 +43,9 @@ def signed_probs(call: Call, lse: ArrayLike) -> ArrayLike:
     from .interpret import weights_of
 
     probs = weights_of(call, lse)
-    m = call.mask.resolved()
-    if not m.dropout_p:
+    if not call.mask.dropout_p:
         return probs
-    b, sq, hq, _ = call.q.shape
-    kept = _dispatch.dropout_keep(m.dropout_p, m.dropout_seed, m.dropout_offset,
-                                  (b, hq, sq, call.k.shape[1]))
+    kept = _dispatch.call_keep(call.q, call.k, call.mask)
     if call.kind == "numpy":
         return np.where(kept, probs, -probs)
     import torch

@@ -147,11 +147,9 @@ def _dropped(call: Any, w: Any, heads: Any) -> Any:
     weights . V gives the call's output)."""
     from . import _dispatch
 
-    m = call.mask.resolved()
-    b, sq, hq, _ = call.q.shape
-    keep = _dispatch.dropout_keep(m.dropout_p, m.dropout_seed, m.dropout_offset, (b, hq, sq, call.k.shape[1]))
-    keep = keep[:, np.asarray(heads if isinstance(heads, np.ndarray) else heads.cpu().numpy())]
-    s = 1.0 / (1.0 - float(np.float32(m.dropout_p)))  # dropout_p as the kernels take it
+    keep = _dispatch.call_keep(call.q, call.k, call.mask)
+    keep = keep[:, heads if isinstance(heads, np.ndarray) else heads.cpu().numpy()]
+    s = _dispatch.dropout_scale(call.mask.dropout_p)
     if isinstance(w, np.ndarray):
         return np.where(keep, w * w.dtype.type(s), 0).astype(w.dtype)
     import torch
@@ -170,7 +168,7 @@ def _masked_weights(call: Any, lse: Any, heads: Any) -> Any:
     if call.kind == "numpy":  # the same in torch on the CPU, back as numpy like weights_of's
         t = lambda x: None if x is None else torch.from_numpy(np.ascontiguousarray(x))
         m = call.mask
-        tcall = replace(call, q=t(call.q), k=t(call.k), v=t(call.v), kind="torch",
+        tcall = replace(call, q=t(call.q), k=t(call.k), kind="torch",
                         mask=replace(m, attn_mask=t(m.attn_mask), alibi_slopes=t(m.alibi_slopes)))
         w = _masked_weights(tcall, t(lse), t(heads))
         return w.to(torch.float64 if w.dtype == torch.float64 else torch.float32).numpy()

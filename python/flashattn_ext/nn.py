@@ -6,8 +6,6 @@ from __future__ import annotations
 import numbers
 from typing import Optional, Tuple, Union
 
-import numpy as np
-
 from ._requires import optional
 
 torch = optional("torch", "torch", "flashattn_ext.nn")
@@ -16,7 +14,7 @@ import torch.nn.functional as F  # noqa: E402  (after the check that torch is th
 from torch import nn  # noqa: E402
 
 from . import _masked  # noqa: E402
-from ._dispatch import dropout_keep  # noqa: E402
+from ._dispatch import dropout_keep, dropout_scale  # noqa: E402
 from ._sdpa import replace_sdpa  # noqa: E402
 from ._validate import MAX_HEAD_DIM, dropout_value, scale_value  # noqa: E402
 from .functional import attention  # noqa: E402
@@ -242,8 +240,8 @@ class MultiHeadAttention(nn.Module):
             weights = _masked.weights(q, k, lse, scale, allowed, bias=mask if additive else None)
             if seed is not None:
                 keep = torch.from_numpy(dropout_keep(dropout_p, seed, 0, tuple(weights.shape))).to(weights.device)
-                keep_scale = 1.0 / (1.0 - float(np.float32(dropout_p)))  # dropout_p as the kernels take it
-                weights = torch.where(keep, weights * keep_scale, torch.zeros((), dtype=weights.dtype, device=weights.device))
+                weights = torch.where(keep, weights * dropout_scale(dropout_p),
+                                      torch.zeros((), dtype=weights.dtype, device=weights.device))
             weights = weights.mean(1) if average_attn_weights else weights
             weights = weights[0] if unbatched else weights
         out = out[0] if unbatched else out if self.batch_first else out.transpose(0, 1)
